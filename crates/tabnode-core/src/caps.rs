@@ -1,0 +1,80 @@
+//! What a node tells the network about itself.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A browser tab (libp2p over WebRTC, compute in a Web Worker).
+    Browser,
+    /// The native `tabnode-node` binary.
+    Native,
+}
+
+/// The WebGPU limits that matter for sizing work on a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuLimits {
+    /// `maxBufferSize` in bytes.
+    pub max_buffer_size: u64,
+    /// `maxStorageBufferBindingSize` in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// `maxStorageBuffersPerShaderStage`.
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// `maxComputeWorkgroupStorageSize` in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// `maxComputeInvocationsPerWorkgroup`.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// `maxComputeWorkgroupSizeX`.
+    pub max_compute_workgroup_size_x: u32,
+}
+
+/// A GPU adapter as the node's compute worker sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// Adapter vendor (`GPUAdapterInfo.vendor`), may be empty.
+    pub vendor: String,
+    /// Adapter architecture (`GPUAdapterInfo.architecture`), may be empty.
+    pub architecture: String,
+    /// Device name or description, may be empty.
+    pub description: String,
+    /// The graphics backend (`BrowserWebGpu`, `Vulkan`, ...).
+    pub backend: String,
+    /// True for software adapters such as SwiftShader or lavapipe.
+    pub is_fallback: bool,
+    /// Optional features the adapter supports (`shader-f16`, ...).
+    pub features: Vec<String>,
+    /// Device limits.
+    pub limits: GpuLimits,
+}
+
+/// Everything a node advertises to the relay when it joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Browser tab or native process.
+    pub kind: NodeKind,
+    /// Free-form software identification (`tabnode-web/0.1.0 (Chrome ...)`).
+    pub agent: String,
+    /// The GPU the node computes on, if it has one.
+    pub gpu: Option<GpuInfo>,
+    /// The GPU error, when the node tried to open one and could not.
+    pub gpu_error: Option<String>,
+    /// VRAM the node pledges to the network, in MiB.
+    pub pledged_vram_mib: u64,
+    /// Models the node can serve.
+    pub models: Vec<String>,
+}
+
+impl Capabilities {
+    /// Capabilities with no GPU and no models.
+    pub fn new(kind: NodeKind, agent: impl Into<String>) -> Self {
+        Self {
+            kind,
+            agent: agent.into(),
+            gpu: None,
+            gpu_error: None,
+            pledged_vram_mib: 0,
+            models: Vec::new(),
+        }
+    }
+}

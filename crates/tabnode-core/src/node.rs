@@ -1,0 +1,119 @@
+//! The behaviour every tabnode node runs, tab or native, and the sans-I/O
+//! part of its event handling.
+//!
+//! A node connects to one relay, reserves a `/p2p-circuit` slot there so
+//! that other peers can dial it, registers its [`Capabilities`], and answers
+//! [`Request`]s. Transports and the executor differ between the browser and
+//! native builds; this module is what they share.
+
+use std::time::Duration;
+
+use libp2p::{
+    identify, ping, relay,
+    request_response::{self, ProtocolSupport},
+    swarm::NetworkBehaviour,
+    PeerId,
+};
+
+use crate::{
+    codec::TabnodeCodec,
+    protocol::{ErrorCode, Request, Response, PROTOCOL},
+};
+
+/// How long a request may take before it fails with a timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The identify protocol string shared by all tabnode peers.
+pub const IDENTIFY_PROTOCOL: &str = "/tabnode/id/1.0.0";
+
+/// The node behaviour: relay client, identify, ping and the tabnode protocol.
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    /// Circuit relay v2 client: reservations and relayed dials.
+    pub relay_client: relay::client::Behaviour,
+    /// Identify (tells the relay our listen addresses and agent).
+    pub identify: identify::Behaviour,
+    /// Keep-alive and round-trip measurement.
+    pub ping: ping::Behaviour,
+    /// The `/tabnode/1.0.0` request-response protocol.
+    pub rpc: request_response::Behaviour<TabnodeCodec>,
+}
+
+impl NodeBehaviour {
+    /// Builds the behaviour around a relay client obtained from the swarm
+    /// builder.
+    pub fn new(
+        key: &libp2p::identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        agent: String,
+        codec: TabnodeCodec,
+    ) -> Self {
+        Self {
+            relay_client,
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(agent),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            rpc: rpc_behaviour(codec),
+        }
+    }
+}
+
+/// The request-response behaviour with tabnode's settings.
+pub fn rpc_behaviour(codec: TabnodeCodec) -> request_response::Behaviour<TabnodeCodec> {
+    request_response::Behaviour::with_codec(
+        codec,
+        [(PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(256),
+    )
+}
+
+/// How a plain node (not the relay) answers a request from `peer`.
+///
+/// Nodes answer `Echo`; the relay-only requests get a clear refusal.
+pub fn answer(_peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Echo(payload) => Response::Echo(payload),
+        Request::Register(_) | Request::ListPeers => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "only the relay keeps the node registry".into(),
+        },
+    }
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): 0.5 s doubling up to
+/// `max`, so a restarted relay is found again quickly without hammering a
+/// dead one.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let ms = 500u64.saturating_mul(1u64 << attempt.min(16));
+    Duration::from_millis(ms).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let max = Duration::from_secs(8);
+        let delays: Vec<_> = (0..8).map(|a| backoff(a, max)).collect();
+        assert_eq!(delays[0], Duration::from_millis(500));
+        assert_eq!(delays[1], Duration::from_secs(1));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(delays[7], max);
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+
+    #[test]
+    fn nodes_echo_and_refuse_registry_requests() {
+        let peer = PeerId::random();
+        assert_eq!(answer(peer, Request::Echo(vec![1, 2, 3])), Response::Echo(vec![1, 2, 3]));
+        assert!(matches!(
+            answer(peer, Request::ListPeers),
+            Response::Error { code: ErrorCode::Unsupported, .. }
+        ));
+    }
+}

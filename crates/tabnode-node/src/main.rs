@@ -1,0 +1,73 @@
+//! `tabnode-node`: a native tabnode node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use libp2p::Multiaddr;
+use tabnode_core::{Capabilities, NodeKind};
+use tabnode_node::{load_or_create_key, spawn, NodeConfig};
+
+/// Joins a tabnode relay and serves the network.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Relay multiaddr (TCP or QUIC, ending in /p2p/<id>).
+    #[arg(long, env = "TABNODE_RELAY", conflicts_with = "bootstrap_file")]
+    relay: Option<Multiaddr>,
+    /// Read the relay address from the relay's --bootstrap-file JSON.
+    #[arg(long)]
+    bootstrap_file: Option<PathBuf>,
+    /// Prefer QUIC over TCP when reading the bootstrap file.
+    #[arg(long)]
+    quic: bool,
+    /// Identity key file (created if missing), so the peer id is stable.
+    #[arg(long, env = "TABNODE_NODE_KEY", default_value = ".data/node/identity.key")]
+    key_file: PathBuf,
+    /// VRAM pledged to the network, in MiB.
+    #[arg(long, default_value_t = 0)]
+    pledge_mib: u64,
+}
+
+fn relay_from_bootstrap(path: &PathBuf, quic: bool) -> Result<Multiaddr, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let key = if quic { "quic" } else { "tcp" };
+    let addr = v
+        .get(key)
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| format!("{} has no {key} address", path.display()))?;
+    Ok(addr.parse()?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let relay = match (&args.relay, &args.bootstrap_file) {
+        (Some(r), _) => r.clone(),
+        (None, Some(f)) => relay_from_bootstrap(f, args.quic)?,
+        (None, None) => return Err("give --relay or --bootstrap-file".into()),
+    };
+    let key = load_or_create_key(&args.key_file)?;
+    let mut caps = Capabilities::new(NodeKind::Native, format!("tabnode-node/{}", env!("CARGO_PKG_VERSION")));
+    caps.pledged_vram_mib = args.pledge_mib;
+    let node = spawn(NodeConfig {
+        relay,
+        key: Some(key),
+        capabilities: caps,
+        max_backoff: Duration::from_secs(10),
+    })?;
+    println!("tabnode node {} joining the relay", node.peer_id);
+    tokio::select! {
+        _ = node.join() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The relay's HTTP server: the site, the model files and the API.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
+use tower_http::{
+    cors::CorsLayer,
+    services::{ServeDir, ServeFile},
+    set_header::SetResponseHeaderLayer,
+};
+
+use crate::{state::RelayState, Bootstrap, NetworkView, RelayConfig};
+
+#[derive(Clone)]
+struct AppState {
+    relay: Arc<RelayState>,
+    bootstrap: Arc<Bootstrap>,
+}
+
+/// The router: `/api/*`, `/metrics`, `/pkg`, `/worker`, `/models`, and `www/`
+/// at the root.
+pub(crate) fn router(config: &RelayConfig, relay: Arc<RelayState>, boot: Bootstrap) -> Router {
+    let root = &config.site_root;
+    let www = root.join("www");
+    let api = Router::new()
+        .route("/api/bootstrap", get(bootstrap))
+        .route("/api/network", get(network))
+        .route("/metrics", get(metrics))
+        .layer(CorsLayer::permissive())
+        .with_state(AppState {
+            relay,
+            bootstrap: Arc::new(boot),
+        });
+    // Development server: always revalidate, so a rebuilt wasm is picked up.
+    let no_cache = SetResponseHeaderLayer::overriding(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    api.nest_service("/pkg", ServeDir::new(root.join("pkg")))
+        .nest_service("/worker", ServeDir::new(root.join("worker")))
+        .nest_service("/models", ServeDir::new(&config.models_dir))
+        .fallback_service(
+            ServeDir::new(&www).not_found_service(ServeFile::new(www.join("404.html"))),
+        )
+        .layer(no_cache)
+}
+
+async fn bootstrap(State(s): State<AppState>) -> Json<Bootstrap> {
+    Json((*s.bootstrap).clone())
+}
+
+async fn network(State(s): State<AppState>) -> Json<NetworkView> {
+    Json(NetworkView {
+        relay: s.bootstrap.peer_id.clone(),
+        nodes: s.relay.summaries(),
+    })
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.relay.render_metrics(),
+    )
+}

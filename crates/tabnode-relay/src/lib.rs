@@ -1,0 +1,225 @@
+//! The tabnode relay.
+//!
+//! One process that browser tabs and native nodes join:
+//!
+//! * libp2p on `/webrtc-direct` (browsers; certificate persisted so the
+//!   certhash survives restarts), TCP and QUIC (native nodes), with a circuit
+//!   relay v2 server sized for inference traffic, identify, ping and the
+//!   `/tabnode/1.0.0` protocol (node registry);
+//! * an HTTP server (default `127.0.0.1:8080`) with the site (`www/`, `pkg/`,
+//!   `worker/`), the model files, `/api/bootstrap`, `/api/network` and
+//!   `/metrics`.
+//!
+//! [`start`] brings it all up and returns a [`RelayHandle`]; the binary is a
+//! thin wrapper around it, and integration tests start relays the same way.
+
+mod http;
+mod state;
+mod swarm;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::task::JoinHandle;
+
+pub use state::{NetworkView, NodeEntry, RelayState};
+
+/// Errors of the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading or writing the data directory failed.
+    #[error("{what} at {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The stored identity key cannot be decoded.
+    #[error("identity key at {0} is corrupt: {1}")]
+    BadKey(PathBuf, String),
+    /// The stored WebRTC certificate cannot be used.
+    #[error("WebRTC certificate: {0}")]
+    Certificate(String),
+    /// libp2p refused to build or listen.
+    #[error("libp2p: {0}")]
+    Libp2p(String),
+    /// The HTTP server could not bind.
+    #[error("HTTP server on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener did not come up in time.
+    #[error("timed out waiting for the {0} listener")]
+    ListenTimeout(&'static str),
+}
+
+/// Circuit relay limits. Defaults are sized for inference: circuits last
+/// hours and carry hundreds of MiB, and thousands of tabs hold reservations.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Reservations held at once.
+    pub max_reservations: usize,
+    /// How long a reservation lasts before the holder must renew.
+    pub reservation_duration: Duration,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// Circuits per peer.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of one circuit.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one circuit may carry.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 8192,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: 8192,
+            max_circuits_per_peer: 256,
+            max_circuit_duration: Duration::from_secs(12 * 3600),
+            max_circuit_bytes: 1 << 30,
+        }
+    }
+}
+
+/// How to run a relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where the identity key and WebRTC certificate live.
+    pub data_dir: PathBuf,
+    /// The IP the libp2p listeners bind to (and advertise).
+    pub listen_ip: IpAddr,
+    /// TCP port (0 = any).
+    pub tcp_port: u16,
+    /// QUIC port, UDP (0 = any).
+    pub quic_port: u16,
+    /// webrtc-direct port, UDP (0 = any).
+    pub webrtc_port: u16,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Root of the static site (`www/`, `pkg/`, `worker/` and `models/`
+    /// are looked up under it).
+    pub site_root: PathBuf,
+    /// Where the model files are served from (`/models/...`).
+    pub models_dir: PathBuf,
+    /// Relay limits.
+    pub limits: Limits,
+}
+
+impl RelayConfig {
+    /// Loopback, ephemeral ports, for tests.
+    pub fn ephemeral(data_dir: PathBuf, site_root: PathBuf) -> Self {
+        Self {
+            models_dir: site_root.join("models"),
+            data_dir,
+            listen_ip: IpAddr::from([127, 0, 0, 1]),
+            tcp_port: 0,
+            quic_port: 0,
+            webrtc_port: 0,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            site_root,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The dialable addresses of a running relay (each ends in `/p2p/<id>`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bootstrap {
+    /// The relay's peer id.
+    pub peer_id: String,
+    /// For browsers: `/ip4/…/udp/…/webrtc-direct/certhash/…/p2p/…`.
+    pub webrtc_direct: Vec<String>,
+    /// For native nodes over TCP.
+    pub tcp: Vec<String>,
+    /// For native nodes over QUIC.
+    pub quic: Vec<String>,
+}
+
+/// A running relay. Dropping it stops the relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    /// The relay's peer id.
+    pub peer_id: PeerId,
+    /// Its dialable addresses.
+    pub bootstrap: Bootstrap,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Registry and counters.
+    pub state: Arc<RelayState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The TCP address as a multiaddr.
+    pub fn tcp_addr(&self) -> Option<Multiaddr> {
+        self.bootstrap.tcp.first().and_then(|a| a.parse().ok())
+    }
+
+    /// The QUIC address as a multiaddr.
+    pub fn quic_addr(&self) -> Option<Multiaddr> {
+        self.bootstrap.quic.first().and_then(|a| a.parse().ok())
+    }
+
+    /// Waits until the relay task ends (it does not, unless it fails).
+    pub async fn join(mut self) {
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the relay: libp2p listeners, then the HTTP server.
+///
+/// # Errors
+/// Data directory, identity or certificate problems, and listeners that fail
+/// to bind.
+pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+    let state = Arc::new(RelayState::default());
+    let codec = tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
+    let (swarm, bootstrap) = swarm::build(&config, codec).await?;
+    let peer_id = *swarm.local_peer_id();
+    let swarm_task = tokio::spawn(swarm::run(swarm, state.clone()));
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|source| RelayError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| RelayError::Http {
+        addr: config.http,
+        source,
+    })?;
+    let app = http::router(&config, state.clone(), bootstrap.clone());
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    Ok(RelayHandle {
+        peer_id,
+        bootstrap,
+        http_addr,
+        state,
+        tasks: vec![swarm_task, http_task],
+    })
+}

@@ -1,0 +1,76 @@
+//! `tabnode-relay`: the relay and web server of a tabnode network.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use tabnode_relay::{start, Limits, RelayConfig};
+
+/// Runs a tabnode relay and serves the site.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// HTTP listen address (site, API, metrics).
+    #[arg(long, env = "TABNODE_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// IP address for the libp2p listeners.
+    #[arg(long, env = "TABNODE_LISTEN_IP", default_value = "127.0.0.1")]
+    listen_ip: IpAddr,
+    /// TCP port for native nodes.
+    #[arg(long, env = "TABNODE_TCP_PORT", default_value_t = 4001)]
+    tcp_port: u16,
+    /// UDP port for QUIC.
+    #[arg(long, env = "TABNODE_QUIC_PORT", default_value_t = 4001)]
+    quic_port: u16,
+    /// UDP port for webrtc-direct (browsers).
+    #[arg(long, env = "TABNODE_WEBRTC_PORT", default_value_t = 4002)]
+    webrtc_port: u16,
+    /// Directory for the identity key and WebRTC certificate.
+    #[arg(long, env = "TABNODE_DATA_DIR", default_value = ".data/relay")]
+    data_dir: PathBuf,
+    /// Directory holding `www/`, `pkg/` and `worker/`.
+    #[arg(long, env = "TABNODE_SITE_ROOT", default_value = ".")]
+    site_root: PathBuf,
+    /// Directory of model files served under `/models/`.
+    #[arg(long, env = "TABNODE_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Write the bootstrap addresses (JSON) to this file once listening.
+    #[arg(long)]
+    bootstrap_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = RelayConfig {
+        models_dir: args
+            .models_dir
+            .unwrap_or_else(|| args.site_root.join("models")),
+        data_dir: args.data_dir,
+        listen_ip: args.listen_ip,
+        tcp_port: args.tcp_port,
+        quic_port: args.quic_port,
+        webrtc_port: args.webrtc_port,
+        http: args.http,
+        site_root: args.site_root,
+        limits: Limits::default(),
+    };
+    let relay = start(config).await?;
+    let json = serde_json::to_string_pretty(&relay.bootstrap)?;
+    if let Some(path) = &args.bootstrap_file {
+        std::fs::write(path, &json)?;
+    }
+    tracing::info!("relay {} ready; HTTP on http://{}", relay.peer_id, relay.http_addr);
+    println!("tabnode relay ready: open http://{}/", relay.http_addr);
+    tokio::select! {
+        _ = relay.join() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

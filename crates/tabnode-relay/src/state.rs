@@ -1,0 +1,317 @@
+//! The relay's view of the network: who is connected, how, with what
+//! capabilities; and its Prometheus counters.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tabnode_core::{Capabilities, CodecStats, NodeKind, PeerSummary};
+
+/// One connected node.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// Transport of its first connection.
+    pub transport: String,
+    /// Milliseconds since the Unix epoch.
+    pub connected_since_ms: u64,
+    /// Open connections to the relay.
+    pub connections: usize,
+    /// Holds a circuit reservation.
+    pub reachable: bool,
+    /// What it registered.
+    pub capabilities: Option<Capabilities>,
+}
+
+impl NodeEntry {
+    fn kind(&self) -> NodeKind {
+        match &self.capabilities {
+            Some(c) => c.kind,
+            None if self.transport.starts_with("webrtc") => NodeKind::Browser,
+            None => NodeKind::Native,
+        }
+    }
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections opened since start.
+    pub connections_opened: AtomicU64,
+    /// Connections closed since start.
+    pub connections_closed: AtomicU64,
+    /// Reservations accepted (including renewals).
+    pub reservations_accepted: AtomicU64,
+    /// Reservations denied or failed.
+    pub reservations_denied: AtomicU64,
+    /// Reservations that timed out (the holder left).
+    pub reservations_closed: AtomicU64,
+    /// Circuits accepted.
+    pub circuits_opened: AtomicU64,
+    /// Circuits closed.
+    pub circuits_closed: AtomicU64,
+    /// Circuit requests denied or failed.
+    pub circuits_denied: AtomicU64,
+    /// Protocol requests received.
+    pub requests_in: AtomicU64,
+    /// Protocol responses sent.
+    pub responses_out: AtomicU64,
+    /// Inbound requests that failed after being read (timeouts, omissions).
+    pub protocol_errors: AtomicU64,
+    /// Inbound messages the codec refused (malformed, oversized, truncated).
+    pub codec: Arc<CodecStats>,
+}
+
+/// Shared state between the swarm task and the HTTP server.
+#[derive(Debug, Default)]
+pub struct RelayState {
+    nodes: RwLock<HashMap<PeerId, NodeEntry>>,
+    reservations: RwLock<HashMap<PeerId, ()>>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// `/api/network` body.
+#[derive(Debug, Serialize)]
+pub struct NetworkView {
+    /// The relay's peer id.
+    pub relay: String,
+    /// Every connected node.
+    pub nodes: Vec<PeerSummary>,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl RelayState {
+    /// Inbound protocol streams closed for any error.
+    pub fn protocol_errors(&self) -> u64 {
+        self.metrics.protocol_errors.load(Ordering::Relaxed) + self.metrics.codec.rejected()
+    }
+
+    /// Records a new connection from `peer`.
+    pub fn connected(&self, peer: PeerId, transport: &str, now_ms: u64) {
+        bump(&self.metrics.connections_opened);
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .entry(peer)
+            .and_modify(|e| e.connections += 1)
+            .or_insert_with(|| NodeEntry {
+                transport: transport.to_string(),
+                connected_since_ms: now_ms,
+                connections: 1,
+                reachable: false,
+                capabilities: None,
+            });
+    }
+
+    /// Records a closed connection; the node leaves when it has none left.
+    pub fn disconnected(&self, peer: PeerId, remaining: u32) {
+        bump(&self.metrics.connections_closed);
+        if remaining == 0 {
+            self.nodes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+            self.reservations
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+        } else if let Some(e) = self
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&peer)
+        {
+            e.connections = remaining as usize;
+        }
+    }
+
+    /// Records a reservation change for `peer`.
+    pub fn set_reachable(&self, peer: PeerId, reachable: bool) {
+        if reachable {
+            self.reservations
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer, ());
+        } else {
+            self.reservations
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+        }
+        if let Some(e) = self
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&peer)
+        {
+            e.reachable = reachable;
+        }
+    }
+
+    /// Stores what `peer` registered. Returns false if the peer is not
+    /// connected (a stale request).
+    pub fn register(&self, peer: PeerId, caps: Capabilities) -> bool {
+        match self
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&peer)
+        {
+            Some(e) => {
+                e.capabilities = Some(caps);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every connected node, oldest first.
+    pub fn summaries(&self) -> Vec<PeerSummary> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<PeerSummary> = nodes
+            .iter()
+            .map(|(id, e)| PeerSummary {
+                peer_id: id.to_string(),
+                kind: e.kind(),
+                transport: e.transport.clone(),
+                connected_since_ms: e.connected_since_ms,
+                reachable: e.reachable,
+                capabilities: e.capabilities.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.connected_since_ms, &a.peer_id).cmp(&(b.connected_since_ms, &b.peer_id))
+        });
+        out
+    }
+
+    /// Prometheus text exposition of the counters and gauges.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let (browsers, natives) = {
+            let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+            let b = nodes.values().filter(|e| e.kind() == NodeKind::Browser).count();
+            (b, nodes.len() - b)
+        };
+        let reservations = self
+            .reservations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let opened = load(&m.circuits_opened);
+        let closed = load(&m.circuits_closed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "tabnode_nodes",
+            "gauge",
+            "Nodes connected to the relay.",
+            &[
+                ("{kind=\"browser\"}", browsers as u64),
+                ("{kind=\"native\"}", natives as u64),
+            ],
+        );
+        metric(
+            "tabnode_connections_total",
+            "counter",
+            "Connections opened and closed.",
+            &[
+                ("{event=\"opened\"}", load(&m.connections_opened)),
+                ("{event=\"closed\"}", load(&m.connections_closed)),
+            ],
+        );
+        metric(
+            "tabnode_reservations",
+            "gauge",
+            "Active circuit reservations.",
+            &[("", reservations as u64)],
+        );
+        metric(
+            "tabnode_reservation_events_total",
+            "counter",
+            "Reservation requests by outcome.",
+            &[
+                ("{outcome=\"accepted\"}", load(&m.reservations_accepted)),
+                ("{outcome=\"denied\"}", load(&m.reservations_denied)),
+                ("{outcome=\"timed_out\"}", load(&m.reservations_closed)),
+            ],
+        );
+        metric(
+            "tabnode_circuits",
+            "gauge",
+            "Open relayed circuits.",
+            &[("", opened.saturating_sub(closed))],
+        );
+        metric(
+            "tabnode_circuit_events_total",
+            "counter",
+            "Circuit requests by outcome.",
+            &[
+                ("{outcome=\"opened\"}", opened),
+                ("{outcome=\"closed\"}", closed),
+                ("{outcome=\"denied\"}", load(&m.circuits_denied)),
+            ],
+        );
+        metric(
+            "tabnode_messages_total",
+            "counter",
+            "Protocol messages handled by the relay.",
+            &[
+                ("{direction=\"in\"}", load(&m.requests_in)),
+                ("{direction=\"out\"}", load(&m.responses_out)),
+            ],
+        );
+        metric(
+            "tabnode_errors_total",
+            "counter",
+            "Inbound protocol streams closed for errors.",
+            &[
+                ("{kind=\"malformed\"}", m.codec.rejected()),
+                ("{kind=\"failed\"}", load(&m.protocol_errors)),
+            ],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_come_and_go() {
+        let s = RelayState::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        s.connected(a, "webrtc-direct", 10);
+        s.connected(b, "tcp", 20);
+        s.connected(b, "tcp", 30);
+        assert!(s.register(a, Capabilities::new(NodeKind::Browser, "tab")));
+        assert!(!s.register(PeerId::random(), Capabilities::new(NodeKind::Native, "x")));
+        s.set_reachable(b, true);
+        let list = s.summaries();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].peer_id, a.to_string());
+        assert_eq!(list[0].kind, NodeKind::Browser);
+        assert_eq!(list[1].kind, NodeKind::Native);
+        assert!(list[1].reachable);
+        s.disconnected(b, 1);
+        assert_eq!(s.summaries().len(), 2);
+        s.disconnected(b, 0);
+        assert_eq!(s.summaries().len(), 1);
+        let text = s.render_metrics();
+        assert!(text.contains("tabnode_nodes{kind=\"browser\"} 1"), "{text}");
+        assert!(text.contains("tabnode_connections_total{event=\"opened\"} 3"), "{text}");
+        assert!(text.contains("tabnode_reservations 0"), "{text}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The relay's libp2p side: transports, behaviour and event loop.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::{
+    core::{muxing::StreamMuxerBox, ConnectedPoint},
+    identify, identity, noise, ping, relay,
+    multiaddr::Protocol,
+    request_response,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm, Transport,
+};
+use libp2p_webrtc::tokio::Certificate;
+use tabnode_core::{
+    driver::transport_name,
+    node::{rpc_behaviour, IDENTIFY_PROTOCOL},
+    ErrorCode, Request, Response, TabnodeCodec,
+};
+
+use crate::{state::RelayState, Bootstrap, RelayConfig, RelayError};
+
+/// The relay's behaviour.
+#[derive(NetworkBehaviour)]
+pub(crate) struct RelayBehaviour {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    rpc: request_response::Behaviour<TabnodeCodec>,
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RelayError {
+    let path = path.to_path_buf();
+    move |source| RelayError::Io { what, path, source }
+}
+
+/// Loads the identity key from `dir`, creating it on first start.
+fn load_identity(dir: &Path) -> Result<identity::Keypair, RelayError> {
+    let path = dir.join("identity.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| RelayError::BadKey(path, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| RelayError::BadKey(path.clone(), e.to_string()))?;
+            std::fs::write(&path, bytes).map_err(io_err("writing the identity key", &path))?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err("reading the identity key", &path)(e)),
+    }
+}
+
+/// Loads the WebRTC certificate from `dir`, creating it on first start, so
+/// that the certhash browsers dial stays the same across restarts.
+fn load_certificate(dir: &Path) -> Result<Certificate, RelayError> {
+    let path = dir.join("webrtc-cert.pem");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => Certificate::from_pem(&pem).map_err(|e| RelayError::Certificate(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let cert = Certificate::generate(&mut rand::thread_rng())
+                .map_err(|e| RelayError::Certificate(e.to_string()))?;
+            std::fs::write(&path, cert.serialize_pem())
+                .map_err(io_err("writing the WebRTC certificate", &path))?;
+            Ok(cert)
+        }
+        Err(e) => Err(io_err("reading the WebRTC certificate", &path)(e)),
+    }
+}
+
+fn relay_config(config: &RelayConfig) -> relay::Config {
+    let l = &config.limits;
+    let per = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    relay::Config {
+        max_reservations: l.max_reservations,
+        max_reservations_per_peer: 4,
+        reservation_duration: l.reservation_duration,
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: l.max_circuits,
+        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuit_duration: l.max_circuit_duration,
+        max_circuit_bytes: l.max_circuit_bytes,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    // Generous per-peer and per-IP rates: many tabs share one IP (NAT,
+    // loopback tests) and reconnect after every relay restart.
+    .reservation_rate_per_peer(per(60), Duration::from_secs(60))
+    .reservation_rate_per_ip(per(1200), Duration::from_secs(60))
+    .circuit_src_per_peer(per(600), Duration::from_secs(60))
+    .circuit_src_per_ip(per(6000), Duration::from_secs(60))
+}
+
+/// Builds the swarm and waits until all three listeners are bound.
+pub(crate) async fn build(
+    config: &RelayConfig,
+    codec: TabnodeCodec,
+) -> Result<(Swarm<RelayBehaviour>, Bootstrap), RelayError> {
+    // webrtc-rs pulls in both ring and aws-lc-rs; rustls must be told which.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_err("creating the data directory", &config.data_dir))?;
+    let key = load_identity(&config.data_dir)?;
+    let cert = load_certificate(&config.data_dir)?;
+    let relay_cfg = relay_config(config);
+    let lp = |e: &dyn std::fmt::Display| RelayError::Libp2p(e.to_string());
+
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| lp(&e))?
+        .with_quic()
+        .with_other_transport(|key| {
+            libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+        })
+        .map_err(|e| lp(&e))?
+        .with_behaviour(|key| RelayBehaviour {
+            relay: relay::Behaviour::new(key.public().to_peer_id(), relay_cfg),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("tabnode-relay/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+            rpc: rpc_behaviour(codec),
+        })
+        .map_err(|e| lp(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+
+    let ip = match config.listen_ip {
+        std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
+        std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),
+    };
+    let base = Multiaddr::empty().with(ip);
+    let listens = [
+        base.clone().with(Protocol::Tcp(config.tcp_port)),
+        base.clone()
+            .with(Protocol::Udp(config.quic_port))
+            .with(Protocol::QuicV1),
+        base.with(Protocol::Udp(config.webrtc_port))
+            .with(Protocol::WebRTCDirect),
+    ];
+    for addr in listens {
+        swarm.listen_on(addr).map_err(|e| lp(&e))?;
+    }
+
+    let peer_id = *swarm.local_peer_id();
+    let mut boot = Bootstrap {
+        peer_id: peer_id.to_string(),
+        webrtc_direct: Vec::new(),
+        tcp: Vec::new(),
+        quic: Vec::new(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while boot.tcp.is_empty() || boot.quic.is_empty() || boot.webrtc_direct.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| {
+                RelayError::ListenTimeout(if boot.tcp.is_empty() {
+                    "tcp"
+                } else if boot.quic.is_empty() {
+                    "quic"
+                } else {
+                    "webrtc-direct"
+                })
+            })?;
+        if let SwarmEvent::NewListenAddr { address, .. } = event {
+            swarm.add_external_address(address.clone());
+            let full = address.clone().with(Protocol::P2p(peer_id)).to_string();
+            tracing::info!("listening on {full}");
+            match transport_name(&address) {
+                "tcp" => boot.tcp.push(full),
+                "quic" => boot.quic.push(full),
+                "webrtc-direct" => boot.webrtc_direct.push(full),
+                _ => {}
+            }
+        }
+    }
+    Ok((swarm, boot))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The relay's event loop.
+pub(crate) async fn run(mut swarm: Swarm<RelayBehaviour>, state: Arc<RelayState>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &state.metrics;
+    while let Some(event) = swarm.next().await {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address,
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                };
+                tracing::debug!("connected: {peer_id} via {addr}");
+                state.connected(peer_id, transport_name(addr), now_ms());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!("disconnected: {peer_id} ({cause:?})");
+                state.disconnected(peer_id, num_established);
+            }
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => {
+                on_relay_event(&state, e);
+            }
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Rpc(e)) => match e {
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                } => {
+                    m.requests_in.fetch_add(1, Relaxed);
+                    let response = answer(&state, peer, request);
+                    if swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response)
+                        .is_ok()
+                    {
+                        m.responses_out.fetch_add(1, Relaxed);
+                    }
+                }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    m.protocol_errors.fetch_add(1, Relaxed);
+                    tracing::warn!("closed a stream from {peer}: {error}");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Register(caps) => {
+            if state.register(peer, caps) {
+                Response::Ack
+            } else {
+                Response::Error {
+                    code: ErrorCode::Invalid,
+                    message: "not connected".into(),
+                }
+            }
+        }
+        Request::ListPeers => Response::Peers(state.summaries()),
+        Request::Echo(payload) => Response::Echo(payload),
+    }
+}
+
+fn on_relay_event(state: &RelayState, e: relay::Event) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &state.metrics;
+    match e {
+        relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+            m.reservations_accepted.fetch_add(1, Relaxed);
+            state.set_reachable(src_peer_id, true);
+        }
+        relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+            m.reservations_denied.fetch_add(1, Relaxed);
+            tracing::warn!("reservation denied for {src_peer_id}");
+        }
+        relay::Event::ReservationTimedOut { src_peer_id }
+        | relay::Event::ReservationClosed { src_peer_id } => {
+            m.reservations_closed.fetch_add(1, Relaxed);
+            state.set_reachable(src_peer_id, false);
+        }
+        relay::Event::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => {
+            m.circuits_opened.fetch_add(1, Relaxed);
+            tracing::debug!("circuit {src_peer_id} -> {dst_peer_id}");
+        }
+        relay::Event::CircuitReqDenied {
+            src_peer_id,
+            dst_peer_id,
+            status,
+        } => {
+            m.circuits_denied.fetch_add(1, Relaxed);
+            tracing::warn!("circuit {src_peer_id} -> {dst_peer_id} denied: {status:?}");
+        }
+        relay::Event::CircuitClosed { .. } => {
+            m.circuits_closed.fetch_add(1, Relaxed);
+        }
+        #[allow(deprecated)]
+        other => {
+            tracing::warn!("relay: {other:?}");
+        }
+    }
+}
