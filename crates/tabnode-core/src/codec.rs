@@ -6,9 +6,9 @@
 //!
 //! The writer hands the stream at most [`MAX_FRAME`] bytes per write and
 //! flushes after each one. On WebRTC every write becomes one data-channel
-//! message, and the native `webrtc-direct` stack drops data-channel messages
-//! over 8 KiB ("Short buffer (size: 8192)", rust-libp2p #6557), so no write
-//! may be larger than that.
+//! message, and the native `webrtc-direct` stack fails on data-channel
+//! messages over 8 KiB ("Short buffer (size: 8192)", rust-libp2p #6557), so no
+//! write may come near that.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::protocol::{Request, Response};
 
 /// Largest single write handed to the transport, header included.
-pub const MAX_FRAME: usize = 8 * 1024;
+///
+/// The limit that matters is 8192 bytes per WebRTC data-channel message,
+/// *after* libp2p's WebRTC framing (varint length + protobuf, about 6 bytes)
+/// and, through a relay circuit, Noise (16-byte tag, 2-byte length) and yamux
+/// (12-byte header per frame). 8000 leaves room for all of them.
+pub const MAX_FRAME: usize = 8000;
 
 /// Largest encoded message accepted or sent (4 MiB).
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
@@ -72,7 +77,9 @@ pub fn encode<M: Serialize>(msg: &M, max: usize) -> Result<Vec<u8>, CodecError> 
 pub fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, CodecError> {
     let (msg, rest) = postcard::take_from_bytes(body)?;
     if !rest.is_empty() {
-        return Err(CodecError::Malformed(postcard::Error::DeserializeBadEncoding));
+        return Err(CodecError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        ));
     }
     Ok(msg)
 }
@@ -256,12 +263,23 @@ mod tests {
     }
 
     #[test]
-    fn one_mib_round_trips_in_frames_of_at_most_8_kib() {
+    fn one_mib_round_trips_in_frames_below_8_kib() {
         let req = Request::Echo(payload(1 << 20));
         let mut sink = Recorder::default();
         block_on(write_message(&mut sink, &req, MAX_MESSAGE)).expect("write");
-        assert!(sink.writes.len() > 128, "expected many frames, got {}", sink.writes.len());
-        assert!(sink.writes.iter().all(|&w| w <= MAX_FRAME), "a write exceeded 8 KiB");
+        assert!(
+            sink.writes.len() > 128,
+            "expected many frames, got {}",
+            sink.writes.len()
+        );
+        assert!(
+            sink.writes.iter().all(|&w| w <= MAX_FRAME),
+            "a write exceeded MAX_FRAME"
+        );
+        assert!(
+            MAX_FRAME + 64 <= 8192,
+            "MAX_FRAME leaves no room for transport framing"
+        );
         assert_eq!(sink.flushes, sink.writes.len(), "every frame is flushed");
         let back: Request =
             block_on(read_message(&mut Cursor::new(sink.bytes), MAX_MESSAGE)).expect("read");
@@ -272,7 +290,11 @@ mod tests {
     fn structured_messages_round_trip() {
         let mut caps = Capabilities::new(NodeKind::Browser, "test");
         caps.models.push("smollm2-135m".into());
-        for msg in [Request::Register(caps), Request::ListPeers, Request::Echo(vec![])] {
+        for msg in [
+            Request::Register(caps),
+            Request::ListPeers,
+            Request::Echo(vec![]),
+        ] {
             let bytes = encode(&msg, MAX_MESSAGE).expect("encode");
             let back: Request = decode(&bytes[4..]).expect("decode");
             assert_eq!(back, msg);
@@ -283,8 +305,11 @@ mod tests {
     fn oversized_prefix_is_rejected_before_reading_the_body() {
         let mut wire = ((MAX_MESSAGE + 1) as u32).to_be_bytes().to_vec();
         wire.extend_from_slice(&[0; 16]);
-        let err = block_on(read_message::<Request, _>(&mut Cursor::new(wire), MAX_MESSAGE))
-            .expect_err("must reject");
+        let err = block_on(read_message::<Request, _>(
+            &mut Cursor::new(wire),
+            MAX_MESSAGE,
+        ))
+        .expect_err("must reject");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
     }
@@ -292,8 +317,12 @@ mod tests {
     #[test]
     fn oversized_message_is_not_written() {
         let mut sink = Recorder::default();
-        let err = block_on(write_message(&mut sink, &Request::Echo(payload(2000)), 1000))
-            .expect_err("must refuse");
+        let err = block_on(write_message(
+            &mut sink,
+            &Request::Echo(payload(2000)),
+            1000,
+        ))
+        .expect_err("must refuse");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(sink.writes.is_empty(), "nothing may reach the wire");
     }
@@ -303,15 +332,21 @@ mod tests {
         // Unknown enum discriminant.
         let mut wire = 3u32.to_be_bytes().to_vec();
         wire.extend_from_slice(&[0xff, 0xff, 0x01]);
-        let err = block_on(read_message::<Request, _>(&mut Cursor::new(wire), MAX_MESSAGE))
-            .expect_err("garbage");
+        let err = block_on(read_message::<Request, _>(
+            &mut Cursor::new(wire),
+            MAX_MESSAGE,
+        ))
+        .expect_err("garbage");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         // Body shorter than announced.
         let mut wire = 100u32.to_be_bytes().to_vec();
         wire.extend_from_slice(&[2, 5]);
-        let err = block_on(read_message::<Request, _>(&mut Cursor::new(wire), MAX_MESSAGE))
-            .expect_err("truncated");
+        let err = block_on(read_message::<Request, _>(
+            &mut Cursor::new(wire),
+            MAX_MESSAGE,
+        ))
+        .expect_err("truncated");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
 
         // Trailing bytes after a valid message.
@@ -319,8 +354,11 @@ mod tests {
         bytes.push(0);
         let len = (bytes.len() - 4) as u32;
         bytes[..4].copy_from_slice(&len.to_be_bytes());
-        let err = block_on(read_message::<Request, _>(&mut Cursor::new(bytes), MAX_MESSAGE))
-            .expect_err("trailing");
+        let err = block_on(read_message::<Request, _>(
+            &mut Cursor::new(bytes),
+            MAX_MESSAGE,
+        ))
+        .expect_err("trailing");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

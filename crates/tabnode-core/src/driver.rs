@@ -13,7 +13,7 @@ use futures::{channel::mpsc, channel::oneshot, FutureExt, StreamExt};
 use libp2p::{
     core::ConnectedPoint,
     multiaddr::Protocol,
-    relay,
+    ping, relay,
     request_response::{self, OutboundRequestId},
     swarm::{dial_opts::DialOpts, SwarmEvent},
     Multiaddr, PeerId, Swarm,
@@ -64,7 +64,8 @@ pub enum Command {
 }
 
 /// What the driver tells its caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeEvent {
     /// A relay connection is up (over `transport`).
     RelayConnected {
@@ -80,8 +81,8 @@ pub enum NodeEvent {
     RelayDisconnected {
         /// Why, as libp2p reports it.
         reason: String,
-        /// Delay before the next attempt.
-        retry_in: Duration,
+        /// Delay before the next attempt, in milliseconds.
+        retry_in_ms: u64,
     },
     /// A peer was served a request.
     Served {
@@ -230,7 +231,10 @@ impl Driver {
     fn register(&mut self, swarm: &mut Swarm<NodeBehaviour>) {
         let request = Request::Register(self.capabilities.clone());
         // The answer is an Ack; nobody waits for it, failures are logged.
-        swarm.behaviour_mut().rpc.send_request(&self.relay_peer, request);
+        swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&self.relay_peer, request);
     }
 
     fn circuit_addr(&self, peer: PeerId) -> Multiaddr {
@@ -348,6 +352,15 @@ impl Driver {
                 tracing::info!(renewal, "circuit reservation accepted");
                 None
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) if peer == self.relay_peer => {
+                tracing::info!("ping to the relay failed ({e}); closing the connection");
+                swarm.close_connection(connection);
+                None
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Rpc(event)) => {
                 self.on_rpc(swarm, event, emit);
                 None
@@ -361,7 +374,10 @@ impl Driver {
         self.attempt = self.attempt.saturating_add(1);
         let reason = reason.unwrap_or_else(|| "closed".into());
         tracing::info!("relay lost ({reason}); retrying in {retry_in:?}");
-        emit(NodeEvent::RelayDisconnected { reason, retry_in });
+        emit(NodeEvent::RelayDisconnected {
+            reason,
+            retry_in_ms: retry_in.as_millis() as u64,
+        });
         Some(retry_in)
     }
 
@@ -457,7 +473,9 @@ mod tests {
     #[test]
     fn peer_suffix() {
         let id = PeerId::random();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{id}").parse().expect("addr");
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{id}")
+            .parse()
+            .expect("addr");
         assert_eq!(peer_of(&addr), Some(id));
         let bare: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("addr");
         assert_eq!(peer_of(&bare), None);

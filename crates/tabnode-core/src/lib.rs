@@ -14,6 +14,7 @@
 //! `wasm32-unknown-unknown` and natively.
 
 pub mod caps;
+pub mod chunked;
 pub mod codec;
 pub mod driver;
 // The `NetworkBehaviour` derive generates an event enum without docs.

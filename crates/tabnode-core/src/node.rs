@@ -23,6 +23,12 @@ use crate::{
 /// How long a request may take before it fails with a timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a node pings its relay. A WebRTC connection whose peer vanished
+/// is only noticed by a failed ping (the browser reports nothing for a long
+/// time), so a failed ping to the relay closes the connection and starts the
+/// reconnect: a dead relay is noticed within about two intervals.
+pub const PING_INTERVAL: Duration = Duration::from_secs(4);
+
 /// The identify protocol string shared by all tabnode peers.
 pub const IDENTIFY_PROTOCOL: &str = "/tabnode/id/1.0.0";
 
@@ -54,7 +60,11 @@ impl NodeBehaviour {
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(agent),
             ),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_INTERVAL),
+            ),
             rpc: rpc_behaviour(codec),
         }
     }
@@ -110,10 +120,16 @@ mod tests {
     #[test]
     fn nodes_echo_and_refuse_registry_requests() {
         let peer = PeerId::random();
-        assert_eq!(answer(peer, Request::Echo(vec![1, 2, 3])), Response::Echo(vec![1, 2, 3]));
+        assert_eq!(
+            answer(peer, Request::Echo(vec![1, 2, 3])),
+            Response::Echo(vec![1, 2, 3])
+        );
         assert!(matches!(
             answer(peer, Request::ListPeers),
-            Response::Error { code: ErrorCode::Unsupported, .. }
+            Response::Error {
+                code: ErrorCode::Unsupported,
+                ..
+            }
         ));
     }
 }

@@ -215,7 +215,9 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     if driver::peer_of(&config.relay).is_none() {
         return Err(NodeError::RelayAddress(config.relay));
     }
-    let key = config.key.unwrap_or_else(identity::Keypair::generate_ed25519);
+    let key = config
+        .key
+        .unwrap_or_else(identity::Keypair::generate_ed25519);
     let agent = format!("tabnode-node/{}", env!("CARGO_PKG_VERSION"));
     let lp = |e: &dyn std::fmt::Display| NodeError::Libp2p(e.to_string());
     let counters = Arc::new(Counters::default());

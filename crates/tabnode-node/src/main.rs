@@ -22,14 +22,21 @@ struct Args {
     #[arg(long)]
     quic: bool,
     /// Identity key file (created if missing), so the peer id is stable.
-    #[arg(long, env = "TABNODE_NODE_KEY", default_value = ".data/node/identity.key")]
+    #[arg(
+        long,
+        env = "TABNODE_NODE_KEY",
+        default_value = ".data/node/identity.key"
+    )]
     key_file: PathBuf,
     /// VRAM pledged to the network, in MiB.
     #[arg(long, default_value_t = 0)]
     pledge_mib: u64,
 }
 
-fn relay_from_bootstrap(path: &PathBuf, quic: bool) -> Result<Multiaddr, Box<dyn std::error::Error>> {
+fn relay_from_bootstrap(
+    path: &PathBuf,
+    quic: bool,
+) -> Result<Multiaddr, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let key = if quic { "quic" } else { "tcp" };
@@ -45,8 +52,7 @@ fn relay_from_bootstrap(path: &PathBuf, quic: bool) -> Result<Multiaddr, Box<dyn
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -56,7 +62,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => return Err("give --relay or --bootstrap-file".into()),
     };
     let key = load_or_create_key(&args.key_file)?;
-    let mut caps = Capabilities::new(NodeKind::Native, format!("tabnode-node/{}", env!("CARGO_PKG_VERSION")));
+    let mut caps = Capabilities::new(
+        NodeKind::Native,
+        format!("tabnode-node/{}", env!("CARGO_PKG_VERSION")),
+    );
     caps.pledged_vram_mib = args.pledge_mib;
     let node = spawn(NodeConfig {
         relay,

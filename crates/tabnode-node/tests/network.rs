@@ -38,14 +38,19 @@ fn node(relay: Multiaddr, name: &str) -> NodeHandle {
 }
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
 }
 
 async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tick.tick().await;
     }
 }
@@ -73,7 +78,13 @@ async fn one_mib_round_trip_through_the_relay_circuit() {
 
     // The registry lists both with what they registered.
     wait_until("both registered", || {
-        relay.state.summaries().iter().filter(|p| p.capabilities.is_some()).count() == 2
+        relay
+            .state
+            .summaries()
+            .iter()
+            .filter(|p| p.capabilities.is_some())
+            .count()
+            == 2
     })
     .await;
     let Response::Peers(peers) = a.request(None, Request::ListPeers).await.expect("list") else {
@@ -82,7 +93,9 @@ async fn one_mib_round_trip_through_the_relay_circuit() {
     let mut transports: Vec<_> = peers.iter().map(|p| p.transport.as_str()).collect();
     transports.sort();
     assert_eq!(transports, ["quic", "tcp"]);
-    assert!(peers.iter().all(|p| p.kind == NodeKind::Native && p.reachable));
+    assert!(peers
+        .iter()
+        .all(|p| p.kind == NodeKind::Native && p.reachable));
     assert!(peers
         .iter()
         .all(|p| p.capabilities.as_ref().map(|c| c.pledged_vram_mib) == Some(512)));
@@ -145,7 +158,11 @@ struct Rogue {
 fn rogue() -> Swarm<Rogue> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .expect("tcp")
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .expect("relay client")
@@ -162,7 +179,11 @@ fn rogue() -> Swarm<Rogue> {
 }
 
 /// Sends `bytes` raw to `peer` and returns whether it got any answer.
-async fn send_raw(swarm: &mut Swarm<Rogue>, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+async fn send_raw(
+    swarm: &mut Swarm<Rogue>,
+    peer: PeerId,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, String> {
     let id = swarm.behaviour_mut().rpc.send_request(&peer, bytes);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -171,7 +192,11 @@ async fn send_raw(swarm: &mut Swarm<Rogue>, peer: PeerId, bytes: Vec<u8>) -> Res
             .expect("rogue request finishes");
         match ev {
             SwarmEvent::Behaviour(RogueEvent::Rpc(request_response::Event::Message {
-                message: request_response::Message::Response { request_id, response },
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             })) if request_id == id => return Ok(response),
             SwarmEvent::Behaviour(RogueEvent::Rpc(request_response::Event::OutboundFailure {
@@ -210,10 +235,17 @@ async fn malformed_and_oversized_messages_close_the_stream_and_others_keep_being
     };
 
     // Against the relay, directly.
-    for (name, bytes) in [("garbage", &garbage), ("oversized", &oversized), ("truncated", &truncated)] {
+    for (name, bytes) in [
+        ("garbage", &garbage),
+        ("oversized", &oversized),
+        ("truncated", &truncated),
+    ] {
         let before = relay.state.protocol_errors();
         let got = send_raw(&mut bad, relay.peer_id, bytes.clone()).await;
-        assert!(got.is_err(), "{name}: the relay must not answer, got {got:?}");
+        assert!(
+            got.is_err(),
+            "{name}: the relay must not answer, got {got:?}"
+        );
         wait_until("the relay to count the error", || {
             relay.state.protocol_errors() > before
         })
@@ -237,15 +269,24 @@ async fn malformed_and_oversized_messages_close_the_stream_and_others_keep_being
 
     // A well-formed request still works, through the relay and the node.
     let data = payload(100_000, 3);
-    let r = good.request(Some(server.peer_id), Request::Echo(data.clone())).await.expect("echo");
+    let r = good
+        .request(Some(server.peer_id), Request::Echo(data.clone()))
+        .await
+        .expect("echo");
     assert_eq!(r, Response::Echo(data));
-    let r = good.request(None, Request::Echo(vec![9; 10])).await.expect("relay echo");
+    let r = good
+        .request(None, Request::Echo(vec![9; 10]))
+        .await
+        .expect("relay echo");
     assert_eq!(r, Response::Echo(vec![9; 10]));
 
     // And the rogue's own well-formed request is answered too: only the bad
     // streams were closed, not its connection or the protocol.
-    let ok = tabnode_core::codec::encode(&Request::Echo(vec![1, 2, 3]), MAX_MESSAGE).expect("encode");
-    let body = send_raw(&mut bad, relay.peer_id, ok).await.expect("well-formed request answered");
+    let ok =
+        tabnode_core::codec::encode(&Request::Echo(vec![1, 2, 3]), MAX_MESSAGE).expect("encode");
+    let body = send_raw(&mut bad, relay.peer_id, ok)
+        .await
+        .expect("well-formed request answered");
     let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
     assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
 }
@@ -262,20 +303,26 @@ async fn nodes_reconnect_after_a_relay_restart_with_the_same_identities() {
     b.wait_reachable(WAIT).await.expect("b reachable");
 
     // Restart on the same ports and data directory.
-    let ports: Vec<u16> = [&first.bootstrap.tcp[0], &first.bootstrap.quic[0], &first.bootstrap.webrtc_direct[0]]
-        .iter()
-        .map(|a| {
-            let m: Multiaddr = a.parse().expect("addr");
-            m.iter()
-                .find_map(|p| match p {
-                    Protocol::Tcp(p) | Protocol::Udp(p) => Some(p),
-                    _ => None,
-                })
-                .expect("port")
-        })
-        .collect();
+    let ports: Vec<u16> = [
+        &first.bootstrap.tcp[0],
+        &first.bootstrap.quic[0],
+        &first.bootstrap.webrtc_direct[0],
+    ]
+    .iter()
+    .map(|a| {
+        let m: Multiaddr = a.parse().expect("addr");
+        m.iter()
+            .find_map(|p| match p {
+                Protocol::Tcp(p) | Protocol::Udp(p) => Some(p),
+                _ => None,
+            })
+            .expect("port")
+    })
+    .collect();
     drop(first);
-    a.wait_for("relay loss", WAIT, |s| !s.relay_connected).await.expect("a sees the loss");
+    a.wait_for("relay loss", WAIT, |s| !s.relay_connected)
+        .await
+        .expect("a sees the loss");
     let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
     (cfg.tcp_port, cfg.quic_port, cfg.webrtc_port) = (ports[0], ports[1], ports[2]);
     let second = tabnode_relay::start(cfg).await.expect("relay restarts");
@@ -287,6 +334,9 @@ async fn nodes_reconnect_after_a_relay_restart_with_the_same_identities() {
             .expect("node reconnects on its own");
     }
     let data = payload(20_000, 1);
-    let r = a.request(Some(b.peer_id), Request::Echo(data.clone())).await.expect("echo after restart");
+    let r = a
+        .request(Some(b.peer_id), Request::Echo(data.clone()))
+        .await
+        .expect("echo after restart");
     assert_eq!(r, Response::Echo(data));
 }

@@ -195,7 +195,8 @@ impl Drop for RelayHandle {
 /// to bind.
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let state = Arc::new(RelayState::default());
-    let codec = tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
+    let codec =
+        tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
     let peer_id = *swarm.local_peer_id();
     let swarm_task = tokio::spawn(swarm::run(swarm, state.clone()));

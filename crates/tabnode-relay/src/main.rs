@@ -66,7 +66,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.bootstrap_file {
         std::fs::write(path, &json)?;
     }
-    tracing::info!("relay {} ready; HTTP on http://{}", relay.peer_id, relay.http_addr);
+    tracing::info!(
+        "relay {} ready; HTTP on http://{}",
+        relay.peer_id,
+        relay.http_addr
+    );
     println!("tabnode relay ready: open http://{}/", relay.http_addr);
     tokio::select! {
         _ = relay.join() => {}

@@ -195,7 +195,10 @@ impl RelayState {
         let m = &self.metrics;
         let (browsers, natives) = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
-            let b = nodes.values().filter(|e| e.kind() == NodeKind::Browser).count();
+            let b = nodes
+                .values()
+                .filter(|e| e.kind() == NodeKind::Browser)
+                .count();
             (b, nodes.len() - b)
         };
         let reservations = self
@@ -311,7 +314,10 @@ mod tests {
         assert_eq!(s.summaries().len(), 1);
         let text = s.render_metrics();
         assert!(text.contains("tabnode_nodes{kind=\"browser\"} 1"), "{text}");
-        assert!(text.contains("tabnode_connections_total{event=\"opened\"} 3"), "{text}");
+        assert!(
+            text.contains("tabnode_connections_total{event=\"opened\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("tabnode_reservations 0"), "{text}");
     }
 }

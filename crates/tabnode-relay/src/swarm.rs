@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use libp2p::{
     core::{muxing::StreamMuxerBox, ConnectedPoint},
-    identify, identity, noise, ping, relay,
+    identify, identity,
     multiaddr::Protocol,
-    request_response,
+    noise, ping, relay, request_response,
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, Transport,
 };
@@ -302,8 +302,16 @@ fn on_relay_event(state: &RelayState, e: relay::Event) {
             m.circuits_denied.fetch_add(1, Relaxed);
             tracing::warn!("circuit {src_peer_id} -> {dst_peer_id} denied: {status:?}");
         }
-        relay::Event::CircuitClosed { .. } => {
+        relay::Event::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            error,
+        } => {
             m.circuits_closed.fetch_add(1, Relaxed);
+            match error {
+                Some(e) => tracing::warn!("circuit {src_peer_id} -> {dst_peer_id} failed: {e}"),
+                None => tracing::debug!("circuit {src_peer_id} -> {dst_peer_id} closed"),
+            }
         }
         #[allow(deprecated)]
         other => {

@@ -1,0 +1,317 @@
+//! wasm-bindgen glue: the `TabNode` class.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use libp2p::{core::upgrade, identity::Keypair, noise, relay, yamux, Multiaddr, Transport};
+use tabnode_core::{
+    chunked::ChunkedWrites,
+    driver::{self, Command, DriverConfig, NodeEvent, RequestError},
+    node::NodeBehaviour,
+    worker::{FromWorker, ToWorker},
+    Capabilities, NodeKind, Request, Response, TabnodeCodec, MAX_FRAME,
+};
+use wasm_bindgen::{prelude::*, JsCast};
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
+use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
+
+use crate::{StartOptions, WebError};
+
+/// Installs the panic hook once, when the module loads.
+#[wasm_bindgen(start)]
+pub fn init() {
+    console_error_panic_hook::set_once();
+}
+
+fn js_event<T: serde::Serialize>(callback: &js_sys::Function, event: &T) {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+    match event.serialize(&serializer) {
+        Ok(v) => {
+            if let Err(e) = callback.call1(&JsValue::NULL, &v) {
+                web_sys::console::error_2(&"tabnode: onEvent threw".into(), &e);
+            }
+        }
+        Err(e) => web_sys::console::error_1(&format!("tabnode: event encode: {e}").into()),
+    }
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    capabilities: RefCell<Capabilities>,
+    on_event: js_sys::Function,
+    worker: RefCell<Option<Worker>>,
+}
+
+impl Shared {
+    fn command(&self, command: Command) -> Result<(), WebError> {
+        self.commands
+            .clone()
+            .try_send(command)
+            .map_err(|_| WebError::Request(RequestError::Stopped))
+    }
+
+    async fn request(
+        &self,
+        peer: Option<libp2p::PeerId>,
+        request: Request,
+    ) -> Result<Response, WebError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Request {
+            peer,
+            request,
+            reply,
+        })?;
+        Ok(rx.await.map_err(|_| RequestError::Stopped)??)
+    }
+}
+
+/// A browser tab's node.
+#[wasm_bindgen]
+pub struct TabNode {
+    shared: Rc<Shared>,
+    peer_id: String,
+    identity: Vec<u8>,
+}
+
+fn tracing_subscriber_for(
+    config: tracing_wasm::WASMLayerConfig,
+) -> impl tracing::Subscriber + Send + Sync {
+    use tracing_wasm::WASMLayer;
+    tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::Registry::default(),
+        WASMLayer::new(config),
+    )
+}
+
+fn agent() -> String {
+    let ua = web_sys::window()
+        .and_then(|w| w.navigator().user_agent().ok())
+        .unwrap_or_default();
+    format!("tabnode-web/{} ({ua})", env!("CARGO_PKG_VERSION"))
+}
+
+#[wasm_bindgen]
+impl TabNode {
+    /// Starts the node: `{ relay, identity?, workerUrl?, pledgeMib?,
+    /// maxBackoffMs? }`; `onEvent` receives every event as a plain object
+    /// with a `type` field.
+    ///
+    /// # Errors
+    /// Bad options, a corrupt identity, or a worker that cannot start.
+    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<TabNode, JsError> {
+        let opts: StartOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| WebError::BadOptions(e.to_string()))?;
+        if let Some(level) = &opts.log_level {
+            let level = level
+                .parse::<tracing::Level>()
+                .map_err(|e| WebError::BadOptions(format!("logLevel: {e}")))?;
+            let config = tracing_wasm::WASMLayerConfigBuilder::new()
+                .set_max_level(level)
+                .build();
+            // A second node on the same page keeps the first subscriber.
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber_for(config));
+        }
+        let relay: Multiaddr = opts
+            .relay
+            .parse()
+            .map_err(|e| WebError::BadOptions(format!("relay address: {e}")))?;
+        let key = match &opts.identity {
+            Some(bytes) => Keypair::from_protobuf_encoding(bytes)
+                .map_err(|e| WebError::Identity(e.to_string()))?,
+            None => Keypair::generate_ed25519(),
+        };
+        let identity = key
+            .to_protobuf_encoding()
+            .map_err(|e| WebError::Identity(e.to_string()))?;
+        let agent = agent();
+        let mut caps = Capabilities::new(NodeKind::Browser, agent.clone());
+        caps.pledged_vram_mib = opts.pledge_mib;
+        let lp = |e: &dyn std::fmt::Display| WebError::Libp2p(e.to_string());
+        // The relay-client transport is assembled by hand (instead of
+        // `with_relay_client`) to cap each write on the circuit's WebRTC
+        // stream: see `ChunkedWrites`. It goes first: the WebRTC transport
+        // would otherwise take a `/p2p-circuit` address for its own.
+        let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_wasm_bindgen()
+            .with_other_transport(
+                |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    Ok(relay_transport
+                        .map(|conn, _| ChunkedWrites::new(conn, MAX_FRAME))
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()))
+                },
+            )
+            .map_err(|e| lp(&e))?
+            .with_other_transport(|key| {
+                libp2p_webrtc_websys::Transport::new(libp2p_webrtc_websys::Config::new(key))
+            })
+            .map_err(|e| lp(&e))?
+            .with_behaviour(|key| {
+                NodeBehaviour::new(key, relay_client, agent, TabnodeCodec::default())
+            })
+            .map_err(|e| lp(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let peer_id = swarm.local_peer_id().to_string();
+        let (commands, rx) = mpsc::channel(64);
+        let shared = Rc::new(Shared {
+            commands,
+            capabilities: RefCell::new(caps.clone()),
+            on_event: on_event.clone(),
+            worker: RefCell::new(None),
+        });
+        let config = DriverConfig {
+            relay,
+            capabilities: caps,
+            max_backoff: Duration::from_millis(opts.max_backoff_ms),
+        };
+        spawn_local(async move {
+            let emit = |event: NodeEvent| js_event(&on_event, &event);
+            if let Err(e) = driver::run(swarm, config, rx, emit).await {
+                web_sys::console::error_1(&format!("tabnode: node stopped: {e}").into());
+            }
+        });
+        if let Some(url) = &opts.worker_url {
+            start_worker(&shared, url)?;
+        }
+        Ok(TabNode {
+            shared,
+            peer_id,
+            identity,
+        })
+    }
+
+    /// This node's peer id.
+    #[wasm_bindgen(getter, js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.peer_id.clone()
+    }
+
+    /// The protobuf-encoded identity key, to store and pass back next time.
+    #[wasm_bindgen(getter)]
+    pub fn identity(&self) -> Vec<u8> {
+        self.identity.clone()
+    }
+
+    /// The capabilities registered with the relay (plain object).
+    #[wasm_bindgen(getter)]
+    pub fn capabilities(&self) -> Result<JsValue, JsError> {
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        Ok(serde::Serialize::serialize(
+            &*self.shared.capabilities.borrow(),
+            &serializer,
+        )?)
+    }
+
+    /// Sends `data` to `peer` (`null`: the relay) and resolves to the echoed
+    /// bytes.
+    pub fn echo(&self, peer: Option<String>, data: Vec<u8>) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let peer = match peer {
+                Some(p) => Some(p.parse().map_err(|e| {
+                    JsError::from(WebError::BadOptions(format!("peer id {p}: {e}")))
+                })?),
+                None => None,
+            };
+            match shared.request(peer, Request::Echo(data)).await {
+                Ok(Response::Echo(back)) => Ok(js_sys::Uint8Array::from(back.as_slice()).into()),
+                Ok(other) => Err(JsError::new(&format!("unexpected answer {other:?}")).into()),
+                Err(e) => Err(JsError::from(e).into()),
+            }
+        })
+    }
+
+    /// Resolves to the list of nodes the relay knows.
+    #[wasm_bindgen(js_name = listPeers)]
+    pub fn list_peers(&self) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            match shared.request(None, Request::ListPeers).await {
+                Ok(Response::Peers(peers)) => {
+                    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+                    serde::Serialize::serialize(&peers, &serializer)
+                        .map_err(|e| JsError::from(e).into())
+                }
+                Ok(other) => Err(JsError::new(&format!("unexpected answer {other:?}")).into()),
+                Err(e) => Err(JsError::from(e).into()),
+            }
+        })
+    }
+
+    /// Stops the node and its worker.
+    pub fn stop(&self) {
+        let _ = self.shared.command(Command::Shutdown);
+        if let Some(w) = self.shared.worker.borrow_mut().take() {
+            w.terminate();
+        }
+    }
+}
+
+fn post(worker: &Worker, msg: &ToWorker) -> Result<(), WebError> {
+    let v = serde_wasm_bindgen::to_value(msg).map_err(|e| WebError::Worker(e.to_string()))?;
+    worker
+        .post_message(&v)
+        .map_err(|e| WebError::Worker(format!("{e:?}")))
+}
+
+fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
+    let opts = WorkerOptions::new();
+    opts.set_type(WorkerType::Module);
+    let worker =
+        Worker::new_with_options(url, &opts).map_err(|e| WebError::Worker(format!("{e:?}")))?;
+    let weak = Rc::downgrade(shared);
+    let w = worker.clone();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let Some(shared) = weak.upgrade() else { return };
+        let msg = match serde_wasm_bindgen::from_value::<FromWorker>(ev.data()) {
+            Ok(m) => m,
+            Err(e) => {
+                web_sys::console::error_1(&format!("tabnode: bad worker message: {e}").into());
+                return;
+            }
+        };
+        match &msg {
+            FromWorker::Loaded => {
+                if let Err(e) = post(&w, &ToWorker::Init) {
+                    web_sys::console::error_1(&e.to_string().into());
+                }
+            }
+            FromWorker::GpuReady { gpu } => {
+                let caps = {
+                    let mut c = shared.capabilities.borrow_mut();
+                    c.gpu = Some(gpu.clone());
+                    c.gpu_error = None;
+                    c.clone()
+                };
+                let _ = shared.command(Command::SetCapabilities(caps));
+            }
+            FromWorker::GpuUnavailable { reason } => {
+                let caps = {
+                    let mut c = shared.capabilities.borrow_mut();
+                    c.gpu = None;
+                    c.gpu_error = Some(reason.clone());
+                    c.clone()
+                };
+                let _ = shared.command(Command::SetCapabilities(caps));
+            }
+            FromWorker::Error { message } => {
+                web_sys::console::error_1(&format!("tabnode worker: {message}").into());
+            }
+        }
+        js_event(&shared.on_event, &msg);
+    });
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let on_error = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        web_sys::console::error_2(&"tabnode: worker error".into(), &e);
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    *shared.worker.borrow_mut() = Some(worker);
+    Ok(())
+}

@@ -1,0 +1,179 @@
+// Test harness: starts the real relay and native node binaries and drives
+// Debian's Chromium (with WebGPU on SwiftShader) through playwright-core.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir, homedir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const TARGET = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache/tabnode/target');
+const BIN = join(TARGET, 'debug');
+
+/** Polls `fn` until it returns a truthy value; fails after `timeoutMs`. */
+export async function waitFor(what, fn, timeoutMs = 30_000, everyMs = 50) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+function spawnLogged(name, cmd, args, env = {}) {
+  if (!existsSync(cmd)) throw new Error(`${cmd} is missing: run scripts/build.sh`);
+  const proc = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  proc.output = '';
+  const keep = (d) => {
+    proc.output += d.toString();
+    if (proc.output.length > 200_000) proc.output = proc.output.slice(-100_000);
+    if (process.env.TABNODE_E2E_VERBOSE) process.stderr.write(`[${name}] ${d}`);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  proc.exited = new Promise((r) => proc.on('exit', (code, signal) => r({ code, signal })));
+  return proc;
+}
+
+/**
+ * Starts the relay. `ports` = { http, tcp, quic, webrtc } (0 = any);
+ * `dataDir` keeps identity and certificate across restarts.
+ */
+export async function startRelay({ dataDir, ports = {} } = {}) {
+  dataDir ??= mkdtempSync(join(tmpdir(), 'tabnode-e2e-'));
+  const bootFile = join(dataDir, `bootstrap-${Date.now()}.json`);
+  const proc = spawnLogged('relay', join(BIN, 'tabnode-relay'), [
+    '--http', `127.0.0.1:${ports.http ?? 0}`,
+    '--tcp-port', String(ports.tcp ?? 0),
+    '--quic-port', String(ports.quic ?? 0),
+    '--webrtc-port', String(ports.webrtc ?? 0),
+    '--data-dir', join(dataDir, 'relay'),
+    '--site-root', ROOT,
+    '--bootstrap-file', bootFile,
+  ]);
+  const url = await waitFor('the relay to be ready', () => {
+    if (proc.exitCode !== null) throw new Error(`relay exited: ${proc.output}`);
+    const m = proc.output.match(/tabnode relay ready: open (http:\/\/[^\s]+)\//);
+    return m && existsSync(bootFile) ? m[1] : null;
+  });
+  const bootstrap = JSON.parse(readFileSync(bootFile, 'utf8'));
+  const port = (addr, proto) => Number(addr.split('/')[addr.split('/').indexOf(proto) + 1]);
+  return {
+    proc,
+    url,
+    dataDir,
+    bootFile,
+    bootstrap,
+    peerId: bootstrap.peer_id,
+    ports: {
+      http: Number(new URL(url).port),
+      tcp: port(bootstrap.tcp[0], 'tcp'),
+      quic: port(bootstrap.quic[0], 'udp'),
+      webrtc: port(bootstrap.webrtc_direct[0], 'udp'),
+    },
+    async network() {
+      const res = await fetch(`${url}/api/network`);
+      if (!res.ok) throw new Error(`/api/network: HTTP ${res.status}`);
+      return res.json();
+    },
+    async kill() {
+      proc.kill('SIGKILL');
+      await proc.exited;
+    },
+  };
+}
+
+/** Starts a native node that joins `relay` over TCP. */
+export async function startNode(relay) {
+  const dir = mkdtempSync(join(tmpdir(), 'tabnode-node-'));
+  const proc = spawnLogged('node', join(BIN, 'tabnode-node'), [
+    '--bootstrap-file', relay.bootFile,
+    '--key-file', join(dir, 'identity.key'),
+  ]);
+  const peerId = await waitFor('the node peer id', () => {
+    if (proc.exitCode !== null) throw new Error(`node exited: ${proc.output}`);
+    return proc.output.match(/tabnode node (\S+) joining/)?.[1];
+  });
+  return {
+    proc,
+    peerId,
+    async kill() {
+      proc.kill('SIGKILL');
+      await proc.exited;
+    },
+  };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--enable-unsafe-webgpu',
+      '--no-sandbox',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/**
+ * Opens the site in a new browser context (its own storage, so its own
+ * identity, like a separate browser) and waits until the tab's node holds a
+ * circuit reservation.
+ */
+export async function openTab(browser, url, context) {
+  context ??= await browser.newContext();
+  const page = await context.newPage();
+  page.logs = [];
+  page.on('console', (m) => {
+    page.logs.push(`${m.type()}: ${m.text()}`);
+    if (process.env.TABNODE_E2E_VERBOSE) process.stderr.write(`[tab] ${m.text()}\n`);
+  });
+  page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}`));
+  await page.goto(`${url}/${process.env.TABNODE_E2E_LOG ? `?log=${process.env.TABNODE_E2E_LOG}` : ''}`);
+  await waitForReachable(page);
+  return { page, context };
+}
+
+export async function waitForReachable(page, timeoutMs = 60_000) {
+  try {
+    await page.waitForFunction(() => window.tabnode?.status === 'reachable', null, { timeout: timeoutMs });
+  } catch (e) {
+    throw new Error(`tab never became reachable: ${e.message}\n${page.logs.slice(-30).join('\n')}`);
+  }
+  return page.evaluate(() => window.tabnode.peerId);
+}
+
+/** Asks the tab to echo `size` pseudo-random bytes off `peer` and checks them. */
+export async function echoFromTab(page, peer, size) {
+  return page.evaluate(async ({ peer, size }) => {
+    const data = new Uint8Array(size);
+    let x = 0x9e3779b9;
+    for (let i = 0; i < size; i++) {
+      x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+      data[i] = x & 0xff;
+    }
+    const t0 = performance.now();
+    const back = await window.tabnode.node.echo(peer, data);
+    const ms = performance.now() - t0;
+    let same = back.length === data.length;
+    for (let i = 0; same && i < size; i++) same = back[i] === data[i];
+    return { same, length: back.length, ms };
+  }, { peer, size });
+}

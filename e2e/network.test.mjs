@@ -1,0 +1,134 @@
+// The foundation end to end: real relay, real native node, real Chromium
+// tabs with WebGPU, libp2p over WebRTC.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, startNode, launchBrowser, openTab, waitFor, waitForReachable, echoFromTab,
+} from './harness.mjs';
+
+const MIB = 1 << 20;
+let relay;
+let node;
+let browser;
+let tabA;
+let tabB;
+let idA;
+let idB;
+
+before(async () => {
+  relay = await startRelay();
+  node = await startNode(relay);
+  browser = await launchBrowser();
+  tabA = await openTab(browser, relay.url);
+  tabB = await openTab(browser, relay.url);
+  idA = await tabA.page.evaluate(() => window.tabnode.peerId);
+  idB = await tabB.page.evaluate(() => window.tabnode.peerId);
+});
+
+after(async () => {
+  await browser?.close();
+  await node?.kill();
+  await relay?.kill();
+});
+
+test('two tabs and the native node appear in /api/network with the tabs\' WebGPU adapters', async () => {
+  assert.notEqual(idA, idB, 'each tab has its own identity');
+  const net = await waitFor('both tabs to register their GPU', async () => {
+    const n = await relay.network();
+    const tabs = n.nodes.filter((p) => p.kind === 'browser' && p.capabilities?.gpu);
+    return tabs.length === 2 ? n : null;
+  });
+  const byId = Object.fromEntries(net.nodes.map((p) => [p.peer_id, p]));
+  for (const id of [idA, idB]) {
+    const tab = byId[id];
+    assert.ok(tab, `tab ${id} is listed`);
+    assert.equal(tab.kind, 'browser');
+    assert.equal(tab.transport, 'webrtc-direct');
+    assert.equal(tab.reachable, true);
+    const gpu = tab.capabilities.gpu;
+    assert.equal(gpu.backend, 'BrowserWebGpu');
+    assert.ok(gpu.limits.max_storage_buffer_binding_size >= 128 * MIB, JSON.stringify(gpu.limits));
+    assert.ok(gpu.limits.max_compute_invocations_per_workgroup >= 256);
+    assert.match(tab.capabilities.agent, /^tabnode-web\//);
+  }
+  const native = byId[node.peerId];
+  assert.ok(native, 'the native node is listed');
+  assert.equal(native.kind, 'native');
+  assert.equal(native.transport, 'tcp');
+});
+
+test('the worker reports a WebGPU adapter to the page', async () => {
+  const gpu = await tabA.page.evaluate(() => window.tabnode.gpu);
+  assert.ok(gpu, 'gpu_ready arrived from the worker');
+  assert.equal(gpu.backend, 'BrowserWebGpu');
+  // SwiftShader here: a software adapter without shader-f16.
+  assert.equal(typeof gpu.is_fallback, 'boolean');
+  assert.ok(Array.isArray(gpu.features));
+  assert.equal(await tabA.page.locator('#gpu-status').textContent().then((t) => t.startsWith('ready')), true);
+});
+
+test('tab to tab through the relay circuit, small and 1 MiB', async () => {
+  const small = await echoFromTab(tabA.page, idB, 100);
+  assert.deepEqual([small.same, small.length], [true, 100]);
+  const big = await echoFromTab(tabA.page, idB, MIB);
+  assert.deepEqual([big.same, big.length], [true, MIB]);
+  const back = await echoFromTab(tabB.page, idA, MIB);
+  assert.deepEqual([back.same, back.length], [true, MIB]);
+});
+
+test('1 MiB round trip tab -> native node -> tab, byte-exact', async () => {
+  const r = await echoFromTab(tabA.page, node.peerId, MIB);
+  assert.equal(r.length, MIB);
+  assert.equal(r.same, true);
+});
+
+test('bad input to the node API gets a clear error', async () => {
+  const err = await tabA.page.evaluate(async () => {
+    const { TabNode } = await import('/pkg/tabnode_web.js');
+    const errors = [];
+    for (const opts of [{ relay: 'not a multiaddr' }, { relay: '/ip4/127.0.0.1/tcp/1', identity: new Uint8Array([1, 2, 3]) }, {}]) {
+      try { TabNode.start(opts, () => {}); errors.push(null); } catch (e) { errors.push(e.message); }
+    }
+    let echo;
+    try { await window.tabnode.node.echo('not-a-peer-id', new Uint8Array(1)); } catch (e) { echo = e.message; }
+    return { errors, echo };
+  });
+  assert.match(err.errors[0], /invalid options: relay address/);
+  assert.match(err.errors[1], /stored identity is corrupt/);
+  assert.match(err.errors[2], /invalid options/);
+  assert.match(err.echo, /peer id not-a-peer-id/);
+  // The node is still fine afterwards.
+  const ok = await echoFromTab(tabA.page, null, 10);
+  assert.equal(ok.same, true);
+});
+
+test('the identity survives a reload', async () => {
+  await tabB.page.reload();
+  const again = await waitForReachable(tabB.page);
+  assert.equal(again, idB);
+});
+
+test('relay killed and restarted: tabs reconnect on their own with the same peer ids', async () => {
+  const { ports, dataDir, peerId } = relay;
+  const oldWebrtc = relay.bootstrap.webrtc_direct[0];
+  const before = await Promise.all([tabA, tabB].map((t) => t.page.evaluate(() => window.tabnode.connects)));
+  await relay.kill();
+  for (const tab of [tabA, tabB]) {
+    await waitFor('the tab to notice the relay is gone', () => tab.page.evaluate(() => window.tabnode.status !== 'reachable'));
+  }
+  relay = await startRelay({ dataDir, ports });
+  assert.equal(relay.peerId, peerId, 'relay identity persisted');
+  assert.equal(relay.bootstrap.webrtc_direct[0], oldWebrtc, 'same certhash and port after the restart');
+  for (const [i, [tab, id]] of [[tabA, idA], [tabB, idB]].entries()) {
+    await waitFor('the tab to reconnect on its own', () => tab.page.evaluate(
+      (n) => window.tabnode.status === 'reachable' && window.tabnode.connects > n, before[i]));
+    assert.equal(await tab.page.evaluate(() => window.tabnode.peerId), id, 'same peer id');
+  }
+  await waitFor('both tabs listed again', async () => {
+    const n = await relay.network();
+    const ids = new Set(n.nodes.map((p) => p.peer_id));
+    return ids.has(idA) && ids.has(idB);
+  });
+  const r = await echoFromTab(tabA.page, idB, 4096);
+  assert.equal(r.same, true, 'echo through the new relay');
+});

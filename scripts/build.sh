@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the native binaries (dev profile) and the browser wasm (release)
+# and runs wasm-bindgen into pkg/.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$TABNODE_ROOT"
+
+echo "== cargo build (native: relay, node)"
+cargo build -p tabnode-relay -p tabnode-node
+
+echo "== cargo build (wasm32: page node, worker)"
+cargo build --release --target wasm32-unknown-unknown -p tabnode-web -p tabnode-worker
+
+echo "== wasm-bindgen -> pkg/"
+mkdir -p pkg
+for crate in tabnode_web tabnode_worker; do
+  wasm-bindgen --target web --out-dir pkg \
+    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/$crate.wasm"
+done
+ls -l pkg/*.wasm

@@ -1,0 +1,12 @@
+# Sourced by the other scripts: where builds and tools live.
+# Builds and tools live outside the clone so that a fresh clone (CI) reuses
+# them; override with the variables below.
+export TABNODE_CACHE="${TABNODE_CACHE:-$HOME/.cache/tabnode}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TABNODE_CACHE/target}"
+export TABNODE_TOOLS="${TABNODE_TOOLS:-$TABNODE_CACHE/tools}"
+export PATH="$TABNODE_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+TABNODE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export TABNODE_ROOT
+# The wasm-bindgen CLI must equal the wasm-bindgen crate in Cargo.lock.
+WASM_BINDGEN_VERSION="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$TABNODE_ROOT/Cargo.lock")"
+export WASM_BINDGEN_VERSION

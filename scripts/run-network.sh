@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up, builds, and runs a local tabnode network: the relay (which also
+# serves the site) and one native node. Prints the URL to open; Ctrl-C stops.
+# Environment: TABNODE_HTTP (default 127.0.0.1:8080), TABNODE_DATA (.data).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$TABNODE_ROOT"
+
+scripts/setup.sh
+scripts/build.sh
+
+data="${TABNODE_DATA:-$TABNODE_ROOT/.data}"
+mkdir -p "$data"
+rm -f "$data/bootstrap.json"
+bin="$CARGO_TARGET_DIR/debug"
+
+"$bin/tabnode-relay" --data-dir "$data/relay" --site-root "$TABNODE_ROOT" \
+  --bootstrap-file "$data/bootstrap.json" &
+relay=$!
+trap 'kill $relay ${node:-} 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+
+for _ in $(seq 1 100); do
+  [ -s "$data/bootstrap.json" ] && break
+  kill -0 $relay 2>/dev/null || { echo "the relay exited" >&2; exit 1; }
+  sleep 0.1
+done
+[ -s "$data/bootstrap.json" ] || { echo "the relay did not come up" >&2; exit 1; }
+
+"$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" &
+node=$!
+
+echo
+echo "tabnode network is up. Open: http://${TABNODE_HTTP:-127.0.0.1:8080}/"
+echo "(API: /api/network  /api/bootstrap  /metrics — Ctrl-C to stop)"
+wait $relay

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and running tabnode needs on a fresh machine.
+#   scripts/setup.sh          toolchain target + wasm-bindgen CLI
+#   scripts/setup.sh --test   also Chromium (Debian) and playwright-core (npm)
+# Idempotent: each step is skipped when already done.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+step() { printf '\033[1m== %s\033[0m\n' "$*"; }
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  step "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+have_wb="$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)"
+if [ "$have_wb" != "$WASM_BINDGEN_VERSION" ]; then
+  step "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION into $TABNODE_TOOLS (about 7 min, once)"
+  # Not --locked: the CLI's own lock file names a webpki-roots release the
+  # registry mirror here does not carry.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TABNODE_TOOLS" --force
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  if ! command -v chromium >/dev/null; then
+    step "apt-get install chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+  if [ ! -d "$TABNODE_ROOT/e2e/node_modules/playwright-core" ]; then
+    step "npm ci (e2e: playwright-core, no browser download)"
+    (cd "$TABNODE_ROOT/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
+fi

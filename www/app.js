@@ -1,0 +1,176 @@
+// The tabnode page: thin glue around the Rust node (pkg/tabnode_web.js).
+// It keeps the identity, finds the relay, starts the node and its compute
+// worker, and shows what happens. `window.tabnode` exposes the live state
+// (used by the end-to-end tests and handy in the console).
+import init, { TabNode } from '/pkg/tabnode_web.js';
+import { loadIdentity } from '/identity.js';
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  peerId: null,
+  status: 'starting',
+  transport: null,
+  circuitAddr: null,
+  connects: 0,
+  gpu: null,
+  gpuError: null,
+  peers: [],
+  events: [],
+  node: null,
+};
+window.tabnode = state;
+
+function log(text) {
+  const li = document.createElement('li');
+  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  $('log').prepend(li);
+  while ($('log').children.length > 200) $('log').lastChild.remove();
+}
+
+function setStatus(status, detail) {
+  state.status = status;
+  const el = $('status');
+  el.dataset.state = status;
+  el.textContent = detail ? `${status} (${detail})` : status;
+}
+
+function fmtBytes(n) {
+  if (!n) return '?';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(n < 10 && i ? 1 : 0)} ${units[i]}`;
+}
+
+function onEvent(ev) {
+  state.events.push(ev);
+  if (state.events.length > 500) state.events.shift();
+  switch (ev.type) {
+    case 'relay_connected':
+      state.transport = ev.transport;
+      state.connects += 1;
+      setStatus('connected', ev.transport);
+      log(`connected to the relay over ${ev.transport}`);
+      break;
+    case 'reachable':
+      state.circuitAddr = ev.addr;
+      setStatus('reachable');
+      log('circuit reserved: other peers can reach this tab');
+      refreshPeers();
+      break;
+    case 'relay_disconnected':
+      state.circuitAddr = null;
+      setStatus('disconnected', `retry in ${(ev.retry_in_ms / 1000).toFixed(1)} s`);
+      log(`relay lost (${ev.reason}); retrying in ${ev.retry_in_ms} ms`);
+      break;
+    case 'served':
+      log(`served ${ev.bytes} bytes to ${ev.peer.slice(-8)}`);
+      break;
+    case 'protocol_error':
+      log(`closed a bad stream from ${ev.peer.slice(-8)}: ${ev.error}`);
+      break;
+    case 'loaded':
+      $('gpu-status').textContent = 'opening WebGPU…';
+      break;
+    case 'gpu_ready': {
+      const g = ev.gpu;
+      state.gpu = g;
+      $('gpu-status').textContent = `ready (${g.backend}${g.is_fallback ? ', software fallback' : ''})`;
+      $('gpu-adapter').textContent = [g.vendor, g.architecture, g.description].filter(Boolean).join(' / ') || '(not disclosed by the browser)';
+      $('gpu-buffer').textContent = fmtBytes(g.limits.max_storage_buffer_binding_size);
+      $('gpu-features').textContent = g.features.join(', ') || 'none';
+      log('WebGPU adapter open in the worker');
+      break;
+    }
+    case 'gpu_unavailable':
+      state.gpuError = ev.reason;
+      $('gpu-status').textContent = `unavailable: ${ev.reason}`;
+      log(`no WebGPU: ${ev.reason}`);
+      break;
+    case 'error':
+      log(`worker error: ${ev.message}`);
+      break;
+    default:
+      log(JSON.stringify(ev));
+  }
+}
+
+async function refreshPeers() {
+  if (!state.node || state.status !== 'reachable') return;
+  try {
+    const peers = await state.node.listPeers();
+    state.peers = peers;
+    $('peers-online').textContent = String(peers.length);
+    const body = $('peers').querySelector('tbody');
+    body.replaceChildren(...peers.map((p) => {
+      const tr = document.createElement('tr');
+      const gpu = p.capabilities?.gpu;
+      const cells = [
+        p.peer_id === state.peerId ? `${p.peer_id.slice(-12)} (this tab)` : p.peer_id.slice(-12),
+        p.kind,
+        p.transport,
+        gpu ? (gpu.description || gpu.vendor || gpu.backend) : (p.capabilities?.gpu_error ? 'none' : '—'),
+        new Date(p.connected_since_ms).toLocaleTimeString(),
+      ];
+      for (const c of cells) {
+        const td = document.createElement('td');
+        td.textContent = c;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  } catch (e) {
+    // The relay may be restarting; the next tick tries again.
+  }
+}
+
+async function bootstrap() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const res = await fetch('/api/bootstrap', { cache: 'no-store' });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const boot = await res.json();
+      if (!boot.webrtc_direct?.length) throw new Error('the relay offers no webrtc-direct address');
+      return boot.webrtc_direct[0];
+    } catch (e) {
+      const delay = Math.min(500 * 2 ** attempt, 5000);
+      setStatus('connecting', `relay unreachable, retry in ${delay / 1000} s`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+async function main() {
+  await init();
+  const identity = await loadIdentity();
+  const relay = await bootstrap();
+  $('relay').textContent = relay;
+  setStatus('connecting');
+  let node;
+  try {
+    node = TabNode.start({
+      relay,
+      identity: identity.bytes,
+      workerUrl: '/worker/worker.js',
+      pledgeMib: 0,
+      maxBackoffMs: 4000,
+      logLevel: new URLSearchParams(location.search).get('log') ?? undefined,
+    }, onEvent);
+  } catch (e) {
+    // A corrupt stored key is reported and replaced, not silently reused.
+    log(`could not start with the stored identity (${e.message}); starting with a new one`);
+    await identity.forget();
+    node = TabNode.start({ relay, workerUrl: '/worker/worker.js', maxBackoffMs: 4000 }, onEvent);
+  }
+  await identity.save(node.identity);
+  state.node = node;
+  state.peerId = node.peerId;
+  state.slot = identity.slot;
+  $('peer-id').textContent = node.peerId;
+  setInterval(refreshPeers, 3000);
+}
+
+main().catch((e) => {
+  setStatus('error', e.message);
+  log(`fatal: ${e.stack || e}`);
+});
