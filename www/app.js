@@ -78,7 +78,9 @@ function onEvent(ev) {
       $('gpu-status').textContent = `ready (${g.backend}${g.is_fallback ? ', software fallback' : ''})`;
       $('gpu-adapter').textContent = [g.vendor, g.architecture, g.description].filter(Boolean).join(' / ') || '(not disclosed by the browser)';
       $('gpu-buffer').textContent = fmtBytes(g.limits.max_storage_buffer_binding_size);
-      $('gpu-features').textContent = g.features.join(', ') || 'none';
+      const has = (f) => (g.features.includes(f) ? `${f} ✓` : `${f} ✗`);
+      $('gpu-features').textContent = `${has('shader-f16')}, ${has('subgroups')} · ${g.features.length} in all`;
+      $('gpu-features').title = g.features.join('\n');
       log('WebGPU adapter open in the worker');
       break;
     }
@@ -109,7 +111,7 @@ async function refreshPeers() {
         p.peer_id === state.peerId ? `${p.peer_id.slice(-12)} (this tab)` : p.peer_id.slice(-12),
         p.kind,
         p.transport,
-        gpu ? (gpu.description || gpu.vendor || gpu.backend) : (p.capabilities?.gpu_error ? 'none' : '—'),
+        gpu ? ([gpu.vendor, gpu.architecture].filter(Boolean).join('/') || gpu.description || gpu.backend) : (p.capabilities?.gpu_error ? 'none' : '—'),
         new Date(p.connected_since_ms).toLocaleTimeString(),
       ];
       for (const c of cells) {
@@ -144,7 +146,9 @@ async function main() {
   await init();
   const identity = await loadIdentity();
   const relay = await bootstrap();
-  $('relay').textContent = relay;
+  const parts = relay.split('/');
+  $('relay').textContent = `${parts.slice(0, 6).join('/')}/… (${relay.split('/p2p/')[1].slice(-8)})`;
+  $('relay').title = relay;
   setStatus('connecting');
   let node;
   try {

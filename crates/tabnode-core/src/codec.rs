@@ -29,6 +29,11 @@ use crate::protocol::{Request, Response};
 /// (12-byte header per frame). 8000 leaves room for all of them.
 pub const MAX_FRAME: usize = 8000;
 
+const _: () = assert!(
+    MAX_FRAME + 64 <= 8192,
+    "MAX_FRAME leaves no room for transport framing"
+);
+
 /// Largest encoded message accepted or sent (4 MiB).
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
@@ -276,10 +281,6 @@ mod tests {
             sink.writes.iter().all(|&w| w <= MAX_FRAME),
             "a write exceeded MAX_FRAME"
         );
-        assert!(
-            MAX_FRAME + 64 <= 8192,
-            "MAX_FRAME leaves no room for transport framing"
-        );
         assert_eq!(sink.flushes, sink.writes.len(), "every frame is flushed");
         let back: Request =
             block_on(read_message(&mut Cursor::new(sink.bytes), MAX_MESSAGE)).expect("read");
@@ -291,7 +292,7 @@ mod tests {
         let mut caps = Capabilities::new(NodeKind::Browser, "test");
         caps.models.push("smollm2-135m".into());
         for msg in [
-            Request::Register(caps),
+            Request::Register(Box::new(caps)),
             Request::ListPeers,
             Request::Echo(vec![]),
         ] {

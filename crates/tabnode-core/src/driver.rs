@@ -229,7 +229,7 @@ impl Driver {
     }
 
     fn register(&mut self, swarm: &mut Swarm<NodeBehaviour>) {
-        let request = Request::Register(self.capabilities.clone());
+        let request = Request::Register(Box::new(self.capabilities.clone()));
         // The answer is an Ack; nobody waits for it, failures are logged.
         swarm
             .behaviour_mut()

@@ -17,7 +17,7 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/1.0.0");
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Node → relay: announce or update this node's capabilities.
-    Register(Capabilities),
+    Register(Box<Capabilities>),
     /// Node → relay: which nodes are online now.
     ListPeers,
     /// Any → any: send the payload back unchanged (liveness, latency and

@@ -256,7 +256,7 @@ pub(crate) async fn run(mut swarm: Swarm<RelayBehaviour>, state: Arc<RelayState>
 fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
     match request {
         Request::Register(caps) => {
-            if state.register(peer, caps) {
+            if state.register(peer, *caps) {
                 Response::Ack
             } else {
                 Response::Error {

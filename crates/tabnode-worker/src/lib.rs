@@ -9,8 +9,6 @@
 #[cfg(target_arch = "wasm32")]
 mod web;
 
-use tabnode_core::GpuLimits;
-
 /// Errors of the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -23,22 +21,4 @@ pub enum WorkerError {
     /// A message from the page could not be decoded.
     #[error("bad message from the page: {0}")]
     BadMessage(String),
-}
-
-/// The subset of limits the network cares about, in the protocol's shape.
-#[cfg(target_arch = "wasm32")]
-fn limits(l: &wgpu::Limits) -> GpuLimits {
-    GpuLimits {
-        max_buffer_size: l.max_buffer_size,
-        max_storage_buffer_binding_size: u64::from(l.max_storage_buffer_binding_size),
-        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
-        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
-        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
-        max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
-    }
-}
-
-/// Keeps the type used on wasm visible to native builds and docs.
-pub fn empty_limits() -> GpuLimits {
-    GpuLimits::default()
 }

@@ -2,12 +2,12 @@
 
 use js_sys::{Promise, Reflect};
 use tabnode_core::worker::{FromWorker, ToWorker};
-use tabnode_core::GpuInfo;
+use tabnode_core::{GpuInfo, GpuLimits};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::{limits, WorkerError};
+use crate::WorkerError;
 
 fn scope() -> DedicatedWorkerGlobalScope {
     js_sys::global().unchecked_into()
@@ -116,4 +116,16 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
         features,
         limits: limits(&adapter_limits),
     })
+}
+
+/// The subset of limits the network cares about, in the protocol's shape.
+fn limits(l: &wgpu::Limits) -> GpuLimits {
+    GpuLimits {
+        max_buffer_size: l.max_buffer_size,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
+    }
 }
