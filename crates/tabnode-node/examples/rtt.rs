@@ -43,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let size: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
     let dir = std::env::temp_dir().join(format!("tabnode-rtt-{}", std::process::id()));
-    let relay = tabnode_relay::start(RelayConfig::ephemeral(dir.clone(), PathBuf::from("."))).await?;
+    let relay =
+        tabnode_relay::start(RelayConfig::ephemeral(dir.clone(), PathBuf::from("."))).await?;
     let tcp = relay.tcp_addr().ok_or("no tcp address")?;
     let node = |name: &str| {
         spawn(NodeConfig {
@@ -64,7 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("rounds={rounds} payload={size}B transport=tcp");
     println!("reference node->relay (direct)      p50 {d50:.3} ms  p99 {d99:.3} ms");
     println!("node->relay->node (circuit)         p50 {c50:.3} ms  p99 {c99:.3} ms");
-    println!("ratio circuit/direct                p50 {:.2}x  p99 {:.2}x", c50 / d50, c99 / d99);
+    println!(
+        "ratio circuit/direct                p50 {:.2}x  p99 {:.2}x",
+        c50 / d50,
+        c99 / d99
+    );
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
