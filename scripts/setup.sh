@@ -22,12 +22,17 @@ if [ "$have_wb" != "$WASM_BINDGEN_VERSION" ]; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
-  if ! command -v chromium >/dev/null; then
-    step "apt-get install chromium"
+  # chromium: the e2e browser. mesa-vulkan-drivers: lavapipe, the software
+  # Vulkan adapter the native GPU tests run on.
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq chromium >/dev/null
+    $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if [ ! -d "$TABNODE_ROOT/e2e/node_modules/playwright-core" ]; then
     step "npm ci (e2e: playwright-core, no browser download)"

@@ -50,6 +50,8 @@
 //! `y` plus `k` rows of `4n` bytes with `⌈log₂ n⌉` hashes each.
 
 mod field;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 mod merkle;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,120 @@
+//! Proof-of-FLOPS benchmarks (native):
+//! 1. the WGSL kernel (through wgpu, Vulkan) against an optimised CPU sgemm
+//!    (`matrixmultiply`, threaded) on the same machine;
+//! 2. verifier time against prover time.
+//!
+//! `cargo run -p tabnode-pof --example pof_bench -- [KERNEL_SIZES] [VERIFY_SIZES]`
+//! e.g. `-- 256,512,1024 1024,2048,4096` (run by `scripts/bench.sh`).
+
+use std::time::Instant;
+
+use futures::executor::block_on;
+use tabnode_pof::{
+    derive_seed, expand, flops, gpu::GpuProver, verify_with, Prover, Query, DEFAULT_K,
+};
+
+fn sizes(arg: Option<String>, default: &[u32]) -> Vec<u32> {
+    arg.map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn sgemm(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; n * n];
+    let s = n as isize;
+    // SAFETY: a, b and c are n×n row-major (row stride n, column stride 1)
+    // and outlive the call; c does not alias a or b.
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            n,
+            n,
+            1.0,
+            a.as_ptr(),
+            s,
+            1,
+            b.as_ptr(),
+            s,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            s,
+            1,
+        );
+    }
+    c
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let kernel_sizes = sizes(args.next(), &[256, 512, 1024]);
+    let verify_sizes = sizes(args.next(), &[1024, 2048, 4096]);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))?;
+    let info = adapter.get_info();
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    let gpu = block_on(GpuProver::new(&adapter))?;
+
+    println!("\n| n | WGSL kernel GFLOP/s | CPU sgemm GFLOP/s | ratio kernel/sgemm |");
+    println!("|---|---|---|---|");
+    for &n in &kernel_sizes {
+        let seed = derive_seed(&[3; 32], b"bench", 0, n);
+        let (a, b) = expand(&seed, n)?;
+        // Warm-up (shader compilation, allocation).
+        let c_gpu = block_on(gpu.matmul(&a, &b, n))?;
+        let c_cpu = sgemm(&a, &b, n as usize);
+        assert!(c_gpu == c_cpu, "kernel and sgemm disagree at n={n}");
+        let reps = (2e9 / flops(n)).clamp(1.0, 20.0) as u32;
+        let t = Instant::now();
+        for _ in 0..reps {
+            block_on(gpu.matmul(&a, &b, n))?;
+        }
+        let g = flops(n) * f64::from(reps) / t.elapsed().as_secs_f64() / 1e9;
+        let t = Instant::now();
+        for _ in 0..reps {
+            sgemm(&a, &b, n as usize);
+        }
+        let s = flops(n) * f64::from(reps) / t.elapsed().as_secs_f64() / 1e9;
+        println!("| {n} | {g:.2} | {s:.2} | {:.2} |", g / s);
+    }
+
+    println!("\n| n | prover (GPU matmul + commit + answer) | verifier (expand + Freivalds + {DEFAULT_K} rows) | ratio verifier/prover |");
+    println!("|---|---|---|---|");
+    for &n in &verify_sizes {
+        let seed = derive_seed(&[4; 32], b"bench", 1, n);
+        let (a, b) = expand(&seed, n)?;
+        let query = Query {
+            nonce: [5; 32],
+            k: DEFAULT_K,
+        };
+        let t = Instant::now();
+        let c = block_on(gpu.matmul(&a, &b, n))?;
+        let prover = Prover::new(n, &c)?;
+        let root = prover.root();
+        let answer = prover.answer(&query);
+        let prove_s = t.elapsed().as_secs_f64();
+        drop(c);
+        let t = Instant::now();
+        let (a2, b2) = expand(&seed, n)?;
+        verify_with(&a2, &b2, n, &root, &query, &answer)?;
+        let verify_s = t.elapsed().as_secs_f64();
+        println!(
+            "| {n} | {:.2} s ({:.2} GFLOP/s) | {:.3} s | {:.4} |",
+            prove_s,
+            flops(n) / prove_s / 1e9,
+            verify_s,
+            verify_s / prove_s
+        );
+        drop((a, b));
+    }
+    Ok(())
+}
