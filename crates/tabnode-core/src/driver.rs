@@ -57,6 +57,13 @@ pub enum Command {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Response, RequestError>>,
     },
+    /// Answer the inbound request handed over as [`NodeEvent::Request`].
+    Respond {
+        /// The `id` of that event.
+        id: u64,
+        /// The answer.
+        response: Response,
+    },
     /// Replace the capabilities and register them again with the relay.
     SetCapabilities(Capabilities),
     /// Stop the driver.
@@ -90,6 +97,16 @@ pub enum NodeEvent {
         peer: String,
         /// Encoded size of the request payload (Echo only), for metrics.
         bytes: usize,
+    },
+    /// A request the driver cannot answer by itself (a Proof-of-FLOPS
+    /// challenge): the owner answers with [`Command::Respond`].
+    Request {
+        /// Pass back in [`Command::Respond`].
+        id: u64,
+        /// The requester.
+        peer: String,
+        /// The request.
+        request: Request,
     },
     /// A peer sent something we could not read; its stream was closed.
     ProtocolError {
@@ -145,6 +162,8 @@ struct Driver {
     circuit_listening: bool,
     attempt: u32,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    inbound: HashMap<u64, request_response::ResponseChannel<Response>>,
+    next_inbound: u64,
 }
 
 type Emit<'a> = dyn FnMut(NodeEvent) + 'a;
@@ -176,6 +195,8 @@ pub async fn run(
         circuit_listening: false,
         attempt: 0,
         pending: HashMap::new(),
+        inbound: HashMap::new(),
+        next_inbound: 0,
     };
     d.dial_relay(&mut swarm);
     // Fires when a redial (or a retried circuit listen) is due.
@@ -267,6 +288,19 @@ impl Driver {
                 let id = swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, reply);
             }
+            Command::Respond { id, response } => match self.inbound.remove(&id) {
+                Some(channel) => {
+                    if swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        tracing::warn!("the requester of inbound request {id} is gone");
+                    }
+                }
+                None => tracing::warn!("no inbound request {id} to answer"),
+            },
             Command::SetCapabilities(caps) => {
                 self.capabilities = caps;
                 if self.relay_connected {
@@ -397,11 +431,23 @@ impl Driver {
                     },
                 ..
             } => {
+                let Some(response) = answer(peer, &request) else {
+                    // Forget channels whose requester gave up.
+                    self.inbound.retain(|_, c| c.is_open());
+                    let id = self.next_inbound;
+                    self.next_inbound += 1;
+                    self.inbound.insert(id, channel);
+                    emit(NodeEvent::Request {
+                        id,
+                        peer: peer.to_string(),
+                        request,
+                    });
+                    return;
+                };
                 let bytes = match &request {
                     Request::Echo(p) => p.len(),
                     _ => 0,
                 };
-                let response = answer(peer, request);
                 if swarm
                     .behaviour_mut()
                     .rpc

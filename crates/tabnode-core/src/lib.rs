@@ -25,4 +25,6 @@ pub mod worker;
 
 pub use caps::{Capabilities, GpuInfo, GpuLimits, NodeKind};
 pub use codec::{CodecError, CodecStats, TabnodeCodec, MAX_FRAME, MAX_MESSAGE};
-pub use protocol::{ErrorCode, PeerSummary, Request, Response, PROTOCOL};
+pub use protocol::{
+    ErrorCode, PeerSummary, PofChallenge, PofRecord, PofStanding, Request, Response, PROTOCOL,
+};

@@ -81,16 +81,19 @@ pub fn rpc_behaviour(codec: TabnodeCodec) -> request_response::Behaviour<Tabnode
     )
 }
 
-/// How a plain node (not the relay) answers a request from `peer`.
+/// How a plain node (not the relay) answers a request from `peer` by itself.
 ///
-/// Nodes answer `Echo`; the relay-only requests get a clear refusal.
-pub fn answer(_peer: PeerId, request: Request) -> Response {
+/// Nodes answer `Echo` and refuse the relay-only requests. `None` means the
+/// request needs the node's owner (a Proof-of-FLOPS challenge needs the GPU):
+/// the driver hands it over as [`crate::driver::NodeEvent::Request`].
+pub fn answer(_peer: PeerId, request: &Request) -> Option<Response> {
     match request {
-        Request::Echo(payload) => Response::Echo(payload),
-        Request::Register(_) | Request::ListPeers => Response::Error {
+        Request::Echo(payload) => Some(Response::Echo(payload.clone())),
+        Request::Register(_) | Request::ListPeers => Some(Response::Error {
             code: ErrorCode::Unsupported,
             message: "only the relay keeps the node registry".into(),
-        },
+        }),
+        Request::PofChallenge(_) | Request::PofOpen { .. } => None,
     }
 }
 
@@ -121,15 +124,23 @@ mod tests {
     fn nodes_echo_and_refuse_registry_requests() {
         let peer = PeerId::random();
         assert_eq!(
-            answer(peer, Request::Echo(vec![1, 2, 3])),
-            Response::Echo(vec![1, 2, 3])
+            answer(peer, &Request::Echo(vec![1, 2, 3])),
+            Some(Response::Echo(vec![1, 2, 3]))
         );
         assert!(matches!(
-            answer(peer, Request::ListPeers),
-            Response::Error {
+            answer(peer, &Request::ListPeers),
+            Some(Response::Error {
                 code: ErrorCode::Unsupported,
                 ..
-            }
+            })
         ));
+        let open = Request::PofOpen {
+            round: 1,
+            query: crate::protocol::PofQuery {
+                nonce: [0; 32],
+                k: 1,
+            },
+        };
+        assert_eq!(answer(peer, &open), None);
     }
 }

@@ -9,6 +9,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::caps::{Capabilities, NodeKind};
+pub use tabnode_pof::{Answer as PofAnswer, Query as PofQuery};
 
 /// The protocol name, with its version.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/1.0.0");
@@ -23,10 +24,33 @@ pub enum Request {
     /// Any → any: send the payload back unchanged (liveness, latency and
     /// large-message checks).
     Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Relay → node: a Proof-of-FLOPS challenge. Answer with
+    /// [`Response::PofCommit`] before the deadline.
+    PofChallenge(PofChallenge),
+    /// Relay → node: open the committed result ([`Response::PofOpening`]).
+    PofOpen {
+        /// The challenge's round.
+        round: u64,
+        /// The random vector and rows to open.
+        query: PofQuery,
+    },
+}
+
+/// A Proof-of-FLOPS challenge (see the `tabnode-pof` crate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PofChallenge {
+    /// Unique per challenge.
+    pub round: u64,
+    /// Matrix size.
+    pub n: u32,
+    /// Seed of `A` and `B`, revealed only now.
+    pub seed: [u8; 32],
+    /// Milliseconds the node has to commit.
+    pub deadline_ms: u64,
 }
 
 /// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// The request was accepted.
     Ack,
@@ -34,6 +58,15 @@ pub enum Response {
     Peers(Vec<PeerSummary>),
     /// The payload of a [`Request::Echo`].
     Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The Merkle root of `C` for a [`Request::PofChallenge`].
+    PofCommit {
+        /// The challenge's round.
+        round: u64,
+        /// Merkle root over the rows of `C`.
+        root: [u8; 32],
+    },
+    /// `C·r` and the opened rows, answer to [`Request::PofOpen`].
+    PofOpening(Box<PofAnswer>),
     /// The request was understood but refused.
     Error {
         /// What kind of failure.
@@ -53,7 +86,7 @@ pub enum ErrorCode {
 }
 
 /// One node as the relay lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerSummary {
     /// The node's peer id (base58).
     pub peer_id: String,
@@ -67,4 +100,40 @@ pub struct PeerSummary {
     pub reachable: bool,
     /// What the node registered, if it did.
     pub capabilities: Option<Capabilities>,
+    /// Its Proof-of-FLOPS record.
+    pub pof: PofStanding,
+}
+
+/// A node's Proof-of-FLOPS record as the relay keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PofStanding {
+    /// GFLOP/s of the last passed proof.
+    pub verified_gflops: Option<f64>,
+    /// Proofs passed.
+    pub passed: u32,
+    /// Proofs failed.
+    pub failed: u32,
+    /// Passed minus five times failed: what matchmaking and points use.
+    pub standing: i64,
+    /// The most recent result.
+    pub last: Option<PofRecord>,
+}
+
+/// One Proof-of-FLOPS result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PofRecord {
+    /// When the challenge was sent, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The challenge's round.
+    pub round: u64,
+    /// Matrix size.
+    pub n: u32,
+    /// Milliseconds from challenge to commit.
+    pub commit_ms: u64,
+    /// `2n³ / commit time`, in GFLOP/s.
+    pub gflops: f64,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// Why it failed.
+    pub reason: Option<String>,
 }

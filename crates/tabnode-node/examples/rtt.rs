@@ -52,6 +52,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             key: None,
             capabilities: Capabilities::new(NodeKind::Native, name),
             max_backoff: Duration::from_secs(1),
+            handler: std::sync::Arc::new(tabnode_node::prover::PofProver::new(
+                tabnode_node::prover::Backend::Cpu,
+            )),
         })
     };
     let (a, b) = (node("a")?, node("b")?);

@@ -6,6 +6,8 @@
 //! [`tabnode_core::driver::run`], the same one the browser tab runs; this
 //! crate adds the tokio transports and a [`NodeHandle`] to talk to it.
 
+pub mod prover;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -179,6 +181,14 @@ pub struct NodeConfig {
     pub capabilities: Capabilities,
     /// Cap of the reconnect delay.
     pub max_backoff: Duration,
+    /// Answers what the driver hands over (Proof-of-FLOPS challenges).
+    pub handler: Arc<dyn prover::RequestHandler>,
+}
+
+impl std::fmt::Debug for dyn prover::RequestHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHandler")
+    }
 }
 
 /// Loads an identity from `path`, creating it if missing.
@@ -241,6 +251,8 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (commands, rx) = mpsc::channel(64);
     let (status_tx, status) = watch::channel(Status::default());
     let c = counters.clone();
+    let handler = config.handler;
+    let respond = commands.clone();
     let driver_config = DriverConfig {
         relay: config.relay,
         capabilities: config.capabilities,
@@ -264,6 +276,20 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 }
                 NodeEvent::ProtocolError { .. } => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                NodeEvent::Request { id, peer, request } => {
+                    let handler = handler.clone();
+                    let mut respond = respond.clone();
+                    tokio::spawn(async move {
+                        let response =
+                            tokio::task::spawn_blocking(move || handler.handle(&peer, request))
+                                .await
+                                .unwrap_or_else(|e| Response::Error {
+                                    code: tabnode_core::ErrorCode::Invalid,
+                                    message: format!("handler failed: {e}"),
+                                });
+                        let _ = respond.send(Command::Respond { id, response }).await;
+                    });
                 }
             }
         };

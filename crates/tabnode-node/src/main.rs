@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use libp2p::Multiaddr;
+use std::sync::Arc;
 use tabnode_core::{Capabilities, NodeKind};
+
+use tabnode_node::prover::{Backend, PofProver};
 use tabnode_node::{load_or_create_key, spawn, NodeConfig};
 
 /// Joins a tabnode relay and serves the network.
@@ -31,6 +34,10 @@ struct Args {
     /// VRAM pledged to the network, in MiB.
     #[arg(long, default_value_t = 0)]
     pledge_mib: u64,
+    /// Where Proof-of-FLOPS runs: auto (a hardware GPU, else the CPU), gpu
+    /// (any wgpu adapter, software ones included) or cpu.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
+    prover: String,
 }
 
 fn relay_from_bootstrap(
@@ -67,11 +74,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("tabnode-node/{}", env!("CARGO_PKG_VERSION")),
     );
     caps.pledged_vram_mib = args.pledge_mib;
+    let backend = match args.prover.as_str() {
+        "cpu" => Backend::Cpu,
+        "gpu" => Backend::detect(true),
+        _ => Backend::detect(false),
+    };
     let node = spawn(NodeConfig {
         relay,
         key: Some(key),
         capabilities: caps,
         max_backoff: Duration::from_secs(10),
+        handler: Arc::new(PofProver::new(backend)),
     })?;
     println!("tabnode node {} joining the relay", node.peer_id);
     tokio::select! {

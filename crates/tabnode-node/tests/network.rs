@@ -33,6 +33,9 @@ fn node(relay: Multiaddr, name: &str) -> NodeHandle {
         key: None,
         capabilities: caps,
         max_backoff: Duration::from_millis(500),
+        handler: std::sync::Arc::new(tabnode_node::prover::PofProver::new(
+            tabnode_node::prover::Backend::Cpu,
+        )),
     })
     .expect("node starts")
 }

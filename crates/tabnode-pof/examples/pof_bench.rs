@@ -18,33 +18,6 @@ fn sizes(arg: Option<String>, default: &[u32]) -> Vec<u32> {
         .unwrap_or_else(|| default.to_vec())
 }
 
-fn sgemm(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
-    let mut c = vec![0f32; n * n];
-    let s = n as isize;
-    // SAFETY: a, b and c are n×n row-major (row stride n, column stride 1)
-    // and outlive the call; c does not alias a or b.
-    #[allow(unsafe_code)]
-    unsafe {
-        matrixmultiply::sgemm(
-            n,
-            n,
-            n,
-            1.0,
-            a.as_ptr(),
-            s,
-            1,
-            b.as_ptr(),
-            s,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            s,
-            1,
-        );
-    }
-    c
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let kernel_sizes = sizes(args.next(), &[256, 512, 1024]);
@@ -71,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (a, b) = expand(&seed, n)?;
         // Warm-up (shader compilation, allocation).
         let c_gpu = block_on(gpu.matmul(&a, &b, n))?;
-        let c_cpu = sgemm(&a, &b, n as usize);
+        let c_cpu = tabnode_pof::matmul_sgemm(&a, &b, n as usize);
         assert!(c_gpu == c_cpu, "kernel and sgemm disagree at n={n}");
         let reps = (2e9 / flops(n)).clamp(1.0, 20.0) as u32;
         let t = Instant::now();
@@ -81,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let g = flops(n) * f64::from(reps) / t.elapsed().as_secs_f64() / 1e9;
         let t = Instant::now();
         for _ in 0..reps {
-            sgemm(&a, &b, n as usize);
+            tabnode_pof::matmul_sgemm(&a, &b, n as usize);
         }
         let s = flops(n) * f64::from(reps) / t.elapsed().as_secs_f64() / 1e9;
         println!("| {n} | {g:.2} | {s:.2} | {:.2} |", g / s);

@@ -231,6 +231,42 @@ pub fn matmul_cpu(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     c
 }
 
+/// `C = A·B` with an optimised, multi-threaded CPU sgemm
+/// (`matrixmultiply`): the prover of native nodes without a GPU, and the
+/// reference the GPU kernel is benchmarked against. Exact like every other
+/// order of summation (see the crate docs).
+#[cfg(feature = "sgemm")]
+pub fn matmul_sgemm(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; n * n];
+    if a.len() < n * n || b.len() < n * n {
+        return c;
+    }
+    let s = n as isize;
+    // SAFETY: a and b hold at least n×n elements (checked above), c exactly
+    // n×n; all are row-major with row stride n and column stride 1, outlive
+    // the call, and c aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            n,
+            n,
+            1.0,
+            a.as_ptr(),
+            s,
+            1,
+            b.as_ptr(),
+            s,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            s,
+            1,
+        );
+    }
+    c
+}
+
 /// Converts one row of `C` to exact integers.
 ///
 /// # Errors

@@ -31,6 +31,7 @@ pub(crate) fn router(config: &RelayConfig, relay: Arc<RelayState>, boot: Bootstr
     let api = Router::new()
         .route("/api/bootstrap", get(bootstrap))
         .route("/api/network", get(network))
+        .route("/api/pof/{peer_id}", get(pof_history))
         .route("/metrics", get(metrics))
         .layer(CorsLayer::permissive())
         .with_state(AppState {
@@ -60,6 +61,32 @@ async fn network(State(s): State<AppState>) -> Json<NetworkView> {
         relay: s.bootstrap.peer_id.clone(),
         nodes: s.relay.summaries(),
     })
+}
+
+async fn pof_history(
+    State(s): State<AppState>,
+    axum::extract::Path(peer_id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
+        )
+            .into_response();
+    };
+    match s.relay.pof_history(&peer) {
+        Some(h) => Json(serde_json::json!({
+            "peer_id": peer_id,
+            "standing": h.standing,
+            "records": h.records,
+        }))
+        .into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no proofs recorded for {peer_id}") })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

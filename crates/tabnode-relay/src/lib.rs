@@ -14,6 +14,7 @@
 //! thin wrapper around it, and integration tests start relays the same way.
 
 mod http;
+mod pof;
 mod state;
 mod swarm;
 
@@ -25,7 +26,8 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use tokio::task::JoinHandle;
 
-pub use state::{NetworkView, NodeEntry, RelayState};
+pub use pof::PofConfig;
+pub use state::{NetworkView, NodeEntry, PofHistory, RelayState};
 
 /// Errors of the relay.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,8 @@ pub struct RelayConfig {
     pub models_dir: PathBuf,
     /// Relay limits.
     pub limits: Limits,
+    /// Proof-of-FLOPS settings.
+    pub pof: PofConfig,
 }
 
 impl RelayConfig {
@@ -130,6 +134,7 @@ impl RelayConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             site_root,
             limits: Limits::default(),
+            pof: PofConfig::default(),
         }
     }
 }
@@ -199,7 +204,15 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
     let peer_id = *swarm.local_peer_id();
-    let swarm_task = tokio::spawn(swarm::run(swarm, state.clone()));
+    let (commands, command_rx) = tokio::sync::mpsc::channel(256);
+    let (joined_tx, joined_rx) = tokio::sync::mpsc::channel(1024);
+    let swarm_task = tokio::spawn(swarm::run(swarm, state.clone(), command_rx, joined_tx));
+    let pof_task = tokio::spawn(pof::run(
+        config.pof.clone(),
+        state.clone(),
+        commands,
+        joined_rx,
+    ));
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .map_err(|source| RelayError::Http {
@@ -221,6 +234,6 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         bootstrap,
         http_addr,
         state,
-        tasks: vec![swarm_task, http_task],
+        tasks: vec![swarm_task, pof_task, http_task],
     })
 }

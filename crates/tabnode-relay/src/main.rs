@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
-use tabnode_relay::{start, Limits, RelayConfig};
+use tabnode_relay::{start, Limits, PofConfig, RelayConfig};
 
 /// Runs a tabnode relay and serves the site.
 #[derive(Debug, Parser)]
@@ -34,6 +34,15 @@ struct Args {
     /// Directory of model files served under `/models/`.
     #[arg(long, env = "TABNODE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// Seconds between two Proof-of-FLOPS challenges of a node.
+    #[arg(long, env = "TABNODE_POF_INTERVAL", default_value_t = 3600.0)]
+    pof_interval: f64,
+    /// Largest Proof-of-FLOPS matrix size.
+    #[arg(long, env = "TABNODE_POF_MAX_N", default_value_t = 2048)]
+    pof_max_n: u32,
+    /// Smallest Proof-of-FLOPS matrix size (nodes that pledge nothing).
+    #[arg(long, env = "TABNODE_POF_MIN_N", default_value_t = 256)]
+    pof_min_n: u32,
     /// Write the bootstrap addresses (JSON) to this file once listening.
     #[arg(long)]
     bootstrap_file: Option<PathBuf>,
@@ -60,6 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         http: args.http,
         site_root: args.site_root,
         limits: Limits::default(),
+        pof: PofConfig {
+            interval: std::time::Duration::from_secs_f64(args.pof_interval.max(0.001)),
+            max_n: args.pof_max_n,
+            min_n: args.pof_min_n.min(args.pof_max_n),
+            ..PofConfig::default()
+        },
     };
     let relay = start(config).await?;
     let json = serde_json::to_string_pretty(&relay.bootstrap)?;

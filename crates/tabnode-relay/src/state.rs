@@ -1,14 +1,14 @@
 //! The relay's view of the network: who is connected, how, with what
 //! capabilities; and its Prometheus counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::{Capabilities, CodecStats, NodeKind, PeerSummary};
+use tabnode_core::{Capabilities, CodecStats, NodeKind, PeerSummary, PofRecord, PofStanding};
 
 /// One connected node.
 #[derive(Debug, Clone)]
@@ -62,12 +62,30 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Inbound messages the codec refused (malformed, oversized, truncated).
     pub codec: Arc<CodecStats>,
+    /// Proof-of-FLOPS challenges passed.
+    pub pof_passed: AtomicU64,
+    /// Proof-of-FLOPS challenges failed.
+    pub pof_failed: AtomicU64,
+}
+
+/// How many Proof-of-FLOPS results are kept per node.
+pub const POF_HISTORY: usize = 100;
+
+/// A node's Proof-of-FLOPS standing and its recent results (kept while the
+/// relay runs, across reconnects).
+#[derive(Debug, Clone, Default)]
+pub struct PofHistory {
+    /// The summary `/api/network` shows.
+    pub standing: PofStanding,
+    /// Newest last.
+    pub records: VecDeque<PofRecord>,
 }
 
 /// Shared state between the swarm task and the HTTP server.
 #[derive(Debug, Default)]
 pub struct RelayState {
     nodes: RwLock<HashMap<PeerId, NodeEntry>>,
+    pof: RwLock<HashMap<PeerId, PofHistory>>,
     reservations: RwLock<HashMap<PeerId, ()>>,
     /// Counters.
     pub metrics: Metrics,
@@ -170,8 +188,49 @@ impl RelayState {
         }
     }
 
+    /// Records a Proof-of-FLOPS result for `peer`.
+    pub fn record_pof(&self, peer: PeerId, record: PofRecord) {
+        let mut all = self.pof.write().unwrap_or_else(|p| p.into_inner());
+        let h = all.entry(peer).or_default();
+        let s = &mut h.standing;
+        if record.passed {
+            self.metrics.pof_passed.fetch_add(1, Ordering::Relaxed);
+            s.passed += 1;
+            s.standing += 1;
+            s.verified_gflops = Some(record.gflops);
+        } else {
+            self.metrics.pof_failed.fetch_add(1, Ordering::Relaxed);
+            s.failed += 1;
+            s.standing -= 5;
+        }
+        s.last = Some(record.clone());
+        h.records.push_back(record);
+        while h.records.len() > POF_HISTORY {
+            h.records.pop_front();
+        }
+    }
+
+    /// The Proof-of-FLOPS history of `peer`.
+    pub fn pof_history(&self, peer: &PeerId) -> Option<PofHistory> {
+        self.pof
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+    }
+
+    /// What `peer` registered, if it is connected.
+    pub fn capabilities(&self, peer: &PeerId) -> Option<Capabilities> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .and_then(|e| e.capabilities.clone())
+    }
+
     /// Every connected node, oldest first.
     pub fn summaries(&self) -> Vec<PeerSummary> {
+        let pof = self.pof.read().unwrap_or_else(|p| p.into_inner());
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<PeerSummary> = nodes
             .iter()
@@ -182,6 +241,7 @@ impl RelayState {
                 connected_since_ms: e.connected_since_ms,
                 reachable: e.reachable,
                 capabilities: e.capabilities.clone(),
+                pof: pof.get(id).map(|h| h.standing.clone()).unwrap_or_default(),
             })
             .collect();
         out.sort_by(|a, b| {
@@ -282,6 +342,15 @@ impl RelayState {
             &[
                 ("{kind=\"malformed\"}", m.codec.rejected()),
                 ("{kind=\"failed\"}", load(&m.protocol_errors)),
+            ],
+        );
+        metric(
+            "tabnode_pof_total",
+            "counter",
+            "Proof-of-FLOPS challenges by outcome.",
+            &[
+                ("{outcome=\"passed\"}", load(&m.pof_passed)),
+                ("{outcome=\"failed\"}", load(&m.pof_failed)),
             ],
         );
         out

@@ -1,5 +1,6 @@
 //! The relay's libp2p side: transports, behaviour and event loop.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
@@ -194,11 +195,44 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Something the relay's other tasks ask of the swarm.
+#[derive(Debug)]
+pub(crate) enum RelayCommand {
+    /// Send `request` to `peer`; the outcome goes to `reply`.
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: tokio::sync::oneshot::Sender<Result<Response, String>>,
+    },
+}
+
 /// The relay's event loop.
-pub(crate) async fn run(mut swarm: Swarm<RelayBehaviour>, state: Arc<RelayState>) {
+pub(crate) async fn run(
+    mut swarm: Swarm<RelayBehaviour>,
+    state: Arc<RelayState>,
+    mut commands: tokio::sync::mpsc::Receiver<RelayCommand>,
+    joined: tokio::sync::mpsc::Sender<PeerId>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
-    while let Some(event) = swarm.next().await {
+    let mut pending: HashMap<
+        request_response::OutboundRequestId,
+        tokio::sync::oneshot::Sender<Result<Response, String>>,
+    > = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            command = commands.recv() => {
+                match command {
+                    Some(RelayCommand::Request { peer, request, reply }) => {
+                        let id = swarm.behaviour_mut().rpc.send_request(&peer, request);
+                        pending.insert(id, reply);
+                    }
+                    None => break,
+                }
+                continue;
+            }
+        };
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -232,7 +266,12 @@ pub(crate) async fn run(mut swarm: Swarm<RelayBehaviour>, state: Arc<RelayState>
                     ..
                 } => {
                     m.requests_in.fetch_add(1, Relaxed);
+                    let registered = matches!(request, Request::Register(_));
                     let response = answer(&state, peer, request);
+                    if registered && response == Response::Ack {
+                        // The challenger decides whether a proof is due.
+                        let _ = joined.try_send(peer);
+                    }
                     if swarm
                         .behaviour_mut()
                         .rpc
@@ -245,6 +284,25 @@ pub(crate) async fn run(mut swarm: Swarm<RelayBehaviour>, state: Arc<RelayState>
                 request_response::Event::InboundFailure { peer, error, .. } => {
                     m.protocol_errors.fetch_add(1, Relaxed);
                     tracing::warn!("closed a stream from {peer}: {error}");
+                }
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                } => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
                 }
                 _ => {}
             },
@@ -267,6 +325,10 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
         }
         Request::ListPeers => Response::Peers(state.summaries()),
         Request::Echo(payload) => Response::Echo(payload),
+        Request::PofChallenge(_) | Request::PofOpen { .. } => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "the relay issues challenges; it does not take them".into(),
+        },
     }
 }
 
