@@ -67,6 +67,30 @@ test('the worker reports a WebGPU adapter to the page', async () => {
   assert.equal(await tabA.page.locator('#gpu-status').textContent().then((t) => t.startsWith('ready')), true);
 });
 
+test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a pass', async () => {
+  // The relay challenges every node when it registers.
+  const net = await waitFor('both tabs to pass a proof', async () => {
+    const n = await relay.network();
+    const tabs = n.nodes.filter((p) => [idA, idB].includes(p.peer_id) && p.pof.passed >= 1);
+    return tabs.length === 2 ? n : null;
+  }, 90_000);
+  for (const id of [idA, idB]) {
+    const { pof } = net.nodes.find((p) => p.peer_id === id);
+    assert.equal(pof.last.passed, true, JSON.stringify(pof.last));
+    assert.equal(pof.failed, 0);
+    assert.ok(pof.verified_gflops > 0, JSON.stringify(pof));
+    assert.ok(pof.last.n >= 256);
+  }
+  const history = await (await fetch(`${relay.url}/api/pof/${idA}`)).json();
+  assert.equal(history.records[0].passed, true);
+  assert.equal((await fetch(`${relay.url}/api/pof/not-a-peer`)).status, 400);
+  // The worker did the work (on WebGPU), and the page shows the result.
+  const handled = await tabA.page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'handled'));
+  assert.deepEqual(handled.slice(0, 2).map((e) => e.answer), ['pof_commit', 'pof_opening']);
+  assert.equal(handled[0].device, 'webgpu', 'the matmul ran on WebGPU');
+  await tabA.page.waitForFunction(() => /GFLOP\/s verified/.test(document.getElementById('pof').textContent), null, { timeout: 10_000 });
+});
+
 test('tab to tab through the relay circuit, small and 1 MiB', async () => {
   const small = await echoFromTab(tabA.page, idB, 100);
   assert.deepEqual([small.same, small.length], [true, 100]);

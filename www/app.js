@@ -89,6 +89,14 @@ function onEvent(ev) {
       $('gpu-status').textContent = `unavailable: ${ev.reason}`;
       log(`no WebGPU: ${ev.reason}`);
       break;
+    case 'request': {
+      const c = ev.request.PofChallenge;
+      if (c) log(`Proof-of-FLOPS challenge: ${c.n}×${c.n} matmul, round ${c.round}`);
+      break;
+    }
+    case 'handled':
+      log(`worker answered request ${ev.id} in ${ev.elapsed_ms.toFixed(0)} ms on ${ev.device} (${ev.answer})`);
+      break;
     case 'error':
       log(`worker error: ${ev.message}`);
       break;
@@ -103,6 +111,14 @@ async function refreshPeers() {
     const peers = await state.node.listPeers();
     state.peers = peers;
     $('peers-online').textContent = String(peers.length);
+    const me = peers.find((p) => p.peer_id === state.peerId);
+    if (me?.pof?.last) {
+      state.pof = me.pof;
+      const last = me.pof.last;
+      $('pof').textContent = last.passed
+        ? `${last.gflops.toFixed(2)} GFLOP/s verified (n = ${last.n}; ${me.pof.passed} passed, ${me.pof.failed} failed)`
+        : `failed: ${last.reason} (${me.pof.passed} passed, ${me.pof.failed} failed)`;
+    }
     const body = $('peers').querySelector('tbody');
     body.replaceChildren(...peers.map((p) => {
       const tr = document.createElement('tr');
@@ -112,6 +128,7 @@ async function refreshPeers() {
         p.kind,
         p.transport,
         gpu ? ([gpu.vendor, gpu.architecture].filter(Boolean).join('/') || gpu.description || gpu.backend) : (p.capabilities?.gpu_error ? 'none' : '—'),
+        p.pof?.verified_gflops != null ? `${p.pof.verified_gflops.toFixed(2)} GFLOP/s` : '—',
         new Date(p.connected_since_ms).toLocaleTimeString(),
       ];
       for (const c of cells) {

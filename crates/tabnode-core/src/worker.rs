@@ -1,12 +1,13 @@
 //! Typed messages between the page and its compute worker.
 //!
 //! Both sides are Rust compiled to wasm; the messages cross `postMessage` as
-//! structured JS objects through `serde-wasm-bindgen`, never as ad-hoc JSON
-//! strings.
+//! structured JS objects through `serde-wasm-bindgen` (with 64-bit integers
+//! as `BigInt`s: Freivalds values exceed 2⁵³), never as ad-hoc JSON strings.
 
 use serde::{Deserialize, Serialize};
 
 use crate::caps::GpuInfo;
+use crate::protocol::{Request, Response};
 
 /// Page → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,6 +15,13 @@ use crate::caps::GpuInfo;
 pub enum ToWorker {
     /// Open the GPU and report what it is.
     Init,
+    /// Answer a request the network driver handed over (Proof-of-FLOPS).
+    Handle {
+        /// Pass back in [`FromWorker::Handled`].
+        id: u64,
+        /// The request.
+        request: Request,
+    },
 }
 
 /// Worker → page.
@@ -31,6 +39,17 @@ pub enum FromWorker {
     GpuUnavailable {
         /// Why.
         reason: String,
+    },
+    /// The answer to [`ToWorker::Handle`].
+    Handled {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: Response,
+        /// Milliseconds the worker spent on it.
+        elapsed_ms: f64,
+        /// Where it computed: `webgpu` or `cpu`.
+        device: String,
     },
     /// A message the worker could not understand.
     Error {

@@ -19,6 +19,17 @@ use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use crate::{StartOptions, WebError};
 
+/// What the page is told when the worker answered a request.
+#[derive(serde::Serialize)]
+struct HandledEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: u64,
+    elapsed_ms: f64,
+    device: String,
+    answer: String,
+}
+
 /// Installs the panic hook once, when the module loads.
 #[wasm_bindgen(start)]
 pub fn init() {
@@ -45,6 +56,24 @@ struct Shared {
 }
 
 impl Shared {
+    /// Hands a request the driver could not answer to the worker, or refuses
+    /// it when there is no worker.
+    fn to_worker(&self, id: u64, request: Request) {
+        let sent = match &*self.worker.borrow() {
+            Some(w) => post(w, &ToWorker::Handle { id, request }),
+            None => Err(WebError::Worker("this tab runs no compute worker".into())),
+        };
+        if let Err(e) = sent {
+            let _ = self.command(Command::Respond {
+                id,
+                response: Response::Error {
+                    code: tabnode_core::ErrorCode::Unsupported,
+                    message: e.to_string(),
+                },
+            });
+        }
+    }
+
     fn command(&self, command: Command) -> Result<(), WebError> {
         self.commands
             .clone()
@@ -169,8 +198,14 @@ impl TabNode {
             capabilities: caps,
             max_backoff: Duration::from_millis(opts.max_backoff_ms),
         };
+        let for_driver = shared.clone();
         spawn_local(async move {
-            let emit = |event: NodeEvent| js_event(&on_event, &event);
+            let emit = |event: NodeEvent| {
+                if let NodeEvent::Request { id, request, .. } = &event {
+                    for_driver.to_worker(*id, request.clone());
+                }
+                js_event(&on_event, &event);
+            };
             if let Err(e) = driver::run(swarm, config, rx, emit).await {
                 web_sys::console::error_1(&format!("tabnode: node stopped: {e}").into());
             }
@@ -253,7 +288,11 @@ impl TabNode {
 }
 
 fn post(worker: &Worker, msg: &ToWorker) -> Result<(), WebError> {
-    let v = serde_wasm_bindgen::to_value(msg).map_err(|e| WebError::Worker(e.to_string()))?;
+    // 64-bit values travel as BigInts (see `tabnode_core::worker`).
+    let serializer =
+        serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(true);
+    let v = serde::Serialize::serialize(msg, &serializer)
+        .map_err(|e| WebError::Worker(e.to_string()))?;
     worker
         .post_message(&v)
         .map_err(|e| WebError::Worker(format!("{e:?}")))
@@ -301,6 +340,33 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
             }
             FromWorker::Error { message } => {
                 web_sys::console::error_1(&format!("tabnode worker: {message}").into());
+            }
+            FromWorker::Handled {
+                id,
+                response,
+                elapsed_ms,
+                device,
+            } => {
+                // The page sees a summary: the answer itself (2⁶¹-sized
+                // numbers) goes straight back to the network.
+                let summary = HandledEvent {
+                    kind: "handled",
+                    id: *id,
+                    elapsed_ms: *elapsed_ms,
+                    device: device.clone(),
+                    answer: match response {
+                        Response::PofCommit { .. } => "pof_commit".into(),
+                        Response::PofOpening(_) => "pof_opening".into(),
+                        Response::Error { message, .. } => format!("error: {message}"),
+                        other => format!("{other:?}"),
+                    },
+                };
+                let _ = shared.command(Command::Respond {
+                    id: *id,
+                    response: response.clone(),
+                });
+                js_event(&shared.on_event, &summary);
+                return;
             }
         }
         js_event(&shared.on_event, &msg);

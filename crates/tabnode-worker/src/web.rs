@@ -1,8 +1,15 @@
-//! Browser glue: the worker's message loop and WebGPU.
+//! Browser glue: the worker's message loop, WebGPU, and the prover.
+
+use std::cell::RefCell;
+
+use futures::channel::oneshot;
+use std::rc::Rc;
 
 use js_sys::{Promise, Reflect};
+use serde::Serialize;
 use tabnode_core::worker::{FromWorker, ToWorker};
-use tabnode_core::{GpuInfo, GpuLimits};
+use tabnode_core::{ErrorCode, GpuInfo, GpuLimits, PofChallenge, Request, Response};
+use tabnode_pof::{expand, gpu::GpuProver, matmul_cpu, Prover};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -13,8 +20,15 @@ fn scope() -> DedicatedWorkerGlobalScope {
     js_sys::global().unchecked_into()
 }
 
+fn now_ms() -> f64 {
+    scope().performance().map_or(0.0, |p| p.now())
+}
+
 fn post(msg: &FromWorker) {
-    match serde_wasm_bindgen::to_value(msg) {
+    // 64-bit values (Freivalds results) travel as BigInts.
+    let serializer =
+        serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(true);
+    match msg.serialize(&serializer) {
         Ok(v) => {
             if let Err(e) = scope().post_message(&v) {
                 web_sys::console::error_2(&"tabnode worker: postMessage failed".into(), &e);
@@ -22,6 +36,52 @@ fn post(msg: &FromWorker) {
         }
         Err(e) => web_sys::console::error_1(&format!("tabnode worker: encode: {e}").into()),
     }
+}
+
+/// The worker's state: the GPU (once open) and the last commitment.
+#[derive(Default)]
+struct State {
+    gpu: Option<Rc<GpuProver>>,
+    /// Set once opening the GPU has finished, whether it worked or not.
+    gpu_settled: bool,
+    /// Requests waiting for the GPU to settle.
+    waiting: Vec<oneshot::Sender<()>>,
+    committed: Option<(u64, Prover)>,
+}
+
+/// Waits until opening the GPU has finished (the page sends `Init` before
+/// any request, so it has at least started).
+async fn gpu_settled() -> Option<Rc<GpuProver>> {
+    let rx = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.gpu_settled {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            s.waiting.push(tx);
+            Some(rx)
+        }
+    });
+    if let Some(rx) = rx {
+        let _ = rx.await;
+    }
+    STATE.with(|s| s.borrow().gpu.clone())
+}
+
+fn settle_gpu(gpu: Option<GpuProver>) {
+    let waiting = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.gpu = gpu.map(Rc::new);
+        s.gpu_settled = true;
+        std::mem::take(&mut s.waiting)
+    });
+    for w in waiting {
+        let _ = w.send(());
+    }
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
 /// Entry point: installs the message handler and tells the page it is loaded.
@@ -33,10 +93,23 @@ pub fn start() {
             Ok(ToWorker::Init) => spawn_local(async {
                 match open_gpu().await {
                     Ok(gpu) => post(&FromWorker::GpuReady { gpu }),
-                    Err(e) => post(&FromWorker::GpuUnavailable {
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => {
+                        settle_gpu(None);
+                        post(&FromWorker::GpuUnavailable {
+                            reason: e.to_string(),
+                        })
+                    }
                 }
+            }),
+            Ok(ToWorker::Handle { id, request }) => spawn_local(async move {
+                let started = now_ms();
+                let (response, device) = handle(request).await;
+                post(&FromWorker::Handled {
+                    id,
+                    response,
+                    elapsed_ms: now_ms() - started,
+                    device: device.into(),
+                });
             }),
             Err(e) => post(&FromWorker::Error {
                 message: WorkerError::BadMessage(e.to_string()).to_string(),
@@ -47,6 +120,58 @@ pub fn start() {
     // The handler lives as long as the worker.
     handler.forget();
     post(&FromWorker::Loaded);
+}
+
+fn refuse(message: String) -> Response {
+    Response::Error {
+        code: ErrorCode::Invalid,
+        message,
+    }
+}
+
+/// Answers a request; also says where it computed.
+async fn handle(request: Request) -> (Response, &'static str) {
+    match request {
+        Request::PofChallenge(c) => commit(c).await,
+        Request::PofOpen { round, query } => {
+            let r = STATE.with(|s| match &s.borrow().committed {
+                Some((r, p)) if *r == round => Response::PofOpening(Box::new(p.answer(&query))),
+                _ => refuse(format!("nothing committed for round {round}")),
+            });
+            (r, "cpu")
+        }
+        other => (
+            refuse(format!("the worker does not handle {other:?}")),
+            "cpu",
+        ),
+    }
+}
+
+/// Computes `C` on WebGPU (or, without one, on the CPU) and commits.
+async fn commit(c: PofChallenge) -> (Response, &'static str) {
+    let (a, b) = match expand(&c.seed, c.n) {
+        Ok(m) => m,
+        Err(e) => return (refuse(e.to_string()), "cpu"),
+    };
+    let (product, device) = match gpu_settled().await {
+        Some(g) => match g.matmul(&a, &b, c.n).await {
+            Ok(p) => (p, "webgpu"),
+            Err(e) => return (refuse(e.to_string()), "webgpu"),
+        },
+        None => (matmul_cpu(&a, &b, c.n as usize), "cpu"),
+    };
+    let response = match Prover::new(c.n, &product) {
+        Ok(p) => {
+            let root = p.root();
+            STATE.with(|s| s.borrow_mut().committed = Some((c.round, p)));
+            Response::PofCommit {
+                round: c.round,
+                root,
+            }
+        }
+        Err(e) => refuse(e.to_string()),
+    };
+    (response, device)
 }
 
 /// `GPUAdapterInfo` strings that wgpu does not surface on the web.
@@ -73,7 +198,7 @@ async fn adapter_info_strings() -> Option<(String, String, String)> {
     Some((s("vendor"), s("architecture"), s("description")))
 }
 
-/// Opens a WebGPU device and describes it.
+/// Opens a WebGPU device, compiles the prover on it, and describes it.
 async fn open_gpu() -> Result<GpuInfo, WorkerError> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::BROWSER_WEBGPU,
@@ -87,15 +212,11 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
         .await
         .map_err(|e| WorkerError::NoAdapter(e.to_string()))?;
     let adapter_limits = adapter.limits();
-    // Ask for the adapter's own limits: big matmuls need the large buffers.
-    let (_device, _queue) = adapter
-        .request_device(&wgpu::DeviceDescriptor {
-            label: Some("tabnode"),
-            required_limits: adapter_limits.clone(),
-            ..Default::default()
-        })
+    // The adapter's own limits: big matmuls need the large buffers.
+    let prover = GpuProver::new(&adapter)
         .await
         .map_err(|e| WorkerError::Device(e.to_string()))?;
+    settle_gpu(Some(prover));
     let info = adapter.get_info();
     let (vendor, architecture, description) = adapter_info_strings().await.unwrap_or_default();
     let features = adapter
