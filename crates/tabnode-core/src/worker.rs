@@ -15,6 +15,13 @@ use crate::protocol::{Request, Response};
 pub enum ToWorker {
     /// Open the GPU and report what it is.
     Init,
+    /// Benchmark the WGSL matmul kernels at size `n`.
+    Bench {
+        /// Matrix size.
+        n: u32,
+        /// Timed repetitions per kernel.
+        reps: u32,
+    },
     /// Answer a request the network driver handed over (Proof-of-FLOPS).
     Handle {
         /// Pass back in [`FromWorker::Handled`].
@@ -51,9 +58,27 @@ pub enum FromWorker {
         /// Where it computed: `webgpu` or `cpu`.
         device: String,
     },
+    /// Results of [`ToWorker::Bench`].
+    Bench {
+        /// Matrix size.
+        n: u32,
+        /// One entry per kernel.
+        results: Vec<KernelResult>,
+    },
     /// A message the worker could not understand.
     Error {
         /// What went wrong.
         message: String,
     },
+}
+
+/// One kernel's benchmark result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelResult {
+    /// Kernel name (`blocked-4x4`, `naive`, `tiled-16`).
+    pub kernel: String,
+    /// Achieved rate, upload and readback included.
+    pub gflops: f64,
+    /// Whether its result matched the CPU reference bit for bit.
+    pub exact: bool,
 }

@@ -4,8 +4,52 @@
 use futures::channel::oneshot;
 use wgpu::util::DeviceExt;
 
-/// The kernel source.
+/// The prover's kernel: 4×4 register blocking, vec4 loads, no barriers.
 pub const MATMUL_WGSL: &str = include_str!("matmul.wgsl");
+
+/// The WGSL kernels this crate has: the prover's and two plain references
+/// it is benchmarked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The prover's kernel ([`MATMUL_WGSL`]).
+    Blocked4x4,
+    /// One invocation per element, scalar loads.
+    Naive,
+    /// 16×16 shared-memory tiles with barriers.
+    Tiled16,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 3] = [Kernel::Blocked4x4, Kernel::Naive, Kernel::Tiled16];
+
+    /// Its WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Blocked4x4 => MATMUL_WGSL,
+            Kernel::Naive => include_str!("matmul_naive.wgsl"),
+            Kernel::Tiled16 => include_str!("matmul_tiled.wgsl"),
+        }
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Blocked4x4 => "blocked-4x4",
+            Kernel::Naive => "naive",
+            Kernel::Tiled16 => "tiled-16",
+        }
+    }
+
+    /// Workgroups to dispatch for a padded size `np`.
+    fn dispatch(self, np: u32) -> (u32, u32) {
+        match self {
+            Kernel::Blocked4x4 => ((np / 4).div_ceil(8), (np / 4).div_ceil(8)),
+            Kernel::Naive => (np.div_ceil(8), np.div_ceil(8)),
+            Kernel::Tiled16 => (np.div_ceil(16), np.div_ceil(16)),
+        }
+    }
+}
 
 /// Why the GPU prover failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +86,7 @@ pub struct GpuProver {
     device: wgpu::Device,
     queue: wgpu::Queue,
     pipeline: wgpu::ComputePipeline,
+    kernel: Kernel,
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
@@ -66,11 +111,16 @@ impl GpuProver {
         Ok(Self::with_device(device, queue))
     }
 
-    /// Compiles the kernel on an existing device.
+    /// Compiles the prover's kernel on an existing device.
     pub fn with_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::with_kernel(device, queue, Kernel::Blocked4x4)
+    }
+
+    /// Compiles `kernel` on an existing device (benchmarks compare them).
+    pub fn with_kernel(device: wgpu::Device, queue: wgpu::Queue, kernel: Kernel) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("tabnode-pof matmul"),
-            source: wgpu::ShaderSource::Wgsl(MATMUL_WGSL.into()),
+            label: Some(kernel.name()),
+            source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("tabnode-pof matmul"),
@@ -84,7 +134,13 @@ impl GpuProver {
             device,
             queue,
             pipeline,
+            kernel,
         }
+    }
+
+    /// The same device with another kernel.
+    pub fn other_kernel(&self, kernel: Kernel) -> Self {
+        Self::with_kernel(self.device.clone(), self.queue.clone(), kernel)
     }
 
     /// The largest `n` this device can multiply in one binding.
@@ -185,7 +241,8 @@ impl GpuProver {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
             pass.set_pipeline(&self.pipeline);
             pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(w.div_ceil(8), (np as u32 / 4).div_ceil(8), 1);
+            let (x, y) = self.kernel.dispatch(np as u32);
+            pass.dispatch_workgroups(x, y, 1);
         }
         enc.copy_buffer_to_buffer(&c_buf, 0, &read, 0, bytes);
         self.queue.submit([enc.finish()]);

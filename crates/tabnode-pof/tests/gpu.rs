@@ -2,7 +2,8 @@
 //! (Mesa lavapipe here: `scripts/setup.sh` installs it).
 
 use futures::executor::block_on;
-use tabnode_pof::{derive_seed, expand, gpu::GpuProver, matmul_cpu, Prover, Query};
+use tabnode_pof::gpu::{GpuProver, Kernel};
+use tabnode_pof::{derive_seed, expand, matmul_cpu, Prover, Query};
 
 fn prover() -> GpuProver {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -28,6 +29,20 @@ fn kernel_is_exact_for_odd_and_tile_sizes() {
             .zip(&want)
             .position(|(g, w)| g.to_bits() != w.to_bits());
         assert_eq!(bad, None, "n={n}: first mismatch at {bad:?}");
+    }
+}
+
+#[test]
+fn the_reference_kernels_are_exact_too() {
+    let gpu = prover();
+    for kernel in [Kernel::Naive, Kernel::Tiled16] {
+        let k = gpu.other_kernel(kernel);
+        for n in [3u32, 17, 40] {
+            let seed = derive_seed(&[5; 32], b"ref", 0, n);
+            let (a, b) = expand(&seed, n).expect("expand");
+            let got = block_on(k.matmul(&a, &b, n)).expect("matmul");
+            assert!(got == matmul_cpu(&a, &b, n as usize), "{kernel:?} n={n}");
+        }
     }
 }
 

@@ -278,6 +278,19 @@ impl TabNode {
         })
     }
 
+    /// Asks the worker to benchmark its WGSL kernels at size `n`; the
+    /// result arrives as an event of type `bench`.
+    ///
+    /// # Errors
+    /// No worker, or the message could not be sent.
+    #[wasm_bindgen(js_name = benchKernels)]
+    pub fn bench_kernels(&self, n: u32, reps: u32) -> Result<(), JsError> {
+        match &*self.shared.worker.borrow() {
+            Some(w) => Ok(post(w, &ToWorker::Bench { n, reps })?),
+            None => Err(WebError::Worker("this tab runs no compute worker".into()).into()),
+        }
+    }
+
     /// Stops the node and its worker.
     pub fn stop(&self) {
         let _ = self.shared.command(Command::Shutdown);
@@ -341,6 +354,7 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
             FromWorker::Error { message } => {
                 web_sys::console::error_1(&format!("tabnode worker: {message}").into());
             }
+            FromWorker::Bench { .. } => {}
             FromWorker::Handled {
                 id,
                 response,

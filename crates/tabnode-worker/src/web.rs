@@ -7,9 +7,10 @@ use std::rc::Rc;
 
 use js_sys::{Promise, Reflect};
 use serde::Serialize;
-use tabnode_core::worker::{FromWorker, ToWorker};
+use tabnode_core::worker::{FromWorker, KernelResult, ToWorker};
 use tabnode_core::{ErrorCode, GpuInfo, GpuLimits, PofChallenge, Request, Response};
-use tabnode_pof::{expand, gpu::GpuProver, matmul_cpu, Prover};
+use tabnode_pof::gpu::{GpuProver, Kernel};
+use tabnode_pof::{expand, matmul_cpu, Prover};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -101,6 +102,12 @@ pub fn start() {
                     }
                 }
             }),
+            Ok(ToWorker::Bench { n, reps }) => spawn_local(async move {
+                match bench(n, reps).await {
+                    Ok(results) => post(&FromWorker::Bench { n, results }),
+                    Err(message) => post(&FromWorker::Error { message }),
+                }
+            }),
             Ok(ToWorker::Handle { id, request }) => spawn_local(async move {
                 let started = now_ms();
                 let (response, device) = handle(request).await;
@@ -172,6 +179,31 @@ async fn commit(c: PofChallenge) -> (Response, &'static str) {
         Err(e) => refuse(e.to_string()),
     };
     (response, device)
+}
+
+/// Times every WGSL kernel at size `n` against the CPU reference.
+async fn bench(n: u32, reps: u32) -> Result<Vec<KernelResult>, String> {
+    let gpu = gpu_settled().await.ok_or("no WebGPU device")?;
+    let seed = tabnode_pof::derive_seed(&[6; 32], b"bench", 0, n);
+    let (a, b) = expand(&seed, n).map_err(|e| e.to_string())?;
+    let want = matmul_cpu(&a, &b, n as usize);
+    let mut out = Vec::new();
+    for kernel in Kernel::ALL {
+        let k = gpu.other_kernel(kernel);
+        // Warm-up: pipeline compilation, first allocation.
+        let got = k.matmul(&a, &b, n).await.map_err(|e| e.to_string())?;
+        let started = now_ms();
+        for _ in 0..reps.max(1) {
+            k.matmul(&a, &b, n).await.map_err(|e| e.to_string())?;
+        }
+        let secs = (now_ms() - started) / 1000.0;
+        out.push(KernelResult {
+            kernel: kernel.name().into(),
+            gflops: tabnode_pof::flops(n) * f64::from(reps.max(1)) / secs.max(1e-9) / 1e9,
+            exact: got == want,
+        });
+    }
+    Ok(out)
 }
 
 /// `GPUAdapterInfo` strings that wgpu does not surface on the web.
