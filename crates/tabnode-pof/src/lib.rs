@@ -504,22 +504,22 @@ pub fn verify_with(
         if field::dot_i32(&opened.values, &r) != answer.cr[i as usize] {
             return Err(PofError::RowInconsistent { row: i });
         }
-        // Aᵢ·B, exactly, in i64.
+        // Aᵢ·B in f32: exact for the same reason the prover's matmul is
+        // (every partial sum is an integer below 2²⁴), and it vectorises.
         let arow = &a[i as usize * nu..(i as usize + 1) * nu];
-        let mut acc = vec![0i64; nu];
+        let mut acc = vec![0f32; nu];
         for (k, &aik) in arow.iter().enumerate() {
-            let aik = aik as i64;
-            if aik == 0 {
+            if aik == 0.0 {
                 continue;
             }
             for (cj, &bkj) in acc.iter_mut().zip(&b[k * nu..(k + 1) * nu]) {
-                *cj += aik * bkj as i64;
+                *cj += aik * bkj;
             }
         }
         if acc
             .iter()
             .zip(&opened.values)
-            .any(|(&e, &v)| e != i64::from(v))
+            .any(|(&e, &v)| e != v as f32 || v.unsigned_abs() >= 1 << 24)
         {
             return Err(PofError::RowWrong { row: i });
         }
