@@ -363,3 +363,38 @@ async fn malformed_and_truncated_answers_are_rejected() {
     expect_rejection(&relay, wrong.peer_id, "unexpected answer to the challenge").await;
     expect_rejection(&relay, cut.peer_id, "opened row has 10 elements").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_challenged_again_on_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(
+        &dir,
+        PofConfig {
+            interval: Duration::from_millis(300),
+            ..small()
+        },
+    )
+    .await;
+    let n = node(&relay, honest(), 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let h = relay.state.pof_history(&n.peer_id);
+        if h.as_ref().is_some_and(|h| h.records.len() >= 3) {
+            let h = h.expect("history");
+            assert!(h.records.iter().all(|r| r.passed));
+            let rounds: Vec<u64> = h.records.iter().map(|r| r.round).collect();
+            assert!(
+                rounds.windows(2).all(|w| w[0] < w[1]),
+                "fresh rounds: {rounds:?}"
+            );
+            assert_eq!(h.standing.passed as usize, h.records.len());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not challenged again"
+        );
+        tick.tick().await;
+    }
+}
