@@ -5,6 +5,8 @@ export TABNODE_CACHE="${TABNODE_CACHE:-$HOME/.cache/tabnode}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TABNODE_CACHE/target}"
 export TABNODE_TOOLS="${TABNODE_TOOLS:-$TABNODE_CACHE/tools}"
 export PATH="$TABNODE_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+# The default model file (downloaded by scripts/setup.sh).
+export TABNODE_MODEL="${TABNODE_MODEL:-$TABNODE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 TABNODE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TABNODE_ROOT
 # The wasm-bindgen CLI must equal the wasm-bindgen crate in Cargo.lock.

