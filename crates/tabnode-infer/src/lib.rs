@@ -2,6 +2,9 @@
 //!
 //! So far: [`gguf`], a reader for GGUF v3 model files (metadata, tensor
 //! directory, and dequantization of F32, F16, Q8_0, Q4_0 and Q4_1 tensors),
-//! portable to `wasm32` so the browser worker can read a model it fetched.
+//! portable to `wasm32` so the browser worker can read a model it fetched;
+//! and [`tokenizer`], the byte-level BPE tokenizer from the GGUF metadata,
+//! with the ChatML chat template and streaming UTF-8 decoding.
 
 pub mod gguf;
+pub mod tokenizer;

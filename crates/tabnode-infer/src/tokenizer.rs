@@ -1,0 +1,426 @@
+//! The byte-level BPE tokenizer stored in a GGUF file (`tokenizer.ggml.model
+//! = "gpt2"`), encoding and decoding exactly as llama.cpp does.
+//!
+//! Encoding: special (control) tokens are cut out of the text first when
+//! `parse_special` is set; the rest is pre-tokenized (for the `smollm`
+//! pre-tokenizer: every `\p{N}` alone, then the GPT-2 pattern
+//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`),
+//! each piece's bytes are mapped to GPT-2's printable byte alphabet, and the
+//! merges are applied lowest rank first, leftmost first.
+//!
+//! Decoding is to bytes: a token can end in the middle of a UTF-8 character.
+//! [`StreamDecoder`] turns a stream of tokens into text, holding back an
+//! incomplete character until it is complete and replacing invalid sequences
+//! with U+FFFD.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::gguf::{Gguf, Value};
+
+/// Why a tokenizer cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenizerError {
+    /// A required metadata entry is missing or malformed.
+    #[error("tokenizer metadata {0} is missing or malformed")]
+    Metadata(&'static str),
+    /// Not a byte-level BPE tokenizer.
+    #[error("tokenizer model {0:?} is not supported (only \"gpt2\")")]
+    Model(String),
+    /// A pre-tokenizer this implementation does not know.
+    #[error("pre-tokenizer {0:?} is not supported")]
+    PreTokenizer(String),
+    /// A merge line that is not two symbols.
+    #[error("merge {0:?} is malformed")]
+    Merge(String),
+    /// A token string that uses characters outside the byte alphabet.
+    #[error("token {0} is not in the byte-level alphabet")]
+    Token(u32),
+    /// The chat template is not one this implementation renders.
+    #[error("unsupported chat template")]
+    ChatTemplate,
+}
+
+/// GPT-2's map from bytes to printable characters.
+fn byte_alphabet() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        map[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next).unwrap_or('\u{FFFD}');
+            next += 1;
+            c
+        };
+    }
+    map
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The tokenizer.
+#[derive(Debug)]
+pub struct Tokenizer {
+    /// Each token's bytes.
+    token_bytes: Vec<Vec<u8>>,
+    vocab: HashMap<String, u32>,
+    ranks: HashMap<(String, String), u32>,
+    /// Control tokens, longest first.
+    specials: Vec<(String, u32)>,
+    byte_map: [char; 256],
+    digits: Option<Regex>,
+    words: Regex,
+    /// Beginning-of-sequence token.
+    pub bos: u32,
+    /// End-of-sequence token.
+    pub eos: u32,
+    chatml: bool,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from a GGUF file's metadata.
+    ///
+    /// # Errors
+    /// Missing or malformed metadata, or a model / pre-tokenizer this
+    /// implementation does not support.
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, TokenizerError> {
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.model"))?;
+        if model != "gpt2" {
+            return Err(TokenizerError::Model(model.into()));
+        }
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let digits = match pre {
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
+                Some(Regex::new(r"\p{N}").map_err(|_| TokenizerError::PreTokenizer(pre.into()))?)
+            }
+            "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => None,
+            other => return Err(TokenizerError::PreTokenizer(other.into())),
+        };
+        let words = Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+")
+            .map_err(|_| TokenizerError::PreTokenizer(pre.into()))?;
+        let tokens = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))?;
+        let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
+        let merges = g
+            .get("tokenizer.ggml.merges")
+            .and_then(Value::as_array)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
+        let byte_map = byte_alphabet();
+        let unmap: HashMap<char, u8> = byte_map
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut vocab = HashMap::with_capacity(tokens.len());
+        let mut token_bytes = Vec::with_capacity(tokens.len());
+        let mut specials = Vec::new();
+        for (id, t) in tokens.iter().enumerate() {
+            let s = t
+                .as_str()
+                .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))?;
+            let id = id as u32;
+            let control = types
+                .and_then(|ty| ty.get(id as usize))
+                .and_then(Value::as_u64)
+                .is_some_and(|ty| ty == 3 || ty == 4);
+            if control {
+                specials.push((s.to_string(), id));
+                token_bytes.push(s.as_bytes().to_vec());
+            } else {
+                let bytes = s
+                    .chars()
+                    .map(|c| unmap.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or(TokenizerError::Token(id))?;
+                token_bytes.push(bytes);
+            }
+            vocab.insert(s.to_string(), id);
+        }
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let mut ranks = HashMap::with_capacity(merges.len());
+        for (rank, m) in merges.iter().enumerate() {
+            let m = m
+                .as_str()
+                .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| TokenizerError::Merge(m.into()))?;
+            ranks.insert((a.to_string(), b.to_string()), rank as u32);
+        }
+        let id = |key: &'static str| {
+            g.get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+                .ok_or(TokenizerError::Metadata(key))
+        };
+        let chatml = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.contains("<|im_start|>"));
+        Ok(Self {
+            token_bytes,
+            vocab,
+            ranks,
+            specials,
+            byte_map,
+            digits,
+            words,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            chatml,
+        })
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// The bytes of one token (empty for an unknown id).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Encodes `text`; with `parse_special`, control tokens written in the
+    /// text (`<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let next = if parse_special {
+                self.specials
+                    .iter()
+                    .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                    .min_by_key(|&(at, _, _)| at)
+            } else {
+                None
+            };
+            match next {
+                Some((at, len, id)) => {
+                    self.encode_text(&rest[..at], &mut out);
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    self.encode_text(rest, &mut out);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn encode_text(&self, text: &str, out: &mut Vec<u32>) {
+        let mut pieces = Vec::new();
+        match &self.digits {
+            Some(re) => {
+                let mut last = 0;
+                for m in re.find_iter(text) {
+                    if m.start() > last {
+                        pieces.push(&text[last..m.start()]);
+                    }
+                    pieces.push(m.as_str());
+                    last = m.end();
+                }
+                if last < text.len() {
+                    pieces.push(&text[last..]);
+                }
+            }
+            None => pieces.push(text),
+        }
+        for piece in pieces {
+            let mut pos = 0;
+            while pos < piece.len() {
+                let Some(m) = self.words.find_at(piece, pos) else {
+                    break;
+                };
+                let mut end = m.end();
+                let s = m.as_str();
+                // `\s+(?!\S)`: a run of whitespace before a word gives its
+                // last character to that word.
+                if s.chars().all(char::is_whitespace) && end < piece.len() && s.chars().count() > 1
+                {
+                    end -= s.chars().last().map_or(0, char::len_utf8);
+                }
+                if m.start() > pos {
+                    // Not reachable with this pattern (its classes cover
+                    // every character), kept so no text is ever dropped.
+                    self.bpe(&piece[pos..m.start()], out);
+                }
+                self.bpe(&piece[m.start()..end], out);
+                pos = end;
+            }
+        }
+    }
+
+    fn bpe(&self, word: &str, out: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        let mut symbols: Vec<String> = word
+            .bytes()
+            .map(|b| self.byte_map[b as usize].to_string())
+            .collect();
+        loop {
+            let best = symbols
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    self.ranks
+                        .get(&(w[0].clone(), w[1].clone()))
+                        .map(|&r| (r, i))
+                })
+                .min();
+            let Some((_, i)) = best else { break };
+            let right = symbols.remove(i + 1);
+            symbols[i].push_str(&right);
+        }
+        for s in symbols {
+            match self.vocab.get(&s) {
+                Some(&id) => out.push(id),
+                // Fall back to single-byte tokens.
+                None => {
+                    for c in s.chars() {
+                        if let Some(&id) = self.vocab.get(&c.to_string()) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The concatenated bytes of `ids` (possibly not valid UTF-8).
+    pub fn decode(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect()
+    }
+
+    /// Renders a conversation with the model's ChatML template (SmolLM2's,
+    /// including its default system prompt).
+    ///
+    /// # Errors
+    /// [`TokenizerError::ChatTemplate`] if the model's template is not ChatML.
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        if !self.chatml {
+            return Err(TokenizerError::ChatTemplate);
+        }
+        let mut s = String::new();
+        if messages.first().is_none_or(|m| m.role != "system") {
+            s.push_str("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n");
+        }
+        for m in messages {
+            s.push_str("<|im_start|>");
+            s.push_str(&m.role);
+            s.push('\n');
+            s.push_str(&m.content);
+            s.push_str("<|im_end|>\n");
+        }
+        if add_generation_prompt {
+            s.push_str("<|im_start|>assistant\n");
+        }
+        Ok(s)
+    }
+}
+
+/// Turns a stream of token bytes into text without splitting characters.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// Adds one token's bytes; returns the text that is now complete.
+    /// Invalid sequences become U+FFFD; an incomplete character at the end
+    /// waits for the next token.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    match e.error_len() {
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..valid + bad);
+                        }
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the stream: a trailing incomplete character becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let out = if self.pending.is_empty() {
+            String::new()
+        } else {
+            "\u{FFFD}".to_string()
+        };
+        self.pending.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_alphabet_is_a_bijection() {
+        let m = byte_alphabet();
+        let set: std::collections::HashSet<char> = m.iter().copied().collect();
+        assert_eq!(set.len(), 256);
+        assert_eq!(m[b' ' as usize], 'Ġ');
+        assert_eq!(m[b'\n' as usize], 'Ċ');
+        assert_eq!(m[b'a' as usize], 'a');
+    }
+
+    #[test]
+    fn stream_decoding_waits_for_whole_characters() {
+        let mut d = StreamDecoder::default();
+        let snow = "☃".as_bytes(); // 3 bytes
+        assert_eq!(d.push(b"a"), "a");
+        assert_eq!(d.push(&snow[..1]), "");
+        assert_eq!(d.push(&snow[1..2]), "");
+        assert_eq!(d.push(&snow[2..]), "☃");
+        assert_eq!(d.push(&[0xff, b'b']), "\u{FFFD}b");
+        assert_eq!(d.push(&snow[..2]), "");
+        assert_eq!(d.finish(), "\u{FFFD}");
+        assert_eq!(d.push(b"c"), "c");
+    }
+}
