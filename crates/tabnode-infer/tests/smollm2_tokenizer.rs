@@ -1,0 +1,95 @@
+//! The tokenizer on the real default model against llama.cpp's token ids
+//! (scripts/fixtures/llama_reference.py, through llama-cpp-python).
+
+use std::path::PathBuf;
+
+use serde_json::Value as Json;
+use tabnode_infer::gguf::Gguf;
+use tabnode_infer::tokenizer::{Message, StreamDecoder, Tokenizer};
+
+fn model_bytes() -> Vec<u8> {
+    let path = match std::env::var_os("TABNODE_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (scripts/setup.sh downloads the model)",
+            path.display()
+        )
+    })
+}
+
+#[test]
+fn token_ids_match_llama_cpp_and_round_trip() {
+    let bytes = model_bytes();
+    let g = Gguf::parse(&bytes).expect("parse");
+    let t = Tokenizer::from_gguf(&g).expect("tokenizer");
+    assert_eq!(t.vocab_size(), 49_152);
+    assert_eq!((t.bos, t.eos), (1, 2));
+    let f: Json =
+        serde_json::from_str(include_str!("fixtures/smollm2_tokens.json")).expect("fixture");
+    let cases = f["tokenizer"].as_array().expect("cases");
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let text = case["text"].as_str().expect("text");
+        let special = case["special"].as_bool().expect("special");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        let got = t.encode(text, special);
+        assert_eq!(got, want, "{name}: {text:?}");
+        assert_eq!(t.decode(&got), text.as_bytes(), "{name}: decode");
+    }
+}
+
+#[test]
+fn the_chat_template_renders_like_the_reference() {
+    let bytes = model_bytes();
+    let g = Gguf::parse(&bytes).expect("parse");
+    let t = Tokenizer::from_gguf(&g).expect("tokenizer");
+    let f: Json =
+        serde_json::from_str(include_str!("fixtures/smollm2_tokens.json")).expect("fixture");
+    let chat = f["tokenizer"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == "chat")
+        .expect("chat case");
+    let prompt = t
+        .chat_prompt(
+            &[Message {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+            true,
+        )
+        .expect("ChatML");
+    assert_eq!(prompt, chat["text"].as_str().expect("text"));
+}
+
+#[test]
+fn streaming_decode_of_multibyte_tokens() {
+    let bytes = model_bytes();
+    let g = Gguf::parse(&bytes).expect("parse");
+    let t = Tokenizer::from_gguf(&g).expect("tokenizer");
+    let text = "東京 🙂 naïve";
+    let ids = t.encode(text, false);
+    let mut d = StreamDecoder::default();
+    let mut out = String::new();
+    for id in &ids {
+        let piece = d.push(t.token_bytes(*id));
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "a character was split: {piece:?}"
+        );
+        out.push_str(&piece);
+    }
+    out.push_str(&d.finish());
+    assert_eq!(out, text);
+}
