@@ -4,7 +4,10 @@
 //! directory, and dequantization of F32, F16, Q8_0, Q4_0 and Q4_1 tensors),
 //! portable to `wasm32` so the browser worker can read a model it fetched;
 //! and [`tokenizer`], the byte-level BPE tokenizer from the GGUF metadata,
-//! with the ChatML chat template and streaming UTF-8 decoding.
+//! with the ChatML chat template and streaming UTF-8 decoding; and
+//! [`reference`], a plain f32 forward pass that is the oracle for the burn
+//! model to come.
 
 pub mod gguf;
+pub mod reference;
 pub mod tokenizer;
