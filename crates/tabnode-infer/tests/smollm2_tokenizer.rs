@@ -1,25 +1,12 @@
 //! The tokenizer on the real default model against llama.cpp's token ids
 //! (scripts/fixtures/llama_reference.py, through llama-cpp-python).
 
-use std::path::PathBuf;
+mod common;
 
+use common::model_bytes;
 use serde_json::Value as Json;
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::tokenizer::{Message, StreamDecoder, Tokenizer};
-
-fn model_bytes() -> Vec<u8> {
-    let path = match std::env::var_os("TABNODE_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (scripts/setup.sh downloads the model)",
-            path.display()
-        )
-    })
-}
 
 #[test]
 fn token_ids_match_llama_cpp_and_round_trip() {

@@ -28,14 +28,7 @@ impl Backend {
     /// Software adapters (lavapipe, SwiftShader) are slower than the CPU
     /// sgemm, so they are not picked unless `allow_software`.
     pub fn detect(allow_software: bool) -> Self {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::all(),
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        }));
+        let adapter = block_on(tabnode_pof::gpu::best_adapter(wgpu::Backends::all()));
         match adapter {
             Ok(a) if allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu => {
                 match block_on(GpuProver::new(&a)) {

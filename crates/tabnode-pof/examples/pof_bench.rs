@@ -22,14 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let kernel_sizes = sizes(args.next(), &[256, 512, 1024]);
     let verify_sizes = sizes(args.next(), &[1024, 2048, 4096]);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))?;
+    let adapter = block_on(tabnode_pof::gpu::best_adapter(wgpu::Backends::all()))?;
     let info = adapter.get_info();
     println!(
         "adapter: {} ({:?}, {:?})",

@@ -80,6 +80,24 @@ pub enum GpuError {
     Readback(String),
 }
 
+/// The highest-performance adapter of `backends`.
+///
+/// # Errors
+/// [`GpuError::Device`] when there is none.
+pub async fn best_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter, GpuError> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| GpuError::Device(e.to_string()))
+}
+
 /// A compiled matmul pipeline on one device.
 #[derive(Debug)]
 pub struct GpuProver {

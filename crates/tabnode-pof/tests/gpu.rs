@@ -6,11 +6,7 @@ use tabnode_pof::gpu::{GpuProver, Kernel};
 use tabnode_pof::{derive_seed, expand, matmul_cpu, Prover, Query};
 
 fn prover() -> GpuProver {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+    let adapter = block_on(tabnode_pof::gpu::best_adapter(wgpu::Backends::VULKAN))
         .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup.sh --test)");
     block_on(GpuProver::new(&adapter)).expect("device")
 }

@@ -232,15 +232,7 @@ async fn adapter_info_strings() -> Option<(String, String, String)> {
 
 /// Opens a WebGPU device, compiles the prover on it, and describes it.
 async fn open_gpu() -> Result<GpuInfo, WorkerError> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::BROWSER_WEBGPU,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = instance
-        .request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        })
+    let adapter = tabnode_pof::gpu::best_adapter(wgpu::Backends::BROWSER_WEBGPU)
         .await
         .map_err(|e| WorkerError::NoAdapter(e.to_string()))?;
     let adapter_limits = adapter.limits();
