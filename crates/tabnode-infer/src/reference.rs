@@ -202,6 +202,11 @@ pub struct Session<'m> {
 }
 
 impl Session<'_> {
+    /// Longest sequence this session can hold (the model's context).
+    pub fn context(&self) -> usize {
+        self.model.config.context
+    }
+
     /// Feeds one token and returns the logits for the next one.
     pub fn step(&mut self, token: u32) -> Vec<f32> {
         let m = self.model;
