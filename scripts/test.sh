@@ -17,6 +17,9 @@ echo "== cargo clippy (native, then wasm32)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --target wasm32-unknown-unknown -p tabnode-core -p tabnode-pof -p tabnode-infer -p tabnode-web -p tabnode-worker -- -D warnings
 
+echo "== cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 echo "== cargo test (unit + integration, native)"
 cargo test --workspace
 

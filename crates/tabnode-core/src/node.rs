@@ -2,7 +2,7 @@
 //! part of its event handling.
 //!
 //! A node connects to one relay, reserves a `/p2p-circuit` slot there so
-//! that other peers can dial it, registers its [`Capabilities`], and answers
+//! that other peers can dial it, registers its [`Capabilities`](crate::Capabilities), and answers
 //! [`Request`]s. Transports and the executor differ between the browser and
 //! native builds; this module is what they share.
 

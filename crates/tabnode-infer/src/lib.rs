@@ -5,7 +5,7 @@
 //! portable to `wasm32` so the browser worker can read a model it fetched;
 //! and [`tokenizer`], the byte-level BPE tokenizer from the GGUF metadata,
 //! with the ChatML chat template and streaming UTF-8 decoding; and
-//! [`reference`], a plain f32 forward pass that is the oracle for the burn
+//! [`reference`](mod@reference), a plain f32 forward pass that is the oracle for the burn
 //! model to come; and [`generate`], the generation loop (sampling, stop
 //! strings, streaming, cancellation) over any one-token-at-a-time decoder.
 
