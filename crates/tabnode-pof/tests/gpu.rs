@@ -31,9 +31,9 @@ fn kernel_is_exact_for_odd_and_tile_sizes() {
 #[test]
 fn the_reference_kernels_are_exact_too() {
     let gpu = prover();
-    for kernel in [Kernel::Naive, Kernel::Tiled16] {
+    for kernel in [Kernel::Blocked4x4, Kernel::Naive, Kernel::Tiled16] {
         let k = gpu.other_kernel(kernel);
-        for n in [3u32, 17, 40] {
+        for n in [3u32, 17, 40, 70] {
             let seed = derive_seed(&[5; 32], b"ref", 0, n);
             let (a, b) = expand(&seed, n).expect("expand");
             let got = block_on(k.matmul(&a, &b, n)).expect("matmul");
