@@ -1,6 +1,7 @@
 //! The tabnode inference engine (in progress, issue #4).
 //!
-//! So far: [`gguf`], a reader for GGUF v3 model files (metadata, tensor
+//! [`model`] is the llama model on burn (CPU backend `flex` so far; WebGPU
+//! next), loaded from GGUF, with a KV cache. Around it: [`gguf`], a reader for GGUF v3 model files (metadata, tensor
 //! directory, and dequantization of F32, F16, Q8_0, Q4_0 and Q4_1 tensors),
 //! portable to `wasm32` so the browser worker can read a model it fetched;
 //! and [`tokenizer`], the byte-level BPE tokenizer from the GGUF metadata,
@@ -11,5 +12,6 @@
 
 pub mod generate;
 pub mod gguf;
+pub mod model;
 pub mod reference;
 pub mod tokenizer;

@@ -1,0 +1,265 @@
+//! The llama model on burn: weights from the GGUF file, one forward pass for
+//! any number of new tokens with a KV cache (prefill, then decode).
+//!
+//! Weights are dequantized to f32 for now (SmolLM2-135M: 540 MB); keeping
+//! them quantized on the device is the next step. The layout facts are the
+//! ones [`crate::reference`] established against llama.cpp: ggml weights are
+//! `[out, in]` row-major (transposed once here), `attn_q`/`attn_k` rows are
+//! permuted for RoPE on adjacent pairs, the output matrix is tied to the
+//! token embedding.
+
+use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
+
+use crate::gguf::{Gguf, GgufError};
+use crate::reference::Config;
+
+struct Layer {
+    attn_norm: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    wo: Tensor<2>,
+    ffn_norm: Tensor<1>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    down: Tensor<2>,
+}
+
+/// The model's weights on a burn device.
+pub struct LlamaModel {
+    /// Hyper-parameters.
+    pub config: Config,
+    device: Device,
+    embed: Tensor<2>,
+    output: Tensor<2>,
+    norm: Tensor<1>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The KV cache of one sequence.
+#[derive(Default)]
+pub struct Cache {
+    k: Vec<Tensor<3>>,
+    v: Vec<Tensor<3>>,
+    len: usize,
+}
+
+impl Cache {
+    /// Tokens already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn tensor2(g: &Gguf<'_>, name: &str, device: &Device) -> Result<Tensor<2>, GgufError> {
+    let t = g.tensor(name)?;
+    let (cols, rows) = match t.dims.as_slice() {
+        [c, r] => (*c as usize, *r as usize),
+        _ => {
+            return Err(GgufError::BadTensor {
+                name: name.into(),
+                reason: format!("expected 2 dimensions, got {:?}", t.dims),
+            })
+        }
+    };
+    let data = g.dequantize(name)?;
+    Ok(Tensor::from_data(
+        TensorData::new(data, [rows, cols]),
+        device,
+    ))
+}
+
+fn tensor1(g: &Gguf<'_>, name: &str, device: &Device) -> Result<Tensor<1>, GgufError> {
+    let data = g.dequantize(name)?;
+    let n = data.len();
+    Ok(Tensor::from_data(TensorData::new(data, [n]), device))
+}
+
+fn rmsnorm(x: Tensor<2>, w: &Tensor<1>, eps: f32) -> Tensor<2> {
+    let ms = x.clone().powf_scalar(2.0).mean_dim(1);
+    x * (ms + eps).sqrt().recip() * w.clone().unsqueeze::<2>()
+}
+
+impl LlamaModel {
+    /// Loads the weights of a llama-architecture GGUF onto `device`.
+    ///
+    /// # Errors
+    /// Missing tensors or metadata, unsupported tensor types or shapes.
+    pub fn from_gguf(g: &Gguf<'_>, device: &Device) -> Result<Self, GgufError> {
+        let config = Config::from_gguf(g)?;
+        // ggml stores [out, in]; x·Wᵀ needs [in, out].
+        let w = |name: String| tensor2(g, &name, device).map(|t| t.transpose());
+        let mut layers = Vec::with_capacity(config.layers);
+        for l in 0..config.layers {
+            let p = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: tensor1(g, &p("attn_norm"), device)?,
+                wq: w(p("attn_q"))?,
+                wk: w(p("attn_k"))?,
+                wv: w(p("attn_v"))?,
+                wo: w(p("attn_output"))?,
+                ffn_norm: tensor1(g, &p("ffn_norm"), device)?,
+                gate: w(p("ffn_gate"))?,
+                up: w(p("ffn_up"))?,
+                down: w(p("ffn_down"))?,
+            });
+        }
+        let embed = tensor2(g, "token_embd.weight", device)?;
+        let output = match g.tensor("output.weight") {
+            Ok(_) => w("output.weight".into())?,
+            Err(_) => embed.clone().transpose(),
+        };
+        let hd = config.dim / config.heads;
+        let inv_freq = (0..hd / 2)
+            .map(|i| config.rope_base.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        Ok(Self {
+            norm: tensor1(g, "output_norm.weight", device)?,
+            device: device.clone(),
+            embed,
+            output,
+            layers,
+            inv_freq,
+            config,
+        })
+    }
+
+    /// `[T, hd/2]` cos and sin for positions `start..start + t`.
+    fn rope_tables(&self, start: usize, t: usize) -> (Tensor<3>, Tensor<3>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for f in &self.inv_freq {
+                let (s, c) = (p as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        let mk = |v| Tensor::<3>::from_data(TensorData::new(v, [1, t, half]), &self.device);
+        (mk(cos), mk(sin))
+    }
+
+    /// RoPE on adjacent pairs of `x` (`[heads, T, hd]`).
+    fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
+        let [h, t, hd] = x.dims();
+        let pairs = x.reshape([h, t, hd / 2, 2]);
+        let x0 = pairs.clone().narrow(3, 0, 1).reshape([h, t, hd / 2]);
+        let x1 = pairs.narrow(3, 1, 1).reshape([h, t, hd / 2]);
+        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let r1 = x0 * sin.clone() + x1 * cos.clone();
+        Tensor::cat(
+            vec![r0.reshape([h, t, hd / 2, 1]), r1.reshape([h, t, hd / 2, 1])],
+            3,
+        )
+        .reshape([h, t, hd])
+    }
+
+    /// Runs `tokens` (at positions `cache.len()..`) and returns their logits,
+    /// `[tokens.len(), vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Tensor<2> {
+        let c = &self.config;
+        let (t, dim) = (tokens.len(), c.dim);
+        let hd = dim / c.heads;
+        let group = c.heads / c.kv_heads;
+        let start = cache.len;
+        let ids: Vec<i32> = tokens
+            .iter()
+            .map(|&id| id.min(c.vocab.saturating_sub(1) as u32) as i32)
+            .collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
+        let mut x = self.embed.clone().select(0, ids);
+        let (cos, sin) = self.rope_tables(start, t);
+        let total = start + t;
+        let mask =
+            Tensor::<2, Bool>::tril_mask([t, total], start as i64, &self.device).unsqueeze::<3>();
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rmsnorm(x.clone(), &layer.attn_norm, c.eps);
+            let heads = |w: &Tensor<2>, n: usize| {
+                h.clone()
+                    .matmul(w.clone())
+                    .reshape([t, n, hd])
+                    .swap_dims(0, 1)
+            };
+            let q = Self::rope(heads(&layer.wq, c.heads), &cos, &sin);
+            let k = Self::rope(heads(&layer.wk, c.kv_heads), &cos, &sin);
+            let v = heads(&layer.wv, c.kv_heads);
+            let (k, v) = if l < cache.k.len() {
+                let k = Tensor::cat(vec![cache.k[l].clone(), k], 1);
+                let v = Tensor::cat(vec![cache.v[l].clone(), v], 1);
+                cache.k[l] = k.clone();
+                cache.v[l] = v.clone();
+                (k, v)
+            } else {
+                cache.k.push(k.clone());
+                cache.v.push(v.clone());
+                (k, v)
+            };
+            // Grouped-query attention: query head h reads kv head h / group.
+            let expand = |x: Tensor<3>| {
+                x.unsqueeze_dim::<4>(1)
+                    .repeat_dim(1, group)
+                    .reshape([c.heads, total, hd])
+            };
+            let (k, v) = (expand(k), expand(v));
+            let scores = q.matmul(k.swap_dims(1, 2)) * scale;
+            let probs = activation::softmax(scores.mask_fill(mask.clone(), f32::NEG_INFINITY), 2);
+            let att = probs.matmul(v).swap_dims(0, 1).reshape([t, dim]);
+            x = x + att.matmul(layer.wo.clone());
+            let h = rmsnorm(x.clone(), &layer.ffn_norm, c.eps);
+            let ff =
+                activation::silu(h.clone().matmul(layer.gate.clone())) * h.matmul(layer.up.clone());
+            x = x + ff.matmul(layer.down.clone());
+        }
+        cache.len = total;
+        rmsnorm(x, &self.norm, c.eps).matmul(self.output.clone())
+    }
+
+    /// A decoding session for [`crate::generate`].
+    pub fn session(&self) -> BurnSession<'_> {
+        BurnSession {
+            model: self,
+            cache: Cache::default(),
+        }
+    }
+}
+
+/// One sequence on a [`LlamaModel`].
+pub struct BurnSession<'m> {
+    model: &'m LlamaModel,
+    cache: Cache,
+}
+
+impl BurnSession<'_> {
+    /// Runs several tokens at once (prefill) and returns the last logits.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Vec<f32> {
+        let logits = self.model.forward(tokens, &mut self.cache);
+        let [t, vocab] = logits.dims();
+        let last = logits.narrow(0, t - 1, 1).reshape([vocab]);
+        last.into_data().try_into_vec::<f32>().unwrap_or_default()
+    }
+}
+
+impl crate::generate::Decoder for BurnSession<'_> {
+    fn context_len(&self) -> usize {
+        self.model.config.context
+    }
+    fn step(&mut self, token: u32) -> Vec<f32> {
+        self.prefill(&[token])
+    }
+}
