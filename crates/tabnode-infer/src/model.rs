@@ -100,6 +100,19 @@ impl LlamaModel {
     /// # Errors
     /// Missing tensors or metadata, unsupported tensor types or shapes.
     pub fn from_gguf(g: &Gguf<'_>, device: &Device) -> Result<Self, GgufError> {
+        Self::from_gguf_with_progress(g, device, &mut |_, _| {})
+    }
+
+    /// [`LlamaModel::from_gguf`], calling `progress(done, total)` as layers
+    /// are loaded.
+    ///
+    /// # Errors
+    /// Missing tensors or metadata, unsupported tensor types or shapes.
+    pub fn from_gguf_with_progress(
+        g: &Gguf<'_>,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GgufError> {
         let config = Config::from_gguf(g)?;
         // ggml stores [out, in]; x·Wᵀ needs [in, out].
         let w = |name: String| tensor2(g, &name, device).map(|t| t.transpose());
@@ -117,12 +130,14 @@ impl LlamaModel {
                 up: w(p("ffn_up"))?,
                 down: w(p("ffn_down"))?,
             });
+            progress(l + 1, config.layers + 1);
         }
         let embed = tensor2(g, "token_embd.weight", device)?;
         let output = match g.tensor("output.weight") {
             Ok(_) => w("output.weight".into())?,
             Err(_) => embed.clone().transpose(),
         };
+        progress(config.layers + 1, config.layers + 1);
         let hd = config.dim / config.heads;
         let inv_freq = (0..hd / 2)
             .map(|i| config.rope_base.powf(-2.0 * i as f32 / hd as f32))

@@ -11,10 +11,13 @@ use tabnode_core::{Capabilities, NodeKind};
 use tabnode_node::prover::{Backend, PofProver};
 use tabnode_node::{load_or_create_key, spawn, NodeConfig};
 
-/// Joins a tabnode relay and serves the network.
+/// Joins a tabnode relay and serves the network; or, with `generate`, runs
+/// the model locally.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Relay multiaddr (TCP or QUIC, ending in /p2p/<id>).
     #[arg(long, env = "TABNODE_RELAY", conflicts_with = "bootstrap_file")]
     relay: Option<Multiaddr>,
@@ -40,6 +43,14 @@ struct Args {
     prover: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Generate text from a prompt with a GGUF model, streaming to stdout.
+    Generate(generate::GenerateArgs),
+}
+
+mod generate;
+
 fn relay_from_bootstrap(
     path: &PathBuf,
     quic: bool,
@@ -63,6 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::Generate(g)) = args.command {
+        return generate::run(g);
+    }
     let relay = match (&args.relay, &args.bootstrap_file) {
         (Some(r), _) => r.clone(),
         (None, Some(f)) => relay_from_bootstrap(f, args.quic)?,

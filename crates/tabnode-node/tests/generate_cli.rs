@@ -1,0 +1,63 @@
+//! `tabnode-node generate` end to end on the real model (downloaded by
+//! scripts/setup.sh), and its errors on bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn model() -> PathBuf {
+    match std::env::var_os("TABNODE_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
+}
+
+fn generate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
+        .arg("generate")
+        .args(args)
+        .env_remove("TABNODE_MODEL")
+        .output()
+        .expect("run tabnode-node")
+}
+
+#[test]
+fn answers_a_chat_prompt_greedily() {
+    let m = model();
+    let out = generate(&[
+        "--model",
+        m.to_str().expect("utf-8 path"),
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-tokens",
+        "24",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("finish: Eos"), "{stderr}");
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let missing = generate(&["--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the model"));
+
+    let dir = std::env::temp_dir().join(format!("tabnode-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bytes = std::fs::read(model()).expect("model");
+    let cut = dir.join("truncated.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).expect("write");
+    let out = generate(&["--model", cut.to_str().expect("utf-8"), "--prompt", "hi"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("truncated"), "{stderr}");
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"not a model at all").expect("write");
+    let out = generate(&["--model", junk.to_str().expect("utf-8"), "--prompt", "hi"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    let _ = std::fs::remove_dir_all(dir);
+}
