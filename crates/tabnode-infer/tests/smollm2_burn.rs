@@ -4,21 +4,13 @@
 mod common;
 
 use burn::tensor::Device;
-use common::model_bytes;
+use common::{ids, model_bytes};
 use serde_json::Value as Json;
 use tabnode_infer::generate::{generate, Finish, GenerateOptions, Sampling};
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::model::{Cache, LlamaModel};
 use tabnode_infer::reference::{argmax, ReferenceModel};
 use tabnode_infer::tokenizer::Tokenizer;
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 #[test]
 fn burn_matches_the_reference_and_llama_cpp() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::cell::Cell;
 
-use common::model_bytes;
+use common::{ids, model_bytes};
 use serde_json::Value as Json;
 use tabnode_infer::generate::{
     generate, Decoder, Finish, GenerateError, GenerateOptions, Sampling,
@@ -14,14 +14,6 @@ use tabnode_infer::generate::{
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::reference::ReferenceModel;
 use tabnode_infer::tokenizer::Tokenizer;
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateOptions {
     GenerateOptions {

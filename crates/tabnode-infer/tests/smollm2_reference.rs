@@ -4,18 +4,10 @@
 
 mod common;
 
-use common::model_bytes;
+use common::{ids, model_bytes};
 use serde_json::Value as Json;
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::reference::{argmax, ReferenceModel};
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 #[test]
 fn teacher_forced_top1_and_greedy_match_llama_cpp() {

@@ -17,3 +17,13 @@ pub fn model_bytes() -> Vec<u8> {
         )
     })
 }
+
+/// A JSON array of token ids from a fixture.
+#[allow(dead_code)] // not every test file reads ids
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
