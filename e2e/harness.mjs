@@ -9,7 +9,9 @@ import { chromium } from 'playwright-core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TARGET = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache/tabnode/target');
-const BIN = join(TARGET, 'debug');
+export const BIN = join(TARGET, 'debug');
+export const MODELS_DIR = process.env.TABNODE_MODELS_DIR || join(homedir(), '.cache/tabnode/models');
+export const MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 
 /** Polls `fn` until it returns a truthy value; fails after `timeoutMs`. */
 export async function waitFor(what, fn, timeoutMs = 30_000, everyMs = 50) {
@@ -62,6 +64,7 @@ export async function startRelay({ dataDir, ports = {} } = {}) {
     '--webrtc-port', String(ports.webrtc ?? 0),
     '--data-dir', join(dataDir, 'relay'),
     '--site-root', ROOT,
+    '--models-dir', MODELS_DIR,
     '--bootstrap-file', bootFile,
   ]);
   const url = await waitFor('the relay to be ready', () => {
@@ -135,9 +138,9 @@ export async function launchBrowser() {
 /**
  * Opens the site in a new browser context (its own storage, so its own
  * identity, like a separate browser) and waits until the tab's node holds a
- * circuit reservation.
+ * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context) {
+export async function openTab(browser, url, context, { model = false } = {}) {
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -145,8 +148,13 @@ export async function openTab(browser, url, context) {
     page.logs.push(`${m.type()}: ${m.text()}`);
     if (process.env.TABNODE_E2E_VERBOSE) process.stderr.write(`[tab] ${m.text()}\n`);
   });
-  page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}`));
-  await page.goto(`${url}/${process.env.TABNODE_E2E_LOG ? `?log=${process.env.TABNODE_E2E_LOG}` : ''}`);
+  page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}${process.env.TABNODE_E2E_VERBOSE ? `\n${e.stack}` : ''}`));
+  const query = new URLSearchParams();
+  // A tab loads the model only when the test asks: it is 650 MB of f32
+  // weights on SwiftShader.
+  if (!model) query.set('model', 'off');
+  if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);
+  await page.goto(`${url}/?${query}`);
   await waitForReachable(page);
   return { page, context };
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (loopback): round-trip latency through the relay, native and
-# in headless Chromium. Results go in BENCHMARKS.md by hand, with this command.
+# in headless Chromium; Proof-of-FLOPS kernels; the inference engine. Results go in BENCHMARKS.md by hand, with this command.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TABNODE_ROOT"
@@ -14,3 +14,13 @@ echo "== Proof-of-FLOPS kernel vs CPU sgemm, verifier vs prover (native)"
 cargo run -q -p tabnode-pof --example pof_bench -- "${KERNEL_SIZES:-256,512,1024}" "${VERIFY_SIZES:-1024,2048,4096}"
 echo "== WGSL kernels in Chromium (e2e/bench/kernels.mjs)"
 node e2e/bench/kernels.mjs "${BROWSER_SIZES:-128,256,512}" 3
+echo "== engine: native vs llama.cpp on the same GGUF (scripts/bench/engine.py)"
+cargo build -q -p tabnode-infer --example engine_bench
+if [ -x "$TABNODE_CACHE/venv-ref/bin/python" ]; then
+  "$TABNODE_CACHE/venv-ref/bin/python" scripts/bench/engine.py "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
+else
+  echo "(no llama.cpp reference venv: see scripts/fixtures/llama_reference.py; tabnode alone:)"
+  "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
+fi
+echo "== engine: Chromium (WebGPU) vs native (e2e/bench/model.mjs)"
+node e2e/bench/model.mjs "${BROWSER_TOKENS:-8}"

@@ -7,6 +7,8 @@ export TABNODE_TOOLS="${TABNODE_TOOLS:-$TABNODE_CACHE/tools}"
 export PATH="$TABNODE_TOOLS/bin:$HOME/.cargo/bin:$PATH"
 # The default model file (downloaded by scripts/setup.sh).
 export TABNODE_MODEL="${TABNODE_MODEL:-$TABNODE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+# The relay serves this directory under /models/ (browsers fetch the model there).
+export TABNODE_MODELS_DIR="${TABNODE_MODELS_DIR:-$TABNODE_CACHE/models}"
 TABNODE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TABNODE_ROOT
 # The wasm-bindgen CLI must equal the wasm-bindgen crate in Cargo.lock.

@@ -17,6 +17,8 @@ const state = {
   peers: [],
   events: [],
   node: null,
+  // The model in the worker: status is off | loading | ready | failed.
+  model: { status: 'off', phase: null, done: 0, total: 0, ready: null, error: null },
 };
 window.tabnode = state;
 
@@ -97,6 +99,31 @@ function onEvent(ev) {
     case 'handled':
       log(`worker answered request ${ev.id} in ${ev.elapsed_ms.toFixed(0)} ms on ${ev.device} (${ev.answer})`);
       break;
+    case 'model_progress': {
+      Object.assign(state.model, { status: 'loading', phase: ev.phase, done: ev.done, total: ev.total });
+      const pct = ev.total ? ` ${Math.floor((100 * ev.done) / ev.total)}%` : '';
+      const what = { download: `downloading ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`, cache: 'reading from the browser cache', load: `loading onto WebGPU (${ev.done}/${ev.total})` }[ev.phase] ?? ev.phase;
+      $('model-status').textContent = `${what}${ev.phase === 'cache' ? '' : pct}`;
+      $('model-bar').value = ev.total ? ev.done / ev.total : 0;
+      break;
+    }
+    case 'model_ready': {
+      state.model.status = 'ready';
+      state.model.ready = ev;
+      const m = ev.model;
+      $('model-status').textContent = `ready on ${ev.device} in ${(ev.load_ms / 1000).toFixed(1)} s ${ev.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(ev.downloaded_bytes)})`}`;
+      $('model-bar').value = 1;
+      $('model-name').textContent = `${m.name} · ${m.architecture} · ${(m.parameters / 1e6).toFixed(0)}M parameters · ${m.quantization} · ${fmtBytes(m.file_bytes)} · context ${m.context}`;
+      $('try-go').disabled = false;
+      log(`model ${m.name} ready (${ev.from_cache ? 'cache' : 'download'})`);
+      break;
+    }
+    case 'model_failed':
+      state.model.status = 'failed';
+      state.model.error = ev.message;
+      $('model-status').textContent = `failed: ${ev.message}`;
+      log(`model failed: ${ev.message}`);
+      break;
     case 'error':
       log(`worker error: ${ev.message}`);
       break;
@@ -141,6 +168,57 @@ async function refreshPeers() {
   } catch (e) {
     // The relay may be restarting; the next tick tries again.
   }
+}
+
+/** Picks the model the relay serves (SmolLM2 first) and loads it in the worker. */
+async function loadModel(node) {
+  state.model.status = 'loading';
+  $('model-status').textContent = 'looking for a model…';
+  const res = await fetch('/api/models', { cache: 'no-store' });
+  const models = res.ok ? await res.json() : [];
+  const pick = models.find((m) => /smollm2/i.test(m.file)) ?? models[0];
+  if (!pick) {
+    state.model.status = 'failed';
+    state.model.error = 'the relay serves no model';
+    $('model-status').textContent = 'the relay serves no model';
+    return;
+  }
+  $('model-name').textContent = pick.file;
+  try {
+    await node.loadModel(pick.url);
+  } catch (e) {
+    // Reported through the model_failed event as well.
+    state.model.error = e.message;
+  }
+}
+
+/** The "try it" box: one prompt, streamed answer, stop button. */
+function wireTry(node) {
+  let running = null;
+  $('try-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const text = $('try-prompt').value.trim();
+    if (!text || running) return;
+    $('try-out').textContent = '';
+    $('try-stats').textContent = '';
+    $('try-go').disabled = true;
+    $('try-stop').disabled = false;
+    try {
+      running = node.generate({ prompt: { chat: [{ role: 'user', content: text }] }, max_tokens: 256 }, (t) => {
+        $('try-out').textContent += t;
+      });
+      const r = await running.done;
+      const tps = r.tokens.length > 1 ? ((r.tokens.length - 1) / (r.decode_ms / 1000)).toFixed(1) : '–';
+      $('try-stats').textContent = `${r.prompt_tokens} prompt tokens in ${r.prefill_ms.toFixed(0)} ms · ${r.tokens.length} generated · ${tps} tokens/s · ${r.finish} · ${r.device}`;
+    } catch (e) {
+      $('try-stats').textContent = `error: ${e.message}`;
+    } finally {
+      running = null;
+      $('try-go').disabled = false;
+      $('try-stop').disabled = true;
+    }
+  });
+  $('try-stop').addEventListener('click', () => running?.cancel());
 }
 
 async function bootstrap() {
@@ -189,6 +267,12 @@ async function main() {
   state.slot = identity.slot;
   $('peer-id').textContent = node.peerId;
   setInterval(refreshPeers, 3000);
+  wireTry(node);
+  if (new URLSearchParams(location.search).get('model') === 'off') {
+    $('model-status').textContent = 'off (?model=off)';
+  } else {
+    loadModel(node);
+  }
 }
 
 main().catch((e) => {

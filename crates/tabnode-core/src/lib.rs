@@ -17,6 +17,7 @@ pub mod caps;
 pub mod chunked;
 pub mod codec;
 pub mod driver;
+pub mod infer;
 // The `NetworkBehaviour` derive generates an event enum without docs.
 #[allow(missing_docs)]
 pub mod node;

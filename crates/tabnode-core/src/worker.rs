@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::caps::GpuInfo;
+use crate::infer::{GenerateRequest, GenerateResult, ModelCard};
 use crate::protocol::{Request, Response};
 
 /// Page → worker.
@@ -28,6 +29,24 @@ pub enum ToWorker {
         id: u64,
         /// The request.
         request: Request,
+    },
+    /// Load the model at `url`: from the browser's cache when it holds it,
+    /// else downloaded (with progress) and cached.
+    LoadModel {
+        /// Where the GGUF file is served (the relay's `/models/`).
+        url: String,
+    },
+    /// Generate; tokens stream back as [`FromWorker::Token`].
+    Generate {
+        /// Pass back with every token and the result.
+        id: u64,
+        /// What to generate.
+        request: GenerateRequest,
+    },
+    /// Stop generation `id` after the token in flight.
+    Cancel {
+        /// The generation.
+        id: u64,
     },
 }
 
@@ -64,6 +83,56 @@ pub enum FromWorker {
         n: u32,
         /// One entry per kernel.
         results: Vec<KernelResult>,
+    },
+    /// Model loading progress.
+    ModelProgress {
+        /// `download`, `cache` (reading the browser's copy) or `load`
+        /// (weights onto the device).
+        phase: String,
+        /// Units done (bytes, or tensors for `load`).
+        done: u64,
+        /// Units in all (0 when unknown).
+        total: u64,
+    },
+    /// The model is on the device and ready to generate.
+    ModelReady {
+        /// What it is.
+        model: ModelCard,
+        /// Loaded from the browser's cache, without a download.
+        from_cache: bool,
+        /// Bytes fetched from the network for this load.
+        downloaded_bytes: u64,
+        /// Milliseconds from the request to ready.
+        load_ms: f64,
+        /// The device it runs on.
+        device: String,
+    },
+    /// Loading failed; the worker keeps running (a later `LoadModel` may
+    /// succeed).
+    ModelFailed {
+        /// Why.
+        message: String,
+    },
+    /// Text of generation `id` that became final.
+    Token {
+        /// The generation.
+        id: u64,
+        /// The new text.
+        text: String,
+    },
+    /// Generation `id` finished.
+    Generated {
+        /// The generation.
+        id: u64,
+        /// Tokens, text, timings.
+        result: GenerateResult,
+    },
+    /// Generation `id` could not run.
+    GenerateFailed {
+        /// The generation.
+        id: u64,
+        /// Why.
+        message: String,
     },
     /// A message the worker could not understand.
     Error {

@@ -10,15 +10,29 @@ pub trait Decoder {
     /// Longest sequence (prompt + generated) the session can hold.
     fn context_len(&self) -> usize;
     /// Feeds `token`; returns the logits for the next position.
-    fn step(&mut self, token: u32) -> Vec<f32>;
+    ///
+    /// # Errors
+    /// [`GenerateError::Device`] when the device fails.
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, GenerateError>;
+    /// Feeds several tokens (the prompt); returns the logits after the last.
+    ///
+    /// # Errors
+    /// [`GenerateError::Device`] when the device fails.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        let mut logits = Vec::new();
+        for &t in tokens {
+            logits = self.step(t)?;
+        }
+        Ok(logits)
+    }
 }
 
 impl Decoder for crate::reference::Session<'_> {
     fn context_len(&self) -> usize {
         self.context()
     }
-    fn step(&mut self, token: u32) -> Vec<f32> {
-        crate::reference::Session::step(self, token)
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, GenerateError> {
+        Ok(crate::reference::Session::step(self, token))
     }
 }
 
@@ -39,6 +53,9 @@ pub enum GenerateError {
     /// A sampling parameter is out of range.
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    /// The device running the model failed.
+    #[error("the model's device failed: {0}")]
+    Device(String),
 }
 
 /// How to pick the next token.
@@ -199,6 +216,145 @@ pub struct Generated {
     pub finish: Finish,
 }
 
+/// One generation in progress, as a state machine: feed it the logits of
+/// the next position, it picks the token to feed back (or says it is done).
+/// [`generate`] drives it over a synchronous [`Decoder`]; the browser worker
+/// drives it over the GPU, awaiting each read back.
+#[derive(Debug)]
+pub struct Generation<'t> {
+    tokenizer: &'t Tokenizer,
+    options: GenerateOptions,
+    sampler: Sampler,
+    utf8: StreamDecoder,
+    text: String,
+    /// Bytes of `text` already given to `on_text`.
+    sent: usize,
+    tokens: Vec<u32>,
+    /// Longest stop string: text that could still be the start of one is held back.
+    hold: usize,
+    room: usize,
+    finish: Option<Finish>,
+}
+
+impl<'t> Generation<'t> {
+    /// Checks the prompt against the context and the sampling values.
+    ///
+    /// # Errors
+    /// An empty prompt, a prompt that leaves no room in `context`, bad
+    /// sampling values.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        prompt_len: usize,
+        context: usize,
+        options: &GenerateOptions,
+    ) -> Result<Self, GenerateError> {
+        if prompt_len == 0 {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if prompt_len >= context {
+            return Err(GenerateError::PromptTooLong {
+                prompt: prompt_len,
+                context,
+            });
+        }
+        Ok(Self {
+            tokenizer,
+            sampler: Sampler::new(options.sampling.clone())?,
+            hold: options.stop.iter().map(String::len).max().unwrap_or(0),
+            options: options.clone(),
+            utf8: StreamDecoder::default(),
+            text: String::new(),
+            sent: 0,
+            tokens: Vec::new(),
+            room: context - prompt_len,
+            finish: None,
+        })
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Takes the logits of the next position and returns the token to feed
+    /// the model, or `None` when generation has ended (EOS, a stop string,
+    /// the token limit, the context, or `cancelled`). `on_text` receives the
+    /// text that became final: never a split character, never part of a
+    /// stop string.
+    pub fn next(
+        &mut self,
+        logits: &[f32],
+        cancelled: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<u32> {
+        if self.finish.is_some() {
+            return None;
+        }
+        if self.tokens.len() >= self.options.max_tokens || self.tokens.len() >= self.room {
+            self.finish = Some(Finish::Length);
+            return None;
+        }
+        if cancelled {
+            self.finish = Some(Finish::Cancelled);
+            return None;
+        }
+        let next = self.sampler.sample(logits);
+        if next == self.tokenizer.eos {
+            self.finish = Some(Finish::Eos);
+            return None;
+        }
+        self.tokens.push(next);
+        let piece = self.utf8.push(self.tokenizer.token_bytes(next));
+        self.text.push_str(&piece);
+        // A stop string can only end in the new text; it can start in the
+        // held-back tail.
+        let text = &self.text;
+        let from = floor_boundary(text, self.sent.saturating_sub(self.hold));
+        if let Some(at) = self
+            .options
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text[from..].find(s.as_str()))
+            .min()
+            .map(|i| i + from)
+        {
+            self.text.truncate(at);
+            self.finish = Some(Finish::Stop);
+            return None;
+        }
+        // Everything but a possible stop-string prefix is final.
+        let safe = floor_boundary(text, text.len().saturating_sub(self.hold.saturating_sub(1)));
+        if safe > self.sent {
+            on_text(&text[self.sent..safe]);
+            self.sent = safe;
+        }
+        if self.tokens.len() >= self.options.max_tokens || self.tokens.len() >= self.room {
+            // No logits are needed for a token that will not be sampled.
+            self.finish = Some(Finish::Length);
+            return None;
+        }
+        Some(next)
+    }
+
+    /// Flushes the remaining text to `on_text` and returns the result.
+    pub fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> Generated {
+        let finish = self.finish.unwrap_or(Finish::Length);
+        if finish != Finish::Stop {
+            let tail = self.utf8.finish();
+            self.text.push_str(&tail);
+        }
+        if self.text.len() > self.sent {
+            on_text(&self.text[self.sent..]);
+        }
+        Generated {
+            tokens: self.tokens,
+            text: self.text,
+            finish,
+        }
+    }
+}
+
 /// Generates from `prompt` (token ids): prefill, then sample up to
 /// `max_tokens`. `on_text` receives the text as it becomes final (never a
 /// split character, never part of a stop string); `cancelled` is polled
@@ -214,73 +370,12 @@ pub fn generate(
     cancelled: &dyn Fn() -> bool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generated, GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
+    let mut g = Generation::new(tokenizer, prompt.len(), model.context_len(), options)?;
+    let mut logits = model.prefill(prompt)?;
+    while let Some(token) = g.next(&logits, cancelled(), on_text) {
+        logits = model.step(token)?;
     }
-    let context = model.context_len();
-    if prompt.len() >= context {
-        return Err(GenerateError::PromptTooLong {
-            prompt: prompt.len(),
-            context,
-        });
-    }
-    let mut sampler = Sampler::new(options.sampling.clone())?;
-    let mut logits = Vec::new();
-    for &t in prompt {
-        logits = model.step(t);
-    }
-    let mut utf8 = StreamDecoder::default();
-    let mut text = String::new();
-    let mut sent: usize = 0; // bytes of `text` already given to `on_text`
-    let mut tokens = Vec::new();
-    let hold = options.stop.iter().map(String::len).max().unwrap_or(0);
-    let mut finish = Finish::Length;
-    while tokens.len() < options.max_tokens && prompt.len() + tokens.len() < context {
-        if cancelled() {
-            finish = Finish::Cancelled;
-            break;
-        }
-        let next = sampler.sample(&logits);
-        if next == tokenizer.eos {
-            finish = Finish::Eos;
-            break;
-        }
-        tokens.push(next);
-        text.push_str(&utf8.push(tokenizer.token_bytes(next)));
-        // A stop string can only end in the new text; it can start in the
-        // held-back tail.
-        let from = floor_boundary(&text, sent.saturating_sub(hold));
-        if let Some(at) = options
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text[from..].find(s.as_str()))
-            .min()
-            .map(|i| i + from)
-        {
-            text.truncate(at);
-            finish = Finish::Stop;
-            break;
-        }
-        // Everything but a possible stop-string prefix is final.
-        let safe = floor_boundary(&text, text.len().saturating_sub(hold.saturating_sub(1)));
-        if safe > sent {
-            on_text(&text[sent..safe]);
-            sent = safe;
-        }
-        logits = model.step(next);
-    }
-    if finish != Finish::Stop {
-        text.push_str(&utf8.finish());
-    }
-    if text.len() > sent {
-        on_text(&text[sent..]);
-    }
-    Ok(Generated {
-        tokens,
-        text,
-        finish,
-    })
+    Ok(g.finish(on_text))
 }
 
 /// The largest char boundary of `s` at or before `i`.

@@ -10,8 +10,13 @@
 //! model to come; and [`generate`], the generation loop (sampling, stop
 //! strings, streaming, cancellation) over any one-token-at-a-time decoder.
 
+pub mod engine;
 pub mod generate;
 pub mod gguf;
+pub mod info;
 pub mod model;
 pub mod reference;
 pub mod tokenizer;
+
+pub use burn::tensor::Device;
+pub use engine::{Engine, EngineError};

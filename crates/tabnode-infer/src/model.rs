@@ -254,6 +254,11 @@ impl LlamaModel {
     }
 }
 
+/// A read back from the device failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reading the logits from the device failed: {0}")]
+pub struct ReadError(pub String);
+
 /// One sequence on a [`LlamaModel`].
 pub struct BurnSession<'m> {
     model: &'m LlamaModel,
@@ -261,12 +266,62 @@ pub struct BurnSession<'m> {
 }
 
 impl BurnSession<'_> {
-    /// Runs several tokens at once (prefill) and returns the last logits.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Vec<f32> {
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.cache.len
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+
+    /// Longest sequence the model takes.
+    pub fn context_len(&self) -> usize {
+        self.model.config.context
+    }
+
+    /// The logits after the last of `tokens`, still on the device.
+    fn last_logits(&mut self, tokens: &[u32]) -> Tensor<1> {
         let logits = self.model.forward(tokens, &mut self.cache);
         let [t, vocab] = logits.dims();
-        let last = logits.narrow(0, t - 1, 1).reshape([vocab]);
-        last.into_data().try_into_vec::<f32>().unwrap_or_default()
+        logits.narrow(0, t - 1, 1).reshape([vocab])
+    }
+
+    /// Runs several tokens at once (prefill, or one token to decode) and
+    /// returns the logits after the last. Reads back synchronously, so not
+    /// in a browser: use [`BurnSession::forward_async`] there.
+    ///
+    /// # Errors
+    /// The device failed to run or read back.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ReadError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self
+            .last_logits(tokens)
+            .try_into_data()
+            .map_err(|e| ReadError(e.to_string()))?;
+        data.try_into_vec::<f32>()
+            .map_err(|e| ReadError(format!("{e:?}")))
+    }
+
+    /// [`BurnSession::forward`] with an asynchronous read back: the only
+    /// kind WebGPU allows.
+    ///
+    /// # Errors
+    /// The device failed to run or read back.
+    pub async fn forward_async(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ReadError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self
+            .last_logits(tokens)
+            .into_data_async()
+            .await
+            .map_err(|e| ReadError(e.to_string()))?;
+        data.try_into_vec::<f32>()
+            .map_err(|e| ReadError(format!("{e:?}")))
     }
 }
 
@@ -274,7 +329,11 @@ impl crate::generate::Decoder for BurnSession<'_> {
     fn context_len(&self) -> usize {
         self.model.config.context
     }
-    fn step(&mut self, token: u32) -> Vec<f32> {
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, crate::generate::GenerateError> {
         self.prefill(&[token])
+    }
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::GenerateError> {
+        self.forward(tokens)
+            .map_err(|e| crate::generate::GenerateError::Device(e.0))
     }
 }

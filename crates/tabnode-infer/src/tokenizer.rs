@@ -346,6 +346,42 @@ impl Tokenizer {
     }
 }
 
+impl Tokenizer {
+    /// The token ids of a conversation in the chat template, ending with
+    /// the assistant's turn. Only the template's own control tokens are
+    /// special: a message that spells `<|im_start|>` stays text, so it
+    /// cannot forge a turn.
+    ///
+    /// # Errors
+    /// [`TokenizerError::ChatTemplate`] if the model's template is not ChatML.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, TokenizerError> {
+        // Render with empty contents, then encode the frame with specials
+        // and each content without.
+        let empty: Vec<Message> = messages
+            .iter()
+            .map(|m| Message {
+                role: m.role.clone(),
+                content: String::new(),
+            })
+            .collect();
+        let frame = self.chat_prompt(&empty, true)?;
+        let mut ids = Vec::new();
+        let mut rest = frame.as_str();
+        for m in messages {
+            let head = format!("<|im_start|>{}\n", m.role);
+            let Some(at) = rest.find(&head) else {
+                return Err(TokenizerError::ChatTemplate);
+            };
+            let upto = at + head.len();
+            ids.extend(self.encode(&rest[..upto], true));
+            ids.extend(self.encode(&m.content, false));
+            rest = &rest[upto..];
+        }
+        ids.extend(self.encode(rest, true));
+        Ok(ids)
+    }
+}
+
 /// Turns a stream of token bytes into text without splitting characters.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {

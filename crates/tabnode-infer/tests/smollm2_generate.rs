@@ -83,14 +83,14 @@ impl Decoder for Scripted {
     fn context_len(&self) -> usize {
         self.context
     }
-    fn step(&mut self, _token: u32) -> Vec<f32> {
+    fn step(&mut self, _token: u32) -> Result<Vec<f32>, GenerateError> {
         self.fed += 1;
         let mut l = vec![0.0; self.vocab];
         let i = self.fed.saturating_sub(self.prompt);
         if let Some(&t) = self.script.get(i) {
             l[t as usize] = 10.0;
         }
-        l
+        Ok(l)
     }
 }
 

@@ -4,11 +4,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::Device;
-use tabnode_infer::generate::{generate, GenerateOptions, Sampling};
-use tabnode_infer::gguf::Gguf;
-use tabnode_infer::model::LlamaModel;
-use tabnode_infer::tokenizer::{Message, Tokenizer};
+use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
+use tabnode_infer::{Device, Engine};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// burn's CPU backend (`flex`).
+    Cpu,
+    /// burn's wgpu backend on the first GPU adapter wgpu finds (Vulkan,
+    /// Metal, DX12; a software rasterizer such as lavapipe counts).
+    Wgpu,
+}
 
 /// Arguments of `generate`.
 #[derive(Debug, clap::Args)]
@@ -24,13 +31,13 @@ pub struct GenerateArgs {
     chat: bool,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+    max_tokens: u32,
     /// Sampling temperature (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Keep the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    top_k: u32,
     /// Nucleus sampling threshold (1: off).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
@@ -40,73 +47,88 @@ pub struct GenerateArgs {
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Print the result (token ids, text, timings) as one JSON object
+    /// instead of streaming the text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Loads the model with a progress line on stderr, then streams the answer.
 ///
 /// # Errors
-/// Unreadable or invalid model files, bad prompts or sampling values.
+/// Unreadable or invalid model files, no such device, bad prompts or
+/// sampling values.
 pub fn run(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let bytes = std::fs::read(&a.model)
         .map_err(|e| format!("cannot read the model {}: {e}", a.model.display()))?;
-    let g = Gguf::parse(&bytes).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let tok = Tokenizer::from_gguf(&g)?;
-    let device = Device::flex();
+    let (device, name) = open_device(a.device)?;
     let mut err = std::io::stderr();
-    let model = LlamaModel::from_gguf_with_progress(&g, &device, &mut |done, total| {
+    let engine = Engine::load(&bytes, &device, name, &mut |done, total| {
         let _ = write!(
             err,
             "\rloading model [{:<30}] {done}/{total}",
             "#".repeat(30 * done / total.max(1))
         );
         let _ = err.flush();
-    })?;
-    eprintln!(" ({:.1} s)", t0.elapsed().as_secs_f64());
-    let text = if a.chat {
-        tok.chat_prompt(
-            &[Message {
+    })
+    .map_err(|e| format!("{}: {e}", a.model.display()))?;
+    drop(bytes);
+    eprintln!(" ({:.1} s on {name})", t0.elapsed().as_secs_f64());
+    let request = GenerateRequest {
+        prompt: if a.chat {
+            Prompt::Chat(vec![ChatMessage {
                 role: "user".into(),
                 content: a.prompt.clone(),
-            }],
-            true,
-        )?
-    } else {
-        a.prompt.clone()
-    };
-    let prompt = tok.encode(&text, a.chat);
-    let options = GenerateOptions {
-        max_tokens: a.max_tokens,
-        stop: a.stop.clone(),
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
+            }])
+        } else {
+            Prompt::Text(a.prompt.clone())
         },
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: a.stop.clone(),
     };
     let mut out = std::io::stdout();
-    let t1 = Instant::now();
-    let result = generate(
-        &mut model.session(),
-        &tok,
-        &prompt,
-        &options,
-        &|| false,
-        &mut |s| {
+    let json = a.json;
+    let result = engine.generate(&request, &|| false, &mut |s| {
+        if !json {
             let _ = out.write_all(s.as_bytes());
             let _ = out.flush();
-        },
-    )?;
-    let secs = t1.elapsed().as_secs_f64();
-    println!();
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!();
+    }
+    let decoded = result.tokens.len().saturating_sub(1) as f64;
     eprintln!(
-        "{} prompt tokens, {} generated in {:.2} s ({:.1} tokens/s overall), finish: {:?}",
-        prompt.len(),
+        "{} prompt tokens in {:.0} ms ({:.1} tokens/s), {} generated ({:.1} tokens/s decode), finish: {:?}",
+        result.prompt_tokens,
+        result.prefill_ms,
+        f64::from(result.prompt_tokens) / (result.prefill_ms / 1e3).max(1e-9),
         result.tokens.len(),
-        secs,
-        (prompt.len() + result.tokens.len()) as f64 / secs.max(1e-9),
+        decoded / (result.decode_ms / 1e3).max(1e-9),
         result.finish
     );
     Ok(())
+}
+
+fn open_device(d: DeviceArg) -> Result<(Device, &'static str), String> {
+    match d {
+        DeviceArg::Cpu => Ok((Device::flex(), "flex")),
+        #[cfg(feature = "wgpu")]
+        DeviceArg::Wgpu => Device::wgpu_options()
+            .init()
+            .map(|d| (d, "wgpu"))
+            .map_err(|e| format!("no wgpu device: {e}")),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceArg::Wgpu => Err("this build has no wgpu support (feature `wgpu`)".into()),
+    }
 }

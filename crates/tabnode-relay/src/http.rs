@@ -1,4 +1,5 @@
-//! The relay's HTTP server: the site, the model files and the API.
+//! The relay's HTTP server: the site, the model files (`/models/`, listed
+//! by `/api/models`) and the API.
 
 use std::sync::Arc;
 
@@ -21,6 +22,18 @@ use crate::{state::RelayState, Bootstrap, NetworkView, RelayConfig};
 struct AppState {
     relay: Arc<RelayState>,
     bootstrap: Arc<Bootstrap>,
+    models_dir: Arc<std::path::PathBuf>,
+}
+
+/// One model file the relay serves.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ModelFile {
+    /// File name.
+    file: String,
+    /// Where to fetch it.
+    url: String,
+    /// Its size.
+    bytes: u64,
 }
 
 /// The router: `/api/*`, `/metrics`, `/pkg`, `/worker`, `/models`, and `www/`
@@ -31,12 +44,14 @@ pub(crate) fn router(config: &RelayConfig, relay: Arc<RelayState>, boot: Bootstr
     let api = Router::new()
         .route("/api/bootstrap", get(bootstrap))
         .route("/api/network", get(network))
+        .route("/api/models", get(models))
         .route("/api/pof/{peer_id}", get(pof_history))
         .route("/metrics", get(metrics))
         .layer(CorsLayer::permissive())
         .with_state(AppState {
             relay,
             bootstrap: Arc::new(boot),
+            models_dir: Arc::new(config.models_dir.clone()),
         });
     // Development server: always revalidate, so a rebuilt wasm is picked up.
     let no_cache = SetResponseHeaderLayer::overriding(
@@ -54,6 +69,28 @@ pub(crate) fn router(config: &RelayConfig, relay: Arc<RelayState>, boot: Bootstr
 
 async fn bootstrap(State(s): State<AppState>) -> Json<Bootstrap> {
     Json((*s.bootstrap).clone())
+}
+
+/// The GGUF files in the models directory, by name.
+async fn models(State(s): State<AppState>) -> Json<Vec<ModelFile>> {
+    let mut out = Vec::new();
+    if let Ok(mut dir) = tokio::fs::read_dir(&*s.models_dir).await {
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            if meta.is_file() && file.ends_with(".gguf") {
+                out.push(ModelFile {
+                    url: format!("/models/{file}"),
+                    file,
+                    bytes: meta.len(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Json(out)
 }
 
 async fn network(State(s): State<AppState>) -> Json<NetworkView> {

@@ -1,6 +1,7 @@
 //! wasm-bindgen glue: the `TabNode` class.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use libp2p::{core::upgrade, identity::Keypair, noise, relay, yamux, Multiaddr, T
 use tabnode_core::{
     chunked::ChunkedWrites,
     driver::{self, Command, DriverConfig, NodeEvent, RequestError},
+    infer::{GenerateRequest, GenerateResult},
     node::NodeBehaviour,
     worker::{FromWorker, ToWorker},
     Capabilities, NodeKind, Request, Response, TabnodeCodec, MAX_FRAME,
@@ -48,22 +50,33 @@ fn js_event<T: serde::Serialize>(callback: &js_sys::Function, event: &T) {
     }
 }
 
+/// A generation the page waits for.
+struct PendingGeneration {
+    reply: oneshot::Sender<Result<GenerateResult, String>>,
+    on_token: Option<js_sys::Function>,
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
     capabilities: RefCell<Capabilities>,
     on_event: js_sys::Function,
     worker: RefCell<Option<Worker>>,
+    /// Set when the worker has said `loaded`; until then messages wait in
+    /// `queued` (a message posted while its wasm is still starting can be
+    /// lost).
+    worker_loaded: Cell<bool>,
+    queued: RefCell<Vec<ToWorker>>,
+    /// `loadModel` calls waiting for `model_ready` / `model_failed`.
+    model_waiters: RefCell<Vec<oneshot::Sender<Result<JsValue, String>>>>,
+    generations: RefCell<HashMap<u64, PendingGeneration>>,
+    next_generation: Cell<u64>,
 }
 
 impl Shared {
     /// Hands a request the driver could not answer to the worker, or refuses
     /// it when there is no worker.
     fn to_worker(&self, id: u64, request: Request) {
-        let sent = match &*self.worker.borrow() {
-            Some(w) => post(w, &ToWorker::Handle { id, request }),
-            None => Err(WebError::Worker("this tab runs no compute worker".into())),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.post_worker(&ToWorker::Handle { id, request }) {
             let _ = self.command(Command::Respond {
                 id,
                 response: Response::Error {
@@ -71,6 +84,17 @@ impl Shared {
                     message: e.to_string(),
                 },
             });
+        }
+    }
+
+    fn post_worker(&self, msg: &ToWorker) -> Result<(), WebError> {
+        match &*self.worker.borrow() {
+            Some(_) if !self.worker_loaded.get() => {
+                self.queued.borrow_mut().push(msg.clone());
+                Ok(())
+            }
+            Some(w) => post(w, msg),
+            None => Err(WebError::Worker("this tab runs no compute worker".into())),
         }
     }
 
@@ -192,6 +216,11 @@ impl TabNode {
             capabilities: RefCell::new(caps.clone()),
             on_event: on_event.clone(),
             worker: RefCell::new(None),
+            worker_loaded: Cell::new(false),
+            queued: RefCell::new(Vec::new()),
+            model_waiters: RefCell::new(Vec::new()),
+            generations: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(1),
         });
         let config = DriverConfig {
             relay,
@@ -291,12 +320,110 @@ impl TabNode {
         }
     }
 
+    /// Has the worker load the model at `url` (the relay serves
+    /// `/models/<file>`): from the browser's cache when it holds it, else
+    /// downloaded and cached. Progress arrives as `model_progress` events;
+    /// resolves to `{ model, from_cache, downloaded_bytes, load_ms, device }`.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, url: String) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let (tx, rx) = oneshot::channel();
+            shared.model_waiters.borrow_mut().push(tx);
+            shared
+                .post_worker(&ToWorker::LoadModel { url })
+                .map_err(JsError::from)?;
+            match rx.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(message)) => Err(JsError::new(&message).into()),
+                Err(_) => Err(JsError::new("the worker stopped").into()),
+            }
+        })
+    }
+
+    /// Generates on the loaded model: `request` is `{ prompt: { text } |
+    /// { chat: [{ role, content }] }, max_tokens?, temperature?, top_k?,
+    /// top_p?, seed?, stop? }`; `onToken(text)` receives the text as it is
+    /// produced. Returns a handle with `id`, `done` (a promise of `{ tokens,
+    /// text, finish, prompt_tokens, prefill_ms, decode_ms, device }`) and
+    /// `cancel()`.
+    ///
+    /// # Errors
+    /// A malformed request or no worker.
+    pub fn generate(
+        &self,
+        request: JsValue,
+        on_token: Option<js_sys::Function>,
+    ) -> Result<Generation, JsError> {
+        let request: GenerateRequest = serde_wasm_bindgen::from_value(request)
+            .map_err(|e| WebError::BadOptions(format!("generate request: {e}")))?;
+        let id = self.shared.next_generation.get();
+        self.shared.next_generation.set(id + 1);
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .generations
+            .borrow_mut()
+            .insert(id, PendingGeneration { reply, on_token });
+        if let Err(e) = self.shared.post_worker(&ToWorker::Generate { id, request }) {
+            self.shared.generations.borrow_mut().remove(&id);
+            return Err(e.into());
+        }
+        let done = future_to_promise(async move {
+            match rx.await {
+                Ok(Ok(result)) => serde::Serialize::serialize(
+                    &result,
+                    &serde_wasm_bindgen::Serializer::json_compatible(),
+                )
+                .map_err(|e| JsError::from(e).into()),
+                Ok(Err(message)) => Err(JsError::new(&message).into()),
+                Err(_) => Err(JsError::new("the worker stopped").into()),
+            }
+        });
+        Ok(Generation {
+            id,
+            done,
+            shared: self.shared.clone(),
+        })
+    }
+
     /// Stops the node and its worker.
     pub fn stop(&self) {
         let _ = self.shared.command(Command::Shutdown);
         if let Some(w) = self.shared.worker.borrow_mut().take() {
             w.terminate();
         }
+    }
+}
+
+/// A running generation (see `TabNode.generate`).
+#[wasm_bindgen]
+pub struct Generation {
+    id: u64,
+    done: js_sys::Promise,
+    shared: Rc<Shared>,
+}
+
+#[wasm_bindgen]
+impl Generation {
+    /// Its id.
+    #[wasm_bindgen(getter)]
+    pub fn id(&self) -> f64 {
+        self.id as f64
+    }
+
+    /// Resolves to the result (a cancelled generation resolves too, with
+    /// `finish: "cancelled"` and the text so far).
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> js_sys::Promise {
+        self.done.clone()
+    }
+
+    /// Stops after the token in flight.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn cancel(&self) -> Result<(), JsError> {
+        Ok(self.shared.post_worker(&ToWorker::Cancel { id: self.id })?)
     }
 }
 
@@ -329,8 +456,12 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
         };
         match &msg {
             FromWorker::Loaded => {
-                if let Err(e) = post(&w, &ToWorker::Init) {
-                    web_sys::console::error_1(&e.to_string().into());
+                shared.worker_loaded.set(true);
+                let queued = std::mem::take(&mut *shared.queued.borrow_mut());
+                for m in std::iter::once(ToWorker::Init).chain(queued) {
+                    if let Err(e) = post(&w, &m) {
+                        web_sys::console::error_1(&e.to_string().into());
+                    }
                 }
             }
             FromWorker::GpuReady { gpu } => {
@@ -354,7 +485,56 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
             FromWorker::Error { message } => {
                 web_sys::console::error_1(&format!("tabnode worker: {message}").into());
             }
-            FromWorker::Bench { .. } => {}
+            FromWorker::Bench { .. } | FromWorker::ModelProgress { .. } => {}
+            FromWorker::ModelReady { model, .. } => {
+                let caps = {
+                    let mut c = shared.capabilities.borrow_mut();
+                    c.models = vec![model.name.clone()];
+                    c.clone()
+                };
+                let _ = shared.command(Command::SetCapabilities(caps));
+                let v = serde::Serialize::serialize(
+                    &msg,
+                    &serde_wasm_bindgen::Serializer::json_compatible(),
+                )
+                .unwrap_or(JsValue::NULL);
+                let waiters = std::mem::take(&mut *shared.model_waiters.borrow_mut());
+                for w in waiters {
+                    let _ = w.send(Ok(v.clone()));
+                }
+            }
+            FromWorker::ModelFailed { message } => {
+                let waiters = std::mem::take(&mut *shared.model_waiters.borrow_mut());
+                for w in waiters {
+                    let _ = w.send(Err(message.clone()));
+                }
+            }
+            FromWorker::Token { id, text } => {
+                // Cloned out first: the callback may start another generation.
+                let f = shared
+                    .generations
+                    .borrow()
+                    .get(id)
+                    .and_then(|g| g.on_token.clone());
+                if let Some(f) = f {
+                    if let Err(e) = f.call1(&JsValue::NULL, &JsValue::from_str(text)) {
+                        web_sys::console::error_2(&"tabnode: onToken threw".into(), &e);
+                    }
+                }
+                return;
+            }
+            FromWorker::Generated { id, result } => {
+                if let Some(g) = shared.generations.borrow_mut().remove(id) {
+                    let _ = g.reply.send(Ok(result.clone()));
+                }
+                return;
+            }
+            FromWorker::GenerateFailed { id, message } => {
+                if let Some(g) = shared.generations.borrow_mut().remove(id) {
+                    let _ = g.reply.send(Err(message.clone()));
+                }
+                return;
+            }
             FromWorker::Handled {
                 id,
                 response,

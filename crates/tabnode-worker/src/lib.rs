@@ -7,6 +7,8 @@
 //! typed messages of [`tabnode_core::worker`] through `serde-wasm-bindgen`.
 
 #[cfg(target_arch = "wasm32")]
+mod model;
+#[cfg(target_arch = "wasm32")]
 mod web;
 
 /// Errors of the worker.
@@ -18,6 +20,9 @@ pub enum WorkerError {
     /// The adapter refused a device.
     #[error("WebGPU device request failed: {0}")]
     Device(String),
+    /// Loading or running the model failed.
+    #[error("model: {0}")]
+    Model(String),
     /// A message from the page could not be decoded.
     #[error("bad message from the page: {0}")]
     BadMessage(String),

@@ -17,15 +17,15 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::WorkerError;
 
-fn scope() -> DedicatedWorkerGlobalScope {
+pub(crate) fn scope() -> DedicatedWorkerGlobalScope {
     js_sys::global().unchecked_into()
 }
 
-fn now_ms() -> f64 {
+pub(crate) fn now_ms() -> f64 {
     scope().performance().map_or(0.0, |p| p.now())
 }
 
-fn post(msg: &FromWorker) {
+pub(crate) fn post(msg: &FromWorker) {
     // 64-bit values (Freivalds results) travel as BigInts.
     let serializer =
         serde_wasm_bindgen::Serializer::new().serialize_large_number_types_as_bigints(true);
@@ -52,7 +52,7 @@ struct State {
 
 /// Waits until opening the GPU has finished (the page sends `Init` before
 /// any request, so it has at least started).
-async fn gpu_settled() -> Option<Rc<GpuProver>> {
+pub(crate) async fn gpu_settled() -> Option<Rc<GpuProver>> {
     let rx = STATE.with(|s| {
         let mut s = s.borrow_mut();
         if s.gpu_settled {
@@ -118,6 +118,11 @@ pub fn start() {
                     device: device.into(),
                 });
             }),
+            Ok(ToWorker::LoadModel { url }) => spawn_local(crate::model::load(url)),
+            Ok(ToWorker::Generate { id, request }) => {
+                spawn_local(crate::model::generate(id, request))
+            }
+            Ok(ToWorker::Cancel { id }) => crate::model::cancel(id),
             Err(e) => post(&FromWorker::Error {
                 message: WorkerError::BadMessage(e.to_string()).to_string(),
             }),

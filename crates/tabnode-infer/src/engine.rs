@@ -1,0 +1,222 @@
+//! The engine a node runs: a loaded model with its tokenizer, taking the
+//! network's [`GenerateRequest`]s. Synchronous natively; asynchronous (every
+//! read back awaited) for WebGPU.
+
+use burn::tensor::Device;
+use tabnode_core::infer::{FinishReason, GenerateRequest, GenerateResult, ModelCard, Prompt};
+use web_time::Instant;
+
+use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::gguf::{Gguf, GgufError};
+use crate::info::ModelInfo;
+use crate::model::LlamaModel;
+use crate::tokenizer::{Message, Tokenizer, TokenizerError};
+
+/// Why the engine could not load or generate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The model file.
+    #[error("model file: {0}")]
+    Gguf(#[from] GgufError),
+    /// The tokenizer in the model file.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    /// The request.
+    #[error("{0}")]
+    Generate(#[from] GenerateError),
+}
+
+/// A model ready to generate.
+pub struct Engine {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The weights on their device.
+    pub model: LlamaModel,
+    /// What it is.
+    pub info: ModelInfo,
+    device: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("info", &self.info)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn finish_reason(f: Finish) -> FinishReason {
+    match f {
+        Finish::Length => FinishReason::Length,
+        Finish::Eos => FinishReason::Eos,
+        Finish::Stop => FinishReason::Stop,
+        Finish::Cancelled => FinishReason::Cancelled,
+    }
+}
+
+impl Engine {
+    /// Parses a GGUF file and loads it onto `device` (named `device_name`
+    /// in results), calling `progress(done, total)` per layer.
+    ///
+    /// # Errors
+    /// A corrupt or unsupported file.
+    pub fn load(
+        bytes: &[u8],
+        device: &Device,
+        device_name: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, EngineError> {
+        let g = Gguf::parse(bytes)?;
+        let info = ModelInfo::from_gguf(&g, bytes.len() as u64)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let model = LlamaModel::from_gguf_with_progress(&g, device, progress)?;
+        Ok(Self {
+            tokenizer,
+            model,
+            info,
+            device: device_name.into(),
+        })
+    }
+
+    /// The card the network advertises.
+    pub fn card(&self) -> ModelCard {
+        let i = &self.info;
+        let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        ModelCard {
+            name: i.name.clone(),
+            architecture: i.architecture.clone(),
+            parameters: i.parameters,
+            quantization: i.quantization.clone(),
+            context: u32_of(i.context),
+            vocab: u32_of(i.vocab),
+            layers: u32_of(i.layers),
+            file_bytes: i.file_bytes,
+        }
+    }
+
+    /// The prompt's token ids. Chat messages go through the model's
+    /// template; only the template's own control tokens are special, so a
+    /// message that spells `<|im_start|>` cannot forge a turn.
+    ///
+    /// # Errors
+    /// A model whose chat template is not supported.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let tok = &self.tokenizer;
+        match prompt {
+            Prompt::Text(text) => Ok(tok.encode(text, false)),
+            Prompt::Chat(messages) => {
+                let msgs: Vec<Message> = messages
+                    .iter()
+                    .map(|m| Message {
+                        role: m.role.clone(),
+                        content: m.content.clone(),
+                    })
+                    .collect();
+                Ok(tok.encode_chat(&msgs)?)
+            }
+        }
+    }
+
+    fn options(request: &GenerateRequest) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: request.max_tokens as usize,
+            stop: request.stop.clone(),
+            sampling: Sampling {
+                temperature: request.temperature,
+                top_k: request.top_k as usize,
+                top_p: request.top_p,
+                seed: request.seed,
+            },
+        }
+    }
+
+    /// Generates synchronously (native devices); `on_text` streams the text.
+    ///
+    /// # Errors
+    /// A bad request (empty or too long prompt, bad sampling values) or a
+    /// failing device.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerateResult, EngineError> {
+        let prompt = self.prompt_ids(&request.prompt)?;
+        let mut g = Generation::new(
+            &self.tokenizer,
+            prompt.len(),
+            self.model.config.context,
+            &Self::options(request),
+        )?;
+        let started = Instant::now();
+        let mut session = self.model.session();
+        let device = |e: crate::model::ReadError| EngineError::Generate(GenerateError::Device(e.0));
+        let mut logits = session.forward(&prompt).map_err(device)?;
+        let first = Instant::now();
+        while let Some(token) = g.next(&logits, cancelled(), on_text) {
+            logits = session.forward(&[token]).map_err(device)?;
+        }
+        Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
+    }
+
+    fn result(
+        &self,
+        prompt: usize,
+        started: Instant,
+        first: Instant,
+        out: crate::generate::Generated,
+    ) -> GenerateResult {
+        GenerateResult {
+            prompt_tokens: u32::try_from(prompt).unwrap_or(u32::MAX),
+            prefill_ms: (first - started).as_secs_f64() * 1e3,
+            decode_ms: first.elapsed().as_secs_f64() * 1e3,
+            tokens: out.tokens,
+            text: out.text,
+            finish: finish_reason(out.finish),
+            device: self.device.clone(),
+        }
+    }
+
+    /// Generates with asynchronous read backs (WebGPU); `cancelled` is
+    /// polled before every token, so a cancel message handled while a read
+    /// back is awaited stops generation after the token in flight.
+    ///
+    /// # Errors
+    /// A bad request or a failing device.
+    pub async fn generate_async(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerateResult, EngineError> {
+        let prompt = self.prompt_ids(&request.prompt)?;
+        let mut g = Generation::new(
+            &self.tokenizer,
+            prompt.len(),
+            self.model.config.context,
+            &Self::options(request),
+        )?;
+        let started = Instant::now();
+        let mut session = self.model.session();
+        let device = |e: crate::model::ReadError| EngineError::Generate(GenerateError::Device(e.0));
+        let mut logits = session.forward_async(&prompt).await.map_err(device)?;
+        let first = Instant::now();
+        while let Some(token) = g.next(&logits, cancelled(), on_text) {
+            logits = session.forward_async(&[token]).await.map_err(device)?;
+        }
+        Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
+    }
+}
+
+/// Opens the browser's WebGPU for burn (the worker calls this once).
+///
+/// # Errors
+/// No adapter or device.
+#[cfg(feature = "webgpu")]
+pub async fn webgpu_device() -> Result<Device, String> {
+    Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,275 @@
+//! The model in the worker: download with progress into the Cache API (so
+//! the next visit loads without downloading), load onto WebGPU with burn,
+//! generate with streamed tokens and cancellation.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use futures::lock::Mutex;
+use js_sys::{Object, Reflect, Uint8Array};
+use tabnode_core::infer::GenerateRequest;
+use tabnode_core::worker::FromWorker;
+use tabnode_infer::{Device, Engine};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Cache, ReadableStreamDefaultReader, Response};
+
+use crate::web::{now_ms, post, scope};
+use crate::WorkerError;
+
+/// The Cache API bucket holding model files.
+const CACHE: &str = "tabnode-models-v1";
+
+/// Progress messages at most every this many bytes.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+#[derive(Default)]
+struct ModelState {
+    device: Option<Device>,
+    engine: Option<Rc<Engine>>,
+    cancelled: HashSet<u64>,
+}
+
+thread_local! {
+    static MODEL: RefCell<ModelState> = RefCell::new(ModelState::default());
+    /// One load at a time.
+    static LOADING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
+    /// One generation at a time: they share the device.
+    static GENERATING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
+}
+
+fn js_err(e: wasm_bindgen::JsValue) -> WorkerError {
+    WorkerError::Model(
+        e.as_string()
+            .or_else(|| {
+                e.dyn_ref::<js_sys::Error>()
+                    .map(|e| String::from(e.message()))
+            })
+            .unwrap_or_else(|| format!("{e:?}")),
+    )
+}
+
+async fn open_cache() -> Result<Cache, WorkerError> {
+    let storage = scope().caches().map_err(js_err)?;
+    let cache = JsFuture::from(storage.open(CACHE)).await.map_err(js_err)?;
+    cache.dyn_into::<Cache>().map_err(js_err)
+}
+
+/// The cached copy of `url`, if the browser holds one.
+async fn cached(cache: &Cache, url: &str) -> Result<Option<Vec<u8>>, WorkerError> {
+    let hit = JsFuture::from(cache.match_with_str(url))
+        .await
+        .map_err(js_err)?;
+    if hit.is_undefined() {
+        return Ok(None);
+    }
+    let response: Response = hit.dyn_into().map_err(js_err)?;
+    post(&FromWorker::ModelProgress {
+        phase: "cache".into(),
+        done: 0,
+        total: 0,
+    });
+    let buf = JsFuture::from(response.array_buffer().map_err(js_err)?)
+        .await
+        .map_err(js_err)?;
+    Ok(Some(Uint8Array::new(&buf).to_vec()))
+}
+
+/// Downloads `url`, posting progress, and checks the length.
+async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
+    let response: Response = JsFuture::from(scope().fetch_with_str(url))
+        .await
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(js_err)?;
+    if !response.ok() {
+        return Err(WorkerError::Model(format!(
+            "{url}: HTTP {}",
+            response.status()
+        )));
+    }
+    let total: u64 = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .body()
+        .ok_or_else(|| WorkerError::Model(format!("{url}: empty body")))?;
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(total as usize);
+    let mut reported = 0u64;
+    post(&FromWorker::ModelProgress {
+        phase: "download".into(),
+        done: 0,
+        total,
+    });
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(js_err)?;
+        let done = Reflect::get(&chunk, &"done".into())
+            .map_err(js_err)?
+            .as_bool()
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+            .map_err(js_err)?
+            .dyn_into()
+            .map_err(js_err)?;
+        let at = bytes.len();
+        bytes.resize(at + value.length() as usize, 0);
+        value.copy_to(&mut bytes[at..]);
+        let have = bytes.len() as u64;
+        if have - reported >= PROGRESS_STEP {
+            reported = have;
+            post(&FromWorker::ModelProgress {
+                phase: "download".into(),
+                done: have,
+                total,
+            });
+        }
+    }
+    if total != 0 && bytes.len() as u64 != total {
+        return Err(WorkerError::Model(format!(
+            "{url}: download truncated at {} of {total} bytes",
+            bytes.len()
+        )));
+    }
+    post(&FromWorker::ModelProgress {
+        phase: "download".into(),
+        done: bytes.len() as u64,
+        total: bytes.len() as u64,
+    });
+    Ok(bytes)
+}
+
+async fn device() -> Result<Device, WorkerError> {
+    if let Some(d) = MODEL.with(|m| m.borrow().device.clone()) {
+        return Ok(d);
+    }
+    let d = tabnode_infer::engine::webgpu_device()
+        .await
+        .map_err(WorkerError::Device)?;
+    MODEL.with(|m| m.borrow_mut().device = Some(d.clone()));
+    Ok(d)
+}
+
+fn load_bytes(bytes: &[u8], device: &Device) -> Result<Engine, WorkerError> {
+    Engine::load(bytes, device, "webgpu", &mut |done, total| {
+        post(&FromWorker::ModelProgress {
+            phase: "load".into(),
+            done: done as u64,
+            total: total as u64,
+        })
+    })
+    .map_err(|e| WorkerError::Model(e.to_string()))
+}
+
+/// Loads the model at `url` (cache first) and reports `ModelReady` or
+/// `ModelFailed`.
+pub async fn load(url: String) {
+    let lock = LOADING.with(Rc::clone);
+    let _one = lock.lock().await;
+    let started = now_ms();
+    match load_inner(&url).await {
+        Ok((engine, from_cache, downloaded)) => {
+            let model = engine.card();
+            MODEL.with(|m| m.borrow_mut().engine = Some(Rc::new(engine)));
+            post(&FromWorker::ModelReady {
+                model,
+                from_cache,
+                downloaded_bytes: downloaded,
+                load_ms: now_ms() - started,
+                device: "webgpu".into(),
+            });
+        }
+        Err(e) => post(&FromWorker::ModelFailed {
+            message: e.to_string(),
+        }),
+    }
+}
+
+async fn load_inner(url: &str) -> Result<(Engine, bool, u64), WorkerError> {
+    // Resolve relative URLs against the worker's location, so the cache key
+    // is the absolute address.
+    let url = web_sys::Url::new_with_base(url, &scope().location().href())
+        .map_err(js_err)?
+        .href();
+    // One device request at a time: the prover's opens first.
+    let _ = crate::web::gpu_settled().await;
+    trace("opening the WebGPU device for burn");
+    let device = device().await?;
+    trace("device open; opening the cache");
+    let cache = open_cache().await?;
+    trace("cache open");
+    if let Some(bytes) = cached(&cache, &url).await? {
+        match load_bytes(&bytes, &device) {
+            Ok(engine) => return Ok((engine, true, 0)),
+            Err(e) => {
+                // A damaged copy is dropped and fetched again.
+                web_sys::console::warn_1(
+                    &format!("tabnode worker: cached model unusable ({e}); downloading").into(),
+                );
+                let _ = JsFuture::from(cache.delete_with_str(&url)).await;
+            }
+        }
+    }
+    let bytes = download(&url).await?;
+    // Only a file that loads is cached.
+    let engine = load_bytes(&bytes, &device)?;
+    let body = Uint8Array::from(bytes.as_slice());
+    let response = Response::new_with_opt_buffer_source(Some(body.unchecked_ref::<Object>()))
+        .map_err(js_err)?;
+    if let Err(e) = JsFuture::from(cache.put_with_str(&url, &response)).await {
+        // Still usable now; the next visit downloads again.
+        web_sys::console::warn_1(
+            &format!("tabnode worker: could not cache the model: {:?}", js_err(e)).into(),
+        );
+    }
+    Ok((engine, false, bytes.len() as u64))
+}
+
+fn trace(msg: &str) {
+    web_sys::console::debug_1(&format!("tabnode worker: {msg}").into());
+}
+
+/// Marks generation `id` cancelled.
+pub fn cancel(id: u64) {
+    MODEL.with(|m| m.borrow_mut().cancelled.insert(id));
+}
+
+/// Runs generation `id`, streaming `Token`s, then `Generated` or
+/// `GenerateFailed`.
+pub async fn generate(id: u64, request: GenerateRequest) {
+    let lock = GENERATING.with(Rc::clone);
+    let _one = lock.lock().await;
+    let Some(engine) = MODEL.with(|m| m.borrow().engine.clone()) else {
+        MODEL.with(|m| m.borrow_mut().cancelled.remove(&id));
+        post(&FromWorker::GenerateFailed {
+            id,
+            message: "no model is loaded".into(),
+        });
+        return;
+    };
+    let is_cancelled = || MODEL.with(|m| m.borrow().cancelled.contains(&id));
+    let result = engine
+        .generate_async(&request, &is_cancelled, &mut |text| {
+            post(&FromWorker::Token {
+                id,
+                text: text.into(),
+            })
+        })
+        .await;
+    MODEL.with(|m| m.borrow_mut().cancelled.remove(&id));
+    match result {
+        Ok(result) => post(&FromWorker::Generated { id, result }),
+        Err(e) => post(&FromWorker::GenerateFailed {
+            id,
+            message: e.to_string(),
+        }),
+    }
+}

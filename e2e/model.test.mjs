@@ -1,0 +1,148 @@
+// The model in a real tab: download with progress into the browser's cache,
+// load onto WebGPU (SwiftShader here), greedy tokens equal to the native
+// engine's, cancellation and bad requests, and a reload that loads from the
+// cache without downloading.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  startRelay, launchBrowser, openTab, waitFor, BIN, MODELS_DIR, MODEL_FILE,
+} from './harness.mjs';
+
+const MODEL = join(MODELS_DIR, MODEL_FILE);
+const PROMPT = 'The three primary colors are';
+const TOKENS = 8;
+// SwiftShader runs the f32 model on the CPU: loading and each token take
+// seconds, not milliseconds.
+const LOAD_TIMEOUT = 10 * 60_000;
+
+let relay;
+let browser;
+let context;
+let page;
+const modelRequests = [];
+
+async function waitForModel(p) {
+  try {
+    await p.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: LOAD_TIMEOUT });
+  } catch (e) {
+    throw new Error(`the model never loaded: ${e.message}\n${p.logs.slice(-30).join('\n')}`);
+  }
+  const m = await p.evaluate(() => window.tabnode.model);
+  assert.equal(m.status, 'ready', `model failed: ${m.error}\n${p.logs.slice(-30).join('\n')}`);
+  return m.ready;
+}
+
+/** Runs a generation in the tab; resolves to { result, streamed } or { error }. */
+function generateInTab(p, request, cancelAfterTokens = null) {
+  return p.evaluate(async ({ request, cancelAfterTokens }) => {
+    let streamed = '';
+    let pieces = 0;
+    try {
+      const g = window.tabnode.node.generate(request, (t) => {
+        streamed += t;
+        pieces += 1;
+        if (cancelAfterTokens !== null && pieces === cancelAfterTokens) g.cancel();
+      });
+      const result = await g.done;
+      return { result, streamed };
+    } catch (e) {
+      return { error: String(e.message ?? e) };
+    }
+  }, { request, cancelAfterTokens });
+}
+
+before(async () => {
+  relay = await startRelay();
+  browser = await launchBrowser();
+  context = await browser.newContext();
+  context.on('request', (r) => {
+    if (r.url().includes('/models/')) modelRequests.push(r.url());
+  });
+  ({ page } = await openTab(browser, relay.url, context, { model: true }));
+});
+
+after(async () => {
+  await browser?.close();
+  await relay?.kill();
+});
+
+test('the worker downloads the model with progress, caches it and loads it on WebGPU', async () => {
+  const ready = await waitForModel(page);
+  const size = statSync(MODEL).size;
+  assert.equal(ready.from_cache, false);
+  assert.equal(ready.downloaded_bytes, size);
+  assert.equal(ready.device, 'webgpu');
+  assert.equal(ready.model.file_bytes, size);
+  assert.equal(ready.model.architecture, 'llama');
+  assert.equal(ready.model.quantization, 'Q4_1');
+  assert.equal(ready.model.layers, 30);
+  assert.equal(ready.model.context, 8192);
+  assert.ok(ready.model.parameters > 130e6 && ready.model.parameters < 140e6, String(ready.model.parameters));
+  assert.equal(modelRequests.length, 1, modelRequests.join('\n'));
+  const progress = await page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'model_progress'));
+  const downloads = progress.filter((e) => e.phase === 'download');
+  assert.ok(downloads.length >= 10, `download progress events: ${downloads.length}`);
+  for (let i = 1; i < downloads.length; i++) assert.ok(downloads[i].done >= downloads[i - 1].done);
+  assert.equal(downloads.at(-1).done, size);
+  assert.ok(progress.some((e) => e.phase === 'load' && e.done === e.total), 'load progress reaches the end');
+  // The node advertises the model to the network.
+  const name = ready.model.name;
+  await waitFor('the relay to list the model', async () => {
+    const net = await relay.network();
+    const peerId = await page.evaluate(() => window.tabnode.peerId);
+    return net.nodes.find((n) => n.peer_id === peerId)?.capabilities?.models?.includes(name);
+  });
+});
+
+test(`greedy tokens on WebGPU equal the native engine's (${TOKENS} tokens)`, async () => {
+  const native = JSON.parse(execFileSync(join(BIN, 'tabnode-node'), [
+    'generate', '--model', MODEL, '--prompt', PROMPT, '--max-tokens', String(TOKENS), '--json',
+  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+  assert.equal(native.tokens.length, TOKENS);
+  const web = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: TOKENS });
+  assert.ok(!web.error, web.error);
+  console.log(`webgpu: prefill ${web.result.prompt_tokens} tokens ${web.result.prefill_ms.toFixed(0)} ms, ` +
+    `decode ${((TOKENS - 1) / (web.result.decode_ms / 1000)).toFixed(2)} tokens/s; ` +
+    `native flex: ${((TOKENS - 1) / (native.decode_ms / 1000)).toFixed(1)} tokens/s`);
+  assert.equal(web.result.device, 'webgpu');
+  assert.equal(web.result.prompt_tokens, native.prompt_tokens);
+  assert.deepEqual(web.result.tokens, native.tokens, `webgpu ${JSON.stringify(web.result.text)} vs native ${JSON.stringify(native.text)}`);
+  assert.equal(web.result.text, native.text);
+  assert.equal(web.streamed, web.result.text, 'the streamed text is the result');
+  assert.equal(web.result.finish, 'length');
+});
+
+test('cancellation and bad requests are clear, and the worker stays usable', async () => {
+  const cancelled = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: 64 }, 1);
+  assert.ok(!cancelled.error, cancelled.error);
+  assert.equal(cancelled.result.finish, 'cancelled');
+  assert.ok(cancelled.result.tokens.length < 8, `stopped after ${cancelled.result.tokens.length} tokens`);
+
+  const empty = await generateInTab(page, { prompt: { text: '' } });
+  assert.match(empty.error ?? '', /prompt is empty/);
+  const long = await generateInTab(page, { prompt: { text: 'hello '.repeat(9000) } });
+  assert.match(long.error ?? '', /context holds 8192/);
+  const bad = await generateInTab(page, { max_tokens: 4 });
+  assert.match(bad.error ?? '', /generate request/);
+  const badTemp = await generateInTab(page, { prompt: { text: 'hi' }, temperature: -1 });
+  assert.match(badTemp.error ?? '', /temperature/);
+
+  const after = await generateInTab(page, { prompt: { chat: [{ role: 'user', content: 'Hi' }] }, max_tokens: 2 });
+  assert.ok(!after.error, after.error);
+  assert.equal(after.result.tokens.length, 2);
+});
+
+test('a reload loads the model from the browser cache without downloading', async () => {
+  modelRequests.length = 0;
+  await page.reload();
+  const ready = await waitForModel(page);
+  assert.equal(ready.from_cache, true);
+  assert.equal(ready.downloaded_bytes, 0);
+  assert.equal(modelRequests.length, 0, `model requests after reload: ${modelRequests.join('\n')}`);
+  const progress = await page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'model_progress'));
+  assert.ok(!progress.some((e) => e.phase === 'download'), 'no download phase');
+  assert.ok(progress.some((e) => e.phase === 'cache'), 'read from the cache');
+});
