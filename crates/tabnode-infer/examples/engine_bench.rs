@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use tabnode_infer::generate::{Decoder, Sampler, Sampling};
+use tabnode_infer::model::WeightFormat;
 use tabnode_infer::{Device, Engine};
 
 /// The prompt is this text repeated until it has enough tokens.
@@ -35,7 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let bytes = std::fs::read(path)?;
     let file_bytes = bytes.len() as u64;
-    let engine = Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {})?;
+    // TABNODE_WEIGHTS=q8: burn's block-32 Q8 weights instead of f32.
+    let format = match std::env::var("TABNODE_WEIGHTS").as_deref() {
+        Ok("q8") => WeightFormat::Q8Block32,
+        _ => WeightFormat::F32,
+    };
+    let engine = Engine::load_as(&bytes, &Device::flex(), "flex", format, &mut |_, _| {})?;
     drop(bytes);
     let load_s = t0.elapsed().as_secs_f64();
     let mut prompt = Vec::new();
@@ -57,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let decode_s = t2.elapsed().as_secs_f64();
     println!(
-        "{{\"engine\":\"tabnode-flex\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{}}}",
+        "{{\"engine\":\"tabnode-flex-{format:?}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{}}}",
         n_prompt as f64 / prefill_s,
         n_decode as f64 / decode_s,
         peak_rss(),

@@ -9,7 +9,7 @@ use web_time::Instant;
 use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::gguf::{Gguf, GgufError};
 use crate::info::ModelInfo;
-use crate::model::LlamaModel;
+use crate::model::{LlamaModel, WeightFormat};
 use crate::tokenizer::{Message, Tokenizer, TokenizerError};
 
 /// Why the engine could not load or generate.
@@ -67,10 +67,24 @@ impl Engine {
         device_name: &str,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
+        Self::load_as(bytes, device, device_name, WeightFormat::F32, progress)
+    }
+
+    /// [`Engine::load`] with the matmul weights held as `format`.
+    ///
+    /// # Errors
+    /// A corrupt or unsupported file.
+    pub fn load_as(
+        bytes: &[u8],
+        device: &Device,
+        device_name: &str,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, EngineError> {
         let g = Gguf::parse(bytes)?;
         let info = ModelInfo::from_gguf(&g, bytes.len() as u64)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let model = LlamaModel::from_gguf_with_progress(&g, device, progress)?;
+        let model = LlamaModel::from_gguf_as(&g, device, format, progress)?;
         Ok(Self {
             tokenizer,
             model,
@@ -142,22 +156,27 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerateResult, EngineError> {
-        let prompt = self.prompt_ids(&request.prompt)?;
-        let mut g = Generation::new(
-            &self.tokenizer,
-            prompt.len(),
-            self.model.config.context,
-            &Self::options(request),
-        )?;
+        let (prompt, mut g) = self.start(request)?;
         let started = Instant::now();
         let mut session = self.model.session();
-        let device = |e: crate::model::ReadError| EngineError::Generate(GenerateError::Device(e.0));
         let mut logits = session.forward(&prompt).map_err(device)?;
         let first = Instant::now();
         while let Some(token) = g.next(&logits, cancelled(), on_text) {
             logits = session.forward(&[token]).map_err(device)?;
         }
         Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
+    }
+
+    /// The prompt's ids and a checked generation for `request`.
+    fn start(&self, request: &GenerateRequest) -> Result<(Vec<u32>, Generation<'_>), EngineError> {
+        let prompt = self.prompt_ids(&request.prompt)?;
+        let g = Generation::new(
+            &self.tokenizer,
+            prompt.len(),
+            self.model.config.context,
+            &Self::options(request),
+        )?;
+        Ok((prompt, g))
     }
 
     fn result(
@@ -190,16 +209,9 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerateResult, EngineError> {
-        let prompt = self.prompt_ids(&request.prompt)?;
-        let mut g = Generation::new(
-            &self.tokenizer,
-            prompt.len(),
-            self.model.config.context,
-            &Self::options(request),
-        )?;
+        let (prompt, mut g) = self.start(request)?;
         let started = Instant::now();
         let mut session = self.model.session();
-        let device = |e: crate::model::ReadError| EngineError::Generate(GenerateError::Device(e.0));
         let mut logits = session.forward_async(&prompt).await.map_err(device)?;
         let first = Instant::now();
         while let Some(token) = g.next(&logits, cancelled(), on_text) {
@@ -207,6 +219,10 @@ impl Engine {
         }
         Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
     }
+}
+
+fn device(e: crate::model::ReadError) -> EngineError {
+    EngineError::Generate(GenerateError::Device(e.0))
 }
 
 /// Opens the browser's WebGPU for burn (the worker calls this once).

@@ -8,6 +8,7 @@
 //! permuted for RoPE on adjacent pairs, the output matrix is tied to the
 //! token embedding.
 
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue};
 use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 
 use crate::gguf::{Gguf, GgufError};
@@ -23,6 +24,32 @@ struct Layer {
     gate: Tensor<2>,
     up: Tensor<2>,
     down: Tensor<2>,
+}
+
+/// How the matmul weights are held on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Dequantized from the GGUF to f32 (4 bytes per weight).
+    #[default]
+    F32,
+    /// Requantized with burn's symmetric 8-bit scheme, one f32 scale per
+    /// block of 32, packed in u32 words (what WebGPU needs); dequantized
+    /// inside burn's matmul.
+    Q8Block32,
+}
+
+impl WeightFormat {
+    fn apply(self, t: Tensor<2>) -> Tensor<2> {
+        match self {
+            WeightFormat::F32 => t,
+            WeightFormat::Q8Block32 => t.quantize_dynamic(
+                &QuantScheme::default()
+                    .with_value(QuantValue::Q8S)
+                    .with_store(QuantStore::PackedU32(0))
+                    .per_block([32], burn::tensor::quantization::ScaleDtype::F32),
+            ),
+        }
+    }
 }
 
 /// The model's weights on a burn device.
@@ -65,20 +92,39 @@ impl Cache {
     }
 }
 
-fn tensor2(g: &Gguf<'_>, name: &str, device: &Device) -> Result<Tensor<2>, GgufError> {
+/// `(columns, rows)` of a 2-dimensional ggml tensor.
+fn dims2(g: &Gguf<'_>, name: &str) -> Result<(usize, usize), GgufError> {
     let t = g.tensor(name)?;
-    let (cols, rows) = match t.dims.as_slice() {
-        [c, r] => (*c as usize, *r as usize),
-        _ => {
-            return Err(GgufError::BadTensor {
-                name: name.into(),
-                reason: format!("expected 2 dimensions, got {:?}", t.dims),
-            })
-        }
-    };
+    match t.dims.as_slice() {
+        [c, r] => Ok((*c as usize, *r as usize)),
+        _ => Err(GgufError::BadTensor {
+            name: name.into(),
+            reason: format!("expected 2 dimensions, got {:?}", t.dims),
+        }),
+    }
+}
+
+fn tensor2(g: &Gguf<'_>, name: &str, device: &Device) -> Result<Tensor<2>, GgufError> {
+    let (cols, rows) = dims2(g, name)?;
     let data = g.dequantize(name)?;
     Ok(Tensor::from_data(
         TensorData::new(data, [rows, cols]),
+        device,
+    ))
+}
+
+/// A ggml `[out, in]` matrix as a row-major `[in, out]` tensor.
+fn tensor2_transposed(g: &Gguf<'_>, name: &str, device: &Device) -> Result<Tensor<2>, GgufError> {
+    let (cols, rows) = dims2(g, name)?;
+    let data = g.dequantize(name)?;
+    let mut out = vec![0f32; data.len()];
+    for (r, row) in data.chunks_exact(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(out, [cols, rows]),
         device,
     ))
 }
@@ -113,9 +159,28 @@ impl LlamaModel {
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, GgufError> {
+        Self::from_gguf_as(g, device, WeightFormat::F32, progress)
+    }
+
+    /// [`LlamaModel::from_gguf_with_progress`] with the matmul weights held
+    /// as `format`.
+    ///
+    /// # Errors
+    /// Missing tensors or metadata, unsupported tensor types or shapes.
+    pub fn from_gguf_as(
+        g: &Gguf<'_>,
+        device: &Device,
+        format: WeightFormat,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GgufError> {
         let config = Config::from_gguf(g)?;
         // ggml stores [out, in]; x·Wᵀ needs [in, out].
-        let w = |name: String| tensor2(g, &name, device).map(|t| t.transpose());
+        let w = |name: String| match format {
+            WeightFormat::F32 => tensor2(g, &name, device).map(|t| t.transpose()),
+            // Quantized blocks run along the innermost dimension of a
+            // row-major tensor: transpose on the host first.
+            _ => tensor2_transposed(g, &name, device).map(|t| format.apply(t)),
+        };
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
