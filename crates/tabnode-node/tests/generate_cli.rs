@@ -61,3 +61,35 @@ fn bad_model_files_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn wgpu_and_cpu_give_the_same_greedy_tokens() {
+    // The wgpu backend runs on any Vulkan adapter; scripts/setup.sh installs
+    // Mesa's software one (lavapipe), so this runs everywhere the tests do.
+    let m = model();
+    let run = |device: &str| {
+        let out = generate(&[
+            "--model",
+            m.to_str().expect("utf-8 path"),
+            "--prompt",
+            "The three primary colors are",
+            "--max-tokens",
+            "6",
+            "--json",
+            "--device",
+            device,
+        ]);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+        assert_eq!(v["device"], device.replace("cpu", "flex"));
+        v["tokens"].clone()
+    };
+    let cpu = run("cpu");
+    assert_eq!(cpu.as_array().map(Vec::len), Some(6));
+    assert_eq!(run("wgpu"), cpu);
+}
