@@ -156,15 +156,9 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerateResult, EngineError> {
-        let (prompt, mut g) = self.start(request)?;
-        let started = Instant::now();
-        let mut session = self.model.session();
-        let mut logits = session.forward(&prompt).map_err(device)?;
-        let first = Instant::now();
-        while let Some(token) = g.next(&logits, cancelled(), on_text) {
-            logits = session.forward(&[token]).map_err(device)?;
-        }
-        Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
+        // Native reads complete as soon as they are polled: the async
+        // path, driven here, is the one implementation.
+        futures::executor::block_on(self.generate_async(request, cancelled, on_text))
     }
 
     /// The prompt's ids and a checked generation for `request`.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::model_bytes;
+use common::{ids, model_bytes};
 use serde_json::Value as Json;
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::tokenizer::{Message, StreamDecoder, Tokenizer};
@@ -23,12 +23,7 @@ fn token_ids_match_llama_cpp_and_round_trip() {
         let name = case["name"].as_str().expect("name");
         let text = case["text"].as_str().expect("text");
         let special = case["special"].as_bool().expect("special");
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_u64().expect("id") as u32)
-            .collect();
+        let want = ids(&case["ids"]);
         let got = t.encode(text, special);
         assert_eq!(got, want, "{name}: {text:?}");
         assert_eq!(t.decode(&got), text.as_bytes(), "{name}: decode");
@@ -64,13 +59,7 @@ fn the_chat_template_renders_like_the_reference() {
         role: "user".into(),
         content: "What is the capital of France?".into(),
     }];
-    let want: Vec<u32> = chat["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect();
-    assert_eq!(t.encode_chat(&msgs).expect("chat ids"), want);
+    assert_eq!(t.encode_chat(&msgs).expect("chat ids"), ids(&chat["ids"]));
 }
 
 #[test]
