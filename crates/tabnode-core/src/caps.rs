@@ -61,8 +61,10 @@ pub struct Capabilities {
     pub gpu_error: Option<String>,
     /// VRAM the node pledges to the network, in MiB.
     pub pledged_vram_mib: u64,
-    /// Models the node can serve.
+    /// Models the node can serve (their names; see [`crate::model_id`]).
     pub models: Vec<String>,
+    /// Generations the node runs at once.
+    pub slots: u32,
 }
 
 impl Capabilities {
@@ -75,6 +77,7 @@ impl Capabilities {
             gpu_error: None,
             pledged_vram_mib: 0,
             models: Vec::new(),
+            slots: 1,
         }
     }
 }

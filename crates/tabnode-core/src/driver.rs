@@ -71,7 +71,7 @@ pub enum Command {
 }
 
 /// What the driver tells its caller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeEvent {
     /// A relay connection is up (over `transport`).

@@ -1,5 +1,12 @@
 //! Inference requests and results as they cross the page ↔ worker boundary
-//! (and, with issue #5, the network): plain data, no engine types.
+//! and the network: plain data, no engine types.
+//!
+//! On the network a generation is a [`Request::Infer`](crate::Request::Infer)
+//! from the relay to a node, answered with the prompt size, then a stream of
+//! [`InferChunk`]s from the node, each acknowledged before the next is sent
+//! ([`ChunkStreamer`] does the batching). When a node disappears the relay
+//! sends the same request to another node with the tokens delivered so far
+//! in [`GenerateRequest::resume`]: the new node continues after them.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +62,27 @@ pub struct GenerateRequest {
     /// Generation ends before any of these strings.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Tokens already generated (and delivered) by another node: the model
+    /// reads them after the prompt and continues; they count towards
+    /// `max_tokens` and are not sent again.
+    #[serde(default)]
+    pub resume: Vec<u32>,
+}
+
+impl GenerateRequest {
+    /// A request for `prompt` with the defaults (128 tokens, greedy).
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            max_tokens: default_max_tokens(),
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            resume: Vec::new(),
+        }
+    }
 }
 
 /// Why a generation ended.
@@ -109,4 +137,217 @@ pub struct ModelCard {
     pub layers: u32,
     /// Size of the model file.
     pub file_bytes: u64,
+}
+
+/// The network id of a model: its name in lower case with runs of other
+/// characters turned into `-` (`SmolLM2 135M Instruct` →
+/// `smollm2-135m-instruct`). Requests may name a model either way.
+pub fn model_id(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Relay → node: generate `request` with `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// Chosen by the relay, unique per requester request.
+    pub request_id: u64,
+    /// 0 for the first node, then one more per failover.
+    pub attempt: u32,
+    /// The model's id ([`model_id`]).
+    pub model: String,
+    /// What to generate.
+    pub request: GenerateRequest,
+}
+
+/// How a node's part of a generation ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InferEnd {
+    /// Generation finished.
+    Done(InferDone),
+    /// The node could not go on (device lost, model error).
+    Failed(String),
+}
+
+/// The node's figures for a finished generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferDone {
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Milliseconds to the first token's logits (prefill) on the node.
+    pub prefill_ms: f64,
+    /// Milliseconds of decoding after that.
+    pub decode_ms: f64,
+    /// Where it ran (`webgpu`, `flex`, `wgpu`).
+    pub device: String,
+}
+
+/// Node → relay: tokens of a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferChunk {
+    /// The [`InferRequest::request_id`].
+    pub request_id: u64,
+    /// The [`InferRequest::attempt`].
+    pub attempt: u32,
+    /// Tokens of the completion before this chunk (resumed ones included):
+    /// lets the relay drop a duplicate and detect a gap.
+    pub offset: u32,
+    /// New token ids.
+    pub tokens: Vec<u32>,
+    /// Text that became final with them (may lag the tokens by a partial
+    /// character or a possible stop-string prefix; the rest comes later).
+    pub text: String,
+    /// Set on the last chunk.
+    pub end: Option<InferEnd>,
+}
+
+/// Batches a generation's output into [`InferChunk`]s with one in flight:
+/// while a chunk waits for its acknowledgement, new tokens accumulate and go
+/// out together in the next one. The same logic serves the tab and the
+/// native node.
+#[derive(Debug, Clone)]
+pub struct ChunkStreamer {
+    request_id: u64,
+    attempt: u32,
+    offset: u32,
+    tokens: Vec<u32>,
+    text: String,
+    end: Option<InferEnd>,
+    in_flight: bool,
+    ended: bool,
+}
+
+impl ChunkStreamer {
+    /// A streamer for `request`, whose completion starts after its
+    /// [`GenerateRequest::resume`] tokens.
+    pub fn new(request: &InferRequest) -> Self {
+        Self {
+            request_id: request.request_id,
+            attempt: request.attempt,
+            offset: u32::try_from(request.request.resume.len()).unwrap_or(u32::MAX),
+            tokens: Vec::new(),
+            text: String::new(),
+            end: None,
+            in_flight: false,
+            ended: false,
+        }
+    }
+
+    /// Adds generated tokens and the text that became final with them.
+    pub fn push(&mut self, tokens: &[u32], text: &str) {
+        self.tokens.extend_from_slice(tokens);
+        self.text.push_str(text);
+    }
+
+    /// Marks the end; it goes out with (or after) the remaining tokens.
+    pub fn end(&mut self, end: InferEnd) {
+        if self.end.is_none() && !self.ended {
+            self.end = Some(end);
+        }
+    }
+
+    /// The next chunk to send, if none is in flight and there is something
+    /// to say.
+    pub fn next_chunk(&mut self) -> Option<InferChunk> {
+        if self.in_flight || self.ended {
+            return None;
+        }
+        if self.tokens.is_empty() && self.text.is_empty() && self.end.is_none() {
+            return None;
+        }
+        let tokens = std::mem::take(&mut self.tokens);
+        let chunk = InferChunk {
+            request_id: self.request_id,
+            attempt: self.attempt,
+            offset: self.offset,
+            text: std::mem::take(&mut self.text),
+            end: self.end.take(),
+            tokens,
+        };
+        self.offset = self
+            .offset
+            .saturating_add(u32::try_from(chunk.tokens.len()).unwrap_or(u32::MAX));
+        self.ended = chunk.end.is_some();
+        self.in_flight = true;
+        Some(chunk)
+    }
+
+    /// The chunk in flight was acknowledged.
+    pub fn acked(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// The last chunk went out and was acknowledged.
+    pub fn finished(&self) -> bool {
+        self.ended && !self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> InferRequest {
+        let mut r = GenerateRequest::new(Prompt::Text("hi".into()));
+        r.resume = vec![5, 6];
+        InferRequest {
+            request_id: 9,
+            attempt: 1,
+            model: "m".into(),
+            request: r,
+        }
+    }
+
+    #[test]
+    fn model_ids_are_slugs() {
+        assert_eq!(model_id("SmolLM2 135M Instruct"), "smollm2-135m-instruct");
+        assert_eq!(model_id("smollm2-135m-instruct"), "smollm2-135m-instruct");
+        assert_eq!(model_id("  Llama 3.2 (1B)  "), "llama-3.2-1b");
+    }
+
+    #[test]
+    fn one_chunk_in_flight_and_the_rest_batched() {
+        let mut s = ChunkStreamer::new(&request());
+        assert_eq!(s.next_chunk(), None, "nothing to send yet");
+        s.push(&[1], "a");
+        let c = s.next_chunk().expect("first chunk");
+        assert_eq!(
+            (c.offset, c.tokens.as_slice(), c.text.as_str()),
+            (2, &[1][..], "a")
+        );
+        s.push(&[2], "b");
+        s.push(&[3], "");
+        assert_eq!(s.next_chunk(), None, "one in flight");
+        s.acked();
+        s.end(InferEnd::Failed("gone".into()));
+        let c = s.next_chunk().expect("second chunk");
+        assert_eq!(
+            (c.offset, c.tokens.as_slice(), c.text.as_str()),
+            (3, &[2, 3][..], "b")
+        );
+        assert_eq!(c.end, Some(InferEnd::Failed("gone".into())));
+        assert!(!s.finished());
+        s.acked();
+        assert!(s.finished());
+        s.push(&[4], "late");
+        assert_eq!(s.next_chunk(), None, "nothing after the end");
+    }
+
+    #[test]
+    fn requests_survive_the_wire() {
+        let r = crate::Request::Infer(Box::new(request()));
+        let bytes = postcard::to_allocvec(&r).expect("encode");
+        let back: crate::Request = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, r);
+        let json: GenerateRequest =
+            serde_json::from_str(r#"{"prompt":{"text":"x"}}"#).expect("defaults apply");
+        assert_eq!(json, GenerateRequest::new(Prompt::Text("x".into())));
+    }
 }

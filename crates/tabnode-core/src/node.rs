@@ -84,7 +84,8 @@ pub fn rpc_behaviour(codec: TabnodeCodec) -> request_response::Behaviour<Tabnode
 /// How a plain node (not the relay) answers a request from `peer` by itself.
 ///
 /// Nodes answer `Echo` and refuse the relay-only requests. `None` means the
-/// request needs the node's owner (a Proof-of-FLOPS challenge needs the GPU):
+/// request needs the node's owner (a Proof-of-FLOPS challenge needs the GPU,
+/// a generation the model):
 /// the driver hands it over as [`crate::driver::NodeEvent::Request`].
 pub fn answer(_peer: PeerId, request: &Request) -> Option<Response> {
     match request {
@@ -93,7 +94,14 @@ pub fn answer(_peer: PeerId, request: &Request) -> Option<Response> {
             code: ErrorCode::Unsupported,
             message: "only the relay keeps the node registry".into(),
         }),
-        Request::PofChallenge(_) | Request::PofOpen { .. } => None,
+        Request::InferChunk(_) => Some(Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "only the relay takes generated tokens".into(),
+        }),
+        Request::PofChallenge(_)
+        | Request::PofOpen { .. }
+        | Request::Infer(_)
+        | Request::InferCancel { .. } => None,
     }
 }
 

@@ -9,13 +9,14 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::caps::{Capabilities, NodeKind};
+use crate::infer::{InferChunk, InferRequest};
 pub use tabnode_pof::{Answer as PofAnswer, Query as PofQuery};
 
 /// The protocol name, with its version.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/1.0.0");
 
 /// A request from one peer to another (or to the relay).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Node → relay: announce or update this node's capabilities.
     Register(Box<Capabilities>),
@@ -33,6 +34,21 @@ pub enum Request {
         round: u64,
         /// The random vector and rows to open.
         query: PofQuery,
+    },
+    /// Relay → node: generate for a requester. The node checks the request
+    /// (model, prompt size, sampling values), answers
+    /// [`Response::InferAccepted`] or an error, then streams the tokens back
+    /// as [`Request::InferChunk`]s.
+    Infer(Box<InferRequest>),
+    /// Node → relay: the next tokens of a generation (one chunk in flight at
+    /// a time; the next is sent when this one is acknowledged). An error
+    /// answer means "stop generating": the requester is gone or the request
+    /// moved to another node.
+    InferChunk(Box<InferChunk>),
+    /// Relay → node: stop generating `request_id` (the requester left).
+    InferCancel {
+        /// The request.
+        request_id: u64,
     },
 }
 
@@ -67,6 +83,11 @@ pub enum Response {
     },
     /// `C·r` and the opened rows, answer to [`Request::PofOpen`].
     PofOpening(Box<PofAnswer>),
+    /// The node took a [`Request::Infer`]; chunks follow.
+    InferAccepted {
+        /// Tokens in the prompt (chat template applied).
+        prompt_tokens: u32,
+    },
     /// The request was understood but refused.
     Error {
         /// What kind of failure.
@@ -83,6 +104,12 @@ pub enum ErrorCode {
     Unsupported,
     /// The request was well-formed but its content is not acceptable.
     Invalid,
+    /// The node is busy with other work; try another node.
+    Busy,
+    /// The node does not serve the requested model.
+    UnknownModel,
+    /// The prompt does not fit the model's context.
+    TooLarge,
 }
 
 /// One node as the relay lists it.

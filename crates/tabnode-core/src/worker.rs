@@ -113,10 +113,14 @@ pub enum FromWorker {
         /// Why.
         message: String,
     },
-    /// Text of generation `id` that became final.
+    /// Output of generation `id`: a generated token with the text that
+    /// became final with it (possibly empty), or at the end held-back text
+    /// with no token.
     Token {
         /// The generation.
         id: u64,
+        /// The new token ids (one, or none for the final text).
+        tokens: Vec<u32>,
         /// The new text.
         text: String,
     },

@@ -145,31 +145,45 @@ impl Engine {
         }
     }
 
-    /// Generates synchronously (native devices); `on_text` streams the text.
+    /// Generates synchronously (native devices). `on_piece` receives each
+    /// generated token with the text that became final with it (possibly
+    /// empty), and at the end any held-back text with no token.
     ///
     /// # Errors
-    /// A bad request (empty or too long prompt, bad sampling values) or a
-    /// failing device.
+    /// A bad request (empty or too long prompt, bad sampling values, bad
+    /// resume tokens) or a failing device.
     pub fn generate(
         &self,
         request: &GenerateRequest,
         cancelled: &dyn Fn() -> bool,
-        on_text: &mut dyn FnMut(&str),
+        on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Result<GenerateResult, EngineError> {
         // Native reads complete as soon as they are polled: the async
         // path, driven here, is the one implementation.
-        futures::executor::block_on(self.generate_async(request, cancelled, on_text))
+        futures::executor::block_on(self.generate_async(request, cancelled, on_piece))
     }
 
-    /// The prompt's ids and a checked generation for `request`.
+    /// Checks `request` without running the model: the prompt's token
+    /// count, or why it cannot run (what a node answers before accepting).
+    ///
+    /// # Errors
+    /// What [`Engine::generate`] would fail with before touching the model.
+    pub fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        let (prompt, _) = self.start(request)?;
+        Ok(u32::try_from(prompt.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The prompt's ids and a checked generation for `request`, resumed
+    /// after its `resume` tokens.
     fn start(&self, request: &GenerateRequest) -> Result<(Vec<u32>, Generation<'_>), EngineError> {
         let prompt = self.prompt_ids(&request.prompt)?;
-        let g = Generation::new(
+        let mut g = Generation::new(
             &self.tokenizer,
             prompt.len(),
             self.model.config.context,
             &Self::options(request),
         )?;
+        g.resume(&request.resume)?;
         Ok((prompt, g))
     }
 
@@ -193,7 +207,9 @@ impl Engine {
 
     /// Generates with asynchronous read backs (WebGPU); `cancelled` is
     /// polled before every token, so a cancel message handled while a read
-    /// back is awaited stops generation after the token in flight.
+    /// back is awaited stops generation after the token in flight. Resumed
+    /// tokens are read with the prompt and never passed to `on_piece`; the
+    /// result's `tokens` and `text` include them.
     ///
     /// # Errors
     /// A bad request or a failing device.
@@ -201,17 +217,31 @@ impl Engine {
         &self,
         request: &GenerateRequest,
         cancelled: &dyn Fn() -> bool,
-        on_text: &mut dyn FnMut(&str),
+        on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Result<GenerateResult, EngineError> {
         let (prompt, mut g) = self.start(request)?;
         let started = Instant::now();
-        let mut session = self.model.session();
-        let mut logits = session.forward_async(&prompt).await.map_err(device)?;
-        let first = Instant::now();
-        while let Some(token) = g.next(&logits, cancelled(), on_text) {
-            logits = session.forward_async(&[token]).await.map_err(device)?;
+        let mut first = started;
+        if !g.ended() {
+            let mut session = self.model.session();
+            let mut input = prompt.clone();
+            input.extend_from_slice(g.tokens());
+            let mut logits = session.forward_async(&input).await.map_err(device)?;
+            first = Instant::now();
+            loop {
+                let before = g.tokens().len();
+                let mut piece = String::new();
+                let next = g.next(&logits, cancelled(), &mut |t| piece.push_str(t));
+                let new = &g.tokens()[before..];
+                if !new.is_empty() || !piece.is_empty() {
+                    on_piece(new, &piece);
+                }
+                let Some(token) = next else { break };
+                logits = session.forward_async(&[token]).await.map_err(device)?;
+            }
         }
-        Ok(self.result(prompt.len(), started, first, g.finish(on_text)))
+        let out = g.finish(&mut |t| on_piece(&[], t));
+        Ok(self.result(prompt.len(), started, first, out))
     }
 }
 

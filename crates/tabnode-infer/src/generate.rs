@@ -56,6 +56,9 @@ pub enum GenerateError {
     /// The device running the model failed.
     #[error("the model's device failed: {0}")]
     Device(String),
+    /// The tokens to resume after cannot be continued.
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 /// How to pick the next token.
@@ -130,6 +133,17 @@ impl Sampler {
             rng: Rng(params.seed),
             params,
         })
+    }
+
+    /// Advances the random stream as if `n` tokens had been sampled, so a
+    /// generation resumed after `n` tokens draws what the uninterrupted one
+    /// would have drawn.
+    pub fn skip(&mut self, n: usize) {
+        if !(self.params.temperature == 0.0 || self.params.top_k == 1) {
+            for _ in 0..n {
+                self.rng.next_f32();
+            }
+        }
     }
 
     /// The next token.
@@ -274,6 +288,60 @@ impl<'t> Generation<'t> {
     /// Tokens generated so far.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// Whether generation has ended (no more logits are needed).
+    pub fn ended(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Takes `prefix` as already generated and delivered by someone else:
+    /// the state (text, what was delivered, the sampler's stream, the
+    /// token budget) becomes what it was after them, and nothing of them is
+    /// emitted again. Call before the first [`Generation::next`].
+    ///
+    /// # Errors
+    /// [`GenerateError::Resume`] for a token outside the vocabulary, an EOS
+    /// or a prefix that already holds a stop string (it should have ended).
+    pub fn resume(&mut self, prefix: &[u32]) -> Result<(), GenerateError> {
+        if !self.tokens.is_empty() {
+            return Err(GenerateError::Resume("generation already started".into()));
+        }
+        let vocab = self.tokenizer.vocab_size();
+        for &t in prefix {
+            if t as usize >= vocab {
+                return Err(GenerateError::Resume(format!(
+                    "token {t} is outside the vocabulary of {vocab}"
+                )));
+            }
+            if t == self.tokenizer.eos {
+                return Err(GenerateError::Resume(
+                    "the tokens end with end-of-sequence".into(),
+                ));
+            }
+            self.tokens.push(t);
+            let piece = self.utf8.push(self.tokenizer.token_bytes(t));
+            self.text.push_str(&piece);
+        }
+        if self
+            .options
+            .stop
+            .iter()
+            .any(|s| !s.is_empty() && self.text.contains(s.as_str()))
+        {
+            return Err(GenerateError::Resume(
+                "the tokens already contain a stop string".into(),
+            ));
+        }
+        self.sent = floor_boundary(
+            &self.text,
+            self.text.len().saturating_sub(self.hold.saturating_sub(1)),
+        );
+        self.sampler.skip(prefix.len());
+        if self.tokens.len() >= self.options.max_tokens || self.tokens.len() >= self.room {
+            self.finish = Some(Finish::Length);
+        }
+        Ok(())
     }
 
     /// Takes the logits of the next position and returns the token to feed

@@ -55,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             handler: std::sync::Arc::new(tabnode_node::prover::PofProver::new(
                 tabnode_node::prover::Backend::Cpu,
             )),
+            server: None,
         })
     };
     let (a, b) = (node("a")?, node("b")?);

@@ -1,7 +1,7 @@
 //! `tabnode-node generate`: the inference engine from the command line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
@@ -62,22 +62,7 @@ pub struct GenerateArgs {
 /// Unreadable or invalid model files, no such device, bad prompts or
 /// sampling values.
 pub fn run(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let t0 = Instant::now();
-    let bytes = std::fs::read(&a.model)
-        .map_err(|e| format!("cannot read the model {}: {e}", a.model.display()))?;
-    let (device, name) = open_device(a.device)?;
-    let mut err = std::io::stderr();
-    let engine = Engine::load(&bytes, &device, name, &mut |done, total| {
-        let _ = write!(
-            err,
-            "\rloading model [{:<30}] {done}/{total}",
-            "#".repeat(30 * done / total.max(1))
-        );
-        let _ = err.flush();
-    })
-    .map_err(|e| format!("{}: {e}", a.model.display()))?;
-    drop(bytes);
-    eprintln!(" ({:.1} s on {name})", t0.elapsed().as_secs_f64());
+    let engine = load_engine(&a.model, a.device)?;
     let request = GenerateRequest {
         prompt: if a.chat {
             Prompt::Chat(vec![ChatMessage {
@@ -93,10 +78,11 @@ pub fn run(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         top_p: a.top_p,
         seed: a.seed,
         stop: a.stop.clone(),
+        resume: Vec::new(),
     };
     let mut out = std::io::stdout();
     let json = a.json;
-    let result = engine.generate(&request, &|| false, &mut |s| {
+    let result = engine.generate(&request, &|| false, &mut |_, s| {
         if !json {
             let _ = out.write_all(s.as_bytes());
             let _ = out.flush();
@@ -118,6 +104,29 @@ pub fn run(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         result.finish
     );
     Ok(())
+}
+
+/// Loads `path` onto `device` with a progress line on stderr.
+///
+/// # Errors
+/// Unreadable or invalid model files, no such device.
+pub fn load_engine(path: &Path, device: DeviceArg) -> Result<Engine, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the model {}: {e}", path.display()))?;
+    let (device, name) = open_device(device)?;
+    let mut err = std::io::stderr();
+    let engine = Engine::load(&bytes, &device, name, &mut |done, total| {
+        let _ = write!(
+            err,
+            "\rloading model [{:<30}] {done}/{total}",
+            "#".repeat(30 * done / total.max(1))
+        );
+        let _ = err.flush();
+    })
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(" ({:.1} s on {name})", t0.elapsed().as_secs_f64());
+    Ok(engine)
 }
 
 fn open_device(d: DeviceArg) -> Result<(Device, &'static str), String> {

@@ -7,6 +7,7 @@
 //! crate adds the tokio transports and a [`NodeHandle`] to talk to it.
 
 pub mod prover;
+pub mod serve;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,6 +184,9 @@ pub struct NodeConfig {
     pub max_backoff: Duration,
     /// Answers what the driver hands over (Proof-of-FLOPS challenges).
     pub handler: Arc<dyn prover::RequestHandler>,
+    /// The model this node serves, if any (its name and slots are added to
+    /// the capabilities).
+    pub server: Option<Arc<serve::InferServer>>,
 }
 
 impl std::fmt::Debug for dyn prover::RequestHandler {
@@ -253,9 +257,15 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let c = counters.clone();
     let handler = config.handler;
     let respond = commands.clone();
+    let server = config.server;
+    let mut capabilities = config.capabilities;
+    if let Some(s) = &server {
+        capabilities.models = vec![s.model_name().to_string()];
+        capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);
+    }
     let driver_config = DriverConfig {
         relay: config.relay,
-        capabilities: config.capabilities,
+        capabilities,
         max_backoff: config.max_backoff,
     };
     let task = tokio::spawn(async move {
@@ -276,6 +286,44 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 }
                 NodeEvent::ProtocolError { .. } => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                NodeEvent::Request {
+                    id,
+                    request: Request::Infer(infer),
+                    ..
+                } => {
+                    let response = match &server {
+                        Some(s) => s.accept(&infer),
+                        None => Response::Error {
+                            code: tabnode_core::ErrorCode::UnknownModel,
+                            message: "this node serves no model".into(),
+                        },
+                    };
+                    let run = match (&server, &response) {
+                        (Some(s), Response::InferAccepted { .. }) => Some(s.clone()),
+                        _ => None,
+                    };
+                    let mut respond = respond.clone();
+                    tokio::spawn(async move {
+                        let _ = respond.send(Command::Respond { id, response }).await;
+                        if let Some(s) = run {
+                            s.run(*infer, respond).await;
+                        }
+                    });
+                }
+                NodeEvent::Request {
+                    id,
+                    request: Request::InferCancel { request_id },
+                    ..
+                } => {
+                    if let Some(s) = &server {
+                        s.cancel(request_id);
+                    }
+                    let mut respond = respond.clone();
+                    tokio::spawn(async move {
+                        let response = Response::Ack;
+                        let _ = respond.send(Command::Respond { id, response }).await;
+                    });
                 }
                 NodeEvent::Request { id, peer, request } => {
                     let handler = handler.clone();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tabnode_core::{Capabilities, NodeKind};
 
 use tabnode_node::prover::{Backend, PofProver};
+use tabnode_node::serve::InferServer;
 use tabnode_node::{load_or_create_key, spawn, NodeConfig};
 
 /// Joins a tabnode relay and serves the network; or, with `generate`, runs
@@ -41,6 +42,15 @@ struct Args {
     /// (any wgpu adapter, software ones included) or cpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
     prover: String,
+    /// Serve this GGUF model to the network (omit to serve none).
+    #[arg(long, env = "TABNODE_SERVE_MODEL")]
+    model: Option<PathBuf>,
+    /// Where the served model runs.
+    #[arg(long, value_enum, default_value_t = generate::DeviceArg::Cpu)]
+    device: generate::DeviceArg,
+    /// Generations served at once.
+    #[arg(long, default_value_t = 1)]
+    slots: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -95,12 +105,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gpu" => Backend::detect(true),
         _ => Backend::detect(false),
     };
+    let server = match &args.model {
+        Some(path) => {
+            let engine = generate::load_engine(path, args.device)?;
+            println!("serving {} ({})", engine.info.name, path.display());
+            Some(Arc::new(InferServer::new(Arc::new(engine), args.slots)))
+        }
+        None => None,
+    };
     let node = spawn(NodeConfig {
         relay,
         key: Some(key),
         capabilities: caps,
         max_backoff: Duration::from_secs(10),
         handler: Arc::new(PofProver::new(backend)),
+        server,
     })?;
     println!("tabnode node {} joining the relay", node.peer_id);
     tokio::select! {

@@ -36,6 +36,7 @@ fn node(relay: Multiaddr, name: &str) -> NodeHandle {
         handler: std::sync::Arc::new(tabnode_node::prover::PofProver::new(
             tabnode_node::prover::Backend::Cpu,
         )),
+        server: None,
     })
     .expect("node starts")
 }

@@ -37,6 +37,7 @@ fn node(relay: &RelayHandle, handler: Arc<dyn RequestHandler>, pledge_mib: u64) 
         capabilities: caps,
         max_backoff: Duration::from_millis(500),
         handler,
+        server: None,
     })
     .expect("node starts")
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::State,
-    http::{header, HeaderValue},
+    extract::{DefaultBodyLimit, State},
+    http::{header, HeaderValue, StatusCode},
     response::IntoResponse,
-    routing::get,
+    routing::{any, get, post},
     Json, Router,
 };
 use tower_http::{
@@ -16,7 +16,9 @@ use tower_http::{
     set_header::SetResponseHeaderLayer,
 };
 
-use crate::{state::RelayState, Bootstrap, NetworkView, RelayConfig};
+use crate::{
+    inference::InferContext, openai, state::RelayState, Bootstrap, NetworkView, RelayConfig,
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -38,21 +40,36 @@ struct ModelFile {
 
 /// The router: `/api/*`, `/metrics`, `/pkg`, `/worker`, `/models`, and `www/`
 /// at the root.
-pub(crate) fn router(config: &RelayConfig, relay: Arc<RelayState>, boot: Bootstrap) -> Router {
+pub(crate) fn router(
+    config: &RelayConfig,
+    relay: Arc<RelayState>,
+    boot: Bootstrap,
+    infer: InferContext,
+) -> Router {
     let root = &config.site_root;
     let www = root.join("www");
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/{*rest}", any(openai::not_found))
+        .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
+        .with_state(openai::Api::new(infer));
     let api = Router::new()
+        .route("/api/ledger", get(ledger))
+        .route("/api/ledger/{peer_id}", get(ledger_of))
         .route("/api/bootstrap", get(bootstrap))
         .route("/api/network", get(network))
         .route("/api/models", get(models))
         .route("/api/pof/{peer_id}", get(pof_history))
         .route("/metrics", get(metrics))
-        .layer(CorsLayer::permissive())
         .with_state(AppState {
             relay,
             bootstrap: Arc::new(boot),
             models_dir: Arc::new(config.models_dir.clone()),
-        });
+        })
+        .merge(v1)
+        .layer(CorsLayer::permissive());
     // Development server: always revalidate, so a rebuilt wasm is picked up.
     let no_cache = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,
@@ -134,4 +151,54 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.relay.render_metrics(),
     )
+}
+
+fn ledger_unavailable(e: &dyn std::fmt::Display) -> axum::response::Response {
+    tracing::error!("ledger: {e}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "error": format!("the ledger is unavailable: {e}") })),
+    )
+        .into_response()
+}
+
+/// `GET /api/ledger`: every account, most points first, and the totals.
+async fn ledger(State(s): State<AppState>) -> axum::response::Response {
+    let Some(ledger) = &s.relay.ledger else {
+        return ledger_unavailable(&"this relay keeps no ledger");
+    };
+    match ledger.balances() {
+        Ok((balances, totals)) => Json(serde_json::json!({
+            "points": {
+                "per_token": crate::ledger::POINTS_PER_TOKEN,
+                "per_proof": crate::ledger::POINTS_PER_PROOF,
+                "per_uptime_minute": crate::ledger::POINTS_PER_UPTIME_MINUTE,
+            },
+            "totals": totals,
+            "balances": balances,
+        }))
+        .into_response(),
+        Err(e) => ledger_unavailable(&e),
+    }
+}
+
+/// `GET /api/ledger/{peer_id}`: one account (zeros if it has earned nothing).
+async fn ledger_of(
+    State(s): State<AppState>,
+    axum::extract::Path(peer_id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    if peer_id.parse::<libp2p::PeerId>().is_err() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
+        )
+            .into_response();
+    }
+    let Some(ledger) = &s.relay.ledger else {
+        return ledger_unavailable(&"this relay keeps no ledger");
+    };
+    match ledger.balance(&peer_id) {
+        Ok(b) => Json(b).into_response(),
+        Err(e) => ledger_unavailable(&e),
+    }
 }

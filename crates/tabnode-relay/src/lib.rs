@@ -14,6 +14,9 @@
 //! thin wrapper around it, and integration tests start relays the same way.
 
 mod http;
+pub mod inference;
+pub mod ledger;
+mod openai;
 mod pof;
 mod state;
 mod swarm;
@@ -26,8 +29,9 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use tokio::task::JoinHandle;
 
+pub use inference::InferConfig;
 pub use pof::PofConfig;
-pub use state::{NetworkView, NodeEntry, PofHistory, RelayState};
+pub use state::{NetworkModel, NetworkView, NodeEntry, PofHistory, RelayState};
 
 /// Errors of the relay.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,9 @@ pub enum RelayError {
     /// The stored WebRTC certificate cannot be used.
     #[error("WebRTC certificate: {0}")]
     Certificate(String),
+    /// The ledger database cannot be opened.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
     /// libp2p refused to build or listen.
     #[error("libp2p: {0}")]
     Libp2p(String),
@@ -119,6 +126,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Proof-of-FLOPS settings.
     pub pof: PofConfig,
+    /// Network inference settings.
+    pub infer: InferConfig,
 }
 
 impl RelayConfig {
@@ -135,6 +144,7 @@ impl RelayConfig {
             site_root,
             limits: Limits::default(),
             pof: PofConfig::default(),
+            infer: InferConfig::default(),
         }
     }
 }
@@ -199,7 +209,13 @@ impl Drop for RelayHandle {
 /// Data directory, identity or certificate problems, and listeners that fail
 /// to bind.
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
-    let state = Arc::new(RelayState::default());
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
+        what: "creating the data directory",
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let ledger = ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?;
+    let state = Arc::new(RelayState::with_ledger(Arc::new(ledger)));
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
@@ -210,9 +226,15 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let pof_task = tokio::spawn(pof::run(
         config.pof.clone(),
         state.clone(),
-        commands,
+        commands.clone(),
         joined_rx,
     ));
+    let uptime_task = tokio::spawn(uptime(state.clone()));
+    let infer = inference::InferContext {
+        state: state.clone(),
+        commands,
+        config: config.infer.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .map_err(|source| RelayError::Http {
@@ -223,8 +245,9 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         addr: config.http,
         source,
     })?;
-    let app = http::router(&config, state.clone(), bootstrap.clone());
+    let app = http::router(&config, state.clone(), bootstrap.clone(), infer);
     let http_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP server stopped: {e}");
         }
@@ -234,6 +257,21 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         bootstrap,
         http_addr,
         state,
-        tasks: vec![swarm_task, pof_task, http_task],
+        tasks: vec![swarm_task, pof_task, uptime_task, http_task],
     })
+}
+
+/// Credits uptime once a minute.
+async fn uptime(state: Arc<RelayState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first tick is immediate: nobody has been up a minute yet.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        state.credit_uptime(minute);
+    }
 }

@@ -4,7 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
-use tabnode_relay::{start, Limits, PofConfig, RelayConfig};
+use tabnode_relay::{start, InferConfig, Limits, PofConfig, RelayConfig};
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.clamp(0.001, 86_400.0))
+}
 
 /// Runs a tabnode relay and serves the site.
 #[derive(Debug, Parser)]
@@ -43,6 +47,19 @@ struct Args {
     /// Smallest Proof-of-FLOPS matrix size (nodes that pledge nothing).
     #[arg(long, env = "TABNODE_POF_MIN_N", default_value_t = 256)]
     pof_min_n: u32,
+    /// Seconds a node may go without sending tokens before its request
+    /// moves to another node.
+    #[arg(long, env = "TABNODE_STALL_TIMEOUT", default_value_t = 60.0)]
+    stall_timeout: f64,
+    /// Seconds a node may take to its first token.
+    #[arg(long, env = "TABNODE_FIRST_TOKEN_TIMEOUT", default_value_t = 300.0)]
+    first_token_timeout: f64,
+    /// Seconds a request waits for a free node.
+    #[arg(long, env = "TABNODE_QUEUE_TIMEOUT", default_value_t = 30.0)]
+    queue_timeout: f64,
+    /// Chat requests per minute per client address (0: no limit).
+    #[arg(long, env = "TABNODE_RATE_LIMIT", default_value_t = 600)]
+    rate_limit: u32,
     /// Write the bootstrap addresses (JSON) to this file once listening.
     #[arg(long)]
     bootstrap_file: Option<PathBuf>,
@@ -74,6 +91,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_n: args.pof_max_n,
             min_n: args.pof_min_n.min(args.pof_max_n),
             ..PofConfig::default()
+        },
+        infer: InferConfig {
+            stall_timeout: secs(args.stall_timeout),
+            first_token_timeout: secs(args.first_token_timeout),
+            queue_timeout: secs(args.queue_timeout),
+            rate_limit_per_minute: args.rate_limit,
+            ..InferConfig::default()
         },
     };
     let relay = start(config).await?;

@@ -8,7 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::{Capabilities, CodecStats, NodeKind, PeerSummary, PofRecord, PofStanding};
+use tabnode_core::{
+    model_id, Capabilities, CodecStats, NodeKind, PeerSummary, PofRecord, PofStanding,
+};
+
+use crate::inference::{Candidate, Matchmaker};
+use crate::ledger::{Credit, CreditKind, Ledger};
 
 /// One connected node.
 #[derive(Debug, Clone)]
@@ -89,6 +94,23 @@ pub struct RelayState {
     reservations: RwLock<HashMap<PeerId, ()>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Load and reliability per node; requests in flight.
+    pub matchmaker: Matchmaker,
+    /// The flops-points ledger (absent in unit tests).
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+/// A model available on the network now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetworkModel {
+    /// Its id ([`tabnode_core::model_id`]).
+    pub id: String,
+    /// Its name as nodes register it.
+    pub name: String,
+    /// Nodes serving it.
+    pub nodes: usize,
+    /// Generations they run at once, together.
+    pub slots: u64,
 }
 
 /// `/api/network` body.
@@ -105,6 +127,90 @@ fn bump(c: &AtomicU64) {
 }
 
 impl RelayState {
+    /// State that credits points to `ledger`.
+    pub fn with_ledger(ledger: Arc<Ledger>) -> Self {
+        Self {
+            ledger: Some(ledger),
+            ..Self::default()
+        }
+    }
+
+    /// The registered nodes serving `model` (an id or a name), with what
+    /// matchmaking needs.
+    pub fn candidates(&self, model: &str) -> Vec<Candidate> {
+        let want = model_id(model);
+        let pof = self.pof.read().unwrap_or_else(|p| p.into_inner());
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .filter_map(|(peer, e)| {
+                let caps = e.capabilities.as_ref()?;
+                if !caps.models.iter().any(|m| model_id(m) == want) {
+                    return None;
+                }
+                let standing = pof.get(peer).map(|h| &h.standing);
+                Some(Candidate {
+                    peer: *peer,
+                    slots: caps.slots,
+                    last_proof: standing.and_then(|s| s.last.as_ref()).map(|r| r.passed),
+                    gflops: standing.and_then(|s| s.verified_gflops).unwrap_or(0.0),
+                })
+            })
+            .collect()
+    }
+
+    /// The models registered nodes serve now, by id.
+    pub fn models(&self) -> Vec<NetworkModel> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<NetworkModel> = Vec::new();
+        for caps in nodes.values().filter_map(|e| e.capabilities.as_ref()) {
+            for name in &caps.models {
+                let id = model_id(name);
+                match out.iter_mut().find(|m| m.id == id) {
+                    Some(m) => {
+                        m.nodes += 1;
+                        m.slots += u64::from(caps.slots);
+                    }
+                    None => out.push(NetworkModel {
+                        id,
+                        name: name.clone(),
+                        nodes: 1,
+                        slots: u64::from(caps.slots),
+                    }),
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Credits a minute of uptime to every registered node whose last proof
+    /// passed (`minute`: minutes since the Unix epoch; once per node and
+    /// minute).
+    pub fn credit_uptime(&self, minute: u64) {
+        let Some(ledger) = &self.ledger else { return };
+        let pof = self.pof.read().unwrap_or_else(|p| p.into_inner());
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let credits: Vec<Credit> = nodes
+            .iter()
+            .filter(|(_, e)| e.capabilities.is_some())
+            .filter(|(peer, _)| {
+                pof.get(peer)
+                    .and_then(|h| h.standing.last.as_ref())
+                    .is_some_and(|r| r.passed)
+            })
+            .map(|(peer, _)| Credit {
+                id: format!("uptime:{peer}:{minute}"),
+                peer_id: peer.to_string(),
+                kind: CreditKind::Uptime,
+                amount: 1,
+            })
+            .collect();
+        if !credits.is_empty() {
+            ledger.submit(credits);
+        }
+    }
+
     /// Inbound protocol streams closed for any error.
     pub fn protocol_errors(&self) -> u64 {
         self.metrics.protocol_errors.load(Ordering::Relaxed) + self.metrics.codec.rejected()
@@ -138,6 +244,7 @@ impl RelayState {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&peer);
+            self.matchmaker.node_gone(peer);
         } else if let Some(e) = self
             .nodes
             .write()
@@ -182,6 +289,7 @@ impl RelayState {
         {
             Some(e) => {
                 e.capabilities = Some(caps);
+                self.matchmaker.wake();
                 true
             }
             None => false,
@@ -194,6 +302,14 @@ impl RelayState {
         let h = all.entry(peer).or_default();
         let s = &mut h.standing;
         if record.passed {
+            if let Some(ledger) = &self.ledger {
+                ledger.submit(vec![Credit {
+                    id: format!("pof:{peer}:{}:{}", record.at_ms, record.round),
+                    peer_id: peer.to_string(),
+                    kind: CreditKind::Proof,
+                    amount: 1,
+                }]);
+            }
             self.metrics.pof_passed.fetch_add(1, Ordering::Relaxed);
             s.passed += 1;
             s.standing += 1;
@@ -343,6 +459,28 @@ impl RelayState {
                 ("{kind=\"malformed\"}", m.codec.rejected()),
                 ("{kind=\"failed\"}", load(&m.protocol_errors)),
             ],
+        );
+        let im = &self.matchmaker.metrics;
+        metric(
+            "tabnode_inference_requests_total",
+            "counter",
+            "Chat requests by outcome.",
+            &[
+                ("{outcome=\"completed\"}", load(&im.completed)),
+                ("{outcome=\"failed\"}", load(&im.failed)),
+            ],
+        );
+        metric(
+            "tabnode_inference_failovers_total",
+            "counter",
+            "Times a request moved to another node.",
+            &[("", load(&im.failovers))],
+        );
+        metric(
+            "tabnode_inference_tokens_total",
+            "counter",
+            "Generated tokens delivered to requesters.",
+            &[("", load(&im.tokens))],
         );
         metric(
             "tabnode_pof_total",

@@ -329,6 +329,11 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
             code: ErrorCode::Unsupported,
             message: "the relay issues challenges; it does not take them".into(),
         },
+        Request::InferChunk(chunk) => state.matchmaker.on_chunk(peer, chunk),
+        Request::Infer(_) | Request::InferCancel { .. } => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "ask the relay's HTTP API (/v1/chat/completions) for generations".into(),
+        },
     }
 }
 

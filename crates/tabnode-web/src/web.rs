@@ -509,14 +509,14 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
                     let _ = w.send(Err(message.clone()));
                 }
             }
-            FromWorker::Token { id, text } => {
+            FromWorker::Token { id, text, .. } => {
                 // Cloned out first: the callback may start another generation.
                 let f = shared
                     .generations
                     .borrow()
                     .get(id)
                     .and_then(|g| g.on_token.clone());
-                if let Some(f) = f {
+                if let (Some(f), false) = (f, text.is_empty()) {
                     if let Err(e) = f.call1(&JsValue::NULL, &JsValue::from_str(text)) {
                         web_sys::console::error_2(&"tabnode: onToken threw".into(), &e);
                     }

@@ -257,9 +257,10 @@ pub async fn generate(id: u64, request: GenerateRequest) {
     };
     let is_cancelled = || MODEL.with(|m| m.borrow().cancelled.contains(&id));
     let result = engine
-        .generate_async(&request, &is_cancelled, &mut |text| {
+        .generate_async(&request, &is_cancelled, &mut |tokens, text| {
             post(&FromWorker::Token {
                 id,
+                tokens: tokens.to_vec(),
                 text: text.into(),
             })
         })

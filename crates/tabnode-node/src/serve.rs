@@ -1,0 +1,212 @@
+//! Serving generations to the network from the local [`Engine`].
+//!
+//! The relay sends [`Request::Infer`]; [`InferServer::accept`] checks it
+//! (model, prompt size, sampling values, free slot) and answers at once;
+//! [`InferServer::run`] then generates on a blocking thread and streams the
+//! tokens to the relay as acknowledged [`InferChunk`](tabnode_core::InferChunk)s
+//! (one in flight, the rest batched by [`ChunkStreamer`]). An error answer
+//! to a chunk, or [`Request::InferCancel`], stops the generation after the
+//! token in flight.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+use tabnode_core::{
+    driver::Command, model_id, ChunkStreamer, ErrorCode, InferDone, InferEnd, InferRequest,
+    Request, Response,
+};
+use tabnode_infer::{generate::GenerateError, Engine, EngineError};
+
+/// A model served to the network.
+pub struct InferServer {
+    engine: Arc<Engine>,
+    id: String,
+    slots: usize,
+    running: Mutex<HashSet<u64>>,
+    cancelled: Mutex<HashSet<u64>>,
+}
+
+impl std::fmt::Debug for InferServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferServer")
+            .field("model", &self.id)
+            .field("slots", &self.slots)
+            .finish()
+    }
+}
+
+enum Piece {
+    Tokens(Vec<u32>, String),
+    End(InferEnd),
+}
+
+impl InferServer {
+    /// Serves `engine`, running at most `slots` generations at once.
+    pub fn new(engine: Arc<Engine>, slots: usize) -> Self {
+        Self {
+            id: model_id(&engine.info.name),
+            engine,
+            slots: slots.max(1),
+            running: Mutex::new(HashSet::new()),
+            cancelled: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The model's name, as registered with the relay.
+    pub fn model_name(&self) -> &str {
+        &self.engine.info.name
+    }
+
+    /// Generations this server runs at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Checks `request` and takes a slot for it: the answer to send back.
+    /// [`Response::InferAccepted`] means [`InferServer::run`] must follow.
+    pub fn accept(&self, request: &InferRequest) -> Response {
+        let refuse = |code, message: String| Response::Error { code, message };
+        if model_id(&request.model) != self.id {
+            return refuse(
+                ErrorCode::UnknownModel,
+                format!("this node serves {}, not {}", self.id, request.model),
+            );
+        }
+        let prompt_tokens = match self.engine.check(&request.request) {
+            Ok(n) => n,
+            Err(e @ EngineError::Generate(GenerateError::PromptTooLong { .. })) => {
+                return refuse(ErrorCode::TooLarge, e.to_string())
+            }
+            Err(e) => return refuse(ErrorCode::Invalid, e.to_string()),
+        };
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.contains(&request.request_id) {
+            return refuse(ErrorCode::Invalid, "request already running".into());
+        }
+        if running.len() >= self.slots {
+            return refuse(ErrorCode::Busy, format!("all {} slots busy", self.slots));
+        }
+        running.insert(request.request_id);
+        Response::InferAccepted { prompt_tokens }
+    }
+
+    /// Stops generation `request_id` after the token in flight.
+    pub fn cancel(&self, request_id: u64) {
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&request_id)
+        {
+            self.cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request_id);
+        }
+    }
+
+    fn is_cancelled(&self, request_id: u64) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&request_id)
+    }
+
+    fn release(&self, request_id: u64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+    }
+
+    /// Generates an accepted request and streams it to the relay through
+    /// `commands`; returns when the last chunk is acknowledged or the relay
+    /// said stop.
+    pub async fn run(self: Arc<Self>, request: InferRequest, mut commands: mpsc::Sender<Command>) {
+        let id = request.request_id;
+        let (tx, mut pieces) = mpsc::unbounded::<Piece>();
+        let server = self.clone();
+        let generation = request.request.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let on = tx.clone();
+            let result =
+                server
+                    .engine
+                    .generate(&generation, &|| server.is_cancelled(id), &mut |t, s| {
+                        let _ = on.unbounded_send(Piece::Tokens(t.to_vec(), s.to_string()));
+                    });
+            let end = match result {
+                Ok(r) => InferEnd::Done(InferDone {
+                    finish: r.finish,
+                    prefill_ms: r.prefill_ms,
+                    decode_ms: r.decode_ms,
+                    device: r.device,
+                }),
+                Err(e) => InferEnd::Failed(e.to_string()),
+            };
+            let _ = tx.unbounded_send(Piece::End(end));
+        });
+        let mut streamer = ChunkStreamer::new(&request);
+        let mut in_flight: Option<oneshot::Receiver<_>> = None;
+        let mut generating = true;
+        while !streamer.finished() {
+            if in_flight.is_none() {
+                if let Some(chunk) = streamer.next_chunk() {
+                    let (reply, rx) = oneshot::channel();
+                    let sent = commands
+                        .send(Command::Request {
+                            peer: None,
+                            request: Request::InferChunk(Box::new(chunk)),
+                            reply,
+                        })
+                        .await;
+                    if sent.is_err() {
+                        // The node is stopping.
+                        self.cancel(id);
+                        break;
+                    }
+                    in_flight = Some(rx);
+                }
+            }
+            let ack = async {
+                match in_flight.as_mut() {
+                    Some(rx) => rx.await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                piece = pieces.next(), if generating => match piece {
+                    Some(Piece::Tokens(t, s)) => streamer.push(&t, &s),
+                    Some(Piece::End(end)) => {
+                        generating = false;
+                        streamer.end(end);
+                    }
+                    None => {
+                        generating = false;
+                        streamer.end(InferEnd::Failed("the generation thread stopped".into()));
+                    }
+                },
+                reply = ack => {
+                    in_flight = None;
+                    match reply {
+                        Ok(Ok(Response::Ack)) => streamer.acked(),
+                        other => {
+                            tracing::info!(request = id, "relay stopped the stream: {other:?}");
+                            self.cancel(id);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Let the generation thread see the cancel flag and end.
+        let _ = worker.await;
+        self.release(id);
+    }
+}

@@ -1,0 +1,700 @@
+//! Network inference with native nodes serving the real model: the
+//! OpenAI-compatible API on the relay (streamed and whole, and its errors),
+//! matchmaking across several nodes, failover mid-stream, and the ledger
+//! (exact token credits; it survives `kill -9` of the relay process).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
+use tabnode_core::{Capabilities, NodeKind};
+use tabnode_infer::{Device, Engine};
+use tabnode_node::serve::InferServer;
+use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// The model's network id.
+fn model() -> String {
+    tabnode_core::model_id(&engine().info.name)
+}
+
+fn model_path() -> PathBuf {
+    match std::env::var_os("TABNODE_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
+}
+
+/// One engine for every node of every test (loading takes a second and
+/// 650 MB).
+fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let bytes = std::fs::read(model_path()).expect("the model (scripts/setup.sh)");
+            Arc::new(Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {}).expect("engine"))
+        })
+        .clone()
+}
+
+/// What the model says to `prompt` locally, greedy.
+fn local_answer(prompt: &str, max_tokens: u32) -> (String, usize) {
+    let mut r = GenerateRequest::new(chat(prompt));
+    r.max_tokens = max_tokens;
+    let out = engine()
+        .generate(&r, &|| false, &mut |_, _| {})
+        .expect("local generation");
+    (out.text, out.tokens.len())
+}
+
+fn chat(prompt: &str) -> Prompt {
+    Prompt::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: prompt.into(),
+    }])
+}
+
+async fn relay_with(dir: &tempfile::TempDir, infer: InferConfig) -> RelayHandle {
+    let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    cfg.infer = infer;
+    tabnode_relay::start(cfg).await.expect("relay starts")
+}
+
+fn test_config() -> InferConfig {
+    InferConfig {
+        stall_timeout: Duration::from_secs(10),
+        queue_timeout: Duration::from_secs(60),
+        ..InferConfig::default()
+    }
+}
+
+fn serving_node(relay: libp2p::Multiaddr, slots: usize) -> NodeHandle {
+    spawn(NodeConfig {
+        relay,
+        key: None,
+        capabilities: Capabilities::new(NodeKind::Native, "inference-test"),
+        max_backoff: Duration::from_millis(500),
+        handler: Arc::new(tabnode_node::prover::PofProver::new(
+            tabnode_node::prover::Backend::Cpu,
+        )),
+        server: Some(Arc::new(InferServer::new(engine(), slots))),
+    })
+    .expect("node starts")
+}
+
+struct HttpResponse {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    fn events(&self) -> Vec<String> {
+        self.body
+            .split("\n\n")
+            .filter_map(|e| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = raw.split_once("\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        raw = &rest[n + 2..];
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> HttpResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    if let Some(b) = body {
+        s.write_all(b.as_bytes()).await.expect("write body");
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(300), s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("headers");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn chat_body(prompt: &str, max_tokens: u32, stream: bool) -> String {
+    json!({
+        "model": model(),
+        "messages": [{ "role": "user", "content": prompt }],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": { "include_usage": true },
+    })
+    .to_string()
+}
+
+/// An answer read back from either mode.
+#[derive(Debug)]
+struct Answer {
+    text: String,
+    completion_tokens: u64,
+    nodes: Vec<String>,
+    failovers: u64,
+    /// For streams: the node named by each content chunk, in order.
+    chunk_nodes: Vec<String>,
+}
+
+fn read_answer(r: &HttpResponse, stream: bool) -> Answer {
+    assert_eq!(r.status, 200, "{}", r.body);
+    if !stream {
+        let v = r.json();
+        assert_eq!(v["object"], "chat.completion");
+        let names = v["tabnode"]["nodes"].as_array().expect("nodes");
+        return Answer {
+            text: v["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("content")
+                .to_string(),
+            completion_tokens: v["usage"]["completion_tokens"].as_u64().expect("usage"),
+            nodes: names
+                .iter()
+                .map(|n| n.as_str().expect("id").to_string())
+                .collect(),
+            failovers: v["tabnode"]["failovers"].as_u64().expect("failovers"),
+            chunk_nodes: Vec::new(),
+        };
+    }
+    assert!(
+        r.headers
+            .get("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{:?}",
+        r.headers
+    );
+    let events = r.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.body
+    );
+    let mut a = Answer {
+        text: String::new(),
+        completion_tokens: 0,
+        nodes: Vec::new(),
+        failovers: 0,
+        chunk_nodes: Vec::new(),
+    };
+    let mut finished = false;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).expect("chunk JSON");
+        assert!(v.get("error").is_none(), "error in stream: {e}");
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if let Some(choice) = v["choices"].get(0) {
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                a.text.push_str(t);
+                if !t.is_empty() {
+                    a.chunk_nodes
+                        .push(v["tabnode"]["node"].as_str().expect("node").to_string());
+                }
+            }
+            if choice["finish_reason"].is_string() {
+                finished = true;
+                a.nodes = v["tabnode"]["nodes"]
+                    .as_array()
+                    .expect("nodes")
+                    .iter()
+                    .map(|n| n.as_str().expect("id").to_string())
+                    .collect();
+                a.failovers = v["tabnode"]["failovers"].as_u64().expect("failovers");
+            }
+        } else {
+            a.completion_tokens = v["usage"]["completion_tokens"].as_u64().expect("usage");
+        }
+    }
+    assert!(finished, "no finish_reason: {}", r.body);
+    a
+}
+
+async fn wait_for_model(addr: std::net::SocketAddr, nodes: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
+        let n = v["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == model().as_str()))
+            .and_then(|m| m["tabnode"]["nodes"].as_u64())
+            .unwrap_or(0);
+        if n as usize >= nodes {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never registered: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ledger(addr: std::net::SocketAddr) -> Value {
+    let r = http(addr, "GET", "/api/ledger", None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn tokens_of(ledger: &Value, peer: &str) -> u64 {
+    ledger["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .find(|b| b["peer_id"] == peer)
+        .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_spread_over_nodes_and_the_ledger_matches_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let nodes: Vec<NodeHandle> = (0..3)
+        .map(|_| serving_node(relay.tcp_addr().expect("tcp"), 1))
+        .collect();
+    wait_for_model(addr, nodes.len()).await;
+
+    let prompts = [
+        "Say hello.",
+        "Name a colour.",
+        "What is two plus two?",
+        "Name a fruit.",
+    ];
+    let expected: Vec<(String, usize)> = prompts.iter().map(|p| local_answer(p, 6)).collect();
+    let requests: Vec<_> = (0..12)
+        .map(|i| {
+            let p = prompts[i % prompts.len()];
+            let stream = i % 2 == 0;
+            tokio::spawn(async move {
+                let r = http(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&chat_body(p, 6, stream)),
+                    &[],
+                )
+                .await;
+                (i % prompts.len(), stream, r)
+            })
+        })
+        .collect();
+    let mut served: HashMap<String, u64> = HashMap::new();
+    let mut delivered = 0;
+    for t in requests {
+        let (p, stream, r) = t.await.expect("request task");
+        let a = read_answer(&r, stream);
+        assert_eq!(a.text, expected[p].0, "prompt {p}, stream {stream}");
+        assert_eq!(a.completion_tokens as usize, expected[p].1);
+        assert_eq!((a.failovers, a.nodes.len()), (0, 1), "{a:?}");
+        *served.entry(a.nodes[0].clone()).or_default() += a.completion_tokens;
+        delivered += a.completion_tokens;
+    }
+    assert!(served.len() >= 2, "load spread over nodes: {served:?}");
+    // Credits are durable before the requester is told "done".
+    let l = ledger(addr).await;
+    assert_eq!(l["totals"]["tokens"].as_u64(), Some(delivered), "{l}");
+    for (peer, tokens) in &served {
+        assert_eq!(tokens_of(&l, peer), *tokens, "{peer}");
+        let one = http(addr, "GET", &format!("/api/ledger/{peer}"), None, &[])
+            .await
+            .json();
+        assert_eq!(one["tokens"].as_u64(), Some(*tokens));
+        assert!(one["points"].as_u64() >= Some(*tokens), "{one}");
+    }
+    let m = http(addr, "GET", "/metrics", None, &[]).await;
+    assert!(
+        m.body
+            .contains("tabnode_inference_requests_total{outcome=\"completed\"} 12"),
+        "{}",
+        m.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_dies_mid_stream_is_replaced_without_lost_or_repeated_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let mut nodes: HashMap<String, NodeHandle> = (0..2)
+        .map(|_| {
+            let n = serving_node(relay.tcp_addr().expect("tcp"), 1);
+            (n.peer_id.to_string(), n)
+        })
+        .collect();
+    wait_for_model(addr, 2).await;
+    let prompt = "Write a short poem about the sea.";
+    let (want, want_tokens) = local_answer(prompt, 48);
+
+    // Stream by hand, so that the first node can be killed once it has
+    // delivered some tokens.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = chat_body(prompt, 48, true);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut killed = None;
+    loop {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("stream goes on")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if killed.is_none() && text.matches("\"content\":\"").count() >= 4 {
+            // The node named in the stream so far serves it: kill it.
+            let first = nodes
+                .keys()
+                .find(|k| text.contains(k.as_str()))
+                .cloned()
+                .expect("a node is named");
+            drop(nodes.remove(&first));
+            killed = Some(first);
+        }
+    }
+    let killed = killed.expect("the stream outlived a few chunks");
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("headers");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let r = HttpResponse {
+        status: 200,
+        headers: HashMap::from([("content-type".into(), "text/event-stream".into())]),
+        body: dechunk(rest),
+    };
+    let a = read_answer(&r, true);
+    assert_eq!(a.text, want, "the requester sees one uninterrupted answer");
+    assert_eq!(a.completion_tokens as usize, want_tokens);
+    let survivor = nodes.keys().next().expect("one left").clone();
+    assert_eq!(a.nodes, vec![killed.clone(), survivor.clone()], "{a:?}");
+    assert_eq!(a.failovers, 1);
+    assert_eq!(a.chunk_nodes.first(), Some(&killed));
+    assert_eq!(a.chunk_nodes.last(), Some(&survivor));
+    let l = ledger(addr).await;
+    let (k, s) = (tokens_of(&l, &killed), tokens_of(&l, &survivor));
+    assert!(k > 0 && s > 0, "both credited: {l}");
+    assert_eq!(
+        k + s,
+        a.completion_tokens,
+        "credited exactly the delivered tokens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_errors_follow_openai() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(
+        &dir,
+        InferConfig {
+            queue_timeout: Duration::from_millis(300),
+            rate_limit_per_minute: 8,
+            max_body_bytes: 64 << 10,
+            ..test_config()
+        },
+    )
+    .await;
+    let addr = relay.http_addr;
+    let post = |body: String| async move {
+        http(addr, "POST", "/v1/chat/completions", Some(&body), &[]).await
+    };
+    let check = |r: &HttpResponse, status: u16, code: Option<&str>| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let e = &r.json()["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        assert!(e["type"].is_string(), "{e}");
+        if let Some(code) = code {
+            assert_eq!(e["code"], code, "{e}");
+        }
+    };
+    // No node at all: the model is unknown.
+    check(
+        &post(chat_body("hi", 4, false)).await,
+        404,
+        Some("model_not_found"),
+    );
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+    check(&post("{not json".into()).await, 400, None);
+    let mut other = serde_json::from_str::<Value>(&chat_body("hi", 4, false)).expect("json");
+    other["model"] = json!("gpt-4o");
+    check(&post(other.to_string()).await, 404, Some("model_not_found"));
+    // More tokens than the context holds (8192), under the body limit.
+    let long = "hello ".repeat(9000);
+    check(
+        &post(chat_body(&long, 4, false)).await,
+        400,
+        Some("context_length_exceeded"),
+    );
+    check(
+        &post(chat_body(&"x".repeat(70 << 10), 4, false)).await,
+        413,
+        Some("request_too_large"),
+    );
+    // The only slot is taken: the next request waits, then gets a 503.
+    let busy = tokio::spawn(post(chat_body("Count from one to a hundred.", 60, false)));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.state.matchmaker.load_of(&_node.peer_id).0 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check(
+        &post(chat_body("hi", 4, true)).await,
+        503,
+        Some("no_node_available"),
+    );
+    let busy = busy.await.expect("task");
+    assert_eq!(busy.status, 200, "{}", busy.body);
+    let busy_tokens = busy.json()["usage"]["completion_tokens"].as_u64();
+    // The models list and CORS for third-party pages.
+    let models = http(
+        addr,
+        "GET",
+        "/v1/models",
+        None,
+        &[("Origin", "http://example.test")],
+    )
+    .await;
+    assert_eq!(
+        models
+            .headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("*")
+    );
+    assert_eq!(models.json()["data"][0]["id"], model().as_str());
+    let pre = http(
+        addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        None,
+        &[
+            ("Origin", "http://example.test"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            ),
+        ],
+    )
+    .await;
+    assert!(pre.status < 300, "preflight: {}", pre.status);
+    assert!(
+        pre.headers.contains_key("access-control-allow-methods"),
+        "{:?}",
+        pre.headers
+    );
+    check(
+        &http(addr, "GET", "/v1/models/nope", None, &[]).await,
+        404,
+        Some("model_not_found"),
+    );
+    check(
+        &http(addr, "GET", "/v1/embeddings", None, &[]).await,
+        404,
+        Some("unknown_url"),
+    );
+    // 8 a minute from one address: the rest are refused with Retry-After.
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = post("{}".into()).await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("rate limited");
+    check(&limited, 429, Some("rate_limit_exceeded"));
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
+    // Refused requests credit nothing: only the one real answer counts.
+    let l = ledger(addr).await;
+    assert_eq!(l["totals"]["tokens"].as_u64(), busy_tokens, "{l}");
+    assert_eq!(Some(tokens_of(&l, &_node.peer_id.to_string())), busy_tokens);
+}
+
+/// The relay binary next to this test's binary (built by `cargo build`,
+/// which `scripts/test.sh` runs first).
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("tabnode-relay");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p tabnode-relay` first",
+        bin.display()
+    );
+    bin
+}
+
+struct RelayProcess {
+    child: tokio::process::Child,
+    http: std::net::SocketAddr,
+    tcp: libp2p::Multiaddr,
+}
+
+async fn start_relay_process(data: &std::path::Path) -> RelayProcess {
+    use tokio::io::AsyncBufReadExt;
+    let boot = data.join("bootstrap.json");
+    let _ = std::fs::remove_file(&boot);
+    let mut child = tokio::process::Command::new(relay_binary())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--tcp-port",
+            "0",
+            "--quic-port",
+            "0",
+            "--webrtc-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--bootstrap-file")
+        .arg(&boot)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("relay process");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let http = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("http://").nth(1) {
+                return rest.trim_end_matches('/').parse().expect("HTTP address");
+            }
+        }
+        panic!("the relay exited before it was ready");
+    })
+    .await
+    .expect("relay ready in time");
+    // Keep reading its output: a closed pipe would break its logging.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let b: Value = serde_json::from_str(&std::fs::read_to_string(&boot).expect("bootstrap file"))
+        .expect("json");
+    let tcp = b["tcp"][0]
+        .as_str()
+        .expect("tcp address")
+        .parse()
+        .expect("multiaddr");
+    RelayProcess { child, http, tcp }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_survives_kill_9_of_the_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("relay");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut relay = start_relay_process(&data).await;
+    let node = serving_node(relay.tcp.clone(), 1);
+    wait_for_model(relay.http, 1).await;
+    let mut delivered = 0;
+    for (i, p) in ["Say hello.", "Name a colour.", "Name a fruit."]
+        .iter()
+        .enumerate()
+    {
+        let r = http(
+            relay.http,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat_body(p, 5, i % 2 == 0)),
+            &[],
+        )
+        .await;
+        delivered += read_answer(&r, i % 2 == 0).completion_tokens;
+    }
+    let before = ledger(relay.http).await;
+    assert_eq!(before["totals"]["tokens"].as_u64(), Some(delivered));
+    assert_eq!(tokens_of(&before, &node.peer_id.to_string()), delivered);
+
+    relay.child.start_kill().expect("SIGKILL");
+    let status = relay.child.wait().await.expect("exit status");
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    let relay = start_relay_process(&data).await;
+    let after = ledger(relay.http).await;
+    assert_eq!(
+        after["totals"]["tokens"], before["totals"]["tokens"],
+        "{after}"
+    );
+    assert_eq!(after["balances"], before["balances"]);
+}

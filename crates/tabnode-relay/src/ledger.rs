@@ -1,0 +1,420 @@
+//! The flops-points ledger: an embedded, crash-safe database (redb) in the
+//! relay's data directory.
+//!
+//! Every credit has a unique id (`tokens:<request>:<attempt>`,
+//! `pof:<peer>:<time>:<round>`, `uptime:<peer>:<minute>`): applying a
+//! credit whose id is already recorded changes nothing, so a retried or
+//! repeated credit is never counted twice. Credits are applied in
+//! transactions that are durable when they commit (redb's default
+//! durability: fsync), so a relay killed with `kill -9` keeps everything it
+//! acknowledged. [`Ledger::submit`] batches concurrent credits into one
+//! transaction (group commit) on a dedicated thread.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Points for one generated token delivered to a requester.
+pub const POINTS_PER_TOKEN: u64 = 1;
+/// Points for one passed Proof-of-FLOPS challenge.
+pub const POINTS_PER_PROOF: u64 = 10;
+/// Points for one minute online with a valid proof.
+pub const POINTS_PER_UPTIME_MINUTE: u64 = 1;
+
+const CREDITS: TableDefinition<&str, &[u8]> = TableDefinition::new("credits");
+const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database file cannot be opened or written.
+    #[error("ledger database {path}: {message}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stored record cannot be decoded.
+    #[error("ledger record {key} is corrupt: {message}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// The writer thread has stopped.
+    #[error("the ledger writer has stopped")]
+    Stopped,
+}
+
+/// What a credit is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    /// Tokens served (`amount` = tokens).
+    Tokens,
+    /// A passed proof (`amount` = 1).
+    Proof,
+    /// Minutes online (`amount` = minutes).
+    Uptime,
+}
+
+/// One credit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// Unique; a second credit with the same id is ignored.
+    pub id: String,
+    /// The node credited (base58 peer id).
+    pub peer_id: String,
+    /// What for.
+    pub kind: CreditKind,
+    /// Tokens, proofs or minutes.
+    pub amount: u64,
+}
+
+impl Credit {
+    /// Points this credit is worth.
+    pub fn points(&self) -> u64 {
+        let per = match self.kind {
+            CreditKind::Tokens => POINTS_PER_TOKEN,
+            CreditKind::Proof => POINTS_PER_PROOF,
+            CreditKind::Uptime => POINTS_PER_UPTIME_MINUTE,
+        };
+        self.amount.saturating_mul(per)
+    }
+}
+
+/// A node's account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// The node.
+    pub peer_id: String,
+    /// Points in total.
+    pub points: u64,
+    /// Tokens served.
+    pub tokens: u64,
+    /// Requests it served tokens for.
+    pub requests: u64,
+    /// Proofs passed.
+    pub proofs: u64,
+    /// Minutes of uptime credited.
+    pub uptime_minutes: u64,
+}
+
+impl Balance {
+    fn add(&mut self, c: &Credit) {
+        self.points = self.points.saturating_add(c.points());
+        match c.kind {
+            CreditKind::Tokens => {
+                self.tokens = self.tokens.saturating_add(c.amount);
+                self.requests += 1;
+            }
+            CreditKind::Proof => self.proofs = self.proofs.saturating_add(c.amount),
+            CreditKind::Uptime => {
+                self.uptime_minutes = self.uptime_minutes.saturating_add(c.amount)
+            }
+        }
+    }
+}
+
+/// Sums over all nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Nodes with an account.
+    pub nodes: u64,
+    /// Points.
+    pub points: u64,
+    /// Tokens served.
+    pub tokens: u64,
+    /// Proofs passed.
+    pub proofs: u64,
+    /// Minutes of uptime.
+    pub uptime_minutes: u64,
+}
+
+type Batch = (Vec<Credit>, Option<oneshot::Sender<Result<(), String>>>);
+
+/// The ledger: reads go straight to the database, writes through the
+/// group-commit thread.
+#[derive(Debug)]
+pub struct Ledger {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+    writes: Option<mpsc::UnboundedSender<Batch>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ledger {
+    /// Finishes the queued writes and closes the database, so that it can
+    /// be opened again at once.
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> LedgerError + '_ {
+    move |e| LedgerError::Database {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Balance, LedgerError> {
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path` and starts its writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be created or is not a ledger.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let err = db_err(path);
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        // Create the tables so that readers find them.
+        let w = db.begin_write().map_err(|e| err(&e))?;
+        w.open_table(CREDITS).map_err(|e| err(&e))?;
+        w.open_table(BALANCES).map_err(|e| err(&e))?;
+        w.commit().map_err(|e| err(&e))?;
+        let db = std::sync::Arc::new(db);
+        let (writes, rx) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer_path = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("ledger".into())
+            .spawn(move || writer(&writer_db, &writer_path, rx))
+            .map_err(|e| err(&e))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            writes: Some(writes),
+            writer: Some(writer),
+        })
+    }
+
+    /// Applies `credits`; resolves once they are durable (credits whose id
+    /// was already recorded are skipped).
+    ///
+    /// # Errors
+    /// The database failed, or the writer stopped.
+    pub async fn apply(&self, credits: Vec<Credit>) -> Result<(), LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .as_ref()
+            .ok_or(LedgerError::Stopped)?
+            .send((credits, Some(tx)))
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await
+            .map_err(|_| LedgerError::Stopped)?
+            .map_err(|message| LedgerError::Database {
+                path: self.path.clone(),
+                message,
+            })
+    }
+
+    /// Queues `credits` without waiting for them to commit.
+    pub fn submit(&self, credits: Vec<Credit>) {
+        let queued = self.writes.as_ref().map(|w| w.send((credits, None)));
+        if !matches!(queued, Some(Ok(()))) {
+            tracing::error!("the ledger writer has stopped; credits lost");
+        }
+    }
+
+    /// The account of `peer_id` (all zeros if it has none).
+    ///
+    /// # Errors
+    /// The database failed or the record is corrupt.
+    pub fn balance(&self, peer_id: &str) -> Result<Balance, LedgerError> {
+        let err = db_err(&self.path);
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let t = r.open_table(BALANCES).map_err(|e| err(&e))?;
+        match t.get(peer_id).map_err(|e| err(&e))? {
+            Some(v) => decode(peer_id, v.value()),
+            None => Ok(Balance {
+                peer_id: peer_id.to_string(),
+                ..Balance::default()
+            }),
+        }
+    }
+
+    /// Every account, most points first, and the totals.
+    ///
+    /// # Errors
+    /// The database failed or a record is corrupt.
+    pub fn balances(&self) -> Result<(Vec<Balance>, Totals), LedgerError> {
+        let err = db_err(&self.path);
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let t = r.open_table(BALANCES).map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        let mut totals = Totals::default();
+        for entry in t.iter().map_err(|e| err(&e))? {
+            let (k, v) = entry.map_err(|e| err(&e))?;
+            let b = decode(k.value(), v.value())?;
+            totals.nodes += 1;
+            totals.points += b.points;
+            totals.tokens += b.tokens;
+            totals.proofs += b.proofs;
+            totals.uptime_minutes += b.uptime_minutes;
+            out.push(b);
+        }
+        out.sort_by(|a, b| b.points.cmp(&a.points).then(a.peer_id.cmp(&b.peer_id)));
+        Ok((out, totals))
+    }
+
+    /// Whether a credit with `id` is recorded.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn has_credit(&self, id: &str) -> Result<bool, LedgerError> {
+        let err = db_err(&self.path);
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let t = r.open_table(CREDITS).map_err(|e| err(&e))?;
+        Ok(t.get(id).map_err(|e| err(&e))?.is_some())
+    }
+}
+
+/// Applies `credits` in one transaction; returns how many were new.
+fn commit(db: &Database, credits: &[Credit]) -> Result<usize, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let w = db.begin_write().map_err(|e| s(&e))?;
+    let mut new = 0;
+    {
+        let mut done = w.open_table(CREDITS).map_err(|e| s(&e))?;
+        let mut balances = w.open_table(BALANCES).map_err(|e| s(&e))?;
+        for c in credits {
+            if done.get(c.id.as_str()).map_err(|e| s(&e))?.is_some() {
+                continue;
+            }
+            let record = serde_json::to_vec(c).map_err(|e| s(&e))?;
+            done.insert(c.id.as_str(), record.as_slice())
+                .map_err(|e| s(&e))?;
+            let mut b = match balances.get(c.peer_id.as_str()).map_err(|e| s(&e))? {
+                Some(v) => decode(&c.peer_id, v.value()).map_err(|e| s(&e))?,
+                None => Balance {
+                    peer_id: c.peer_id.clone(),
+                    ..Balance::default()
+                },
+            };
+            b.add(c);
+            let bytes = serde_json::to_vec(&b).map_err(|e| s(&e))?;
+            balances
+                .insert(c.peer_id.as_str(), bytes.as_slice())
+                .map_err(|e| s(&e))?;
+            new += 1;
+        }
+    }
+    w.commit().map_err(|e| s(&e))?;
+    Ok(new)
+}
+
+/// The group-commit loop: everything queued while a commit runs goes into
+/// the next one.
+fn writer(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let credits: Vec<Credit> = batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+        let result = commit(db, &credits);
+        if let Err(e) = &result {
+            tracing::error!("ledger {}: commit failed: {e}", path.display());
+        }
+        for (_, reply) in batch {
+            if let Some(reply) = reply {
+                let _ = reply.send(result.clone().map(|_| ()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credit(id: &str, peer: &str, kind: CreditKind, amount: u64) -> Credit {
+        Credit {
+            id: id.into(),
+            peer_id: peer.into(),
+            kind,
+            amount,
+        }
+    }
+
+    #[tokio::test]
+    async fn credits_count_once_and_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.redb");
+        {
+            let l = Ledger::open(&path).expect("open");
+            l.apply(vec![
+                credit("tokens:1:0", "a", CreditKind::Tokens, 7),
+                credit("tokens:1:1", "b", CreditKind::Tokens, 3),
+                credit("pof:a:1", "a", CreditKind::Proof, 1),
+            ])
+            .await
+            .expect("apply");
+            // The same credits again (a retry): nothing changes.
+            l.apply(vec![credit("tokens:1:0", "a", CreditKind::Tokens, 7)])
+                .await
+                .expect("apply again");
+            let a = l.balance("a").expect("a");
+            assert_eq!(
+                (a.points, a.tokens, a.requests, a.proofs),
+                (7 + POINTS_PER_PROOF, 7, 1, 1)
+            );
+            assert!(l.has_credit("tokens:1:1").expect("lookup"));
+        }
+        let l = Ledger::open(&path).expect("reopen");
+        let (all, totals) = l.balances().expect("balances");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].peer_id, "a", "most points first");
+        assert_eq!(totals.tokens, 10);
+        assert_eq!(l.balance("nobody").expect("zero").points, 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_credits_are_all_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = std::sync::Arc::new(Ledger::open(&dir.path().join("l.redb")).expect("open"));
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    l.apply(vec![credit(
+                        &format!("tokens:{i}:0"),
+                        &format!("p{}", i % 7),
+                        CreditKind::Tokens,
+                        i,
+                    )])
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("apply");
+        }
+        let (_, totals) = l.balances().expect("balances");
+        assert_eq!(totals.tokens, (0..200).sum::<u64>());
+        assert_eq!(totals.nodes, 7);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_ledger_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.redb");
+        std::fs::write(&path, b"not a database at all, just some bytes").expect("write");
+        let err = Ledger::open(&path).expect_err("refused");
+        assert!(err.to_string().contains("ledger database"), "{err}");
+        assert!(path.exists(), "the file is left alone");
+    }
+}

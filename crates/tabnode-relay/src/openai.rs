@@ -1,0 +1,662 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions` (streamed as
+//! server-sent events or whole), `GET /v1/models` and `GET /v1/models/{id}`,
+//! with errors in OpenAI's format and status codes, per-address rate
+//! limiting, and CORS for third-party pages. Answers carry a `tabnode`
+//! object (serving nodes, time to first token, tokens/s) that OpenAI
+//! clients ignore.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, ConnectInfo, Path, State},
+    http::{header, HeaderValue, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tabnode_core::infer::{ChatMessage, FinishReason, GenerateRequest, Prompt};
+use tokio::sync::mpsc;
+
+use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest, InferContext, Usage};
+
+/// Tokens generated when the request does not say.
+const DEFAULT_MAX_TOKENS: u32 = 256;
+/// The most tokens one request may ask for.
+const MAX_TOKENS: u32 = 4096;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub infer: InferContext,
+    limiter: Arc<RateLimiter>,
+}
+
+impl Api {
+    pub fn new(infer: InferContext) -> Self {
+        let per_minute = infer.config.rate_limit_per_minute;
+        Self {
+            infer,
+            limiter: Arc::new(RateLimiter::new(per_minute)),
+        }
+    }
+}
+
+/// A token bucket per client address: `per_minute` requests a minute, in
+/// bursts of up to `per_minute`.
+#[derive(Debug)]
+struct RateLimiter {
+    per_minute: u32,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Ok` to go ahead, or the seconds until a request is allowed.
+    fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let cap = f64::from(self.per_minute);
+        let rate = cap / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 100_000 {
+            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+        }
+        let (tokens, last) = buckets.entry(ip).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rate).ceil() as u64)
+        }
+    }
+}
+
+/// An error in OpenAI's format.
+pub(crate) fn error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    param: Option<&str>,
+    message: impl Into<String>,
+) -> Response {
+    (
+        status,
+        Json(json!({
+            "error": {
+                "message": message.into(),
+                "type": kind,
+                "param": param,
+                "code": code,
+            }
+        })),
+    )
+        .into_response()
+}
+
+fn bad_request(param: Option<&str>, message: impl Into<String>) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        param,
+        message,
+    )
+}
+
+fn failure(f: &ApiFailure) -> Response {
+    match f {
+        ApiFailure::BadRequest(m) => bad_request(Some("messages"), m.clone()),
+        ApiFailure::TooLarge(m) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            Some("messages"),
+            m.clone(),
+        ),
+        ApiFailure::UnknownModel(model) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model"),
+            format!("The model `{model}` is not served by any node on the network now (see GET /v1/models)."),
+        ),
+        ApiFailure::NoNode(m) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("no_node_available"),
+            None,
+            m.clone(),
+        ),
+    }
+}
+
+fn failure_json(f: &ApiFailure) -> Value {
+    let (kind, code, message) = match f {
+        ApiFailure::BadRequest(m) => ("invalid_request_error", None, m.clone()),
+        ApiFailure::TooLarge(m) => (
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            m.clone(),
+        ),
+        ApiFailure::UnknownModel(m) => (
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("unknown model {m}"),
+        ),
+        ApiFailure::NoNode(m) => ("server_error", Some("no_node_available"), m.clone()),
+    };
+    json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
+}
+
+/// A request that breaks the API's rules: answered with a 400 naming the
+/// parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+struct Invalid {
+    param: Option<String>,
+    message: String,
+}
+
+fn invalid(param: Option<&str>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        param: param.map(str::to_string),
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for Invalid {
+    fn into_response(self) -> Response {
+        bad_request(self.param.as_deref(), self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The fields of a chat completion request that tabnode reads; others are
+/// accepted and ignored, as OpenAI's optional parameters.
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    model: Option<String>,
+    messages: Option<Vec<Value>>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    n: Option<u32>,
+}
+
+struct Parsed {
+    api: ApiRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn text_of(content: &Value, i: usize) -> Result<String, Invalid> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    (kind, _) => {
+                        return Err(invalid(
+                            Some(&format!("messages[{i}].content")),
+                            format!("content parts of type {kind:?} are not supported; only text"),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err(invalid(
+            Some(&format!("messages[{i}].content")),
+            "content must be a string or an array of text parts",
+        )),
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Parsed, Invalid> {
+    let b: ChatBody = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            None,
+            format!("The request body is not valid JSON for a chat completion: {e}"),
+        )
+    })?;
+    let model = b
+        .model
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| invalid(Some("model"), "you must provide a model parameter"))?;
+    let raw = b
+        .messages
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid(Some("messages"), "messages must be a non-empty array"))?;
+    let mut messages = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
+            Some("developer") => "system".to_string(),
+            other => {
+                return Err(invalid(
+                    Some(&format!("messages[{i}].role")),
+                    format!("role {other:?} is not supported (system, developer, user, assistant)"),
+                ))
+            }
+        };
+        let content = text_of(m.get("content").unwrap_or(&Value::Null), i)?;
+        messages.push(ChatMessage { role, content });
+    }
+    if b.n.is_some_and(|n| n != 1) {
+        return Err(invalid(Some("n"), "only n = 1 is supported"));
+    }
+    let max_tokens = b
+        .max_completion_tokens
+        .or(b.max_tokens)
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens == 0 || max_tokens > MAX_TOKENS {
+        return Err(invalid(
+            Some("max_tokens"),
+            format!("max_tokens must be between 1 and {MAX_TOKENS}"),
+        ));
+    }
+    let temperature = b.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid(
+            Some("temperature"),
+            "temperature must be between 0 and 2",
+        ));
+    }
+    let top_p = b.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid(Some("top_p"), "top_p must be in (0, 1]"));
+    }
+    let stop = match b.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) if a.len() <= 4 => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid(Some("stop"), "stop must be a string or up to 4 strings"))?,
+        Some(_) => {
+            return Err(invalid(
+                Some("stop"),
+                "stop must be a string or up to 4 strings",
+            ))
+        }
+    };
+    let mut request = GenerateRequest::new(Prompt::Chat(messages));
+    request.max_tokens = max_tokens;
+    request.temperature = temperature;
+    request.top_p = top_p;
+    request.top_k = b.top_k.unwrap_or(0);
+    request.seed = b.seed.map_or_else(rand::random, |s| s as u64);
+    request.stop = stop;
+    Ok(Parsed {
+        api: ApiRequest { model, request },
+        stream: b.stream,
+        include_usage: b.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Eos | FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+fn tabnode_json(u: &Usage) -> Value {
+    json!({
+        "nodes": u.nodes,
+        "ttft_ms": u.ttft_ms,
+        "tokens_per_s": u.tokens_per_s,
+        "failovers": u.failovers,
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(api): State<Api>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(retry) = api.limiter.check(addr.ip()) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            Some("rate_limit_exceeded"),
+            None,
+            format!(
+                "Rate limit reached for {}: try again in {retry} s.",
+                addr.ip()
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                None,
+                format!(
+                    "The request body is larger than {} bytes.",
+                    api.infer.config.max_body_bytes
+                ),
+            )
+        }
+        Err(e) => return bad_request(None, e.body_text()),
+    };
+    let parsed = match parse(&body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let model = tabnode_core::model_id(&parsed.api.model);
+    let (tx, mut rx) = mpsc::channel(256);
+    tokio::spawn(run_request(api.infer.clone(), parsed.api, tx));
+    let (request_id, node) = match rx.recv().await {
+        Some(ApiEvent::Started {
+            request_id, node, ..
+        }) => (request_id, node),
+        Some(ApiEvent::Failed(f)) => return failure(&f),
+        other => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+                format!("unexpected start of a request: {other:?}"),
+            )
+        }
+    };
+    let id = format!("chatcmpl-{request_id:016x}");
+    let created = now_s();
+    if parsed.stream {
+        stream(id, created, model, node, parsed.include_usage, rx)
+    } else {
+        whole(id, created, model, rx).await
+    }
+}
+
+async fn whole(
+    id: String,
+    created: u64,
+    model: String,
+    mut rx: mpsc::Receiver<ApiEvent>,
+) -> Response {
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            ApiEvent::Started { .. } => {}
+            ApiEvent::Text { text: t, .. } => text.push_str(&t),
+            ApiEvent::Failed(f) => return failure(&f),
+            ApiEvent::Done { finish, usage } => {
+                return Json(json!({
+                    "id": id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": null,
+                    "choices": [{
+                        "index": 0,
+                        "message": { "role": "assistant", "content": text, "refusal": null },
+                        "logprobs": null,
+                        "finish_reason": finish_reason(finish),
+                    }],
+                    "usage": usage_json(&usage),
+                    "tabnode": tabnode_json(&usage),
+                }))
+                .into_response()
+            }
+        }
+    }
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        None,
+        None,
+        "the request ended without an answer",
+    )
+}
+
+fn stream(
+    id: String,
+    created: u64,
+    model: String,
+    node: String,
+    include_usage: bool,
+    mut rx: mpsc::Receiver<ApiEvent>,
+) -> Response {
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Value| {
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        });
+        if let (Some(obj), Value::Object(extra)) = (c.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        c
+    };
+    let (out, mut events) = mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let data = |v: &Value| Event::default().data(v.to_string());
+        let first = chunk(
+            json!({ "role": "assistant", "content": "" }),
+            None,
+            json!({ "tabnode": { "node": node } }),
+        );
+        if out.send(data(&first)).await.is_err() {
+            return;
+        }
+        while let Some(e) = rx.recv().await {
+            let sent = match e {
+                ApiEvent::Started { .. } => true,
+                ApiEvent::Text { text, node, .. } => {
+                    let c = chunk(
+                        json!({ "content": text }),
+                        None,
+                        json!({ "tabnode": { "node": node } }),
+                    );
+                    out.send(data(&c)).await.is_ok()
+                }
+                ApiEvent::Done { finish, usage } => {
+                    let mut last = chunk(
+                        json!({}),
+                        Some(finish_reason(finish)),
+                        json!({ "tabnode": tabnode_json(&usage) }),
+                    );
+                    let ok = out.send(data(&last)).await.is_ok();
+                    if ok && include_usage {
+                        if let Some(obj) = last.as_object_mut() {
+                            obj.insert("choices".into(), json!([]));
+                            obj.insert("usage".into(), usage_json(&usage));
+                        }
+                        let _ = out.send(data(&last)).await;
+                    }
+                    let _ = out.send(Event::default().data("[DONE]")).await;
+                    return;
+                }
+                ApiEvent::Failed(f) => {
+                    let _ = out.send(data(&failure_json(&f))).await;
+                    return;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    });
+    let body = futures::stream::poll_fn(move |cx| {
+        events.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>))
+    });
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /v1/models`: the models nodes serve now.
+pub(crate) async fn models(State(api): State<Api>) -> Json<Value> {
+    let data: Vec<Value> = api
+        .infer
+        .state
+        .models()
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tabnode",
+                "tabnode": { "name": m.name, "nodes": m.nodes, "slots": m.slots },
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{id}`.
+pub(crate) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let want = tabnode_core::model_id(&id);
+    match api.infer.state.models().into_iter().find(|m| m.id == want) {
+        Some(m) => Json(json!({
+            "id": m.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "tabnode",
+            "tabnode": { "name": m.name, "nodes": m.nodes, "slots": m.slots },
+        }))
+        .into_response(),
+        None => failure(&ApiFailure::UnknownModel(id)),
+    }
+}
+
+/// Any other `/v1/...` path.
+pub(crate) async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("unknown_url"),
+        None,
+        "Unknown request URL. tabnode serves POST /v1/chat/completions and GET /v1/models.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(r: Result<Parsed, Invalid>) -> StatusCode {
+        match r {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.into_response().status(),
+        }
+    }
+
+    #[test]
+    fn requests_are_read_like_openai_reads_them() {
+        let p = parse(
+            br#"{"model":"SmolLM2 135M Instruct","messages":[
+                {"role":"developer","content":"Be brief."},
+                {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
+                "max_completion_tokens":5,"temperature":0,"stop":"\n","stream":true,
+                "stream_options":{"include_usage":true},"frequency_penalty":0}"#,
+        )
+        .unwrap_or_else(|_| panic!("valid request"));
+        assert!(p.stream && p.include_usage);
+        let r = &p.api.request;
+        assert_eq!(r.max_tokens, 5);
+        assert_eq!(r.stop, vec!["\n".to_string()]);
+        match &r.prompt {
+            Prompt::Chat(m) => {
+                assert_eq!(m[0].role, "system");
+                assert_eq!(m[1].content, "Hi there");
+            }
+            Prompt::Text(_) => panic!("chat expected"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_400s() {
+        for body in [
+            &b"not json"[..],
+            br#"{"messages":[{"role":"user","content":"x"}]}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
+        ] {
+            assert_eq!(status(parse(body)), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn the_rate_limiter_lets_a_burst_through_then_refuses() {
+        let l = RateLimiter::new(3);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        assert!((0..3).all(|_| l.check(ip).is_ok()));
+        let retry = l.check(ip).expect_err("limited");
+        assert!((1..=20).contains(&retry), "{retry}");
+        assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
+        assert!(RateLimiter::new(0).check(ip).is_ok(), "0 = unlimited");
+    }
+}
