@@ -99,12 +99,15 @@ export async function startRelay({ dataDir, ports = {} } = {}) {
   };
 }
 
-/** Starts a native node that joins `relay` over TCP. */
-export async function startNode(relay) {
+/** Starts a native node that joins `relay` over TCP; with `serve`, it
+ * serves the model (on the CPU). */
+export async function startNode(relay, { serve = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'tabnode-node-'));
   const proc = spawnLogged('node', join(BIN, 'tabnode-node'), [
     '--bootstrap-file', relay.bootFile,
     '--key-file', join(dir, 'identity.key'),
+    '--prover', 'cpu',
+    ...(serve ? ['--model', join(MODELS_DIR, MODEL_FILE)] : []),
   ]);
   const peerId = await waitFor('the node peer id', () => {
     if (proc.exitCode !== null) throw new Error(`node exited: ${proc.output}`);

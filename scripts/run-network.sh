@@ -26,10 +26,12 @@ for _ in $(seq 1 100); do
 done
 [ -s "$data/bootstrap.json" ] || { echo "the relay did not come up" >&2; exit 1; }
 
-"$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" &
+# The native node serves the model too, so the chat works from the start.
+"$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" \
+  --model "$TABNODE_MODEL" &
 node=$!
 
 echo
 echo "tabnode network is up. Open: http://${TABNODE_HTTP:-127.0.0.1:8080}/"
-echo "(API: /api/network  /api/bootstrap  /metrics — Ctrl-C to stop)"
+echo "(chat: /chat.html — OpenAI API: /v1/chat/completions — /api/network /api/ledger /metrics — Ctrl-C to stop)"
 wait $relay

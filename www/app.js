@@ -19,6 +19,10 @@ const state = {
   node: null,
   // The model in the worker: status is off | loading | ready | failed.
   model: { status: 'off', phase: null, done: 0, total: 0, ready: null, error: null },
+  // Network generations this tab serves: the last `serving` event.
+  serving: null,
+  // This tab's account in the relay's ledger.
+  points: null,
 };
 window.tabnode = state;
 
@@ -127,8 +131,31 @@ function onEvent(ev) {
     case 'error':
       log(`worker error: ${ev.message}`);
       break;
+    case 'serving':
+      state.serving = ev;
+      $('serving').textContent = ev.state === 'started'
+        ? `generating for request ${ev.request_id}…`
+        : `request ${ev.request_id}: ${ev.tokens} tokens (${ev.state})`;
+      log(`serving request ${ev.request_id}: ${ev.state} (${ev.tokens} tokens)`);
+      if (ev.state !== 'started') refreshPoints();
+      break;
     default:
       log(JSON.stringify(ev));
+  }
+}
+
+/** The tab's balance in the relay's ledger. */
+async function refreshPoints() {
+  if (!state.peerId) return;
+  try {
+    const r = await fetch(`/api/ledger/${state.peerId}`);
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const b = await r.json();
+    state.points = b;
+    $('points').textContent =
+      `${b.points} (${b.tokens} tokens served in ${b.requests} requests, ${b.proofs} proofs, ${b.uptime_minutes} min uptime)`;
+  } catch (e) {
+    $('points').textContent = `unavailable (${e.message})`;
   }
 }
 
@@ -267,6 +294,8 @@ async function main() {
   state.slot = identity.slot;
   $('peer-id').textContent = node.peerId;
   setInterval(refreshPeers, 3000);
+  refreshPoints();
+  setInterval(refreshPoints, 5000);
   wireTry(node);
   if (new URLSearchParams(location.search).get('model') === 'off') {
     $('model-status').textContent = 'off (?model=off)';

@@ -124,6 +124,23 @@ pub enum FromWorker {
         /// The new text.
         text: String,
     },
+    /// Generation `id` passed its checks (model loaded, prompt fits,
+    /// sampling values valid) and starts.
+    GenerateStarted {
+        /// The generation.
+        id: u64,
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+    },
+    /// Generation `id` was refused before it started.
+    GenerateRejected {
+        /// The generation.
+        id: u64,
+        /// Why, as a protocol error code.
+        code: crate::ErrorCode,
+        /// Why, in words.
+        message: String,
+    },
     /// Generation `id` finished.
     Generated {
         /// The generation.

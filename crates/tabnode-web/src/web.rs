@@ -10,10 +10,12 @@ use libp2p::{core::upgrade, identity::Keypair, noise, relay, yamux, Multiaddr, T
 use tabnode_core::{
     chunked::ChunkedWrites,
     driver::{self, Command, DriverConfig, NodeEvent, RequestError},
-    infer::{GenerateRequest, GenerateResult},
+    infer::{GenerateRequest, GenerateResult, InferRequest},
+    model_id,
     node::NodeBehaviour,
     worker::{FromWorker, ToWorker},
-    Capabilities, NodeKind, Request, Response, TabnodeCodec, MAX_FRAME,
+    Capabilities, ChunkStreamer, ErrorCode, InferDone, InferEnd, NodeKind, Request, Response,
+    TabnodeCodec, MAX_FRAME,
 };
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
@@ -56,6 +58,25 @@ struct PendingGeneration {
     on_token: Option<js_sys::Function>,
 }
 
+/// A generation this tab runs for the network (the relay asked).
+struct Served {
+    request_id: u64,
+    /// The driver's id of the `Infer` request, until it is answered.
+    answer: Option<u64>,
+    streamer: ChunkStreamer,
+    tokens: u64,
+}
+
+/// What the page is told about generations it serves.
+#[derive(serde::Serialize)]
+struct ServingEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    request_id: u64,
+    state: &'static str,
+    tokens: u64,
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
     capabilities: RefCell<Capabilities>,
@@ -70,6 +91,8 @@ struct Shared {
     model_waiters: RefCell<Vec<oneshot::Sender<Result<JsValue, String>>>>,
     generations: RefCell<HashMap<u64, PendingGeneration>>,
     next_generation: Cell<u64>,
+    /// Network generations by worker generation id.
+    served: RefCell<HashMap<u64, Served>>,
 }
 
 impl Shared {
@@ -221,6 +244,7 @@ impl TabNode {
             model_waiters: RefCell::new(Vec::new()),
             generations: RefCell::new(HashMap::new()),
             next_generation: Cell::new(1),
+            served: RefCell::new(HashMap::new()),
         });
         let config = DriverConfig {
             relay,
@@ -230,8 +254,27 @@ impl TabNode {
         let for_driver = shared.clone();
         spawn_local(async move {
             let emit = |event: NodeEvent| {
-                if let NodeEvent::Request { id, request, .. } = &event {
-                    for_driver.to_worker(*id, request.clone());
+                match &event {
+                    NodeEvent::Request {
+                        id,
+                        request: Request::Infer(infer),
+                        ..
+                    } => serve(&for_driver, *id, infer),
+                    NodeEvent::Request {
+                        id,
+                        request: Request::InferCancel { request_id },
+                        ..
+                    } => {
+                        cancel_served(&for_driver, *request_id);
+                        let _ = for_driver.command(Command::Respond {
+                            id: *id,
+                            response: Response::Ack,
+                        });
+                    }
+                    NodeEvent::Request { id, request, .. } => {
+                        for_driver.to_worker(*id, request.clone());
+                    }
+                    _ => {}
                 }
                 js_event(&on_event, &event);
             };
@@ -509,6 +552,67 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
                     let _ = w.send(Err(message.clone()));
                 }
             }
+            FromWorker::GenerateStarted { id, prompt_tokens } => {
+                let answer = shared
+                    .served
+                    .borrow_mut()
+                    .get_mut(id)
+                    .and_then(|s| s.answer.take());
+                if let Some(answer) = answer {
+                    let _ = shared.command(Command::Respond {
+                        id: answer,
+                        response: Response::InferAccepted {
+                            prompt_tokens: *prompt_tokens,
+                        },
+                    });
+                }
+                return;
+            }
+            FromWorker::GenerateRejected { id, code, message } => {
+                if let Some(s) = shared.served.borrow_mut().remove(id) {
+                    if let Some(answer) = s.answer {
+                        let _ = shared.command(Command::Respond {
+                            id: answer,
+                            response: Response::Error {
+                                code: *code,
+                                message: message.clone(),
+                            },
+                        });
+                    }
+                } else if let Some(g) = shared.generations.borrow_mut().remove(id) {
+                    let _ = g.reply.send(Err(message.clone()));
+                }
+                return;
+            }
+            FromWorker::Token { id, tokens, text } if shared.served.borrow().contains_key(id) => {
+                if let Some(s) = shared.served.borrow_mut().get_mut(id) {
+                    s.streamer.push(tokens, text);
+                    s.tokens += tokens.len() as u64;
+                }
+                pump(&shared, *id);
+                return;
+            }
+            FromWorker::Generated { id, result } if shared.served.borrow().contains_key(id) => {
+                if let Some(s) = shared.served.borrow_mut().get_mut(id) {
+                    s.streamer.end(InferEnd::Done(InferDone {
+                        finish: result.finish,
+                        prefill_ms: result.prefill_ms,
+                        decode_ms: result.decode_ms,
+                        device: result.device.clone(),
+                    }));
+                }
+                pump(&shared, *id);
+                return;
+            }
+            FromWorker::GenerateFailed { id, message }
+                if shared.served.borrow().contains_key(id) =>
+            {
+                if let Some(s) = shared.served.borrow_mut().get_mut(id) {
+                    s.streamer.end(InferEnd::Failed(message.clone()));
+                }
+                pump(&shared, *id);
+                return;
+            }
             FromWorker::Token { id, text, .. } => {
                 // Cloned out first: the callback may start another generation.
                 let f = shared
@@ -574,4 +678,112 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
     on_error.forget();
     *shared.worker.borrow_mut() = Some(worker);
     Ok(())
+}
+
+/// Takes a network request: refuses it at once (no model, another model,
+/// busy) or hands it to the worker, which answers through
+/// `GenerateStarted` / `GenerateRejected`.
+fn serve(shared: &Rc<Shared>, answer: u64, infer: &InferRequest) {
+    let refuse = |code, message: String| {
+        let _ = shared.command(Command::Respond {
+            id: answer,
+            response: Response::Error { code, message },
+        });
+    };
+    let models = shared.capabilities.borrow().models.clone();
+    if !models.iter().any(|m| model_id(m) == model_id(&infer.model)) {
+        return refuse(
+            ErrorCode::UnknownModel,
+            format!("this tab serves {models:?}, not {}", infer.model),
+        );
+    }
+    let slots = shared.capabilities.borrow().slots as usize;
+    if shared.served.borrow().len() >= slots.max(1) {
+        return refuse(ErrorCode::Busy, "this tab is generating already".into());
+    }
+    let id = shared.next_generation.get();
+    shared.next_generation.set(id + 1);
+    shared.served.borrow_mut().insert(
+        id,
+        Served {
+            request_id: infer.request_id,
+            answer: Some(answer),
+            streamer: ChunkStreamer::new(infer),
+            tokens: 0,
+        },
+    );
+    let request = infer.request.clone();
+    if let Err(e) = shared.post_worker(&ToWorker::Generate { id, request }) {
+        shared.served.borrow_mut().remove(&id);
+        return refuse(ErrorCode::Unsupported, e.to_string());
+    }
+    js_event(
+        &shared.on_event,
+        &ServingEvent {
+            kind: "serving",
+            request_id: infer.request_id,
+            state: "started",
+            tokens: 0,
+        },
+    );
+}
+
+/// Stops the network generation of `request_id` (the relay asked).
+fn cancel_served(shared: &Rc<Shared>, request_id: u64) {
+    let id = shared
+        .served
+        .borrow()
+        .iter()
+        .find(|(_, s)| s.request_id == request_id)
+        .map(|(id, _)| *id);
+    if let Some(id) = id {
+        let _ = shared.post_worker(&ToWorker::Cancel { id });
+    }
+}
+
+/// Sends the next chunk of network generation `id` if none is in flight;
+/// forgets the generation once its last chunk is acknowledged, or cancels
+/// it when the relay says stop.
+fn pump(shared: &Rc<Shared>, id: u64) {
+    let chunk = match shared.served.borrow_mut().get_mut(&id) {
+        Some(s) => s.streamer.next_chunk(),
+        None => return,
+    };
+    let Some(chunk) = chunk else { return };
+    let shared = shared.clone();
+    spawn_local(async move {
+        let reply = shared
+            .request(None, Request::InferChunk(Box::new(chunk)))
+            .await;
+        let ok = matches!(reply, Ok(Response::Ack));
+        let done = {
+            let mut served = shared.served.borrow_mut();
+            match served.get_mut(&id) {
+                Some(s) if ok => {
+                    s.streamer.acked();
+                    s.streamer.finished().then(|| (s.request_id, s.tokens))
+                }
+                Some(s) => Some((s.request_id, s.tokens)),
+                None => None,
+            }
+        };
+        if !ok {
+            let _ = shared.post_worker(&ToWorker::Cancel { id });
+        }
+        match done {
+            Some((request_id, tokens)) => {
+                shared.served.borrow_mut().remove(&id);
+                js_event(
+                    &shared.on_event,
+                    &ServingEvent {
+                        kind: "serving",
+                        request_id,
+                        state: if ok { "done" } else { "stopped" },
+                        tokens,
+                    },
+                );
+            }
+            None => pump(&shared, id),
+        }
+    });
 }

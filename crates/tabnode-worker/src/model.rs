@@ -10,7 +10,8 @@ use futures::lock::Mutex;
 use js_sys::{Object, Reflect, Uint8Array};
 use tabnode_core::infer::GenerateRequest;
 use tabnode_core::worker::FromWorker;
-use tabnode_infer::{Device, Engine};
+use tabnode_core::ErrorCode;
+use tabnode_infer::{generate::GenerateError, Device, Engine, EngineError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, ReadableStreamDefaultReader, Response};
@@ -249,12 +250,29 @@ pub async fn generate(id: u64, request: GenerateRequest) {
     let _one = lock.lock().await;
     let Some(engine) = MODEL.with(|m| m.borrow().engine.clone()) else {
         MODEL.with(|m| m.borrow_mut().cancelled.remove(&id));
-        post(&FromWorker::GenerateFailed {
+        post(&FromWorker::GenerateRejected {
             id,
+            code: ErrorCode::UnknownModel,
             message: "no model is loaded".into(),
         });
         return;
     };
+    match engine.check(&request) {
+        Ok(prompt_tokens) => post(&FromWorker::GenerateStarted { id, prompt_tokens }),
+        Err(e) => {
+            MODEL.with(|m| m.borrow_mut().cancelled.remove(&id));
+            let code = match e {
+                EngineError::Generate(GenerateError::PromptTooLong { .. }) => ErrorCode::TooLarge,
+                _ => ErrorCode::Invalid,
+            };
+            post(&FromWorker::GenerateRejected {
+                id,
+                code,
+                message: e.to_string(),
+            });
+            return;
+        }
+    }
     let is_cancelled = || MODEL.with(|m| m.borrow().cancelled.contains(&id));
     let result = engine
         .generate_async(&request, &is_cancelled, &mut |tokens, text| {

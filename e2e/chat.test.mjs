@@ -1,0 +1,104 @@
+// The zero-install chat page in a real browser: the relay's
+// OpenAI-compatible API streams an answer from a node through the relay,
+// the page shows who served it, and the same API works for an OpenAI client
+// library, unmodified.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import {
+  startRelay, startNode, launchBrowser, waitFor, BIN, MODELS_DIR, MODEL_FILE,
+} from './harness.mjs';
+
+let relay;
+let node;
+let browser;
+
+/** What the model says locally (greedy), to compare with the network. */
+function localAnswer(prompt, maxTokens) {
+  const out = execFileSync(join(BIN, 'tabnode-node'), [
+    'generate', '--model', join(MODELS_DIR, MODEL_FILE), '--chat',
+    '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
+  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  return JSON.parse(out);
+}
+
+async function modelId() {
+  return waitFor('a model on the network', async () => {
+    const r = await fetch(`${relay.url}/v1/models`);
+    const body = await r.json();
+    return body.data?.[0]?.id;
+  }, 60_000, 200);
+}
+
+before(async () => {
+  relay = await startRelay();
+  node = await startNode(relay, { serve: true });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await node?.kill();
+  await relay?.kill();
+});
+
+test('the chat page streams an answer served by a node, and says which', async () => {
+  const model = await modelId();
+  const prompt = 'What is the capital of France?';
+  const want = localAnswer(prompt, 12);
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${relay.url}/chat.html?max_tokens=12`);
+  await page.waitForFunction((m) => window.tabnodeChat?.models?.some((x) => x.id === m), model, { timeout: 30_000 });
+  await page.fill('#prompt', prompt);
+  await page.click('#send');
+  await page.waitForFunction(() => window.tabnodeChat.last?.done || window.tabnodeChat.error, null, { timeout: 120_000 });
+  const s = await page.evaluate(() => window.tabnodeChat);
+  assert.equal(s.error, null);
+  assert.equal(s.last.text, want.text, 'the network answer equals the local greedy answer');
+  assert.equal(s.last.tokens, want.tokens.length);
+  assert.deepEqual(s.last.nodes, [node.peerId]);
+  assert.ok(s.last.client_ttft_ms > 0);
+  const shown = await page.textContent('#messages');
+  assert.ok(shown.includes(want.text.trim()), shown);
+  const stats = await page.textContent('#stats');
+  assert.ok(stats.includes(node.peerId.slice(-8)) && stats.includes('tokens/s'), stats);
+  assert.deepEqual(errors, []);
+  // The node's points rose by exactly the tokens it served.
+  const bal = await (await fetch(`${relay.url}/api/ledger/${node.peerId}`)).json();
+  assert.equal(bal.tokens, want.tokens.length);
+  await page.close();
+});
+
+test('the official OpenAI client library works against the relay unmodified', async () => {
+  const model = await modelId();
+  const client = new OpenAI({ baseURL: `${relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const list = await client.models.list();
+  assert.ok(list.data.some((m) => m.id === model));
+  const prompt = 'Name a colour.';
+  const want = localAnswer(prompt, 8);
+  const whole = await client.chat.completions.create({
+    model, messages: [{ role: 'user', content: prompt }], max_tokens: 8, temperature: 0,
+  });
+  assert.equal(whole.choices[0].message.content, want.text);
+  assert.equal(whole.usage.completion_tokens, want.tokens.length);
+  const stream = await client.chat.completions.create({
+    model, messages: [{ role: 'user', content: prompt }], max_tokens: 8, temperature: 0,
+    stream: true, stream_options: { include_usage: true },
+  });
+  let text = '';
+  let usage = null;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, want.text);
+  assert.equal(usage.completion_tokens, want.tokens.length);
+  await assert.rejects(
+    client.chat.completions.create({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] }),
+    (e) => e.status === 404 && e.code === 'model_not_found',
+  );
+});
