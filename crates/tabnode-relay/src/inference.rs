@@ -4,7 +4,7 @@
 //! outcomes; with the registry in [`RelayState`] (models, slots, proofs) it
 //! picks the node for a request: never a node whose last proof failed,
 //! verified before unverified, then least loaded, most reliable, fastest.
-//! [`run_request`] carries one request from a requester to the end: it
+//! `run_request` carries one request from a requester to the end: it
 //! reserves a node, sends [`Request::Infer`], reassembles the node's
 //! [`InferChunk`]s into one stream, and when the node disappears, stalls,
 //! fails or breaks the protocol, continues on another node from the tokens

@@ -761,7 +761,7 @@ fn pump(shared: &Rc<Shared>, id: u64) {
             match served.get_mut(&id) {
                 Some(s) if ok => {
                     s.streamer.acked();
-                    s.streamer.finished().then(|| (s.request_id, s.tokens))
+                    s.streamer.finished().then_some((s.request_id, s.tokens))
                 }
                 Some(s) => Some((s.request_id, s.tokens)),
                 None => None,
