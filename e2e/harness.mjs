@@ -52,9 +52,10 @@ function spawnLogged(name, cmd, args, env = {}) {
 
 /**
  * Starts the relay. `ports` = { http, tcp, quic, webrtc } (0 = any);
- * `dataDir` keeps identity and certificate across restarts.
+ * `dataDir` keeps identity and certificate across restarts; `args` adds
+ * flags.
  */
-export async function startRelay({ dataDir, ports = {} } = {}) {
+export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
   dataDir ??= mkdtempSync(join(tmpdir(), 'tabnode-e2e-'));
   const bootFile = join(dataDir, `bootstrap-${Date.now()}.json`);
   const proc = spawnLogged('relay', join(BIN, 'tabnode-relay'), [
@@ -66,6 +67,7 @@ export async function startRelay({ dataDir, ports = {} } = {}) {
     '--site-root', ROOT,
     '--models-dir', MODELS_DIR,
     '--bootstrap-file', bootFile,
+    ...args,
   ]);
   const url = await waitFor('the relay to be ready', () => {
     if (proc.exitCode !== null) throw new Error(`relay exited: ${proc.output}`);

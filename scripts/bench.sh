@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (loopback): round-trip latency through the relay, native and
-# in headless Chromium; Proof-of-FLOPS kernels; the inference engine. Results go in BENCHMARKS.md by hand, with this command.
+# in headless Chromium; Proof-of-FLOPS kernels; the inference engine; network
+# inference (time to first token overhead, routing throughput). Results go in BENCHMARKS.md by hand, with this command.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TABNODE_ROOT"
@@ -24,3 +25,8 @@ else
 fi
 echo "== engine: Chromium (WebGPU) vs native (e2e/bench/model.mjs)"
 node e2e/bench/model.mjs "${BROWSER_TOKENS:-8}"
+echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
+cargo build -q -p tabnode-node --example net_bench
+"$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"
+echo "== relay routing throughput with simulated native nodes (net_bench routing)"
+"$CARGO_TARGET_DIR/debug/examples/net_bench" routing ${ROUTING_NODES:-10 100 1000}

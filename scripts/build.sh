@@ -17,4 +17,6 @@ for crate in tabnode_web tabnode_worker; do
   wasm-bindgen --target web --out-dir pkg \
     "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/$crate.wasm"
 done
+# The chat widget and its API client, for bundlers (`tabnode/widget`).
+cp www/widget.js www/client.js pkg/
 ls -l pkg/*.wasm

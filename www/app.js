@@ -26,6 +26,20 @@ const state = {
 };
 window.tabnode = state;
 
+/** In an iframe (the embed widget's "contribute"), tell the host page how
+ * the node does: status and points only, never keys. */
+function tellParent() {
+  if (window.parent === window) return;
+  window.parent.postMessage({
+    source: 'tabnode',
+    status: state.status,
+    model: state.model.status,
+    points: state.points?.points ?? null,
+    tokens: state.points?.tokens ?? null,
+  }, '*');
+}
+setInterval(tellParent, 2000);
+
 function log(text) {
   const li = document.createElement('li');
   li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;

@@ -1,6 +1,8 @@
 // The zero-install chat: the OpenAI-compatible API of the relay, streamed
 // with server-sent events; shows which node answered, time to first token
 // and tokens/s. "Contribute this tab" runs the node page in a frame.
+import { streamChat, listModels, describe } from '/client.js';
+
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -14,9 +16,7 @@ window.tabnodeChat = state;
 
 async function loadModels() {
   try {
-    const r = await fetch('/v1/models');
-    const body = await r.json();
-    state.models = body.data ?? [];
+    state.models = await listModels();
   } catch (e) {
     state.models = [];
   }
@@ -70,68 +70,29 @@ async function send(text) {
   bubble('user', text);
   const out = bubble('assistant', '');
   state.busy = true;
+  state.last = { text: '', done: false };
   $('send').disabled = true;
   $('stop').disabled = false;
   controller = new AbortController();
-  const t0 = performance.now();
-  const last = { node: null, nodes: [], tokens: 0, text: '', client_ttft_ms: null };
-  state.last = last;
   try {
-    const r = await fetch('/v1/chat/completions', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model,
-        messages: state.messages,
-        stream: true,
-        stream_options: { include_usage: true },
-        max_tokens: Number(new URLSearchParams(location.search).get('max_tokens') ?? 128),
-        temperature: 0,
-      }),
+    const answer = await streamChat({
+      model,
+      messages: state.messages,
+      maxTokens: Number(new URLSearchParams(location.search).get('max_tokens') ?? 128),
       signal: controller.signal,
+      onText: (piece, node) => {
+        state.last.text += piece;
+        state.last.node = node;
+        out.textContent = state.last.text;
+      },
     });
-    if (!r.ok) {
-      const body = await r.json().catch(() => ({}));
-      throw new Error(body.error?.message ?? `HTTP ${r.status}`);
-    }
-    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buf = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += value;
-      let cut;
-      while ((cut = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
-        if (!data || data === '[DONE]') continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        if (chunk.tabnode?.node) last.node = chunk.tabnode.node;
-        const choice = chunk.choices?.[0];
-        const piece = choice?.delta?.content;
-        if (piece) {
-          if (last.client_ttft_ms === null) last.client_ttft_ms = performance.now() - t0;
-          last.text += piece;
-          out.textContent = last.text;
-        }
-        if (choice?.finish_reason && chunk.tabnode) Object.assign(last, chunk.tabnode, { finish: choice.finish_reason });
-        if (chunk.usage) last.tokens = chunk.usage.completion_tokens;
-      }
-    }
-    state.messages.push({ role: 'assistant', content: last.text });
-    const nodes = (last.nodes?.length ? last.nodes : [last.node]).filter(Boolean).map((n) => `…${n.slice(-8)}`);
-    $('stats').textContent =
-      `served by ${nodes.join(' → ')}` +
-      (last.failovers ? ` (${last.failovers} failover)` : '') +
-      ` · first token ${Math.round(last.client_ttft_ms ?? last.ttft_ms ?? 0)} ms` +
-      ` · ${(last.tokens_per_s ?? 0).toFixed(1)} tokens/s · ${last.tokens} tokens`;
-    last.done = true;
+    state.messages.push({ role: 'assistant', content: answer.text });
+    state.last = { ...answer, done: true };
+    $('stats').textContent = describe(answer);
   } catch (e) {
     state.error = e.name === 'AbortError' ? 'stopped' : e.message;
     $('error').textContent = state.error;
-    if (last.text) state.messages.push({ role: 'assistant', content: last.text });
+    if (state.last.text) state.messages.push({ role: 'assistant', content: state.last.text });
     else state.messages.pop();
   } finally {
     state.busy = false;

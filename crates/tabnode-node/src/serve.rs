@@ -13,15 +13,54 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
+use tabnode_core::infer::{GenerateRequest, GenerateResult};
 use tabnode_core::{
     driver::Command, model_id, ChunkStreamer, ErrorCode, InferDone, InferEnd, InferRequest,
     Request, Response,
 };
 use tabnode_infer::{generate::GenerateError, Engine, EngineError};
 
+/// What a node serves: the [`Engine`], or in benchmarks a stand-in.
+pub trait ServedModel: Send + Sync + 'static {
+    /// The model's name (registered with the relay).
+    fn name(&self) -> &str;
+    /// Checks a request without running it: the prompt's token count.
+    ///
+    /// # Errors
+    /// Why the request cannot run.
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError>;
+    /// Generates, streaming `(tokens, text)` pieces; polls `cancelled`.
+    ///
+    /// # Errors
+    /// A bad request or a failing device.
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError>;
+}
+
+impl ServedModel for Engine {
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        Engine::check(self, request)
+    }
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError> {
+        Engine::generate(self, request, cancelled, on_piece)
+    }
+}
+
 /// A model served to the network.
 pub struct InferServer {
-    engine: Arc<Engine>,
+    engine: Arc<dyn ServedModel>,
     id: String,
     slots: usize,
     running: Mutex<HashSet<u64>>,
@@ -44,9 +83,9 @@ enum Piece {
 
 impl InferServer {
     /// Serves `engine`, running at most `slots` generations at once.
-    pub fn new(engine: Arc<Engine>, slots: usize) -> Self {
+    pub fn new(engine: Arc<dyn ServedModel>, slots: usize) -> Self {
         Self {
-            id: model_id(&engine.info.name),
+            id: model_id(engine.name()),
             engine,
             slots: slots.max(1),
             running: Mutex::new(HashSet::new()),
@@ -56,7 +95,7 @@ impl InferServer {
 
     /// The model's name, as registered with the relay.
     pub fn model_name(&self) -> &str {
-        &self.engine.info.name
+        self.engine.name()
     }
 
     /// Generations this server runs at once.

@@ -68,8 +68,7 @@ pub(crate) fn router(
             bootstrap: Arc::new(boot),
             models_dir: Arc::new(config.models_dir.clone()),
         })
-        .merge(v1)
-        .layer(CorsLayer::permissive());
+        .merge(v1);
     // Development server: always revalidate, so a rebuilt wasm is picked up.
     let no_cache = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,
@@ -82,6 +81,9 @@ pub(crate) fn router(
             ServeDir::new(&www).not_found_service(ServeFile::new(www.join("404.html"))),
         )
         .layer(no_cache)
+        // Open to every origin: third-party pages call the API and load the
+        // embed widget's modules.
+        .layer(CorsLayer::permissive())
 }
 
 async fn bootstrap(State(s): State<AppState>) -> Json<Bootstrap> {
@@ -164,7 +166,7 @@ fn ledger_unavailable(e: &dyn std::fmt::Display) -> axum::response::Response {
 
 /// `GET /api/ledger`: every account, most points first, and the totals.
 async fn ledger(State(s): State<AppState>) -> axum::response::Response {
-    let Some(ledger) = &s.relay.ledger else {
+    let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");
     };
     match ledger.balances() {
@@ -194,7 +196,7 @@ async fn ledger_of(
         )
             .into_response();
     }
-    let Some(ledger) = &s.relay.ledger else {
+    let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");
     };
     match ledger.balance(&peer_id) {

@@ -571,7 +571,7 @@ pub(crate) async fn run_request(
     }
     // Durable before the requester hears "done".
     if !credits.is_empty() {
-        if let Some(ledger) = &ctx.state.ledger {
+        if let Some(ledger) = ctx.state.ledger() {
             if let Err(e) = ledger.apply(credits).await {
                 tracing::error!("crediting request {request_id}: {e}");
             }

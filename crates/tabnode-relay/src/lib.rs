@@ -174,6 +174,8 @@ pub struct RelayHandle {
     /// Registry and counters.
     pub state: Arc<RelayState>,
     tasks: Vec<JoinHandle<()>>,
+    /// Dropped last: closing it releases the database for a restart.
+    _ledger: Arc<ledger::Ledger>,
 }
 
 impl RelayHandle {
@@ -214,8 +216,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let ledger = ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?;
-    let state = Arc::new(RelayState::with_ledger(Arc::new(ledger)));
+    let ledger = Arc::new(ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?);
+    let state = Arc::new(RelayState::with_ledger(&ledger));
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
@@ -258,6 +260,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         http_addr,
         state,
         tasks: vec![swarm_task, pof_task, uptime_task, http_task],
+        _ledger: ledger,
     })
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use libp2p::PeerId;
 use serde::Serialize;
@@ -96,8 +96,10 @@ pub struct RelayState {
     pub metrics: Metrics,
     /// Load and reliability per node; requests in flight.
     pub matchmaker: Matchmaker,
-    /// The flops-points ledger (absent in unit tests).
-    pub ledger: Option<Arc<Ledger>>,
+    /// The flops-points ledger (absent in unit tests). The relay's handle
+    /// owns it: when the relay stops, the database closes even while
+    /// stragglers still hold the state.
+    ledger: Option<Weak<Ledger>>,
 }
 
 /// A model available on the network now.
@@ -128,11 +130,16 @@ fn bump(c: &AtomicU64) {
 
 impl RelayState {
     /// State that credits points to `ledger`.
-    pub fn with_ledger(ledger: Arc<Ledger>) -> Self {
+    pub fn with_ledger(ledger: &Arc<Ledger>) -> Self {
         Self {
-            ledger: Some(ledger),
+            ledger: Some(Arc::downgrade(ledger)),
             ..Self::default()
         }
+    }
+
+    /// The ledger, while the relay runs.
+    pub fn ledger(&self) -> Option<Arc<Ledger>> {
+        self.ledger.as_ref().and_then(Weak::upgrade)
     }
 
     /// The registered nodes serving `model` (an id or a name), with what
@@ -188,7 +195,7 @@ impl RelayState {
     /// passed (`minute`: minutes since the Unix epoch; once per node and
     /// minute).
     pub fn credit_uptime(&self, minute: u64) {
-        let Some(ledger) = &self.ledger else { return };
+        let Some(ledger) = self.ledger() else { return };
         let pof = self.pof.read().unwrap_or_else(|p| p.into_inner());
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         let credits: Vec<Credit> = nodes
@@ -302,7 +309,7 @@ impl RelayState {
         let h = all.entry(peer).or_default();
         let s = &mut h.standing;
         if record.passed {
-            if let Some(ledger) = &self.ledger {
+            if let Some(ledger) = self.ledger() {
                 ledger.submit(vec![Credit {
                     id: format!("pof:{peer}:{}:{}", record.at_ms, record.round),
                     peer_id: peer.to_string(),

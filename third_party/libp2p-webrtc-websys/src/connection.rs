@@ -94,6 +94,9 @@ impl Connection {
     fn close_connection(&mut self) {
         if !self.closed {
             tracing::trace!("connection::close_connection");
+            // tabnode patch: no `datachannel` event may reach the closure
+            // after it is freed (see poll_data_channel.rs).
+            self.inner.inner.set_ondatachannel(None);
             self.inner.inner.close();
             self.closed = true;
         }

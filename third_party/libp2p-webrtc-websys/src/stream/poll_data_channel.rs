@@ -57,6 +57,22 @@ pub(crate) struct PollDataChannel {
     _on_message_closure: Rc<Closure<dyn FnMut(MessageEvent)>>,
 }
 
+// tabnode patch: unregister the event handlers before their closures are
+// freed. Upstream left them registered, so a `close` or `message` event that
+// arrived after the stream was dropped (closing a connection fires `close`
+// on every channel later) called a freed closure and the page logged
+// "closure invoked recursively or after being dropped".
+impl Drop for PollDataChannel {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self._on_message_closure) == 1 {
+            self.inner.set_onopen(None);
+            self.inner.set_onbufferedamountlow(None);
+            self.inner.set_onclose(None);
+            self.inner.set_onmessage(None);
+        }
+    }
+}
+
 impl PollDataChannel {
     pub(crate) fn new(inner: RtcDataChannel) -> Self {
         let open_waker = Rc::new(AtomicWaker::new());

@@ -1,0 +1,282 @@
+//! Benchmarks of network inference, one JSON line per measurement (read by
+//! `scripts/bench.sh`):
+//!
+//! * `net_bench overhead [N]`: time to first token of a chat request
+//!   through the relay's API (client-side, streaming) against the same
+//!   generation run locally on the engine, alternating, N pairs; p50/p99 of
+//!   both and of their difference (the network's overhead).
+//! * `net_bench routing [NODES...]`: requests per second the relay routes
+//!   to simulated native nodes (real libp2p nodes whose model answers at
+//!   once with fixed tokens), for each node count, with 64 concurrent
+//!   clients for 5 s each; p50/p99 latency.
+
+#[path = "../tests/common/http.rs"]
+mod http_client;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_client::http;
+use serde_json::json;
+use tabnode_core::infer::{ChatMessage, FinishReason, GenerateRequest, GenerateResult, Prompt};
+use tabnode_core::{Capabilities, NodeKind};
+use tabnode_infer::{Device, Engine, EngineError};
+use tabnode_node::serve::{InferServer, ServedModel};
+use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_relay::{InferConfig, PofConfig, RelayConfig, RelayHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PROMPT: &str = "What is the capital of France?";
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+async fn relay(dir: &std::path::Path) -> RelayHandle {
+    let mut cfg = RelayConfig::ephemeral(dir.join("relay"), ".".into());
+    cfg.infer = InferConfig {
+        rate_limit_per_minute: 0,
+        queue_timeout: Duration::from_secs(30),
+        ..InferConfig::default()
+    };
+    // One proof per node, at registration.
+    cfg.pof = PofConfig {
+        interval: Duration::from_secs(3600),
+        ..PofConfig::default()
+    };
+    tabnode_relay::start(cfg).await.expect("relay starts")
+}
+
+fn node(relay: &RelayHandle, model: Arc<dyn ServedModel>, slots: usize) -> NodeHandle {
+    spawn(NodeConfig {
+        relay: relay.tcp_addr().expect("tcp"),
+        key: None,
+        capabilities: Capabilities::new(NodeKind::Native, "net-bench"),
+        max_backoff: Duration::from_secs(2),
+        handler: Arc::new(tabnode_node::prover::PofProver::new(
+            tabnode_node::prover::Backend::Cpu,
+        )),
+        server: Some(Arc::new(InferServer::new(model, slots))),
+    })
+    .expect("node starts")
+}
+
+async fn wait_nodes(addr: std::net::SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
+        if v["data"][0]["tabnode"]["nodes"].as_u64().unwrap_or(0) >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {v} registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Milliseconds to the first token of a streamed request (the first event
+/// after the role chunk), and the whole request.
+async fn network_ttft(addr: std::net::SocketAddr, model: &str, max_tokens: u32) -> (f64, f64) {
+    let body = json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": PROMPT }],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string();
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut first = None;
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if first.is_none() && String::from_utf8_lossy(&raw).matches("data: ").count() >= 2 {
+            first = Some(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("[DONE]"), "incomplete stream: {text}");
+    (first.expect("a token"), t0.elapsed().as_secs_f64() * 1e3)
+}
+
+fn local_ttft(engine: &Engine, max_tokens: u32) -> f64 {
+    let mut r = GenerateRequest::new(Prompt::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: PROMPT.into(),
+    }]));
+    r.max_tokens = max_tokens;
+    let t0 = Instant::now();
+    let mut first = None;
+    engine
+        .generate(&r, &|| false, &mut |t, _| {
+            if first.is_none() && !t.is_empty() {
+                first = Some(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        })
+        .expect("local generation");
+    first.expect("a token")
+}
+
+async fn overhead(n: usize) {
+    let path = std::env::var_os("TABNODE_MODEL").expect("TABNODE_MODEL (scripts/env.sh)");
+    let bytes = std::fs::read(path).expect("model file");
+    let engine =
+        Arc::new(Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {}).expect("engine"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(dir.path()).await;
+    let _node = node(&relay, engine.clone(), 1);
+    wait_nodes(relay.http_addr, 1).await;
+    let model = tabnode_core::model_id(&engine.info.name);
+    // Warm both paths once.
+    local_ttft(&engine, 2);
+    network_ttft(relay.http_addr, &model, 2).await;
+    let (mut local, mut net, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let l = local_ttft(&engine, 2);
+        let (t, _) = network_ttft(relay.http_addr, &model, 2).await;
+        local.push(l);
+        net.push(t);
+        diff.push(t - l);
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "overhead", "n": n,
+            "local_ttft_ms": { "p50": pct(&mut local, 0.5), "p99": pct(&mut local, 0.99) },
+            "network_ttft_ms": { "p50": pct(&mut net, 0.5), "p99": pct(&mut net, 0.99) },
+            "overhead_ms": { "p50": pct(&mut diff, 0.5), "p99": pct(&mut diff, 0.99) },
+        })
+    );
+}
+
+/// A stand-in model: answers at once with `max_tokens` fixed tokens.
+struct Simulated;
+
+impl ServedModel for Simulated {
+    fn name(&self) -> &str {
+        "Simulated 1T"
+    }
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        Ok(match &request.prompt {
+            Prompt::Text(t) => t.len() as u32 / 4 + 1,
+            Prompt::Chat(m) => m.iter().map(|m| m.content.len() as u32 / 4 + 4).sum(),
+        })
+    }
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        _cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError> {
+        let n = request
+            .max_tokens
+            .saturating_sub(request.resume.len() as u32);
+        for i in 0..n {
+            on_piece(&[100 + i], " x");
+        }
+        Ok(GenerateResult {
+            tokens: (0..n).map(|i| 100 + i).collect(),
+            text: " x".repeat(n as usize),
+            finish: FinishReason::Length,
+            prompt_tokens: 8,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+            device: "simulated".into(),
+        })
+    }
+}
+
+async fn routing(counts: &[usize]) {
+    const CLIENTS: usize = 64;
+    const SECONDS: f64 = 5.0;
+    for &k in counts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = relay(dir.path()).await;
+        let t0 = Instant::now();
+        let nodes: Vec<NodeHandle> = (0..k)
+            .map(|_| node(&relay, Arc::new(Simulated), 4))
+            .collect();
+        wait_nodes(relay.http_addr, k as u64).await;
+        let joined_s = t0.elapsed().as_secs_f64();
+        let addr = relay.http_addr;
+        let body = json!({
+            "model": "simulated-1t",
+            "messages": [{ "role": "user", "content": "hello there" }],
+            "max_tokens": 8,
+        })
+        .to_string();
+        let stop = Instant::now() + Duration::from_secs_f64(SECONDS);
+        let started = Instant::now();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut failed = 0usize;
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        let r = http(addr, "POST", "/v1/chat/completions", Some(&body), &[]).await;
+                        if r.status == 200 {
+                            lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    (lat, failed)
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        let mut failed = 0;
+        for c in clients {
+            let (l, f) = c.await.expect("client");
+            lat.extend(l);
+            failed += f;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let done = lat.len();
+        let ledger = http(addr, "GET", "/api/ledger", None, &[]).await.json();
+        println!(
+            "{}",
+            json!({
+                "bench": "routing", "nodes": k, "clients": CLIENTS, "seconds": secs,
+                "requests": done, "failed": failed, "requests_per_s": done as f64 / secs,
+                "latency_ms": { "p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99) },
+                "join_s": joined_s,
+                "ledger_tokens": ledger["totals"]["tokens"],
+            })
+        );
+        drop(nodes);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("overhead") => overhead(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(40)).await,
+        Some("routing") => {
+            let counts: Vec<usize> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+            routing(if counts.is_empty() {
+                &[10, 100, 1000]
+            } else {
+                &counts
+            })
+            .await;
+        }
+        _ => eprintln!("usage: net_bench overhead [N] | routing [NODES...]"),
+    }
+}

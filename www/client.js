@@ -1,0 +1,77 @@
+// A streaming client for the relay's OpenAI-compatible API, shared by the
+// chat page and the embeddable widget (and shipped in the npm package).
+
+/**
+ * Streams a chat completion from `relay` (an origin, '' for this one).
+ * `onText(piece, node)` receives the answer as it arrives. Resolves to
+ * `{ text, tokens, nodes, node, failovers, ttft_ms, client_ttft_ms,
+ * tokens_per_s, finish }`; rejects with the API's error message.
+ */
+export async function streamChat({ relay = '', model, messages, maxTokens = 128, temperature = 0, signal, onText = () => {} }) {
+  const t0 = performance.now();
+  const r = await fetch(`${relay}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model,
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: maxTokens,
+      temperature,
+    }),
+    signal,
+  });
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    throw new Error(body.error?.message ?? `HTTP ${r.status}`);
+  }
+  const out = { text: '', tokens: 0, nodes: [], node: null, failovers: 0, client_ttft_ms: null };
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf('\n\n')) >= 0) {
+      const event = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+      if (!data || data === '[DONE]') continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.tabnode?.node) out.node = chunk.tabnode.node;
+      const choice = chunk.choices?.[0];
+      const piece = choice?.delta?.content;
+      if (piece) {
+        if (out.client_ttft_ms === null) out.client_ttft_ms = performance.now() - t0;
+        out.text += piece;
+        onText(piece, out.node);
+      }
+      if (choice?.finish_reason) {
+        Object.assign(out, chunk.tabnode ?? {});
+        out.finish = choice.finish_reason;
+      }
+      if (chunk.usage) out.tokens = chunk.usage.completion_tokens;
+    }
+  }
+  if (!out.finish) throw new Error('the stream ended before the answer was complete');
+  return out;
+}
+
+/** The models nodes serve now on `relay`. */
+export async function listModels(relay = '') {
+  const r = await fetch(`${relay}/v1/models`);
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return (await r.json()).data ?? [];
+}
+
+/** One line about who answered and how fast. */
+export function describe(answer) {
+  const nodes = (answer.nodes?.length ? answer.nodes : [answer.node]).filter(Boolean).map((n) => `…${n.slice(-8)}`);
+  return `served by ${nodes.join(' → ')}` +
+    (answer.failovers ? ` (${answer.failovers} failover)` : '') +
+    ` · first token ${Math.round(answer.client_ttft_ms ?? answer.ttft_ms ?? 0)} ms` +
+    ` · ${(answer.tokens_per_s ?? 0).toFixed(1)} tokens/s · ${answer.tokens} tokens`;
+}
