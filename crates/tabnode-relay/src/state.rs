@@ -28,6 +28,8 @@ pub struct NodeEntry {
     pub reachable: bool,
     /// What it registered.
     pub capabilities: Option<Capabilities>,
+    /// The ids of its models (computed once, at registration).
+    pub model_ids: Vec<String>,
 }
 
 impl NodeEntry {
@@ -152,7 +154,7 @@ impl RelayState {
             .iter()
             .filter_map(|(peer, e)| {
                 let caps = e.capabilities.as_ref()?;
-                if !caps.models.iter().any(|m| model_id(m) == want) {
+                if !e.model_ids.contains(&want) {
                     return None;
                 }
                 let standing = pof.get(peer).map(|h| &h.standing);
@@ -236,6 +238,7 @@ impl RelayState {
                 connections: 1,
                 reachable: false,
                 capabilities: None,
+                model_ids: Vec::new(),
             });
     }
 
@@ -295,6 +298,7 @@ impl RelayState {
             .get_mut(&peer)
         {
             Some(e) => {
+                e.model_ids = caps.models.iter().map(|m| model_id(m)).collect();
                 e.capabilities = Some(caps);
                 self.matchmaker.wake();
                 true
