@@ -4,25 +4,15 @@
 // library, unmodified.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import OpenAI from 'openai';
 import {
-  startRelay, startNode, launchBrowser, waitFor, BIN, MODELS_DIR, MODEL_FILE,
+  startRelay, startNode, launchBrowser, waitFor, localAnswer,
 } from './harness.mjs';
 
 let relay;
 let node;
 let browser;
 
-/** What the model says locally (greedy), to compare with the network. */
-function localAnswer(prompt, maxTokens) {
-  const out = execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', join(MODELS_DIR, MODEL_FILE), '--chat',
-    '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
-  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  return JSON.parse(out);
-}
 
 async function modelId() {
   return waitFor('a model on the network', async () => {

@@ -1,6 +1,6 @@
 // Test harness: starts the real relay and native node binaries and drives
 // Debian's Chromium (with WebGPU on SwiftShader) through playwright-core.
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -123,6 +123,16 @@ export async function startNode(relay, { serve = false } = {}) {
       await proc.exited;
     },
   };
+}
+
+/** What the model answers locally to a chat `prompt` (greedy), with the
+ * native engine: the reference for answers that come over the network. */
+export function localAnswer(prompt, maxTokens) {
+  const out = execFileSync(join(BIN, 'tabnode-node'), [
+    'generate', '--model', join(MODELS_DIR, MODEL_FILE), '--chat',
+    '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
+  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  return JSON.parse(out);
 }
 
 export async function launchBrowser() {

@@ -7,11 +7,9 @@
 // the tokens it served.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:http';
-import { join } from 'node:path';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor, BIN, MODELS_DIR, MODEL_FILE,
+  startRelay, startNode, launchBrowser, openTab, waitFor, localAnswer,
 } from './harness.mjs';
 
 // SwiftShader runs the f32 model on the CPU: about 90 s for a prompt and
@@ -25,13 +23,6 @@ let peerB;
 let host;
 let native;
 
-function localAnswer(prompt, maxTokens) {
-  const out = execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', join(MODELS_DIR, MODEL_FILE), '--chat',
-    '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
-  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  return JSON.parse(out);
-}
 
 async function ledgerTokens(peer) {
   const r = await fetch(`${relay.url}/api/ledger/${peer}`);

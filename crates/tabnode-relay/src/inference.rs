@@ -350,20 +350,7 @@ pub(crate) struct InferContext {
 }
 
 async fn send(ctx: &InferContext, peer: PeerId, request: Request) -> Result<Response, String> {
-    let (reply, rx) = oneshot::channel();
-    ctx.commands
-        .send(RelayCommand::Request {
-            peer,
-            request,
-            reply,
-        })
-        .await
-        .map_err(|_| "the relay is stopping".to_string())?;
-    match tokio::time::timeout(ctx.config.accept_timeout, rx).await {
-        Err(_) => Err("no answer in time".into()),
-        Ok(Err(_)) => Err("the relay is stopping".into()),
-        Ok(Ok(r)) => r,
-    }
+    crate::swarm::request(&ctx.commands, peer, request, ctx.config.accept_timeout).await
 }
 
 fn cancel(ctx: &InferContext, peer: PeerId, request_id: u64) {

@@ -16,7 +16,7 @@ use libp2p::PeerId;
 use rand::RngCore;
 use tabnode_core::{PofChallenge, PofRecord, Request, Response};
 use tabnode_pof::{derive_seed, expand, flops, n_for_pledge, verify_with, Query, DEFAULT_K};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{state::RelayState, swarm::RelayCommand};
@@ -92,20 +92,7 @@ impl Challenger {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, String> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(RelayCommand::Request {
-                peer,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| "the relay is stopping".to_string())?;
-        match tokio::time::timeout(timeout, rx).await {
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            Ok(Err(_)) => Err("the relay is stopping".into()),
-            Ok(Ok(r)) => r,
-        }
+        crate::swarm::request(&self.commands, peer, request, timeout).await
     }
 
     /// Runs one challenge against `peer` and records the result.

@@ -206,6 +206,30 @@ pub(crate) enum RelayCommand {
     },
 }
 
+/// Sends `request` to `peer` through the swarm task and waits at most
+/// `timeout` for the answer.
+pub(crate) async fn request(
+    commands: &tokio::sync::mpsc::Sender<RelayCommand>,
+    peer: PeerId,
+    request: Request,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    commands
+        .send(RelayCommand::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await
+        .map_err(|_| "the relay is stopping".to_string())?;
+    match tokio::time::timeout(timeout, rx).await {
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Ok(Err(_)) => Err("the relay is stopping".into()),
+        Ok(Ok(r)) => r,
+    }
+}
+
 /// The relay's event loop.
 pub(crate) async fn run(
     mut swarm: Swarm<RelayBehaviour>,
