@@ -1,6 +1,6 @@
 // Test harness: starts the real relay and native node binaries and drives
 // Debian's Chromium (with WebGPU on SwiftShader) through playwright-core.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -67,6 +67,8 @@ export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
     '--site-root', ROOT,
     '--models-dir', MODELS_DIR,
     '--bootstrap-file', bootFile,
+    // Small proofs: SwiftShader would spend seconds of each test on n = 2048.
+    '--pof-max-n', '256',
     ...args,
   ]);
   const url = await waitFor('the relay to be ready', () => {
@@ -123,6 +125,24 @@ export async function startNode(relay, { serve = false } = {}) {
       await proc.exited;
     },
   };
+}
+
+/**
+ * Sends one request to `peer` through the relay from a fresh native peer
+ * (not the relay), as any peer could: `spec` is `echo`, `pof-challenge:N`,
+ * `pof-open`, `infer` or `infer-cancel`. Returns the answer as JSON
+ * (`{kind: 'error', code, message}`, `{kind: 'echo', bytes}`, or
+ * `{kind: 'other', debug}`).
+ */
+export function probe(relay, peer, spec) {
+  const bin = join(BIN, 'examples', 'probe');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: run cargo test (it builds the examples)`);
+  return new Promise((resolvePromise, reject) => {
+    execFile(bin, [relay.bootFile, peer, spec], { encoding: 'utf8', timeout: 90_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`probe ${spec}: ${err.message}\n${stderr.slice(-2000)}`));
+      else resolvePromise(JSON.parse(stdout.trim().split('\n').pop()));
+    });
+  });
 }
 
 /** What the model answers locally to a chat `prompt` (greedy), with the

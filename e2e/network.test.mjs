@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor, waitForReachable, echoFromTab,
+  startRelay, startNode, launchBrowser, openTab, waitFor, waitForReachable, echoFromTab, probe,
 } from './harness.mjs';
 
 const MIB = 1 << 20;
@@ -78,7 +78,10 @@ test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a 
     const { pof } = net.nodes.find((p) => p.peer_id === id);
     assert.equal(pof.last.passed, true, JSON.stringify(pof.last));
     assert.equal(pof.failed, 0);
-    assert.ok(pof.verified_gflops > 0, JSON.stringify(pof));
+    assert.ok(pof.matmul_gflops > 0, JSON.stringify(pof));
+    assert.equal(pof.valid, true);
+    assert.ok(['cpu', 'software_gpu', 'gpu'].includes(pof.last.device_class), JSON.stringify(pof.last));
+    assert.ok(pof.last.rtt_ms >= 0 && pof.last.deadline_ms > 0, JSON.stringify(pof.last));
     assert.ok(pof.last.n >= 256);
   }
   const history = await (await fetch(`${relay.url}/api/pof/${idA}`)).json();
@@ -88,7 +91,27 @@ test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a 
   const handled = await tabA.page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'handled'));
   assert.deepEqual(handled.slice(0, 2).map((e) => e.answer), ['pof_commit', 'pof_opening']);
   assert.equal(handled[0].device, 'webgpu', 'the matmul ran on WebGPU');
-  await tabA.page.waitForFunction(() => /GFLOP\/s verified/.test(document.getElementById('pof').textContent), null, { timeout: 10_000 });
+  await tabA.page.waitForFunction(() => /GFLOP\/s proven exact matmul/.test(document.getElementById('pof').textContent), null, { timeout: 10_000 });
+});
+
+test('a tab obeys commands only from its relay: challenges, openings and generations from another peer are refused', async () => {
+  // 65536 is the size whose n*n wraps to 0 on wasm32.
+  for (const spec of ['pof-challenge:8', 'pof-challenge:65536', 'pof-open', 'infer', 'infer-cancel']) {
+    const answer = await probe(relay, idB, spec);
+    assert.equal(answer.kind, 'error', `${spec}: ${JSON.stringify(answer)}`);
+    assert.equal(answer.code, 'Forbidden', `${spec}: ${JSON.stringify(answer)}`);
+    assert.match(answer.message, /only from this node's relay/);
+  }
+  // Messages meant for peers still work.
+  assert.deepEqual(await probe(relay, idB, 'echo'), { kind: 'echo', bytes: 5 });
+  // Nothing reached the worker or the serving code: every command the page
+  // handed over came from the relay, and the worker did not panic.
+  const requests = await tabB.page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'request'));
+  assert.ok(requests.length >= 2, 'the relay\'s own challenge was handled');
+  assert.deepEqual([...new Set(requests.map((e) => e.peer))], [relay.peerId]);
+  assert.deepEqual(tabB.page.logs.filter((l) => l.startsWith('pageerror') || /panicked/.test(l)), []);
+  const { pof } = (await relay.network()).nodes.find((p) => p.peer_id === idB);
+  assert.equal(pof.failed, 0);
 });
 
 test('tab to tab through the relay circuit, small and 1 MiB', async () => {

@@ -5,8 +5,11 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TABNODE_ROOT"
 
-echo "== cargo build (native: relay, node)"
-cargo build -p tabnode-relay -p tabnode-node
+# The whole workspace with tests and examples: the same feature resolution
+# as `cargo test --workspace`, so the tests reuse these artifacts instead of
+# building every dependency a second time (that alone was ~40 min cold).
+echo "== cargo build (native: relay, node, tests, examples)"
+cargo build --workspace --all-targets
 
 echo "== cargo build (wasm32: page node, worker)"
 cargo build --release --target wasm32-unknown-unknown -p tabnode-web -p tabnode-worker

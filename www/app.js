@@ -183,9 +183,10 @@ async function refreshPeers() {
     if (me?.pof?.last) {
       state.pof = me.pof;
       const last = me.pof.last;
+      const tally = `${me.pof.passed} passed, ${me.pof.failed} failed, standing ${me.pof.standing}`;
       $('pof').textContent = last.passed
-        ? `${last.gflops.toFixed(2)} GFLOP/s verified (n = ${last.n}; ${me.pof.passed} passed, ${me.pof.failed} failed)`
-        : `failed: ${last.reason} (${me.pof.passed} passed, ${me.pof.failed} failed)`;
+        ? `${last.matmul_gflops.toFixed(2)} GFLOP/s proven exact matmul (n = ${last.n}, sized by ${last.sized_by}; ${tally})`
+        : `failed: ${last.reason} (${tally})`;
     }
     const body = $('peers').querySelector('tbody');
     body.replaceChildren(...peers.map((p) => {
@@ -196,7 +197,9 @@ async function refreshPeers() {
         p.kind,
         p.transport,
         gpu ? ([gpu.vendor, gpu.architecture].filter(Boolean).join('/') || gpu.description || gpu.backend) : (p.capabilities?.gpu_error ? 'none' : '—'),
-        p.pof?.verified_gflops != null ? `${p.pof.verified_gflops.toFixed(2)} GFLOP/s` : '—',
+        p.pof?.matmul_gflops != null
+          ? `${p.pof.matmul_gflops.toFixed(2)} GFLOP/s (${p.pof.last?.device_class ?? '?'}, standing ${p.pof.standing}${p.pof.valid ? '' : ', not valid'})`
+          : '—',
         new Date(p.connected_since_ms).toLocaleTimeString(),
       ];
       for (const c of cells) {

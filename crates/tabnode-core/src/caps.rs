@@ -48,6 +48,19 @@ pub struct GpuInfo {
     pub limits: GpuLimits,
 }
 
+/// The kind of device a node says it proves on. Until a node has a proof
+/// history, the relay sizes its challenges and deadlines from this claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceClass {
+    /// No GPU: CPU sgemm (native) or the worker's CPU fallback (tab).
+    Cpu,
+    /// A software GPU adapter (SwiftShader, lavapipe).
+    SoftwareGpu,
+    /// A hardware GPU.
+    Gpu,
+}
+
 /// Everything a node advertises to the relay when it joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -65,9 +78,22 @@ pub struct Capabilities {
     pub models: Vec<String>,
     /// Generations the node runs at once.
     pub slots: u32,
+    /// The largest Proof-of-FLOPS `n` the node accepts (what its memory and
+    /// device hold); the relay never challenges above it, the node refuses
+    /// anything larger.
+    pub max_pof_n: u32,
 }
 
 impl Capabilities {
+    /// The device class these capabilities claim.
+    pub fn device_class(&self) -> DeviceClass {
+        match &self.gpu {
+            None => DeviceClass::Cpu,
+            Some(g) if g.is_fallback => DeviceClass::SoftwareGpu,
+            Some(_) => DeviceClass::Gpu,
+        }
+    }
+
     /// Capabilities with no GPU and no models.
     pub fn new(kind: NodeKind, agent: impl Into<String>) -> Self {
         Self {
@@ -78,6 +104,7 @@ impl Capabilities {
             pledged_vram_mib: 0,
             models: Vec::new(),
             slots: 1,
+            max_pof_n: crate::pof::DEFAULT_MAX_N,
         }
     }
 }

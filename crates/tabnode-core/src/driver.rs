@@ -431,7 +431,7 @@ impl Driver {
                     },
                 ..
             } => {
-                let Some(response) = answer(peer, &request) else {
+                let Some(response) = answer(peer, self.relay_peer, &request) else {
                     // Forget channels whose requester gave up.
                     self.inbound.retain(|_, c| c.is_open());
                     let id = self.next_inbound;

@@ -8,7 +8,9 @@
 //! * [`caps`]: what a node reports about itself (GPU adapter, limits, pledge),
 //! * [`worker`]: the typed messages between the page and its compute worker,
 //! * [`node`]: the libp2p behaviour every node (tab or native) runs, and the
-//!   sans-I/O handling of its events.
+//!   sans-I/O handling of its events (only the relay may command a node),
+//! * [`pof`]: the node's side of Proof-of-FLOPS (size checks, one commitment
+//!   per round); backends supply the matmul.
 //!
 //! This crate has no `web-sys` and no tokio: it builds for
 //! `wasm32-unknown-unknown` and natively.
@@ -21,10 +23,11 @@ pub mod infer;
 // The `NetworkBehaviour` derive generates an event enum without docs.
 #[allow(missing_docs)]
 pub mod node;
+pub mod pof;
 pub mod protocol;
 pub mod worker;
 
-pub use caps::{Capabilities, GpuInfo, GpuLimits, NodeKind};
+pub use caps::{Capabilities, DeviceClass, GpuInfo, GpuLimits, NodeKind};
 pub use codec::{CodecError, CodecStats, TabnodeCodec, MAX_FRAME, MAX_MESSAGE};
 pub use infer::{model_id, ChunkStreamer, InferChunk, InferDone, InferEnd, InferRequest};
 pub use protocol::{

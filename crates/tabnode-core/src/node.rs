@@ -81,13 +81,19 @@ pub fn rpc_behaviour(codec: TabnodeCodec) -> request_response::Behaviour<Tabnode
     )
 }
 
-/// How a plain node (not the relay) answers a request from `peer` by itself.
+/// How a plain node (not the relay) answers a request from `peer` by itself;
+/// `relay` is the relay this node joined.
 ///
-/// Nodes answer `Echo` and refuse the relay-only requests. `None` means the
-/// request needs the node's owner (a Proof-of-FLOPS challenge needs the GPU,
-/// a generation the model):
-/// the driver hands it over as [`crate::driver::NodeEvent::Request`].
-pub fn answer(_peer: PeerId, request: &Request) -> Option<Response> {
+/// Nodes answer `Echo` from anyone and refuse the registry's requests.
+/// Commands (Proof-of-FLOPS challenges and openings, generations and their
+/// cancellation) are obeyed only when libp2p authenticated the sender as
+/// the node's own relay: from any other peer they are refused with
+/// [`ErrorCode::Forbidden`] (otherwise anyone could outsource their proofs
+/// to this node, overwrite its commitments or crash it with a huge
+/// challenge). `None` means the request needs the node's owner (a challenge
+/// needs the GPU, a generation the model): the driver hands it over as
+/// [`crate::driver::NodeEvent::Request`].
+pub fn answer(peer: PeerId, relay: PeerId, request: &Request) -> Option<Response> {
     match request {
         Request::Echo(payload) => Some(Response::Echo(payload.clone())),
         Request::Register(_) | Request::ListPeers => Some(Response::Error {
@@ -101,7 +107,16 @@ pub fn answer(_peer: PeerId, request: &Request) -> Option<Response> {
         Request::PofChallenge(_)
         | Request::PofOpen { .. }
         | Request::Infer(_)
-        | Request::InferCancel { .. } => None,
+        | Request::InferCancel { .. } => {
+            if peer == relay {
+                None
+            } else {
+                Some(Response::Error {
+                    code: ErrorCode::Forbidden,
+                    message: format!("{} is obeyed only from this node's relay", request.name()),
+                })
+            }
+        }
     }
 }
 
@@ -130,25 +145,49 @@ mod tests {
 
     #[test]
     fn nodes_echo_and_refuse_registry_requests() {
-        let peer = PeerId::random();
+        let (peer, relay) = (PeerId::random(), PeerId::random());
         assert_eq!(
-            answer(peer, &Request::Echo(vec![1, 2, 3])),
+            answer(peer, relay, &Request::Echo(vec![1, 2, 3])),
             Some(Response::Echo(vec![1, 2, 3]))
         );
         assert!(matches!(
-            answer(peer, &Request::ListPeers),
+            answer(peer, relay, &Request::ListPeers),
             Some(Response::Error {
                 code: ErrorCode::Unsupported,
                 ..
             })
         ));
-        let open = Request::PofOpen {
-            round: 1,
-            query: crate::protocol::PofQuery {
-                nonce: [0; 32],
-                k: 1,
+    }
+
+    #[test]
+    fn commands_are_obeyed_only_from_the_relay() {
+        let (peer, relay) = (PeerId::random(), PeerId::random());
+        let commands = [
+            Request::PofOpen {
+                round: 1,
+                query: crate::protocol::PofQuery {
+                    nonce: [0; 32],
+                    k: 1,
+                },
             },
-        };
-        assert_eq!(answer(peer, &open), None);
+            Request::PofChallenge(crate::protocol::PofChallenge {
+                round: 1,
+                n: 8,
+                seed: [0; 32],
+                deadline_ms: 1,
+            }),
+            Request::InferCancel { request_id: 1 },
+        ];
+        for request in &commands {
+            assert_eq!(answer(relay, relay, request), None, "{request:?}");
+            assert!(
+                matches!(
+                    answer(peer, relay, request),
+                    Some(Response::Error { code: ErrorCode::Forbidden, ref message })
+                        if message.contains("only from this node's relay")
+                ),
+                "{request:?}"
+            );
+        }
     }
 }

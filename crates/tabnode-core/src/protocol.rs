@@ -52,6 +52,22 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Register(_) => "Register",
+            Request::ListPeers => "ListPeers",
+            Request::Echo(_) => "Echo",
+            Request::PofChallenge(_) => "PofChallenge",
+            Request::PofOpen { .. } => "PofOpen",
+            Request::Infer(_) => "Infer",
+            Request::InferChunk(_) => "InferChunk",
+            Request::InferCancel { .. } => "InferCancel",
+        }
+    }
+}
+
 /// A Proof-of-FLOPS challenge (see the `tabnode-pof` crate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PofChallenge {
@@ -108,8 +124,12 @@ pub enum ErrorCode {
     Busy,
     /// The node does not serve the requested model.
     UnknownModel,
-    /// The prompt does not fit the model's context.
+    /// The prompt does not fit the model's context, or a challenge is
+    /// larger than the node advertised.
     TooLarge,
+    /// The sender may not make this request (a command from a peer that is
+    /// not the node's relay).
+    Forbidden,
 }
 
 /// One node as the relay lists it.
@@ -132,16 +152,27 @@ pub struct PeerSummary {
 }
 
 /// A node's Proof-of-FLOPS record as the relay keeps it.
+///
+/// What a passed proof shows: whoever held the seed computed an exact
+/// small-integer f32 matmul of size `n` at this rate (round trip
+/// subtracted). It does not show who computed it (a consenting helper can
+/// compute for a node) nor anything about the node's tokens.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PofStanding {
-    /// GFLOP/s of the last passed proof.
-    pub verified_gflops: Option<f64>,
+    /// Exact small-integer matmul throughput of the last passed proof, in
+    /// GFLOP/s (2n³ over the time from challenge to commitment, less the
+    /// measured round trip).
+    pub matmul_gflops: Option<f64>,
     /// Proofs passed.
     pub passed: u32,
     /// Proofs failed.
     pub failed: u32,
-    /// Passed minus five times failed: what matchmaking and points use.
+    /// Passed minus five times failed. A node earns points and is given
+    /// work only while its last proof passed and this is not negative.
     pub standing: i64,
+    /// Whether the node may serve and earn now (last proof passed and
+    /// standing not negative).
+    pub valid: bool,
     /// The most recent result.
     pub last: Option<PofRecord>,
 }
@@ -155,10 +186,19 @@ pub struct PofRecord {
     pub round: u64,
     /// Matrix size.
     pub n: u32,
+    /// Where the size came from: the claimed device class, or `history`
+    /// (the node's previous proven rate).
+    pub sized_by: String,
+    /// The device class the node claimed.
+    pub device_class: crate::caps::DeviceClass,
     /// Milliseconds from challenge to commit.
     pub commit_ms: u64,
-    /// `2n³ / commit time`, in GFLOP/s.
-    pub gflops: f64,
+    /// The round trip to the node measured just before, in milliseconds.
+    pub rtt_ms: f64,
+    /// The deadline, in milliseconds.
+    pub deadline_ms: u64,
+    /// `2n³ / (commit time − round trip)`, in GFLOP/s.
+    pub matmul_gflops: f64,
     /// Whether every check passed.
     pub passed: bool,
     /// Why it failed.

@@ -23,6 +23,7 @@ use tabnode_core::{Capabilities, NodeKind};
 use tabnode_infer::{Device, Engine, EngineError};
 use tabnode_node::serve::{InferServer, ServedModel};
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_relay::catalog::CatalogModel;
 use tabnode_relay::{InferConfig, PofConfig, RelayConfig, RelayHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,11 +42,28 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
         queue_timeout: Duration::from_secs(30),
         ..InferConfig::default()
     };
-    // One proof per node, at registration.
+    // One small proof per node, at registration: the bench measures
+    // routing, not proving.
     cfg.pof = PofConfig {
         interval: Duration::from_secs(3600),
+        max_n: 256,
         ..PofConfig::default()
     };
+    // A thousand simulated nodes share this machine's address.
+    cfg.limits.max_peers_per_ip = 100_000;
+    // The stand-in model joins the catalog (an instant "1T" model: no rate
+    // cap applies at its size).
+    cfg.catalog.models.push(CatalogModel {
+        id: tabnode_core::model_id(SIMULATED),
+        name: SIMULATED.into(),
+        title: "stand-in for routing benchmarks".into(),
+        package: "none".into(),
+        file: "none".into(),
+        bytes: 0,
+        sha256: "0".repeat(64),
+        context: 8192,
+        params: 1,
+    });
     tabnode_relay::start(cfg).await.expect("relay starts")
 }
 
@@ -199,9 +217,12 @@ async fn wait_nodes_of(addr: std::net::SocketAddr, model: &str) {
 /// A stand-in model: answers at once with `max_tokens` fixed tokens.
 struct Simulated;
 
+/// Its name.
+const SIMULATED: &str = "Simulated 1T";
+
 impl ServedModel for Simulated {
     fn name(&self) -> &str {
-        "Simulated 1T"
+        SIMULATED
     }
     fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
         Ok(match &request.prompt {

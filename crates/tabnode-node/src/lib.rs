@@ -259,6 +259,9 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let respond = commands.clone();
     let server = config.server;
     let mut capabilities = config.capabilities;
+    if let Some(max_n) = handler.max_pof_n() {
+        capabilities.max_pof_n = max_n;
+    }
     if let Some(s) = &server {
         capabilities.models = vec![s.model_name().to_string()];
         capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);

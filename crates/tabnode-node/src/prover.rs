@@ -1,17 +1,23 @@
 //! How a native node answers the requests the driver hands over: the
 //! Proof-of-FLOPS prover, on a GPU through wgpu or on the CPU.
 
-use std::sync::Mutex;
-
 use futures::executor::block_on;
-use tabnode_core::{ErrorCode, PofChallenge, Request, Response};
-use tabnode_pof::{expand, gpu::GpuProver, Prover};
+use tabnode_core::pof::{Matmul, PofResponder};
+use tabnode_core::{ErrorCode, Request, Response};
+use tabnode_pof::gpu::{GpuError, GpuProver};
 
 /// Answers one request the driver could not answer itself. Runs on a
 /// blocking thread; may take as long as the computation needs.
 pub trait RequestHandler: Send + Sync {
-    /// The answer to `request` from `peer`.
+    /// The answer to `request` from `peer` (always the node's relay: the
+    /// driver refuses commands from anyone else).
     fn handle(&self, peer: &str, request: Request) -> Response;
+
+    /// The largest Proof-of-FLOPS challenge this handler accepts, advertised
+    /// in the capabilities (`None`: keep what they say).
+    fn max_pof_n(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Where the matmul runs.
@@ -46,77 +52,62 @@ impl Backend {
         }
     }
 
-    fn matmul(&self, a: &[f32], b: &[f32], n: u32) -> Result<Vec<f32>, String> {
+    /// The largest challenge this backend takes: a GPU's storage binding
+    /// must hold one matrix; never above the network default.
+    pub fn max_n(&self) -> u32 {
         match self {
-            Backend::Cpu => Ok(tabnode_pof::matmul_sgemm(a, b, n as usize)),
-            Backend::Gpu(g) => block_on(g.matmul(a, b, n)).map_err(|e| e.to_string()),
+            Backend::Cpu => tabnode_core::pof::DEFAULT_MAX_N,
+            Backend::Gpu(g) => g.max_n().min(tabnode_core::pof::DEFAULT_MAX_N),
         }
     }
 }
 
-/// The honest Proof-of-FLOPS prover: computes, commits, opens.
+impl Matmul for Backend {
+    type Error = GpuError;
+
+    async fn matmul(&self, a: &[f32], b: &[f32], n: u32) -> Result<Vec<f32>, GpuError> {
+        match self {
+            Backend::Cpu => Ok(tabnode_pof::matmul_sgemm(a, b, n as usize)),
+            Backend::Gpu(g) => g.matmul(a, b, n).await,
+        }
+    }
+}
+
+/// The honest Proof-of-FLOPS prover: [`PofResponder`] (size checks, one
+/// commitment per round) over a [`Backend`].
 #[derive(Debug)]
 pub struct PofProver {
     backend: Backend,
-    /// The last commitment, kept until it is opened or replaced.
-    current: Mutex<Option<(u64, Prover)>>,
-}
-
-fn refuse(message: impl Into<String>) -> Response {
-    Response::Error {
-        code: ErrorCode::Invalid,
-        message: message.into(),
-    }
+    responder: PofResponder,
 }
 
 impl PofProver {
-    /// A prover on `backend`.
+    /// A prover on `backend` that accepts what the backend holds.
     pub fn new(backend: Backend) -> Self {
+        let max_n = backend.max_n();
+        Self::with_max_n(backend, max_n)
+    }
+
+    /// A prover on `backend` that accepts challenges up to `max_n`.
+    pub fn with_max_n(backend: Backend, max_n: u32) -> Self {
         Self {
             backend,
-            current: Mutex::new(None),
-        }
-    }
-
-    /// Computes `C` for a challenge and returns the commitment.
-    pub fn commit(&self, c: &PofChallenge) -> Response {
-        let (a, b) = match expand(&c.seed, c.n) {
-            Ok(m) => m,
-            Err(e) => return refuse(e.to_string()),
-        };
-        let product = match self.backend.matmul(&a, &b, c.n) {
-            Ok(p) => p,
-            Err(e) => return refuse(e),
-        };
-        match Prover::new(c.n, &product) {
-            Ok(p) => {
-                let root = p.root();
-                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((c.round, p));
-                Response::PofCommit {
-                    round: c.round,
-                    root,
-                }
-            }
-            Err(e) => refuse(e.to_string()),
-        }
-    }
-
-    /// Opens the committed result of `round`.
-    pub fn open(&self, round: u64, query: &tabnode_pof::Query) -> Response {
-        let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        match &*guard {
-            Some((r, p)) if *r == round => Response::PofOpening(Box::new(p.answer(query))),
-            _ => refuse(format!("nothing committed for round {round}")),
+            responder: PofResponder::new(max_n),
         }
     }
 }
 
 impl RequestHandler for PofProver {
     fn handle(&self, _peer: &str, request: Request) -> Response {
-        match request {
-            Request::PofChallenge(c) => self.commit(&c),
-            Request::PofOpen { round, query } => self.open(round, &query),
-            other => refuse(format!("unexpected request {other:?}")),
-        }
+        block_on(self.responder.answer(&self.backend, &request)).unwrap_or_else(|| {
+            Response::Error {
+                code: ErrorCode::Invalid,
+                message: format!("the prover does not handle {}", request.name()),
+            }
+        })
+    }
+
+    fn max_pof_n(&self) -> Option<u32> {
+        Some(self.responder.max_n())
     }
 }

@@ -103,6 +103,11 @@ impl InferServer {
         self.slots
     }
 
+    /// Generations running now.
+    pub fn active(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Checks `request` and takes a slot for it: the answer to send back.
     /// [`Response::InferAccepted`] means [`InferServer::run`] must follow.
     pub fn accept(&self, request: &InferRequest) -> Response {

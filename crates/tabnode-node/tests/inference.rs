@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
-use tabnode_core::{Capabilities, NodeKind};
+use tabnode_core::{Capabilities, ErrorCode, NodeKind, Request, Response};
 use tabnode_infer::{Device, Engine};
+use tabnode_node::prover::RequestHandler;
 use tabnode_node::serve::InferServer;
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
@@ -78,18 +79,53 @@ fn test_config() -> InferConfig {
     }
 }
 
+fn honest_prover() -> Arc<dyn RequestHandler> {
+    Arc::new(tabnode_node::prover::PofProver::new(
+        tabnode_node::prover::Backend::Cpu,
+    ))
+}
+
 fn serving_node(relay: libp2p::Multiaddr, slots: usize) -> NodeHandle {
+    serving_node_with(relay, slots, honest_prover(), engine())
+}
+
+fn serving_node_with(
+    relay: libp2p::Multiaddr,
+    slots: usize,
+    handler: Arc<dyn RequestHandler>,
+    model: Arc<dyn tabnode_node::serve::ServedModel>,
+) -> NodeHandle {
+    node_serving(relay, handler, Arc::new(InferServer::new(model, slots)))
+}
+
+fn node_serving(
+    relay: libp2p::Multiaddr,
+    handler: Arc<dyn RequestHandler>,
+    server: Arc<InferServer>,
+) -> NodeHandle {
     spawn(NodeConfig {
         relay,
         key: None,
         capabilities: Capabilities::new(NodeKind::Native, "inference-test"),
         max_backoff: Duration::from_millis(500),
-        handler: Arc::new(tabnode_node::prover::PofProver::new(
-            tabnode_node::prover::Backend::Cpu,
-        )),
-        server: Some(Arc::new(InferServer::new(engine(), slots))),
+        handler,
+        server: Some(server),
     })
     .expect("node starts")
+}
+
+/// A prover that never answers: its node stays unverified.
+struct Silent(Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl RequestHandler for Silent {
+    fn handle(&self, _: &str, _: Request) -> Response {
+        // Held until the test ends (the sender is dropped with it).
+        let _ = self.0.lock().map(|rx| rx.recv());
+        Response::Error {
+            code: ErrorCode::Invalid,
+            message: "never proved".into(),
+        }
+    }
 }
 
 fn chat_body(prompt: &str, max_tokens: u32, stream: bool) -> String {
@@ -187,21 +223,29 @@ fn read_answer(r: &HttpResponse, stream: bool) -> Answer {
     a
 }
 
+/// Waits until `nodes` nodes serve the model and have passed a proof (only
+/// verified nodes earn points).
 async fn wait_for_model(addr: std::net::SocketAddr, nodes: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        let n = v["data"]
+        let serving = v["data"]
             .as_array()
             .and_then(|d| d.iter().find(|m| m["id"] == model().as_str()))
             .and_then(|m| m["tabnode"]["nodes"].as_u64())
             .unwrap_or(0);
-        if n as usize >= nodes {
+        let net = http(addr, "GET", "/api/network", None, &[]).await.json();
+        let verified = net["nodes"].as_array().map_or(0, |n| {
+            n.iter()
+                .filter(|n| n["pof"]["last"]["passed"] == true)
+                .count()
+        });
+        if serving as usize >= nodes && verified >= nodes {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nodes never registered: {v}"
+            "nodes never registered and proved: {v} {net}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -286,6 +330,44 @@ async fn concurrent_requests_spread_over_nodes_and_the_ledger_matches_exactly() 
         "{}",
         m.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_valid_proof_serves_but_earns_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let (_never, rx) = std::sync::mpsc::channel();
+    let node = serving_node_with(
+        relay.tcp_addr().expect("tcp"),
+        1,
+        Arc::new(Silent(Mutex::new(rx))),
+        engine(),
+    );
+    node.wait_reachable(WAIT).await.expect("reachable");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.state.candidates(&model()).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (want, tokens) = local_answer("Say hello.", 6);
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("Say hello.", 6, false)),
+        &[],
+    )
+    .await;
+    let a = read_answer(&r, false);
+    // The requester is served...
+    assert_eq!((a.text, a.completion_tokens as usize), (want, tokens));
+    assert_eq!(a.nodes, vec![node.peer_id.to_string()]);
+    // ...but the node, never verified, earns nothing for it.
+    assert!(!relay.state.proof_valid(&node.peer_id));
+    let l = ledger(addr).await;
+    assert_eq!(tokens_of(&l, &node.peer_id.to_string()), 0, "{l}");
+    assert_eq!(l["totals"]["tokens"].as_u64().unwrap_or(0), 0, "{l}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -599,11 +681,453 @@ async fn the_ledger_survives_kill_9_of_the_relay() {
     relay.child.start_kill().expect("SIGKILL");
     let status = relay.child.wait().await.expect("exit status");
     assert!(!status.success(), "killed, not exited: {status:?}");
-    let relay = start_relay_process(&data).await;
+    let mut relay = start_relay_process(&data).await;
     let after = ledger(relay.http).await;
     assert_eq!(
         after["totals"]["tokens"], before["totals"]["tokens"],
         "{after}"
     );
     assert_eq!(after["balances"], before["balances"]);
+
+    // Killed again, now in the middle of a stream: the interrupted request
+    // credits nothing.
+    let node = serving_node(relay.tcp.clone(), 1);
+    wait_for_model(relay.http, 1).await;
+    let _open = stream_until(
+        relay.http,
+        &chat_body("Write a short poem about the sea.", 48, true),
+        1,
+    )
+    .await;
+    relay.child.start_kill().expect("SIGKILL");
+    relay.child.wait().await.expect("exit status");
+    drop(node);
+    let mut relay = start_relay_process(&data).await;
+    // (The new node's proof may have been credited meanwhile: tokens only.)
+    let after_stream = ledger(relay.http).await;
+    assert_eq!(
+        after_stream["totals"]["tokens"], before["totals"]["tokens"],
+        "{after_stream}"
+    );
+    relay.child.start_kill().expect("SIGKILL");
+    relay.child.wait().await.expect("exit status");
+
+    // Every credit applied again, after reopening: nothing changes.
+    let l = tabnode_relay::ledger::Ledger::open(&data.join("ledger.redb")).expect("reopen");
+    let credits = l.credits().expect("credits");
+    assert!(credits.len() >= 3, "{credits:?}");
+    let (balances, totals) = l.balances().expect("balances");
+    l.apply(credits).await.expect("re-apply");
+    assert_eq!(l.balances().expect("balances"), (balances, totals));
+}
+
+/// Sends a streamed chat request by hand and reads until `chunks` content
+/// chunks arrived; returns the open connection (drop it to leave).
+async fn stream_until(
+    addr: std::net::SocketAddr,
+    body: &str,
+    chunks: usize,
+) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&raw)
+        .matches("\"content\":\"")
+        .count()
+        < chunks
+    {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("tokens arrive")
+            .expect("read");
+        assert!(n > 0, "stream ended early");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+// ---- Misbehaving nodes (issue #10: failure paths) ----
+
+#[derive(Debug, Clone, Copy)]
+enum Misbehaviour {
+    /// Goes silent (until the relay cancels).
+    Stall,
+    /// Reports a failure.
+    Fail,
+    /// Sends more tokens than the request allows.
+    Overflow,
+}
+
+/// The real engine for the first `after` tokens, then `mode` once `go`
+/// says so (the test first makes sure a replacement node is verified).
+struct Scripted {
+    engine: Arc<Engine>,
+    mode: Misbehaviour,
+    after: usize,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl tabnode_node::serve::ServedModel for Scripted {
+    fn name(&self) -> &str {
+        &self.engine.info.name
+    }
+
+    fn check(&self, request: &GenerateRequest) -> Result<u32, tabnode_infer::EngineError> {
+        self.engine.check(request)
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<tabnode_core::infer::GenerateResult, tabnode_infer::EngineError> {
+        let sent = std::cell::Cell::new(0usize);
+        let result = self.engine.generate(
+            request,
+            &|| cancelled() || sent.get() >= self.after,
+            &mut |t, s| {
+                if sent.get() < self.after {
+                    on_piece(t, s);
+                    sent.set(sent.get() + t.len());
+                }
+            },
+        )?;
+        // Wait for the go (or the relay's cancel).
+        loop {
+            if cancelled() {
+                return Ok(result);
+            }
+            let go = self
+                .go
+                .lock()
+                .map(|rx| rx.recv_timeout(Duration::from_millis(20)));
+            match go {
+                Ok(Ok(())) | Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected)) | Err(_) => {
+                    break
+                }
+                Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {}
+            }
+        }
+        match self.mode {
+            Misbehaviour::Stall => {
+                while !cancelled() {
+                    std::thread::park_timeout(Duration::from_millis(20));
+                }
+                Ok(result)
+            }
+            Misbehaviour::Fail => Err(tabnode_infer::EngineError::Generate(
+                tabnode_infer::generate::GenerateError::Device("scripted failure".into()),
+            )),
+            Misbehaviour::Overflow => {
+                let junk = vec![42u32; request.max_tokens as usize + 5];
+                on_piece(&junk, "overflow");
+                Ok(result)
+            }
+        }
+    }
+}
+
+fn scripted_node(
+    relay: libp2p::Multiaddr,
+    mode: Misbehaviour,
+) -> (NodeHandle, std::sync::mpsc::Sender<()>) {
+    let (go, rx) = std::sync::mpsc::channel();
+    let model = Scripted {
+        engine: engine(),
+        mode,
+        after: 3,
+        go: Mutex::new(rx),
+    };
+    (
+        serving_node_with(relay, 1, honest_prover(), Arc::new(model)),
+        go,
+    )
+}
+
+/// Small proofs, short stalls: these tests are about what happens after.
+async fn quick_relay(dir: &tempfile::TempDir) -> RelayHandle {
+    let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    cfg.infer = InferConfig {
+        // Long enough for the replacement node to join and prove first.
+        stall_timeout: Duration::from_secs(5),
+        queue_timeout: Duration::from_secs(60),
+        ..InferConfig::default()
+    };
+    cfg.pof.max_n = 256;
+    tabnode_relay::start(cfg).await.expect("relay starts")
+}
+
+async fn wait_valid(relay: &RelayHandle, peer: libp2p::PeerId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !relay.state.proof_valid(&peer) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} never proved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_misbehaving_node_is_replaced_and_earns_nothing_for_its_attempt() {
+    for mode in [
+        Misbehaviour::Stall,
+        Misbehaviour::Fail,
+        Misbehaviour::Overflow,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = quick_relay(&dir).await;
+        let addr = relay.http_addr;
+        let (bad, go) = scripted_node(relay.tcp_addr().expect("tcp"), mode);
+        wait_valid(&relay, bad.peer_id).await;
+        let prompt = "Name three colours.";
+        let (want, want_tokens) = local_answer(prompt, 12);
+        let request = tokio::spawn(async move {
+            http(
+                addr,
+                "POST",
+                "/v1/chat/completions",
+                Some(&chat_body(prompt, 12, false)),
+                &[],
+            )
+            .await
+        });
+        // The bad node has the request; a good one joins and proves; then
+        // the bad one misbehaves.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while relay.state.matchmaker.load_of(&bad.peer_id).0 == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{mode:?}: never sent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let good = serving_node(relay.tcp_addr().expect("tcp"), 1);
+        wait_valid(&relay, good.peer_id).await;
+        go.send(()).expect("go");
+        let a = read_answer(&request.await.expect("request task"), false);
+        assert_eq!(a.text, want, "{mode:?}");
+        assert_eq!(a.completion_tokens as usize, want_tokens, "{mode:?}");
+        assert_eq!(
+            a.nodes,
+            vec![bad.peer_id.to_string(), good.peer_id.to_string()],
+            "{mode:?}"
+        );
+        assert_eq!(a.failovers, 1);
+        // The bad node earns nothing for its attempt; the good one exactly
+        // the part it generated (the bad one delivered at least 3 tokens).
+        let l = ledger(addr).await;
+        assert_eq!(tokens_of(&l, &bad.peer_id.to_string()), 0, "{mode:?}: {l}");
+        let earned = tokens_of(&l, &good.peer_id.to_string());
+        assert!(
+            earned > 0 && earned <= want_tokens as u64 - 3,
+            "{mode:?}: {l}"
+        );
+        assert_eq!(l["totals"]["tokens"].as_u64(), Some(earned), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_failed_attempts_end_in_an_error_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    let nodes: Vec<_> = (0..3)
+        .map(|_| scripted_node(relay.tcp_addr().expect("tcp"), Misbehaviour::Fail))
+        .collect();
+    for (n, go) in &nodes {
+        wait_valid(&relay, n.peer_id).await;
+        // No waiting: each fails after its 3 tokens.
+        go.send(()).expect("go");
+    }
+    wait_for_model(addr, 3).await;
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("Name three colours.", 12, true)),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "the stream had started");
+    let events = r.events();
+    let last: Value = serde_json::from_str(events.last().expect("events")).expect("JSON");
+    assert_eq!(last["error"]["code"], "no_node_available", "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    let l = ledger(addr).await;
+    assert_eq!(l["totals"]["tokens"].as_u64().unwrap_or(0), 0, "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    let server = Arc::new(InferServer::new(engine(), 1));
+    let node = node_serving(
+        relay.tcp_addr().expect("tcp"),
+        honest_prover(),
+        server.clone(),
+    );
+    wait_for_model(addr, 1).await;
+    let s = stream_until(
+        addr,
+        &chat_body("Write a long story about a dragon.", 200, true),
+        2,
+    )
+    .await;
+    drop(s);
+    // The node is told, its slot frees within seconds (long before the
+    // 200 tokens would be done), and it takes the next request.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.state.matchmaker.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot still taken: relay {:?}, node {}",
+            relay.state.matchmaker.load_of(&node.peer_id),
+            server.active()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("Say hello.", 4, false)),
+        &[],
+    )
+    .await;
+    let next = read_answer(&next, false);
+    // Only what reached the requester of the abandoned stream is credited:
+    // far less than the 200 asked for.
+    let l = ledger(addr).await;
+    let abandoned = tokens_of(&l, &node.peer_id.to_string()) - next.completion_tokens;
+    assert!(
+        (2..100).contains(&abandoned),
+        "{abandoned} tokens credited: {l}"
+    );
+    assert!(
+        relay
+            .state
+            .render_metrics()
+            .contains("tabnode_inference_requests_total{outcome=\"failed\"} 1"),
+        "the abandoned request counts as failed"
+    );
+}
+
+// ---- Self-dealt tokens (issue #10, attack 2) ----
+
+/// A model that answers at once with `max_tokens` made-up tokens, under a
+/// name of its choosing.
+struct Junk(String);
+
+impl tabnode_node::serve::ServedModel for Junk {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn check(&self, _: &GenerateRequest) -> Result<u32, tabnode_infer::EngineError> {
+        Ok(8)
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        _: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<tabnode_core::infer::GenerateResult, tabnode_infer::EngineError> {
+        let n = request.max_tokens;
+        let tokens: Vec<u32> = (0..n).map(|i| 1000 + i).collect();
+        let text = " x".repeat(n as usize);
+        on_piece(&tokens, &text);
+        Ok(tabnode_core::infer::GenerateResult {
+            tokens,
+            text,
+            finish: tabnode_core::infer::FinishReason::Length,
+            prompt_tokens: 8,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+            device: "junk".into(),
+        })
+    }
+}
+
+fn junk_body(model: &str, max_tokens: u32) -> String {
+    json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": "hi" }],
+        "max_tokens": max_tokens,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_outside_the_catalog_is_neither_routed_nor_credited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    let node = serving_node_with(
+        relay.tcp_addr().expect("tcp"),
+        1,
+        honest_prover(),
+        Arc::new(Junk("My Own Model".into())),
+    );
+    wait_valid(&relay, node.peer_id).await;
+    let models = http(addr, "GET", "/v1/models", None, &[]).await.json();
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(0), "{models}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&junk_body("my-own-model", 4096)),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let l = ledger(addr).await;
+    assert_eq!(tokens_of(&l, &node.peer_id.to_string()), 0, "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_faster_than_the_proven_rate_allows_earn_only_up_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    // A verified node that "serves" the catalog's model by returning 2000
+    // made-up tokens at once.
+    let node = serving_node_with(
+        relay.tcp_addr().expect("tcp"),
+        1,
+        honest_prover(),
+        Arc::new(Junk(engine().info.name.clone())),
+    );
+    wait_valid(&relay, node.peer_id).await;
+    let r = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&junk_body(&model(), 2000)),
+        &[],
+    )
+    .await;
+    // The requester gets what the node sent...
+    assert_eq!(read_answer(&r, false).completion_tokens, 2000);
+    // ...but points only for what the node's proven speed makes plausible.
+    let h = relay.state.pof_history(&node.peer_id).expect("history");
+    let gflops = h.standing.matmul_gflops.expect("proven");
+    let l = ledger(addr).await;
+    let earned = tokens_of(&l, &node.peer_id.to_string());
+    let entry = relay.state.catalog.find(&model()).expect("catalog");
+    assert!(earned >= tabnode_relay::catalog::RATE_BURST, "{l}");
+    assert!(
+        earned < 2000 && (earned as f64) < 32.0 + entry.max_tokens_per_s(gflops) * 10.0,
+        "{earned} credited at {gflops} GFLOP/s: {l}"
+    );
 }

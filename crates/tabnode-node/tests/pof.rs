@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use libp2p::PeerId;
-use tabnode_core::{Capabilities, NodeKind, PofRecord, Request, Response};
+use tabnode_core::{Capabilities, ErrorCode, NodeKind, PofChallenge, PofRecord, Request, Response};
 use tabnode_node::prover::{Backend, PofProver, RequestHandler};
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_pof::{expand, matmul_cpu, Prover};
@@ -72,7 +72,8 @@ async fn expect_rejection(relay: &RelayHandle, peer: PeerId, reason: &str) {
     let h = relay.state.pof_history(&peer).expect("history");
     assert_eq!((h.standing.passed, h.standing.failed), (0, 1));
     assert!(h.standing.standing < 0, "standing must drop");
-    assert_eq!(h.standing.verified_gflops, None);
+    assert_eq!(h.standing.matmul_gflops, None);
+    assert!(!h.standing.valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,14 +92,19 @@ async fn the_relay_challenges_a_joining_node_and_verifies_it() {
     let r = first_record(&relay, n.peer_id).await;
     assert!(r.passed, "honest proof failed: {r:?}");
     assert_eq!(r.n, 200);
-    assert!(r.gflops > 0.0 && r.commit_ms < 60_000, "{r:?}");
+    assert!(r.matmul_gflops > 0.0 && r.commit_ms < 60_000, "{r:?}");
+    assert!(
+        r.rtt_ms > 0.0 && r.rtt_ms < r.commit_ms as f64 + 1.0,
+        "{r:?}"
+    );
     let summary = relay
         .state
         .summaries()
         .into_iter()
         .find(|s| s.peer_id == n.peer_id.to_string())
         .expect("listed");
-    assert_eq!(summary.pof.verified_gflops, Some(r.gflops));
+    assert_eq!(summary.pof.matmul_gflops, Some(r.matmul_gflops));
+    assert!(summary.pof.valid);
     assert_eq!(summary.pof.standing, 1);
     assert!(relay
         .state
@@ -398,4 +404,244 @@ async fn nodes_are_challenged_again_on_schedule() {
         );
         tick.tick().await;
     }
+}
+
+// ---- Only the relay commands a node (issue #10, attack 1) ----
+
+/// The honest prover, recording who it answered.
+struct Witness(PofProver, Mutex<Vec<String>>);
+
+impl RequestHandler for Witness {
+    fn handle(&self, peer: &str, request: Request) -> Response {
+        self.1.lock().expect("lock").push(peer.to_string());
+        self.0.handle(peer, request)
+    }
+
+    fn max_pof_n(&self) -> Option<u32> {
+        self.0.max_pof_n()
+    }
+}
+
+fn forbidden(r: &Response) -> bool {
+    matches!(r, Response::Error { code: ErrorCode::Forbidden, message }
+        if message.contains("only from this node's relay"))
+}
+
+fn challenge(round: u64, n: u32) -> Request {
+    Request::PofChallenge(PofChallenge {
+        round,
+        n,
+        seed: [7; 32],
+        deadline_ms: 60_000,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_from_other_peers_are_refused_and_echo_still_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir, small()).await;
+    let witness = Arc::new(Witness(
+        PofProver::new(Backend::Cpu),
+        Mutex::new(Vec::new()),
+    ));
+    let victim = node(&relay, witness.clone(), 0);
+    let attacker = node(&relay, honest(), 0);
+    victim.wait_reachable(WAIT).await.expect("victim reachable");
+    attacker
+        .wait_reachable(WAIT)
+        .await
+        .expect("attacker reachable");
+    assert!(first_record(&relay, victim.peer_id).await.passed);
+
+    let to_victim = |request: Request| attacker.request(Some(victim.peer_id), request);
+    // Peer-to-peer messages meant for peers stay allowed.
+    assert_eq!(
+        to_victim(Request::Echo(vec![1, 2, 3])).await.expect("echo"),
+        Response::Echo(vec![1, 2, 3])
+    );
+    // A tiny challenge first (on a node that obeys anyone, it is computed),
+    // then the crash: n = MAX_N would allocate ~550 GB.
+    let infer = tabnode_core::InferRequest {
+        request_id: 1,
+        attempt: 0,
+        model: "smollm2".into(),
+        request: tabnode_core::infer::GenerateRequest::new(tabnode_core::infer::Prompt::Text(
+            "hi".into(),
+        )),
+    };
+    let commands = [
+        challenge(1, 8),
+        challenge(2, tabnode_pof::MAX_N),
+        challenge(3, 65_536),
+        Request::PofOpen {
+            round: 1,
+            query: tabnode_pof::Query {
+                nonce: [1; 32],
+                k: 64,
+            },
+        },
+        Request::Infer(Box::new(infer)),
+        Request::InferCancel { request_id: 1 },
+    ];
+    for request in commands {
+        let name = request.name();
+        let answer = to_victim(request).await.expect("an answer");
+        assert!(forbidden(&answer), "{name}: {answer:?}");
+    }
+    // The victim's prover only ever saw its relay.
+    let seen = witness.1.lock().expect("lock").clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|p| *p == relay.peer_id.to_string()),
+        "{seen:?}"
+    );
+    // And it still proves.
+    let h = relay.state.pof_history(&victim.peer_id).expect("history");
+    assert_eq!(h.standing.failed, 0);
+}
+
+/// A node with no hardware of its own: it forwards its relay's challenge
+/// and opening to a fast honest node and relays the answers back.
+struct Outsourcer {
+    victim: PeerId,
+    me: Arc<std::sync::OnceLock<std::sync::Weak<NodeHandle>>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl RequestHandler for Outsourcer {
+    fn handle(&self, _: &str, request: Request) -> Response {
+        let me = loop {
+            if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                break me;
+            }
+            std::thread::yield_now();
+        };
+        self.rt
+            .block_on(me.request(Some(self.victim), request))
+            .unwrap_or_else(|e| Response::Error {
+                code: ErrorCode::Invalid,
+                message: e.to_string(),
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsourcing_a_challenge_to_an_honest_node_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir, small()).await;
+    let victim = node(&relay, honest(), 0);
+    victim.wait_reachable(WAIT).await.expect("victim reachable");
+    assert!(first_record(&relay, victim.peer_id).await.passed);
+    let me = Arc::new(std::sync::OnceLock::new());
+    let outsourcer = Arc::new(node(
+        &relay,
+        Arc::new(Outsourcer {
+            victim: victim.peer_id,
+            me: me.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }),
+        0,
+    ));
+    me.set(Arc::downgrade(&outsourcer)).expect("set once");
+    expect_rejection(&relay, outsourcer.peer_id, "only from this node's relay").await;
+    let h = relay.state.pof_history(&victim.peer_id).expect("history");
+    assert_eq!((h.standing.passed, h.standing.failed), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_spammed_between_commit_and_open_do_not_fail_an_honest_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The victim is challenged every 300 ms while the attacker sends tiny
+    // challenges as fast as it can; on a node with one commitment slot that
+    // obeys anyone, one lands between a commit and its opening.
+    let relay = relay(
+        &dir,
+        PofConfig {
+            interval: Duration::from_millis(300),
+            min_n: 256,
+            max_n: 256,
+            ..PofConfig::default()
+        },
+    )
+    .await;
+    let victim = node(&relay, honest(), 0);
+    let attacker = Arc::new(node(&relay, honest(), 0));
+    victim.wait_reachable(WAIT).await.expect("victim reachable");
+    attacker
+        .wait_reachable(WAIT)
+        .await
+        .expect("attacker reachable");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spammers: Vec<_> = (0..4u64)
+        .map(|lane| {
+            let (attacker, stop, target) = (attacker.clone(), stop.clone(), victim.peer_id);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut round = lane << 32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && answers.len() < 2000 {
+                    round += 1;
+                    answers.push(attacker.request(Some(target), challenge(round, 8)).await);
+                }
+                answers
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let records = loop {
+        let h = relay.state.pof_history(&victim.peer_id);
+        if let Some(h) = h.filter(|h| h.records.len() >= 4) {
+            break h.records;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not challenged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut spam = 0;
+    for s in spammers {
+        for answer in s.await.expect("spammer") {
+            let answer = answer.expect("an answer");
+            assert!(forbidden(&answer), "{answer:?}");
+            spam += 1;
+        }
+    }
+    assert!(spam > 0, "the attacker sent nothing");
+    assert!(
+        records.iter().all(|r| r.passed),
+        "honest proofs failed under spam: {records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_challenges_above_what_a_node_advertised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(
+        &dir,
+        PofConfig {
+            min_n: 32,
+            max_n: 128,
+            ..PofConfig::default()
+        },
+    )
+    .await;
+    // The network would size this node's challenge at 128 (big pledge); it
+    // says it holds 64.
+    let small_node = node(
+        &relay,
+        Arc::new(PofProver::with_max_n(Backend::Cpu, 64)),
+        1 << 20,
+    );
+    let r = first_record(&relay, small_node.peer_id).await;
+    assert!(r.passed, "{r:?}");
+    assert_eq!(r.n, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_challenges_above_what_it_advertised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The network's minimum is above what this node says it holds: it is
+    // challenged at the minimum, refuses before allocating, and stays
+    // unverified.
+    let relay = relay(&dir, small()).await;
+    let tiny = node(&relay, Arc::new(PofProver::with_max_n(Backend::Cpu, 64)), 0);
+    expect_rejection(&relay, tiny.peer_id, "above the 64 this node advertised").await;
 }

@@ -53,6 +53,7 @@ mod field;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 mod merkle;
+pub mod session;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,11 @@ pub use merkle::{MerkleTree, HASH_LEN};
 
 /// Largest `n` for which every partial sum stays below 2²⁴ (`64·n < 2²⁴`).
 pub const MAX_N: u32 = (1 << 24) / 64 - 1;
+
+/// The fewest rows a verifier may open: with fewer, a prover that skips
+/// most of the work passes too often (and with none, a random root plus the
+/// true `y = A·(B·r)` passes with no matmul at all).
+pub const MIN_K: u32 = 32;
 
 /// Rows opened per challenge by default.
 pub const DEFAULT_K: u32 = 64;
@@ -77,6 +83,21 @@ pub enum PofError {
     /// `n` is zero or too large to stay exact.
     #[error("matrix size {0} is outside 1..={MAX_N}")]
     BadSize(u32),
+    /// `n × n` elements do not fit this platform's address space (wasm32
+    /// from `n = 65536` on).
+    #[error("a {0}×{0} matrix does not fit this platform's address space")]
+    TooLarge(u32),
+    /// The challenge is larger than the node said it can hold.
+    #[error("matrix size {n} is above the {max} this node advertised")]
+    AboveAdvertised {
+        /// Asked for.
+        n: u32,
+        /// Advertised.
+        max: u32,
+    },
+    /// An opening for a round that has no commitment.
+    #[error("nothing committed for round {0}")]
+    NotCommitted(u64),
     /// A buffer has the wrong length.
     #[error("{what} has {got} elements, expected {expected}")]
     WrongLength {
@@ -157,6 +178,47 @@ pub fn check_n(n: u32) -> Result<(), PofError> {
     Ok(())
 }
 
+/// The number of elements of an `n × n` matrix, with checked arithmetic:
+/// on wasm32 `n * n` overflows `usize` from `n = 65536` on.
+///
+/// # Errors
+/// [`PofError::BadSize`] outside `1..=MAX_N`, [`PofError::TooLarge`] when
+/// the product does not fit `usize`.
+pub fn elements(n: u32) -> Result<usize, PofError> {
+    check_n(n)?;
+    (n as usize)
+        .checked_mul(n as usize)
+        .ok_or(PofError::TooLarge(n))
+}
+
+/// An upper bound of the encoded size of an [`Answer`] for size `n` with
+/// `k` opened rows (postcard: varint `u64`s of at most 10 bytes, zig-zag
+/// `i32`s of at most 5, 32-byte path hashes, length prefixes), so a
+/// verifier can keep `n` below its message limit.
+pub fn answer_size_bound(n: u32, k: u32) -> u64 {
+    // Merkle path length: ⌈log₂ n⌉.
+    let depth = u64::from(u32::BITS - n.saturating_sub(1).leading_zeros());
+    let k = u64::from(k.min(n));
+    let n = u64::from(n);
+    let row = 5 + 5 + n * 5 + 5 + depth * HASH_LEN as u64;
+    16 + 10 * n + k * row
+}
+
+/// The largest `n` whose [`Answer`] with `k` rows fits in `limit` bytes.
+pub fn max_n_for_message(k: u32, limit: u64) -> u32 {
+    // answer_size_bound grows with n: bisect.
+    let (mut lo, mut hi) = (0u32, MAX_N);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if answer_size_bound(mid, k) <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// The largest `n` whose three `n × n` f32 matrices fit in `vram_bytes`, and
 /// whose one matrix fits in a storage binding of `max_binding` bytes, capped
 /// by `cap` (the network's own limit) and by [`MAX_N`].
@@ -201,8 +263,7 @@ fn fill_matrix(seed: &Hash, which: &[u8], out: &mut [f32]) {
 /// # Errors
 /// [`PofError::BadSize`].
 pub fn expand(seed: &Hash, n: u32) -> Result<(Vec<f32>, Vec<f32>), PofError> {
-    check_n(n)?;
-    let len = (n as usize) * (n as usize);
+    let len = elements(n)?;
     let mut a = vec![0f32; len];
     let mut b = vec![0f32; len];
     fill_matrix(seed, b"A", &mut a);
@@ -385,8 +446,7 @@ impl Prover {
     /// # Errors
     /// A wrong length, or values that are not exact integers.
     pub fn new(n: u32, c: &[f32]) -> Result<Self, PofError> {
-        check_n(n)?;
-        let len = n as usize * n as usize;
+        let len = elements(n)?;
         if c.len() != len {
             return Err(PofError::WrongLength {
                 what: "C",
@@ -465,7 +525,16 @@ pub fn verify_with(
     query: &Query,
     answer: &Answer,
 ) -> Result<(), PofError> {
-    check_n(n)?;
+    let len = elements(n)?;
+    for (what, m) in [("A", a), ("B", b)] {
+        if m.len() != len {
+            return Err(PofError::WrongLength {
+                what,
+                got: m.len(),
+                expected: len,
+            });
+        }
+    }
     let nu = n as usize;
     if answer.cr.len() != nu {
         return Err(PofError::WrongLength {
@@ -643,6 +712,81 @@ mod tests {
             matches!(err, PofError::RowInconsistent { row } if row >= 90),
             "{err}"
         );
+    }
+
+    /// The adaptive partial prover: `C` wrong in some rows, `y` the true
+    /// `A·(B·r)` (cheap to get in O(n²)), rows opened from the wrong `C`.
+    /// Freivalds then passes by construction; only the `k` opened rows can
+    /// catch it, so it is accepted exactly when no wrong row is drawn.
+    fn partial_prover_acceptances(wrong_rows: &[u32]) -> (usize, usize) {
+        let n = 128u32;
+        let (_, a, b, c) = setup(n, b"peer", 5);
+        let mut cheat_c = c.clone();
+        for &i in wrong_rows {
+            cheat_c[i as usize * n as usize + 3] += 1.0;
+        }
+        let cheat = Prover::new(n, &cheat_c).expect("prover");
+        let honest = Prover::new(n, &c).expect("prover");
+        let (mut accepted, mut expected) = (0, 0);
+        for i in 0..500u32 {
+            let q = Query {
+                nonce: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+                k: DEFAULT_K,
+            };
+            let mut answer = cheat.answer(&q);
+            answer.cr = honest.answer(&q).cr;
+            let caught = q.rows(n).iter().any(|r| wrong_rows.contains(r));
+            match verify_with(&a, &b, n, &cheat.root(), &q, &answer) {
+                Ok(()) => {
+                    assert!(!caught, "nonce {i}: accepted with a wrong row drawn");
+                    accepted += 1;
+                }
+                Err(PofError::RowInconsistent { row }) => {
+                    assert!(wrong_rows.contains(&row), "nonce {i}: row {row}")
+                }
+                Err(e) => panic!("nonce {i}: unexpected rejection {e}"),
+            }
+            if !caught {
+                expected += 1;
+            }
+        }
+        (accepted, expected)
+    }
+
+    #[test]
+    fn the_adaptive_partial_prover_passes_exactly_when_its_rows_are_not_drawn() {
+        // One wrong row of 128 with k = 64: drawn half the time.
+        let (accepted, expected) = partial_prover_acceptances(&[0]);
+        assert_eq!(accepted, expected);
+        assert!((200..300).contains(&accepted), "{accepted} of 500");
+        // 1/8 of the rows wrong: P(none drawn) = C(112,64)/C(128,64) ≈ 1e-6.
+        let eighth: Vec<u32> = (0..128).step_by(8).collect();
+        assert_eq!(partial_prover_acceptances(&eighth), (0, 0));
+    }
+
+    #[test]
+    fn sizes_use_checked_arithmetic_and_answers_fit_the_message_limit() {
+        assert_eq!(elements(3), Ok(9));
+        assert_eq!(elements(0), Err(PofError::BadSize(0)));
+        // On a 64-bit host MAX_N² fits usize; on wasm32 65536² does not,
+        // which `elements` reports instead of wrapping to 0.
+        assert_eq!(
+            elements(MAX_N),
+            usize::try_from(u64::from(MAX_N) * u64::from(MAX_N))
+                .map_err(|_| PofError::TooLarge(MAX_N))
+        );
+        // The bound really bounds the encoding.
+        for (n, k) in [(1u32, 64u32), (7, 64), (96, 96), (300, 64)] {
+            let (_, _, _, c) = setup(n, b"peer", 1);
+            let answer = Prover::new(n, &c).expect("prover").answer(&query(1, k));
+            let encoded = postcard::to_stdvec(&answer).expect("encode").len() as u64;
+            assert!(encoded <= answer_size_bound(n, k), "n {n}: {encoded}");
+        }
+        let limit = 4 << 20;
+        let max = max_n_for_message(DEFAULT_K, limit);
+        assert!(answer_size_bound(max, DEFAULT_K) <= limit);
+        assert!(answer_size_bound(max + 1, DEFAULT_K) > limit);
+        assert!((10_000..16_000).contains(&max), "{max}");
     }
 
     #[test]

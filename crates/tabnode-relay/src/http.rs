@@ -173,7 +173,7 @@ async fn ledger(State(s): State<AppState>) -> axum::response::Response {
         Ok((balances, totals)) => Json(serde_json::json!({
             "points": {
                 "per_token": crate::ledger::POINTS_PER_TOKEN,
-                "per_proof": crate::ledger::POINTS_PER_PROOF,
+                "per_proof_gflop": crate::ledger::POINTS_PER_PROOF_GFLOP,
                 "per_uptime_minute": crate::ledger::POINTS_PER_UPTIME_MINUTE,
             },
             "totals": totals,

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use tabnode_core::infer::{FinishReason, GenerateRequest};
-use tabnode_core::{model_id, ErrorCode, InferChunk, InferEnd, InferRequest, Request, Response};
+use tabnode_core::{ErrorCode, InferChunk, InferEnd, InferRequest, Request, Response};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::ledger::{Credit, CreditKind};
+use crate::ledger::Credit;
 use crate::state::RelayState;
 use crate::swarm::RelayCommand;
 
@@ -125,13 +125,30 @@ pub struct InferMetrics {
 }
 
 /// Per-node load and reliability, and the requests in flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Matchmaker {
     loads: Mutex<HashMap<PeerId, Load>>,
     running: Mutex<HashMap<u64, Running>>,
     freed: Notify,
+    /// Random per relay run (hex): with the run's request counter it makes
+    /// credit ids that no other request, in this run or any other, shares.
+    pub epoch: String,
+    next_request: AtomicU64,
     /// Counters.
     pub metrics: InferMetrics,
+}
+
+impl Default for Matchmaker {
+    fn default() -> Self {
+        Self {
+            loads: Mutex::default(),
+            running: Mutex::default(),
+            freed: Notify::new(),
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            next_request: AtomicU64::new(1),
+            metrics: InferMetrics::default(),
+        }
+    }
 }
 
 /// Why no node could be reserved.
@@ -145,6 +162,11 @@ pub enum NoNode {
 }
 
 impl Matchmaker {
+    /// A request id unique in this relay run (credit ids add the epoch).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Picks the best node for `model` among `candidates`, not in
     /// `exclude`, and takes one of its slots.
     ///
@@ -182,11 +204,13 @@ impl Matchmaker {
     /// Gives back a slot of `peer`, recording whether its work succeeded.
     pub fn release(&self, peer: PeerId, ok: bool) {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        let l = loads.entry(peer).or_default();
-        l.active = l.active.saturating_sub(1);
-        l.recent.push_back(ok);
-        while l.recent.len() > RECENT {
-            l.recent.pop_front();
+        // A node that left has no entry any more; none is made for it.
+        if let Some(l) = loads.get_mut(&peer) {
+            l.active = l.active.saturating_sub(1);
+            l.recent.push_back(ok);
+            while l.recent.len() > RECENT {
+                l.recent.pop_front();
+            }
         }
         drop(loads);
         self.freed.notify_waiters();
@@ -380,10 +404,9 @@ async fn acquire(
                 if now >= deadline {
                     return Err(e);
                 }
-                // Woken by a freed slot or a registration; polled anyway in
-                // case a proof result changed who is usable.
-                let wait = (deadline - now).min(Duration::from_millis(250));
-                let _ = tokio::time::timeout(wait, woken).await;
+                // Woken by whatever changes who is usable: a freed slot, a
+                // registration, a departure, a proof result.
+                let _ = tokio::time::timeout(deadline - now, woken).await;
             }
         }
     }
@@ -393,8 +416,12 @@ async fn acquire(
 enum Segment {
     /// Generation finished.
     Done(FinishReason),
-    /// The node failed, vanished or stalled: continue elsewhere.
-    Lost(String),
+    /// The node left the network (a tab closed, a process died): continue
+    /// elsewhere; what it delivered before is credited.
+    Left(String),
+    /// The node stalled or reported a failure: continue elsewhere, credit
+    /// nothing for this attempt.
+    Failed(String),
     /// The node broke the protocol: continue elsewhere, credit nothing.
     Cheated(String),
     /// The requester left.
@@ -410,8 +437,17 @@ pub(crate) async fn run_request(
 ) {
     let mm = &ctx.state.matchmaker;
     mm.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let request_id = rand::random::<u64>() >> 11;
-    let model = model_id(&api.model);
+    let request_id = mm.next_request_id();
+    let Some(entry) = ctx.state.catalog.find(&api.model).cloned() else {
+        mm.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = events
+            .send(ApiEvent::Failed(ApiFailure::UnknownModel(
+                api.model.clone(),
+            )))
+            .await;
+        return;
+    };
+    let model = entry.id.clone();
     let started = Instant::now();
     let max_tokens = api.request.max_tokens;
     let mut delivered: Vec<u32> = Vec::new();
@@ -504,6 +540,7 @@ pub(crate) async fn run_request(
         }
         usage.nodes.push(node.clone());
         let from = delivered.len();
+        let segment_started = Instant::now();
         let segment = stream_segment(
             &ctx,
             &mut rx,
@@ -516,14 +553,33 @@ pub(crate) async fn run_request(
         .await;
         mm.untrack(request_id);
         let served = delivered.len() - from;
-        let honest = !matches!(segment, Segment::Cheated(_));
-        if served > 0 && honest {
-            credits.push(Credit {
-                id: format!("tokens:{request_id}:{attempt}"),
-                peer_id: node.clone(),
-                kind: CreditKind::Tokens,
-                amount: served as u64,
-            });
+        // Stalls, reported failures and protocol violations earn nothing.
+        let honest = !matches!(segment, Segment::Cheated(_) | Segment::Failed(_));
+        // Only a node whose last proof passed earns points for tokens.
+        let verified = ctx.state.proof_valid(&peer);
+        if served > 0 && honest && !verified {
+            tracing::info!(%peer, "{served} tokens not credited: no valid proof");
+        }
+        if served > 0 && honest && verified {
+            // No faster than the node's proven matmul rate makes plausible.
+            let gflops = ctx
+                .state
+                .pof_history(&peer)
+                .and_then(|h| h.standing.matmul_gflops)
+                .unwrap_or(0.0);
+            let secs = segment_started.elapsed().as_secs_f64();
+            let creditable = entry.creditable(served as u64, secs, gflops);
+            if creditable < served as u64 {
+                tracing::warn!(
+                    %peer,
+                    "{served} tokens in {secs:.3} s exceed the plausible rate at {gflops:.2} GFLOP/s; crediting {creditable}"
+                );
+            }
+            credits.push(Credit::tokens(
+                format!("tokens:{}-{request_id}:{attempt}", mm.epoch),
+                node.clone(),
+                creditable,
+            ));
         }
         match segment {
             Segment::Done(finish) => {
@@ -537,7 +593,7 @@ pub(crate) async fn run_request(
                 outcome = Err(ApiFailure::NoNode("the requester left".into()));
                 break;
             }
-            Segment::Lost(why) | Segment::Cheated(why) => {
+            Segment::Left(why) | Segment::Failed(why) | Segment::Cheated(why) => {
                 mm.release(peer, false);
                 cancel(&ctx, peer, request_id);
                 mm.metrics.failovers.fetch_add(1, Ordering::Relaxed);
@@ -600,8 +656,8 @@ async fn stream_segment(
             () = events.closed() => return Segment::Abandoned,
         };
         let chunk = match event {
-            Err(_) => return Segment::Lost(format!("no tokens for {} s", wait.as_secs())),
-            Ok(None) | Ok(Some(StreamEvent::Gone)) => return Segment::Lost("the node left".into()),
+            Err(_) => return Segment::Failed(format!("no tokens for {} s", wait.as_secs())),
+            Ok(None) | Ok(Some(StreamEvent::Gone)) => return Segment::Left("the node left".into()),
             Ok(Some(StreamEvent::Chunk(c))) => c,
         };
         got_any = true;
@@ -618,21 +674,23 @@ async fn stream_segment(
         if !chunk.tokens.is_empty() && first_token.is_none() {
             *first_token = Some(Instant::now());
         }
-        delivered.extend_from_slice(&chunk.tokens);
         if !chunk.text.is_empty() || !chunk.tokens.is_empty() {
             let text = ApiEvent::Text {
                 text: chunk.text,
                 tokens: u32::try_from(chunk.tokens.len()).unwrap_or(u32::MAX),
                 node: node.to_string(),
             };
+            // Tokens count as delivered (and are credited) only once they
+            // reached the requester.
             if events.send(text).await.is_err() {
                 return Segment::Abandoned;
             }
         }
+        delivered.extend_from_slice(&chunk.tokens);
         match chunk.end {
             None => {}
             Some(InferEnd::Done(d)) => return Segment::Done(d.finish),
-            Some(InferEnd::Failed(why)) => return Segment::Lost(why),
+            Some(InferEnd::Failed(why)) => return Segment::Failed(why),
         }
     }
 }
@@ -685,6 +743,19 @@ mod tests {
         m.release(other, true);
         let exclude: HashSet<PeerId> = [other].into();
         assert_eq!(m.reserve(&all, &exclude), Ok(first));
+    }
+
+    #[test]
+    fn a_node_that_left_gets_no_slot_back() {
+        let m = Matchmaker::default();
+        let a = cand(1, Some(true), 1.0);
+        let peer = m
+            .reserve(std::slice::from_ref(&a), &HashSet::new())
+            .expect("a");
+        m.node_gone(peer);
+        m.release(peer, false);
+        assert_eq!(m.load_of(&peer), (0, 0.0));
+        assert!(m.loads.lock().expect("lock").is_empty(), "entry re-created");
     }
 
     #[test]

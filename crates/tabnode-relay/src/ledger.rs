@@ -2,7 +2,7 @@
 //! relay's data directory.
 //!
 //! Every credit has a unique id (`tokens:<request>:<attempt>`,
-//! `pof:<peer>:<time>:<round>`, `uptime:<peer>:<minute>`): applying a
+//! `pof:<peer>:<time>:<round>`, `uptime:<peer>:<first minute>`): applying a
 //! credit whose id is already recorded changes nothing, so a retried or
 //! repeated credit is never counted twice. Credits are applied in
 //! transactions that are durable when they commit (redb's default
@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Points for one generated token delivered to a requester.
 pub const POINTS_PER_TOKEN: u64 = 1;
-/// Points for one passed Proof-of-FLOPS challenge.
-pub const POINTS_PER_PROOF: u64 = 10;
+/// Points per GFLOP (of `2n³`) of a passed Proof-of-FLOPS challenge: a
+/// proof at n = 2048 is worth 17, one at n = 256 nothing.
+pub const POINTS_PER_PROOF_GFLOP: u64 = 1;
 /// Points for one minute online with a valid proof.
 pub const POINTS_PER_UPTIME_MINUTE: u64 = 1;
 
@@ -73,17 +74,23 @@ pub struct Credit {
     pub kind: CreditKind,
     /// Tokens, proofs or minutes.
     pub amount: u64,
+    /// Points it is worth (set by whoever grants it: tokens ×
+    /// [`POINTS_PER_TOKEN`], proofs by the work they proved, minutes ×
+    /// [`POINTS_PER_UPTIME_MINUTE`]).
+    #[serde(default)]
+    pub points: u64,
 }
 
 impl Credit {
-    /// Points this credit is worth.
-    pub fn points(&self) -> u64 {
-        let per = match self.kind {
-            CreditKind::Tokens => POINTS_PER_TOKEN,
-            CreditKind::Proof => POINTS_PER_PROOF,
-            CreditKind::Uptime => POINTS_PER_UPTIME_MINUTE,
-        };
-        self.amount.saturating_mul(per)
+    /// A credit for `tokens` delivered to a requester.
+    pub fn tokens(id: String, peer_id: String, tokens: u64) -> Self {
+        Self {
+            id,
+            peer_id,
+            kind: CreditKind::Tokens,
+            amount: tokens,
+            points: tokens.saturating_mul(POINTS_PER_TOKEN),
+        }
     }
 }
 
@@ -106,7 +113,7 @@ pub struct Balance {
 
 impl Balance {
     fn add(&mut self, c: &Credit) {
-        self.points = self.points.saturating_add(c.points());
+        self.points = self.points.saturating_add(c.points);
         match c.kind {
             CreditKind::Tokens => {
                 self.tokens = self.tokens.saturating_add(c.amount);
@@ -229,6 +236,27 @@ impl Ledger {
         }
     }
 
+    /// Every credit applied, in id order.
+    ///
+    /// # Errors
+    /// The database failed or a record is corrupt.
+    pub fn credits(&self) -> Result<Vec<Credit>, LedgerError> {
+        let err = db_err(&self.path);
+        let r = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = r.open_table(CREDITS).map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(&e))? {
+            let (key, value) = entry.map_err(|e| err(&e))?;
+            let credit =
+                serde_json::from_slice(value.value()).map_err(|e| LedgerError::Corrupt {
+                    key: key.value().to_string(),
+                    message: e.to_string(),
+                })?;
+            out.push(credit);
+        }
+        Ok(out)
+    }
+
     /// The account of `peer_id` (all zeros if it has none).
     ///
     /// # Errors
@@ -347,6 +375,7 @@ mod tests {
             peer_id: peer.into(),
             kind,
             amount,
+            points: amount * 10,
         }
     }
 
@@ -370,7 +399,7 @@ mod tests {
             let a = l.balance("a").expect("a");
             assert_eq!(
                 (a.points, a.tokens, a.requests, a.proofs),
-                (7 + POINTS_PER_PROOF, 7, 1, 1)
+                (70 + 10, 7, 1, 1)
             );
             assert!(l.has_credit("tokens:1:1").expect("lookup"));
         }

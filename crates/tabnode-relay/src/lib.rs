@@ -13,6 +13,7 @@
 //! [`start`] brings it all up and returns a [`RelayHandle`]; the binary is a
 //! thin wrapper around it, and integration tests start relays the same way.
 
+pub mod catalog;
 mod http;
 pub mod inference;
 pub mod ledger;
@@ -30,7 +31,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::task::JoinHandle;
 
 pub use inference::InferConfig;
-pub use pof::PofConfig;
+pub use pof::{PofConfig, PofConfigError};
 pub use state::{NetworkModel, NetworkView, NodeEntry, PofHistory, RelayState};
 
 /// Errors of the relay.
@@ -66,6 +67,12 @@ pub enum RelayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The model catalog cannot be used.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// A Proof-of-FLOPS setting is unsafe.
+    #[error(transparent)]
+    PofConfig(#[from] pof::PofConfigError),
     /// A listener did not come up in time.
     #[error("timed out waiting for the {0} listener")]
     ListenTimeout(&'static str),
@@ -87,6 +94,10 @@ pub struct Limits {
     pub max_circuit_duration: Duration,
     /// Most bytes one circuit may carry.
     pub max_circuit_bytes: u64,
+    /// Node identities connected at once from one IP address: identities
+    /// are free to make, so one machine must not pose as a crowd. Set for
+    /// NAT (many tabs behind one address); further connections are closed.
+    pub max_peers_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -98,6 +109,7 @@ impl Default for Limits {
             max_circuits_per_peer: 256,
             max_circuit_duration: Duration::from_secs(12 * 3600),
             max_circuit_bytes: 1 << 30,
+            max_peers_per_ip: 64,
         }
     }
 }
@@ -128,6 +140,8 @@ pub struct RelayConfig {
     pub pof: PofConfig,
     /// Network inference settings.
     pub infer: InferConfig,
+    /// The models requests may name and nodes are credited for.
+    pub catalog: catalog::Catalog,
 }
 
 impl RelayConfig {
@@ -145,6 +159,7 @@ impl RelayConfig {
             limits: Limits::default(),
             pof: PofConfig::default(),
             infer: InferConfig::default(),
+            catalog: catalog::Catalog::builtin(),
         }
     }
 }
@@ -210,21 +225,28 @@ impl Drop for RelayHandle {
 /// # Errors
 /// Data directory, identity or certificate problems, and listeners that fail
 /// to bind.
-pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
+    config.pof = config.pof.validated()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
         what: "creating the data directory",
         path: config.data_dir.clone(),
         source,
     })?;
     let ledger = Arc::new(ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?);
-    let state = Arc::new(RelayState::with_ledger(&ledger));
+    let state = Arc::new(RelayState::new(&ledger, config.catalog.clone()));
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
     let peer_id = *swarm.local_peer_id();
     let (commands, command_rx) = tokio::sync::mpsc::channel(256);
     let (joined_tx, joined_rx) = tokio::sync::mpsc::channel(1024);
-    let swarm_task = tokio::spawn(swarm::run(swarm, state.clone(), command_rx, joined_tx));
+    let swarm_task = tokio::spawn(swarm::run(
+        swarm,
+        state.clone(),
+        command_rx,
+        joined_tx,
+        config.limits.max_peers_per_ip,
+    ));
     let pof_task = tokio::spawn(pof::run(
         config.pof.clone(),
         state.clone(),

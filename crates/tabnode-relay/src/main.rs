@@ -38,13 +38,14 @@ struct Args {
     /// Directory of model files served under `/models/`.
     #[arg(long, env = "TABNODE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
-    /// Seconds between two Proof-of-FLOPS challenges of a node.
+    /// Mean seconds between two Proof-of-FLOPS challenges of a node (the
+    /// gaps are random, exponential with this mean).
     #[arg(long, env = "TABNODE_POF_INTERVAL", default_value_t = 3600.0)]
     pof_interval: f64,
     /// Largest Proof-of-FLOPS matrix size.
     #[arg(long, env = "TABNODE_POF_MAX_N", default_value_t = 2048)]
     pof_max_n: u32,
-    /// Smallest Proof-of-FLOPS matrix size (nodes that pledge nothing).
+    /// Smallest Proof-of-FLOPS matrix size.
     #[arg(long, env = "TABNODE_POF_MIN_N", default_value_t = 256)]
     pof_min_n: u32,
     /// Seconds a node may go without sending tokens before its request
@@ -60,6 +61,14 @@ struct Args {
     /// Chat requests per minute per client address (0: no limit).
     #[arg(long, env = "TABNODE_RATE_LIMIT", default_value_t = 600)]
     rate_limit: u32,
+    /// Node identities connected at once from one IP address (raise it for
+    /// networks where many tabs share an address).
+    #[arg(long, env = "TABNODE_MAX_PEERS_PER_IP", default_value_t = 64)]
+    max_peers_per_ip: usize,
+    /// The model catalog (JSON; the built-in one lists SmolLM2): the only
+    /// models requests may name and nodes are credited for.
+    #[arg(long, env = "TABNODE_CATALOG")]
+    catalog: Option<PathBuf>,
     /// Write the bootstrap addresses (JSON) to this file once listening.
     #[arg(long)]
     bootstrap_file: Option<PathBuf>,
@@ -74,6 +83,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    let catalog = match &args.catalog {
+        Some(path) => tabnode_relay::catalog::Catalog::load(path)?,
+        None => tabnode_relay::catalog::Catalog::builtin(),
+    };
     let config = RelayConfig {
         models_dir: args
             .models_dir
@@ -85,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         webrtc_port: args.webrtc_port,
         http: args.http,
         site_root: args.site_root,
-        limits: Limits::default(),
+        limits: Limits {
+            max_peers_per_ip: args.max_peers_per_ip,
+            ..Limits::default()
+        },
         pof: PofConfig {
             interval: std::time::Duration::from_secs_f64(args.pof_interval.max(0.001)),
             max_n: args.pof_max_n,
@@ -99,6 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate_limit_per_minute: args.rate_limit,
             ..InferConfig::default()
         },
+        catalog,
     };
     let relay = start(config).await?;
     let json = serde_json::to_string_pretty(&relay.bootstrap)?;

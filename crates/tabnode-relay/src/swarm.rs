@@ -195,6 +195,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The IP address an address starts with.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
 /// Something the relay's other tasks ask of the swarm.
 #[derive(Debug)]
 pub(crate) enum RelayCommand {
@@ -236,6 +245,7 @@ pub(crate) async fn run(
     state: Arc<RelayState>,
     mut commands: tokio::sync::mpsc::Receiver<RelayCommand>,
     joined: tokio::sync::mpsc::Sender<PeerId>,
+    max_peers_per_ip: usize,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
@@ -259,14 +269,30 @@ pub(crate) async fn run(
         };
         match event {
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address,
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
                 };
                 tracing::debug!("connected: {peer_id} via {addr}");
-                state.connected(peer_id, transport_name(addr), now_ms());
+                let ip = ip_of(addr);
+                let admitted = state.connected(
+                    peer_id,
+                    transport_name(addr),
+                    ip,
+                    max_peers_per_ip,
+                    now_ms(),
+                );
+                if !admitted {
+                    tracing::warn!(
+                        "refused {peer_id}: {max_peers_per_ip} identities already connected from {ip:?}"
+                    );
+                    swarm.close_connection(connection_id);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

@@ -512,6 +512,8 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
                     let mut c = shared.capabilities.borrow_mut();
                     c.gpu = Some(gpu.clone());
                     c.gpu_error = None;
+                    // The worker's prover accepts the same size.
+                    c.max_pof_n = tabnode_core::pof::max_n_for(Some(gpu));
                     c.clone()
                 };
                 let _ = shared.command(Command::SetCapabilities(caps));
@@ -521,6 +523,7 @@ fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebError> {
                     let mut c = shared.capabilities.borrow_mut();
                     c.gpu = None;
                     c.gpu_error = Some(reason.clone());
+                    c.max_pof_n = tabnode_core::pof::max_n_for(None);
                     c.clone()
                 };
                 let _ = shared.command(Command::SetCapabilities(caps));

@@ -1,0 +1,211 @@
+//! The models this relay routes requests to and credits tokens for.
+//!
+//! A node registers model names; only names that match a catalog entry
+//! mean anything: the entry pins the file (its SHA-256 and size), the
+//! context length and the parameter count (which bounds how fast a node can
+//! plausibly generate, see [`CatalogModel::max_tokens_per_s`]). Anything
+//! else a node lists is ignored: nobody can invent a model nobody else
+//! serves and pay itself for its owner's requests. The built-in catalog
+//! (`catalog.json` beside this crate's manifest) is replaced with
+//! `--catalog FILE`.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+use tabnode_core::model_id;
+
+/// Why a catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The file cannot be read.
+    #[error("catalog {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a catalog.
+    #[error("catalog {path} is not valid: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One model of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogModel {
+    /// The network id requests use (`model_id` of `name`).
+    pub id: String,
+    /// The name nodes register (the GGUF's `general.name`).
+    pub name: String,
+    /// A human title.
+    pub title: String,
+    /// Where set-up gets it (a PyPI requirement).
+    pub package: String,
+    /// The file name (as served under `/models/`).
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Context length in tokens.
+    pub context: u32,
+    /// Parameters (elements of all weight tensors).
+    pub params: u64,
+}
+
+/// How far above what its proven matmul rate allows a node's token rate
+/// may go before tokens stop earning: the proof's kernel is plain f32,
+/// an engine may use faster integer dot products.
+pub const RATE_SLACK: f64 = 4.0;
+
+/// Tokens credited regardless of time (a short answer sent in one chunk).
+pub const RATE_BURST: u64 = 32;
+
+impl CatalogModel {
+    /// The fastest plausible decode rate on a device that proved `gflops`
+    /// of matmul: `2·params` flops a token, with [`RATE_SLACK`].
+    pub fn max_tokens_per_s(&self, gflops: f64) -> f64 {
+        RATE_SLACK * gflops.max(0.0) * 1e9 / (2.0 * self.params.max(1) as f64)
+    }
+
+    /// Tokens that may earn points for `tokens` delivered in `secs` seconds
+    /// by a node that proved `gflops`: [`RATE_BURST`] plus the plausible
+    /// rate times the time.
+    pub fn creditable(&self, tokens: u64, secs: f64, gflops: f64) -> u64 {
+        let cap = RATE_BURST as f64 + self.max_tokens_per_s(gflops) * secs.max(0.0);
+        tokens.min(cap.floor() as u64)
+    }
+}
+
+/// The catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Its models.
+    pub models: Vec<CatalogModel>,
+}
+
+static BUILTIN: LazyLock<Result<Catalog, String>> =
+    LazyLock::new(|| Catalog::parse(include_str!("../catalog.json")).map_err(|e| e.to_string()));
+
+impl Catalog {
+    /// The catalog built into the relay (tested to parse).
+    pub fn builtin() -> Self {
+        match &*BUILTIN {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                tracing::error!("the built-in catalog is invalid: {e}");
+                Self { models: Vec::new() }
+            }
+        }
+    }
+
+    /// Reads a catalog file.
+    ///
+    /// # Errors
+    /// [`CatalogError`] when it cannot be read or is not a valid catalog.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            CatalogError::Invalid { message, .. } => CatalogError::Invalid {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, CatalogError> {
+        let invalid = |message: String| CatalogError::Invalid {
+            path: "(built in)".into(),
+            message,
+        };
+        let c: Catalog = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for m in &c.models {
+            if m.id != model_id(&m.name) {
+                return Err(invalid(format!(
+                    "{}: the id must be {} (the id of its name)",
+                    m.id,
+                    model_id(&m.name)
+                )));
+            }
+            if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(format!("{}: sha256 is not 64 hex digits", m.id)));
+            }
+            if m.params == 0 || m.context == 0 {
+                return Err(invalid(format!("{}: params and context must be set", m.id)));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The entry for `model` (an id or a name).
+    pub fn find(&self, model: &str) -> Option<&CatalogModel> {
+        let id = model_id(model);
+        self.models.iter().find(|m| m.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_catalog_parses_and_pins_the_default_model() {
+        assert!(BUILTIN.is_ok(), "{:?}", *BUILTIN);
+        let c = Catalog::builtin();
+        let m = c.find("Smollm2 135M 8k Lc100K Mix1 Ep2").expect("smollm2");
+        assert_eq!(m.file, "SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(c.find(&m.id), Some(m));
+        assert_eq!(c.find("my-own-model"), None);
+    }
+
+    #[test]
+    fn credits_are_capped_at_a_plausible_rate() {
+        let c = Catalog::builtin();
+        let m = c.find("smollm2-135m-8k-lc100k-mix1-ep2").expect("smollm2");
+        // 10 GFLOP/s of matmul: 4 · 10e9 / (2 · 134.5e6) ≈ 149 tokens/s.
+        let rate = m.max_tokens_per_s(10.0);
+        assert!((148.0..150.0).contains(&rate), "{rate}");
+        assert_eq!(m.creditable(20, 0.0, 10.0), 20);
+        assert_eq!(m.creditable(4096, 0.001, 10.0), 32);
+        assert_eq!(m.creditable(4096, 1.0, 10.0), 32 + 148);
+        assert_eq!(m.creditable(100, 10.0, 10.0), 100);
+        assert_eq!(m.creditable(100, 10.0, 0.0), 32);
+    }
+
+    #[test]
+    fn bad_catalogs_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.json");
+        assert!(matches!(
+            Catalog::load(&path),
+            Err(CatalogError::Read { .. })
+        ));
+        let mut good = Catalog::builtin();
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(matches!(
+            Catalog::load(&path),
+            Err(CatalogError::Invalid { .. })
+        ));
+        good.models[0].id = "renamed".into();
+        std::fs::write(&path, serde_json::to_string(&good).expect("json")).expect("write");
+        let e = Catalog::load(&path).expect_err("id mismatch");
+        assert!(e.to_string().contains("the id must be"), "{e}");
+        let mut good = Catalog::builtin();
+        good.models[0].sha256 = "xyz".into();
+        std::fs::write(&path, serde_json::to_string(&good).expect("json")).expect("write");
+        assert!(Catalog::load(&path)
+            .expect_err("hash")
+            .to_string()
+            .contains("sha256"));
+    }
+}
