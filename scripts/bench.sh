@@ -13,6 +13,8 @@ echo "== tab <-> tab (e2e/bench/rtt.mjs)"
 node e2e/bench/rtt.mjs "${TAB_ROUNDS:-300}" "${PAYLOAD:-64}"
 echo "== Proof-of-FLOPS kernel vs CPU sgemm, verifier vs prover (native)"
 cargo run -q -p tabnode-pof --example pof_bench -- "${KERNEL_SIZES:-256,512,1024}" "${VERIFY_SIZES:-1024,2048,4096}"
+echo "== relay verification capacity at the sizes it chooses (verify_bench)"
+cargo run -q -p tabnode-node --example verify_bench -- "${VERIFY_REPS:-8}"
 echo "== WGSL kernels in Chromium (e2e/bench/kernels.mjs)"
 node e2e/bench/kernels.mjs "${BROWSER_SIZES:-128,256,512}" 3
 echo "== engine: native vs llama.cpp on the same GGUF (scripts/bench/engine.py)"
