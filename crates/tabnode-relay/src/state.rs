@@ -253,7 +253,7 @@ impl RelayState {
     /// Counts a minute of uptime for every registered node that holds a
     /// reservation (can be given work) and whose proof is valid (`minute`:
     /// minutes since the Unix epoch). Minutes are written to the ledger
-    /// aggregated: one credit per node every [`UPTIME_PERIOD_MINUTES`]
+    /// aggregated: one credit per node every `UPTIME_PERIOD_MINUTES` (15)
     /// (`uptime:<peer>:<first minute>`), not a row per node and minute.
     pub fn credit_uptime(&self, minute: u64) {
         let eligible: Vec<PeerId> = {
