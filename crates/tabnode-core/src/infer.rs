@@ -279,6 +279,14 @@ impl ChunkStreamer {
         Some(chunk)
     }
 
+    /// The generation still runs: its end has not been marked. A node
+    /// frees its slot as soon as this turns false, before the last chunk
+    /// goes out: the relay counts the slot free when that chunk arrives, and
+    /// a request it sends right after must not find the node busy.
+    pub fn generating(&self) -> bool {
+        self.end.is_none() && !self.ended
+    }
+
     /// The chunk in flight was acknowledged.
     pub fn acked(&mut self) {
         self.in_flight = false;
@@ -326,7 +334,9 @@ mod tests {
         s.push(&[3], "");
         assert_eq!(s.next_chunk(), None, "one in flight");
         s.acked();
+        assert!(s.generating());
         s.end(InferEnd::Failed("gone".into()));
+        assert!(!s.generating(), "the slot is free once the end is known");
         let c = s.next_chunk().expect("second chunk");
         assert_eq!(
             (c.offset, c.tokens.as_slice(), c.text.as_str()),
@@ -334,6 +344,7 @@ mod tests {
         );
         assert_eq!(c.end, Some(InferEnd::Failed("gone".into())));
         assert!(!s.finished());
+        assert!(!s.generating());
         s.acked();
         assert!(s.finished());
         s.push(&[4], "late");

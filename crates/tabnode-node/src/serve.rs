@@ -230,10 +230,14 @@ impl InferServer {
                     Some(Piece::End(end)) => {
                         generating = false;
                         streamer.end(end);
+                        // Free before the last chunk goes out (see
+                        // `ChunkStreamer::generating`).
+                        self.release(id);
                     }
                     None => {
                         generating = false;
                         streamer.end(InferEnd::Failed("the generation thread stopped".into()));
+                        self.release(id);
                     }
                 },
                 reply = ack => {

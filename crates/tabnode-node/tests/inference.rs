@@ -128,6 +128,11 @@ impl RequestHandler for Silent {
     }
 }
 
+/// POSTs `body` to the relay's chat completions endpoint.
+async fn post_chat(addr: std::net::SocketAddr, body: &str) -> HttpResponse {
+    http(addr, "POST", "/v1/chat/completions", Some(body), &[]).await
+}
+
 fn chat_body(prompt: &str, max_tokens: u32, stream: bool) -> String {
     json!({
         "model": model(),
@@ -288,14 +293,7 @@ async fn concurrent_requests_spread_over_nodes_and_the_ledger_matches_exactly() 
             let p = prompts[i % prompts.len()];
             let stream = i % 2 == 0;
             tokio::spawn(async move {
-                let r = http(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    Some(&chat_body(p, 6, stream)),
-                    &[],
-                )
-                .await;
+                let r = post_chat(addr, &chat_body(p, 6, stream)).await;
                 (i % prompts.len(), stream, r)
             })
         })
@@ -332,6 +330,48 @@ async fn concurrent_requests_spread_over_nodes_and_the_ledger_matches_exactly() 
     );
 }
 
+/// A node frees its slot when its generation ends, not when the relay's
+/// acknowledgement of the last chunk comes back: the relay counts the slot
+/// free as soon as that chunk arrives and hands it to the next queued
+/// request at once. (Before, that request found the node "busy", excluded
+/// it, and with no other node waited out the queue timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_requests_take_a_freed_slot_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+    let (text, tokens) = local_answer("Say hello.", 3);
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let stream = i % 2 == 0;
+                (
+                    stream,
+                    post_chat(addr, &chat_body("Say hello.", 3, stream)).await,
+                )
+            })
+        })
+        .collect();
+    for t in requests {
+        let (stream, r) = t.await.expect("request task");
+        let a = read_answer(&r, stream);
+        assert_eq!(
+            (a.text.as_str(), a.completion_tokens as usize),
+            (text.as_str(), tokens)
+        );
+        assert_eq!((a.failovers, a.nodes.len()), (0, 1), "{a:?}");
+    }
+    let m = http(addr, "GET", "/metrics", None, &[]).await;
+    assert!(
+        m.body
+            .contains("tabnode_inference_requests_total{outcome=\"completed\"} 6"),
+        "{}",
+        m.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_without_a_valid_proof_serves_but_earns_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -351,14 +391,7 @@ async fn a_node_without_a_valid_proof_serves_but_earns_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (want, tokens) = local_answer("Say hello.", 6);
-    let r = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("Say hello.", 6, false)),
-        &[],
-    )
-    .await;
+    let r = post_chat(addr, &chat_body("Say hello.", 6, false)).await;
     let a = read_answer(&r, false);
     // The requester is served...
     assert_eq!((a.text, a.completion_tokens as usize), (want, tokens));
@@ -459,9 +492,7 @@ async fn api_errors_follow_openai() {
     )
     .await;
     let addr = relay.http_addr;
-    let post = |body: String| async move {
-        http(addr, "POST", "/v1/chat/completions", Some(&body), &[]).await
-    };
+    let post = |body: String| async move { post_chat(addr, &body).await };
     let check = |r: &HttpResponse, status: u16, code: Option<&str>| {
         assert_eq!(r.status, status, "{}", r.body);
         let e = &r.json()["error"];
@@ -664,14 +695,7 @@ async fn the_ledger_survives_kill_9_of_the_relay() {
         .iter()
         .enumerate()
     {
-        let r = http(
-            relay.http,
-            "POST",
-            "/v1/chat/completions",
-            Some(&chat_body(p, 5, i % 2 == 0)),
-            &[],
-        )
-        .await;
+        let r = post_chat(relay.http, &chat_body(p, 5, i % 2 == 0)).await;
         delivered += read_answer(&r, i % 2 == 0).completion_tokens;
     }
     let before = ledger(relay.http).await;
@@ -888,16 +912,8 @@ async fn a_misbehaving_node_is_replaced_and_earns_nothing_for_its_attempt() {
         wait_valid(&relay, bad.peer_id).await;
         let prompt = "Name three colours.";
         let (want, want_tokens) = local_answer(prompt, 12);
-        let request = tokio::spawn(async move {
-            http(
-                addr,
-                "POST",
-                "/v1/chat/completions",
-                Some(&chat_body(prompt, 12, false)),
-                &[],
-            )
-            .await
-        });
+        let request =
+            tokio::spawn(async move { post_chat(addr, &chat_body(prompt, 12, false)).await });
         // The bad node has the request; a good one joins and proves; then
         // the bad one misbehaves.
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -947,18 +963,18 @@ async fn three_failed_attempts_end_in_an_error_event() {
         go.send(()).expect("go");
     }
     wait_for_model(addr, 3).await;
-    let r = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("Name three colours.", 12, true)),
-        &[],
-    )
-    .await;
+    let r = post_chat(addr, &chat_body("Name three colours.", 12, true)).await;
     assert_eq!(r.status, 200, "the stream had started");
     let events = r.events();
     let last: Value = serde_json::from_str(events.last().expect("events")).expect("JSON");
     assert_eq!(last["error"]["code"], "no_node_available", "{events:?}");
+    // The error says what happened, not just that no node was found.
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed after") && m.contains("tokens:")),
+        "{last}"
+    );
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
     let l = ledger(addr).await;
     assert_eq!(l["totals"]["tokens"].as_u64().unwrap_or(0), 0, "{l}");
@@ -995,14 +1011,7 @@ async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let next = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("Say hello.", 4, false)),
-        &[],
-    )
-    .await;
+    let next = post_chat(addr, &chat_body("Say hello.", 4, false)).await;
     let next = read_answer(&next, false);
     // Only what reached the requester of the abandoned stream is credited:
     // far less than the 200 asked for.
@@ -1081,14 +1090,7 @@ async fn a_model_outside_the_catalog_is_neither_routed_nor_credited() {
     wait_valid(&relay, node.peer_id).await;
     let models = http(addr, "GET", "/v1/models", None, &[]).await.json();
     assert_eq!(models["data"].as_array().map(Vec::len), Some(0), "{models}");
-    let r = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&junk_body("my-own-model", 4096)),
-        &[],
-    )
-    .await;
+    let r = post_chat(addr, &junk_body("my-own-model", 4096)).await;
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "model_not_found");
     let l = ledger(addr).await;
@@ -1109,14 +1111,7 @@ async fn tokens_faster_than_the_proven_rate_allows_earn_only_up_to_it() {
         Arc::new(Junk(engine().info.name.clone())),
     );
     wait_valid(&relay, node.peer_id).await;
-    let r = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&junk_body(&model(), 2000)),
-        &[],
-    )
-    .await;
+    let r = post_chat(addr, &junk_body(&model(), 2000)).await;
     // The requester gets what the node sent...
     assert_eq!(read_answer(&r, false).completion_tokens, 2000);
     // ...but points only for what the node's proven speed makes plausible.

@@ -521,6 +521,7 @@ pub(crate) async fn run_request(
                     }
                     _ => {
                         tracing::info!(%peer, "refused request {request_id}: {message}");
+                        outcome = Err(ApiFailure::NoNode(format!("a node refused: {message}")));
                         continue;
                     }
                 }
@@ -529,12 +530,16 @@ pub(crate) async fn run_request(
                 mm.untrack(request_id);
                 mm.release(peer, false);
                 tracing::warn!(%peer, "unexpected answer to Infer: {other:?}");
+                outcome = Err(ApiFailure::NoNode("a node answered out of protocol".into()));
                 continue;
             }
             Err(e) => {
                 mm.untrack(request_id);
                 mm.release(peer, false);
                 tracing::info!(%peer, "Infer failed: {e}");
+                outcome = Err(ApiFailure::NoNode(format!(
+                    "a node could not be reached: {e}"
+                )));
                 continue;
             }
         }
@@ -599,6 +604,10 @@ pub(crate) async fn run_request(
                 mm.metrics.failovers.fetch_add(1, Ordering::Relaxed);
                 usage.failovers += 1;
                 tracing::warn!(%peer, "request {request_id} leaves its node after {} tokens: {why}", delivered.len());
+                outcome = Err(ApiFailure::NoNode(format!(
+                    "the nodes serving this request failed after {} tokens: {why}",
+                    delivered.len()
+                )));
             }
         }
     }

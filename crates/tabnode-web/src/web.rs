@@ -701,7 +701,15 @@ fn serve(shared: &Rc<Shared>, answer: u64, infer: &InferRequest) {
         );
     }
     let slots = shared.capabilities.borrow().slots as usize;
-    if shared.served.borrow().len() >= slots.max(1) {
+    // A generation whose end is marked holds no slot any more, even while
+    // its last chunk waits for the relay's acknowledgement.
+    let generating = shared
+        .served
+        .borrow()
+        .values()
+        .filter(|s| s.streamer.generating())
+        .count();
+    if generating >= slots.max(1) {
         return refuse(ErrorCode::Busy, "this tab is generating already".into());
     }
     let id = shared.next_generation.get();
