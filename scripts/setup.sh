@@ -50,8 +50,9 @@ if [ "${1:-}" = "--test" ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  if [ ! -d "$TABNODE_ROOT/e2e/node_modules/playwright-core" ] || [ ! -d "$TABNODE_ROOT/e2e/node_modules/openai" ]; then
-    step "npm ci (e2e: playwright-core, openai; no browser download)"
+  if [ ! -d "$TABNODE_ROOT/e2e/node_modules/playwright-core" ] || [ ! -d "$TABNODE_ROOT/e2e/node_modules/openai" ] \
+    || [ ! -d "$TABNODE_ROOT/e2e/node_modules/libp2p" ]; then
+    step "npm ci (e2e: playwright-core, openai, js-libp2p + esbuild for the interop test; no browser download)"
     (cd "$TABNODE_ROOT/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
   fi
 fi

@@ -22,6 +22,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "== cargo test (unit + integration, native)"
 cargo test --workspace
+# The vendored WebRTC stream framing (FIN_ACK state machine): not a member.
+cargo test -p libp2p-webrtc-utils --lib
 
 echo "== e2e (headless Chromium, WebGPU on SwiftShader)"
 cd e2e
