@@ -861,11 +861,20 @@ fn scripted_node(
     relay: libp2p::Multiaddr,
     mode: Misbehaviour,
 ) -> (NodeHandle, std::sync::mpsc::Sender<()>) {
+    scripted_node_after(relay, mode, 3)
+}
+
+/// A node that generates `after` tokens, then misbehaves as `mode`.
+fn scripted_node_after(
+    relay: libp2p::Multiaddr,
+    mode: Misbehaviour,
+    after: usize,
+) -> (NodeHandle, std::sync::mpsc::Sender<()>) {
     let (go, rx) = std::sync::mpsc::channel();
     let model = Scripted {
         engine: engine(),
         mode,
-        after: 3,
+        after,
         go: Mutex::new(rx),
     };
     (
@@ -946,6 +955,76 @@ async fn a_misbehaving_node_is_replaced_and_earns_nothing_for_its_attempt() {
             "{mode:?}: {l}"
         );
         assert_eq!(l["totals"]["tokens"].as_u64(), Some(earned), "{l}");
+    }
+}
+
+/// Failover where the first node's last token ends inside a multi-byte
+/// character (Japanese here: SmolLM2 spells it in byte tokens), greedy and
+/// with seeded sampling: the requester gets exactly the local answer, no
+/// byte lost, repeated or replaced, and the character that was split comes
+/// whole from the second node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_inside_a_multi_byte_character_loses_no_bytes() {
+    let prompt = "Translate hello to Japanese.";
+    for (temperature, seed) in [(0.0f32, 0u64), (0.7, 11)] {
+        let mut local = GenerateRequest::new(chat(prompt));
+        local.max_tokens = 16;
+        local.temperature = temperature;
+        local.seed = seed;
+        let want = engine()
+            .generate(&local, &|| false, &mut |_, _| {})
+            .expect("local generation");
+        // The first cut that ends inside a character.
+        let tok = &engine().tokenizer;
+        let split = (1..want.tokens.len())
+            .find(|&k| {
+                std::str::from_utf8(&tok.decode(&want.tokens[..k]))
+                    .is_err_and(|e| e.error_len().is_none())
+            })
+            .unwrap_or_else(|| panic!("no split inside a character in {:?}", want.text));
+        assert!(!want.text.is_ascii(), "{:?}", want.text);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = quick_relay(&dir).await;
+        let addr = relay.http_addr;
+        let (bad, go) =
+            scripted_node_after(relay.tcp_addr().expect("tcp"), Misbehaviour::Fail, split);
+        wait_valid(&relay, bad.peer_id).await;
+        let body = json!({
+            "model": model(),
+            "messages": [{ "role": "user", "content": prompt }],
+            "max_tokens": 16,
+            "temperature": temperature,
+            "seed": seed,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+        })
+        .to_string();
+        let request = tokio::spawn(async move { post_chat(addr, &body).await });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while relay.state.matchmaker.load_of(&bad.peer_id).0 == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never sent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let good = serving_node(relay.tcp_addr().expect("tcp"), 1);
+        wait_valid(&relay, good.peer_id).await;
+        go.send(()).expect("go");
+        let a = read_answer(&request.await.expect("request task"), true);
+        let case = format!("temperature {temperature}, seed {seed}, split after {split}");
+        // Equal to the uninterrupted generation, where the split character
+        // is whole (a lost or doubled byte would show as U+FFFD or garble).
+        assert_eq!(a.text, want.text, "{case}");
+        assert_eq!(a.completion_tokens as usize, want.tokens.len(), "{case}");
+        assert_eq!(
+            a.nodes,
+            vec![bad.peer_id.to_string(), good.peer_id.to_string()],
+            "{case}"
+        );
+        assert_eq!(
+            a.chunk_nodes.last(),
+            Some(&good.peer_id.to_string()),
+            "{case}"
+        );
     }
 }
 
