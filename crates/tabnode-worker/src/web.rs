@@ -7,10 +7,11 @@ use std::rc::Rc;
 
 use js_sys::{Promise, Reflect};
 use serde::Serialize;
+use tabnode_core::pof::{max_n_for, Matmul, PofResponder};
 use tabnode_core::worker::{FromWorker, KernelResult, ToWorker};
-use tabnode_core::{ErrorCode, GpuInfo, GpuLimits, PofChallenge, Request, Response};
-use tabnode_pof::gpu::{GpuProver, Kernel};
-use tabnode_pof::{expand, matmul_cpu, Prover};
+use tabnode_core::{ErrorCode, GpuInfo, GpuLimits, Request, Response};
+use tabnode_pof::gpu::{GpuError, GpuProver, Kernel};
+use tabnode_pof::{expand, matmul_cpu};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -39,7 +40,7 @@ pub(crate) fn post(msg: &FromWorker) {
     }
 }
 
-/// The worker's state: the GPU (once open) and the last commitment.
+/// The worker's state: the GPU (once open) and the Proof-of-FLOPS prover.
 #[derive(Default)]
 struct State {
     gpu: Option<Rc<GpuProver>>,
@@ -47,7 +48,11 @@ struct State {
     gpu_settled: bool,
     /// Requests waiting for the GPU to settle.
     waiting: Vec<oneshot::Sender<()>>,
-    committed: Option<(u64, Prover)>,
+    /// The prover logic shared with native nodes, made once the GPU has
+    /// settled (its limits bound the challenge size, as the page
+    /// advertises). An `Rc`, so no `RefCell` borrow is held across the
+    /// matmul's await while an opening for another round comes in.
+    responder: Option<Rc<PofResponder>>,
 }
 
 /// Waits until opening the GPU has finished (the page sends `Init` before
@@ -69,10 +74,14 @@ pub(crate) async fn gpu_settled() -> Option<Rc<GpuProver>> {
     STATE.with(|s| s.borrow().gpu.clone())
 }
 
-fn settle_gpu(gpu: Option<GpuProver>) {
+/// Records how opening the GPU ended; `info` describes it when it worked.
+fn settle_gpu(gpu: Option<(GpuProver, &GpuInfo)>) {
     let waiting = STATE.with(|s| {
         let mut s = s.borrow_mut();
-        s.gpu = gpu.map(Rc::new);
+        // The same bound the page computes from the same `GpuInfo`.
+        let max_n = max_n_for(gpu.as_ref().map(|(_, info)| *info));
+        s.responder = Some(Rc::new(PofResponder::new(max_n)));
+        s.gpu = gpu.map(|(g, _)| Rc::new(g));
         s.gpu_settled = true;
         std::mem::take(&mut s.waiting)
     });
@@ -141,49 +150,39 @@ fn refuse(message: String) -> Response {
     }
 }
 
-/// Answers a request; also says where it computed.
-async fn handle(request: Request) -> (Response, &'static str) {
-    match request {
-        Request::PofChallenge(c) => commit(c).await,
-        Request::PofOpen { round, query } => {
-            let r = STATE.with(|s| match &s.borrow().committed {
-                Some((r, p)) if *r == round => Response::PofOpening(Box::new(p.answer(&query))),
-                _ => refuse(format!("nothing committed for round {round}")),
-            });
-            (r, "cpu")
+/// The challenge matmul: WebGPU, or the CPU in a tab without one.
+struct ChallengeMatmul(Option<Rc<GpuProver>>);
+
+impl Matmul for ChallengeMatmul {
+    type Error = GpuError;
+
+    async fn matmul(&self, a: &[f32], b: &[f32], n: u32) -> Result<Vec<f32>, GpuError> {
+        match &self.0 {
+            Some(g) => g.matmul(a, b, n).await,
+            None => Ok(matmul_cpu(a, b, n as usize)),
         }
-        other => (
-            refuse(format!("the worker does not handle {other:?}")),
-            "cpu",
-        ),
     }
 }
 
-/// Computes `C` on WebGPU (or, without one, on the CPU) and commits.
-async fn commit(c: PofChallenge) -> (Response, &'static str) {
-    let (a, b) = match expand(&c.seed, c.n) {
-        Ok(m) => m,
-        Err(e) => return (refuse(e.to_string()), "cpu"),
+/// Answers a request (the page's driver has checked that the relay sent
+/// it) with the prover shared with native nodes; also says where it
+/// computed.
+async fn handle(request: Request) -> (Response, &'static str) {
+    let gpu = gpu_settled().await;
+    let device = match (&request, &gpu) {
+        (Request::PofChallenge(_), Some(_)) => "webgpu",
+        _ => "cpu",
     };
-    let (product, device) = match gpu_settled().await {
-        Some(g) => match g.matmul(&a, &b, c.n).await {
-            Ok(p) => (p, "webgpu"),
-            Err(e) => return (refuse(e.to_string()), "webgpu"),
-        },
-        None => (matmul_cpu(&a, &b, c.n as usize), "cpu"),
+    let Some(responder) = STATE.with(|s| s.borrow().responder.clone()) else {
+        return (refuse("the prover is not ready".into()), "cpu");
     };
-    let response = match Prover::new(c.n, &product) {
-        Ok(p) => {
-            let root = p.root();
-            STATE.with(|s| s.borrow_mut().committed = Some((c.round, p)));
-            Response::PofCommit {
-                round: c.round,
-                root,
-            }
-        }
-        Err(e) => refuse(e.to_string()),
-    };
-    (response, device)
+    match responder.answer(&ChallengeMatmul(gpu), &request).await {
+        Some(response) => (response, device),
+        None => (
+            refuse(format!("the worker does not handle {}", request.name())),
+            "cpu",
+        ),
+    }
 }
 
 /// Times every WGSL kernel at size `n` against the CPU reference.
@@ -245,7 +244,6 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
     let prover = GpuProver::new(&adapter)
         .await
         .map_err(|e| WorkerError::Device(e.to_string()))?;
-    settle_gpu(Some(prover));
     let info = adapter.get_info();
     let (vendor, architecture, description) = adapter_info_strings().await.unwrap_or_default();
     let features = adapter
@@ -253,7 +251,7 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
         .iter_names()
         .map(|(name, _)| name.to_lowercase().replace('_', "-"))
         .collect();
-    Ok(GpuInfo {
+    let gpu = GpuInfo {
         vendor,
         architecture,
         description: if description.is_empty() {
@@ -265,7 +263,9 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
         is_fallback: info.device_type == wgpu::DeviceType::Cpu,
         features,
         limits: limits(&adapter_limits),
-    })
+    };
+    settle_gpu(Some((prover, &gpu)));
+    Ok(gpu)
 }
 
 /// The subset of limits the network cares about, in the protocol's shape.
