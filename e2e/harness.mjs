@@ -127,6 +127,26 @@ export async function startNode(relay, { serve = false } = {}) {
   };
 }
 
+/** Starts a native node (`examples/failing_node.rs`) that serves the real
+ * model but reports a failure after `after` tokens of every request. */
+export async function startFailingNode(relay, after) {
+  const proc = spawnLogged('failing-node', join(BIN, 'examples', 'failing_node'), [
+    relay.bootFile, join(MODELS_DIR, MODEL_FILE), String(after),
+  ]);
+  const peerId = await waitFor('the failing node peer id', () => {
+    if (proc.exitCode !== null) throw new Error(`failing node exited: ${proc.output}`);
+    return proc.output.match(/tabnode node (\S+) joining/)?.[1];
+  }, 60_000);
+  return {
+    proc,
+    peerId,
+    async kill() {
+      proc.kill('SIGKILL');
+      await proc.exited;
+    },
+  };
+}
+
 /**
  * Sends one request to `peer` through the relay from a fresh native peer
  * (not the relay), as any peer could: `spec` is `echo`, `pof-challenge:N`,

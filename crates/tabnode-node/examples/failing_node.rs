@@ -1,0 +1,86 @@
+//! A native node that serves the real model but reports a device failure
+//! after a few tokens of every request: the e2e tests use three of them to
+//! check that a request whose every attempt fails ends in an error that the
+//! page's client and the official OpenAI client raise.
+//!
+//! `cargo run -p tabnode-node --example failing_node -- BOOTSTRAP_FILE MODEL AFTER`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tabnode_core::infer::{GenerateRequest, GenerateResult};
+use tabnode_core::{Capabilities, NodeKind};
+use tabnode_infer::generate::GenerateError;
+use tabnode_infer::{Device, Engine, EngineError};
+use tabnode_node::prover::{Backend, PofProver};
+use tabnode_node::serve::{InferServer, ServedModel};
+use tabnode_node::{spawn, NodeConfig};
+
+/// The real engine for `after` tokens, then a failure.
+struct FailsAfter {
+    engine: Engine,
+    after: usize,
+}
+
+impl ServedModel for FailsAfter {
+    fn name(&self) -> &str {
+        &self.engine.info.name
+    }
+
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        self.engine.check(request)
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError> {
+        let sent = std::cell::Cell::new(0usize);
+        self.engine.generate(
+            request,
+            &|| cancelled() || sent.get() >= self.after,
+            &mut |t, s| {
+                if sent.get() < self.after {
+                    on_piece(t, s);
+                    sent.set(sent.get() + t.len());
+                }
+            },
+        )?;
+        Err(EngineError::Generate(GenerateError::Device(format!(
+            "scripted failure after {} tokens",
+            sent.get()
+        ))))
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [bootstrap, model, after] = args.as_slice() else {
+        return Err("usage: failing_node BOOTSTRAP_FILE MODEL AFTER".into());
+    };
+    let boot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
+    let relay = boot["tcp"][0]
+        .as_str()
+        .ok_or("the bootstrap file has no tcp address")?
+        .parse()?;
+    let bytes = std::fs::read(model).map_err(|e| format!("cannot read {model}: {e}"))?;
+    let engine = Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {})?;
+    let served = FailsAfter {
+        engine,
+        after: after.parse().map_err(|e| format!("AFTER: {e}"))?,
+    };
+    let node = spawn(NodeConfig {
+        relay,
+        key: None,
+        capabilities: Capabilities::new(NodeKind::Native, "tabnode-failing-node"),
+        max_backoff: Duration::from_millis(500),
+        handler: Arc::new(PofProver::new(Backend::Cpu)),
+        server: Some(Arc::new(InferServer::new(Arc::new(served), 1))),
+    })?;
+    println!("tabnode node {} joining the relay", node.peer_id);
+    node.join().await;
+    Ok(())
+}
