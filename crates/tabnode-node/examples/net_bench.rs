@@ -269,10 +269,12 @@ async fn routing(counts: &[usize]) {
         // finish so that they do not compete with the measurement.
         let m = &relay.state.metrics;
         let deadline = Instant::now() + Duration::from_secs(900);
-        while m.pof_passed.load(std::sync::atomic::Ordering::Relaxed)
-            + m.pof_failed.load(std::sync::atomic::Ordering::Relaxed)
-            < k as u64
-        {
+        let proofs = |o| {
+            m.pof
+                .get_or_create(&tabnode_relay::metrics::outcome(o))
+                .get()
+        };
+        while proofs("passed") + proofs("failed") < k as u64 {
             assert!(Instant::now() < deadline, "proofs did not finish");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -79,7 +79,16 @@ async fn one_mib_round_trip_through_the_relay_circuit() {
     }
     // (The relay's round-trip probes before each challenge are echoes too.)
     assert!(b.counters.served.load(Ordering::Relaxed) >= 1);
-    assert!(relay.state.metrics.circuits_opened.load(Ordering::Relaxed) >= 1);
+    let opened = tabnode_relay::metrics::outcome("opened");
+    assert!(
+        relay
+            .state
+            .metrics
+            .circuit_events
+            .get_or_create(&opened)
+            .get()
+            >= 1
+    );
 
     // The registry lists both with what they registered.
     wait_until("both registered", || {
@@ -360,12 +369,7 @@ async fn identities_per_address_are_limited_and_a_freed_place_is_taken() {
     // A third identity from the same machine is turned away, again and again.
     let c = node(addr, "c");
     wait_until("the third identity to be refused twice", || {
-        relay
-            .state
-            .metrics
-            .identities_refused
-            .load(Ordering::Relaxed)
-            >= 2
+        relay.state.metrics.identities_refused.get() >= 2
     })
     .await;
     let listed = |p: PeerId| {

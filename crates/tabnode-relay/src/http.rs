@@ -147,10 +147,7 @@ async fn pof_history(
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         s.relay.render_metrics(),
     )
 }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::ledger::Credit;
+use crate::metrics::Outcome;
 use crate::state::RelayState;
 use crate::swarm::RelayCommand;
 
@@ -109,21 +110,6 @@ pub struct Candidate {
     pub gflops: f64,
 }
 
-/// Counters of network inference.
-#[derive(Debug, Default)]
-pub struct InferMetrics {
-    /// Requests taken.
-    pub requests: AtomicU64,
-    /// Requests that completed.
-    pub completed: AtomicU64,
-    /// Requests that failed.
-    pub failed: AtomicU64,
-    /// Times a request moved to another node.
-    pub failovers: AtomicU64,
-    /// Tokens delivered.
-    pub tokens: AtomicU64,
-}
-
 /// Per-node load and reliability, and the requests in flight.
 #[derive(Debug)]
 pub struct Matchmaker {
@@ -134,8 +120,6 @@ pub struct Matchmaker {
     /// credit ids that no other request, in this run or any other, shares.
     pub epoch: String,
     next_request: AtomicU64,
-    /// Counters.
-    pub metrics: InferMetrics,
 }
 
 impl Default for Matchmaker {
@@ -146,7 +130,6 @@ impl Default for Matchmaker {
             freed: Notify::new(),
             epoch: format!("{:016x}", rand::random::<u64>()),
             next_request: AtomicU64::new(1),
-            metrics: InferMetrics::default(),
         }
     }
 }
@@ -436,10 +419,13 @@ pub(crate) async fn run_request(
     events: mpsc::Sender<ApiEvent>,
 ) {
     let mm = &ctx.state.matchmaker;
-    mm.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let metrics = &ctx.state.metrics;
     let request_id = mm.next_request_id();
     let Some(entry) = ctx.state.catalog.find(&api.model).cloned() else {
-        mm.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .inference_requests
+            .get_or_create(&Outcome { outcome: "failed" })
+            .inc();
         let _ = events
             .send(ApiEvent::Failed(ApiFailure::UnknownModel(
                 api.model.clone(),
@@ -601,7 +587,7 @@ pub(crate) async fn run_request(
             Segment::Left(why) | Segment::Failed(why) | Segment::Cheated(why) => {
                 mm.release(peer, false);
                 cancel(&ctx, peer, request_id);
-                mm.metrics.failovers.fetch_add(1, Ordering::Relaxed);
+                metrics.failovers.inc();
                 usage.failovers += 1;
                 tracing::warn!(%peer, "request {request_id} leaves its node after {} tokens: {why}", delivered.len());
                 outcome = Err(ApiFailure::NoNode(format!(
@@ -612,9 +598,7 @@ pub(crate) async fn run_request(
         }
     }
     usage.completion_tokens = u32::try_from(delivered.len()).unwrap_or(u32::MAX);
-    mm.metrics
-        .tokens
-        .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+    metrics.tokens.inc_by(delivered.len() as u64);
     if let Some(first) = first_token {
         usage.ttft_ms = (first - started).as_secs_f64() * 1e3;
         let after = delivered.len().saturating_sub(1) as f64;
@@ -631,11 +615,19 @@ pub(crate) async fn run_request(
     }
     let last = match outcome {
         Ok(finish) => {
-            mm.metrics.completed.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .inference_requests
+                .get_or_create(&Outcome {
+                    outcome: "completed",
+                })
+                .inc();
             ApiEvent::Done { finish, usage }
         }
         Err(f) => {
-            mm.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .inference_requests
+                .get_or_create(&Outcome { outcome: "failed" })
+                .inc();
             ApiEvent::Failed(f)
         }
     };

@@ -17,6 +17,7 @@ pub mod catalog;
 mod http;
 pub mod inference;
 pub mod ledger;
+pub mod metrics;
 mod openai;
 mod pof;
 mod state;

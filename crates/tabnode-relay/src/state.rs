@@ -2,17 +2,16 @@
 //! capabilities; and its Prometheus counters.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::{Capabilities, CodecStats, NodeKind, PeerSummary, PofRecord, PofStanding};
+use tabnode_core::{Capabilities, NodeKind, PeerSummary, PofRecord, PofStanding};
 
 use crate::catalog::Catalog;
 use crate::inference::{Candidate, Matchmaker};
 use crate::ledger::{Credit, CreditKind, Ledger, POINTS_PER_PROOF_GFLOP};
+use crate::metrics::{outcome, Event, Kind};
 
 /// One connected node.
 #[derive(Debug, Clone)]
@@ -43,41 +42,6 @@ impl NodeEntry {
     }
 }
 
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Connections opened since start.
-    pub connections_opened: AtomicU64,
-    /// Connections closed since start.
-    pub connections_closed: AtomicU64,
-    /// Reservations accepted (including renewals).
-    pub reservations_accepted: AtomicU64,
-    /// Reservations denied or failed.
-    pub reservations_denied: AtomicU64,
-    /// Reservations that timed out (the holder left).
-    pub reservations_closed: AtomicU64,
-    /// Circuits accepted.
-    pub circuits_opened: AtomicU64,
-    /// Circuits closed.
-    pub circuits_closed: AtomicU64,
-    /// Circuit requests denied or failed.
-    pub circuits_denied: AtomicU64,
-    /// Protocol requests received.
-    pub requests_in: AtomicU64,
-    /// Protocol responses sent.
-    pub responses_out: AtomicU64,
-    /// Inbound requests that failed after being read (timeouts, omissions).
-    pub protocol_errors: AtomicU64,
-    /// Inbound messages the codec refused (malformed, oversized, truncated).
-    pub codec: Arc<CodecStats>,
-    /// Proof-of-FLOPS challenges passed.
-    pub pof_passed: AtomicU64,
-    /// Proof-of-FLOPS challenges failed.
-    pub pof_failed: AtomicU64,
-    /// Connections closed because their address had too many identities.
-    pub identities_refused: AtomicU64,
-}
-
 /// Uptime minutes are written to the ledger once per this many minutes.
 pub const UPTIME_PERIOD_MINUTES: u64 = 15;
 
@@ -105,8 +69,8 @@ pub struct RelayState {
     reservations: RwLock<HashMap<PeerId, ()>>,
     /// Uptime minutes counted and not yet written: first minute, minutes.
     uptime: std::sync::Mutex<HashMap<PeerId, (u64, u64)>>,
-    /// Counters.
-    pub metrics: Metrics,
+    /// Everything `/metrics` exports.
+    pub metrics: crate::metrics::Metrics,
     /// Load and reliability per node; requests in flight.
     pub matchmaker: Matchmaker,
     /// The flops-points ledger (absent in unit tests). The relay's handle
@@ -137,10 +101,6 @@ pub struct NetworkView {
     pub relay: String,
     /// Every connected node.
     pub nodes: Vec<PeerSummary>,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl RelayState {
@@ -298,7 +258,7 @@ impl RelayState {
 
     /// Inbound protocol streams closed for any error.
     pub fn protocol_errors(&self) -> u64 {
-        self.metrics.protocol_errors.load(Ordering::Relaxed) + self.metrics.codec.rejected()
+        self.metrics.protocol_errors.get() + self.metrics.codec.rejected()
     }
 
     /// Records a new connection from `peer` at `ip`. Returns false (and
@@ -316,11 +276,14 @@ impl RelayState {
         if !nodes.contains_key(&peer) {
             let same_ip = ip.map_or(0, |ip| nodes.values().filter(|e| e.ip == Some(ip)).count());
             if same_ip >= max_per_ip {
-                bump(&self.metrics.identities_refused);
+                self.metrics.identities_refused.inc();
                 return false;
             }
         }
-        bump(&self.metrics.connections_opened);
+        self.metrics
+            .connections
+            .get_or_create(&Event { event: "opened" })
+            .inc();
         nodes
             .entry(peer)
             .and_modify(|e| e.connections += 1)
@@ -379,7 +342,10 @@ impl RelayState {
         {
             e.connections = remaining as usize;
         }
-        bump(&self.metrics.connections_closed);
+        self.metrics
+            .connections
+            .get_or_create(&Event { event: "closed" })
+            .inc();
     }
 
     /// Records a reservation change for `peer`.
@@ -453,12 +419,12 @@ impl RelayState {
                     points: (gflop * POINTS_PER_PROOF_GFLOP as f64).round() as u64,
                 }]);
             }
-            self.metrics.pof_passed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.pof.get_or_create(&outcome("passed")).inc();
             s.passed += 1;
             s.standing += 1;
             s.matmul_gflops = Some(record.matmul_gflops);
         } else {
-            self.metrics.pof_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.pof.get_or_create(&outcome("failed")).inc();
             s.failed += 1;
             s.standing -= 5;
         }
@@ -513,7 +479,8 @@ impl RelayState {
         out
     }
 
-    /// Prometheus text exposition of the counters and gauges.
+    /// The OpenMetrics text of every metric: the gauges read from the
+    /// registry now, then everything the registry holds.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         let (browsers, natives) = {
@@ -524,127 +491,20 @@ impl RelayState {
                 .count();
             (b, nodes.len() - b)
         };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        m.nodes
+            .get_or_create(&Kind { kind: "browser" })
+            .set(gauge(browsers));
+        m.nodes
+            .get_or_create(&Kind { kind: "native" })
+            .set(gauge(natives));
         let reservations = self
             .reservations
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .len();
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let opened = load(&m.circuits_opened);
-        let closed = load(&m.circuits_closed);
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        metric(
-            "tabnode_nodes",
-            "gauge",
-            "Nodes connected to the relay.",
-            &[
-                ("{kind=\"browser\"}", browsers as u64),
-                ("{kind=\"native\"}", natives as u64),
-            ],
-        );
-        metric(
-            "tabnode_connections_total",
-            "counter",
-            "Connections opened and closed.",
-            &[
-                ("{event=\"opened\"}", load(&m.connections_opened)),
-                ("{event=\"closed\"}", load(&m.connections_closed)),
-            ],
-        );
-        metric(
-            "tabnode_reservations",
-            "gauge",
-            "Active circuit reservations.",
-            &[("", reservations as u64)],
-        );
-        metric(
-            "tabnode_reservation_events_total",
-            "counter",
-            "Reservation requests by outcome.",
-            &[
-                ("{outcome=\"accepted\"}", load(&m.reservations_accepted)),
-                ("{outcome=\"denied\"}", load(&m.reservations_denied)),
-                ("{outcome=\"timed_out\"}", load(&m.reservations_closed)),
-            ],
-        );
-        metric(
-            "tabnode_identities_refused_total",
-            "counter",
-            "Connections closed: too many identities from one address.",
-            &[("", load(&m.identities_refused))],
-        );
-        metric(
-            "tabnode_circuits",
-            "gauge",
-            "Open relayed circuits.",
-            &[("", opened.saturating_sub(closed))],
-        );
-        metric(
-            "tabnode_circuit_events_total",
-            "counter",
-            "Circuit requests by outcome.",
-            &[
-                ("{outcome=\"opened\"}", opened),
-                ("{outcome=\"closed\"}", closed),
-                ("{outcome=\"denied\"}", load(&m.circuits_denied)),
-            ],
-        );
-        metric(
-            "tabnode_messages_total",
-            "counter",
-            "Protocol messages handled by the relay.",
-            &[
-                ("{direction=\"in\"}", load(&m.requests_in)),
-                ("{direction=\"out\"}", load(&m.responses_out)),
-            ],
-        );
-        metric(
-            "tabnode_errors_total",
-            "counter",
-            "Inbound protocol streams closed for errors.",
-            &[
-                ("{kind=\"malformed\"}", m.codec.rejected()),
-                ("{kind=\"failed\"}", load(&m.protocol_errors)),
-            ],
-        );
-        let im = &self.matchmaker.metrics;
-        metric(
-            "tabnode_inference_requests_total",
-            "counter",
-            "Chat requests by outcome.",
-            &[
-                ("{outcome=\"completed\"}", load(&im.completed)),
-                ("{outcome=\"failed\"}", load(&im.failed)),
-            ],
-        );
-        metric(
-            "tabnode_inference_failovers_total",
-            "counter",
-            "Times a request moved to another node.",
-            &[("", load(&im.failovers))],
-        );
-        metric(
-            "tabnode_inference_tokens_total",
-            "counter",
-            "Generated tokens delivered to requesters.",
-            &[("", load(&im.tokens))],
-        );
-        metric(
-            "tabnode_pof_total",
-            "counter",
-            "Proof-of-FLOPS challenges by outcome.",
-            &[
-                ("{outcome=\"passed\"}", load(&m.pof_passed)),
-                ("{outcome=\"failed\"}", load(&m.pof_failed)),
-            ],
-        );
-        out
+        m.reservations.set(gauge(reservations));
+        m.encode()
     }
 }
 
@@ -686,6 +546,12 @@ mod tests {
             text.contains("tabnode_identities_refused_total 1"),
             "{text}"
         );
+        // OpenMetrics: libp2p's recorders share the registry.
+        assert!(
+            text.contains("# TYPE libp2p_swarm_connections_incoming counter"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     fn record(round: u64, n: u32, passed: bool) -> PofRecord {

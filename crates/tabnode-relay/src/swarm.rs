@@ -22,6 +22,7 @@ use tabnode_core::{
     ErrorCode, Request, Response, TabnodeCodec,
 };
 
+use crate::metrics::{outcome, Direction};
 use crate::{state::RelayState, Bootstrap, RelayConfig, RelayError};
 
 /// The relay's behaviour.
@@ -247,7 +248,6 @@ pub(crate) async fn run(
     joined: tokio::sync::mpsc::Sender<PeerId>,
     max_peers_per_ip: usize,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
     let mut pending: HashMap<
         request_response::OutboundRequestId,
@@ -267,6 +267,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        m.record(&event);
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -306,6 +307,8 @@ pub(crate) async fn run(
             SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => {
                 on_relay_event(&state, e);
             }
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(e)) => m.record(&e),
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(e)) => m.record(&e),
             SwarmEvent::Behaviour(RelayBehaviourEvent::Rpc(e)) => match e {
                 request_response::Event::Message {
                     peer,
@@ -315,7 +318,9 @@ pub(crate) async fn run(
                         },
                     ..
                 } => {
-                    m.requests_in.fetch_add(1, Relaxed);
+                    m.messages
+                        .get_or_create(&Direction { direction: "in" })
+                        .inc();
                     let registered = matches!(request, Request::Register(_));
                     let response = answer(&state, peer, request);
                     if registered && response == Response::Ack {
@@ -328,11 +333,13 @@ pub(crate) async fn run(
                         .send_response(channel, response)
                         .is_ok()
                     {
-                        m.responses_out.fetch_add(1, Relaxed);
+                        m.messages
+                            .get_or_create(&Direction { direction: "out" })
+                            .inc();
                     }
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
-                    m.protocol_errors.fetch_add(1, Relaxed);
+                    m.protocol_errors.inc();
                     tracing::warn!("closed a stream from {peer}: {error}");
                 }
                 request_response::Event::Message {
@@ -388,27 +395,30 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
 }
 
 fn on_relay_event(state: &RelayState, e: relay::Event) {
-    use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
+    m.record(&e);
+    let count = |name| m.reservation_events.get_or_create(&outcome(name)).inc();
+    let circuit = |name| m.circuit_events.get_or_create(&outcome(name)).inc();
     match e {
         relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
-            m.reservations_accepted.fetch_add(1, Relaxed);
+            count("accepted");
             state.set_reachable(src_peer_id, true);
         }
         relay::Event::ReservationReqDenied { src_peer_id, .. } => {
-            m.reservations_denied.fetch_add(1, Relaxed);
+            count("denied");
             tracing::warn!("reservation denied for {src_peer_id}");
         }
         relay::Event::ReservationTimedOut { src_peer_id }
         | relay::Event::ReservationClosed { src_peer_id } => {
-            m.reservations_closed.fetch_add(1, Relaxed);
+            count("timed_out");
             state.set_reachable(src_peer_id, false);
         }
         relay::Event::CircuitReqAccepted {
             src_peer_id,
             dst_peer_id,
         } => {
-            m.circuits_opened.fetch_add(1, Relaxed);
+            circuit("opened");
+            m.circuits.inc();
             tracing::debug!("circuit {src_peer_id} -> {dst_peer_id}");
         }
         relay::Event::CircuitReqDenied {
@@ -416,7 +426,7 @@ fn on_relay_event(state: &RelayState, e: relay::Event) {
             dst_peer_id,
             status,
         } => {
-            m.circuits_denied.fetch_add(1, Relaxed);
+            circuit("denied");
             tracing::warn!("circuit {src_peer_id} -> {dst_peer_id} denied: {status:?}");
         }
         relay::Event::CircuitClosed {
@@ -424,7 +434,8 @@ fn on_relay_event(state: &RelayState, e: relay::Event) {
             dst_peer_id,
             error,
         } => {
-            m.circuits_closed.fetch_add(1, Relaxed);
+            circuit("closed");
+            m.circuits.dec();
             match error {
                 Some(e) => tracing::warn!("circuit {src_peer_id} -> {dst_peer_id} failed: {e}"),
                 None => tracing::debug!("circuit {src_peer_id} -> {dst_peer_id} closed"),

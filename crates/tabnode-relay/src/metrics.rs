@@ -1,0 +1,223 @@
+//! The relay's metrics: one `prometheus-client` registry holding the
+//! relay's own counters and gauges, the codec's refusals (a collector read
+//! at each scrape) and libp2p's recorders (swarm, identify, ping, relay),
+//! served as OpenMetrics text on `/metrics`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use libp2p::metrics::Recorder;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tabnode_core::codec::CodecStats;
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A `kind` label (`browser`, `native`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// The value.
+    pub kind: &'static str,
+}
+
+/// An `event` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Event {
+    /// The value.
+    pub event: &'static str,
+}
+
+/// An `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// The value.
+    pub outcome: &'static str,
+}
+
+/// A `direction` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    /// The value.
+    pub direction: &'static str,
+}
+
+/// `outcome = name`.
+pub fn outcome(name: &'static str) -> Outcome {
+    Outcome { outcome: name }
+}
+
+/// Every metric the relay exports. The handles are cheap clones of what
+/// the registry holds: update them anywhere, without locks.
+pub struct Metrics {
+    registry: Registry,
+    libp2p: libp2p::metrics::Metrics,
+    /// Nodes connected now, by kind (set at each scrape).
+    pub nodes: Family<Kind, Gauge>,
+    /// Connections `opened` and `closed`.
+    pub connections: Family<Event, Counter>,
+    /// Identities turned away: too many from one address.
+    pub identities_refused: Counter,
+    /// Circuit reservations held now (set at each scrape).
+    pub reservations: Gauge,
+    /// Reservation requests: `accepted`, `denied`, `timed_out`.
+    pub reservation_events: Family<Outcome, Counter>,
+    /// Relayed circuits open now.
+    pub circuits: Gauge,
+    /// Circuit requests: `opened`, `closed`, `denied`.
+    pub circuit_events: Family<Outcome, Counter>,
+    /// Protocol messages, `in` and `out`.
+    pub messages: Family<Direction, Counter>,
+    /// Inbound protocol streams that failed after being read.
+    pub protocol_errors: Counter,
+    /// What the codec refused (malformed, oversized, truncated).
+    pub codec: Arc<CodecStats>,
+    /// Proof-of-FLOPS results: `passed`, `failed`.
+    pub pof: Family<Outcome, Counter>,
+    /// Chat requests: `completed`, `failed`.
+    pub inference_requests: Family<Outcome, Counter>,
+    /// Times a request moved to another node.
+    pub failovers: Counter,
+    /// Generated tokens delivered to requesters.
+    pub tokens: Counter,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The codec's refusals, read at each scrape.
+#[derive(Debug)]
+struct Malformed(Arc<CodecStats>);
+
+impl Collector for Malformed {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let counter = ConstCounter::new(self.0.rejected());
+        let metric = encoder.encode_descriptor(
+            "tabnode_malformed_messages",
+            "Inbound messages the codec refused (malformed, oversized, truncated).",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let libp2p = libp2p::metrics::Metrics::new(&mut registry);
+        let m = Self {
+            libp2p,
+            nodes: Family::default(),
+            connections: Family::default(),
+            identities_refused: Counter::default(),
+            reservations: Gauge::default(),
+            reservation_events: Family::default(),
+            circuits: Gauge::default(),
+            circuit_events: Family::default(),
+            messages: Family::default(),
+            protocol_errors: Counter::default(),
+            codec: Arc::default(),
+            pof: Family::default(),
+            inference_requests: Family::default(),
+            failovers: Counter::default(),
+            tokens: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "tabnode_nodes",
+            "Nodes connected to the relay.",
+            m.nodes.clone(),
+        );
+        r.register(
+            "tabnode_connections",
+            "Connections opened and closed.",
+            m.connections.clone(),
+        );
+        r.register(
+            "tabnode_identities_refused",
+            "Connections closed: too many identities from one address.",
+            m.identities_refused.clone(),
+        );
+        r.register(
+            "tabnode_reservations",
+            "Active circuit reservations.",
+            m.reservations.clone(),
+        );
+        r.register(
+            "tabnode_reservation_events",
+            "Reservation requests by outcome.",
+            m.reservation_events.clone(),
+        );
+        r.register(
+            "tabnode_circuits",
+            "Open relayed circuits.",
+            m.circuits.clone(),
+        );
+        r.register(
+            "tabnode_circuit_events",
+            "Circuit requests by outcome.",
+            m.circuit_events.clone(),
+        );
+        r.register(
+            "tabnode_messages",
+            "Protocol messages handled by the relay.",
+            m.messages.clone(),
+        );
+        r.register(
+            "tabnode_protocol_errors",
+            "Inbound protocol streams that failed after being read.",
+            m.protocol_errors.clone(),
+        );
+        r.register_collector(Box::new(Malformed(m.codec.clone())));
+        r.register(
+            "tabnode_pof",
+            "Proof-of-FLOPS challenges by outcome.",
+            m.pof.clone(),
+        );
+        r.register(
+            "tabnode_inference_requests",
+            "Chat requests by outcome.",
+            m.inference_requests.clone(),
+        );
+        r.register(
+            "tabnode_inference_failovers",
+            "Times a request moved to another node.",
+            m.failovers.clone(),
+        );
+        r.register(
+            "tabnode_inference_tokens",
+            "Generated tokens delivered to requesters.",
+            m.tokens.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Records a libp2p event (swarm, identify, ping or relay) with
+    /// libp2p's own recorders.
+    pub fn record<E>(&self, event: &E)
+    where
+        libp2p::metrics::Metrics: Recorder<E>,
+    {
+        self.libp2p.record(event);
+    }
+
+    /// The OpenMetrics text of every metric ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        out
+    }
+}
