@@ -1,0 +1,330 @@
+//! The JavaScript API: the `TabNode` and `Generation` classes.
+
+use super::*;
+
+/// A browser tab's node.
+#[wasm_bindgen]
+pub struct TabNode {
+    shared: Rc<Shared>,
+    peer_id: String,
+    identity: Vec<u8>,
+}
+
+fn tracing_subscriber_for(
+    config: tracing_wasm::WASMLayerConfig,
+) -> impl tracing::Subscriber + Send + Sync {
+    use tracing_wasm::WASMLayer;
+    tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::Registry::default(),
+        WASMLayer::new(config),
+    )
+}
+
+fn agent() -> String {
+    let ua = web_sys::window()
+        .and_then(|w| w.navigator().user_agent().ok())
+        .unwrap_or_default();
+    format!("tabnode-web/{} ({ua})", env!("CARGO_PKG_VERSION"))
+}
+
+#[wasm_bindgen]
+impl TabNode {
+    /// Starts the node: `{ relay, identity?, workerUrl?, pledgeMib?,
+    /// maxBackoffMs? }`; `onEvent` receives every event as a plain object
+    /// with a `type` field.
+    ///
+    /// # Errors
+    /// Bad options, a corrupt identity, or a worker that cannot start.
+    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<TabNode, JsError> {
+        let opts: StartOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| WebError::BadOptions(e.to_string()))?;
+        if let Some(level) = &opts.log_level {
+            let level = level
+                .parse::<tracing::Level>()
+                .map_err(|e| WebError::BadOptions(format!("logLevel: {e}")))?;
+            let config = tracing_wasm::WASMLayerConfigBuilder::new()
+                .set_max_level(level)
+                .build();
+            // A second node on the same page keeps the first subscriber.
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber_for(config));
+        }
+        let relay: Multiaddr = opts
+            .relay
+            .parse()
+            .map_err(|e| WebError::BadOptions(format!("relay address: {e}")))?;
+        let key = match &opts.identity {
+            Some(bytes) => Keypair::from_protobuf_encoding(bytes)
+                .map_err(|e| WebError::Identity(e.to_string()))?,
+            None => Keypair::generate_ed25519(),
+        };
+        let identity = key
+            .to_protobuf_encoding()
+            .map_err(|e| WebError::Identity(e.to_string()))?;
+        let agent = agent();
+        let mut caps = Capabilities::new(NodeKind::Browser, agent.clone());
+        caps.pledged_vram_mib = opts.pledge_mib;
+        let lp = |e: &dyn std::fmt::Display| WebError::Libp2p(e.to_string());
+        // The relay-client transport is assembled by hand (instead of
+        // `with_relay_client`) to cap each write on the circuit's WebRTC
+        // stream: see `ChunkedWrites`. It goes first: the WebRTC transport
+        // would otherwise take a `/p2p-circuit` address for its own.
+        let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_wasm_bindgen()
+            .with_other_transport(
+                |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    Ok(relay_transport
+                        .map(|conn, _| ChunkedWrites::new(conn, MAX_FRAME))
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()))
+                },
+            )
+            .map_err(|e| lp(&e))?
+            .with_other_transport(|key| {
+                libp2p_webrtc_websys::Transport::new(libp2p_webrtc_websys::Config::new(key))
+            })
+            .map_err(|e| lp(&e))?
+            .with_behaviour(|key| {
+                NodeBehaviour::new(key, relay_client, agent, TabnodeCodec::default())
+            })
+            .map_err(|e| lp(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let peer_id = swarm.local_peer_id().to_string();
+        let (commands, rx) = mpsc::channel(64);
+        let shared = Rc::new(Shared {
+            commands,
+            capabilities: RefCell::new(caps.clone()),
+            on_event: on_event.clone(),
+            worker: RefCell::new(None),
+            worker_loaded: Cell::new(false),
+            queued: RefCell::new(Vec::new()),
+            model_waiters: RefCell::new(Vec::new()),
+            generations: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(1),
+            served: RefCell::new(HashMap::new()),
+        });
+        let config = DriverConfig {
+            relay,
+            capabilities: caps,
+            max_backoff: Duration::from_millis(opts.max_backoff_ms),
+        };
+        let for_driver = shared.clone();
+        spawn_local(async move {
+            let emit = |event: NodeEvent| {
+                match &event {
+                    NodeEvent::Request {
+                        id,
+                        request: Request::Infer(infer),
+                        ..
+                    } => serve(&for_driver, *id, infer),
+                    NodeEvent::Request {
+                        id,
+                        request: Request::InferCancel { request_id },
+                        ..
+                    } => {
+                        cancel_served(&for_driver, *request_id);
+                        let _ = for_driver.command(Command::Respond {
+                            id: *id,
+                            response: Response::Ack,
+                        });
+                    }
+                    NodeEvent::Request { id, request, .. } => {
+                        for_driver.to_worker(*id, request.clone());
+                    }
+                    _ => {}
+                }
+                js_event(&on_event, &PageEvent::Node(&event));
+            };
+            if let Err(e) = driver::run(swarm, config, rx, emit).await {
+                web_sys::console::error_1(&format!("tabnode: node stopped: {e}").into());
+            }
+        });
+        if let Some(url) = &opts.worker_url {
+            start_worker(&shared, url)?;
+        }
+        Ok(TabNode {
+            shared,
+            peer_id,
+            identity,
+        })
+    }
+
+    /// This node's peer id.
+    #[wasm_bindgen(getter, js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.peer_id.clone()
+    }
+
+    /// The protobuf-encoded identity key, to store and pass back next time.
+    #[wasm_bindgen(getter)]
+    pub fn identity(&self) -> Vec<u8> {
+        self.identity.clone()
+    }
+
+    /// The capabilities registered with the relay (plain object).
+    #[wasm_bindgen(getter)]
+    pub fn capabilities(&self) -> Result<JsValue, JsError> {
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        Ok(serde::Serialize::serialize(
+            &*self.shared.capabilities.borrow(),
+            &serializer,
+        )?)
+    }
+
+    /// Sends `data` to `peer` (`null`: the relay) and resolves to the echoed
+    /// bytes.
+    pub fn echo(&self, peer: Option<String>, data: Vec<u8>) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let peer = match peer {
+                Some(p) => Some(p.parse().map_err(|e| {
+                    JsError::from(WebError::BadOptions(format!("peer id {p}: {e}")))
+                })?),
+                None => None,
+            };
+            match shared.request(peer, Request::Echo(data)).await {
+                Ok(Response::Echo(back)) => Ok(js_sys::Uint8Array::from(back.as_slice()).into()),
+                Ok(other) => Err(JsError::new(&format!("unexpected answer {other:?}")).into()),
+                Err(e) => Err(JsError::from(e).into()),
+            }
+        })
+    }
+
+    /// Resolves to the list of nodes the relay knows.
+    #[wasm_bindgen(js_name = listPeers)]
+    pub fn list_peers(&self) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            match shared.request(None, Request::ListPeers).await {
+                Ok(Response::Peers(peers)) => {
+                    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+                    serde::Serialize::serialize(&peers, &serializer)
+                        .map_err(|e| JsError::from(e).into())
+                }
+                Ok(other) => Err(JsError::new(&format!("unexpected answer {other:?}")).into()),
+                Err(e) => Err(JsError::from(e).into()),
+            }
+        })
+    }
+
+    /// Asks the worker to benchmark its WGSL kernels at size `n`; the
+    /// result arrives as an event of type `bench`.
+    ///
+    /// # Errors
+    /// No worker, or the message could not be sent.
+    #[wasm_bindgen(js_name = benchKernels)]
+    pub fn bench_kernels(&self, n: u32, reps: u32) -> Result<(), JsError> {
+        match &*self.shared.worker.borrow() {
+            Some(w) => Ok(post(w, &ToWorker::Bench { n, reps })?),
+            None => Err(WebError::Worker("this tab runs no compute worker".into()).into()),
+        }
+    }
+
+    /// Has the worker load the model at `url` (the relay serves
+    /// `/models/<file>`): from the browser's cache when it holds it, else
+    /// downloaded and cached. Progress arrives as `model_progress` events;
+    /// resolves to `{ model, from_cache, downloaded_bytes, load_ms, device }`.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, url: String) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let (tx, rx) = oneshot::channel();
+            shared.model_waiters.borrow_mut().push(tx);
+            shared
+                .post_worker(&ToWorker::LoadModel { url })
+                .map_err(JsError::from)?;
+            match rx.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(message)) => Err(JsError::new(&message).into()),
+                Err(_) => Err(JsError::new("the worker stopped").into()),
+            }
+        })
+    }
+
+    /// Generates on the loaded model: `request` is `{ prompt: { text } |
+    /// { chat: [{ role, content }] }, max_tokens?, temperature?, top_k?,
+    /// top_p?, seed?, stop? }`; `onToken(text)` receives the text as it is
+    /// produced. Returns a handle with `id`, `done` (a promise of `{ tokens,
+    /// text, finish, prompt_tokens, prefill_ms, decode_ms, device }`) and
+    /// `cancel()`.
+    ///
+    /// # Errors
+    /// A malformed request or no worker.
+    pub fn generate(
+        &self,
+        request: JsValue,
+        on_token: Option<js_sys::Function>,
+    ) -> Result<Generation, JsError> {
+        let request: GenerateRequest = serde_wasm_bindgen::from_value(request)
+            .map_err(|e| WebError::BadOptions(format!("generate request: {e}")))?;
+        let id = self.shared.next_generation.get();
+        self.shared.next_generation.set(id + 1);
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .generations
+            .borrow_mut()
+            .insert(id, PendingGeneration { reply, on_token });
+        if let Err(e) = self.shared.post_worker(&ToWorker::Generate { id, request }) {
+            self.shared.generations.borrow_mut().remove(&id);
+            return Err(e.into());
+        }
+        let done = future_to_promise(async move {
+            match rx.await {
+                Ok(Ok(result)) => serde::Serialize::serialize(
+                    &result,
+                    &serde_wasm_bindgen::Serializer::json_compatible(),
+                )
+                .map_err(|e| JsError::from(e).into()),
+                Ok(Err(message)) => Err(JsError::new(&message).into()),
+                Err(_) => Err(JsError::new("the worker stopped").into()),
+            }
+        });
+        Ok(Generation {
+            id,
+            done,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Stops the node and its worker.
+    pub fn stop(&self) {
+        let _ = self.shared.command(Command::Shutdown);
+        if let Some(w) = self.shared.worker.borrow_mut().take() {
+            w.terminate();
+        }
+    }
+}
+
+/// A running generation (see `TabNode.generate`).
+#[wasm_bindgen]
+pub struct Generation {
+    id: u64,
+    done: js_sys::Promise,
+    shared: Rc<Shared>,
+}
+
+#[wasm_bindgen]
+impl Generation {
+    /// Its id.
+    #[wasm_bindgen(getter)]
+    pub fn id(&self) -> f64 {
+        self.id as f64
+    }
+
+    /// Resolves to the result (a cancelled generation resolves too, with
+    /// `finish: "cancelled"` and the text so far).
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> js_sys::Promise {
+        self.done.clone()
+    }
+
+    /// Stops after the token in flight.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn cancel(&self) -> Result<(), JsError> {
+        Ok(self.shared.post_worker(&ToWorker::Cancel { id: self.id })?)
+    }
+}
