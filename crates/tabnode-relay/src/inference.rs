@@ -356,7 +356,11 @@ pub(crate) struct InferContext {
     pub config: InferConfig,
 }
 
-async fn send(ctx: &InferContext, peer: PeerId, request: Request) -> Result<Response, String> {
+async fn send(
+    ctx: &InferContext,
+    peer: PeerId,
+    request: Request,
+) -> Result<Response, crate::swarm::SendError> {
     crate::swarm::request(&ctx.commands, peer, request, ctx.config.accept_timeout).await
 }
 

@@ -26,7 +26,43 @@ use tabnode_pof::{
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::{state::RelayState, swarm::RelayCommand};
+use crate::state::RelayState;
+use crate::swarm::{RelayCommand, SendError};
+
+/// Why a proof failed: its record's `reason`.
+#[derive(Debug, thiserror::Error)]
+enum ProofFailure {
+    /// The node could not be reached or did not answer in time.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The node answered with something else than the step asks for.
+    #[error("unexpected answer to the {step}: {answer}")]
+    Unexpected { step: &'static str, answer: String },
+    /// The node committed to another round.
+    #[error("commitment for round {got}, expected round {want}")]
+    WrongRound { got: u64, want: u64 },
+    /// The node refused the challenge or the query.
+    #[error("node refused: {0}")]
+    Refused(String),
+    /// The commitment came after the deadline.
+    #[error("committed after the deadline ({took_ms} ms > {deadline_ms} ms)")]
+    Late { took_ms: u128, deadline_ms: u128 },
+    /// The opening does not verify.
+    #[error(transparent)]
+    Invalid(#[from] tabnode_pof::PofError),
+    /// The verification task panicked.
+    #[error("verifier crashed: {0}")]
+    Crashed(#[from] tokio::task::JoinError),
+}
+
+impl ProofFailure {
+    fn unexpected(step: &'static str, answer: &Response) -> Self {
+        Self::Unexpected {
+            step,
+            answer: format!("{answer:?}"),
+        }
+    }
+}
 
 /// Proof-of-FLOPS settings of the relay.
 #[derive(Debug, Clone)]
@@ -238,7 +274,7 @@ impl Challenger {
         peer: PeerId,
         request: Request,
         timeout: Duration,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, SendError> {
         crate::swarm::request(&self.commands, peer, request, timeout).await
     }
 
@@ -285,7 +321,7 @@ impl Challenger {
             }
             Err(reason) => {
                 tracing::warn!(%peer, round, n, "proof failed: {reason}");
-                record.reason = Some(reason);
+                record.reason = Some(reason.to_string());
             }
         }
         let passed = record.passed;
@@ -299,7 +335,7 @@ impl Challenger {
         round: u64,
         sizing: Sizing,
         record: &mut PofRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProofFailure> {
         let Sizing { n, deadline, .. } = sizing;
         // The round trip, measured just before, is not compute.
         let ping = Instant::now();
@@ -312,11 +348,7 @@ impl Challenger {
             .await?
         {
             Response::Echo(_) => {}
-            other => {
-                return Err(format!(
-                    "unexpected answer to the round-trip probe: {other:?}"
-                ))
-            }
+            other => return Err(ProofFailure::unexpected("round-trip probe", &other)),
         }
         let rtt = ping.elapsed();
         record.rtt_ms = rtt.as_secs_f64() * 1e3;
@@ -344,18 +376,17 @@ impl Challenger {
         record.matmul_gflops = flops(n) / compute.as_secs_f64() / 1e9;
         let root = match commit? {
             Response::PofCommit { round: r, root } if r == round => root,
-            Response::PofCommit { round: r, .. } => {
-                return Err(format!("commitment for round {r}, expected round {round}"))
+            Response::PofCommit { round: got, .. } => {
+                return Err(ProofFailure::WrongRound { got, want: round })
             }
-            Response::Error { message, .. } => return Err(format!("node refused: {message}")),
-            other => return Err(format!("unexpected answer to the challenge: {other:?}")),
+            Response::Error { message, .. } => return Err(ProofFailure::Refused(message)),
+            other => return Err(ProofFailure::unexpected("challenge", &other)),
         };
         if commit_time > deadline {
-            return Err(format!(
-                "committed after the deadline ({} ms > {} ms)",
-                commit_time.as_millis(),
-                deadline.as_millis()
-            ));
+            return Err(ProofFailure::Late {
+                took_ms: commit_time.as_millis(),
+                deadline_ms: deadline.as_millis(),
+            });
         }
         let mut nonce = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut nonce);
@@ -375,21 +406,21 @@ impl Challenger {
             .await?;
         let answer = match opening {
             Response::PofOpening(a) => a,
-            Response::Error { message, .. } => return Err(format!("node refused: {message}")),
-            other => return Err(format!("unexpected answer to the query: {other:?}")),
+            Response::Error { message, .. } => return Err(ProofFailure::Refused(message)),
+            other => return Err(ProofFailure::unexpected("query", &other)),
         };
         // At most one verification per core; the rest wait here.
         let _permit = self
             .verifiers
             .acquire()
             .await
-            .map_err(|_| "the relay is stopping".to_string())?;
+            .map_err(|_| ProofFailure::Send(SendError::Stopped))?;
         tokio::task::spawn_blocking(move || {
-            let (a, b) = expand(&seed, n).map_err(|e| e.to_string())?;
-            verify_with(&a, &b, n, &root, &query, &answer).map_err(|e| e.to_string())
+            let (a, b) = expand(&seed, n)?;
+            verify_with(&a, &b, n, &root, &query, &answer)
         })
-        .await
-        .map_err(|e| format!("verifier crashed: {e}"))?
+        .await??;
+        Ok(())
     }
 }
 

@@ -205,6 +205,20 @@ fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     })
 }
 
+/// Why a request to a node got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The relay's swarm task has stopped.
+    #[error("the relay is stopping")]
+    Stopped,
+    /// The node did not answer in time.
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    /// libp2p could not deliver the request or read the answer.
+    #[error(transparent)]
+    Outbound(#[from] request_response::OutboundFailure),
+}
+
 /// Something the relay's other tasks ask of the swarm.
 #[derive(Debug)]
 pub(crate) enum RelayCommand {
@@ -212,7 +226,7 @@ pub(crate) enum RelayCommand {
     Request {
         peer: PeerId,
         request: Request,
-        reply: tokio::sync::oneshot::Sender<Result<Response, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<Response, SendError>>,
     },
 }
 
@@ -223,7 +237,7 @@ pub(crate) async fn request(
     peer: PeerId,
     request: Request,
     timeout: Duration,
-) -> Result<Response, String> {
+) -> Result<Response, SendError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     commands
         .send(RelayCommand::Request {
@@ -232,10 +246,10 @@ pub(crate) async fn request(
             reply,
         })
         .await
-        .map_err(|_| "the relay is stopping".to_string())?;
+        .map_err(|_| SendError::Stopped)?;
     match tokio::time::timeout(timeout, rx).await {
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Ok(Err(_)) => Err("the relay is stopping".into()),
+        Err(_) => Err(SendError::Timeout(timeout.as_millis())),
+        Ok(Err(_)) => Err(SendError::Stopped),
         Ok(Ok(r)) => r,
     }
 }
@@ -251,7 +265,7 @@ pub(crate) async fn run(
     let m = &state.metrics;
     let mut pending: HashMap<
         request_response::OutboundRequestId,
-        tokio::sync::oneshot::Sender<Result<Response, String>>,
+        tokio::sync::oneshot::Sender<Result<Response, SendError>>,
     > = HashMap::new();
     loop {
         let event = tokio::select! {
@@ -358,7 +372,7 @@ pub(crate) async fn run(
                     request_id, error, ..
                 } => {
                     if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(Err(error.to_string()));
+                        let _ = reply.send(Err(SendError::Outbound(error)));
                     }
                 }
                 _ => {}
