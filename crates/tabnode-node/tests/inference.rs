@@ -386,7 +386,7 @@ async fn a_node_without_a_valid_proof_serves_but_earns_nothing() {
     );
     node.wait_reachable(WAIT).await.expect("reachable");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while relay.state.candidates(&model()).is_empty() {
+    while relay.state.serving(&model()).is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "never registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -529,7 +529,7 @@ async fn api_errors_follow_openai() {
     // The only slot is taken: the next request waits, then gets a 503.
     let busy = tokio::spawn(post(chat_body("Count from one to a hundred.", 60, false)));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while relay.state.matchmaker.load_of(&_node.peer_id).0 == 0 {
+    while relay.state.load_of(&_node.peer_id).0 == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the long request never started"
@@ -926,7 +926,7 @@ async fn a_misbehaving_node_is_replaced_and_earns_nothing_for_its_attempt() {
         // The bad node has the request; a good one joins and proves; then
         // the bad one misbehaves.
         let deadline = tokio::time::Instant::now() + WAIT;
-        while relay.state.matchmaker.load_of(&bad.peer_id).0 == 0 {
+        while relay.state.load_of(&bad.peer_id).0 == 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{mode:?}: never sent"
@@ -1002,7 +1002,7 @@ async fn failover_inside_a_multi_byte_character_loses_no_bytes() {
         .to_string();
         let request = tokio::spawn(async move { post_chat(addr, &body).await });
         let deadline = tokio::time::Instant::now() + WAIT;
-        while relay.state.matchmaker.load_of(&bad.peer_id).0 == 0 {
+        while relay.state.load_of(&bad.peer_id).0 == 0 {
             assert!(tokio::time::Instant::now() < deadline, "never sent");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1081,11 +1081,11 @@ async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
     // The node is told, its slot frees within seconds (long before the
     // 200 tokens would be done), and it takes the next request.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while relay.state.matchmaker.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
+    while relay.state.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "slot still taken: relay {:?}, node {}",
-            relay.state.matchmaker.load_of(&node.peer_id),
+            relay.state.load_of(&node.peer_id),
             server.active()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

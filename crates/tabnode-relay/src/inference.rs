@@ -1,12 +1,11 @@
 //! Matchmaking and network inference.
 //!
-//! [`Matchmaker`] keeps, per node, the generations it runs and its recent
-//! outcomes; with the registry in [`RelayState`] (models, slots, proofs) it
-//! picks the node for a request: never a node whose last proof failed,
-//! verified before unverified, then least loaded, most reliable, fastest.
-//! `run_request` carries one request from a requester to the end: it
+//! The [`Registry`](crate::registry::Registry) picks the node for a request
+//! (never a node whose last proof failed; verified before unverified, then
+//! least loaded, most reliable, fastest) and wakes waiting requests when
+//! one becomes usable. `run_request` carries one request from a requester to the end: it
 //! reserves a node, sends [`Request::Infer`], reassembles the node's
-//! [`InferChunk`]s into one stream, and when the node disappears, stalls,
+//! [`InferChunk`](tabnode_core::InferChunk)s into one stream, and when the node disappears, stalls,
 //! fails or breaks the protocol, continues on another node from the tokens
 //! already delivered (the new node gets them as
 //! [`GenerateRequest::resume`]), so the requester sees one stream with
@@ -14,21 +13,22 @@
 //! them, once per request and node, before the requester is told the
 //! request is done.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use tabnode_core::infer::{FinishReason, GenerateRequest};
-use tabnode_core::{ErrorCode, InferChunk, InferEnd, InferRequest, Request, Response};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tabnode_core::{ErrorCode, InferEnd, InferRequest, Request, Response};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::client::{SendError, SwarmClient};
 use crate::ledger::Credit;
 use crate::metrics::Outcome;
+use crate::registry::NoNode;
+use crate::sessions::StreamEvent;
 use crate::state::RelayState;
-use crate::swarm::RelayCommand;
 
 /// Settings of network inference.
 #[derive(Debug, Clone)]
@@ -61,218 +61,6 @@ impl Default for InferConfig {
             rate_limit_per_minute: 600,
             max_body_bytes: 1 << 20,
         }
-    }
-}
-
-/// Outcomes remembered per node for its reliability.
-const RECENT: usize = 20;
-
-#[derive(Debug, Default)]
-struct Load {
-    active: u32,
-    recent: VecDeque<bool>,
-}
-
-impl Load {
-    fn failure_rate(&self) -> f64 {
-        if self.recent.is_empty() {
-            return 0.0;
-        }
-        self.recent.iter().filter(|ok| !**ok).count() as f64 / self.recent.len() as f64
-    }
-}
-
-/// What the swarm hands a running request.
-#[derive(Debug)]
-pub(crate) enum StreamEvent {
-    Chunk(Box<InferChunk>),
-    Gone,
-}
-
-#[derive(Debug)]
-struct Running {
-    peer: PeerId,
-    attempt: u32,
-    tx: mpsc::UnboundedSender<StreamEvent>,
-}
-
-/// A node as matchmaking sees it.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    /// The node.
-    pub peer: PeerId,
-    /// Generations it runs at once.
-    pub slots: u32,
-    /// `Some(true)` if its last proof passed, `Some(false)` if it failed,
-    /// `None` before its first proof.
-    pub last_proof: Option<bool>,
-    /// GFLOP/s of its last passed proof.
-    pub gflops: f64,
-}
-
-/// Per-node load and reliability, and the requests in flight.
-#[derive(Debug)]
-pub struct Matchmaker {
-    loads: Mutex<HashMap<PeerId, Load>>,
-    running: Mutex<HashMap<u64, Running>>,
-    freed: Notify,
-    /// Random per relay run (hex): with the run's request counter it makes
-    /// credit ids that no other request, in this run or any other, shares.
-    pub epoch: String,
-    next_request: AtomicU64,
-}
-
-impl Default for Matchmaker {
-    fn default() -> Self {
-        Self {
-            loads: Mutex::default(),
-            running: Mutex::default(),
-            freed: Notify::new(),
-            epoch: format!("{:016x}", rand::random::<u64>()),
-            next_request: AtomicU64::new(1),
-        }
-    }
-}
-
-/// Why no node could be reserved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NoNode {
-    /// No connected node serves the model.
-    UnknownModel,
-    /// Nodes serve it, but none is usable now (busy, failed its proof, or
-    /// already tried).
-    Unavailable,
-}
-
-impl Matchmaker {
-    /// A request id unique in this relay run (credit ids add the epoch).
-    pub fn next_request_id(&self) -> u64 {
-        self.next_request.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Picks the best node for `model` among `candidates`, not in
-    /// `exclude`, and takes one of its slots.
-    ///
-    /// # Errors
-    /// [`NoNode`] when there is none.
-    pub fn reserve(
-        &self,
-        candidates: &[Candidate],
-        exclude: &HashSet<PeerId>,
-    ) -> Result<PeerId, NoNode> {
-        if candidates.is_empty() {
-            return Err(NoNode::UnknownModel);
-        }
-        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        let key = |c: &Candidate, l: Option<&Load>| {
-            let active = l.map_or(0, |l| l.active);
-            (
-                u8::from(c.last_proof != Some(true)),
-                // Load as a fraction of the slots, in thousandths.
-                u64::from(active) * 1000 / u64::from(c.slots.max(1)),
-                (l.map_or(0.0, Load::failure_rate) * 1000.0) as u64,
-                std::cmp::Reverse((c.gflops * 1000.0) as u64),
-            )
-        };
-        let best = candidates
-            .iter()
-            .filter(|c| c.last_proof != Some(false) && !exclude.contains(&c.peer))
-            .filter(|c| loads.get(&c.peer).map_or(0, |l| l.active) < c.slots)
-            .min_by_key(|c| key(c, loads.get(&c.peer)))
-            .ok_or(NoNode::Unavailable)?;
-        loads.entry(best.peer).or_default().active += 1;
-        Ok(best.peer)
-    }
-
-    /// Gives back a slot of `peer`, recording whether its work succeeded.
-    pub fn release(&self, peer: PeerId, ok: bool) {
-        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        // A node that left has no entry any more; none is made for it.
-        if let Some(l) = loads.get_mut(&peer) {
-            l.active = l.active.saturating_sub(1);
-            l.recent.push_back(ok);
-            while l.recent.len() > RECENT {
-                l.recent.pop_front();
-            }
-        }
-        drop(loads);
-        self.freed.notify_waiters();
-    }
-
-    /// Wakes requests waiting for a node (a slot freed, a node registered).
-    pub fn wake(&self) {
-        self.freed.notify_waiters();
-    }
-
-    /// Generations `peer` runs now, and its failure rate.
-    pub fn load_of(&self, peer: &PeerId) -> (u32, f64) {
-        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        loads
-            .get(peer)
-            .map_or((0, 0.0), |l| (l.active, l.failure_rate()))
-    }
-
-    fn track(
-        &self,
-        request_id: u64,
-        peer: PeerId,
-        attempt: u32,
-    ) -> mpsc::UnboundedReceiver<StreamEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request_id, Running { peer, attempt, tx });
-        rx
-    }
-
-    fn untrack(&self, request_id: u64) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
-    }
-
-    /// A chunk from `peer`: handed to its request if `peer` is the node
-    /// that request runs on now. The answer tells the node to go on (`Ack`)
-    /// or to stop.
-    pub(crate) fn on_chunk(&self, peer: PeerId, chunk: Box<InferChunk>) -> Response {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        match running.get(&chunk.request_id) {
-            Some(r) if r.peer == peer && r.attempt == chunk.attempt => {
-                if r.tx.send(StreamEvent::Chunk(chunk)).is_ok() {
-                    Response::Ack
-                } else {
-                    stop("the requester is gone")
-                }
-            }
-            _ => stop("no such request on this node (finished, cancelled or moved)"),
-        }
-    }
-
-    /// `peer` left the network: its requests move on.
-    pub(crate) fn node_gone(&self, peer: PeerId) {
-        for r in self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|r| r.peer == peer)
-        {
-            let _ = r.tx.send(StreamEvent::Gone);
-        }
-        self.loads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&peer);
-        self.freed.notify_waiters();
-    }
-}
-
-fn stop(message: &str) -> Response {
-    Response::Error {
-        code: ErrorCode::Invalid,
-        message: message.into(),
     }
 }
 
@@ -352,38 +140,32 @@ pub enum ApiEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct InferContext {
     pub state: Arc<RelayState>,
-    pub commands: mpsc::Sender<RelayCommand>,
+    pub client: SwarmClient,
     pub config: InferConfig,
 }
 
-async fn send(
-    ctx: &InferContext,
-    peer: PeerId,
-    request: Request,
-) -> Result<Response, crate::swarm::SendError> {
-    crate::swarm::request(&ctx.commands, peer, request, ctx.config.accept_timeout).await
+async fn send(ctx: &InferContext, peer: PeerId, request: Request) -> Result<Response, SendError> {
+    ctx.client
+        .request(peer, request, ctx.config.accept_timeout)
+        .await
 }
 
 fn cancel(ctx: &InferContext, peer: PeerId, request_id: u64) {
-    let (reply, _) = oneshot::channel();
-    let _ = ctx.commands.try_send(RelayCommand::Request {
-        peer,
-        request: Request::InferCancel { request_id },
-        reply,
-    });
+    ctx.client.notify(peer, Request::InferCancel { request_id });
 }
 
-/// Waits for a node for `model`, at most the queue timeout.
+/// Waits for a node for the catalog model `model`, at most the queue
+/// timeout.
 async fn acquire(
     ctx: &InferContext,
     model: &str,
     exclude: &HashSet<PeerId>,
 ) -> Result<PeerId, NoNode> {
     let deadline = Instant::now() + ctx.config.queue_timeout;
-    let mm = &ctx.state.matchmaker;
+    let registry = &ctx.state.registry;
     loop {
-        let woken = mm.freed.notified();
-        match mm.reserve(&ctx.state.candidates(model), exclude) {
+        let woken = registry.changed();
+        match registry.reserve(model, exclude) {
             Ok(p) => return Ok(p),
             Err(NoNode::UnknownModel) if exclude.is_empty() => return Err(NoNode::UnknownModel),
             Err(e) => {
@@ -422,9 +204,10 @@ pub(crate) async fn run_request(
     api: ApiRequest,
     events: mpsc::Sender<ApiEvent>,
 ) {
-    let mm = &ctx.state.matchmaker;
+    let sessions = &ctx.state.sessions;
+    let registry = &ctx.state.registry;
     let metrics = &ctx.state.metrics;
-    let request_id = mm.next_request_id();
+    let request_id = sessions.next_request_id();
     let Some(entry) = ctx.state.catalog.find(&api.model).cloned() else {
         metrics
             .inference_requests
@@ -471,7 +254,7 @@ pub(crate) async fn run_request(
         let node = peer.to_string();
         let mut request = api.request.clone();
         request.resume = delivered.clone();
-        let mut rx = mm.track(request_id, peer, attempt);
+        let mut rx = sessions.track(request_id, peer, attempt);
         let infer = InferRequest {
             request_id,
             attempt,
@@ -489,16 +272,16 @@ pub(crate) async fn run_request(
                         prompt_tokens,
                     };
                     if events.send(started).await.is_err() {
-                        mm.untrack(request_id);
+                        sessions.untrack(request_id);
                         cancel(&ctx, peer, request_id);
-                        mm.release(peer, true);
+                        registry.release(peer, true);
                         return;
                     }
                 }
             }
             Ok(Response::Error { code, message }) => {
-                mm.untrack(request_id);
-                mm.release(peer, true);
+                sessions.untrack(request_id);
+                registry.release(peer, true);
                 match code {
                     // The request itself is bad: no node will take it.
                     ErrorCode::Invalid if delivered.is_empty() => {
@@ -517,15 +300,15 @@ pub(crate) async fn run_request(
                 }
             }
             Ok(other) => {
-                mm.untrack(request_id);
-                mm.release(peer, false);
+                sessions.untrack(request_id);
+                registry.release(peer, false);
                 tracing::warn!(%peer, "unexpected answer to Infer: {other:?}");
                 outcome = Err(ApiFailure::NoNode("a node answered out of protocol".into()));
                 continue;
             }
             Err(e) => {
-                mm.untrack(request_id);
-                mm.release(peer, false);
+                sessions.untrack(request_id);
+                registry.release(peer, false);
                 tracing::info!(%peer, "Infer failed: {e}");
                 outcome = Err(ApiFailure::NoNode(format!(
                     "a node could not be reached: {e}"
@@ -546,7 +329,7 @@ pub(crate) async fn run_request(
             &mut first_token,
         )
         .await;
-        mm.untrack(request_id);
+        sessions.untrack(request_id);
         let served = delivered.len() - from;
         // Stalls, reported failures and protocol violations earn nothing.
         let honest = !matches!(segment, Segment::Cheated(_) | Segment::Failed(_));
@@ -571,25 +354,25 @@ pub(crate) async fn run_request(
                 );
             }
             credits.push(Credit::tokens(
-                format!("tokens:{}-{request_id}:{attempt}", mm.epoch),
+                format!("tokens:{}-{request_id}:{attempt}", sessions.epoch),
                 node.clone(),
                 creditable,
             ));
         }
         match segment {
             Segment::Done(finish) => {
-                mm.release(peer, true);
+                registry.release(peer, true);
                 outcome = Ok(finish);
                 break;
             }
             Segment::Abandoned => {
-                mm.release(peer, true);
+                registry.release(peer, true);
                 cancel(&ctx, peer, request_id);
                 outcome = Err(ApiFailure::NoNode("the requester left".into()));
                 break;
             }
             Segment::Left(why) | Segment::Failed(why) | Segment::Cheated(why) => {
-                mm.release(peer, false);
+                registry.release(peer, false);
                 cancel(&ctx, peer, request_id);
                 metrics.failovers.inc();
                 usage.failovers += 1;
@@ -697,103 +480,5 @@ async fn stream_segment(
             Some(InferEnd::Done(d)) => return Segment::Done(d.finish),
             Some(InferEnd::Failed(why)) => return Segment::Failed(why),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cand(slots: u32, last_proof: Option<bool>, gflops: f64) -> Candidate {
-        Candidate {
-            peer: PeerId::random(),
-            slots,
-            last_proof,
-            gflops,
-        }
-    }
-
-    #[test]
-    fn verified_and_least_loaded_first_never_a_failed_prover() {
-        let m = Matchmaker::default();
-        let failed = cand(4, Some(false), 100.0);
-        let fresh = cand(1, None, 0.0);
-        let slow = cand(2, Some(true), 5.0);
-        let fast = cand(2, Some(true), 50.0);
-        let all = vec![failed.clone(), fresh.clone(), slow.clone(), fast.clone()];
-        let none = HashSet::new();
-        // Verified and fastest first; then load spreads work.
-        assert_eq!(m.reserve(&all, &none), Ok(fast.peer));
-        assert_eq!(m.reserve(&all, &none), Ok(slow.peer));
-        assert_eq!(m.reserve(&all, &none), Ok(fast.peer));
-        assert_eq!(m.reserve(&all, &none), Ok(slow.peer));
-        // Verified nodes full: the unverified one; never the failed one.
-        assert_eq!(m.reserve(&all, &none), Ok(fresh.peer));
-        assert_eq!(m.reserve(&all, &none), Err(NoNode::Unavailable));
-        m.release(slow.peer, true);
-        assert_eq!(m.reserve(&all, &none), Ok(slow.peer));
-        assert_eq!(m.reserve(&[], &none), Err(NoNode::UnknownModel));
-    }
-
-    #[test]
-    fn unreliable_nodes_come_after_reliable_ones_and_tried_ones_are_skipped() {
-        let m = Matchmaker::default();
-        let a = cand(8, Some(true), 10.0);
-        let b = cand(8, Some(true), 10.0);
-        let all = vec![a.clone(), b.clone()];
-        let first = m.reserve(&all, &HashSet::new()).expect("a node");
-        m.release(first, false);
-        let other = if first == a.peer { b.peer } else { a.peer };
-        assert_eq!(m.reserve(&all, &HashSet::new()), Ok(other));
-        m.release(other, true);
-        let exclude: HashSet<PeerId> = [other].into();
-        assert_eq!(m.reserve(&all, &exclude), Ok(first));
-    }
-
-    #[test]
-    fn a_node_that_left_gets_no_slot_back() {
-        let m = Matchmaker::default();
-        let a = cand(1, Some(true), 1.0);
-        let peer = m
-            .reserve(std::slice::from_ref(&a), &HashSet::new())
-            .expect("a");
-        m.node_gone(peer);
-        m.release(peer, false);
-        assert_eq!(m.load_of(&peer), (0, 0.0));
-        assert!(m.loads.lock().expect("lock").is_empty(), "entry re-created");
-    }
-
-    #[test]
-    fn chunks_reach_only_the_current_node_of_a_request() {
-        let m = Matchmaker::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut rx = m.track(7, a, 1);
-        let chunk = |attempt| {
-            Box::new(InferChunk {
-                request_id: 7,
-                attempt,
-                offset: 0,
-                tokens: vec![1],
-                text: "x".into(),
-                end: None,
-            })
-        };
-        assert_eq!(m.on_chunk(a, chunk(1)), Response::Ack);
-        assert!(matches!(rx.try_recv(), Ok(StreamEvent::Chunk(_))));
-        assert!(
-            matches!(m.on_chunk(b, chunk(1)), Response::Error { .. }),
-            "wrong node"
-        );
-        assert!(
-            matches!(m.on_chunk(a, chunk(0)), Response::Error { .. }),
-            "old attempt"
-        );
-        m.node_gone(a);
-        assert!(matches!(rx.try_recv(), Ok(StreamEvent::Gone)));
-        m.untrack(7);
-        assert!(
-            matches!(m.on_chunk(a, chunk(1)), Response::Error { .. }),
-            "finished"
-        );
     }
 }

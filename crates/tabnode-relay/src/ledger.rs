@@ -11,6 +11,7 @@
 //! transaction (group commit) on a dedicated thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -30,22 +31,37 @@ const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// The database file cannot be opened or written.
-    #[error("ledger database {path}: {message}")]
+    /// The database file cannot be opened, read or written.
+    #[error("ledger database {path}: {source}")]
     Database {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// What redb reported.
+        source: redb::Error,
     },
     /// A stored record cannot be decoded.
-    #[error("ledger record {key} is corrupt: {message}")]
+    #[error("ledger record {key} is corrupt: {source}")]
     Corrupt {
         /// Its key.
         key: String,
         /// Why.
-        message: String,
+        source: serde_json::Error,
     },
+    /// A record cannot be encoded.
+    #[error("ledger record {key} cannot be encoded: {source}")]
+    Encode {
+        /// Its key.
+        key: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The group commit that held these credits failed (the same failure
+    /// for every batch in it).
+    #[error("ledger commit failed: {0}")]
+    Commit(Arc<LedgerError>),
+    /// The writer thread could not be started.
+    #[error("starting the ledger writer: {0}")]
+    Thread(std::io::Error),
     /// The writer thread has stopped.
     #[error("the ledger writer has stopped")]
     Stopped,
@@ -142,13 +158,16 @@ pub struct Totals {
     pub uptime_minutes: u64,
 }
 
-type Batch = (Vec<Credit>, Option<oneshot::Sender<Result<(), String>>>);
+type Batch = (
+    Vec<Credit>,
+    Option<oneshot::Sender<Result<(), Arc<LedgerError>>>>,
+);
 
 /// The ledger: reads go straight to the database, writes through the
 /// group-commit thread.
 #[derive(Debug)]
 pub struct Ledger {
-    db: std::sync::Arc<Database>,
+    db: Arc<Database>,
     path: PathBuf,
     writes: Option<mpsc::UnboundedSender<Batch>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -165,17 +184,24 @@ impl Drop for Ledger {
     }
 }
 
-fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> LedgerError + '_ {
+fn db_err<E: Into<redb::Error>>(path: &Path) -> impl Fn(E) -> LedgerError + '_ {
     move |e| LedgerError::Database {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source: e.into(),
     }
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Balance, LedgerError> {
-    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|source| LedgerError::Corrupt {
         key: key.to_string(),
-        message: e.to_string(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(value).map_err(|source| LedgerError::Encode {
+        key: key.to_string(),
+        source,
     })
 }
 
@@ -185,21 +211,20 @@ impl Ledger {
     /// # Errors
     /// The file cannot be created or is not a ledger.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let err = db_err(path);
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = Database::create(path).map_err(db_err(path))?;
         // Create the tables so that readers find them.
-        let w = db.begin_write().map_err(|e| err(&e))?;
-        w.open_table(CREDITS).map_err(|e| err(&e))?;
-        w.open_table(BALANCES).map_err(|e| err(&e))?;
-        w.commit().map_err(|e| err(&e))?;
-        let db = std::sync::Arc::new(db);
+        let w = db.begin_write().map_err(db_err(path))?;
+        w.open_table(CREDITS).map_err(db_err(path))?;
+        w.open_table(BALANCES).map_err(db_err(path))?;
+        w.commit().map_err(db_err(path))?;
+        let db = Arc::new(db);
         let (writes, rx) = mpsc::unbounded_channel();
         let writer_db = db.clone();
         let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("ledger".into())
             .spawn(move || writer(&writer_db, &writer_path, rx))
-            .map_err(|e| err(&e))?;
+            .map_err(LedgerError::Thread)?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
@@ -222,10 +247,7 @@ impl Ledger {
             .map_err(|_| LedgerError::Stopped)?;
         rx.await
             .map_err(|_| LedgerError::Stopped)?
-            .map_err(|message| LedgerError::Database {
-                path: self.path.clone(),
-                message,
-            })
+            .map_err(LedgerError::Commit)
     }
 
     /// Queues `credits` without waiting for them to commit.
@@ -241,16 +263,15 @@ impl Ledger {
     /// # Errors
     /// The database failed or a record is corrupt.
     pub fn credits(&self) -> Result<Vec<Credit>, LedgerError> {
-        let err = db_err(&self.path);
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = r.open_table(CREDITS).map_err(|e| err(&e))?;
+        let r = self.db.begin_read().map_err(db_err(&self.path))?;
+        let table = r.open_table(CREDITS).map_err(db_err(&self.path))?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| err(&e))? {
-            let (key, value) = entry.map_err(|e| err(&e))?;
+        for entry in table.iter().map_err(db_err(&self.path))? {
+            let (key, value) = entry.map_err(db_err(&self.path))?;
             let credit =
-                serde_json::from_slice(value.value()).map_err(|e| LedgerError::Corrupt {
+                serde_json::from_slice(value.value()).map_err(|source| LedgerError::Corrupt {
                     key: key.value().to_string(),
-                    message: e.to_string(),
+                    source,
                 })?;
             out.push(credit);
         }
@@ -262,10 +283,9 @@ impl Ledger {
     /// # Errors
     /// The database failed or the record is corrupt.
     pub fn balance(&self, peer_id: &str) -> Result<Balance, LedgerError> {
-        let err = db_err(&self.path);
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
-        let t = r.open_table(BALANCES).map_err(|e| err(&e))?;
-        match t.get(peer_id).map_err(|e| err(&e))? {
+        let r = self.db.begin_read().map_err(db_err(&self.path))?;
+        let t = r.open_table(BALANCES).map_err(db_err(&self.path))?;
+        match t.get(peer_id).map_err(db_err(&self.path))? {
             Some(v) => decode(peer_id, v.value()),
             None => Ok(Balance {
                 peer_id: peer_id.to_string(),
@@ -279,13 +299,12 @@ impl Ledger {
     /// # Errors
     /// The database failed or a record is corrupt.
     pub fn balances(&self) -> Result<(Vec<Balance>, Totals), LedgerError> {
-        let err = db_err(&self.path);
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
-        let t = r.open_table(BALANCES).map_err(|e| err(&e))?;
+        let r = self.db.begin_read().map_err(db_err(&self.path))?;
+        let t = r.open_table(BALANCES).map_err(db_err(&self.path))?;
         let mut out = Vec::new();
         let mut totals = Totals::default();
-        for entry in t.iter().map_err(|e| err(&e))? {
-            let (k, v) = entry.map_err(|e| err(&e))?;
+        for entry in t.iter().map_err(db_err(&self.path))? {
+            let (k, v) = entry.map_err(db_err(&self.path))?;
             let b = decode(k.value(), v.value())?;
             totals.nodes += 1;
             totals.points += b.points;
@@ -303,44 +322,42 @@ impl Ledger {
     /// # Errors
     /// The database failed.
     pub fn has_credit(&self, id: &str) -> Result<bool, LedgerError> {
-        let err = db_err(&self.path);
-        let r = self.db.begin_read().map_err(|e| err(&e))?;
-        let t = r.open_table(CREDITS).map_err(|e| err(&e))?;
-        Ok(t.get(id).map_err(|e| err(&e))?.is_some())
+        let r = self.db.begin_read().map_err(db_err(&self.path))?;
+        let t = r.open_table(CREDITS).map_err(db_err(&self.path))?;
+        Ok(t.get(id).map_err(db_err(&self.path))?.is_some())
     }
 }
 
 /// Applies `credits` in one transaction; returns how many were new.
-fn commit(db: &Database, credits: &[Credit]) -> Result<usize, String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    let w = db.begin_write().map_err(|e| s(&e))?;
+fn commit(db: &Database, path: &Path, credits: &[Credit]) -> Result<usize, LedgerError> {
+    let w = db.begin_write().map_err(db_err(path))?;
     let mut new = 0;
     {
-        let mut done = w.open_table(CREDITS).map_err(|e| s(&e))?;
-        let mut balances = w.open_table(BALANCES).map_err(|e| s(&e))?;
+        let mut done = w.open_table(CREDITS).map_err(db_err(path))?;
+        let mut balances = w.open_table(BALANCES).map_err(db_err(path))?;
         for c in credits {
-            if done.get(c.id.as_str()).map_err(|e| s(&e))?.is_some() {
+            if done.get(c.id.as_str()).map_err(db_err(path))?.is_some() {
                 continue;
             }
-            let record = serde_json::to_vec(c).map_err(|e| s(&e))?;
+            let record = encode(&c.id, c)?;
             done.insert(c.id.as_str(), record.as_slice())
-                .map_err(|e| s(&e))?;
-            let mut b = match balances.get(c.peer_id.as_str()).map_err(|e| s(&e))? {
-                Some(v) => decode(&c.peer_id, v.value()).map_err(|e| s(&e))?,
+                .map_err(db_err(path))?;
+            let mut b = match balances.get(c.peer_id.as_str()).map_err(db_err(path))? {
+                Some(v) => decode(&c.peer_id, v.value())?,
                 None => Balance {
                     peer_id: c.peer_id.clone(),
                     ..Balance::default()
                 },
             };
             b.add(c);
-            let bytes = serde_json::to_vec(&b).map_err(|e| s(&e))?;
+            let bytes = encode(&c.peer_id, &b)?;
             balances
                 .insert(c.peer_id.as_str(), bytes.as_slice())
-                .map_err(|e| s(&e))?;
+                .map_err(db_err(path))?;
             new += 1;
         }
     }
-    w.commit().map_err(|e| s(&e))?;
+    w.commit().map_err(db_err(path))?;
     Ok(new)
 }
 
@@ -353,13 +370,13 @@ fn writer(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>) {
             batch.push(more);
         }
         let credits: Vec<Credit> = batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
-        let result = commit(db, &credits);
+        let result = commit(db, path, &credits).map(|_| ()).map_err(Arc::new);
         if let Err(e) = &result {
             tracing::error!("ledger {}: commit failed: {e}", path.display());
         }
         for (_, reply) in batch {
             if let Some(reply) = reply {
-                let _ = reply.send(result.clone().map(|_| ()));
+                let _ = reply.send(result.clone());
             }
         }
     }

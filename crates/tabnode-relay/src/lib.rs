@@ -14,12 +14,15 @@
 //! thin wrapper around it, and integration tests start relays the same way.
 
 pub mod catalog;
+mod client;
 mod http;
 pub mod inference;
 pub mod ledger;
 pub mod metrics;
 mod openai;
 mod pof;
+pub mod registry;
+pub mod sessions;
 mod state;
 mod swarm;
 
@@ -33,7 +36,8 @@ use tokio::task::JoinHandle;
 
 pub use inference::InferConfig;
 pub use pof::{PofConfig, PofConfigError};
-pub use state::{NetworkModel, NetworkView, NodeEntry, PofHistory, RelayState};
+pub use registry::{NodeEntry, PofHistory};
+pub use state::{NetworkModel, NetworkView, RelayState};
 
 /// Errors of the relay.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +243,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
     let peer_id = *swarm.local_peer_id();
-    let (commands, command_rx) = tokio::sync::mpsc::channel(256);
+    let (client, command_rx) = client::SwarmClient::channel(256);
     let (joined_tx, joined_rx) = tokio::sync::mpsc::channel(1024);
     let swarm_task = tokio::spawn(swarm::run(
         swarm,
@@ -251,13 +255,13 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let pof_task = tokio::spawn(pof::run(
         config.pof.clone(),
         state.clone(),
-        commands.clone(),
+        client.clone(),
         joined_rx,
     ));
     let uptime_task = tokio::spawn(uptime(state.clone()));
     let infer = inference::InferContext {
         state: state.clone(),
-        commands,
+        client,
         config: config.infer.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.http)

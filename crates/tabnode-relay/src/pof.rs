@@ -26,8 +26,8 @@ use tabnode_pof::{
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::client::{SendError, SwarmClient};
 use crate::state::RelayState;
-use crate::swarm::{RelayCommand, SendError};
 
 /// Why a proof failed: its record's `reason`.
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +255,7 @@ fn now_ms() -> u64 {
 struct Challenger {
     config: PofConfig,
     state: Arc<RelayState>,
-    commands: mpsc::Sender<RelayCommand>,
+    client: SwarmClient,
     secret: [u8; 32],
     round: AtomicU64,
     verifiers: Semaphore,
@@ -275,7 +275,7 @@ impl Challenger {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        crate::swarm::request(&self.commands, peer, request, timeout).await
+        self.client.request(peer, request, timeout).await
     }
 
     /// Runs one challenge against `peer` and records the result.
@@ -288,7 +288,7 @@ impl Challenger {
     }
 
     async fn challenge_now(&self, peer: PeerId) -> bool {
-        let caps = self.state.capabilities(&peer);
+        let caps = self.state.registry.capabilities(&peer);
         let proven = self
             .state
             .pof_history(&peer)
@@ -428,7 +428,7 @@ impl Challenger {
 pub(crate) async fn run(
     config: PofConfig,
     state: Arc<RelayState>,
-    commands: mpsc::Sender<RelayCommand>,
+    client: SwarmClient,
     mut joined: mpsc::Receiver<PeerId>,
 ) {
     let mut secret = [0u8; 32];
@@ -439,7 +439,7 @@ pub(crate) async fn run(
         in_flight: Semaphore::new(config.max_in_flight.max(1)),
         config,
         state,
-        commands,
+        client,
         secret,
         round: AtomicU64::new(1),
     });
@@ -469,13 +469,14 @@ pub(crate) async fn run(
             _ = ticker.tick() => {
                 let connected: std::collections::HashSet<PeerId> = ch
                     .state
+                    .registry
                     .registered_peers()
                     .into_iter()
                     .collect();
                 // Departed nodes leave the schedule; their history goes once
                 // it is older than the interval.
                 due.retain(|p, _| connected.contains(p));
-                ch.state.evict_departed(ch.config.interval);
+                ch.state.registry.evict_departed(ch.config.interval);
                 let now = Instant::now();
                 due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect()
             }

@@ -22,6 +22,7 @@ use tabnode_core::{
     ErrorCode, Request, Response, TabnodeCodec,
 };
 
+use crate::client::{SendError, SwarmCommand};
 use crate::metrics::{outcome, Direction};
 use crate::{state::RelayState, Bootstrap, RelayConfig, RelayError};
 
@@ -205,60 +206,11 @@ fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     })
 }
 
-/// Why a request to a node got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The relay's swarm task has stopped.
-    #[error("the relay is stopping")]
-    Stopped,
-    /// The node did not answer in time.
-    #[error("no answer within {0} ms")]
-    Timeout(u128),
-    /// libp2p could not deliver the request or read the answer.
-    #[error(transparent)]
-    Outbound(#[from] request_response::OutboundFailure),
-}
-
-/// Something the relay's other tasks ask of the swarm.
-#[derive(Debug)]
-pub(crate) enum RelayCommand {
-    /// Send `request` to `peer`; the outcome goes to `reply`.
-    Request {
-        peer: PeerId,
-        request: Request,
-        reply: tokio::sync::oneshot::Sender<Result<Response, SendError>>,
-    },
-}
-
-/// Sends `request` to `peer` through the swarm task and waits at most
-/// `timeout` for the answer.
-pub(crate) async fn request(
-    commands: &tokio::sync::mpsc::Sender<RelayCommand>,
-    peer: PeerId,
-    request: Request,
-    timeout: Duration,
-) -> Result<Response, SendError> {
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    commands
-        .send(RelayCommand::Request {
-            peer,
-            request,
-            reply,
-        })
-        .await
-        .map_err(|_| SendError::Stopped)?;
-    match tokio::time::timeout(timeout, rx).await {
-        Err(_) => Err(SendError::Timeout(timeout.as_millis())),
-        Ok(Err(_)) => Err(SendError::Stopped),
-        Ok(Ok(r)) => r,
-    }
-}
-
 /// The relay's event loop.
 pub(crate) async fn run(
     mut swarm: Swarm<RelayBehaviour>,
     state: Arc<RelayState>,
-    mut commands: tokio::sync::mpsc::Receiver<RelayCommand>,
+    mut commands: tokio::sync::mpsc::Receiver<SwarmCommand>,
     joined: tokio::sync::mpsc::Sender<PeerId>,
     max_peers_per_ip: usize,
 ) {
@@ -272,7 +224,7 @@ pub(crate) async fn run(
             event = swarm.select_next_some() => event,
             command = commands.recv() => {
                 match command {
-                    Some(RelayCommand::Request { peer, request, reply }) => {
+                    Some(SwarmCommand::Request { peer, request, reply }) => {
                         let id = swarm.behaviour_mut().rpc.send_request(&peer, request);
                         pending.insert(id, reply);
                     }
@@ -400,7 +352,7 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
             code: ErrorCode::Unsupported,
             message: "the relay issues challenges; it does not take them".into(),
         },
-        Request::InferChunk(chunk) => state.matchmaker.on_chunk(peer, chunk),
+        Request::InferChunk(chunk) => state.sessions.on_chunk(peer, chunk),
         Request::Infer(_) | Request::InferCancel { .. } => Response::Error {
             code: ErrorCode::Unsupported,
             message: "ask the relay's HTTP API (/v1/chat/completions) for generations".into(),

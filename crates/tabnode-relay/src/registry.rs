@@ -1,0 +1,719 @@
+//! Who is on the network: connected nodes, what they registered, their
+//! Proof-of-FLOPS standing, the generations they run and how reliably.
+//!
+//! One plain struct behind one lock, and one [`Notify`] that fires whenever
+//! who can be given work changes (a slot freed, a registration, a
+//! departure, a proof result). Matchmaking reserves a slot under the same
+//! lock that sees the node, so a slot is never taken on (or given back to)
+//! a node that already left, and a request waiting for a node wakes on the
+//! event that makes one usable instead of polling.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tabnode_core::{Capabilities, NodeKind, PeerSummary, PofRecord, PofStanding};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+/// How many Proof-of-FLOPS results are kept per node.
+pub const POF_HISTORY: usize = 100;
+
+/// Outcomes remembered per node for its reliability.
+const RECENT: usize = 20;
+
+/// Generations a node runs now and its recent outcomes.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    active: u32,
+    recent: VecDeque<bool>,
+}
+
+impl Load {
+    fn failure_rate(&self) -> f64 {
+        if self.recent.is_empty() {
+            return 0.0;
+        }
+        self.recent.iter().filter(|ok| !**ok).count() as f64 / self.recent.len() as f64
+    }
+}
+
+/// One connected node.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// Transport of its first connection.
+    pub transport: String,
+    /// Milliseconds since the Unix epoch.
+    pub connected_since_ms: u64,
+    /// Open connections to the relay.
+    pub connections: usize,
+    /// Holds a circuit reservation.
+    pub reachable: bool,
+    /// What it registered.
+    pub capabilities: Option<Capabilities>,
+    /// The catalog ids of its models (resolved once, at registration).
+    pub model_ids: Vec<String>,
+    /// The IP address of its first connection.
+    pub ip: Option<IpAddr>,
+    load: Load,
+}
+
+impl NodeEntry {
+    fn kind(&self) -> NodeKind {
+        match &self.capabilities {
+            Some(c) => c.kind,
+            None if self.transport.starts_with("webrtc") => NodeKind::Browser,
+            None => NodeKind::Native,
+        }
+    }
+}
+
+/// A node's Proof-of-FLOPS standing and its recent results (kept while the
+/// relay runs, across reconnects).
+#[derive(Debug, Clone, Default)]
+pub struct PofHistory {
+    /// The summary `/api/network` shows.
+    pub standing: PofStanding,
+    /// Newest last.
+    pub records: VecDeque<PofRecord>,
+    /// When the node left (no connection left), if it did; its history is
+    /// dropped an interval later unless it comes back.
+    pub departed: Option<Instant>,
+}
+
+impl PofHistory {
+    /// Adds `record`: a pass counts +1, a failure −5; the node may serve and
+    /// earn while its last proof passed and the sum is not negative.
+    fn push(&mut self, record: PofRecord) {
+        let s = &mut self.standing;
+        if record.passed {
+            s.passed += 1;
+            s.standing += 1;
+            s.matmul_gflops = Some(record.matmul_gflops);
+        } else {
+            s.failed += 1;
+            s.standing -= 5;
+        }
+        s.valid = record.passed && s.standing >= 0;
+        s.last = Some(record.clone());
+        self.records.push_back(record);
+        while self.records.len() > POF_HISTORY {
+            self.records.pop_front();
+        }
+    }
+}
+
+/// A node as matchmaking ranks it.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate {
+    peer: PeerId,
+    slots: u32,
+    active: u32,
+    failure_rate: f64,
+    /// `Some(true)` if its last proof passed, `Some(false)` if it failed,
+    /// `None` before its first proof.
+    last_proof: Option<bool>,
+    /// GFLOP/s of its last passed proof.
+    gflops: f64,
+}
+
+impl Candidate {
+    /// Usable now: not failing its proof, a slot free, not tried already.
+    fn usable(&self, exclude: &HashSet<PeerId>) -> bool {
+        self.last_proof != Some(false) && self.active < self.slots && !exclude.contains(&self.peer)
+    }
+
+    /// Smaller is better: verified before unverified, then least loaded
+    /// (as a fraction of the slots), most reliable, fastest.
+    fn rank(&self) -> (u8, u64, u64, std::cmp::Reverse<u64>) {
+        (
+            u8::from(self.last_proof != Some(true)),
+            u64::from(self.active) * 1000 / u64::from(self.slots.max(1)),
+            (self.failure_rate * 1000.0) as u64,
+            std::cmp::Reverse((self.gflops * 1000.0) as u64),
+        )
+    }
+}
+
+/// Why no node could be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoNode {
+    /// No connected node serves the model.
+    #[error("no node serves this model")]
+    UnknownModel,
+    /// Nodes serve it, but none is usable now (busy, failed its proof, or
+    /// already tried).
+    #[error("no node for this model is free")]
+    Unavailable,
+}
+
+/// How a closed connection changed the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The node has other connections.
+    Stays,
+    /// Its last connection closed: it left.
+    Left,
+    /// It was never admitted (refused at [`Registry::connected`]).
+    Unknown,
+}
+
+/// Uptime minutes counted for a node and not yet written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UptimeSpan {
+    /// The node.
+    pub peer: PeerId,
+    /// Its first minute in this span (minutes since the Unix epoch).
+    pub first: u64,
+    /// Minutes counted.
+    pub minutes: u64,
+}
+
+/// Counts for the gauges of `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Connected browser nodes.
+    pub browsers: usize,
+    /// Connected native nodes.
+    pub natives: usize,
+    /// Nodes holding a circuit reservation.
+    pub reachable: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: HashMap<PeerId, NodeEntry>,
+    pof: HashMap<PeerId, PofHistory>,
+    /// Uptime minutes counted and not yet written: first minute, minutes.
+    uptime: HashMap<PeerId, (u64, u64)>,
+}
+
+impl Inner {
+    fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
+        self.nodes.iter().filter_map(move |(peer, e)| {
+            let caps = e.capabilities.as_ref()?;
+            if !e.model_ids.iter().any(|m| m == model_id) {
+                return None;
+            }
+            let standing = self.pof.get(peer).map(|h| &h.standing);
+            Some(Candidate {
+                peer: *peer,
+                slots: caps.slots,
+                active: e.load.active,
+                failure_rate: e.load.failure_rate(),
+                // Once proved, a node is usable only while its last proof
+                // passed and its standing is not negative.
+                last_proof: standing.filter(|s| s.last.is_some()).map(|s| s.valid),
+                gflops: standing.and_then(|s| s.matmul_gflops).unwrap_or(0.0),
+            })
+        })
+    }
+}
+
+/// The registry: one lock, one wake-up for whoever waits for a node.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A future that completes at the next change of who can be given work.
+    /// Create it *before* looking (then a change in between is not missed).
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Records a new connection from `peer` at `ip`. Returns false (and
+    /// records nothing) when `max_per_ip` other identities are connected
+    /// from that address already: the caller closes the connection.
+    pub fn connected(
+        &self,
+        peer: PeerId,
+        transport: &str,
+        ip: Option<IpAddr>,
+        max_per_ip: usize,
+        now_ms: u64,
+    ) -> bool {
+        let mut g = self.lock();
+        if let Some(e) = g.nodes.get_mut(&peer) {
+            e.connections += 1;
+            return true;
+        }
+        let same_ip = ip.map_or(0, |ip| {
+            g.nodes.values().filter(|e| e.ip == Some(ip)).count()
+        });
+        if same_ip >= max_per_ip {
+            return false;
+        }
+        g.nodes.insert(
+            peer,
+            NodeEntry {
+                transport: transport.to_string(),
+                connected_since_ms: now_ms,
+                connections: 1,
+                reachable: false,
+                capabilities: None,
+                model_ids: Vec::new(),
+                ip,
+                load: Load::default(),
+            },
+        );
+        if let Some(h) = g.pof.get_mut(&peer) {
+            h.departed = None;
+        }
+        true
+    }
+
+    /// Records a closed connection (`remaining`: the node's connections
+    /// left); the node leaves with its last one, and so do its slots.
+    pub fn disconnected(&self, peer: PeerId, remaining: u32) -> Departure {
+        let mut g = self.lock();
+        if remaining > 0 {
+            return match g.nodes.get_mut(&peer) {
+                Some(e) => {
+                    e.connections = remaining as usize;
+                    Departure::Stays
+                }
+                None => Departure::Unknown,
+            };
+        }
+        if g.nodes.remove(&peer).is_none() {
+            return Departure::Unknown;
+        }
+        if let Some(h) = g.pof.get_mut(&peer) {
+            h.departed = Some(Instant::now());
+        }
+        drop(g);
+        self.wake();
+        Departure::Left
+    }
+
+    /// Records a reservation change for `peer`.
+    pub fn set_reachable(&self, peer: PeerId, reachable: bool) {
+        if let Some(e) = self.lock().nodes.get_mut(&peer) {
+            e.reachable = reachable;
+        }
+    }
+
+    /// Stores what `peer` registered and the catalog ids of its models.
+    /// Returns false if the peer is not connected (a stale request).
+    pub fn register(&self, peer: PeerId, caps: Capabilities, model_ids: Vec<String>) -> bool {
+        let mut g = self.lock();
+        let Some(e) = g.nodes.get_mut(&peer) else {
+            return false;
+        };
+        e.model_ids = model_ids;
+        e.capabilities = Some(caps);
+        drop(g);
+        self.wake();
+        true
+    }
+
+    /// Records a Proof-of-FLOPS result for `peer` (connected or not: a
+    /// result may land just after the node left) and returns its standing.
+    pub fn record_pof(&self, peer: PeerId, record: PofRecord) -> PofStanding {
+        let mut g = self.lock();
+        let departed = !g.nodes.contains_key(&peer);
+        let h = g.pof.entry(peer).or_default();
+        if departed && h.departed.is_none() {
+            h.departed = Some(Instant::now());
+        }
+        h.push(record);
+        let standing = h.standing.clone();
+        drop(g);
+        // Who may be given work changed.
+        self.wake();
+        standing
+    }
+
+    /// Takes a slot of the best usable node for the catalog model
+    /// `model_id` that is not in `exclude`.
+    ///
+    /// # Errors
+    /// [`NoNode`] when there is none.
+    pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
+        let mut g = self.lock();
+        let mut any = false;
+        let best = g
+            .candidates(model_id)
+            .inspect(|_| any = true)
+            .filter(|c| c.usable(exclude))
+            .min_by_key(Candidate::rank)
+            .map(|c| c.peer);
+        let Some(peer) = best else {
+            return Err(if any {
+                NoNode::Unavailable
+            } else {
+                NoNode::UnknownModel
+            });
+        };
+        if let Some(e) = g.nodes.get_mut(&peer) {
+            e.load.active += 1;
+        }
+        Ok(peer)
+    }
+
+    /// Gives back a slot of `peer`, recording whether its work succeeded. A
+    /// node that left has no slots to give back.
+    pub fn release(&self, peer: PeerId, ok: bool) {
+        let mut g = self.lock();
+        if let Some(l) = g.nodes.get_mut(&peer).map(|e| &mut e.load) {
+            l.active = l.active.saturating_sub(1);
+            l.recent.push_back(ok);
+            while l.recent.len() > RECENT {
+                l.recent.pop_front();
+            }
+        }
+        drop(g);
+        self.wake();
+    }
+
+    /// Generations `peer` runs now, and its failure rate.
+    pub fn load_of(&self, peer: &PeerId) -> (u32, f64) {
+        self.lock()
+            .nodes
+            .get(peer)
+            .map_or((0, 0.0), |e| (e.load.active, e.load.failure_rate()))
+    }
+
+    /// The registered nodes serving the catalog model `model_id`.
+    pub fn serving(&self, model_id: &str) -> Vec<PeerId> {
+        self.lock().candidates(model_id).map(|c| c.peer).collect()
+    }
+
+    /// Whether `peer`'s last proof passed: what earning points requires.
+    pub fn proof_valid(&self, peer: &PeerId) -> bool {
+        self.lock().pof.get(peer).is_some_and(|h| h.standing.valid)
+    }
+
+    /// The Proof-of-FLOPS history of `peer`.
+    pub fn pof_history(&self, peer: &PeerId) -> Option<PofHistory> {
+        self.lock().pof.get(peer).cloned()
+    }
+
+    /// Nodes with a proof history (connected or recently departed).
+    pub fn pof_tracked(&self) -> usize {
+        self.lock().pof.len()
+    }
+
+    /// Drops the proof history of nodes that left more than `after` ago.
+    pub fn evict_departed(&self, after: Duration) {
+        self.lock()
+            .pof
+            .retain(|_, h| h.departed.is_none_or(|t| t.elapsed() < after));
+    }
+
+    /// What `peer` registered, if it is connected.
+    pub fn capabilities(&self, peer: &PeerId) -> Option<Capabilities> {
+        self.lock()
+            .nodes
+            .get(peer)
+            .and_then(|e| e.capabilities.clone())
+    }
+
+    /// The peers that registered and are still connected.
+    pub fn registered_peers(&self) -> Vec<PeerId> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|(_, e)| e.capabilities.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Every connected node, oldest first.
+    pub fn summaries(&self) -> Vec<PeerSummary> {
+        let g = self.lock();
+        let mut out: Vec<PeerSummary> = g
+            .nodes
+            .iter()
+            .map(|(id, e)| PeerSummary {
+                peer_id: id.to_string(),
+                kind: e.kind(),
+                transport: e.transport.clone(),
+                connected_since_ms: e.connected_since_ms,
+                reachable: e.reachable,
+                capabilities: e.capabilities.clone(),
+                pof: g
+                    .pof
+                    .get(id)
+                    .map(|h| h.standing.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        drop(g);
+        out.sort_by(|a, b| {
+            (a.connected_since_ms, &a.peer_id).cmp(&(b.connected_since_ms, &b.peer_id))
+        });
+        out
+    }
+
+    /// Per catalog model id served now: nodes and slots, sorted by id.
+    pub fn served_models(&self) -> Vec<(String, usize, u64)> {
+        let g = self.lock();
+        let mut out: Vec<(String, usize, u64)> = Vec::new();
+        for e in g.nodes.values() {
+            let Some(caps) = e.capabilities.as_ref() else {
+                continue;
+            };
+            for id in &e.model_ids {
+                match out.iter_mut().find(|(m, _, _)| m == id) {
+                    Some((_, nodes, slots)) => {
+                        *nodes += 1;
+                        *slots += u64::from(caps.slots);
+                    }
+                    None => out.push((id.clone(), 1, u64::from(caps.slots))),
+                }
+            }
+        }
+        drop(g);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Counts a minute of uptime (`minute`: minutes since the Unix epoch)
+    /// for every registered node that holds a reservation (can be given
+    /// work) and whose proof is valid. Every `period` minutes returns the
+    /// counted spans and starts new ones: one ledger credit per node and
+    /// period, not a row per node and minute.
+    pub fn count_uptime(&self, minute: u64, period: u64) -> Vec<UptimeSpan> {
+        let mut g = self.lock();
+        let Inner { nodes, pof, uptime } = &mut *g;
+        for (peer, e) in nodes.iter() {
+            let eligible = e.capabilities.is_some()
+                && e.reachable
+                && pof.get(peer).is_some_and(|h| h.standing.valid);
+            if eligible {
+                let (first, minutes) = uptime.entry(*peer).or_insert((minute, 0));
+                if *minutes == 0 {
+                    *first = minute;
+                }
+                *minutes += 1;
+            }
+        }
+        if !(minute + 1).is_multiple_of(period.max(1)) {
+            return Vec::new();
+        }
+        uptime
+            .drain()
+            .filter(|(_, (_, m))| *m > 0)
+            .map(|(peer, (first, minutes))| UptimeSpan {
+                peer,
+                first,
+                minutes,
+            })
+            .collect()
+    }
+
+    /// Counts for the gauges of `/metrics`.
+    pub fn counts(&self) -> Counts {
+        let g = self.lock();
+        let mut c = Counts::default();
+        for e in g.nodes.values() {
+            match e.kind() {
+                NodeKind::Browser => c.browsers += 1,
+                _ => c.natives += 1,
+            }
+            c.reachable += usize::from(e.reachable);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "m";
+    const IP: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    fn record(round: u64, passed: bool, gflops: f64) -> PofRecord {
+        PofRecord {
+            at_ms: 1_000 + round,
+            round,
+            n: 2048,
+            sized_by: "cpu".into(),
+            device_class: tabnode_core::DeviceClass::Cpu,
+            commit_ms: 10,
+            rtt_ms: 1.0,
+            deadline_ms: 10_000,
+            matmul_gflops: gflops,
+            passed,
+            reason: (!passed).then(|| "wrong".into()),
+        }
+    }
+
+    /// A connected node serving [`MODEL`] with `slots`, and a proof result
+    /// if `proof` says so.
+    fn node(r: &Registry, slots: u32, proof: Option<(bool, f64)>) -> PeerId {
+        let peer = PeerId::random();
+        assert!(r.connected(peer, "tcp", IP, 100, 0));
+        let mut caps = Capabilities::new(NodeKind::Native, "n");
+        caps.slots = slots;
+        assert!(r.register(peer, caps, vec![MODEL.into()]));
+        if let Some((passed, gflops)) = proof {
+            r.record_pof(peer, record(1, passed, gflops));
+        }
+        peer
+    }
+
+    #[test]
+    fn verified_and_least_loaded_first_never_a_failed_prover() {
+        let r = Registry::default();
+        let _failed = node(&r, 4, Some((false, 100.0)));
+        let fresh = node(&r, 1, None);
+        let slow = node(&r, 2, Some((true, 5.0)));
+        let fast = node(&r, 2, Some((true, 50.0)));
+        let none = HashSet::new();
+        // Verified and fastest first; then load spreads work.
+        assert_eq!(r.reserve(MODEL, &none), Ok(fast));
+        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
+        assert_eq!(r.reserve(MODEL, &none), Ok(fast));
+        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
+        // Verified nodes full: the unverified one; never the failed one.
+        assert_eq!(r.reserve(MODEL, &none), Ok(fresh));
+        assert_eq!(r.reserve(MODEL, &none), Err(NoNode::Unavailable));
+        r.release(slow, true);
+        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
+        assert_eq!(r.reserve("other", &none), Err(NoNode::UnknownModel));
+        assert_eq!(r.load_of(&fast), (2, 0.0));
+    }
+
+    #[test]
+    fn unreliable_nodes_come_after_reliable_ones_and_tried_ones_are_skipped() {
+        let r = Registry::default();
+        let a = node(&r, 8, Some((true, 10.0)));
+        let b = node(&r, 8, Some((true, 10.0)));
+        let first = r.reserve(MODEL, &HashSet::new()).expect("a node");
+        r.release(first, false);
+        let other = if first == a { b } else { a };
+        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(other));
+        r.release(other, true);
+        let exclude: HashSet<PeerId> = [other].into();
+        assert_eq!(r.reserve(MODEL, &exclude), Ok(first));
+    }
+
+    #[test]
+    fn a_node_that_left_gets_no_slot_back_and_is_never_reserved() {
+        let r = Registry::default();
+        let a = node(&r, 1, Some((true, 1.0)));
+        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(a));
+        assert_eq!(r.disconnected(a, 0), Departure::Left);
+        r.release(a, false);
+        assert_eq!(r.load_of(&a), (0, 0.0));
+        assert!(r.lock().nodes.is_empty(), "entry re-created");
+        assert_eq!(r.reserve(MODEL, &HashSet::new()), Err(NoNode::UnknownModel));
+        // Back with a new connection: a fresh entry with no load, the same
+        // proof history.
+        assert!(r.connected(a, "tcp", IP, 100, 5));
+        assert!(r.pof_history(&a).is_some_and(|h| h.departed.is_none()));
+        assert_eq!(r.load_of(&a), (0, 0.0));
+    }
+
+    #[test]
+    fn one_failure_outweighs_a_later_pass() {
+        let r = Registry::default();
+        let p = node(&r, 1, Some((true, 5.0)));
+        assert!(r.proof_valid(&p));
+        r.record_pof(p, record(2, false, 0.0));
+        assert!(!r.proof_valid(&p));
+        // +1 −5 +1 = −3: still excluded from serving.
+        r.record_pof(p, record(3, true, 5.0));
+        assert!(!r.proof_valid(&p), "one pass erased a failure");
+        assert_eq!(r.reserve(MODEL, &HashSet::new()), Err(NoNode::Unavailable));
+        for round in 4..7 {
+            r.record_pof(p, record(round, true, 5.0));
+        }
+        let h = r.pof_history(&p).expect("history");
+        assert_eq!((h.standing.standing, h.standing.valid), (0, true));
+        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(p));
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_on_a_proof_a_release_a_registration_and_a_departure() {
+        let r = std::sync::Arc::new(Registry::default());
+        let p = node(&r, 1, None);
+        let wakes = |f: &dyn Fn(&Registry)| {
+            let woken = r.changed();
+            f(&r);
+            woken
+        };
+        let until = Duration::from_secs(5);
+        let w = wakes(&|r| {
+            r.record_pof(p, record(1, true, 1.0));
+        });
+        tokio::time::timeout(until, w).await.expect("proof wakes");
+        let w = wakes(&|r| r.release(p, true));
+        tokio::time::timeout(until, w).await.expect("release wakes");
+        let q = PeerId::random();
+        assert!(r.connected(q, "tcp", IP, 100, 0));
+        let w = wakes(&|r| {
+            r.register(
+                q,
+                Capabilities::new(NodeKind::Native, "q"),
+                vec![MODEL.into()],
+            );
+        });
+        tokio::time::timeout(until, w)
+            .await
+            .expect("registration wakes");
+        let w = wakes(&|r| {
+            r.disconnected(q, 0);
+        });
+        tokio::time::timeout(until, w)
+            .await
+            .expect("departure wakes");
+        // A reachability change does not make anyone usable: no wake-up.
+        let w = wakes(&|r| r.set_reachable(p, true));
+        assert!(tokio::time::timeout(Duration::from_millis(50), w)
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn identities_per_address_are_limited_and_departures_are_counted() {
+        let r = Registry::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert!(r.connected(a, "webrtc-direct", IP, 2, 10));
+        assert!(r.connected(b, "tcp", IP, 2, 20));
+        assert!(r.connected(b, "tcp", IP, 2, 30), "a second connection");
+        let c = PeerId::random();
+        assert!(!r.connected(c, "tcp", IP, 2, 40));
+        assert_eq!(r.disconnected(c, 0), Departure::Unknown);
+        assert_eq!(r.disconnected(b, 1), Departure::Stays);
+        r.set_reachable(b, true);
+        assert_eq!(
+            r.counts(),
+            Counts {
+                browsers: 1,
+                natives: 1,
+                reachable: 1
+            }
+        );
+        assert_eq!(r.disconnected(b, 0), Departure::Left);
+        assert_eq!(r.counts().reachable, 0);
+        assert!(!r.register(b, Capabilities::new(NodeKind::Native, "b"), Vec::new()));
+    }
+
+    #[test]
+    fn a_proof_that_lands_after_its_node_left_is_evicted_with_it() {
+        let r = Registry::default();
+        let p = node(&r, 1, None);
+        assert_eq!(r.disconnected(p, 0), Departure::Left);
+        r.record_pof(p, record(1, true, 1.0));
+        assert_eq!(r.pof_tracked(), 1);
+        r.evict_departed(Duration::ZERO);
+        assert_eq!(r.pof_tracked(), 0, "history of a departed node kept");
+    }
+}
