@@ -1,9 +1,14 @@
 //! A native node that serves the real model but reports a device failure
 //! after a few tokens of every request: the e2e tests use three of them to
 //! check that a request whose every attempt fails ends in an error that the
-//! page's client and the official OpenAI client raise.
+//! page's client and the official OpenAI client raise, and one that fails
+//! inside a multi-byte character to check that a tab continues the answer
+//! without losing a byte.
 //!
 //! `cargo run -p tabnode-node --example failing_node -- BOOTSTRAP_FILE MODEL AFTER`
+//!
+//! `AFTER` is a number of tokens, or `inside-char`: the first token after
+//! which the answer so far ends inside a UTF-8 character.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +21,19 @@ use tabnode_node::prover::{Backend, PofProver};
 use tabnode_node::serve::{InferServer, ServedModel};
 use tabnode_node::{spawn, NodeConfig};
 
-/// The real engine for `after` tokens, then a failure.
+/// Where a generation stops.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// After this many tokens.
+    Tokens(usize),
+    /// After the first token that ends inside a character.
+    InsideChar,
+}
+
+/// The real engine up to the cut, then a failure.
 struct FailsAfter {
     engine: Engine,
-    after: usize,
+    cut: Cut,
 }
 
 impl ServedModel for FailsAfter {
@@ -37,20 +51,27 @@ impl ServedModel for FailsAfter {
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Result<GenerateResult, EngineError> {
-        let sent = std::cell::Cell::new(0usize);
-        self.engine.generate(
-            request,
-            &|| cancelled() || sent.get() >= self.after,
-            &mut |t, s| {
-                if sent.get() < self.after {
-                    on_piece(t, s);
-                    sent.set(sent.get() + t.len());
+        let sent = std::cell::RefCell::new(Vec::<u32>::new());
+        let done = std::cell::Cell::new(false);
+        self.engine
+            .generate(request, &|| cancelled() || done.get(), &mut |t, s| {
+                if done.get() {
+                    return;
                 }
-            },
-        )?;
+                on_piece(t, s);
+                let mut sent = sent.borrow_mut();
+                sent.extend_from_slice(t);
+                done.set(match self.cut {
+                    Cut::Tokens(n) => sent.len() >= n,
+                    Cut::InsideChar => {
+                        let bytes = self.engine.tokenizer.decode(&sent);
+                        std::str::from_utf8(&bytes).is_err_and(|e| e.error_len().is_none())
+                    }
+                });
+            })?;
+        let sent = sent.borrow().len();
         Err(EngineError::Generate(GenerateError::Device(format!(
-            "scripted failure after {} tokens",
-            sent.get()
+            "scripted failure after {sent} tokens"
         ))))
     }
 }
@@ -68,10 +89,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let bytes = std::fs::read(model).map_err(|e| format!("cannot read {model}: {e}"))?;
     let engine = Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {})?;
-    let served = FailsAfter {
-        engine,
-        after: after.parse().map_err(|e| format!("AFTER: {e}"))?,
+    let cut = match after.as_str() {
+        "inside-char" => Cut::InsideChar,
+        n => Cut::Tokens(
+            n.parse()
+                .map_err(|e| format!("AFTER: a number or inside-char: {e}"))?,
+        ),
     };
+    let served = FailsAfter { engine, cut };
     let node = spawn(NodeConfig {
         relay,
         key: None,
