@@ -3,9 +3,14 @@
 //! runs llama.cpp on the same file and prints the ratios).
 //!
 //! `cargo run -p tabnode-infer --example engine_bench -- MODEL.gguf [PROMPT_TOKENS] [DECODE_TOKENS]`
+//!
+//! `TABNODE_WEIGHTS` picks the engine: unset or `f32` (burn, weights
+//! expanded to f32), `q8` (burn's block-32 Q8), `quant` (the CPU model with
+//! the file's quantized blocks and integer kernels, [`tabnode_infer::cpu`]).
 
 use std::time::Instant;
 
+use tabnode_infer::engine::Runner;
 use tabnode_infer::generate::{Decoder, Sampler, Sampling};
 use tabnode_infer::model::WeightFormat;
 use tabnode_infer::{Device, Engine};
@@ -36,38 +41,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let bytes = std::fs::read(path)?;
     let file_bytes = bytes.len() as u64;
-    // TABNODE_WEIGHTS=q8: burn's block-32 Q8 weights instead of f32.
-    let format = match std::env::var("TABNODE_WEIGHTS").as_deref() {
-        Ok("q8") => WeightFormat::Q8Block32,
-        _ => WeightFormat::F32,
-    };
-    let engine = Engine::load_as(&bytes, &Device::flex(), "flex", format, &mut |_, _| {})?;
-    drop(bytes);
-    let load_s = t0.elapsed().as_secs_f64();
+    let tokenizer =
+        tabnode_infer::tokenizer::Tokenizer::from_gguf(&tabnode_infer::gguf::Gguf::parse(&bytes)?)?;
     let mut prompt = Vec::new();
     while prompt.len() < n_prompt {
-        prompt.extend(engine.tokenizer.encode(TEXT, false));
+        prompt.extend(tokenizer.encode(TEXT, false));
     }
     prompt.truncate(n_prompt);
-    let mut session = engine.model.session();
-    // Warm-up: one token through a throw-away session.
-    engine.model.session().prefill(&prompt[..1])?;
+    let (engine, label) = match std::env::var("TABNODE_WEIGHTS").as_deref() {
+        // The file's bytes become the model's: no copy, no expansion.
+        Ok("quant") => (Engine::load_quantized(bytes)?, String::new()),
+        other => {
+            let format = match other {
+                Ok("q8") => WeightFormat::Q8Block32,
+                _ => WeightFormat::F32,
+            };
+            let engine = Engine::load_as(&bytes, &Device::flex(), "flex", format, &mut |_, _| {})?;
+            drop(bytes);
+            (engine, format!("tabnode-flex-{format:?}"))
+        }
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let (label, threads, run) = match &engine.runner {
+        Runner::Cpu(model) => (
+            format!("tabnode-{}", engine.device()),
+            rayon::current_num_threads(),
+            measure(|| model.session(), &prompt, n_decode)?,
+        ),
+        Runner::Burn(model) => (
+            label,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            measure(|| model.session(), &prompt, n_decode)?,
+        ),
+    };
+    let timings = (load_s, run);
+    let (load_s, (prefill_s, decode_s)) = timings;
+    println!(
+        "{{\"engine\":\"{label}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{threads}}}",
+        n_prompt as f64 / prefill_s,
+        n_decode as f64 / decode_s,
+        peak_rss(),
+    );
+    Ok(())
+}
+
+/// Seconds to prefill `prompt` and then to decode `n_decode` greedy tokens,
+/// after a one-token warm-up through a throw-away session.
+fn measure<D: Decoder>(
+    session: impl Fn() -> D,
+    prompt: &[u32],
+    n_decode: usize,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    session().prefill(&prompt[..1])?;
+    let mut s = session();
     let t1 = Instant::now();
-    let mut logits = session.prefill(&prompt)?;
+    let mut logits = s.prefill(prompt)?;
     let prefill_s = t1.elapsed().as_secs_f64();
     let mut sampler = Sampler::new(Sampling::greedy())?;
     let t2 = Instant::now();
     for _ in 0..n_decode {
         let next = sampler.sample(&logits);
-        logits = session.step(next)?;
+        logits = s.step(next)?;
     }
-    let decode_s = t2.elapsed().as_secs_f64();
-    println!(
-        "{{\"engine\":\"tabnode-flex-{format:?}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{}}}",
-        n_prompt as f64 / prefill_s,
-        n_decode as f64 / decode_s,
-        peak_rss(),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
-    Ok(())
+    Ok((prefill_s, t2.elapsed().as_secs_f64()))
 }

@@ -6,7 +6,8 @@ use burn::tensor::Device;
 use tabnode_core::infer::{FinishReason, GenerateRequest, GenerateResult, ModelCard, Prompt};
 use web_time::Instant;
 
-use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::cpu::CpuModel;
+use crate::generate::{Decoder, Finish, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::gguf::{Gguf, GgufError};
 use crate::info::ModelInfo;
 use crate::model::{LlamaModel, WeightFormat};
@@ -26,12 +27,32 @@ pub enum EngineError {
     Generate(#[from] GenerateError),
 }
 
+/// Where a model's weights live and which code runs them.
+#[derive(Debug)]
+pub enum Runner {
+    /// burn's llama model on a burn device (weights expanded to f32 or
+    /// burn's Q8): WebGPU in the tab, `flex` or wgpu natively.
+    Burn(Box<LlamaModel>),
+    /// The file's quantized blocks on the CPU with integer kernels
+    /// ([`crate::cpu`]).
+    Cpu(Box<CpuModel>),
+}
+
+impl Runner {
+    fn context(&self) -> usize {
+        match self {
+            Runner::Burn(m) => m.config.context,
+            Runner::Cpu(m) => m.config.context,
+        }
+    }
+}
+
 /// A model ready to generate.
 pub struct Engine {
     /// The tokenizer.
     pub tokenizer: Tokenizer,
-    /// The weights on their device.
-    pub model: LlamaModel,
+    /// The weights and the code that runs them.
+    pub runner: Runner,
     /// What it is.
     pub info: ModelInfo,
     device: String,
@@ -87,10 +108,38 @@ impl Engine {
         let model = LlamaModel::from_gguf_as(&g, device, format, progress)?;
         Ok(Self {
             tokenizer,
-            model,
+            runner: Runner::Burn(Box::new(model)),
             info,
             device: device_name.into(),
         })
+    }
+
+    /// Takes a GGUF file's bytes and runs it on the CPU with its quantized
+    /// blocks as they are (memory: the file, plus the KV cache). The device
+    /// is named `cpu-quantized-<kernels>` (`avx2`, `scalar`) in results.
+    ///
+    /// # Errors
+    /// A corrupt file, or a weight format without a kernel.
+    pub fn load_quantized(bytes: Vec<u8>) -> Result<Self, EngineError> {
+        let (info, tokenizer) = {
+            let g = Gguf::parse(&bytes)?;
+            (
+                ModelInfo::from_gguf(&g, bytes.len() as u64)?,
+                Tokenizer::from_gguf(&g)?,
+            )
+        };
+        let model = CpuModel::from_bytes(bytes)?;
+        Ok(Self {
+            tokenizer,
+            runner: Runner::Cpu(Box::new(model)),
+            info,
+            device: format!("cpu-quantized-{}", crate::quant::simd::best().name),
+        })
+    }
+
+    /// The device name results carry.
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     /// The card the network advertises.
@@ -180,7 +229,7 @@ impl Engine {
         let mut g = Generation::new(
             &self.tokenizer,
             prompt.len(),
-            self.model.config.context,
+            self.runner.context(),
             &Self::options(request),
         )?;
         g.resume(&request.resume)?;
@@ -223,25 +272,49 @@ impl Engine {
         let started = Instant::now();
         let mut first = started;
         if !g.ended() {
-            let mut session = self.model.session();
             let mut input = prompt.clone();
             input.extend_from_slice(g.tokens());
-            let mut logits = session.forward_async(&input).await.map_err(device)?;
-            first = Instant::now();
-            loop {
-                let before = g.tokens().len();
-                let mut piece = String::new();
-                let next = g.next(&logits, cancelled(), &mut |t| piece.push_str(t));
-                let new = &g.tokens()[before..];
-                if !new.is_empty() || !piece.is_empty() {
-                    on_piece(new, &piece);
+            match &self.runner {
+                Runner::Burn(model) => {
+                    let mut session = model.session();
+                    let mut logits = session.forward_async(&input).await.map_err(device)?;
+                    first = Instant::now();
+                    while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
+                        logits = session.forward_async(&[token]).await.map_err(device)?;
+                    }
                 }
-                let Some(token) = next else { break };
-                logits = session.forward_async(&[token]).await.map_err(device)?;
+                Runner::Cpu(model) => {
+                    let mut session = model.session();
+                    let mut logits = session.prefill(&input)?;
+                    first = Instant::now();
+                    while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
+                        logits = session.step(token)?;
+                    }
+                }
             }
         }
         let out = g.finish(&mut |t| on_piece(&[], t));
         Ok(self.result(prompt.len(), started, first, out))
+    }
+}
+
+impl Engine {
+    /// Picks the next token from `logits` and hands it with its text to
+    /// `on_piece`; `None` when the generation has ended.
+    fn emit(
+        g: &mut Generation<'_>,
+        logits: &[f32],
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Option<u32> {
+        let before = g.tokens().len();
+        let mut piece = String::new();
+        let next = g.next(logits, cancelled(), &mut |t| piece.push_str(t));
+        let new = &g.tokens()[before..];
+        if !new.is_empty() || !piece.is_empty() {
+            on_piece(new, &piece);
+        }
+        next
     }
 }
 

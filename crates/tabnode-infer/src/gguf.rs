@@ -7,16 +7,13 @@
 //! allocation. [`Gguf::dequantize`] turns a tensor into `f32`s.
 //!
 //! Layout facts this follows (ggml): `dims[0]` varies fastest (the row
-//! length); quantized tensors are stored in blocks of 32 values along rows:
-//!
-//! - Q4_0: f16 scale, 16 bytes of nibbles, `x = (q − 8)·d`;
-//! - Q4_1: f16 scale, f16 min, 16 bytes of nibbles, `x = q·d + m`;
-//! - Q8_0: f16 scale, 32 `i8`, `x = q·d`.
-//!
-//! In a nibble block, byte `j` holds element `j` (low nibble) and element
-//! `j + 16` (high nibble).
+//! length); quantized tensors are stored in blocks along rows. The formats
+//! (F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, and the activation
+//! formats Q8_1, Q8_K) and their dequantization live in [`crate::quant`].
 
 use std::collections::BTreeMap;
+
+use crate::quant::{self, GgmlType};
 
 /// `"GGUF"` little-endian.
 pub const MAGIC: u32 = 0x4655_4747;
@@ -178,14 +175,7 @@ pub fn ggml_type_name(t: u32) -> &'static str {
 
 /// `(values per block, bytes per block)` of the supported types.
 fn block_layout(t: u32) -> Option<(usize, usize)> {
-    match t {
-        0 => Some((1, 4)),
-        1 => Some((1, 2)),
-        2 => Some((32, 18)),
-        3 => Some((32, 20)),
-        8 => Some((32, 34)),
-        _ => None,
-    }
+    GgmlType::from_u32(t).map(|ty| (ty.block_size(), ty.block_bytes()))
 }
 
 /// One entry of the tensor directory.
@@ -331,25 +321,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// IEEE half → single precision.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: normalise.
-            let shift = m.leading_zeros() - 21;
-            let m = (m << shift) & 0x3ff;
-            sign | ((127 - 15 + 1 - shift) << 23) | (m << 13)
-        }
-        (0x1f, 0) => sign | 0x7f80_0000,
-        (0x1f, m) => sign | 0x7fc0_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
+pub use crate::quant::f16_to_f32;
 
 impl<'a> Gguf<'a> {
     /// Parses the header, metadata and tensor directory of `bytes`.
@@ -480,46 +452,14 @@ impl<'a> Gguf<'a> {
     /// Unsupported types, a length that is not a whole number of blocks.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
+        let ty = GgmlType::from_u32(t.ggml_type).ok_or_else(|| unsupported(t))?;
         let raw = self.raw(t)?;
         let n = t.len() as usize;
-        let mut out = Vec::with_capacity(n);
-        let h = |b: &[u8], i: usize| f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
-        match t.ggml_type {
-            0 => out.extend(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
-            1 => out.extend(raw.chunks_exact(2).map(|c| h(c, 0))),
-            2 => {
-                for b in raw.chunks_exact(18) {
-                    let d = h(b, 0);
-                    let qs = &b[2..18];
-                    out.extend(qs.iter().map(|q| (f32::from(q & 0x0f) - 8.0) * d));
-                    out.extend(qs.iter().map(|q| (f32::from(q >> 4) - 8.0) * d));
-                }
-            }
-            3 => {
-                for b in raw.chunks_exact(20) {
-                    let (d, m) = (h(b, 0), h(b, 2));
-                    let qs = &b[4..20];
-                    out.extend(qs.iter().map(|q| f32::from(q & 0x0f) * d + m));
-                    out.extend(qs.iter().map(|q| f32::from(q >> 4) * d + m));
-                }
-            }
-            8 => {
-                for b in raw.chunks_exact(34) {
-                    let d = h(b, 0);
-                    out.extend(b[2..34].iter().map(|&q| f32::from(q as i8) * d));
-                }
-            }
-            _ => return Err(unsupported(t)),
-        }
-        if out.len() != n {
-            return Err(GgufError::BadTensor {
-                name: t.name.clone(),
-                reason: format!("{} values decoded, {n} expected", out.len()),
-            });
-        }
+        let mut out = vec![0.0; n];
+        quant::dequantize_row(ty, raw, &mut out).map_err(|e| GgufError::BadTensor {
+            name: t.name.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(out)
     }
 }
@@ -660,6 +600,93 @@ mod tests {
         let at = 24 + 8 + "general.architecture".len();
         bad[at..at + 4].copy_from_slice(&77u32.to_le_bytes());
         assert_eq!(Gguf::parse(&bad).err(), Some(GgufError::ValueType(77)));
+    }
+
+    /// A GGUF file with no metadata and the given one-row tensors
+    /// `(name, type, values, data)`.
+    fn file_with(tensors: &[(&str, u32, u64, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(MAGIC.to_le_bytes());
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        let mut offset = 0u64;
+        for (name, t, n, data) in tensors {
+            b.extend((name.len() as u64).to_le_bytes());
+            b.extend(name.as_bytes());
+            b.extend(1u32.to_le_bytes());
+            b.extend(n.to_le_bytes());
+            b.extend(t.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        for (_, _, _, data) in tensors {
+            while !b.len().is_multiple_of(32) {
+                b.push(0);
+            }
+            b.extend(*data);
+        }
+        b
+    }
+
+    #[test]
+    fn reads_and_bounds_checks_q5_0_and_k_formats() {
+        // Deterministic bytes with small finite f16 scales.
+        let bytes = |ty: GgmlType, seed: u8| -> Vec<u8> {
+            let mut v: Vec<u8> = (0..ty.block_bytes())
+                .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed))
+                .collect();
+            let at: &[usize] = match ty {
+                GgmlType::Q6_K => &[208],
+                GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+                _ => &[0],
+            };
+            for &a in at {
+                v[a..a + 2].copy_from_slice(&0x2e66u16.to_le_bytes()); // 0.1
+            }
+            v
+        };
+        let q5_0 = bytes(GgmlType::Q5_0, 1);
+        let q4_k = bytes(GgmlType::Q4_K, 2);
+        let q5_k = bytes(GgmlType::Q5_K, 3);
+        let q6_k = bytes(GgmlType::Q6_K, 4);
+        let file = file_with(&[
+            ("q5_0", 6, 32, &q5_0),
+            ("q4_k", 12, 256, &q4_k),
+            ("q5_k", 13, 256, &q5_k),
+            ("q6_k", 14, 256, &q6_k),
+        ]);
+        let g = Gguf::parse(&file).expect("parse");
+        for (name, ty, data) in [
+            ("q5_0", GgmlType::Q5_0, &q5_0),
+            ("q4_k", GgmlType::Q4_K, &q4_k),
+            ("q5_k", GgmlType::Q5_K, &q5_k),
+            ("q6_k", GgmlType::Q6_K, &q6_k),
+        ] {
+            let t = g.tensor(name).expect("tensor");
+            assert_eq!(t.byte_len(), Some(ty.block_bytes() as u64), "{name}");
+            assert_eq!(g.raw(t).expect("raw"), &data[..], "{name}");
+            let values = g.dequantize(name).expect("dequantize");
+            assert_eq!(
+                values,
+                quant::dequantize(ty, data).expect("quant"),
+                "{name}"
+            );
+            assert!(values.iter().any(|v| *v != 0.0), "{name}");
+        }
+        // Their data is now bounds-checked: a file cut inside the last
+        // tensor is an error.
+        assert!(matches!(
+            Gguf::parse(&file[..file.len() - 1]),
+            Err(GgufError::Truncated { .. })
+        ));
+        // A type the reader does not know still parses, but cannot be read.
+        let file = file_with(&[("q5_1", 7, 32, &[0u8; 24])]);
+        let g = Gguf::parse(&file).expect("parse");
+        assert!(matches!(
+            g.dequantize("q5_1"),
+            Err(GgufError::TensorType { ggml_type: 7, .. })
+        ));
     }
 
     #[test]

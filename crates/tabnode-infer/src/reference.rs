@@ -102,7 +102,8 @@ impl std::fmt::Debug for ReferenceModel {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `a·b` in eight lanes (the order every f32 dot here uses).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8;
     for c in 0..chunks {
@@ -125,7 +126,8 @@ fn matvec(w: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
-fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// `out = x / rms(x) · w`.
+pub(crate) fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let s = 1.0 / (ms + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {

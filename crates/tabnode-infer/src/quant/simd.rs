@@ -1,0 +1,502 @@
+//! SIMD dot products, chosen at run time, bit for bit equal to
+//! [`scalar`].
+//!
+//! The one module of the crate with `unsafe` code: `std::arch`
+//! intrinsics. A [`Kernels`] table holds one dot product per weight format;
+//! [`best`] picks the fastest table this CPU runs (detected once), and
+//! [`available`] lists every table it can run (the tests compare each with
+//! the scalar one on random blocks, every format, odd sizes).
+//!
+//! Exactness: the integer sum of a block is exact in every kernel (no
+//! saturation: `maddubs` pairs stay within ±3,810 for 4-bit weights and
+//! ±32,512 for 8-bit ones with activations in [−127, 127], which is what the
+//! quantizers in [`act`](super::act) produce). The float part is the scalar
+//! kernel's: eight consecutive blocks' terms are computed in the eight lanes
+//! of one register with the same operations in the same order (no fused
+//! multiply-add) and added to the same accumulator lanes (`b % 8`); a last,
+//! partial group adds to its own lanes only. Hence the same bits on every
+//! CPU, natively and in the tab.
+//!
+//! Formats without a SIMD kernel yet use the scalar one.
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::scalar;
+use super::{Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES};
+
+/// One dot product per weight format (weight row blocks, activation blocks;
+/// pairs up to the shorter of the two).
+#[derive(Debug)]
+pub struct Kernels {
+    /// What they run on (`scalar`, `avx2`).
+    pub name: &'static str,
+    /// Q4_0 · Q8_0.
+    pub q4_0: fn(&[[u8; Q4_0_BYTES]], &[BlockQ8_0]) -> f32,
+    /// Q4_1 · Q8_1.
+    pub q4_1: fn(&[[u8; Q4_1_BYTES]], &[BlockQ8_1]) -> f32,
+    /// Q5_0 · Q8_0.
+    pub q5_0: fn(&[[u8; Q5_0_BYTES]], &[BlockQ8_0]) -> f32,
+    /// Q8_0 · Q8_0.
+    pub q8_0: fn(&[[u8; Q8_0_BYTES]], &[BlockQ8_0]) -> f32,
+    /// Q4_K · Q8_K.
+    pub q4_k: fn(&[[u8; Q4_K_BYTES]], &[BlockQ8K]) -> f32,
+    /// Q5_K · Q8_K.
+    pub q5_k: fn(&[[u8; Q5_K_BYTES]], &[BlockQ8K]) -> f32,
+    /// Q6_K · Q8_K.
+    pub q6_k: fn(&[[u8; Q6_K_BYTES]], &[BlockQ8K]) -> f32,
+}
+
+/// The portable reference kernels.
+pub static SCALAR: Kernels = Kernels {
+    name: "scalar",
+    q4_0: scalar::vec_dot_q4_0_q8_0,
+    q4_1: scalar::vec_dot_q4_1_q8_1,
+    q5_0: scalar::vec_dot_q5_0_q8_0,
+    q8_0: scalar::vec_dot_q8_0_q8_0,
+    q4_k: scalar::vec_dot_q4_k_q8_k,
+    q5_k: scalar::vec_dot_q5_k_q8_k,
+    q6_k: scalar::vec_dot_q6_k_q8_k,
+};
+
+/// Every kernel table this CPU can run, the scalar one first.
+pub fn available() -> Vec<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    let simd = x86::supported().then_some(&x86::AVX2);
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd: Option<&'static Kernels> = None;
+    std::iter::once(&SCALAR).chain(simd).collect()
+}
+
+/// The fastest kernel table this CPU can run (detected once).
+pub fn best() -> &'static Kernels {
+    static BEST: OnceLock<&'static Kernels> = OnceLock::new();
+    BEST.get_or_init(|| available().last().copied().unwrap_or(&SCALAR))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX2 (+ F16C for the f16 scales). The safe wrappers in [`AVX2`] call
+    //! `#[target_feature]` functions; that table is only handed out by
+    //! [`super::available`] after [`supported`] confirmed both features, so
+    //! the wrappers never run on a CPU without them.
+
+    use std::arch::x86_64::*;
+
+    use super::super::act::BlockQ8K;
+    use super::super::act::{BlockQ8_0, BlockQ8_1};
+    use super::super::{
+        f16_at, scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
+        Q8_0_BYTES, QK,
+    };
+    use super::Kernels;
+
+    /// Whether this CPU runs [`AVX2`].
+    pub(super) fn supported() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+    }
+
+    pub(super) static AVX2: Kernels = Kernels {
+        name: "avx2",
+        q4_0,
+        q4_1,
+        q5_0,
+        q8_0,
+        q4_k,
+        q5_k: scalar::vec_dot_q5_k_q8_k,
+        q6_k,
+    };
+
+    fn q4_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: `AVX2` is only reachable after `supported()` (module doc).
+        unsafe { q4_0_avx2(x, y) }
+    }
+
+    fn q4_1(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
+        // SAFETY: as above.
+        unsafe { q4_1_avx2(x, y) }
+    }
+
+    fn q8_0(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above.
+        unsafe { q8_0_avx2(x, y) }
+    }
+
+    fn q5_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above.
+        unsafe { q5_0_avx2(x, y) }
+    }
+
+    /// The K formats carry one float term per 256 values: the integer sums
+    /// are vectorized, the term is the scalar kernel's expression.
+    fn q4_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
+            // SAFETY: as above.
+            let (isum, msum) = unsafe { isum_q4_k(x, y) };
+            let d = f16_at(x, 0) * y.d;
+            let dmin = f16_at(x, 2) * y.d;
+            d * isum as f32 - dmin * msum as f32
+        }))
+    }
+
+    fn q6_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
+            let d = f16_at(x, 208) * y.d;
+            // SAFETY: as above.
+            d * unsafe { isum_q6_k(x, y) } as f32
+        }))
+    }
+
+    /// The eight `i32` lanes of `v` summed (exact).
+    #[target_feature(enable = "avx2")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// 32 bytes at `b[at..]` (the caller's slices are long enough).
+    #[target_feature(enable = "avx2")]
+    fn load_at<T: Copy>(b: &[T], at: usize) -> __m256i {
+        const { assert!(std::mem::size_of::<T>() == 1) };
+        let s = &b[at..at + 32];
+        // SAFETY: `s` is 32 one-byte values (the slice above checked it).
+        unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+    }
+
+    /// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q4_K block, as the scalar
+    /// `isum_q4_k` (every product and sum is an exact integer).
+    #[target_feature(enable = "avx2")]
+    fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
+        let scales = &x[4..16];
+        let low = _mm256_set1_epi8(0x0F);
+        let ys = y.qs.as_slice();
+        let mut acc = _mm256_setzero_si256();
+        let mut msum = 0i32;
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+            let raw = load_at(x, 16 + 32 * c);
+            let lo = _mm256_and_si256(raw, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            let p1 = _mm256_maddubs_epi16(lo, load_at(ys, 64 * c));
+            let p2 = _mm256_maddubs_epi16(hi, load_at(ys, 64 * c + 32));
+            let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(i16::from(sc1)));
+            let p2 = _mm256_madd_epi16(p2, _mm256_set1_epi16(i16::from(sc2)));
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(p1, p2));
+            let b = &y.bsums[4 * c..4 * c + 4];
+            msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
+            msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
+        }
+        (hsum_i32(acc), msum)
+    }
+
+    /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
+    #[target_feature(enable = "avx2")]
+    fn isum_q6_k(x: &[u8; Q6_K_BYTES], y: &BlockQ8K) -> i32 {
+        let low = _mm256_set1_epi8(0x0F);
+        let two = _mm256_set1_epi8(0x03);
+        let m32 = _mm256_set1_epi8(32);
+        let ys = y.qs.as_slice();
+        let scales = &x[192..208];
+        let mut acc = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = load_at(x, 64 * n);
+            let ql1 = load_at(x, 64 * n + 32);
+            let qh = load_at(x, 128 + 32 * n);
+            let bits = |shift: i32| -> __m256i {
+                let h = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(h, two), 4)
+            };
+            // Values 0..32, 32..64, 64..96 and 96..128 of this half: two
+            // sub-blocks of 16 each.
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), bits(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), bits(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), bits(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), bits(6)),
+            ];
+            for (k, q) in q.into_iter().enumerate() {
+                let yk = load_at(ys, 128 * n + 32 * k);
+                // Σ q·y − 32·Σ y in pairs: |·| ≤ 63·127·2 + 32·127·2, an i16.
+                let d =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, yk), _mm256_maddubs_epi16(m32, yk));
+                let j = 8 * n + 2 * k;
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(scales[j + 1].cast_signed())),
+                    _mm_set1_epi16(i16::from(scales[j].cast_signed())),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, sc));
+            }
+        }
+        hsum_i32(acc)
+    }
+
+    /// The eight `i32` lanes of each of `p[0..8]` summed: lane `k` of the
+    /// result is the total of `p[k]` (exact integer adds).
+    #[target_feature(enable = "avx2")]
+    fn hsum8(p: &[__m256i; 8]) -> __m256i {
+        let h01 = _mm256_hadd_epi32(p[0], p[1]);
+        let h23 = _mm256_hadd_epi32(p[2], p[3]);
+        let h45 = _mm256_hadd_epi32(p[4], p[5]);
+        let h67 = _mm256_hadd_epi32(p[6], p[7]);
+        let h0123 = _mm256_hadd_epi32(h01, h23);
+        let h4567 = _mm256_hadd_epi32(h45, h67);
+        // Lanes 0..4 hold blocks 0..4 (low half) and 4..8 (high half) of
+        // each: the two halves' partial sums add up per block.
+        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+        _mm256_add_epi32(lo, hi)
+    }
+
+    /// The 32 nibbles of 16 packed bytes at `p` as `u8` lanes: low nibbles
+    /// (values 0..16) in the low half, high nibbles (16..32) in the high.
+    #[target_feature(enable = "avx2")]
+    fn nibbles(qs: &[u8; 16]) -> __m256i {
+        // SAFETY: `qs` is 16 readable bytes.
+        let raw = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+        let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    }
+
+    /// The 32 activation values of a block.
+    #[target_feature(enable = "avx2")]
+    fn load32(qs: &[i8; QK]) -> __m256i {
+        // SAFETY: `qs` is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+    }
+
+    /// `Σ x·y` of 32 signed bytes each, as eight `i32` partial sums (`x`
+    /// and `y` in [−128, 127] and [−127, 127]: `|x|·y` pairs fit `i16`).
+    #[target_feature(enable = "avx2")]
+    fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy))
+    }
+
+    /// `acc + t` in the lanes of the group's `m` blocks, `acc` elsewhere:
+    /// the blocks of a last, partial group add to their own lanes only (as
+    /// the scalar `acc[b % 8] += t`), so a lane's `−0.0` stays as it is.
+    #[target_feature(enable = "avx2")]
+    fn add_lanes(acc: __m256, t: __m256, m: usize) -> __m256 {
+        let sum = _mm256_add_ps(acc, t);
+        if m >= 8 {
+            return sum;
+        }
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let m = _mm256_set1_epi32(i32::try_from(m).unwrap_or(8));
+        let keep_new = _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lane));
+        _mm256_blendv_ps(acc, sum, keep_new)
+    }
+
+    /// The lanes of `acc` reduced in the fixed order.
+    #[target_feature(enable = "avx2")]
+    fn finish(acc: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` is 32 writable bytes.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        scalar::reduce_lanes(lanes)
+    }
+
+    fn f16_le(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+
+    /// Eight f16 values, `h(k)` for lane `k`, as f32 lanes (built in
+    /// registers, not stored and reloaded).
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16x8_of(h: impl Fn(usize) -> u16) -> __m256 {
+        let v = |k: usize| h(k).cast_signed();
+        _mm256_cvtph_ps(_mm_setr_epi16(
+            v(0),
+            v(1),
+            v(2),
+            v(3),
+            v(4),
+            v(5),
+            v(6),
+            v(7),
+        ))
+    }
+
+    /// Runs `group` over whole groups of eight blocks, and over the last,
+    /// partial group padded with `pad` blocks (whose lanes are left out),
+    /// adding each group's eight terms to the accumulator lanes; then
+    /// reduces them.
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_groups<X: Copy, Y: Copy>(
+        x: &[X],
+        y: &[Y],
+        pad: (X, Y),
+        group: impl Fn(&[X; 8], &[Y; 8]) -> __m256,
+    ) -> f32 {
+        let n = x.len().min(y.len());
+        let (xs, x_tail) = x[..n].as_chunks::<8>();
+        let (ys, y_tail) = y[..n].as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (xg, yg) in xs.iter().zip(ys) {
+            acc = _mm256_add_ps(acc, group(xg, yg));
+        }
+        if !x_tail.is_empty() {
+            let mut xg = [pad.0; 8];
+            let mut yg = [pad.1; 8];
+            xg[..x_tail.len()].copy_from_slice(x_tail);
+            yg[..y_tail.len()].copy_from_slice(y_tail);
+            acc = add_lanes(acc, group(&xg, &yg), x_tail.len());
+        }
+        finish(acc)
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_1_avx2(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
+        let pad = BlockQ8_1 {
+            d: 0,
+            s: 0,
+            qs: [0; QK],
+        };
+        dot_groups(x, y, ([0; Q4_1_BYTES], pad), |xs, ys| {
+            let ones = _mm256_set1_epi16(1);
+            let mut p = [_mm256_setzero_si256(); 8];
+            for k in 0..8 {
+                let (xb, yb) = (&xs[k], &ys[k]);
+                let qs: &[u8; 16] = xb[4..].try_into().unwrap_or(&[0; 16]);
+                let prod = _mm256_maddubs_epi16(nibbles(qs), load32(&yb.qs));
+                p[k] = _mm256_madd_epi16(ones, prod);
+            }
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
+            _mm256_add_ps(
+                _mm256_mul_ps(d, isum),
+                _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 2)), f16x8_of(|k| ys[k].s)),
+            )
+        })
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
+        dot_groups(x, y, ([0; Q4_0_BYTES], pad), |xs, ys| {
+            let eight = _mm256_set1_epi8(8);
+            let mut p = [_mm256_setzero_si256(); 8];
+            for k in 0..8 {
+                let qs: &[u8; 16] = xs[k][2..].try_into().unwrap_or(&[0; 16]);
+                let q = _mm256_sub_epi8(nibbles(qs), eight);
+                p[k] = dot_i8(q, load32(&ys[k].qs));
+            }
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
+            _mm256_mul_ps(d, isum)
+        })
+    }
+
+    /// 0xFF in byte `k` where bit `k` of `bits` is set (ggml's
+    /// `bytes_from_bits_32`).
+    #[target_feature(enable = "avx2")]
+    fn bytes_from_bits(bits: u32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits.cast_signed()),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
+        );
+        let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+        _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q5_0_avx2(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
+        dot_groups(x, y, ([0; Q5_0_BYTES], pad), |xs, ys| {
+            let sixteen = _mm256_set1_epi8(16);
+            let mut p = [_mm256_setzero_si256(); 8];
+            for k in 0..8 {
+                let xb = &xs[k];
+                let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+                let qs: &[u8; 16] = xb[6..].try_into().unwrap_or(&[0; 16]);
+                let high = _mm256_and_si256(bytes_from_bits(qh), sixteen);
+                let q = _mm256_sub_epi8(_mm256_or_si256(nibbles(qs), high), sixteen);
+                p[k] = dot_i8(q, load32(&ys[k].qs));
+            }
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
+            _mm256_mul_ps(d, isum)
+        })
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q8_0_avx2(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
+        dot_groups(x, y, ([0; Q8_0_BYTES], pad), |xs, ys| {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for k in 0..8 {
+                p[k] = dot_i8(load_at(&xs[k], 2), load32(&ys[k].qs));
+            }
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
+            _mm256_mul_ps(d, isum)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{random_blocks, Rng};
+    use super::super::{GgmlType, QTensor, QuantizedActivation};
+    use super::*;
+
+    /// Every table equals the scalar one bit for bit: every format, block
+    /// counts around the groups of eight, weights and activations random.
+    #[test]
+    fn every_kernel_equals_the_scalar_one_bit_for_bit() {
+        let mut rng = Rng(0x5eed_51d0);
+        let tables = available();
+        println!(
+            "kernels here: {:?}",
+            tables.iter().map(|k| k.name).collect::<Vec<_>>()
+        );
+        let formats = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ];
+        for ty in formats {
+            for blocks in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 24, 33] {
+                let cols = blocks * ty.block_size();
+                let rows = 3;
+                let w = random_blocks(&mut rng, ty, rows * blocks, 0.05);
+                let w = QTensor::new(ty, rows, cols, &w).expect("weights");
+                let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+                let act_ty = ty.vec_dot_type().expect("pairs");
+                let act = QuantizedActivation::quantize(act_ty, &x).expect("activation");
+                let mut want = vec![0f32; rows];
+                scalar::matvec(&w, &act, &mut want).expect("scalar");
+                for k in &tables {
+                    let mut got = vec![0f32; rows];
+                    super::super::matvec_with(k, &w, &act, &mut got).expect("simd");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{} {ty:?} {blocks} blocks", k.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_best_table_is_one_this_cpu_runs() {
+        assert!(available().iter().any(|k| std::ptr::eq(*k, best())));
+    }
+}
