@@ -18,13 +18,17 @@ cargo run -q -p tabnode-node --example verify_bench -- "${VERIFY_REPS:-8}"
 echo "== WGSL kernels in Chromium (e2e/bench/kernels.mjs)"
 node e2e/bench/kernels.mjs "${BROWSER_SIZES:-128,256,512}" 3
 echo "== engine: native vs llama.cpp on the same GGUF (scripts/bench/engine.py)"
-cargo build -q -p tabnode-infer --example engine_bench
+cargo build -q --workspace --all-targets
 if [ -x "$TABNODE_CACHE/venv-ref/bin/python" ]; then
   "$TABNODE_CACHE/venv-ref/bin/python" scripts/bench/engine.py "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
 else
   echo "(no llama.cpp reference venv: see scripts/fixtures/llama_reference.py; tabnode alone:)"
   "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
 fi
+echo "== engine: quantized CPU (the file's blocks, integer kernels) vs f32 burn, same run"
+for w in f32 quant f32 quant; do
+  TABNODE_WEIGHTS=$w "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
+done
 echo "== engine: Chromium (WebGPU) vs native (e2e/bench/model.mjs)"
 node e2e/bench/model.mjs "${BROWSER_TOKENS:-8}"
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
