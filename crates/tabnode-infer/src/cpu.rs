@@ -185,46 +185,13 @@ impl CpuModel {
     /// A fresh decoding session (empty KV cache).
     pub fn session(&self) -> CpuSession<'_> {
         let c = &self.config;
-        let hd = c.dim / c.heads.max(1);
         CpuSession {
             model: self,
             k: vec![Vec::new(); c.layers],
             v: vec![Vec::new(); c.layers],
             pos: 0,
-            s: Scratch {
-                x: vec![0.0; c.dim],
-                h: vec![0.0; c.dim],
-                q: vec![0.0; c.dim],
-                k: vec![0.0; c.kv_heads * hd],
-                v: vec![0.0; c.kv_heads * hd],
-                att: vec![0.0; c.dim],
-                o: vec![0.0; c.dim],
-                g: vec![0.0; c.hidden],
-                u: vec![0.0; c.hidden],
-                scores: Vec::new(),
-                cos: vec![0.0; hd / 2],
-                sin: vec![0.0; hd / 2],
-                act: QuantizedActivation::default(),
-            },
         }
     }
-}
-
-/// Vectors a step writes, allocated once per session.
-struct Scratch {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    scores: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    act: QuantizedActivation,
 }
 
 /// A decoding session: the KV cache of one sequence.
@@ -233,7 +200,6 @@ pub struct CpuSession<'m> {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     pos: usize,
-    s: Scratch,
 }
 
 impl std::fmt::Debug for CpuSession<'_> {
@@ -255,6 +221,42 @@ fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// The activations of a batch of tokens, quantized once per type and
+/// reused by every matrix that pairs with that type (q/k/v, gate/up).
+struct Acts {
+    ty: Option<GgmlType>,
+    rows: Vec<QuantizedActivation>,
+}
+
+impl Acts {
+    fn new(tokens: usize) -> Self {
+        Self {
+            ty: None,
+            rows: vec![QuantizedActivation::default(); tokens],
+        }
+    }
+
+    /// `out = W·x` for each token's row of `x` (token-major), quantizing
+    /// `x` unless it is already held in the type `W` pairs with (`fresh`:
+    /// `x` changed since).
+    fn matmul(
+        &mut self,
+        model: &CpuModel,
+        w: &Weight,
+        x: &[f32],
+        fresh: bool,
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        if fresh || self.ty != Some(w.act) {
+            for (act, row) in self.rows.iter_mut().zip(x.chunks_exact(w.cols)) {
+                act.quantize_into(w.act, row)?;
+            }
+            self.ty = Some(w.act);
+        }
+        quant::matmul(&model.view(w)?, &self.rows, out)
+    }
+}
+
 impl CpuSession<'_> {
     /// Longest sequence this session can hold (the model's context).
     pub fn context(&self) -> usize {
@@ -266,23 +268,6 @@ impl CpuSession<'_> {
         self.pos
     }
 
-    /// `out = W·x`; `x` is quantized into `act` unless `act` already
-    /// holds it in the type `W` pairs with (`fresh` false: q/k/v share one
-    /// quantization of the normed input, and so do gate/up).
-    fn matvec(
-        model: &CpuModel,
-        w: &Weight,
-        x: &[f32],
-        fresh: bool,
-        act: &mut QuantizedActivation,
-        out: &mut [f32],
-    ) -> Result<(), QuantError> {
-        if fresh || act.ty() != w.act || act.len() != x.len() {
-            act.quantize_into(w.act, x)?;
-        }
-        quant::matvec(&model.view(w)?, act, out)
-    }
-
     /// Feeds one token and returns the logits for the next one (a token
     /// outside the vocabulary is clamped, as in the reference).
     ///
@@ -290,76 +275,125 @@ impl CpuSession<'_> {
     /// [`GenerateError::Device`] if a weight's blocks do not fit its shape
     /// (not for a model loaded by [`CpuModel::from_bytes`]).
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>, GenerateError> {
-        self.forward(token)
+        self.prefill(&[token])
+    }
+
+    /// Feeds `tokens` (a prompt) in one pass, each weight row read once
+    /// for all of them, and returns the logits after the last; the same
+    /// bits as feeding them one by one.
+    ///
+    /// # Errors
+    /// As [`CpuSession::step`].
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        self.forward(tokens)
             .map_err(|e| GenerateError::Device(format!("quantized CPU model: {e}")))
     }
 
-    fn forward(&mut self, token: u32) -> Result<Vec<f32>, QuantError> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, QuantError> {
         let m = self.model;
         let c = &m.config;
-        let hd = c.dim / c.heads.max(1);
+        let t = tokens.len();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let (dim, hidden) = (c.dim, c.hidden);
+        let hd = dim / c.heads.max(1);
         let kv_dim = c.kv_heads * hd;
         let group = (c.heads / c.kv_heads.max(1)).max(1);
-        let s = &mut self.s;
-        let t = (token as usize).min(c.vocab.saturating_sub(1));
-        m.view(&m.embed)?.dequantize_row(t, &mut s.x)?;
-        for (i, &f) in m.inv_freq.iter().enumerate() {
-            let (sn, cs) = (self.pos as f32 * f).sin_cos();
-            s.sin[i] = sn;
-            s.cos[i] = cs;
+        let mut x = vec![0f32; t * dim];
+        let embed = m.view(&m.embed)?;
+        for (row, &token) in x.chunks_exact_mut(dim).zip(tokens) {
+            let id = (token as usize).min(c.vocab.saturating_sub(1));
+            embed.dequantize_row(id, row)?;
         }
+        // Rotation angles per token, shared by every layer and head.
+        let half = m.inv_freq.len();
+        let (mut cos, mut sin) = (vec![0f32; t * half], vec![0f32; t * half]);
+        for i in 0..t {
+            let pos = (self.pos + i) as f32;
+            for (j, &f) in m.inv_freq.iter().enumerate() {
+                (sin[i * half + j], cos[i * half + j]) = (pos * f).sin_cos();
+            }
+        }
+        let mut h = vec![0f32; t * dim];
+        let mut q = vec![0f32; t * dim];
+        let mut k = vec![0f32; t * kv_dim];
+        let mut v = vec![0f32; t * kv_dim];
+        let mut att = vec![0f32; t * dim];
+        let mut o = vec![0f32; t * dim];
+        let mut g = vec![0f32; t * hidden];
+        let mut u = vec![0f32; t * hidden];
+        let mut scores = Vec::new();
+        let mut acts = Acts::new(t);
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in m.layers.iter().enumerate() {
-            rmsnorm(&s.x, &layer.attn_norm, c.eps, &mut s.h);
-            Self::matvec(m, &layer.wq, &s.h, true, &mut s.act, &mut s.q)?;
-            Self::matvec(m, &layer.wk, &s.h, false, &mut s.act, &mut s.k)?;
-            Self::matvec(m, &layer.wv, &s.h, false, &mut s.act, &mut s.v)?;
-            rope(&mut s.q, hd, &s.cos, &s.sin);
-            rope(&mut s.k, hd, &s.cos, &s.sin);
-            self.k[l].extend_from_slice(&s.k);
-            self.v[l].extend_from_slice(&s.v);
-            let n = self.pos + 1;
+            for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
+                rmsnorm(x, &layer.attn_norm, c.eps, h);
+            }
+            acts.matmul(m, &layer.wq, &h, true, &mut q)?;
+            acts.matmul(m, &layer.wk, &h, false, &mut k)?;
+            acts.matmul(m, &layer.wv, &h, false, &mut v)?;
+            for i in 0..t {
+                let (cs, sn) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
+                rope(&mut q[i * dim..(i + 1) * dim], hd, cs, sn);
+                rope(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, cs, sn);
+            }
+            self.k[l].extend_from_slice(&k);
+            self.v[l].extend_from_slice(&v);
             let (keys, values) = (&self.k[l], &self.v[l]);
-            for head in 0..c.heads {
-                let kvh = head / group;
-                let qh = &s.q[head * hd..(head + 1) * hd];
-                s.scores.clear();
-                s.scores.extend((0..n).map(|p| {
-                    let at = p * kv_dim + kvh * hd;
-                    dot(qh, &keys[at..at + hd]) * scale
-                }));
-                let max = s.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for v in &mut s.scores {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                let out = &mut s.att[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (p, w) in s.scores.iter().enumerate() {
-                    let at = p * kv_dim + kvh * hd;
-                    let w = w / sum;
-                    for (a, &vv) in out.iter_mut().zip(&values[at..at + hd]) {
-                        *a += w * vv;
+            for i in 0..t {
+                // Causal: token i sees the cache up to its own position.
+                let n = self.pos + i + 1;
+                for head in 0..c.heads {
+                    let kvh = head / group;
+                    let qh = &q[i * dim + head * hd..i * dim + (head + 1) * hd];
+                    scores.clear();
+                    scores.extend((0..n).map(|p| {
+                        let at = p * kv_dim + kvh * hd;
+                        dot(qh, &keys[at..at + hd]) * scale
+                    }));
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in &mut scores {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let out = &mut att[i * dim + head * hd..i * dim + (head + 1) * hd];
+                    out.fill(0.0);
+                    for (p, w) in scores.iter().enumerate() {
+                        let at = p * kv_dim + kvh * hd;
+                        let w = w / sum;
+                        for (a, &vv) in out.iter_mut().zip(&values[at..at + hd]) {
+                            *a += w * vv;
+                        }
                     }
                 }
             }
-            Self::matvec(m, &layer.wo, &s.att, true, &mut s.act, &mut s.o)?;
-            s.x.iter_mut().zip(&s.o).for_each(|(a, b)| *a += b);
-            rmsnorm(&s.x, &layer.ffn_norm, c.eps, &mut s.h);
-            Self::matvec(m, &layer.gate, &s.h, true, &mut s.act, &mut s.g)?;
-            Self::matvec(m, &layer.up, &s.h, false, &mut s.act, &mut s.u)?;
-            for (gi, ui) in s.g.iter_mut().zip(&s.u) {
+            acts.matmul(m, &layer.wo, &att, true, &mut o)?;
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
+                rmsnorm(x, &layer.ffn_norm, c.eps, h);
+            }
+            acts.matmul(m, &layer.gate, &h, true, &mut g)?;
+            acts.matmul(m, &layer.up, &h, false, &mut u)?;
+            for (gi, ui) in g.iter_mut().zip(&u) {
                 *gi = *gi / (1.0 + (-*gi).exp()) * ui;
             }
-            Self::matvec(m, &layer.down, &s.g, true, &mut s.act, &mut s.o)?;
-            s.x.iter_mut().zip(&s.o).for_each(|(a, b)| *a += b);
+            acts.matmul(m, &layer.down, &g, true, &mut o)?;
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
-        rmsnorm(&s.x, &m.norm, c.eps, &mut s.h);
+        // Logits for the last token only.
+        let last = &x[(t - 1) * dim..];
+        let mut normed = vec![0f32; dim];
+        rmsnorm(last, &m.norm, c.eps, &mut normed);
         let mut logits = vec![0f32; c.vocab];
         let head = m.output.as_ref().unwrap_or(&m.embed);
-        Self::matvec(m, head, &s.h, true, &mut s.act, &mut logits)?;
-        self.pos += 1;
+        let mut last_act = Acts::new(1);
+        last_act.matmul(m, head, &normed, true, &mut logits)?;
+        self.pos += t;
         Ok(logits)
     }
 }
@@ -371,5 +405,9 @@ impl Decoder for CpuSession<'_> {
 
     fn step(&mut self, token: u32) -> Result<Vec<f32>, GenerateError> {
         CpuSession::step(self, token)
+    }
+
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        CpuSession::prefill(self, tokens)
     }
 }

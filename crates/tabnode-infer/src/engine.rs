@@ -7,7 +7,7 @@ use tabnode_core::infer::{FinishReason, GenerateRequest, GenerateResult, ModelCa
 use web_time::Instant;
 
 use crate::cpu::CpuModel;
-use crate::generate::{Decoder, Finish, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling};
 use crate::gguf::{Gguf, GgufError};
 use crate::info::ModelInfo;
 use crate::model::{LlamaModel, WeightFormat};

@@ -7,7 +7,6 @@ mod common;
 use common::{ids, model_bytes};
 use serde_json::Value as Json;
 use tabnode_infer::cpu::CpuModel;
-use tabnode_infer::generate::Decoder;
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::reference::{argmax, ReferenceModel};
 
@@ -166,4 +165,29 @@ fn a_file_with_a_missing_tensor_is_refused_with_its_name() {
     let err = CpuModel::from_bytes(cut).expect_err("truncated file refused");
     let msg = err.to_string();
     assert!(msg.contains("truncated") || msg.contains("tensor"), "{msg}");
+}
+
+#[test]
+fn prefill_in_one_pass_equals_token_by_token_bit_for_bit() {
+    let model = CpuModel::from_bytes(model_bytes()).expect("cpu model");
+    let prompt = ids(&fixture()["teacher_forced"][3]["ids"]);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let mut one = model.session();
+    let mut last = Vec::new();
+    for &id in &prompt {
+        last = one.step(id).expect("step");
+    }
+    // Two batches: the second starts mid-sequence (positions, causal mask).
+    let mut batch = model.session();
+    let split = prompt.len() / 3;
+    batch.prefill(&prompt[..split]).expect("prefill");
+    let got = batch.prefill(&prompt[split..]).expect("prefill");
+    assert_eq!(batch.position(), prompt.len());
+    assert_eq!(bits(got), bits(last), "batched prefill differs");
+    assert_eq!(
+        bits(batch.step(42).expect("step")),
+        bits(one.step(42).expect("step")),
+        "the caches differ"
+    );
+    assert!(batch.prefill(&[]).expect("empty").is_empty());
 }

@@ -642,38 +642,93 @@ pub fn matvec_with(
     x: &QuantizedActivation,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
+    matmul_with(k, w, std::slice::from_ref(x), out)
+}
+
+/// [`matvec`] for several activation vectors at once (a prompt's tokens):
+/// `out[t·rows + r] = w[r] · xs[t]`, each weight row read once for all of
+/// them. Every product is the one [`matvec`] computes, bit for bit.
+///
+/// # Errors
+/// As [`matvec`], for every `xs[t]`; [`QuantError::OutputLength`] when
+/// `out` is not `rows × xs.len()` long.
+pub fn matmul(
+    w: &QTensor<'_>,
+    xs: &[QuantizedActivation],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    matmul_with(simd::best(), w, xs, out)
+}
+
+/// [`matmul`] with the kernels `k`.
+///
+/// # Errors
+/// As [`matmul`].
+pub fn matmul_with(
+    k: &Kernels,
+    w: &QTensor<'_>,
+    xs: &[QuantizedActivation],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
     let weight = w.ty();
     let expected = weight.vec_dot_type().ok_or(QuantError::NoVecDot(weight))?;
-    let wrong_type = QuantError::ActivationType {
-        weight,
-        expected,
-        actual: x.ty(),
-    };
-    if x.ty() != expected {
-        return Err(wrong_type);
+    for x in xs {
+        if x.ty() != expected {
+            return Err(QuantError::ActivationType {
+                weight,
+                expected,
+                actual: x.ty(),
+            });
+        }
+        if x.len() != w.cols() {
+            return Err(QuantError::ActivationLength {
+                expected: w.cols(),
+                actual: x.len(),
+            });
+        }
     }
-    if x.len() != w.cols() {
-        return Err(QuantError::ActivationLength {
-            expected: w.cols(),
-            actual: x.len(),
-        });
-    }
-    if out.len() != w.rows() {
+    if out.len() != w.rows() * xs.len() {
         return Err(QuantError::OutputLength {
-            expected: w.rows(),
+            expected: w.rows() * xs.len(),
             actual: out.len(),
         });
     }
     use QuantizedActivation as A;
-    match (weight, x) {
-        (GgmlType::Q4_0, A::Q8_0(y)) => rows(w, y, out, k.q4_0),
-        (GgmlType::Q4_1, A::Q8_1(y)) => rows(w, y, out, k.q4_1),
-        (GgmlType::Q5_0, A::Q8_0(y)) => rows(w, y, out, k.q5_0),
-        (GgmlType::Q8_0, A::Q8_0(y)) => rows(w, y, out, k.q8_0),
-        (GgmlType::Q4_K, A::Q8_K(y)) => rows(w, y, out, k.q4_k),
-        (GgmlType::Q5_K, A::Q8_K(y)) => rows(w, y, out, k.q5_k),
-        (GgmlType::Q6_K, A::Q8_K(y)) => rows(w, y, out, k.q6_k),
-        _ => return Err(wrong_type),
+    let q8_0 = || -> Vec<&[BlockQ8_0]> {
+        xs.iter()
+            .filter_map(|x| match x {
+                A::Q8_0(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let q8_1 = || -> Vec<&[BlockQ8_1]> {
+        xs.iter()
+            .filter_map(|x| match x {
+                A::Q8_1(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let q8_k = || -> Vec<&[BlockQ8K]> {
+        xs.iter()
+            .filter_map(|x| match x {
+                A::Q8_K(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    // The types were checked above, so every vector is of the variant
+    // matched here.
+    match weight {
+        GgmlType::Q4_0 => rows(w, &q8_0(), out, k.q4_0),
+        GgmlType::Q4_1 => rows(w, &q8_1(), out, k.q4_1),
+        GgmlType::Q5_0 => rows(w, &q8_0(), out, k.q5_0),
+        GgmlType::Q8_0 => rows(w, &q8_0(), out, k.q8_0),
+        GgmlType::Q4_K => rows(w, &q8_k(), out, k.q4_k),
+        GgmlType::Q5_K => rows(w, &q8_k(), out, k.q5_k),
+        GgmlType::Q6_K => rows(w, &q8_k(), out, k.q6_k),
+        _ => return Err(QuantError::NoVecDot(weight)),
     }
     Ok(())
 }
@@ -683,34 +738,61 @@ pub fn matvec_with(
 #[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_BYTES: usize = 64 << 10;
 
-/// Runs `dot` over the rows of `w` (shapes checked by [`matvec_with`]).
+/// Runs `dot` over the rows of `w` for each of `ys` into `out` (token-major;
+/// shapes checked by [`matmul_with`]).
 fn rows<const B: usize, Y: Sync>(
     w: &QTensor<'_>,
-    y: &[Y],
+    ys: &[&[Y]],
     out: &mut [f32],
     dot: fn(&[[u8; B]], &[Y]) -> f32,
 ) {
     let row_bytes = w.row_bytes();
-    if row_bytes == 0 {
+    let t = ys.len();
+    if row_bytes == 0 || t == 0 {
         out.fill(0.0);
         return;
     }
+    // Row-major, tokens inner: a row is read once for all the tokens.
     let run = |data: &[u8], out: &mut [f32]| {
-        for (row, o) in data.chunks_exact(row_bytes).zip(out) {
-            *o = dot(row.as_chunks::<B>().0, y);
+        for (row, o) in data.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let row = row.as_chunks::<B>().0;
+            for (o, y) in o.iter_mut().zip(ys) {
+                *o = dot(row, y);
+            }
         }
     };
+    let mut by_row = if t == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; out.len()]
+    };
+    let target: &mut [f32] = if t == 1 { &mut *out } else { &mut by_row };
     #[cfg(not(target_arch = "wasm32"))]
-    if w.data().len() >= PARALLEL_BYTES {
-        use rayon::prelude::*;
-        // Chunks of rows, a few per thread so uneven cores even out.
-        let per = out.len().div_ceil(rayon::current_num_threads() * 4).max(1);
-        out.par_chunks_mut(per)
-            .zip(w.data().par_chunks(per * row_bytes))
-            .for_each(|(out, data)| run(data, out));
-        return;
+    let parallel = w.data().len() >= PARALLEL_BYTES;
+    #[cfg(target_arch = "wasm32")]
+    let parallel = false;
+    if parallel {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            // Chunks of rows, a few per thread so uneven cores even out.
+            let per = w.rows().div_ceil(rayon::current_num_threads() * 4).max(1);
+            target
+                .par_chunks_mut(per * t)
+                .zip(w.data().par_chunks(per * row_bytes))
+                .for_each(|(out, data)| run(data, out));
+        }
+    } else {
+        run(w.data(), target);
     }
-    run(w.data(), out);
+    if t > 1 {
+        let rows = w.rows();
+        for (r, values) in by_row.chunks_exact(t).enumerate() {
+            for (tok, v) in values.iter().enumerate() {
+                out[tok * rows + r] = *v;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

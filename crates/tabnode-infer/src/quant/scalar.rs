@@ -160,7 +160,7 @@ pub fn vec_dot_q4_0_q8_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
 
 /// One block's term of [`vec_dot_q4_0_q8_0`].
 #[inline]
-pub(crate) fn term_q4_0(x: &[u8; Q4_0_BYTES], y: &BlockQ8_0) -> f32 {
+fn term_q4_0(x: &[u8; Q4_0_BYTES], y: &BlockQ8_0) -> f32 {
     let d = f16_at(x, 0) * f16_to_f32(y.d);
     d * isum_q4_0(x, &y.qs) as f32
 }
@@ -172,7 +172,7 @@ pub fn vec_dot_q4_1_q8_1(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
 
 /// One block's term of [`vec_dot_q4_1_q8_1`].
 #[inline]
-pub(crate) fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1) -> f32 {
+fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1) -> f32 {
     let d = f16_at(x, 0) * f16_to_f32(y.d);
     d * isum_q4_1(x, &y.qs) as f32 + f16_at(x, 2) * f16_to_f32(y.s)
 }
@@ -192,7 +192,7 @@ pub fn vec_dot_q8_0_q8_0(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
 
 /// One block's term of [`vec_dot_q8_0_q8_0`].
 #[inline]
-pub(crate) fn term_q8_0(x: &[u8; Q8_0_BYTES], y: &BlockQ8_0) -> f32 {
+fn term_q8_0(x: &[u8; Q8_0_BYTES], y: &BlockQ8_0) -> f32 {
     let d = f16_at(x, 0) * f16_to_f32(y.d);
     d * isum_q8_0(x, &y.qs) as f32
 }

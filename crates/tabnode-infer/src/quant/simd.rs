@@ -495,6 +495,42 @@ mod tests {
         }
     }
 
+    /// A batch of activations gives, per token, the bits `matvec` gives;
+    /// large enough to be split over threads, odd in rows and tokens.
+    #[test]
+    fn matmul_equals_matvec_per_token_bit_for_bit() {
+        let mut rng = Rng(0x0ba7_c4ed);
+        for (ty, rows, blocks) in [(GgmlType::Q4_1, 1031, 18), (GgmlType::Q6_K, 37, 3)] {
+            let cols = blocks * ty.block_size();
+            let w = random_blocks(&mut rng, ty, rows * blocks, 0.05);
+            let w = QTensor::new(ty, rows, cols, &w).expect("weights");
+            let act_ty = ty.vec_dot_type().expect("pairs");
+            let xs: Vec<QuantizedActivation> = (0..5)
+                .map(|_| {
+                    let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+                    QuantizedActivation::quantize(act_ty, &x).expect("activation")
+                })
+                .collect();
+            let mut all = vec![0f32; rows * xs.len()];
+            super::super::matmul(&w, &xs, &mut all).expect("matmul");
+            for (t, x) in xs.iter().enumerate() {
+                let mut one = vec![0f32; rows];
+                super::super::matvec(&w, x, &mut one).expect("matvec");
+                let got: Vec<u32> = all[t * rows..(t + 1) * rows]
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect();
+                let want: Vec<u32> = one.iter().map(|f| f.to_bits()).collect();
+                assert_eq!(got, want, "{ty:?} token {t}");
+            }
+            let mut short = vec![0f32; rows * xs.len() - 1];
+            assert!(matches!(
+                super::super::matmul(&w, &xs, &mut short),
+                Err(super::super::QuantError::OutputLength { .. })
+            ));
+        }
+    }
+
     #[test]
     fn the_best_table_is_one_this_cpu_runs() {
         assert!(available().iter().any(|k| std::ptr::eq(*k, best())));
