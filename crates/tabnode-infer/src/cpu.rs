@@ -5,18 +5,20 @@
 //! quantizes each activation vector once (Q8 blocks, the type the weight's
 //! format pairs with) and runs integer dot products against the weight
 //! blocks ([`crate::quant`]), as llama.cpp does. Norms, RoPE, attention over
-//! the KV cache and SiLU·mul run in f32 on scratch buffers reused across
-//! steps. Memory is the file plus the KV cache and a few vectors.
+//! the KV cache (the reference's own `attend`) and SiLU·mul run in f32.
+//! One forward takes a batch of tokens: a prompt reads each weight row once,
+//! a decode step is a batch of one. Memory is the file plus the KV cache
+//! and a few vectors per forward.
 //!
-//! This is the portable, single-threaded path: the kernels are the scalar
-//! reference ones, so the tab (wasm32) and native nodes compute the same
-//! logits bit for bit. SIMD kernels and threads plug in below
-//! [`crate::quant::matvec`] without changing this module.
+//! The kernels below [`crate::quant::matmul`] are chosen at run time (AVX2
+//! natively, scalar elsewhere) and give the same bits everywhere, so the tab
+//! (wasm32) and native nodes compute the same logits; natively the rows of
+//! a matrix are split over the cores.
 
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::quant::{self, GgmlType, QTensor, QuantError, QuantizedActivation};
-use crate::reference::{dot, rmsnorm, Config};
+use crate::reference::{attend, rmsnorm, Config, KvHead};
 
 /// Where a weight matrix lives in the model's bytes.
 #[derive(Debug, Clone)]
@@ -348,28 +350,15 @@ impl CpuSession<'_> {
                 // Causal: token i sees the cache up to its own position.
                 let n = self.pos + i + 1;
                 for head in 0..c.heads {
-                    let kvh = head / group;
-                    let qh = &q[i * dim + head * hd..i * dim + (head + 1) * hd];
-                    scores.clear();
-                    scores.extend((0..n).map(|p| {
-                        let at = p * kv_dim + kvh * hd;
-                        dot(qh, &keys[at..at + hd]) * scale
-                    }));
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for s in &mut scores {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let out = &mut att[i * dim + head * hd..i * dim + (head + 1) * hd];
-                    out.fill(0.0);
-                    for (p, w) in scores.iter().enumerate() {
-                        let at = p * kv_dim + kvh * hd;
-                        let w = w / sum;
-                        for (a, &vv) in out.iter_mut().zip(&values[at..at + hd]) {
-                            *a += w * vv;
-                        }
-                    }
+                    let q0 = i * dim + head * hd;
+                    let cache = KvHead {
+                        keys,
+                        values,
+                        stride: kv_dim,
+                        at: (head / group) * hd,
+                    };
+                    let out = &mut att[q0..q0 + hd];
+                    attend(&q[q0..q0 + hd], &cache, n, scale, &mut scores, out);
                 }
             }
             acts.matmul(m, &layer.wo, &att, true, &mut o)?;

@@ -148,6 +148,44 @@ fn rope(v: &mut [f32], head_dim: usize, pos: usize, base: f32) {
     }
 }
 
+/// One key/value head in a layer's cache: position `p`'s vector starts at
+/// `p·stride + at` in `keys` and `values`.
+pub(crate) struct KvHead<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub at: usize,
+}
+
+/// Causal attention of one query head `q` over the first `n` positions of
+/// `cache`: softmax of the scaled scores, then the weighted sum of values
+/// into `out` (`scores` is scratch).
+pub(crate) fn attend(
+    q: &[f32],
+    cache: &KvHead<'_>,
+    n: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let at = |p: usize| p * cache.stride + cache.at;
+    scores.clear();
+    scores.extend((0..n).map(|p| dot(q, &cache.keys[at(p)..at(p) + hd]) * scale));
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (p, s) in scores.iter().enumerate() {
+        for (a, &vv) in out.iter_mut().zip(&cache.values[at(p)..at(p) + hd]) {
+            *a += s / sum * vv;
+        }
+    }
+}
+
 impl ReferenceModel {
     /// Dequantizes every weight.
     ///
@@ -237,29 +275,19 @@ impl Session<'_> {
             self.k[l].extend_from_slice(&k);
             self.v[l].extend_from_slice(&v);
             let n = self.pos + 1;
+            let mut scores = Vec::new();
             for head in 0..c.heads {
-                let kvh = head / group;
-                let qh = &q[head * hd..(head + 1) * hd];
-                let mut scores: Vec<f32> = (0..n)
-                    .map(|p| {
-                        let kp = &self.k[l][p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        dot(qh, kp) * scale
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let out = &mut att[head * hd..(head + 1) * hd];
-                out.iter_mut().for_each(|a| *a = 0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    let vp = &self.v[l][p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                    for (a, &vv) in out.iter_mut().zip(vp) {
-                        *a += s / sum * vv;
-                    }
-                }
+                let (qh, out) = (
+                    &q[head * hd..(head + 1) * hd],
+                    &mut att[head * hd..(head + 1) * hd],
+                );
+                let cache = KvHead {
+                    keys: &self.k[l],
+                    values: &self.v[l],
+                    stride: kv_dim,
+                    at: (head / group) * hd,
+                };
+                attend(qh, &cache, n, scale, &mut scores, out);
             }
             matvec(&layer.wo, &att, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
