@@ -195,7 +195,7 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false } = {}) {
+export async function openTab(browser, url, context, { model = false, backend = null } = {}) {
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -205,9 +205,9 @@ export async function openTab(browser, url, context, { model = false } = {}) {
   });
   page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}${process.env.TABNODE_E2E_VERBOSE ? `\n${e.stack}` : ''}`));
   const query = new URLSearchParams();
-  // A tab loads the model only when the test asks: it is 650 MB of f32
-  // weights on SwiftShader.
+  // A tab loads the model only when the test asks.
   if (!model) query.set('model', 'off');
+  if (backend) query.set('backend', backend);
   if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);
   await page.goto(`${url}/?${query}`);
   await waitForReachable(page);

@@ -1,7 +1,8 @@
 // The model in a real tab: download with progress into the browser's cache,
-// load onto WebGPU (SwiftShader here), greedy tokens equal to the native
-// engine's, cancellation and bad requests, and a reload that loads from the
-// cache without downloading.
+// the backend choice (the CPU kernels in wasm SIMD128, since WebGPU here is
+// SwiftShader, a software adapter), greedy tokens equal to the native
+// engine's bit for bit, cancellation and bad requests, a reload that loads
+// from the cache without downloading, and WebGPU when asked for.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -14,8 +15,8 @@ import {
 const MODEL = join(MODELS_DIR, MODEL_FILE);
 const PROMPT = 'The three primary colors are';
 const TOKENS = 8;
-// SwiftShader runs the f32 model on the CPU: loading and each token take
-// seconds, not milliseconds.
+// Forced onto WebGPU, SwiftShader runs the f32 model on the CPU: loading
+// and each token take seconds.
 const LOAD_TIMEOUT = 10 * 60_000;
 
 let relay;
@@ -69,12 +70,21 @@ after(async () => {
   await relay?.kill();
 });
 
-test('the worker downloads the model with progress, caches it and loads it on WebGPU', async () => {
+test('the worker downloads the model with progress, caches it and runs it on the CPU kernels', async () => {
   const ready = await waitForModel(page);
   const size = statSync(MODEL).size;
   assert.equal(ready.from_cache, false);
   assert.equal(ready.downloaded_bytes, size);
-  assert.equal(ready.device, 'webgpu');
+  // SwiftShader is a software adapter: the worker keeps the CPU engine,
+  // with the SIMD128 kernels (checked against the scalar ones on load).
+  const engine = ready.engine;
+  console.log(`tab engine: ${JSON.stringify(engine)}`);
+  assert.equal(engine.backend, 'cpu');
+  assert.equal(engine.device, 'cpu-quantized-simd128');
+  assert.match(engine.reason, /software/);
+  assert.equal(engine.timings.length, 1);
+  assert.equal(engine.timings[0].backend, 'cpu');
+  assert.ok(engine.timings[0].ms_per_token > 0 && engine.timings[0].ms_per_token < 5000, String(engine.timings[0].ms_per_token));
   assert.equal(ready.model.file_bytes, size);
   assert.equal(ready.model.architecture, 'llama');
   assert.equal(ready.model.quantization, 'Q4_1');
@@ -88,26 +98,34 @@ test('the worker downloads the model with progress, caches it and loads it on We
   for (let i = 1; i < downloads.length; i++) assert.ok(downloads[i].done >= downloads[i - 1].done);
   assert.equal(downloads.at(-1).done, size);
   assert.ok(progress.some((e) => e.phase === 'load' && e.done === e.total), 'load progress reaches the end');
-  // The node advertises the model to the network.
+  // The node advertises the model, and where it runs it, to the network.
   const name = ready.model.name;
+  const peerId = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the relay to list the model', async () => {
     const net = await relay.network();
-    const peerId = await page.evaluate(() => window.tabnode.peerId);
     return net.nodes.find((n) => n.peer_id === peerId)?.capabilities?.models?.includes(name);
   });
+  const net = await relay.network();
+  assert.deepEqual(net.nodes.find((n) => n.peer_id === peerId).capabilities.engine, engine);
 });
 
-test(`greedy tokens on WebGPU equal the native engine's (${TOKENS} tokens)`, async () => {
-  const native = JSON.parse(execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', MODEL, '--prompt', PROMPT, '--max-tokens', String(TOKENS), '--json',
+/** The native engine's greedy answer on `device` (cpu: the quantized one). */
+function nativeGenerate(device, tokens) {
+  return JSON.parse(execFileSync(join(BIN, 'tabnode-node'), [
+    'generate', '--model', MODEL, '--prompt', PROMPT, '--max-tokens', String(tokens), '--json', '--device', device,
   ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+}
+
+test(`greedy tokens on the tab's CPU kernels equal the native ones bit for bit (${TOKENS} tokens)`, async () => {
+  const native = nativeGenerate('cpu', TOKENS);
   assert.equal(native.tokens.length, TOKENS);
+  assert.match(native.device, /^cpu-quantized-/);
   const web = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: TOKENS });
   assert.ok(!web.error, web.error);
-  console.log(`webgpu: prefill ${web.result.prompt_tokens} tokens ${web.result.prefill_ms.toFixed(0)} ms, ` +
+  console.log(`tab ${web.result.device}: prefill ${web.result.prompt_tokens} tokens ${web.result.prefill_ms.toFixed(0)} ms, ` +
     `decode ${((TOKENS - 1) / (web.result.decode_ms / 1000)).toFixed(2)} tokens/s; ` +
-    `native flex: ${((TOKENS - 1) / (native.decode_ms / 1000)).toFixed(1)} tokens/s`);
-  assert.equal(web.result.device, 'webgpu');
+    `native ${native.device}: ${((TOKENS - 1) / (native.decode_ms / 1000)).toFixed(1)} tokens/s`);
+  assert.equal(web.result.device, 'cpu-quantized-simd128');
   assert.equal(web.result.prompt_tokens, native.prompt_tokens);
   assert.deepEqual(web.result.tokens, native.tokens, `webgpu ${JSON.stringify(web.result.text)} vs native ${JSON.stringify(native.text)}`);
   assert.equal(web.result.text, native.text);
@@ -145,4 +163,35 @@ test('a reload loads the model from the browser cache without downloading', asyn
   const progress = await page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'model_progress'));
   assert.ok(!progress.some((e) => e.phase === 'download'), 'no download phase');
   assert.ok(progress.some((e) => e.phase === 'cache'), 'read from the cache');
+});
+
+test('a backend other than cpu or webgpu is refused with a clear error', async () => {
+  const message = await page.evaluate(() => window.tabnode.node.loadModel('/models/none.gguf', 'tpu').then(() => null, (e) => e.message));
+  assert.match(message ?? '', /unknown backend "tpu": expected cpu or webgpu/);
+  // The loaded model is untouched.
+  const after = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: 1 });
+  assert.ok(!after.error, after.error);
+  assert.equal(after.result.device, 'cpu-quantized-simd128');
+});
+
+test('?backend=webgpu runs the model on WebGPU, with the f32 reference engine\'s tokens', async () => {
+  const few = 2;
+  const { page: gpuPage } = await openTab(browser, relay.url, context, { model: true, backend: 'webgpu' });
+  try {
+    const ready = await waitForModel(gpuPage);
+    console.log(`webgpu engine: ${JSON.stringify(ready.engine)}`);
+    assert.equal(ready.from_cache, true);
+    assert.equal(ready.engine.backend, 'webgpu');
+    assert.equal(ready.engine.device, 'webgpu');
+    assert.match(ready.engine.reason, /asked for \(backend=webgpu\)/);
+    assert.equal(ready.engine.timings[0].backend, 'webgpu');
+    const web = await generateInTab(gpuPage, { prompt: { text: PROMPT }, max_tokens: few });
+    assert.ok(!web.error, web.error);
+    assert.equal(web.result.device, 'webgpu');
+    // burn's f32 model natively (flex): the engine WebGPU matches.
+    const flex = nativeGenerate('flex', few);
+    assert.deepEqual(web.result.tokens, flex.tokens, `webgpu ${JSON.stringify(web.result.text)} vs flex ${JSON.stringify(flex.text)}`);
+  } finally {
+    await gpuPage.close();
+  }
 });

@@ -120,7 +120,7 @@ function onEvent(ev) {
     case 'model_progress': {
       Object.assign(state.model, { status: 'loading', phase: ev.phase, done: ev.done, total: ev.total });
       const pct = ev.total ? ` ${Math.floor((100 * ev.done) / ev.total)}%` : '';
-      const what = { download: `downloading ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`, cache: 'reading from the browser cache', load: `loading onto WebGPU (${ev.done}/${ev.total})` }[ev.phase] ?? ev.phase;
+      const what = { download: `downloading ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`, cache: 'reading from the browser cache', load: `loading (${ev.done}/${ev.total})` }[ev.phase] ?? ev.phase;
       $('model-status').textContent = `${what}${ev.phase === 'cache' ? '' : pct}`;
       $('model-bar').value = ev.total ? ev.done / ev.total : 0;
       break;
@@ -129,7 +129,8 @@ function onEvent(ev) {
       state.model.status = 'ready';
       state.model.ready = ev;
       const m = ev.model;
-      $('model-status').textContent = `ready on ${ev.device} in ${(ev.load_ms / 1000).toFixed(1)} s ${ev.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(ev.downloaded_bytes)})`}`;
+      const speed = ev.engine.timings.map((t) => `${t.backend} ${(1000 / t.ms_per_token).toFixed(1)} tokens/s`).join(', ');
+      $('model-status').textContent = `ready on ${ev.engine.device} in ${(ev.load_ms / 1000).toFixed(1)} s ${ev.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(ev.downloaded_bytes)})`} · ${ev.engine.reason}${speed ? ` · measured ${speed}` : ''}`;
       $('model-bar').value = 1;
       $('model-name').textContent = `${m.name} · ${m.architecture} · ${(m.parameters / 1e6).toFixed(0)}M parameters · ${m.quantization} · ${fmtBytes(m.file_bytes)} · context ${m.context}`;
       $('try-go').disabled = false;
@@ -229,7 +230,9 @@ async function loadModel(node) {
   }
   $('model-name').textContent = pick.file;
   try {
-    await node.loadModel(pick.url);
+    // ?backend=cpu|webgpu forces where the model runs; by default the
+    // worker picks the faster.
+    await node.loadModel(pick.url, new URLSearchParams(location.search).get('backend') ?? undefined);
   } catch (e) {
     // Reported through the model_failed event as well.
     state.model.error = e.message;

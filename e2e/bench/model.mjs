@@ -1,39 +1,63 @@
-// The model in headless Chromium (burn on WebGPU, SwiftShader here) against
-// the native engine (burn flex) on the same machine, in one run: load time,
-// prefill and decode tokens/s, and whether the greedy tokens agree.
-// Run by scripts/bench.sh: node e2e/bench/model.mjs [DECODE_TOKENS]
+// The model in headless Chromium against the native engine on the same
+// machine, in one run: the backend the tab's worker chose (and why), its
+// prefill and decode tokens/s against the native quantized engine (all
+// cores, and one thread as the tab has), WebGPU forced for comparison
+// (SwiftShader here: a few tokens), whether the greedy tokens agree, and
+// the worker's wasm size raw and gzipped.
+// Run by scripts/bench.sh: node e2e/bench/model.mjs [DECODE_TOKENS] [WEBGPU_TOKENS]
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startRelay, launchBrowser, openTab, BIN, MODELS_DIR, MODEL_FILE } from '../harness.mjs';
+import { gzipSync } from 'node:zlib';
+import { startRelay, launchBrowser, openTab, BIN, MODELS_DIR, MODEL_FILE, ROOT } from '../harness.mjs';
 
-const tokens = Number(process.argv[2] ?? 8);
+const tokens = Number(process.argv[2] ?? 32);
+const webgpuTokens = Number(process.argv[3] ?? 3);
 const prompt = 'The three primary colors are';
 const model = join(MODELS_DIR, MODEL_FILE);
 
+const rate = (r) => ({ prefill: r.prompt_tokens / (r.prefill_ms / 1000), decode: (r.tokens.length - 1) / (r.decode_ms / 1000) });
+
+function native(device, n, env = {}) {
+  return JSON.parse(execFileSync(join(BIN, 'tabnode-node'), ['generate', '--model', model, '--prompt', prompt, '--max-tokens', String(n), '--json', '--device', device], {
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env },
+  }));
+}
+
+async function tab(browser, relay, backend, n) {
+  const { page } = await openTab(browser, relay.url, undefined, { model: true, backend });
+  await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.model.status), null, { timeout: 900_000 });
+  const ready = await page.evaluate(() => window.tabnode.model.ready);
+  if (!ready) throw new Error(await page.evaluate(() => window.tabnode.model.error));
+  const gen = () => page.evaluate(async ({ prompt, n }) => window.tabnode.node.generate({ prompt: { text: prompt }, max_tokens: n }).done, { prompt, n });
+  const first = await gen(); // warm-up (WebGPU compiles its shaders)
+  const result = n > 1 ? await gen() : first;
+  await page.close();
+  return { ready, first, result };
+}
+
+const wasm = readFileSync(join(ROOT, 'pkg', 'tabnode_worker_bg.wasm'));
 const relay = await startRelay();
 const browser = await launchBrowser();
 try {
-  const { page } = await openTab(browser, relay.url, undefined, { model: true });
-  await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.model.status), null, { timeout: 600_000 });
-  const ready = await page.evaluate(() => window.tabnode.model.ready);
-  if (!ready) throw new Error(await page.evaluate(() => window.tabnode.model.error));
-  const gen = () => page.evaluate(async ({ prompt, tokens }) => window.tabnode.node.generate({ prompt: { text: prompt }, max_tokens: tokens }).done, { prompt, tokens });
-  const first = await gen(); // compiles the shaders
-  const web = await gen();
-  const t0 = Date.now();
-  const native = JSON.parse(execFileSync(join(BIN, 'tabnode-node'), ['generate', '--model', model, '--prompt', prompt, '--max-tokens', String(tokens), '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
-  const nativeWall = (Date.now() - t0) / 1000;
-  const rate = (r) => ({ prefill: r.prompt_tokens / (r.prefill_ms / 1000), decode: (r.tokens.length - 1) / (r.decode_ms / 1000) });
-  const w = rate(web);
-  const n = rate(native);
-  console.log(`chromium ${browser.version()} headless (SwiftShader); prompt ${web.prompt_tokens} tokens, ${tokens} generated`);
-  console.log(`load in the tab (download + dequantize + upload): ${(ready.load_ms / 1000).toFixed(1)} s; native CLI wall time incl. load: ${nativeWall.toFixed(1)} s`);
-  console.log(`first generation in the tab (shader compilation included): prefill ${(first.prefill_ms / 1000).toFixed(1)} s, decode ${(first.decode_ms / 1000).toFixed(1)} s`);
-  console.log('| | Chromium WebGPU (SwiftShader) | native flex | ratio |');
-  console.log('|---|---|---|---|');
-  console.log(`| prefill tokens/s | ${w.prefill.toFixed(3)} | ${n.prefill.toFixed(1)} | ${(w.prefill / n.prefill).toFixed(4)} |`);
-  console.log(`| decode tokens/s | ${w.decode.toFixed(3)} | ${n.decode.toFixed(1)} | ${(w.decode / n.decode).toFixed(4)} |`);
-  console.log(`greedy tokens identical: ${JSON.stringify(web.tokens) === JSON.stringify(native.tokens)} (${JSON.stringify(web.text)})`);
+  const chosen = await tab(browser, relay, null, tokens);
+  const nAll = native('cpu', tokens);
+  const nOne = native('cpu', tokens, { RAYON_NUM_THREADS: '1' });
+  const gpu = await tab(browser, relay, 'webgpu', webgpuTokens);
+  const c = rate(chosen.result);
+  const g = rate(gpu.result);
+  const a = rate(nAll);
+  const o = rate(nOne);
+  console.log(`chromium ${browser.version()} headless; prompt ${chosen.result.prompt_tokens} tokens, ${tokens} generated (${webgpuTokens} on WebGPU)`);
+  console.log(`worker wasm: ${wasm.length} bytes, ${gzipSync(wasm, { level: 9 }).length} gzipped`);
+  console.log(`the worker chose ${chosen.ready.engine.device}: ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);
+  console.log(`forced WebGPU: load ${(gpu.ready.load_ms / 1000).toFixed(1)} s (download from cache, dequantize, upload, timing)`);
+  console.log(`| | tab ${chosen.result.device} (1 thread) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab chosen / native 1 thread |`);
+  console.log('|---|---|---|---|---|---|---|');
+  const row = (k) => `| ${k} tokens/s | ${c[k].toFixed(2)} | ${g[k].toFixed(3)} | ${a[k].toFixed(1)} | ${o[k].toFixed(1)} | ${(c[k] / a[k]).toFixed(2)} | ${(c[k] / o[k]).toFixed(2)} |`;
+  console.log(row('prefill'));
+  console.log(row('decode'));
+  console.log(`greedy tokens of the tab's CPU engine identical to the native engine's: ${JSON.stringify(chosen.result.tokens) === JSON.stringify(nAll.tokens)} (${JSON.stringify(chosen.result.text)})`);
 } finally {
   await browser.close();
   await relay.kill();

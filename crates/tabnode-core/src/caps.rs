@@ -62,7 +62,7 @@ pub enum DeviceClass {
 }
 
 /// Everything a node advertises to the relay when it joins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// Browser tab or native process.
     pub kind: NodeKind,
@@ -76,6 +76,9 @@ pub struct Capabilities {
     pub pledged_vram_mib: u64,
     /// Models the node can serve (their names; see [`crate::model_id`]).
     pub models: Vec<String>,
+    /// The backend its engine runs them on, and why (once a model loaded).
+    #[serde(default)]
+    pub engine: Option<crate::infer::EngineChoice>,
     /// Generations the node runs at once.
     pub slots: u32,
     /// The largest Proof-of-FLOPS `n` the node accepts (what its memory and
@@ -103,6 +106,7 @@ impl Capabilities {
             gpu_error: None,
             pledged_vram_mib: 0,
             models: Vec::new(),
+            engine: None,
             slots: 1,
             max_pof_n: crate::pof::DEFAULT_MAX_N,
         }

@@ -118,6 +118,65 @@ pub struct GenerateResult {
     pub device: String,
 }
 
+/// Where a node's engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The quantized CPU kernels (native SIMD, or wasm SIMD128 in a tab).
+    Cpu,
+    /// The browser's WebGPU (burn).
+    Webgpu,
+}
+
+impl Backend {
+    /// `cpu` or `webgpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Webgpu => "webgpu",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "webgpu" => Ok(Backend::Webgpu),
+            other => Err(UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+/// A backend name other than `cpu` or `webgpu`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?}: expected cpu or webgpu")]
+pub struct UnknownBackend(pub String);
+
+/// One backend's measured decode speed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendTiming {
+    /// The backend.
+    pub backend: Backend,
+    /// Milliseconds per decode step, measured at load.
+    pub ms_per_token: f64,
+}
+
+/// Which backend a node's engine runs on and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineChoice {
+    /// The backend chosen.
+    pub backend: Backend,
+    /// The device results name (`cpu-quantized-simd128`, `webgpu`).
+    pub device: String,
+    /// Why: forced by the user, the only one available, or the faster.
+    pub reason: String,
+    /// The backends timed at load (fastest first is not implied).
+    pub timings: Vec<BackendTiming>,
+}
+
 /// What a node says about the model it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelCard {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::caps::GpuInfo;
-use crate::infer::{GenerateRequest, GenerateResult, ModelCard};
+use crate::infer::{Backend, EngineChoice, GenerateRequest, GenerateResult, ModelCard};
 use crate::protocol::{Request, Response};
 
 /// Page → worker.
@@ -35,6 +35,10 @@ pub enum ToWorker {
     LoadModel {
         /// Where the GGUF file is served (the relay's `/models/`).
         url: String,
+        /// The backend to run it on; `None`: time the available ones and
+        /// take the faster.
+        #[serde(default)]
+        backend: Option<Backend>,
     },
     /// Generate; tokens stream back as [`FromWorker::Token`].
     Generate {
@@ -104,8 +108,8 @@ pub enum FromWorker {
         downloaded_bytes: u64,
         /// Milliseconds from the request to ready.
         load_ms: f64,
-        /// The device it runs on.
-        device: String,
+        /// The backend it runs on, and why.
+        engine: EngineChoice,
     },
     /// Loading failed; the worker keeps running (a later `LoadModel` may
     /// succeed).

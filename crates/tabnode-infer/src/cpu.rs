@@ -11,9 +11,11 @@
 //! and a few vectors per forward.
 //!
 //! The kernels below [`crate::quant::matmul`] are chosen at run time (AVX2
-//! natively, scalar elsewhere) and give the same bits everywhere, so the tab
-//! (wasm32) and native nodes compute the same logits; natively the rows of
-//! a matrix are split over the cores.
+//! natively, SIMD128 in the tab, scalar elsewhere) and give the same bits
+//! everywhere; exp, sin/cos and pow come from `libm` (pure Rust) rather than
+//! the platform's library; so the tab (wasm32) and native nodes compute the
+//! same logits and generate the same tokens. Natively the rows of a matrix
+//! are split over the cores.
 
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
@@ -152,7 +154,7 @@ impl CpuModel {
         };
         let hd = config.dim / config.heads.max(1);
         let inv_freq = (0..hd / 2)
-            .map(|i| config.rope_base.powf(-2.0 * i as f32 / hd as f32))
+            .map(|i| libm::powf(config.rope_base, -2.0 * i as f32 / hd as f32))
             .collect();
         Ok(Self {
             config,
@@ -314,7 +316,7 @@ impl CpuSession<'_> {
         for i in 0..t {
             let pos = (self.pos + i) as f32;
             for (j, &f) in m.inv_freq.iter().enumerate() {
-                (sin[i * half + j], cos[i * half + j]) = (pos * f).sin_cos();
+                (sin[i * half + j], cos[i * half + j]) = libm::sincosf(pos * f);
             }
         }
         let mut h = vec![0f32; t * dim];
@@ -369,7 +371,7 @@ impl CpuSession<'_> {
             acts.matmul(m, &layer.gate, &h, true, &mut g)?;
             acts.matmul(m, &layer.up, &h, false, &mut u)?;
             for (gi, ui) in g.iter_mut().zip(&u) {
-                *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+                *gi = *gi / (1.0 + libm::expf(-*gi)) * ui;
             }
             acts.matmul(m, &layer.down, &g, true, &mut o)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

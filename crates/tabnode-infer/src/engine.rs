@@ -3,6 +3,7 @@
 //! read back awaited) for WebGPU.
 
 use burn::tensor::Device;
+use futures::future::LocalBoxFuture;
 use tabnode_core::infer::{FinishReason, GenerateRequest, GenerateResult, ModelCard, Prompt};
 use web_time::Instant;
 
@@ -116,7 +117,8 @@ impl Engine {
 
     /// Takes a GGUF file's bytes and runs it on the CPU with its quantized
     /// blocks as they are (memory: the file, plus the KV cache). The device
-    /// is named `cpu-quantized-<kernels>` (`avx2`, `scalar`) in results.
+    /// is named `cpu-quantized-<kernels>` (`avx2`, `simd128`, `scalar`) in
+    /// results.
     ///
     /// # Errors
     /// A corrupt file, or a weight format without a kernel.
@@ -209,7 +211,7 @@ impl Engine {
     ) -> Result<GenerateResult, EngineError> {
         // Native reads complete as soon as they are polled: the async
         // path, driven here, is the one implementation.
-        futures::executor::block_on(self.generate_async(request, cancelled, on_piece))
+        futures::executor::block_on(self.generate_async(request, cancelled, on_piece, &no_pause))
     }
 
     /// Checks `request` without running the model: the prompt's token
@@ -256,9 +258,11 @@ impl Engine {
 
     /// Generates with asynchronous read backs (WebGPU); `cancelled` is
     /// polled before every token, so a cancel message handled while a read
-    /// back is awaited stops generation after the token in flight. Resumed
-    /// tokens are read with the prompt and never passed to `on_piece`; the
-    /// result's `tokens` and `text` include them.
+    /// back is awaited stops generation after the token in flight. The CPU
+    /// runner awaits `pause()` after every token instead (a browser worker
+    /// passes a task yield, so its message loop can deliver a cancel).
+    /// Resumed tokens are read with the prompt and never passed to
+    /// `on_piece`; the result's `tokens` and `text` include them.
     ///
     /// # Errors
     /// A bad request or a failing device.
@@ -267,6 +271,7 @@ impl Engine {
         request: &GenerateRequest,
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
+        pause: &dyn Fn() -> LocalBoxFuture<'static, ()>,
     ) -> Result<GenerateResult, EngineError> {
         let (prompt, mut g) = self.start(request)?;
         let started = Instant::now();
@@ -287,8 +292,10 @@ impl Engine {
                     let mut session = model.session();
                     let mut logits = session.prefill(&input)?;
                     first = Instant::now();
+                    pause().await;
                     while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
                         logits = session.step(token)?;
+                        pause().await;
                     }
                 }
             }
@@ -299,6 +306,40 @@ impl Engine {
 }
 
 impl Engine {
+    /// Milliseconds per decode step on this engine's backend: a short
+    /// prompt and one warm-up step (WebGPU compiles its pipelines then),
+    /// then `steps` timed steps. What a tab measures to choose a backend.
+    ///
+    /// # Errors
+    /// A failing device.
+    pub async fn decode_ms(&self, steps: usize) -> Result<f64, EngineError> {
+        let prompt = self.tokenizer.encode("The quick brown fox", false);
+        let token = prompt.last().copied().unwrap_or(0);
+        let steps = steps.max(1);
+        match &self.runner {
+            Runner::Burn(model) => {
+                let mut session = model.session();
+                session.forward_async(&prompt).await.map_err(device)?;
+                session.forward_async(&[token]).await.map_err(device)?;
+                let started = Instant::now();
+                for _ in 0..steps {
+                    session.forward_async(&[token]).await.map_err(device)?;
+                }
+                Ok(started.elapsed().as_secs_f64() * 1e3 / steps as f64)
+            }
+            Runner::Cpu(model) => {
+                let mut session = model.session();
+                session.prefill(&prompt)?;
+                session.step(token)?;
+                let started = Instant::now();
+                for _ in 0..steps {
+                    session.step(token)?;
+                }
+                Ok(started.elapsed().as_secs_f64() * 1e3 / steps as f64)
+            }
+        }
+    }
+
     /// Picks the next token from `logits` and hands it with its text to
     /// `on_piece`; `None` when the generation has ended.
     fn emit(
@@ -316,6 +357,11 @@ impl Engine {
         }
         next
     }
+}
+
+/// The `pause` of a caller that need not yield between tokens.
+pub fn no_pause() -> LocalBoxFuture<'static, ()> {
+    Box::pin(futures::future::ready(()))
 }
 
 fn device(e: crate::model::ReadError) -> EngineError {

@@ -166,7 +166,7 @@ impl Sampler {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+        let mut probs: Vec<f32> = cand.iter().map(|c| libm::expf(c.1 - max)).collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= sum);
         if p.top_p < 1.0 {

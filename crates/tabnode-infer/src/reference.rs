@@ -175,7 +175,7 @@ pub(crate) fn attend(
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = libm::expf(*s - max);
         sum += *s;
     }
     out.fill(0.0);

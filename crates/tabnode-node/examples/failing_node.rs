@@ -16,7 +16,7 @@ use std::time::Duration;
 use tabnode_core::infer::{GenerateRequest, GenerateResult};
 use tabnode_core::{Capabilities, NodeKind};
 use tabnode_infer::generate::GenerateError;
-use tabnode_infer::{Device, Engine, EngineError};
+use tabnode_infer::{Engine, EngineError};
 use tabnode_node::prover::{Backend, PofProver};
 use tabnode_node::serve::{InferServer, ServedModel};
 use tabnode_node::{spawn, NodeConfig};
@@ -88,7 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("the bootstrap file has no tcp address")?
         .parse()?;
     let bytes = std::fs::read(model).map_err(|e| format!("cannot read {model}: {e}"))?;
-    let engine = Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {})?;
+    // The engine tabs and native nodes serve with by default.
+    let engine = Engine::load_quantized(bytes)?;
     let cut = match after.as_str() {
         "inside-char" => Cut::InsideChar,
         n => Cut::Tokens(

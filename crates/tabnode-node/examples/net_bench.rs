@@ -20,7 +20,7 @@ use http_client::http;
 use serde_json::json;
 use tabnode_core::infer::{ChatMessage, FinishReason, GenerateRequest, GenerateResult, Prompt};
 use tabnode_core::{Capabilities, NodeKind};
-use tabnode_infer::{Device, Engine, EngineError};
+use tabnode_infer::{Engine, EngineError};
 use tabnode_node::serve::{InferServer, ServedModel};
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_relay::catalog::CatalogModel;
@@ -151,8 +151,7 @@ fn local_ttft(engine: &Engine, max_tokens: u32) -> f64 {
 async fn overhead(n: usize) {
     let path = std::env::var_os("TABNODE_MODEL").expect("TABNODE_MODEL (scripts/env.sh)");
     let bytes = std::fs::read(path).expect("model file");
-    let engine =
-        Arc::new(Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {}).expect("engine"));
+    let engine = Arc::new(Engine::load_quantized(bytes).expect("engine"));
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(dir.path()).await;
     let _node = node(&relay, engine.clone(), 1);

@@ -10,15 +10,16 @@ use tabnode_infer::{Device, Engine};
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
-    /// burn's CPU backend (`flex`), weights expanded to f32: the engine
-    /// the tab's WebGPU path matches token for token.
-    Cpu,
     /// The CPU with the file's quantized blocks and integer kernels (AVX2
     /// when the CPU has it): the file's size in memory, several times
-    /// faster. Not yet the default: tabs still run the f32 model, and a
-    /// request that fails over between the two may continue with other
-    /// tokens where logits are near-ties.
-    Quantized,
+    /// faster than `flex`, and the same bits as a tab's CPU backend (wasm
+    /// SIMD128), so a request that fails over between them continues with
+    /// the tokens either would have produced.
+    #[value(alias = "quantized")]
+    Cpu,
+    /// burn's CPU backend (`flex`), weights expanded to f32: the reference
+    /// the tab's WebGPU path matches token for token.
+    Flex,
     /// burn's wgpu backend on the first GPU adapter wgpu finds (Vulkan,
     /// Metal, DX12; a software rasterizer such as lavapipe counts).
     Wgpu,
@@ -121,7 +122,7 @@ pub fn load_engine(path: &Path, device: DeviceArg) -> Result<Engine, Box<dyn std
     let t0 = Instant::now();
     let bytes = std::fs::read(path)
         .map_err(|e| format!("cannot read the model {}: {e}", path.display()))?;
-    if device == DeviceArg::Quantized {
+    if device == DeviceArg::Cpu {
         let engine =
             Engine::load_quantized(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!(
@@ -148,7 +149,7 @@ pub fn load_engine(path: &Path, device: DeviceArg) -> Result<Engine, Box<dyn std
 
 fn open_device(d: DeviceArg) -> Result<(Device, &'static str), String> {
     match d {
-        DeviceArg::Cpu | DeviceArg::Quantized => Ok((Device::flex(), "flex")),
+        DeviceArg::Cpu | DeviceArg::Flex => Ok((Device::flex(), "flex")),
         #[cfg(feature = "wgpu")]
         DeviceArg::Wgpu => Device::wgpu_options()
             .init()

@@ -264,6 +264,7 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     if let Some(s) = &server {
         capabilities.models = vec![s.model_name().to_string()];
+        capabilities.engine = s.engine();
         capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);
     }
     let driver_config = DriverConfig {

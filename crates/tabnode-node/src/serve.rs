@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
-use tabnode_core::infer::{GenerateRequest, GenerateResult};
+use tabnode_core::infer::{Backend, EngineChoice, GenerateRequest, GenerateResult};
 use tabnode_core::{
     driver::Command, model_id, ChunkStreamer, ErrorCode, InferDone, InferEnd, InferRequest,
     Request, Response,
@@ -39,11 +39,29 @@ pub trait ServedModel: Send + Sync + 'static {
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Result<GenerateResult, EngineError>;
+    /// Where it runs, as the node advertises it (none for stand-ins).
+    fn engine(&self) -> Option<EngineChoice> {
+        None
+    }
 }
 
 impl ServedModel for Engine {
     fn name(&self) -> &str {
         &self.info.name
+    }
+    fn engine(&self) -> Option<EngineChoice> {
+        let device = self.device().to_owned();
+        Some(EngineChoice {
+            // burn's wgpu backend is a WebGPU implementation.
+            backend: if device == "wgpu" {
+                Backend::Webgpu
+            } else {
+                Backend::Cpu
+            },
+            reason: "chosen with tabnode-node --device".into(),
+            device,
+            timings: Vec::new(),
+        })
     }
     fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
         Engine::check(self, request)
@@ -96,6 +114,11 @@ impl InferServer {
     /// The model's name, as registered with the relay.
     pub fn model_name(&self) -> &str {
         self.engine.name()
+    }
+
+    /// Where the model runs (see [`ServedModel::engine`]).
+    pub fn engine(&self) -> Option<EngineChoice> {
+        self.engine.engine()
     }
 
     /// Generations this server runs at once.

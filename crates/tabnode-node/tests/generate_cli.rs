@@ -63,7 +63,7 @@ fn bad_model_files_are_clear_errors() {
 }
 
 #[test]
-fn wgpu_and_cpu_give_the_same_greedy_tokens() {
+fn wgpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
     // The wgpu backend runs on any Vulkan adapter; scripts/setup.sh installs
     // Mesa's software one (lavapipe), so this runs everywhere the tests do.
     let m = model();
@@ -86,10 +86,18 @@ fn wgpu_and_cpu_give_the_same_greedy_tokens() {
         );
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-        assert_eq!(v["device"], device.replace("cpu", "flex"));
-        v["tokens"].clone()
+        (
+            v["device"].as_str().unwrap_or_default().to_owned(),
+            v["tokens"].clone(),
+        )
     };
-    let cpu = run("cpu");
+    // burn's f32 model on its CPU and GPU backends: the same tokens.
+    let (device, flex) = run("flex");
+    assert_eq!(device, "flex");
+    assert_eq!(flex.as_array().map(Vec::len), Some(6));
+    assert_eq!(run("wgpu"), ("wgpu".to_owned(), flex));
+    // The default: the file's quantized blocks on this CPU's best kernels.
+    let (device, cpu) = run("cpu");
+    assert!(device.starts_with("cpu-quantized-"), "{device}");
     assert_eq!(cpu.as_array().map(Vec::len), Some(6));
-    assert_eq!(run("wgpu"), cpu);
 }

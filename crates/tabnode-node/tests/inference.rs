@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
 use tabnode_core::{Capabilities, ErrorCode, NodeKind, Request, Response};
-use tabnode_infer::{Device, Engine};
+use tabnode_infer::Engine;
 use tabnode_node::prover::RequestHandler;
 use tabnode_node::serve::InferServer;
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
@@ -36,14 +36,14 @@ fn model_path() -> PathBuf {
     }
 }
 
-/// One engine for every node of every test (loading takes a second and
-/// 650 MB).
+/// One engine for every node of every test (the quantized CPU engine nodes
+/// serve with by default).
 fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             let bytes = std::fs::read(model_path()).expect("the model (scripts/setup.sh)");
-            Arc::new(Engine::load(&bytes, &Device::flex(), "flex", &mut |_, _| {}).expect("engine"))
+            Arc::new(Engine::load_quantized(bytes).expect("engine"))
         })
         .clone()
 }

@@ -23,6 +23,13 @@ pub enum WorkerError {
     /// Loading or running the model failed.
     #[error("model: {0}")]
     Model(String),
+    /// The engine refused the model file.
+    #[cfg(target_arch = "wasm32")]
+    #[error("model: {0}")]
+    Engine(#[from] tabnode_infer::EngineError),
+    /// `?backend=webgpu` in a browser without a WebGPU adapter.
+    #[error("the webgpu backend was asked for, but this browser has no WebGPU adapter")]
+    NoWebGpu,
     /// A message from the page could not be decoded.
     #[error("bad message from the page: {0}")]
     BadMessage(String),

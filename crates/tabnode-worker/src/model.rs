@@ -1,6 +1,8 @@
 //! The model in the worker: download with progress into the Cache API (so
-//! the next visit loads without downloading), load onto WebGPU with burn,
-//! generate with streamed tokens and cancellation.
+//! the next visit loads without downloading), load on the CPU (the file's
+//! quantized blocks, wasm SIMD128 kernels) or on WebGPU (burn, f32),
+//! whichever decodes faster here or the page asks for, generate with
+//! streamed tokens and cancellation.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -8,9 +10,9 @@ use std::rc::Rc;
 
 use futures::lock::Mutex;
 use js_sys::{Object, Reflect, Uint8Array};
-use tabnode_core::infer::GenerateRequest;
+use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest};
 use tabnode_core::worker::FromWorker;
-use tabnode_core::ErrorCode;
+use tabnode_core::{ErrorCode, GpuInfo};
 use tabnode_infer::{generate::GenerateError, Device, Engine, EngineError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -159,25 +161,150 @@ async fn device() -> Result<Device, WorkerError> {
     Ok(d)
 }
 
-fn load_bytes(bytes: &[u8], device: &Device) -> Result<Engine, WorkerError> {
-    Engine::load(bytes, device, "webgpu", &mut |done, total| {
-        post(&FromWorker::ModelProgress {
-            phase: "load".into(),
-            done: done as u64,
-            total: total as u64,
-        })
-    })
-    .map_err(|e| WorkerError::Model(e.to_string()))
+/// The model on burn's WebGPU backend (weights expanded to f32).
+async fn load_webgpu(bytes: &[u8]) -> Result<Engine, WorkerError> {
+    trace("opening the WebGPU device for burn");
+    let device = device().await?;
+    Ok(Engine::load(
+        bytes,
+        &device,
+        "webgpu",
+        &mut |done, total| {
+            post(&FromWorker::ModelProgress {
+                phase: "load".into(),
+                done: done as u64,
+                total: total as u64,
+            })
+        },
+    )?)
 }
 
-/// Loads the model at `url` (cache first) and reports `ModelReady` or
-/// `ModelFailed`.
-pub async fn load(url: String) {
+/// The model on the CPU with the file's quantized blocks (wasm SIMD128).
+fn load_cpu(bytes: Vec<u8>) -> Result<Engine, WorkerError> {
+    let engine = Engine::load_quantized(bytes)?;
+    post(&FromWorker::ModelProgress {
+        phase: "load".into(),
+        done: 1,
+        total: 1,
+    });
+    Ok(engine)
+}
+
+/// Decode steps timed per backend at load when choosing between two.
+const CHOICE_STEPS: usize = 4;
+/// Decode steps timed when there is no choice (for the report only).
+const REPORT_STEPS: usize = 2;
+
+async fn timed(
+    engine: &Engine,
+    backend: Backend,
+    steps: usize,
+) -> Result<BackendTiming, WorkerError> {
+    Ok(BackendTiming {
+        backend,
+        ms_per_token: engine.decode_ms(steps).await?,
+    })
+}
+
+/// A software WebGPU adapter (SwiftShader, lavapipe): shaders run on the
+/// CPU, far slower than the CPU kernels (0.09 against several tokens/s
+/// here), so it is not worth the f32 load and a timing.
+fn is_software(g: &GpuInfo) -> bool {
+    g.is_fallback
+        || [&g.vendor, &g.architecture, &g.description]
+            .iter()
+            .any(|s| {
+                let s = s.to_lowercase();
+                ["swiftshader", "llvmpipe", "lavapipe"]
+                    .iter()
+                    .any(|n| s.contains(n))
+            })
+}
+
+/// Loads the model on the backend `pref` names, or else on the faster of
+/// those available (timed), and says which and why.
+async fn choose(
+    bytes: Vec<u8>,
+    pref: Option<Backend>,
+    gpu: Option<&GpuInfo>,
+) -> Result<(Engine, EngineChoice), WorkerError> {
+    let only = |engine: Engine, timing: BackendTiming, reason: String| {
+        let choice = EngineChoice {
+            backend: timing.backend,
+            device: engine.device().to_owned(),
+            reason,
+            timings: vec![timing],
+        };
+        (engine, choice)
+    };
+    let gpu = match (pref, gpu) {
+        (Some(Backend::Cpu), _) => {
+            let engine = load_cpu(bytes)?;
+            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
+            return Ok(only(engine, t, "asked for (backend=cpu)".into()));
+        }
+        (Some(Backend::Webgpu), None) => return Err(WorkerError::NoWebGpu),
+        (Some(Backend::Webgpu), Some(_)) => {
+            let engine = load_webgpu(&bytes).await?;
+            drop(bytes);
+            let t = timed(&engine, Backend::Webgpu, REPORT_STEPS).await?;
+            return Ok(only(engine, t, "asked for (backend=webgpu)".into()));
+        }
+        (None, None) => {
+            let engine = load_cpu(bytes)?;
+            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
+            return Ok(only(engine, t, "no WebGPU adapter".into()));
+        }
+        (None, Some(g)) if is_software(g) => {
+            let engine = load_cpu(bytes)?;
+            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
+            let name = [&g.architecture, &g.description, &g.vendor]
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "fallback".into());
+            let reason = format!("the WebGPU adapter is a software one ({name}): CPU kernels");
+            return Ok(only(engine, t, reason));
+        }
+        (None, Some(g)) => g,
+    };
+    // A hardware adapter: time both, keep the faster.
+    let web = load_webgpu(&bytes).await?;
+    let web_t = timed(&web, Backend::Webgpu, CHOICE_STEPS).await?;
+    let cpu = load_cpu(bytes)?;
+    let cpu_t = timed(&cpu, Backend::Cpu, CHOICE_STEPS).await?;
+    let (engine, fast, slow) = if web_t.ms_per_token < cpu_t.ms_per_token {
+        drop(cpu);
+        (web, &web_t, &cpu_t)
+    } else {
+        drop(web);
+        (cpu, &cpu_t, &web_t)
+    };
+    let reason = format!(
+        "faster on this machine: {} {:.1} ms/token, {} {:.1} ms/token ({})",
+        fast.backend.name(),
+        fast.ms_per_token,
+        slow.backend.name(),
+        slow.ms_per_token,
+        gpu.description
+    );
+    let choice = EngineChoice {
+        backend: fast.backend,
+        device: engine.device().to_owned(),
+        reason,
+        timings: vec![web_t.clone(), cpu_t.clone()],
+    };
+    Ok((engine, choice))
+}
+
+/// Loads the model at `url` (cache first) on `backend` (or the faster one)
+/// and reports `ModelReady` or `ModelFailed`.
+pub async fn load(url: String, backend: Option<Backend>) {
     let lock = LOADING.with(Rc::clone);
     let _one = lock.lock().await;
     let started = now_ms();
-    match load_inner(&url).await {
-        Ok((engine, from_cache, downloaded)) => {
+    match load_inner(&url, backend).await {
+        Ok((engine, choice, from_cache, downloaded)) => {
             let model = engine.card();
             MODEL.with(|m| m.borrow_mut().engine = Some(Rc::new(engine)));
             post(&FromWorker::ModelReady {
@@ -185,7 +312,7 @@ pub async fn load(url: String) {
                 from_cache,
                 downloaded_bytes: downloaded,
                 load_ms: now_ms() - started,
-                device: "webgpu".into(),
+                engine: choice,
             });
         }
         Err(e) => post(&FromWorker::ModelFailed {
@@ -194,22 +321,25 @@ pub async fn load(url: String) {
     }
 }
 
-async fn load_inner(url: &str) -> Result<(Engine, bool, u64), WorkerError> {
+async fn load_inner(
+    url: &str,
+    backend: Option<Backend>,
+) -> Result<(Engine, EngineChoice, bool, u64), WorkerError> {
     // Resolve relative URLs against the worker's location, so the cache key
     // is the absolute address.
     let url = web_sys::Url::new_with_base(url, &scope().location().href())
         .map_err(js_err)?
         .href();
-    // One device request at a time: the prover's opens first.
+    // One device request at a time: the prover's opens first, and says
+    // what the adapter is.
     let _ = crate::web::gpu_settled().await;
-    trace("opening the WebGPU device for burn");
-    let device = device().await?;
-    trace("device open; opening the cache");
+    let gpu = crate::web::gpu_info();
     let cache = open_cache().await?;
     trace("cache open");
     if let Some(bytes) = cached(&cache, &url).await? {
-        match load_bytes(&bytes, &device) {
-            Ok(engine) => return Ok((engine, true, 0)),
+        match choose(bytes, backend, gpu.as_ref()).await {
+            Ok((engine, choice)) => return Ok((engine, choice, true, 0)),
+            Err(e @ WorkerError::NoWebGpu) => return Err(e),
             Err(e) => {
                 // A damaged copy is dropped and fetched again.
                 web_sys::console::warn_1(
@@ -220,9 +350,11 @@ async fn load_inner(url: &str) -> Result<(Engine, bool, u64), WorkerError> {
         }
     }
     let bytes = download(&url).await?;
-    // Only a file that loads is cached.
-    let engine = load_bytes(&bytes, &device)?;
+    let downloaded = bytes.len() as u64;
+    // The cache's copy, taken before the CPU engine takes the bytes.
     let body = Uint8Array::from(bytes.as_slice());
+    let (engine, choice) = choose(bytes, backend, gpu.as_ref()).await?;
+    // Only a file that loads is cached.
     let response = Response::new_with_opt_buffer_source(Some(body.unchecked_ref::<Object>()))
         .map_err(js_err)?;
     if let Err(e) = JsFuture::from(cache.put_with_str(&url, &response)).await {
@@ -231,7 +363,7 @@ async fn load_inner(url: &str) -> Result<(Engine, bool, u64), WorkerError> {
             &format!("tabnode worker: could not cache the model: {:?}", js_err(e)).into(),
         );
     }
-    Ok((engine, false, bytes.len() as u64))
+    Ok((engine, choice, false, downloaded))
 }
 
 fn trace(msg: &str) {
@@ -275,13 +407,18 @@ pub async fn generate(id: u64, request: GenerateRequest) {
     }
     let is_cancelled = || MODEL.with(|m| m.borrow().cancelled.contains(&id));
     let result = engine
-        .generate_async(&request, &is_cancelled, &mut |tokens, text| {
-            post(&FromWorker::Token {
-                id,
-                tokens: tokens.to_vec(),
-                text: text.into(),
-            })
-        })
+        .generate_async(
+            &request,
+            &is_cancelled,
+            &mut |tokens, text| {
+                post(&FromWorker::Token {
+                    id,
+                    tokens: tokens.to_vec(),
+                    text: text.into(),
+                })
+            },
+            &crate::web::next_task,
+        )
         .await;
     MODEL.with(|m| m.borrow_mut().cancelled.remove(&id));
     match result {

@@ -44,6 +44,8 @@ pub(crate) fn post(msg: &FromWorker) {
 #[derive(Default)]
 struct State {
     gpu: Option<Rc<GpuProver>>,
+    /// What the adapter is, once open.
+    gpu_info: Option<GpuInfo>,
     /// Set once opening the GPU has finished, whether it worked or not.
     gpu_settled: bool,
     /// Requests waiting for the GPU to settle.
@@ -81,6 +83,7 @@ fn settle_gpu(gpu: Option<(GpuProver, &GpuInfo)>) {
         // The same bound the page computes from the same `GpuInfo`.
         let max_n = max_n_for(gpu.as_ref().map(|(_, info)| *info));
         s.responder = Some(Rc::new(PofResponder::new(max_n)));
+        s.gpu_info = gpu.as_ref().map(|(_, info)| (*info).clone());
         s.gpu = gpu.map(|(g, _)| Rc::new(g));
         s.gpu_settled = true;
         std::mem::take(&mut s.waiting)
@@ -88,6 +91,31 @@ fn settle_gpu(gpu: Option<(GpuProver, &GpuInfo)>) {
     for w in waiting {
         let _ = w.send(());
     }
+}
+
+/// The adapter the prover opened, if any (after [`gpu_settled`]).
+pub(crate) fn gpu_info() -> Option<GpuInfo> {
+    STATE.with(|s| s.borrow().gpu_info.clone())
+}
+
+/// Resolves on a later task of the worker's event loop, so messages queued
+/// meanwhile (a cancel) are handled: a `MessageChannel` round trip, which,
+/// unlike a zero `setTimeout`, is not clamped to 4 ms.
+pub(crate) fn next_task() -> futures::future::LocalBoxFuture<'static, ()> {
+    let promise = Promise::new(&mut |resolve, _| match web_sys::MessageChannel::new() {
+        Ok(channel) => {
+            channel.port1().set_onmessage(Some(resolve.unchecked_ref()));
+            if channel.port2().post_message(&JsValue::UNDEFINED).is_err() {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+            }
+        }
+        Err(_) => {
+            let _ = resolve.call0(&JsValue::UNDEFINED);
+        }
+    });
+    Box::pin(async move {
+        let _ = JsFuture::from(promise).await;
+    })
 }
 
 thread_local! {
@@ -127,7 +155,9 @@ pub fn start() {
                     device: device.into(),
                 });
             }),
-            Ok(ToWorker::LoadModel { url }) => spawn_local(crate::model::load(url)),
+            Ok(ToWorker::LoadModel { url, backend }) => {
+                spawn_local(crate::model::load(url, backend))
+            }
             Ok(ToWorker::Generate { id, request }) => {
                 spawn_local(crate::model::generate(id, request))
             }
@@ -210,8 +240,9 @@ async fn bench(n: u32, reps: u32) -> Result<Vec<KernelResult>, String> {
     Ok(out)
 }
 
-/// `GPUAdapterInfo` strings that wgpu does not surface on the web.
-async fn adapter_info_strings() -> Option<(String, String, String)> {
+/// `GPUAdapterInfo` strings that wgpu does not surface on the web, and
+/// whether the adapter is a fallback (software) one.
+async fn adapter_info_strings() -> Option<(String, String, String, bool)> {
     let gpu = Reflect::get(&scope().navigator(), &"gpu".into()).ok()?;
     if gpu.is_undefined() {
         return None;
@@ -231,7 +262,14 @@ async fn adapter_info_strings() -> Option<(String, String, String)> {
             .and_then(|v| v.as_string())
             .unwrap_or_default()
     };
-    Some((s("vendor"), s("architecture"), s("description")))
+    // `info.isFallbackAdapter` (newer browsers) or the adapter's own flag.
+    let fallback = [&info, &adapter].into_iter().any(|o| {
+        Reflect::get(o, &"isFallbackAdapter".into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    });
+    Some((s("vendor"), s("architecture"), s("description"), fallback))
 }
 
 /// Opens a WebGPU device, compiles the prover on it, and describes it.
@@ -245,7 +283,8 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
         .await
         .map_err(|e| WorkerError::Device(e.to_string()))?;
     let info = adapter.get_info();
-    let (vendor, architecture, description) = adapter_info_strings().await.unwrap_or_default();
+    let (vendor, architecture, description, fallback) =
+        adapter_info_strings().await.unwrap_or_default();
     let features = adapter
         .features()
         .iter_names()
@@ -260,7 +299,7 @@ async fn open_gpu() -> Result<GpuInfo, WorkerError> {
             description
         },
         backend: format!("{:?}", info.backend),
-        is_fallback: info.device_type == wgpu::DeviceType::Cpu,
+        is_fallback: fallback || info.device_type == wgpu::DeviceType::Cpu,
         features,
         limits: limits(&adapter_limits),
     };

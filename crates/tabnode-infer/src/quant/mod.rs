@@ -33,6 +33,7 @@
 //! bits (tested against fixtures made with that package).
 
 pub mod act;
+pub mod check;
 pub mod scalar;
 pub mod simd;
 
@@ -799,50 +800,7 @@ fn rows<const B: usize, Y: Sync>(
 pub(crate) mod tests {
     use super::*;
 
-    /// splitmix64: a small deterministic generator for random test data.
-    pub(crate) struct Rng(pub u64);
-
-    impl Rng {
-        pub(crate) fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next_u64() as u8).collect()
-        }
-
-        /// Uniform in [-1, 1).
-        pub(crate) fn unit(&mut self) -> f32 {
-            (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-    }
-
-    /// Offsets of the f16 scale fields of each weight format.
-    pub(crate) fn f16_fields(ty: GgmlType) -> &'static [usize] {
-        match ty {
-            GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-            GgmlType::Q6_K => &[208],
-            _ => &[0],
-        }
-    }
-
-    /// `n` random blocks of `ty` whose f16 scales are `scale` times a random
-    /// value in [-1, 1) (finite, well scaled, so dot products stay readable).
-    pub(crate) fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize, scale: f32) -> Vec<u8> {
-        let bytes = ty.block_bytes();
-        let mut data = rng.bytes(n * bytes);
-        for b in data.chunks_exact_mut(bytes) {
-            for &at in f16_fields(ty) {
-                let h = f32_to_f16(rng.unit() * scale);
-                b[at..at + 2].copy_from_slice(&h.to_le_bytes());
-            }
-        }
-        data
-    }
+    pub(crate) use super::check::{random_blocks, Rng};
 
     fn block(ty: GgmlType, parts: &[&[u8]]) -> Vec<f32> {
         let data: Vec<u8> = parts.concat();

@@ -152,58 +152,79 @@ pub(crate) fn isum_q6_k(x: &[u8; Q6_K_BYTES], y: &BlockQ8K) -> i32 {
     isum
 }
 
+/// The float part of a Q4_0, Q5_0 or Q8_0 block's term, `(dx·dy)·isum`
+/// (`x` starts with the block's f16 `d`; `yd` is the activation block's).
+#[inline]
+pub(crate) fn term_d(x: &[u8], yd: u16, isum: i32) -> f32 {
+    let d = f16_at(x, 0) * f16_to_f32(yd);
+    d * isum as f32
+}
+
+/// The float part of a Q4_1 block's term.
+#[inline]
+pub(crate) fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1, isum: i32) -> f32 {
+    let d = f16_at(x, 0) * f16_to_f32(y.d);
+    d * isum as f32 + f16_at(x, 2) * f16_to_f32(y.s)
+}
+
+/// The float part of a Q4_K or Q5_K block's term (both start with the f16
+/// `d` and `dmin`).
+#[inline]
+pub(crate) fn term_k_min(x: &[u8], yd: f32, isum: i32, msum: i32) -> f32 {
+    let d = f16_at(x, 0) * yd;
+    let dmin = f16_at(x, 2) * yd;
+    d * isum as f32 - dmin * msum as f32
+}
+
+/// The float part of a Q6_K block's term.
+#[inline]
+pub(crate) fn term_q6_k(x: &[u8; Q6_K_BYTES], yd: f32, isum: i32) -> f32 {
+    let d = f16_at(x, 208) * yd;
+    d * isum as f32
+}
+
 /// Dot product of a Q4_0 row with Q8_0 activations (blocks paired in order,
 /// up to the shorter of the two).
 pub fn vec_dot_q4_0_q8_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-    accumulate(x.iter().zip(y).map(|(x, y)| term_q4_0(x, y)))
-}
-
-/// One block's term of [`vec_dot_q4_0_q8_0`].
-#[inline]
-fn term_q4_0(x: &[u8; Q4_0_BYTES], y: &BlockQ8_0) -> f32 {
-    let d = f16_at(x, 0) * f16_to_f32(y.d);
-    d * isum_q4_0(x, &y.qs) as f32
+    accumulate(
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| term_d(x, y.d, isum_q4_0(x, &y.qs))),
+    )
 }
 
 /// Dot product of a Q4_1 row with Q8_1 activations.
 pub fn vec_dot_q4_1_q8_1(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
-    accumulate(x.iter().zip(y).map(|(x, y)| term_q4_1(x, y)))
-}
-
-/// One block's term of [`vec_dot_q4_1_q8_1`].
-#[inline]
-fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1) -> f32 {
-    let d = f16_at(x, 0) * f16_to_f32(y.d);
-    d * isum_q4_1(x, &y.qs) as f32 + f16_at(x, 2) * f16_to_f32(y.s)
+    accumulate(
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| term_q4_1(x, y, isum_q4_1(x, &y.qs))),
+    )
 }
 
 /// Dot product of a Q5_0 row with Q8_0 activations.
 pub fn vec_dot_q5_0_q8_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-    accumulate(x.iter().zip(y).map(|(x, y)| {
-        let d = f16_at(x, 0) * f16_to_f32(y.d);
-        d * isum_q5_0(x, &y.qs) as f32
-    }))
+    accumulate(
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| term_d(x, y.d, isum_q5_0(x, &y.qs))),
+    )
 }
 
 /// Dot product of a Q8_0 row with Q8_0 activations.
 pub fn vec_dot_q8_0_q8_0(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-    accumulate(x.iter().zip(y).map(|(x, y)| term_q8_0(x, y)))
-}
-
-/// One block's term of [`vec_dot_q8_0_q8_0`].
-#[inline]
-fn term_q8_0(x: &[u8; Q8_0_BYTES], y: &BlockQ8_0) -> f32 {
-    let d = f16_at(x, 0) * f16_to_f32(y.d);
-    d * isum_q8_0(x, &y.qs) as f32
+    accumulate(
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| term_d(x, y.d, isum_q8_0(x, &y.qs))),
+    )
 }
 
 /// Dot product of a Q4_K row with Q8_K activations.
 pub fn vec_dot_q4_k_q8_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
     accumulate(x.iter().zip(y).map(|(x, y)| {
         let (isum, msum) = isum_q4_k(x, y);
-        let d = f16_at(x, 0) * y.d;
-        let dmin = f16_at(x, 2) * y.d;
-        d * isum as f32 - dmin * msum as f32
+        term_k_min(x, y.d, isum, msum)
     }))
 }
 
@@ -211,18 +232,17 @@ pub fn vec_dot_q4_k_q8_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
 pub fn vec_dot_q5_k_q8_k(x: &[[u8; Q5_K_BYTES]], y: &[BlockQ8K]) -> f32 {
     accumulate(x.iter().zip(y).map(|(x, y)| {
         let (isum, msum) = isum_q5_k(x, y);
-        let d = f16_at(x, 0) * y.d;
-        let dmin = f16_at(x, 2) * y.d;
-        d * isum as f32 - dmin * msum as f32
+        term_k_min(x, y.d, isum, msum)
     }))
 }
 
 /// Dot product of a Q6_K row with Q8_K activations.
 pub fn vec_dot_q6_k_q8_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
-    accumulate(x.iter().zip(y).map(|(x, y)| {
-        let d = f16_at(x, 208) * y.d;
-        d * isum_q6_k(x, y) as f32
-    }))
+    accumulate(
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| term_q6_k(x, y.d, isum_q6_k(x, y))),
+    )
 }
 
 /// [`super::matvec`] with these scalar kernels: the oracle of the SIMD ones.

@@ -17,7 +17,9 @@
 //! partial group adds to its own lanes only. Hence the same bits on every
 //! CPU, natively and in the tab.
 //!
-//! Formats without a SIMD kernel yet use the scalar one.
+//! Tables: `avx2` (x86-64 with AVX2 and F16C; Q5_K uses the scalar
+//! kernel there) and `simd128` (wasm, the tab). Formats without a SIMD
+//! kernel use the scalar one.
 #![allow(unsafe_code)]
 
 use std::sync::OnceLock;
@@ -64,15 +66,67 @@ pub static SCALAR: Kernels = Kernels {
 pub fn available() -> Vec<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
     let simd = x86::supported().then_some(&x86::AVX2);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let simd = Some(&wasm::SIMD128);
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
     let simd: Option<&'static Kernels> = None;
     std::iter::once(&SCALAR).chain(simd).collect()
 }
 
-/// The fastest kernel table this CPU can run (detected once).
+/// The fastest kernel table this CPU can run that agrees with the scalar
+/// one on [`check`](super::check::check) (chosen once per process; a table
+/// that disagrees is reported on stderr / the console and skipped).
 pub fn best() -> &'static Kernels {
     static BEST: OnceLock<&'static Kernels> = OnceLock::new();
-    BEST.get_or_init(|| available().last().copied().unwrap_or(&SCALAR))
+    BEST.get_or_init(|| {
+        available()
+            .into_iter()
+            .rev()
+            .find(|k| match super::check::check(k, 0x5eed_51d0) {
+                Ok(_) => true,
+                Err(e) => {
+                    report(&e);
+                    false
+                }
+            })
+            .unwrap_or(&SCALAR)
+    })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn report(e: &super::check::KernelMismatch) {
+    eprintln!("tabnode: {e}; using the next kernels");
+}
+
+#[cfg(target_arch = "wasm32")]
+fn report(_: &super::check::KernelMismatch) {
+    // No stderr in the browser; the engine's device name says which table
+    // runs (`cpu-quantized-scalar` instead of `-simd128`).
+}
+
+/// `Σⱼ mⱼ·Σ y` of a Q4_K or Q5_K block (`scales` its 12 packed scale
+/// bytes), from the Q8_K block sums: a few integer products, shared by the
+/// SIMD kernels.
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+fn msum_k(scales: &[u8], y: &BlockQ8K) -> i32 {
+    let mut msum = 0i32;
+    for c in 0..4 {
+        let (_, m1) = super::scale_min_k4(2 * c, scales);
+        let (_, m2) = super::scale_min_k4(2 * c + 1, scales);
+        let b = &y.bsums[4 * c..4 * c + 4];
+        msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
+        msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
+    }
+    msum
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -87,7 +141,7 @@ mod x86 {
     use super::super::act::BlockQ8K;
     use super::super::act::{BlockQ8_0, BlockQ8_1};
     use super::super::{
-        f16_at, scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
+        scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
         Q8_0_BYTES, QK,
     };
     use super::Kernels;
@@ -134,17 +188,14 @@ mod x86 {
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
             // SAFETY: as above.
             let (isum, msum) = unsafe { isum_q4_k(x, y) };
-            let d = f16_at(x, 0) * y.d;
-            let dmin = f16_at(x, 2) * y.d;
-            d * isum as f32 - dmin * msum as f32
+            scalar::term_k_min(x, y.d, isum, msum)
         }))
     }
 
     fn q6_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
-            let d = f16_at(x, 208) * y.d;
             // SAFETY: as above.
-            d * unsafe { isum_q6_k(x, y) } as f32
+            scalar::term_q6_k(x, y.d, unsafe { isum_q6_k(x, y) })
         }))
     }
 
@@ -174,10 +225,9 @@ mod x86 {
         let low = _mm256_set1_epi8(0x0F);
         let ys = y.qs.as_slice();
         let mut acc = _mm256_setzero_si256();
-        let mut msum = 0i32;
         for c in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * c, scales);
-            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+            let (sc1, _) = scale_min_k4(2 * c, scales);
+            let (sc2, _) = scale_min_k4(2 * c + 1, scales);
             let raw = load_at(x, 16 + 32 * c);
             let lo = _mm256_and_si256(raw, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
@@ -186,11 +236,8 @@ mod x86 {
             let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(i16::from(sc1)));
             let p2 = _mm256_madd_epi16(p2, _mm256_set1_epi16(i16::from(sc2)));
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(p1, p2));
-            let b = &y.bsums[4 * c..4 * c + 4];
-            msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
-            msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
         }
-        (hsum_i32(acc), msum)
+        (hsum_i32(acc), super::msum_k(scales, y))
     }
 
     /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
@@ -449,6 +496,203 @@ mod x86 {
     }
 }
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    //! wasm SIMD128, for the tab. wasm has no run-time feature detection: a
+    //! module using SIMD instructions does not even compile on an engine
+    //! without them (every browser since 2021 has them), so this table
+    //! exists only in builds with `simd128` enabled (the worker's, see
+    //! `.cargo/config.toml`), and [`super::best`] still checks it against
+    //! the scalar table before using it.
+    //!
+    //! Each block's integer sum is vectorized (exact, in any order); its
+    //! float term is the scalar kernel's own function, accumulated by the
+    //! scalar [`accumulate`](scalar::accumulate): the scalar kernel's bits.
+
+    use core::arch::wasm32::*;
+
+    use super::super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+    use super::super::{
+        scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES,
+        Q6_K_BYTES, Q8_0_BYTES,
+    };
+    use super::Kernels;
+
+    pub(super) static SIMD128: Kernels = Kernels {
+        name: "simd128",
+        q4_0,
+        q4_1,
+        q5_0,
+        q8_0,
+        q4_k,
+        q5_k,
+        q6_k,
+    };
+
+    /// 16 bytes at `b[at..]`.
+    #[inline]
+    fn load<T: Copy>(b: &[T], at: usize) -> v128 {
+        const { assert!(std::mem::size_of::<T>() == 1) };
+        let s = &b[at..at + 16];
+        // SAFETY: `s` is 16 readable one-byte values (the slice above
+        // checked the bounds) and `read_unaligned` needs no alignment.
+        unsafe { s.as_ptr().cast::<v128>().read_unaligned() }
+    }
+
+    /// `Σ x·y` of 16 signed bytes each, as four `i32` partial sums (each
+    /// product is within ±128·127, an `i16`).
+    #[inline]
+    fn dot16(x: v128, y: v128) -> v128 {
+        let lo = i16x8_extmul_low_i8x16(x, y);
+        let hi = i16x8_extmul_high_i8x16(x, y);
+        i32x4_add(
+            i32x4_extadd_pairwise_i16x8(lo),
+            i32x4_extadd_pairwise_i16x8(hi),
+        )
+    }
+
+    /// The four lanes summed.
+    #[inline]
+    fn hsum(v: v128) -> i32 {
+        (i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v))
+            + (i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v))
+    }
+
+    /// The low and high nibbles of 16 bytes, as values 0..16.
+    #[inline]
+    fn nibbles(raw: v128) -> (v128, v128) {
+        (v128_and(raw, u8x16_splat(0x0F)), u8x16_shr(raw, 4))
+    }
+
+    /// `0xFF` in lane `k` where bit `k` of `bits` is set (`k < 16`).
+    #[inline]
+    fn bit_lanes(bits: u32) -> v128 {
+        let spread = i8x16_swizzle(
+            u32x4_splat(bits),
+            i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        );
+        let mask = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+        i8x16_eq(v128_and(spread, mask), mask)
+    }
+
+    fn blocks<X, Y>(x: &[X], y: &[Y], term: impl Fn(&X, &Y) -> f32) -> f32 {
+        scalar::accumulate(x.iter().zip(y).map(|(x, y)| term(x, y)))
+    }
+
+    fn q4_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        blocks(x, y, |x, y| {
+            let (lo, hi) = nibbles(load(x, 2));
+            let eight = i8x16_splat(8);
+            let v = i32x4_add(
+                dot16(i8x16_sub(lo, eight), load(&y.qs, 0)),
+                dot16(i8x16_sub(hi, eight), load(&y.qs, 16)),
+            );
+            scalar::term_d(x, y.d, hsum(v))
+        })
+    }
+
+    fn q4_1(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
+        blocks(x, y, |x, y| {
+            let (lo, hi) = nibbles(load(x, 4));
+            let v = i32x4_add(dot16(lo, load(&y.qs, 0)), dot16(hi, load(&y.qs, 16)));
+            scalar::term_q4_1(x, y, hsum(v))
+        })
+    }
+
+    fn q5_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        blocks(x, y, |x, y| {
+            let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
+            let (lo, hi) = nibbles(load(x, 6));
+            let sixteen = i8x16_splat(16);
+            let value = |nib: v128, bits: u32| {
+                let high = v128_and(bit_lanes(bits), sixteen);
+                i8x16_sub(v128_or(nib, high), sixteen)
+            };
+            let v = i32x4_add(
+                dot16(value(lo, qh), load(&y.qs, 0)),
+                dot16(value(hi, qh >> 16), load(&y.qs, 16)),
+            );
+            scalar::term_d(x, y.d, hsum(v))
+        })
+    }
+
+    fn q8_0(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        blocks(x, y, |x, y| {
+            let v = i32x4_add(
+                dot16(load(x, 2), load(&y.qs, 0)),
+                dot16(load(x, 18), load(&y.qs, 16)),
+            );
+            scalar::term_d(x, y.d, hsum(v))
+        })
+    }
+
+    /// `Σⱼ scⱼ·Σ q·y` of a Q4_K (`h = None`) or Q5_K block (`h` = its 32
+    /// high-bit bytes), `qs` its 128 nibble bytes.
+    #[inline]
+    fn isum_k(scales: &[u8], qs: &[u8], h: Option<&[u8]>, y: &BlockQ8K) -> i32 {
+        let one = u8x16_splat(1);
+        let mut acc = i32x4_splat(0);
+        for c in 0..4 {
+            let (sc1, _) = scale_min_k4(2 * c, scales);
+            let (sc2, _) = scale_min_k4(2 * c + 1, scales);
+            let (mut s1, mut s2) = (i32x4_splat(0), i32x4_splat(0));
+            for half in 0..2 {
+                let (mut lo, mut hi) = nibbles(load(qs, 32 * c + 16 * half));
+                if let Some(h) = h {
+                    let qh = load(h, 16 * half);
+                    let bit = |shift: u32| i8x16_shl(v128_and(u8x16_shr(qh, shift), one), 4);
+                    lo = v128_or(lo, bit(2 * c as u32));
+                    hi = v128_or(hi, bit(2 * c as u32 + 1));
+                }
+                s1 = i32x4_add(s1, dot16(lo, load(&y.qs, 64 * c + 16 * half)));
+                s2 = i32x4_add(s2, dot16(hi, load(&y.qs, 64 * c + 32 + 16 * half)));
+            }
+            acc = i32x4_add(acc, i32x4_mul(s1, i32x4_splat(i32::from(sc1))));
+            acc = i32x4_add(acc, i32x4_mul(s2, i32x4_splat(i32::from(sc2))));
+        }
+        hsum(acc)
+    }
+
+    fn q4_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        blocks(x, y, |x, y| {
+            let isum = isum_k(&x[4..16], &x[16..], None, y);
+            scalar::term_k_min(x, y.d, isum, super::msum_k(&x[4..16], y))
+        })
+    }
+
+    fn q5_k(x: &[[u8; Q5_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        blocks(x, y, |x, y| {
+            let isum = isum_k(&x[4..16], &x[48..], Some(&x[16..48]), y);
+            scalar::term_k_min(x, y.d, isum, super::msum_k(&x[4..16], y))
+        })
+    }
+
+    fn q6_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        blocks(x, y, |x, y| {
+            let three = u8x16_splat(3);
+            let m32 = i8x16_splat(32);
+            let scales = &x[192..208];
+            let mut acc = i32x4_splat(0);
+            for n in 0..2 {
+                for half in 0..2 {
+                    let qh = load(x, 128 + 32 * n + 16 * half);
+                    let (lo0, hi0) = nibbles(load(x, 64 * n + 16 * half));
+                    let (lo1, hi1) = nibbles(load(x, 64 * n + 32 + 16 * half));
+                    // Values 32k + l of this half of `n`'s 128, k = 0..4.
+                    for (k, nib) in [lo0, lo1, hi0, hi1].into_iter().enumerate() {
+                        let high = i8x16_shl(v128_and(u8x16_shr(qh, 2 * k as u32), three), 4);
+                        let q = i8x16_sub(v128_or(nib, high), m32);
+                        let d = dot16(q, load(&y.qs, 128 * n + 32 * k + 16 * half));
+                        let sc = scales[8 * n + 2 * k + half].cast_signed();
+                        acc = i32x4_add(acc, i32x4_mul(d, i32x4_splat(i32::from(sc))));
+                    }
+                }
+            }
+            scalar::term_q6_k(x, y.d, hsum(acc))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{random_blocks, Rng};
@@ -459,40 +703,48 @@ mod tests {
     /// counts around the groups of eight, weights and activations random.
     #[test]
     fn every_kernel_equals_the_scalar_one_bit_for_bit() {
-        let mut rng = Rng(0x5eed_51d0);
         let tables = available();
         println!(
             "kernels here: {:?}",
             tables.iter().map(|k| k.name).collect::<Vec<_>>()
         );
-        let formats = [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-        ];
-        for ty in formats {
-            for blocks in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 24, 33] {
-                let cols = blocks * ty.block_size();
-                let rows = 3;
-                let w = random_blocks(&mut rng, ty, rows * blocks, 0.05);
-                let w = QTensor::new(ty, rows, cols, &w).expect("weights");
-                let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
-                let act_ty = ty.vec_dot_type().expect("pairs");
-                let act = QuantizedActivation::quantize(act_ty, &x).expect("activation");
-                let mut want = vec![0f32; rows];
-                scalar::matvec(&w, &act, &mut want).expect("scalar");
-                for k in &tables {
-                    let mut got = vec![0f32; rows];
-                    super::super::matvec_with(k, &w, &act, &mut got).expect("simd");
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{} {ty:?} {blocks} blocks", k.name);
-                }
+        for k in &tables {
+            for seed in [0x5eed_51d0, 7, 8] {
+                let rows = super::super::check::check(k, seed).expect("equal to scalar");
+                assert_eq!(rows, 7 * 11 * 3);
             }
         }
+    }
+
+    /// The check catches a kernel that is off in a single bit.
+    #[test]
+    fn the_check_catches_a_kernel_off_by_one_bit() {
+        fn q8_0_off(x: &[[u8; Q8_0_BYTES]], y: &[super::super::act::BlockQ8_0]) -> f32 {
+            let v = scalar::vec_dot_q8_0_q8_0(x, y);
+            if x.len() == 9 {
+                f32::from_bits(v.to_bits() ^ 1)
+            } else {
+                v
+            }
+        }
+        let off = Kernels {
+            name: "off",
+            q8_0: q8_0_off,
+            ..SCALAR
+        };
+        let e = super::super::check::check(&off, 1).expect_err("caught");
+        assert!(
+            matches!(
+                e,
+                super::super::check::KernelMismatch::Bits {
+                    kernels: "off",
+                    ty: GgmlType::Q8_0,
+                    blocks: 9,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     /// A batch of activations gives, per token, the bits `matvec` gives;

@@ -1,6 +1,7 @@
 //! The JavaScript API: the `TabNode` and `Generation` classes.
 
 use super::*;
+use tabnode_core::infer::Backend;
 
 /// A browser tab's node.
 #[wasm_bindgen]
@@ -224,16 +225,27 @@ impl TabNode {
 
     /// Has the worker load the model at `url` (the relay serves
     /// `/models/<file>`): from the browser's cache when it holds it, else
-    /// downloaded and cached. Progress arrives as `model_progress` events;
-    /// resolves to `{ model, from_cache, downloaded_bytes, load_ms, device }`.
+    /// downloaded and cached. `backend` (`cpu` or `webgpu`) forces where it
+    /// runs; without it the worker times both (when WebGPU is a hardware
+    /// adapter) and keeps the faster. Progress arrives as `model_progress`
+    /// events; resolves to `{ model, from_cache, downloaded_bytes, load_ms,
+    /// engine: { backend, device, reason, timings } }`.
+    ///
+    /// # Errors
+    /// A `backend` other than `cpu` or `webgpu` (the promise rejects).
     #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(&self, url: String) -> js_sys::Promise {
+    pub fn load_model(&self, url: String, backend: Option<String>) -> js_sys::Promise {
         let shared = self.shared.clone();
         future_to_promise(async move {
+            let backend = backend
+                .filter(|b| !b.is_empty())
+                .map(|b| b.parse::<Backend>())
+                .transpose()
+                .map_err(|e| JsError::new(&e.to_string()))?;
             let (tx, rx) = oneshot::channel();
             shared.model_waiters.borrow_mut().push(tx);
             shared
-                .post_worker(&ToWorker::LoadModel { url })
+                .post_worker(&ToWorker::LoadModel { url, backend })
                 .map_err(JsError::from)?;
             match rx.await {
                 Ok(Ok(v)) => Ok(v),

@@ -76,10 +76,11 @@ pub(super) fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebErro
                 web_sys::console::error_1(&format!("tabnode worker: {message}").into());
             }
             FromWorker::Bench { .. } | FromWorker::ModelProgress { .. } => {}
-            FromWorker::ModelReady { model, .. } => {
+            FromWorker::ModelReady { model, engine, .. } => {
                 let caps = {
                     let mut c = shared.capabilities.borrow_mut();
                     c.models = vec![model.name.clone()];
+                    c.engine = Some(engine.clone());
                     c.clone()
                 };
                 let _ = shared.command(Command::SetCapabilities(caps));

@@ -1,0 +1,129 @@
+//! Checking a kernel table against the scalar one on random blocks, where
+//! it runs: the tests do it natively, and [`super::simd::best`] does it once
+//! per process before handing a SIMD table out (a few milliseconds), so a
+//! miscompiled or mis-detected kernel falls back to the scalar one instead
+//! of serving wrong tokens, natively and in the tab's wasm alike.
+
+use super::{f32_to_f16, matvec_with, GgmlType, Kernels, QTensor, QuantError, QuantizedActivation};
+
+/// A kernel that disagreed with the scalar reference.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelMismatch {
+    /// Different bits for one row.
+    #[error("{kernels} {ty} kernel differs from the scalar one ({blocks} blocks, row {row}: {got:e} vs {want:e})")]
+    Bits {
+        /// The table's name.
+        kernels: &'static str,
+        /// The weight format.
+        ty: GgmlType,
+        /// Blocks per row.
+        blocks: usize,
+        /// The row.
+        row: usize,
+        /// What the table gave.
+        got: f32,
+        /// What the scalar kernel gave.
+        want: f32,
+    },
+    /// The check's own inputs were refused (a bug in the check).
+    #[error("kernel check: {0}")]
+    Quant(#[from] QuantError),
+}
+
+/// splitmix64: a small deterministic generator for random blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    /// Uniform in [-1, 1).
+    pub(crate) fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Offsets of the f16 scale fields of each weight format.
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+/// `n` random blocks of `ty` whose f16 scales are `scale` times a random
+/// value in [-1, 1) (finite, well scaled, so dot products stay readable);
+/// every other byte is random, so every quant value and scale bit occurs.
+pub(crate) fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize, scale: f32) -> Vec<u8> {
+    let bytes = ty.block_bytes();
+    let mut data = rng.bytes(n * bytes);
+    for b in data.chunks_exact_mut(bytes) {
+        for &at in f16_fields(ty) {
+            let h = f32_to_f16(rng.unit() * scale);
+            b[at..at + 2].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    data
+}
+
+/// The weight formats with kernels.
+pub const FORMATS: [GgmlType; 7] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Compares `kernels` with the scalar table bit for bit on random weights
+/// and activations: every format, block counts around the SIMD groups of
+/// eight (0 to 33), three rows each. Returns the number of rows compared.
+///
+/// # Errors
+/// The first row whose bits differ.
+pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
+    let mut rng = Rng(seed);
+    let mut compared = 0;
+    for ty in FORMATS {
+        for blocks in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 24, 33] {
+            let cols = blocks * ty.block_size();
+            let rows = 3;
+            let w = random_blocks(&mut rng, ty, rows * blocks, 0.05);
+            let w = QTensor::new(ty, rows, cols, &w)?;
+            let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+            let act_ty = ty.vec_dot_type().ok_or(QuantError::NoVecDot(ty))?;
+            let act = QuantizedActivation::quantize(act_ty, &x)?;
+            let mut want = vec![0f32; rows];
+            matvec_with(&super::simd::SCALAR, &w, &act, &mut want)?;
+            let mut got = vec![0f32; rows];
+            matvec_with(kernels, &w, &act, &mut got)?;
+            for (row, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                if got.to_bits() != want.to_bits() {
+                    return Err(KernelMismatch::Bits {
+                        kernels: kernels.name,
+                        ty,
+                        blocks,
+                        row,
+                        got,
+                        want,
+                    });
+                }
+            }
+            compared += rows;
+        }
+    }
+    Ok(compared)
+}
