@@ -19,18 +19,24 @@ echo "== WGSL kernels in Chromium (e2e/bench/kernels.mjs)"
 node e2e/bench/kernels.mjs "${BROWSER_SIZES:-128,256,512}" 3
 echo "== engine: native vs llama.cpp on the same GGUF (scripts/bench/engine.py)"
 cargo build -q --workspace --all-targets
-if [ -x "$TABNODE_CACHE/venv-ref/bin/python" ]; then
-  "$TABNODE_CACHE/venv-ref/bin/python" scripts/bench/engine.py "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
-else
-  echo "(no llama.cpp reference venv: see scripts/fixtures/llama_reference.py; tabnode alone:)"
-  "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
+# The reference: llama.cpp built from PyPI's llama-cpp-python (about 15 min
+# the first time; flags as in scripts/fixtures/llama_reference.py).
+REF="$TABNODE_CACHE/venv-ref"
+if ! "$REF/bin/python" -c 'import llama_cpp, numpy' 2>/dev/null; then
+  echo "(building the llama.cpp reference into $REF)"
+  python3 -m venv "$REF"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" \
+    "$REF/bin/pip" install -q llama-cpp-python==0.3.36 numpy
 fi
+for round in 1 2; do
+  "$REF/bin/python" scripts/bench/engine.py "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
+done
 echo "== engine: quantized CPU (the file's blocks, integer kernels) vs f32 burn, same run"
 for w in f32 quant f32 quant; do
   TABNODE_WEIGHTS=$w "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
 done
-echo "== engine: Chromium (WebGPU) vs native (e2e/bench/model.mjs)"
-node e2e/bench/model.mjs "${BROWSER_TOKENS:-8}"
+echo "== engine: Chromium (the worker's chosen backend, and WebGPU forced) vs native (e2e/bench/model.mjs)"
+node e2e/bench/model.mjs "${BROWSER_TOKENS:-32}" "${WEBGPU_TOKENS:-3}"
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
 cargo build -q -p tabnode-node --example net_bench
 "$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"

@@ -4,9 +4,10 @@
 //!
 //! `cargo run -p tabnode-infer --example engine_bench -- MODEL.gguf [PROMPT_TOKENS] [DECODE_TOKENS]`
 //!
-//! `TABNODE_WEIGHTS` picks the engine: unset or `f32` (burn, weights
-//! expanded to f32), `q8` (burn's block-32 Q8), `quant` (the CPU model with
-//! the file's quantized blocks and integer kernels, [`tabnode_infer::cpu`]).
+//! `TABNODE_WEIGHTS` picks the engine: unset or `quant` (the default engine:
+//! the CPU model with the file's quantized blocks and integer kernels,
+//! [`tabnode_infer::cpu`]), `f32` (burn, weights expanded to f32), `q8`
+//! (burn's block-32 Q8).
 
 use std::time::Instant;
 
@@ -48,14 +49,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt.extend(tokenizer.encode(TEXT, false));
     }
     prompt.truncate(n_prompt);
-    let (engine, label) = match std::env::var("TABNODE_WEIGHTS").as_deref() {
+    let burn_format = match std::env::var("TABNODE_WEIGHTS").as_deref() {
+        Ok("f32") => Some(WeightFormat::F32),
+        Ok("q8") => Some(WeightFormat::Q8Block32),
+        Ok("quant") | Err(_) => None,
+        Ok(other) => {
+            return Err(format!("TABNODE_WEIGHTS={other}: expected quant, f32 or q8").into())
+        }
+    };
+    let (engine, label) = match burn_format {
         // The file's bytes become the model's: no copy, no expansion.
-        Ok("quant") => (Engine::load_quantized(bytes)?, String::new()),
-        other => {
-            let format = match other {
-                Ok("q8") => WeightFormat::Q8Block32,
-                _ => WeightFormat::F32,
-            };
+        None => (Engine::load_quantized(bytes)?, String::new()),
+        Some(format) => {
             let engine = Engine::load_as(&bytes, &Device::flex(), "flex", format, &mut |_, _| {})?;
             drop(bytes);
             (engine, format!("tabnode-flex-{format:?}"))

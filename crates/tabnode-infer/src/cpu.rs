@@ -225,40 +225,63 @@ fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// The activations of a batch of tokens, quantized once per type and
-/// reused by every matrix that pairs with that type (q/k/v, gate/up).
+/// The activations of a batch of tokens, quantized once per activation
+/// type the matrices reading them pair with (q/k/v share one input, gate/up
+/// another).
 struct Acts {
-    ty: Option<GgmlType>,
-    rows: Vec<QuantizedActivation>,
+    tokens: usize,
+    by_type: Vec<(GgmlType, Vec<QuantizedActivation>)>,
 }
 
 impl Acts {
     fn new(tokens: usize) -> Self {
         Self {
-            ty: None,
-            rows: vec![QuantizedActivation::default(); tokens],
+            tokens,
+            by_type: Vec::new(),
         }
     }
 
-    /// `out = W·x` for each token's row of `x` (token-major), quantizing
-    /// `x` unless it is already held in the type `W` pairs with (`fresh`:
-    /// `x` changed since).
-    fn matmul(
-        &mut self,
-        model: &CpuModel,
-        w: &Weight,
-        x: &[f32],
-        fresh: bool,
-        out: &mut [f32],
-    ) -> Result<(), QuantError> {
-        if fresh || self.ty != Some(w.act) {
-            for (act, row) in self.rows.iter_mut().zip(x.chunks_exact(w.cols)) {
+    /// Quantizes `x` (token-major rows) for every matrix of `ws`.
+    fn quantize(&mut self, x: &[f32], ws: &[&Weight]) -> Result<(), QuantError> {
+        let cols = x.len() / self.tokens.max(1);
+        let mut slots = std::mem::take(&mut self.by_type);
+        let mut fresh = Vec::with_capacity(ws.len());
+        for w in ws {
+            if fresh.iter().any(|(ty, _)| *ty == w.act) {
+                continue;
+            }
+            let mut rows = match slots.iter().position(|(ty, _)| *ty == w.act) {
+                Some(i) => slots.swap_remove(i).1,
+                None => slots.pop().map_or_else(Vec::new, |s| s.1),
+            };
+            rows.resize_with(self.tokens, QuantizedActivation::default);
+            for (act, row) in rows.iter_mut().zip(x.chunks_exact(cols)) {
                 act.quantize_into(w.act, row)?;
             }
-            self.ty = Some(w.act);
+            fresh.push((w.act, rows));
         }
-        quant::matmul(&model.view(w)?, &self.rows, out)
+        self.by_type = fresh;
+        Ok(())
     }
+
+    /// `out = W·x` for the activations last quantized for `w`.
+    fn matmul(&self, model: &CpuModel, w: &Weight, out: &mut [f32]) -> Result<(), QuantError> {
+        let rows = self
+            .by_type
+            .iter()
+            .find(|(ty, _)| *ty == w.act)
+            .map_or(&[][..], |(_, rows)| rows.as_slice());
+        quant::matmul(&model.view(w)?, rows, out)
+    }
+}
+
+/// Runs `a` and `b` at once where there are threads (one wake-up of the
+/// pool for both, instead of one per matrix), one after the other in wasm.
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::join(a, b);
+    #[cfg(target_arch = "wasm32")]
+    return (a(), b());
 }
 
 impl CpuSession<'_> {
@@ -334,9 +357,17 @@ impl CpuSession<'_> {
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.attn_norm, c.eps, h);
             }
-            acts.matmul(m, &layer.wq, &h, true, &mut q)?;
-            acts.matmul(m, &layer.wk, &h, false, &mut k)?;
-            acts.matmul(m, &layer.wv, &h, false, &mut v)?;
+            acts.quantize(&h, &[&layer.wq, &layer.wk, &layer.wv])?;
+            let (rq, (rk, rv)) = both(
+                || acts.matmul(m, &layer.wq, &mut q),
+                || {
+                    both(
+                        || acts.matmul(m, &layer.wk, &mut k),
+                        || acts.matmul(m, &layer.wv, &mut v),
+                    )
+                },
+            );
+            rq.and(rk).and(rv)?;
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
@@ -363,17 +394,23 @@ impl CpuSession<'_> {
                     attend(&q[q0..q0 + hd], &cache, n, scale, &mut scores, out);
                 }
             }
-            acts.matmul(m, &layer.wo, &att, true, &mut o)?;
+            acts.quantize(&att, &[&layer.wo])?;
+            acts.matmul(m, &layer.wo, &mut o)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.ffn_norm, c.eps, h);
             }
-            acts.matmul(m, &layer.gate, &h, true, &mut g)?;
-            acts.matmul(m, &layer.up, &h, false, &mut u)?;
+            acts.quantize(&h, &[&layer.gate, &layer.up])?;
+            let (rg, ru) = both(
+                || acts.matmul(m, &layer.gate, &mut g),
+                || acts.matmul(m, &layer.up, &mut u),
+            );
+            rg.and(ru)?;
             for (gi, ui) in g.iter_mut().zip(&u) {
                 *gi = *gi / (1.0 + libm::expf(-*gi)) * ui;
             }
-            acts.matmul(m, &layer.down, &g, true, &mut o)?;
+            acts.quantize(&g, &[&layer.down])?;
+            acts.matmul(m, &layer.down, &mut o)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         // Logits for the last token only.
@@ -383,7 +420,8 @@ impl CpuSession<'_> {
         let mut logits = vec![0f32; c.vocab];
         let head = m.output.as_ref().unwrap_or(&m.embed);
         let mut last_act = Acts::new(1);
-        last_act.matmul(m, head, &normed, true, &mut logits)?;
+        last_act.quantize(&normed, &[head])?;
+        last_act.matmul(m, head, &mut logits)?;
         self.pos += t;
         Ok(logits)
     }

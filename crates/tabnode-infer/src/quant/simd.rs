@@ -505,16 +505,19 @@ mod wasm {
     //! `.cargo/config.toml`), and [`super::best`] still checks it against
     //! the scalar table before using it.
     //!
-    //! Each block's integer sum is vectorized (exact, in any order); its
-    //! float term is the scalar kernel's own function, accumulated by the
-    //! scalar [`accumulate`](scalar::accumulate): the scalar kernel's bits.
+    //! Each block's integer sum is vectorized (exact, in any order). The
+    //! 32-value formats compute four blocks' float terms at once in f32
+    //! lanes with the scalar term's operations and accumulate them into the
+    //! scalar kernel's lanes ([`dot_quads`]); the K formats (one term per
+    //! 256 values) use the scalar term functions and
+    //! [`accumulate`](scalar::accumulate). Either way: the scalar bits.
 
     use core::arch::wasm32::*;
 
     use super::super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
     use super::super::{
-        scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES,
-        Q6_K_BYTES, Q8_0_BYTES,
+        scalar, scale_min_k4, F16_RESCALE, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES,
+        Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES,
     };
     use super::Kernels;
 
@@ -579,51 +582,167 @@ mod wasm {
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| term(x, y)))
     }
 
+    /// The f16 values in the four `u32` lanes of `h` as f32 lanes, with the
+    /// bits of the scalar [`f16_to_f32`](super::super::f16_to_f32): the same
+    /// rescaling multiplication per lane, the same NaN and infinity bits.
+    #[inline]
+    fn f16_lanes(h: v128) -> v128 {
+        let sign = i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16);
+        let em = v128_and(h, u32x4_splat(0x7fff));
+        let finite = f32x4_mul(i32x4_shl(em, 13), f32x4_splat(F16_RESCALE));
+        let man = v128_and(h, u32x4_splat(0x3ff));
+        let quiet = v128_andnot(u32x4_splat(0x0040_0000), i32x4_eq(man, u32x4_splat(0)));
+        let special = v128_or(u32x4_splat(0x7f80_0000), v128_or(quiet, i32x4_shl(man, 13)));
+        let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
+        v128_or(sign, v128_bitselect(special, finite, is_special))
+    }
+
+    /// `f(b[k])` (f16 bits) for the four blocks, as f32 lanes.
+    #[inline]
+    fn halves<T>(b: &[T; 4], f: impl Fn(&T) -> u16) -> v128 {
+        let h = |k: usize| u32::from(f(&b[k]));
+        f16_lanes(u32x4(h(0), h(1), h(2), h(3)))
+    }
+
+    fn f16_le(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+
+    /// The totals of four `i32x4` partial sums, in lane order (exact).
+    #[inline]
+    fn hsum4(v: [v128; 4]) -> v128 {
+        let pair = |a: v128, b: v128| {
+            i32x4_add(
+                i32x4_shuffle::<0, 4, 1, 5>(a, b),
+                i32x4_shuffle::<2, 6, 3, 7>(a, b),
+            )
+        };
+        let (a, b) = (pair(v[0], v[1]), pair(v[2], v[3]));
+        i32x4_add(
+            i32x4_shuffle::<0, 1, 4, 5>(a, b),
+            i32x4_shuffle::<2, 3, 6, 7>(a, b),
+        )
+    }
+
+    /// The scalar kernel's sum, four blocks at a time: `quad` gives four
+    /// consecutive blocks' terms in f32 lanes (the scalar term's operations,
+    /// lane by lane, no fused multiply-add); blocks `8i..8i+4` add to lanes
+    /// 0..4 and `8i+4..8i+8` to lanes 4..8 of the accumulators, the last
+    /// blocks (fewer than four) to lane `b % 8` through `term`, then the
+    /// fixed reduction: every lane sees the scalar kernel's additions in its
+    /// order.
+    fn dot_quads<X, Y>(
+        x: &[X],
+        y: &[Y],
+        quad: impl Fn(&[X; 4], &[Y; 4]) -> v128,
+        term: impl Fn(&X, &Y) -> f32,
+    ) -> f32 {
+        let n = x.len().min(y.len());
+        let (xq, x_tail) = x[..n].as_chunks::<4>();
+        let (yq, y_tail) = y[..n].as_chunks::<4>();
+        let mut acc = [f32x4_splat(0.0); 2];
+        for (i, (xq, yq)) in xq.iter().zip(yq).enumerate() {
+            acc[i % 2] = f32x4_add(acc[i % 2], quad(xq, yq));
+        }
+        let [lo, hi] = acc;
+        let mut lanes = [
+            f32x4_extract_lane::<0>(lo),
+            f32x4_extract_lane::<1>(lo),
+            f32x4_extract_lane::<2>(lo),
+            f32x4_extract_lane::<3>(lo),
+            f32x4_extract_lane::<0>(hi),
+            f32x4_extract_lane::<1>(hi),
+            f32x4_extract_lane::<2>(hi),
+            f32x4_extract_lane::<3>(hi),
+        ];
+        let done = 4 * xq.len();
+        for (j, (x, y)) in x_tail.iter().zip(y_tail).enumerate() {
+            lanes[(done + j) % 8] += term(x, y);
+        }
+        scalar::reduce_lanes(lanes)
+    }
+
+    /// Four blocks' `(dx·dy)·isum` (Q4_0, Q5_0, Q8_0; `x` starts with `d`).
+    #[inline]
+    fn quad_d<X: AsRef<[u8]>>(xs: &[X; 4], ys: &[BlockQ8_0; 4], isums: [v128; 4]) -> v128 {
+        let d = f32x4_mul(halves(xs, |x| f16_le(x.as_ref(), 0)), halves(ys, |y| y.d));
+        f32x4_mul(d, f32x4_convert_i32x4(hsum4(isums)))
+    }
+
+    fn part_q4_0(x: &[u8; Q4_0_BYTES], y: &BlockQ8_0) -> v128 {
+        let (lo, hi) = nibbles(load(x, 2));
+        let eight = i8x16_splat(8);
+        i32x4_add(
+            dot16(i8x16_sub(lo, eight), load(&y.qs, 0)),
+            dot16(i8x16_sub(hi, eight), load(&y.qs, 16)),
+        )
+    }
+
     fn q4_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        blocks(x, y, |x, y| {
-            let (lo, hi) = nibbles(load(x, 2));
-            let eight = i8x16_splat(8);
-            let v = i32x4_add(
-                dot16(i8x16_sub(lo, eight), load(&y.qs, 0)),
-                dot16(i8x16_sub(hi, eight), load(&y.qs, 16)),
-            );
-            scalar::term_d(x, y.d, hsum(v))
-        })
+        dot_quads(
+            x,
+            y,
+            |xs, ys| quad_d(xs, ys, std::array::from_fn(|k| part_q4_0(&xs[k], &ys[k]))),
+            |x, y| scalar::term_d(x, y.d, hsum(part_q4_0(x, y))),
+        )
+    }
+
+    fn part_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1) -> v128 {
+        let (lo, hi) = nibbles(load(x, 4));
+        i32x4_add(dot16(lo, load(&y.qs, 0)), dot16(hi, load(&y.qs, 16)))
     }
 
     fn q4_1(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
-        blocks(x, y, |x, y| {
-            let (lo, hi) = nibbles(load(x, 4));
-            let v = i32x4_add(dot16(lo, load(&y.qs, 0)), dot16(hi, load(&y.qs, 16)));
-            scalar::term_q4_1(x, y, hsum(v))
-        })
+        dot_quads(
+            x,
+            y,
+            |xs, ys| {
+                let isum = hsum4(std::array::from_fn(|k| part_q4_1(&xs[k], &ys[k])));
+                let d = f32x4_mul(halves(xs, |x| f16_le(x, 0)), halves(ys, |y| y.d));
+                let m = f32x4_mul(halves(xs, |x| f16_le(x, 2)), halves(ys, |y| y.s));
+                f32x4_add(f32x4_mul(d, f32x4_convert_i32x4(isum)), m)
+            },
+            |x, y| scalar::term_q4_1(x, y, hsum(part_q4_1(x, y))),
+        )
+    }
+
+    fn part_q5_0(x: &[u8; Q5_0_BYTES], y: &BlockQ8_0) -> v128 {
+        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
+        let (lo, hi) = nibbles(load(x, 6));
+        let sixteen = i8x16_splat(16);
+        let value = |nib: v128, bits: u32| {
+            let high = v128_and(bit_lanes(bits), sixteen);
+            i8x16_sub(v128_or(nib, high), sixteen)
+        };
+        i32x4_add(
+            dot16(value(lo, qh), load(&y.qs, 0)),
+            dot16(value(hi, qh >> 16), load(&y.qs, 16)),
+        )
     }
 
     fn q5_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        blocks(x, y, |x, y| {
-            let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
-            let (lo, hi) = nibbles(load(x, 6));
-            let sixteen = i8x16_splat(16);
-            let value = |nib: v128, bits: u32| {
-                let high = v128_and(bit_lanes(bits), sixteen);
-                i8x16_sub(v128_or(nib, high), sixteen)
-            };
-            let v = i32x4_add(
-                dot16(value(lo, qh), load(&y.qs, 0)),
-                dot16(value(hi, qh >> 16), load(&y.qs, 16)),
-            );
-            scalar::term_d(x, y.d, hsum(v))
-        })
+        dot_quads(
+            x,
+            y,
+            |xs, ys| quad_d(xs, ys, std::array::from_fn(|k| part_q5_0(&xs[k], &ys[k]))),
+            |x, y| scalar::term_d(x, y.d, hsum(part_q5_0(x, y))),
+        )
+    }
+
+    fn part_q8_0(x: &[u8; Q8_0_BYTES], y: &BlockQ8_0) -> v128 {
+        i32x4_add(
+            dot16(load(x, 2), load(&y.qs, 0)),
+            dot16(load(x, 18), load(&y.qs, 16)),
+        )
     }
 
     fn q8_0(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        blocks(x, y, |x, y| {
-            let v = i32x4_add(
-                dot16(load(x, 2), load(&y.qs, 0)),
-                dot16(load(x, 18), load(&y.qs, 16)),
-            );
-            scalar::term_d(x, y.d, hsum(v))
-        })
+        dot_quads(
+            x,
+            y,
+            |xs, ys| quad_d(xs, ys, std::array::from_fn(|k| part_q8_0(&xs[k], &ys[k]))),
+            |x, y| scalar::term_d(x, y.d, hsum(part_q8_0(x, y))),
+        )
     }
 
     /// `Σⱼ scⱼ·Σ q·y` of a Q4_K (`h = None`) or Q5_K block (`h` = its 32
