@@ -275,6 +275,12 @@ impl Acts {
     }
 }
 
+/// Attention work (query values × cached positions) above which the heads
+/// are spread over the cores natively: below it one core is done before the
+/// pool would wake up (a decode step passes it from about 100 positions).
+#[cfg(not(target_arch = "wasm32"))]
+const PARALLEL_ATTENTION: usize = 64 << 10;
+
 /// Runs `a` and `b` at once where there are threads (one wake-up of the
 /// pool for both, instead of one per matrix), one after the other in wasm.
 fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
@@ -379,19 +385,34 @@ impl CpuSession<'_> {
             self.k[l].extend_from_slice(&k);
             self.v[l].extend_from_slice(&v);
             let (keys, values) = (&self.k[l], &self.v[l]);
-            for i in 0..t {
+            // One (token, head) pair per `hd` values of `q` and `att`.
+            let pair = |idx: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+                let (i, head) = (idx / c.heads, idx % c.heads);
                 // Causal: token i sees the cache up to its own position.
                 let n = self.pos + i + 1;
-                for head in 0..c.heads {
-                    let q0 = i * dim + head * hd;
-                    let cache = KvHead {
-                        keys,
-                        values,
-                        stride: kv_dim,
-                        at: (head / group) * hd,
-                    };
-                    let out = &mut att[q0..q0 + hd];
-                    attend(&q[q0..q0 + hd], &cache, n, scale, &mut scores, out);
+                let cache = KvHead {
+                    keys,
+                    values,
+                    stride: kv_dim,
+                    at: (head / group) * hd,
+                };
+                attend(&q[idx * hd..(idx + 1) * hd], &cache, n, scale, scores, out);
+            };
+            #[cfg(not(target_arch = "wasm32"))]
+            let parallel = t * c.heads * (self.pos + t) * hd >= PARALLEL_ATTENTION;
+            #[cfg(target_arch = "wasm32")]
+            let parallel = false;
+            if parallel {
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    use rayon::prelude::*;
+                    att.par_chunks_mut(hd)
+                        .enumerate()
+                        .for_each_init(Vec::new, |scores, (idx, out)| pair(idx, out, scores));
+                }
+            } else {
+                for (idx, out) in att.chunks_exact_mut(hd).enumerate() {
+                    pair(idx, out, &mut scores);
                 }
             }
             acts.quantize(&att, &[&layer.wo])?;
