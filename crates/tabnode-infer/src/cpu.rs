@@ -244,23 +244,17 @@ impl Acts {
     /// Quantizes `x` (token-major rows) for every matrix of `ws`.
     fn quantize(&mut self, x: &[f32], ws: &[&Weight]) -> Result<(), QuantError> {
         let cols = x.len() / self.tokens.max(1);
-        let mut slots = std::mem::take(&mut self.by_type);
-        let mut fresh = Vec::with_capacity(ws.len());
+        self.by_type.clear();
         for w in ws {
-            if fresh.iter().any(|(ty, _)| *ty == w.act) {
+            if self.by_type.iter().any(|(ty, _)| *ty == w.act) {
                 continue;
             }
-            let mut rows = match slots.iter().position(|(ty, _)| *ty == w.act) {
-                Some(i) => slots.swap_remove(i).1,
-                None => slots.pop().map_or_else(Vec::new, |s| s.1),
-            };
-            rows.resize_with(self.tokens, QuantizedActivation::default);
-            for (act, row) in rows.iter_mut().zip(x.chunks_exact(cols)) {
-                act.quantize_into(w.act, row)?;
-            }
-            fresh.push((w.act, rows));
+            let rows = x
+                .chunks_exact(cols)
+                .map(|row| QuantizedActivation::quantize(w.act, row))
+                .collect::<Result<_, _>>()?;
+            self.by_type.push((w.act, rows));
         }
-        self.by_type = fresh;
         Ok(())
     }
 

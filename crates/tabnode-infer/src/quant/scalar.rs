@@ -86,15 +86,30 @@ pub(crate) fn isum_q8_0(x: &[u8; Q8_0_BYTES], y: &[i8; QK]) -> i32 {
         .sum()
 }
 
+/// `Σⱼ mⱼ·Σ y` of a Q4_K or Q5_K block (`scales` its 12 packed scale
+/// bytes), from the Q8_K block sums (the SIMD kernels use it too).
+#[inline]
+pub(crate) fn msum_k(scales: &[u8], y: &BlockQ8K) -> i32 {
+    let mut msum = 0i32;
+    for c in 0..4 {
+        let (_, m1) = scale_min_k4(2 * c, scales);
+        let (_, m2) = scale_min_k4(2 * c + 1, scales);
+        let b = &y.bsums[4 * c..4 * c + 4];
+        msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
+        msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
+    }
+    msum
+}
+
 /// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q4_K block (`Σ y` from the Q8_K block sums).
 #[inline]
 pub(crate) fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
     let scales = &x[4..16];
     let qs = &x[16..];
-    let (mut isum, mut msum) = (0i32, 0i32);
+    let mut isum = 0i32;
     for c in 0..4 {
-        let (sc1, m1) = scale_min_k4(2 * c, scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (sc1, _) = scale_min_k4(2 * c, scales);
+        let (sc2, _) = scale_min_k4(2 * c + 1, scales);
         let ys = &y.qs[64 * c..64 * c + 64];
         let (mut s1, mut s2) = (0i32, 0i32);
         for (l, &q) in qs[32 * c..32 * c + 32].iter().enumerate() {
@@ -102,11 +117,8 @@ pub(crate) fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
             s2 += i32::from(q >> 4) * i32::from(ys[l + 32]);
         }
         isum += i32::from(sc1) * s1 + i32::from(sc2) * s2;
-        let b = &y.bsums[4 * c..4 * c + 4];
-        msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
-        msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
     }
-    (isum, msum)
+    (isum, msum_k(scales, y))
 }
 
 /// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q5_K block.
@@ -115,10 +127,10 @@ pub(crate) fn isum_q5_k(x: &[u8; Q5_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
     let scales = &x[4..16];
     let qh = &x[16..48];
     let qs = &x[48..];
-    let (mut isum, mut msum) = (0i32, 0i32);
+    let mut isum = 0i32;
     for c in 0..4 {
-        let (sc1, m1) = scale_min_k4(2 * c, scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (sc1, _) = scale_min_k4(2 * c, scales);
+        let (sc2, _) = scale_min_k4(2 * c + 1, scales);
         let ys = &y.qs[64 * c..64 * c + 64];
         let (mut s1, mut s2) = (0i32, 0i32);
         for (l, (&q, &h)) in qs[32 * c..32 * c + 32].iter().zip(qh).enumerate() {
@@ -128,11 +140,8 @@ pub(crate) fn isum_q5_k(x: &[u8; Q5_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
             s2 += i32::from(hi) * i32::from(ys[l + 32]);
         }
         isum += i32::from(sc1) * s1 + i32::from(sc2) * s2;
-        let b = &y.bsums[4 * c..4 * c + 4];
-        msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
-        msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
     }
-    (isum, msum)
+    (isum, msum_k(scales, y))
 }
 
 /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block.

@@ -107,28 +107,6 @@ fn report(_: &super::check::KernelMismatch) {
     // runs (`cpu-quantized-scalar` instead of `-simd128`).
 }
 
-/// `Σⱼ mⱼ·Σ y` of a Q4_K or Q5_K block (`scales` its 12 packed scale
-/// bytes), from the Q8_K block sums: a few integer products, shared by the
-/// SIMD kernels.
-#[cfg_attr(
-    not(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )),
-    allow(dead_code)
-)]
-fn msum_k(scales: &[u8], y: &BlockQ8K) -> i32 {
-    let mut msum = 0i32;
-    for c in 0..4 {
-        let (_, m1) = super::scale_min_k4(2 * c, scales);
-        let (_, m2) = super::scale_min_k4(2 * c + 1, scales);
-        let b = &y.bsums[4 * c..4 * c + 4];
-        msum += i32::from(m1) * (i32::from(b[0]) + i32::from(b[1]));
-        msum += i32::from(m2) * (i32::from(b[2]) + i32::from(b[3]));
-    }
-    msum
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX2 (+ F16C for the f16 scales). The safe wrappers in [`AVX2`] call
@@ -237,7 +215,7 @@ mod x86 {
             let p2 = _mm256_madd_epi16(p2, _mm256_set1_epi16(i16::from(sc2)));
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(p1, p2));
         }
-        (hsum_i32(acc), super::msum_k(scales, y))
+        (hsum_i32(acc), scalar::msum_k(scales, y))
     }
 
     /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
@@ -775,14 +753,14 @@ mod wasm {
     fn q4_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
         blocks(x, y, |x, y| {
             let isum = isum_k(&x[4..16], &x[16..], None, y);
-            scalar::term_k_min(x, y.d, isum, super::msum_k(&x[4..16], y))
+            scalar::term_k_min(x, y.d, isum, scalar::msum_k(&x[4..16], y))
         })
     }
 
     fn q5_k(x: &[[u8; Q5_K_BYTES]], y: &[BlockQ8K]) -> f32 {
         blocks(x, y, |x, y| {
             let isum = isum_k(&x[4..16], &x[48..], Some(&x[16..48]), y);
-            scalar::term_k_min(x, y.d, isum, super::msum_k(&x[4..16], y))
+            scalar::term_k_min(x, y.d, isum, scalar::msum_k(&x[4..16], y))
         })
     }
 
