@@ -101,11 +101,10 @@ pub(crate) fn msum_k(scales: &[u8], y: &BlockQ8K) -> i32 {
     msum
 }
 
-/// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q4_K block (`Σ y` from the Q8_K block sums).
+/// `Σⱼ scⱼ·Σ q·y` of a Q4_K (`qh = None`) or Q5_K block (`qh` = its 32
+/// high-bit bytes), `qs` its 128 nibble bytes.
 #[inline]
-pub(crate) fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
-    let scales = &x[4..16];
-    let qs = &x[16..];
+fn isum_k(scales: &[u8], qs: &[u8], qh: Option<&[u8]>, y: &BlockQ8K) -> i32 {
     let mut isum = 0i32;
     for c in 0..4 {
         let (sc1, _) = scale_min_k4(2 * c, scales);
@@ -113,27 +112,7 @@ pub(crate) fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
         let ys = &y.qs[64 * c..64 * c + 64];
         let (mut s1, mut s2) = (0i32, 0i32);
         for (l, &q) in qs[32 * c..32 * c + 32].iter().enumerate() {
-            s1 += i32::from(q & 15) * i32::from(ys[l]);
-            s2 += i32::from(q >> 4) * i32::from(ys[l + 32]);
-        }
-        isum += i32::from(sc1) * s1 + i32::from(sc2) * s2;
-    }
-    (isum, msum_k(scales, y))
-}
-
-/// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q5_K block.
-#[inline]
-pub(crate) fn isum_q5_k(x: &[u8; Q5_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
-    let scales = &x[4..16];
-    let qh = &x[16..48];
-    let qs = &x[48..];
-    let mut isum = 0i32;
-    for c in 0..4 {
-        let (sc1, _) = scale_min_k4(2 * c, scales);
-        let (sc2, _) = scale_min_k4(2 * c + 1, scales);
-        let ys = &y.qs[64 * c..64 * c + 64];
-        let (mut s1, mut s2) = (0i32, 0i32);
-        for (l, (&q, &h)) in qs[32 * c..32 * c + 32].iter().zip(qh).enumerate() {
+            let h = qh.map_or(0, |qh| qh[l]);
             let lo = (q & 15) | (((h >> (2 * c)) & 1) << 4);
             let hi = (q >> 4) | (((h >> (2 * c + 1)) & 1) << 4);
             s1 += i32::from(lo) * i32::from(ys[l]);
@@ -141,7 +120,22 @@ pub(crate) fn isum_q5_k(x: &[u8; Q5_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
         }
         isum += i32::from(sc1) * s1 + i32::from(sc2) * s2;
     }
-    (isum, msum_k(scales, y))
+    isum
+}
+
+/// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q4_K block (`Σ y` from the Q8_K block sums).
+#[inline]
+pub(crate) fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
+    (isum_k(&x[4..16], &x[16..], None, y), msum_k(&x[4..16], y))
+}
+
+/// `(Σⱼ scⱼ·Σ q·y, Σⱼ mⱼ·Σ y)` of a Q5_K block.
+#[inline]
+pub(crate) fn isum_q5_k(x: &[u8; Q5_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
+    (
+        isum_k(&x[4..16], &x[48..], Some(&x[16..48]), y),
+        msum_k(&x[4..16], y),
+    )
 }
 
 /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block.
