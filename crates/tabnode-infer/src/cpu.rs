@@ -284,6 +284,18 @@ fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + 
     return (a(), b());
 }
 
+/// Runs `f` on a thread of the pool natively: the joins and parallel
+/// loops inside it then hand work to the other threads through the pool's
+/// spinning latches, where a call from outside the pool would put the
+/// calling thread to sleep on a lock and wake it again for every one of
+/// the ~120 parallel regions of a decode step.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::scope(|_| f());
+    #[cfg(target_arch = "wasm32")]
+    return f();
+}
+
 impl CpuSession<'_> {
     /// Longest sequence this session can hold (the model's context).
     pub fn context(&self) -> usize {
@@ -312,7 +324,7 @@ impl CpuSession<'_> {
     /// # Errors
     /// As [`CpuSession::step`].
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
-        self.forward(tokens)
+        on_pool(|| self.forward(tokens))
             .map_err(|e| GenerateError::Device(format!("quantized CPU model: {e}")))
     }
 
