@@ -102,20 +102,10 @@ impl std::fmt::Debug for ReferenceModel {
     }
 }
 
-/// `a·b` in eight lanes (the order every f32 dot here uses).
+/// `a·b` in eight lanes (the order every f32 dot here uses, with the
+/// fastest kernels: the same bits everywhere).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    (crate::quant::simd::best().f32_dot)(a, b)
 }
 
 /// `out[j] = W[j]·x` for a ggml `[in, out]` weight (row `j` contiguous).
@@ -179,10 +169,9 @@ pub(crate) fn attend(
         sum += *s;
     }
     out.fill(0.0);
+    let axpy = crate::quant::simd::best().f32_axpy;
     for (p, s) in scores.iter().enumerate() {
-        for (a, &vv) in out.iter_mut().zip(&cache.values[at(p)..at(p) + hd]) {
-            *a += s / sum * vv;
-        }
+        axpy(s / sum, &cache.values[at(p)..at(p) + hd], out);
     }
 }
 

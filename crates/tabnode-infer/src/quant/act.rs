@@ -16,24 +16,32 @@
 
 use super::{f16_to_f32, f32_to_f16, GgmlType, QuantError, QK, QK_K};
 
-/// One Q8_0 block: 32 values `q·d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One Q8_0 block: 32 values `q·d`. ggml stores `d` as an f16; here it is
+/// that f16's value as an `f32` (exactly, every f16 is an f32), so the
+/// kernels load eight blocks' scales as floats instead of converting them
+/// per row ([`QuantizedActivation::to_bytes`] writes ggml's layout).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockQ8_0 {
-    /// Scale, f16 bits.
-    pub d: u16,
     /// Quantized values.
     pub qs: [i8; QK],
+    /// Scale (an f16 value).
+    pub d: f32,
 }
 
 /// One Q8_1 block: Q8_0 plus `s = d·Σq` (the activation format of Q4_1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockQ8_1 {
-    /// Scale, f16 bits.
-    pub d: u16,
-    /// `d·Σqs` computed with the f32 scale, f16 bits.
-    pub s: u16,
     /// Quantized values.
     pub qs: [i8; QK],
+    /// Scale (an f16 value).
+    pub d: f32,
+    /// `d·Σqs` computed with the f32 scale, rounded to an f16 value.
+    pub s: f32,
+}
+
+/// `x` rounded to the nearest f16 value (ties to even), as an f32.
+fn f16_value(x: f32) -> f32 {
+    f16_to_f32(f32_to_f16(x))
 }
 
 /// One Q8_K block: 256 values `q·d` with the sums of each 16 (the activation
@@ -72,8 +80,8 @@ pub fn quantize_q8_0(x: &[f32; QK]) -> BlockQ8_0 {
         *q = round_i8(v * id);
     }
     BlockQ8_0 {
-        d: f32_to_f16(d),
         qs,
+        d: f16_value(d),
     }
 }
 
@@ -88,9 +96,9 @@ pub fn quantize_q8_1(x: &[f32; QK]) -> BlockQ8_1 {
         sum += i32::from(*q);
     }
     BlockQ8_1 {
-        d: f32_to_f16(d),
-        s: f32_to_f16(sum as f32 * d),
         qs,
+        d: f16_value(d),
+        s: f16_value(sum as f32 * d),
     }
 }
 
@@ -254,14 +262,14 @@ impl QuantizedActivation {
         match self {
             QuantizedActivation::Q8_0(v) => {
                 for b in v {
-                    out.extend(b.d.to_le_bytes());
+                    out.extend(f32_to_f16(b.d).to_le_bytes());
                     qs(&mut out, &b.qs);
                 }
             }
             QuantizedActivation::Q8_1(v) => {
                 for b in v {
-                    out.extend(b.d.to_le_bytes());
-                    out.extend(b.s.to_le_bytes());
+                    out.extend(f32_to_f16(b.d).to_le_bytes());
+                    out.extend(f32_to_f16(b.s).to_le_bytes());
                     qs(&mut out, &b.qs);
                 }
             }
@@ -282,14 +290,8 @@ impl QuantizedActivation {
             qs.iter().map(move |&q| f32::from(q) * d)
         }
         match self {
-            QuantizedActivation::Q8_0(v) => v
-                .iter()
-                .flat_map(|b| values(&b.qs, f16_to_f32(b.d)))
-                .collect(),
-            QuantizedActivation::Q8_1(v) => v
-                .iter()
-                .flat_map(|b| values(&b.qs, f16_to_f32(b.d)))
-                .collect(),
+            QuantizedActivation::Q8_0(v) => v.iter().flat_map(|b| values(&b.qs, b.d)).collect(),
+            QuantizedActivation::Q8_1(v) => v.iter().flat_map(|b| values(&b.qs, b.d)).collect(),
             QuantizedActivation::Q8_K(v) => v.iter().flat_map(|b| values(&b.qs, b.d)).collect(),
         }
     }
@@ -349,7 +351,7 @@ mod tests {
         for (b, xs) in blocks.iter().zip(x.chunks(32)) {
             let d = xs.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
             let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
-            assert_eq!(b.s, f32_to_f16(sum as f32 * d));
+            assert_eq!(b.s, f16_to_f32(f32_to_f16(sum as f32 * d)));
         }
     }
 
@@ -392,12 +394,18 @@ mod tests {
     #[test]
     fn an_all_zero_block_has_scale_zero() {
         let z32 = [0.0f32; 32];
-        assert_eq!(quantize_q8_0(&z32), BlockQ8_0 { d: 0, qs: [0; 32] });
+        assert_eq!(
+            quantize_q8_0(&z32),
+            BlockQ8_0 {
+                d: 0.0,
+                qs: [0; 32]
+            }
+        );
         assert_eq!(
             quantize_q8_1(&z32),
             BlockQ8_1 {
-                d: 0,
-                s: 0,
+                d: 0.0,
+                s: 0.0,
                 qs: [0; 32]
             }
         );
@@ -412,7 +420,7 @@ mod tests {
         let mut x = [0.0f32; 32];
         x[..4].copy_from_slice(&[127.0, 2.5, 3.5, -0.5]);
         let b = quantize_q8_0(&x);
-        assert_eq!(f16_to_f32(b.d), 1.0);
+        assert_eq!(b.d, 1.0);
         assert_eq!(&b.qs[..4], &[127, 2, 4, 0]);
         let mut x = [0.0f32; 256];
         x[..4].copy_from_slice(&[-127.0, 2.5, 3.5, -0.5]);

@@ -25,6 +25,20 @@ pub enum KernelMismatch {
         /// What the scalar kernel gave.
         want: f32,
     },
+    /// Different bits from an f32 kernel (`f32_dot`, `f32_axpy`).
+    #[error("{kernels} {op} differs from the scalar one ({len} values: {got:e} vs {want:e})")]
+    F32 {
+        /// The table's name.
+        kernels: &'static str,
+        /// The kernel.
+        op: &'static str,
+        /// Vector length.
+        len: usize,
+        /// What the table gave (the first differing value).
+        got: f32,
+        /// What the scalar kernel gave.
+        want: f32,
+    },
     /// The check's own inputs were refused (a bug in the check).
     #[error("kernel check: {0}")]
     Quant(#[from] QuantError),
@@ -32,10 +46,11 @@ pub enum KernelMismatch {
 
 /// splitmix64: a small deterministic generator for random blocks.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(pub u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -43,12 +58,13 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
 
     /// Uniform in [-1, 1).
-    pub(crate) fn unit(&mut self) -> f32 {
+    pub fn unit(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
@@ -65,7 +81,7 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
 /// `n` random blocks of `ty` whose f16 scales are `scale` times a random
 /// value in [-1, 1) (finite, well scaled, so dot products stay readable);
 /// every other byte is random, so every quant value and scale bit occurs.
-pub(crate) fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize, scale: f32) -> Vec<u8> {
+pub fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize, scale: f32) -> Vec<u8> {
     let bytes = ty.block_bytes();
     let mut data = rng.bytes(n * bytes);
     for b in data.chunks_exact_mut(bytes) {
@@ -90,7 +106,8 @@ pub const FORMATS: [GgmlType; 7] = [
 
 /// Compares `kernels` with the scalar table bit for bit on random weights
 /// and activations: every format, block counts around the SIMD groups of
-/// eight (0 to 33), three rows each. Returns the number of rows compared.
+/// eight (0 to 33), three rows each; and the f32 dot and axpy on random
+/// vectors of 0 to 65 values. Returns the number of results compared.
 ///
 /// # Errors
 /// The first row whose bits differ.
@@ -124,6 +141,36 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             }
             compared += rows;
         }
+    }
+    for len in [0usize, 1, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65] {
+        let a: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
+        let b: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
+        let mismatch = |op, got: f32, want: f32| KernelMismatch::F32 {
+            kernels: kernels.name,
+            op,
+            len,
+            got,
+            want,
+        };
+        let (got, want) = (
+            (kernels.f32_dot)(&a, &b),
+            (super::simd::SCALAR.f32_dot)(&a, &b),
+        );
+        if got.to_bits() != want.to_bits() {
+            return Err(mismatch("f32_dot", got, want));
+        }
+        let s = rng.unit();
+        let (mut got, mut want) = (b.clone(), b.clone());
+        (kernels.f32_axpy)(s, &a, &mut got);
+        (super::simd::SCALAR.f32_axpy)(s, &a, &mut want);
+        if let Some((&g, &w)) = got
+            .iter()
+            .zip(&want)
+            .find(|(g, w)| g.to_bits() != w.to_bits())
+        {
+            return Err(mismatch("f32_axpy", g, w));
+        }
+        compared += 2;
     }
     Ok(compared)
 }

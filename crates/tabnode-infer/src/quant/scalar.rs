@@ -23,9 +23,9 @@
 //! Q4_1 uses the f16 `s` of its Q8_1 block, as ggml does.
 
 use super::{
-    f16_at, f16_to_f32, q5_0_values, q6_k_values, scale_min_k4, BlockQ8K, BlockQ8_0, BlockQ8_1,
-    QTensor, QuantError, QuantizedActivation, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES,
-    Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK,
+    f16_at, q5_0_values, q6_k_values, scale_min_k4, BlockQ8K, BlockQ8_0, BlockQ8_1, QTensor,
+    QuantError, QuantizedActivation, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES,
+    Q6_K_BYTES, Q8_0_BYTES, QK,
 };
 
 /// The fixed reduction of the eight accumulator lanes.
@@ -158,16 +158,16 @@ pub(crate) fn isum_q6_k(x: &[u8; Q6_K_BYTES], y: &BlockQ8K) -> i32 {
 /// The float part of a Q4_0, Q5_0 or Q8_0 block's term, `(dx·dy)·isum`
 /// (`x` starts with the block's f16 `d`; `yd` is the activation block's).
 #[inline]
-pub(crate) fn term_d(x: &[u8], yd: u16, isum: i32) -> f32 {
-    let d = f16_at(x, 0) * f16_to_f32(yd);
+pub(crate) fn term_d(x: &[u8], yd: f32, isum: i32) -> f32 {
+    let d = f16_at(x, 0) * yd;
     d * isum as f32
 }
 
 /// The float part of a Q4_1 block's term.
 #[inline]
 pub(crate) fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1, isum: i32) -> f32 {
-    let d = f16_at(x, 0) * f16_to_f32(y.d);
-    d * isum as f32 + f16_at(x, 2) * f16_to_f32(y.s)
+    let d = f16_at(x, 0) * y.d;
+    d * isum as f32 + f16_at(x, 2) * y.s
 }
 
 /// The float part of a Q4_K or Q5_K block's term (both start with the f16
@@ -246,6 +246,43 @@ pub fn vec_dot_q6_k_q8_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
             .zip(y)
             .map(|(x, y)| term_q6_k(x, y.d, isum_q6_k(x, y))),
     )
+}
+
+/// `a·b` of two `f32` vectors (up to the shorter one's length) in the
+/// order every f32 dot of the engine uses (attention scores): element `i`
+/// of each whole group of eight adds its product to lane `i % 8` (one
+/// multiplication, one addition), the lanes are summed in order
+/// ([`f32_dot_finish`]), then the remaining products one by one.
+pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ac, a_tail) = a[..n].as_chunks::<8>();
+    let (bc, b_tail) = b[..n].as_chunks::<8>();
+    let mut acc = [0f32; 8];
+    for (a, b) in ac.iter().zip(bc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    f32_dot_finish(acc, a_tail, b_tail)
+}
+
+/// The end of [`f32_dot`]: the lanes summed in order, then the tail's
+/// products (shared by the SIMD versions).
+#[inline]
+pub fn f32_dot_finish(acc: [f32; 8], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in a_tail.iter().zip(b_tail) {
+        s += a * b;
+    }
+    s
+}
+
+/// `out[i] += s·x[i]` (one multiplication, one addition per element; up to
+/// the shorter length).
+pub fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o += s * v;
+    }
 }
 
 /// [`super::matvec`] with these scalar kernels: the oracle of the SIMD ones.
@@ -446,12 +483,9 @@ mod tests {
             for (i, b) in w.chunks_exact(ty.block_bytes()).enumerate() {
                 let (isum, msum) = kernel_isum(ty, b, &x, i);
                 let t = match &x {
-                    QuantizedActivation::Q8_0(y) => {
-                        (f16_at(b, 0) * f16_to_f32(y[i].d)) * isum as f32
-                    }
+                    QuantizedActivation::Q8_0(y) => (f16_at(b, 0) * y[i].d) * isum as f32,
                     QuantizedActivation::Q8_1(y) => {
-                        (f16_at(b, 0) * f16_to_f32(y[i].d)) * isum as f32
-                            + f16_at(b, 2) * f16_to_f32(y[i].s)
+                        (f16_at(b, 0) * y[i].d) * isum as f32 + f16_at(b, 2) * y[i].s
                     }
                     QuantizedActivation::Q8_K(y) if ty == GgmlType::Q6_K => {
                         (f16_at(b, 208) * y[i].d) * isum as f32
@@ -490,7 +524,7 @@ mod tests {
         if let QuantizedActivation::Q8_1(y) = x {
             for (b, y) in w.chunks_exact(20).zip(y) {
                 let sum: i32 = y.qs.iter().map(|&q| i32::from(q)).sum();
-                let s = f64::from(sum) * f64::from(f16_to_f32(y.d));
+                let s = f64::from(sum) * f64::from(y.d);
                 allowance += f64::from(f16_at(b, 2)).abs() * s.abs() * 2f64.powi(-9);
             }
         }

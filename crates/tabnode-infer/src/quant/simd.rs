@@ -19,7 +19,14 @@
 //!
 //! Tables: `avx2` (x86-64 with AVX2 and F16C; Q5_K uses the scalar
 //! kernel there) and `simd128` (wasm, the tab). Formats without a SIMD
-//! kernel use the scalar one.
+//! kernel use the scalar one. The activation blocks carry their scales as
+//! `f32` and the AVX2 kernels fetch eight blocks' scales with one masked
+//! gather each (a last group of fewer than eight blocks reads only its own
+//! blocks: no padding copies).
+//!
+//! The tables also hold the engine's two f32 vector kernels, the
+//! attention's dot product and `out += s·x`, in [`scalar::f32_dot`]'s
+//! fixed lane order, so they too give the same bits everywhere.
 #![allow(unsafe_code)]
 
 use std::sync::OnceLock;
@@ -48,6 +55,10 @@ pub struct Kernels {
     pub q5_k: fn(&[[u8; Q5_K_BYTES]], &[BlockQ8K]) -> f32,
     /// Q6_K · Q8_K.
     pub q6_k: fn(&[[u8; Q6_K_BYTES]], &[BlockQ8K]) -> f32,
+    /// `a·b` of f32 vectors in [`scalar::f32_dot`]'s order.
+    pub f32_dot: fn(&[f32], &[f32]) -> f32,
+    /// `out += s·x` ([`scalar::f32_axpy`]).
+    pub f32_axpy: fn(f32, &[f32], &mut [f32]),
 }
 
 /// The portable reference kernels.
@@ -60,6 +71,8 @@ pub static SCALAR: Kernels = Kernels {
     q4_k: scalar::vec_dot_q4_k_q8_k,
     q5_k: scalar::vec_dot_q5_k_q8_k,
     q6_k: scalar::vec_dot_q6_k_q8_k,
+    f32_dot: scalar::f32_dot,
+    f32_axpy: scalar::f32_axpy,
 };
 
 /// Every kernel table this CPU can run, the scalar one first.
@@ -138,7 +151,57 @@ mod x86 {
         q4_k,
         q5_k: scalar::vec_dot_q5_k_q8_k,
         q6_k,
+        f32_dot,
+        f32_axpy,
     };
+
+    fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { f32_dot_avx2(a, b) }
+    }
+
+    fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { f32_axpy_avx2(s, x, out) }
+    }
+
+    /// [`scalar::f32_dot`] with the eight lanes in one register.
+    #[target_feature(enable = "avx2")]
+    fn f32_dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ac, a_tail) = a[..n].as_chunks::<8>();
+        let (bc, b_tail) = b[..n].as_chunks::<8>();
+        let mut acc = _mm256_setzero_ps();
+        for (a, b) in ac.iter().zip(bc) {
+            // SAFETY: `a` and `b` are eight readable `f32`s each.
+            let (a, b) = unsafe { (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr())) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(a, b));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` is 32 writable bytes.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        scalar::f32_dot_finish(lanes, a_tail, b_tail)
+    }
+
+    /// [`scalar::f32_axpy`] eight elements at a time.
+    #[target_feature(enable = "avx2")]
+    fn f32_axpy_avx2(s: f32, x: &[f32], out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let (xc, x_tail) = x[..n].as_chunks::<8>();
+        let (oc, o_tail) = out[..n].as_chunks_mut::<8>();
+        let sv = _mm256_set1_ps(s);
+        for (x, o) in xc.iter().zip(oc) {
+            // SAFETY: `x` and `o` are eight readable (`o`: writable) `f32`s.
+            unsafe {
+                let v = _mm256_add_ps(
+                    _mm256_loadu_ps(o.as_ptr()),
+                    _mm256_mul_ps(sv, _mm256_loadu_ps(x.as_ptr())),
+                );
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+            }
+        }
+        scalar::f32_axpy(s, x_tail, o_tail);
+    }
 
     fn q4_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
         // SAFETY: `AVX2` is only reachable after `supported()` (module doc).
@@ -316,10 +379,15 @@ mod x86 {
         if m >= 8 {
             return sum;
         }
+        _mm256_blendv_ps(acc, sum, _mm256_castsi256_ps(first_lanes(m)))
+    }
+
+    /// All ones in lanes `0..m`, zero in the others.
+    #[target_feature(enable = "avx2")]
+    fn first_lanes(m: usize) -> __m256i {
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let m = _mm256_set1_epi32(i32::try_from(m).unwrap_or(8));
-        let keep_new = _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, lane));
-        _mm256_blendv_ps(acc, sum, keep_new)
+        let m = _mm256_set1_epi32(i32::try_from(m.min(8)).unwrap_or(8));
+        _mm256_cmpgt_epi32(m, lane)
     }
 
     /// The lanes of `acc` reduced in the fixed order.
@@ -331,95 +399,155 @@ mod x86 {
         scalar::reduce_lanes(lanes)
     }
 
-    fn f16_le(b: &[u8], at: usize) -> u16 {
-        u16::from_le_bytes([b[at], b[at + 1]])
+    /// Lane `k`: the offsets of element `k` of an array of `stride`-byte
+    /// values.
+    #[target_feature(enable = "avx2")]
+    fn strides(stride: usize) -> __m256i {
+        let s = i32::try_from(stride).unwrap_or(0);
+        _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
     }
 
-    /// Eight f16 values, `h(k)` for lane `k`, as f32 lanes (built in
-    /// registers, not stored and reloaded).
-    #[target_feature(enable = "avx2,f16c")]
-    fn f16x8_of(h: impl Fn(usize) -> u16) -> __m256 {
-        let v = |k: usize| h(k).cast_signed();
-        _mm256_cvtph_ps(_mm_setr_epi16(
-            v(0),
-            v(1),
-            v(2),
-            v(3),
-            v(4),
-            v(5),
-            v(6),
-            v(7),
-        ))
+    /// Lane `k` (`k < min(8, blocks.len())`): the four bytes at byte `AT` of
+    /// `blocks[k]` as a little-endian `u32`; 0 in the other lanes. One
+    /// gather instead of eight scalar loads and inserts.
+    #[target_feature(enable = "avx2")]
+    fn gather_u32<const N: usize, const AT: usize>(blocks: &[[u8; N]]) -> __m256i {
+        const { assert!(AT + 4 <= N) };
+        let base = blocks[..blocks.len().min(8)]
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(AT);
+        // SAFETY: the mask enables lanes `k < min(8, len)` only, and lane `k`
+        // reads bytes `N·k + AT .. N·k + AT + 4` from `base` minus `AT`: within
+        // block `k` (`AT + 4 ≤ N`), which is in the slice. Disabled lanes
+        // read nothing. Unaligned 4-byte reads are what the gather does.
+        unsafe {
+            _mm256_mask_i32gather_epi32::<1>(
+                _mm256_setzero_si256(),
+                base.cast::<i32>(),
+                strides(N),
+                first_lanes(blocks.len()),
+            )
+        }
     }
 
-    /// Runs `group` over whole groups of eight blocks, and over the last,
-    /// partial group padded with `pad` blocks (whose lanes are left out),
-    /// adding each group's eight terms to the accumulator lanes; then
-    /// reduces them.
+    /// Lane `k` (`k < min(8, blocks.len())`): the `f32` at byte `at` of
+    /// `blocks[k]` (an activation block's scale); 0.0 in the other lanes.
+    #[target_feature(enable = "avx2")]
+    fn gather_f32<T>(blocks: &[T], at: usize) -> __m256 {
+        assert!(at + 4 <= std::mem::size_of::<T>() && at.is_multiple_of(4));
+        let base = blocks[..blocks.len().min(8)]
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(at);
+        // SAFETY: lane `k < min(8, len)` reads the four bytes at `at` of
+        // `blocks[k]` (checked above to lie inside a `T`, at an `f32` field's
+        // offset: the callers pass `offset_of!` of one), other lanes are
+        // masked off and read nothing.
+        unsafe {
+            _mm256_mask_i32gather_ps::<1>(
+                _mm256_setzero_ps(),
+                base.cast::<f32>(),
+                strides(std::mem::size_of::<T>()),
+                _mm256_castsi256_ps(first_lanes(blocks.len())),
+            )
+        }
+    }
+
+    /// The f16 values in the low and in the high 16 bits of each `u32`
+    /// lane, as two vectors of f32 lanes (F16C: exact, the scalar bits).
     #[target_feature(enable = "avx2,f16c")]
-    fn dot_groups<X: Copy, Y: Copy>(
+    fn f16_halves(v: __m256i) -> (__m256, __m256) {
+        let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+        let hi = _mm256_srli_epi32(v, 16);
+        // [lo0..4, hi0..4 | lo4..8, hi4..8] → [lo0..8 | hi0..8].
+        let packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0b11_01_10_00);
+        (
+            _mm256_cvtph_ps(_mm256_castsi256_si128(packed)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)),
+        )
+    }
+
+    /// The scalar kernel's sum, eight blocks at a time: `part` gives a
+    /// block's integer sum as eight `i32` partial sums, `term` the float
+    /// terms of up to eight blocks from their integer sums (in f32 lanes,
+    /// the scalar term's operations lane by lane). A last group of fewer
+    /// than eight blocks runs `part` on its blocks only and adds to its own
+    /// lanes; then the fixed reduction.
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_groups<X, Y>(
         x: &[X],
         y: &[Y],
-        pad: (X, Y),
-        group: impl Fn(&[X; 8], &[Y; 8]) -> __m256,
+        part: impl Fn(&X, &Y) -> __m256i,
+        term: impl Fn(&[X], &[Y], __m256) -> __m256,
     ) -> f32 {
         let n = x.len().min(y.len());
         let (xs, x_tail) = x[..n].as_chunks::<8>();
         let (ys, y_tail) = y[..n].as_chunks::<8>();
         let mut acc = _mm256_setzero_ps();
         for (xg, yg) in xs.iter().zip(ys) {
-            acc = _mm256_add_ps(acc, group(xg, yg));
+            let p: [__m256i; 8] = std::array::from_fn(|k| part(&xg[k], &yg[k]));
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            acc = _mm256_add_ps(acc, term(xg, yg, isum));
         }
         if !x_tail.is_empty() {
-            let mut xg = [pad.0; 8];
-            let mut yg = [pad.1; 8];
-            xg[..x_tail.len()].copy_from_slice(x_tail);
-            yg[..y_tail.len()].copy_from_slice(y_tail);
-            acc = add_lanes(acc, group(&xg, &yg), x_tail.len());
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (p, (x, y)) in p.iter_mut().zip(x_tail.iter().zip(y_tail)) {
+                *p = part(x, y);
+            }
+            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            acc = add_lanes(acc, term(x_tail, y_tail, isum), x_tail.len());
         }
         finish(acc)
     }
 
+    /// `(dx·dy)·isum` of up to eight Q4_0, Q5_0 or Q8_0 blocks (`d` is
+    /// each block's first two bytes).
+    #[target_feature(enable = "avx2,f16c")]
+    fn term_d<const N: usize>(xs: &[[u8; N]], ys: &[BlockQ8_0], isum: __m256) -> __m256 {
+        let (dx, _) = f16_halves(gather_u32::<N, 0>(xs));
+        let dy = gather_f32(ys, std::mem::offset_of!(BlockQ8_0, d));
+        _mm256_mul_ps(_mm256_mul_ps(dx, dy), isum)
+    }
+
+    /// A block's 16 nibble bytes at byte `at`.
+    fn qs16<const N: usize>(x: &[u8; N], at: usize) -> &[u8; 16] {
+        x[at..at + 16].try_into().unwrap_or(&[0; 16])
+    }
+
     #[target_feature(enable = "avx2,f16c")]
     fn q4_1_avx2(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
-        let pad = BlockQ8_1 {
-            d: 0,
-            s: 0,
-            qs: [0; QK],
-        };
-        dot_groups(x, y, ([0; Q4_1_BYTES], pad), |xs, ys| {
-            let ones = _mm256_set1_epi16(1);
-            let mut p = [_mm256_setzero_si256(); 8];
-            for k in 0..8 {
-                let (xb, yb) = (&xs[k], &ys[k]);
-                let qs: &[u8; 16] = xb[4..].try_into().unwrap_or(&[0; 16]);
-                let prod = _mm256_maddubs_epi16(nibbles(qs), load32(&yb.qs));
-                p[k] = _mm256_madd_epi16(ones, prod);
-            }
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
-            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
-            _mm256_add_ps(
-                _mm256_mul_ps(d, isum),
-                _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 2)), f16x8_of(|k| ys[k].s)),
-            )
-        })
+        let ones = _mm256_set1_epi16(1);
+        dot_groups(
+            x,
+            y,
+            |x, y| {
+                _mm256_madd_epi16(
+                    ones,
+                    _mm256_maddubs_epi16(nibbles(qs16(x, 4)), load32(&y.qs)),
+                )
+            },
+            |xs, ys, isum| {
+                let (dx, mx) = f16_halves(gather_u32::<Q4_1_BYTES, 0>(xs));
+                let dy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, d));
+                let sy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, s));
+                _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_mul_ps(dx, dy), isum),
+                    _mm256_mul_ps(mx, sy),
+                )
+            },
+        )
     }
 
     #[target_feature(enable = "avx2,f16c")]
     fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
-        dot_groups(x, y, ([0; Q4_0_BYTES], pad), |xs, ys| {
-            let eight = _mm256_set1_epi8(8);
-            let mut p = [_mm256_setzero_si256(); 8];
-            for k in 0..8 {
-                let qs: &[u8; 16] = xs[k][2..].try_into().unwrap_or(&[0; 16]);
-                let q = _mm256_sub_epi8(nibbles(qs), eight);
-                p[k] = dot_i8(q, load32(&ys[k].qs));
-            }
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
-            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
-            _mm256_mul_ps(d, isum)
-        })
+        let eight = _mm256_set1_epi8(8);
+        dot_groups(
+            x,
+            y,
+            |x, y| dot_i8(_mm256_sub_epi8(nibbles(qs16(x, 2)), eight), load32(&y.qs)),
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
     }
 
     /// 0xFF in byte `k` where bit `k` of `bits` is set (ggml's
@@ -441,36 +569,28 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q5_0_avx2(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
-        dot_groups(x, y, ([0; Q5_0_BYTES], pad), |xs, ys| {
-            let sixteen = _mm256_set1_epi8(16);
-            let mut p = [_mm256_setzero_si256(); 8];
-            for k in 0..8 {
-                let xb = &xs[k];
-                let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
-                let qs: &[u8; 16] = xb[6..].try_into().unwrap_or(&[0; 16]);
+        let sixteen = _mm256_set1_epi8(16);
+        dot_groups(
+            x,
+            y,
+            |x, y| {
+                let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
                 let high = _mm256_and_si256(bytes_from_bits(qh), sixteen);
-                let q = _mm256_sub_epi8(_mm256_or_si256(nibbles(qs), high), sixteen);
-                p[k] = dot_i8(q, load32(&ys[k].qs));
-            }
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
-            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
-            _mm256_mul_ps(d, isum)
-        })
+                let q = _mm256_sub_epi8(_mm256_or_si256(nibbles(qs16(x, 6)), high), sixteen);
+                dot_i8(q, load32(&y.qs))
+            },
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
     }
 
     #[target_feature(enable = "avx2,f16c")]
     fn q8_0_avx2(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        let pad = BlockQ8_0 { d: 0, qs: [0; QK] };
-        dot_groups(x, y, ([0; Q8_0_BYTES], pad), |xs, ys| {
-            let mut p = [_mm256_setzero_si256(); 8];
-            for k in 0..8 {
-                p[k] = dot_i8(load_at(&xs[k], 2), load32(&ys[k].qs));
-            }
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
-            let d = _mm256_mul_ps(f16x8_of(|k| f16_le(&xs[k], 0)), f16x8_of(|k| ys[k].d));
-            _mm256_mul_ps(d, isum)
-        })
+        dot_groups(
+            x,
+            y,
+            |x, y| dot_i8(load_at(x, 2), load32(&y.qs)),
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
     }
 }
 
@@ -508,7 +628,60 @@ mod wasm {
         q4_k,
         q5_k,
         q6_k,
+        f32_dot,
+        f32_axpy,
     };
+
+    /// [`scalar::f32_dot`] with lanes 0..4 and 4..8 in two registers.
+    fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ac, a_tail) = a[..n].as_chunks::<8>();
+        let (bc, b_tail) = b[..n].as_chunks::<8>();
+        let (mut lo, mut hi) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        for (a, b) in ac.iter().zip(bc) {
+            lo = f32x4_add(lo, f32x4_mul(f32x4_at(a, 0), f32x4_at(b, 0)));
+            hi = f32x4_add(hi, f32x4_mul(f32x4_at(a, 4), f32x4_at(b, 4)));
+        }
+        let lanes = [
+            f32x4_extract_lane::<0>(lo),
+            f32x4_extract_lane::<1>(lo),
+            f32x4_extract_lane::<2>(lo),
+            f32x4_extract_lane::<3>(lo),
+            f32x4_extract_lane::<0>(hi),
+            f32x4_extract_lane::<1>(hi),
+            f32x4_extract_lane::<2>(hi),
+            f32x4_extract_lane::<3>(hi),
+        ];
+        scalar::f32_dot_finish(lanes, a_tail, b_tail)
+    }
+
+    /// [`scalar::f32_axpy`] four elements at a time.
+    fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let (xc, x_tail) = x[..n].as_chunks::<4>();
+        let (oc, o_tail) = out[..n].as_chunks_mut::<4>();
+        let sv = f32x4_splat(s);
+        for (x, o) in xc.iter().zip(oc) {
+            let v = f32x4_add(f32x4_at(o, 0), f32x4_mul(sv, f32x4_at(x, 0)));
+            let [a, b, c, d] = [
+                f32x4_extract_lane::<0>(v),
+                f32x4_extract_lane::<1>(v),
+                f32x4_extract_lane::<2>(v),
+                f32x4_extract_lane::<3>(v),
+            ];
+            *o = [a, b, c, d];
+        }
+        scalar::f32_axpy(s, x_tail, o_tail);
+    }
+
+    /// Four `f32`s at `v[at..]`.
+    #[inline]
+    fn f32x4_at(v: &[f32], at: usize) -> v128 {
+        let s = &v[at..at + 4];
+        // SAFETY: `s` is four readable `f32`s (16 bytes; the slice above
+        // checked the bounds), `read_unaligned` needs no alignment.
+        unsafe { s.as_ptr().cast::<v128>().read_unaligned() }
+    }
 
     /// 16 bytes at `b[at..]`.
     #[inline]
@@ -582,6 +755,12 @@ mod wasm {
         f16_lanes(u32x4(h(0), h(1), h(2), h(3)))
     }
 
+    /// `f(b[k])` for the four blocks, as f32 lanes.
+    #[inline]
+    fn f32x4_of<T>(b: &[T; 4], f: impl Fn(&T) -> f32) -> v128 {
+        f32x4(f(&b[0]), f(&b[1]), f(&b[2]), f(&b[3]))
+    }
+
     fn f16_le(b: &[u8], at: usize) -> u16 {
         u16::from_le_bytes([b[at], b[at + 1]])
     }
@@ -643,7 +822,7 @@ mod wasm {
     /// Four blocks' `(dx·dy)·isum` (Q4_0, Q5_0, Q8_0; `x` starts with `d`).
     #[inline]
     fn quad_d<X: AsRef<[u8]>>(xs: &[X; 4], ys: &[BlockQ8_0; 4], isums: [v128; 4]) -> v128 {
-        let d = f32x4_mul(halves(xs, |x| f16_le(x.as_ref(), 0)), halves(ys, |y| y.d));
+        let d = f32x4_mul(halves(xs, |x| f16_le(x.as_ref(), 0)), f32x4_of(ys, |y| y.d));
         f32x4_mul(d, f32x4_convert_i32x4(hsum4(isums)))
     }
 
@@ -676,8 +855,8 @@ mod wasm {
             y,
             |xs, ys| {
                 let isum = hsum4(std::array::from_fn(|k| part_q4_1(&xs[k], &ys[k])));
-                let d = f32x4_mul(halves(xs, |x| f16_le(x, 0)), halves(ys, |y| y.d));
-                let m = f32x4_mul(halves(xs, |x| f16_le(x, 2)), halves(ys, |y| y.s));
+                let d = f32x4_mul(halves(xs, |x| f16_le(x, 0)), f32x4_of(ys, |y| y.d));
+                let m = f32x4_mul(halves(xs, |x| f16_le(x, 2)), f32x4_of(ys, |y| y.s));
                 f32x4_add(f32x4_mul(d, f32x4_convert_i32x4(isum)), m)
             },
             |x, y| scalar::term_q4_1(x, y, hsum(part_q4_1(x, y))),
@@ -808,7 +987,8 @@ mod tests {
         for k in &tables {
             for seed in [0x5eed_51d0, 7, 8] {
                 let rows = super::super::check::check(k, seed).expect("equal to scalar");
-                assert_eq!(rows, 7 * 11 * 3);
+                // 7 formats × 11 block counts × 3 rows; 12 lengths × 2 f32 kernels.
+                assert_eq!(rows, 7 * 11 * 3 + 12 * 2);
             }
         }
     }
@@ -837,6 +1017,38 @@ mod tests {
                     kernels: "off",
                     ty: GgmlType::Q8_0,
                     blocks: 9,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_check_catches_an_f32_dot_summed_in_another_order() {
+        // Lanes summed from the last one: the same value up to rounding,
+        // other bits for some inputs.
+        fn reversed(a: &[f32], b: &[f32]) -> f32 {
+            let mut acc = [0f32; 8];
+            let n = a.len().min(b.len()) / 8 * 8;
+            for i in 0..n {
+                acc[i % 8] += a[i] * b[i];
+            }
+            acc.reverse();
+            scalar::f32_dot_finish(acc, &a[n..], &b[n..])
+        }
+        let off = Kernels {
+            name: "off",
+            f32_dot: reversed,
+            ..SCALAR
+        };
+        let e = super::super::check::check(&off, 1).expect_err("caught");
+        assert!(
+            matches!(
+                e,
+                super::super::check::KernelMismatch::F32 {
+                    kernels: "off",
+                    op: "f32_dot",
                     ..
                 }
             ),

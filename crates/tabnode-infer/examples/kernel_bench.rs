@@ -1,0 +1,86 @@
+//! Kernel benchmark: one thread, the quantized matrix-vector product of
+//! each weight format at the shapes of SmolLM2-135M (576 → 1536 and back,
+//! and the 49,152-row head), with the scalar reference kernels and with the
+//! fastest table this CPU runs ([`simd::best`]), in the same run.
+//!
+//! `cargo run -p tabnode-infer --example kernel_bench [-- MILLISECONDS]`
+//!
+//! Prints, per format and shape: GB/s of weight blocks read and ns per
+//! block for both tables, and the ratio best / scalar.
+
+use std::time::{Duration, Instant};
+
+use tabnode_infer::quant::check::{random_blocks, Rng, FORMATS};
+use tabnode_infer::quant::{matvec_with, simd, Kernels, QTensor, QuantizedActivation};
+
+/// Runs `f` until `budget` has passed (at least 3 times) and returns the
+/// fastest time of one run.
+fn fastest(budget: Duration, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    let mut best = Duration::MAX;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+        runs += 1;
+    }
+    best
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let ms: u64 = std::env::args().nth(1).map_or(Ok(300), |s| s.parse())?;
+    let budget = Duration::from_millis(ms);
+    let best = simd::best();
+    println!(
+        "kernels: scalar vs {} (one thread, {ms} ms per case)",
+        best.name
+    );
+    println!(
+        "{:6} {:>13} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "format", "rows x cols", "scalar GB/s", "ns/block", "best GB/s", "ns/block", "ratio"
+    );
+    let mut rng = Rng(7);
+    for ty in FORMATS {
+        for (rows, cols) in [
+            (1536usize, 576usize),
+            (576, 1536),
+            (49152, 512),
+            (196608, 576),
+        ] {
+            if cols % ty.block_size() != 0 {
+                continue;
+            }
+            let blocks = rows * cols / ty.block_size();
+            let data = random_blocks(&mut rng, ty, blocks, 0.05);
+            let w = QTensor::new(ty, rows, cols, &data)?;
+            let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0).collect();
+            let act = QuantizedActivation::for_weight(ty, &x)?;
+            let mut out = vec![0f32; rows];
+            let mut time = |k: &Kernels| -> Result<Duration, Box<dyn std::error::Error>> {
+                matvec_with(k, &w, &act, &mut out)?;
+                let mut err = None;
+                let t = fastest(budget, || {
+                    if let Err(e) = matvec_with(k, &w, &act, &mut out) {
+                        err = Some(e);
+                    }
+                });
+                err.map_or(Ok(t), |e| Err(e.into()))
+            };
+            let (s, b) = (time(&simd::SCALAR)?, time(best)?);
+            let gbs = |t: Duration| data.len() as f64 / t.as_secs_f64() / 1e9;
+            let ns = |t: Duration| t.as_secs_f64() * 1e9 / blocks as f64;
+            println!(
+                "{:6} {:>13} {:>10.2} {:>10.1} {:>10.2} {:>10.1} {:>7.2}",
+                ty.name(),
+                format!("{rows}x{cols}"),
+                gbs(s),
+                ns(s),
+                gbs(b),
+                ns(b),
+                s.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
