@@ -226,6 +226,8 @@ mod x86 {
     /// The K formats carry one float term per 256 values: the integer sums
     /// are vectorized, the term is the scalar kernel's expression.
     fn q4_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        // SAFETY: as above.
+        unsafe { prefetch_after(x) };
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
             // SAFETY: as above.
             let (isum, msum) = unsafe { isum_q4_k(x, y) };
@@ -234,6 +236,8 @@ mod x86 {
     }
 
     fn q6_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        // SAFETY: as above.
+        unsafe { prefetch_after(x) };
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
             // SAFETY: as above.
             scalar::term_q6_k(x, y.d, unsafe { isum_q6_k(x, y) })
@@ -482,6 +486,7 @@ mod x86 {
         term: impl Fn(&[X], &[Y], __m256) -> __m256,
     ) -> f32 {
         let n = x.len().min(y.len());
+        prefetch_after(x);
         let (xs, x_tail) = x[..n].as_chunks::<8>();
         let (ys, y_tail) = y[..n].as_chunks::<8>();
         let mut acc = _mm256_setzero_ps();
@@ -499,6 +504,23 @@ mod x86 {
             acc = add_lanes(acc, term(x_tail, y_tail, isum), x_tail.len());
         }
         finish(acc)
+    }
+
+    /// Asks the CPU to start loading the bytes that follow `x` (as many as
+    /// `x` has, at most 2 KiB): the next row of a matrix, whose dot product
+    /// comes next, so its first cache lines arrive while this one runs.
+    #[target_feature(enable = "avx2")]
+    fn prefetch_after<X>(x: &[X]) {
+        let len = std::mem::size_of_val(x).min(2048);
+        let end = x
+            .as_ptr()
+            .cast::<i8>()
+            .wrapping_add(std::mem::size_of_val(x));
+        for at in (0..len).step_by(64) {
+            // A hint that never faults, whatever the address (the pointer
+            // is not dereferenced).
+            _mm_prefetch::<_MM_HINT_T0>(end.wrapping_add(at));
+        }
     }
 
     /// `(dx·dy)·isum` of up to eight Q4_0, Q5_0 or Q8_0 blocks (`d` is
