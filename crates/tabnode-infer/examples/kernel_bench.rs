@@ -82,5 +82,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    // The attention's f32 kernels: one query head (64 values) against 256
+    // cached positions of a layer's keys and values (stride 192 = 3 KV
+    // heads), as in a decode step at position 256.
+    let (hd, stride, n) = (64usize, 192usize, 256usize);
+    let cache: Vec<f32> = (0..n * stride).map(|_| rng.unit()).collect();
+    let q: Vec<f32> = (0..hd).map(|_| rng.unit()).collect();
+    let w: Vec<f32> = (0..n).map(|_| rng.unit() / n as f32).collect();
+    for (name, run) in [("f32_dots", 0usize), ("f32_weighted_sum", 1)] {
+        let time = |k: &Kernels| {
+            let mut out = vec![0f32; if run == 0 { n } else { hd }];
+            fastest(budget, || {
+                if run == 0 {
+                    (k.f32_dots)(&q, &cache, stride, &mut out);
+                } else {
+                    (k.f32_weighted_sum)(&w, &cache, stride, &mut out);
+                }
+            })
+        };
+        let (s, b) = (time(&simd::SCALAR), time(best));
+        println!(
+            "{name:16} {hd} x {n} positions: scalar {:.2} us, {} {:.2} us, ratio {:.2}",
+            s.as_secs_f64() * 1e6,
+            best.name,
+            b.as_secs_f64() * 1e6,
+            s.as_secs_f64() / b.as_secs_f64()
+        );
+    }
     Ok(())
 }

@@ -433,9 +433,7 @@ impl CpuSession<'_> {
                 || acts.matmul(m, &layer.up, &mut u),
             );
             rg.and(ru)?;
-            for (gi, ui) in g.iter_mut().zip(&u) {
-                *gi = *gi / (1.0 + libm::expf(-*gi)) * ui;
-            }
+            (quant::simd::best().f32_silu_mul)(&mut g, &u);
             acts.quantize(&g, &[&layer.down])?;
             acts.matmul(m, &layer.down, &mut o)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

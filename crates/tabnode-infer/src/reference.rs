@@ -105,7 +105,9 @@ impl std::fmt::Debug for ReferenceModel {
 /// `a·b` in eight lanes (the order every f32 dot here uses, with the
 /// fastest kernels: the same bits everywhere).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    (crate::quant::simd::best().f32_dot)(a, b)
+    let mut out = 0.0;
+    (crate::quant::simd::best().f32_dots)(a, b, 0, std::slice::from_mut(&mut out));
+    out
 }
 
 /// `out[j] = W[j]·x` for a ggml `[in, out]` weight (row `j` contiguous).
@@ -158,21 +160,26 @@ pub(crate) fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    let at = |p: usize| p * cache.stride + cache.at;
+    let kernels = crate::quant::simd::best();
+    let keys = cache.keys.get(cache.at..).unwrap_or(&[]);
+    let values = cache.values.get(cache.at..).unwrap_or(&[]);
     scores.clear();
-    scores.extend((0..n).map(|p| dot(q, &cache.keys[at(p)..at(p) + hd]) * scale));
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    scores.resize(n, 0.0);
+    (kernels.f32_dots)(q, keys, cache.stride, scores);
     for s in scores.iter_mut() {
-        *s = libm::expf(*s - max);
+        *s *= scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (kernels.f32_exp)(scores, max);
+    let mut sum = 0.0;
+    for s in scores.iter() {
         sum += *s;
     }
-    out.fill(0.0);
-    let axpy = crate::quant::simd::best().f32_axpy;
-    for (p, s) in scores.iter().enumerate() {
-        axpy(s / sum, &cache.values[at(p)..at(p) + hd], out);
+    for s in scores.iter_mut() {
+        *s /= sum;
     }
+    out.fill(0.0);
+    (kernels.f32_weighted_sum)(scores, values, cache.stride, out);
 }
 
 impl ReferenceModel {

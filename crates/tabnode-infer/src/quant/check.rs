@@ -25,7 +25,7 @@ pub enum KernelMismatch {
         /// What the scalar kernel gave.
         want: f32,
     },
-    /// Different bits from an f32 kernel (`f32_dot`, `f32_axpy`).
+    /// Different bits from an f32 kernel (`f32_dots`, `f32_weighted_sum`).
     #[error("{kernels} {op} differs from the scalar one ({len} values: {got:e} vs {want:e})")]
     F32 {
         /// The table's name.
@@ -106,8 +106,8 @@ pub const FORMATS: [GgmlType; 7] = [
 
 /// Compares `kernels` with the scalar table bit for bit on random weights
 /// and activations: every format, block counts around the SIMD groups of
-/// eight (0 to 33), three rows each; and the f32 dot and axpy on random
-/// vectors of 0 to 65 values. Returns the number of results compared.
+/// eight (0 to 33), three rows each; and the f32 kernels on random
+/// vectors of 0 to 65 values against 1 to 19 rows. Returns the number of results compared.
 ///
 /// # Errors
 /// The first row whose bits differ.
@@ -142,33 +142,76 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             compared += rows;
         }
     }
+    // Vectors of 0..65 values against 0..19 rows, rows packed and strided,
+    // and matrices cut short (a last row with fewer values).
     for len in [0usize, 1, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65] {
-        let a: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
-        let b: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
-        let mismatch = |op, got: f32, want: f32| KernelMismatch::F32 {
-            kernels: kernels.name,
-            op,
-            len,
-            got,
-            want,
-        };
-        let (got, want) = (
-            (kernels.f32_dot)(&a, &b),
-            (super::simd::SCALAR.f32_dot)(&a, &b),
-        );
-        if got.to_bits() != want.to_bits() {
-            return Err(mismatch("f32_dot", got, want));
+        for (count, pad, cut) in [
+            (1usize, 0usize, 0usize),
+            (5, 3, 0),
+            (8, 0, 0),
+            (17, 5, 0),
+            (19, 1, 1),
+        ] {
+            let stride = len + pad;
+            let rows: Vec<f32> = (0..(count * stride).saturating_sub(cut))
+                .map(|_| rng.unit() * 3.0)
+                .collect();
+            let a: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
+            let w: Vec<f32> = (0..count).map(|_| rng.unit()).collect();
+            let init: Vec<f32> = (0..len).map(|_| rng.unit()).collect();
+            let mut results = [vec![0f32; count], vec![0f32; count], init.clone(), init];
+            let scalar = &super::simd::SCALAR;
+            (kernels.f32_dots)(&a, &rows, stride, &mut results[0]);
+            (scalar.f32_dots)(&a, &rows, stride, &mut results[1]);
+            (kernels.f32_weighted_sum)(&w, &rows, stride, &mut results[2]);
+            (scalar.f32_weighted_sum)(&w, &rows, stride, &mut results[3]);
+            for (op, got, want) in [
+                ("f32_dots", &results[0], &results[1]),
+                ("f32_weighted_sum", &results[2], &results[3]),
+            ] {
+                if let Some((&got, &want)) = got
+                    .iter()
+                    .zip(want)
+                    .find(|(g, w)| g.to_bits() != w.to_bits())
+                {
+                    return Err(KernelMismatch::F32 {
+                        kernels: kernels.name,
+                        op,
+                        len,
+                        got,
+                        want,
+                    });
+                }
+            }
+            compared += 2;
         }
-        let s = rng.unit();
-        let (mut got, mut want) = (b.clone(), b.clone());
-        (kernels.f32_axpy)(s, &a, &mut got);
-        (super::simd::SCALAR.f32_axpy)(s, &a, &mut want);
-        if let Some((&g, &w)) = got
-            .iter()
-            .zip(&want)
-            .find(|(g, w)| g.to_bits() != w.to_bits())
-        {
-            return Err(mismatch("f32_axpy", g, w));
+        // exp and SiLU·mul over the whole clamped range and past it.
+        let x: Vec<f32> = (0..len).map(|_| rng.unit() * 120.0).collect();
+        let u: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
+        let sub = rng.unit() * 10.0;
+        let scalar = &super::simd::SCALAR;
+        let mut results = [x.clone(), x.clone(), x.clone(), x];
+        (kernels.f32_exp)(&mut results[0], sub);
+        (scalar.f32_exp)(&mut results[1], sub);
+        (kernels.f32_silu_mul)(&mut results[2], &u);
+        (scalar.f32_silu_mul)(&mut results[3], &u);
+        for (op, got, want) in [
+            ("f32_exp", &results[0], &results[1]),
+            ("f32_silu_mul", &results[2], &results[3]),
+        ] {
+            if let Some((&got, &want)) = got
+                .iter()
+                .zip(want)
+                .find(|(g, w)| g.to_bits() != w.to_bits())
+            {
+                return Err(KernelMismatch::F32 {
+                    kernels: kernels.name,
+                    op,
+                    len,
+                    got,
+                    want,
+                });
+            }
         }
         compared += 2;
     }

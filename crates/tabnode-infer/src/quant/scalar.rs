@@ -266,11 +266,14 @@ pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
     f32_dot_finish(acc, a_tail, b_tail)
 }
 
-/// The end of [`f32_dot`]: the lanes summed in order, then the tail's
-/// products (shared by the SIMD versions).
+/// The end of [`f32_dot`]: the lanes summed in order
+/// (`((l0 + l1) + l2) + …`), then the tail's products one by one.
 #[inline]
 pub fn f32_dot_finish(acc: [f32; 8], a_tail: &[f32], b_tail: &[f32]) -> f32 {
-    let mut s: f32 = acc.iter().sum();
+    let mut s = acc[0];
+    for &l in &acc[1..] {
+        s += l;
+    }
     for (a, b) in a_tail.iter().zip(b_tail) {
         s += a * b;
     }
@@ -282,6 +285,107 @@ pub fn f32_dot_finish(acc: [f32; 8], a_tail: &[f32], b_tail: &[f32]) -> f32 {
 pub fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o += s * v;
+    }
+}
+
+/// Row `p` of a strided matrix as [`f32_dots`] and [`f32_weighted_sum`]
+/// read it: `len` values from `p·stride`, fewer where `rows` ends.
+#[inline]
+pub fn row_at(rows: &[f32], p: usize, stride: usize, len: usize) -> &[f32] {
+    let at = p.saturating_mul(stride).min(rows.len());
+    &rows[at..at.saturating_add(len).min(rows.len())]
+}
+
+/// `out[p] = a·row p` ([`f32_dot`]) for every `p < out.len()`, row `p`
+/// being [`row_at`]`(rows, p, stride, a.len())`: the attention's scores of
+/// one query against the cached keys.
+pub fn f32_dots(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = f32_dot(a, row_at(rows, p, stride, a.len()));
+    }
+}
+
+/// `out += Σₚ w[p]·row p`, one [`f32_axpy`] per row in order (row `p` =
+/// [`row_at`]`(rows, p, stride, out.len())`): the attention's weighted sum
+/// of the cached values.
+pub fn f32_weighted_sum(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    for (p, &s) in w.iter().enumerate() {
+        f32_axpy(s, row_at(rows, p, stride, out.len()), out);
+    }
+}
+
+/// `exp` clamps its input to `[EXP_LO, EXP_HI]` (results stay normal).
+pub const EXP_HI: f32 = 88.0;
+/// See [`EXP_HI`].
+pub const EXP_LO: f32 = -86.0;
+/// The other constants of [`exp`] (shared with the SIMD versions).
+#[derive(Debug)]
+pub struct ExpConsts {
+    /// log₂ e.
+    pub log2e: f32,
+    /// ln 2 in two parts (Cody–Waite): `n·ln2_hi` is exact for `|n| < 2⁸`.
+    pub ln2_hi: f32,
+    /// The rest of ln 2.
+    pub ln2_lo: f32,
+    /// 1.5·2²³: `x + rounder − rounder` rounds `|x| < 2²²` to an integer
+    /// (ties to even), and `n` is then in the low bits of `x + rounder`.
+    pub rounder: f32,
+}
+
+/// See [`ExpConsts`].
+pub const EXP_CONSTS: ExpConsts = ExpConsts {
+    log2e: std::f32::consts::LOG2_E,
+    ln2_hi: 0.693_359_4,
+    ln2_lo: -2.121_944_4e-4,
+    rounder: 12_582_912.0,
+};
+/// Cephes `expf` polynomial for `e^r` on `|r| ≤ ln2/2`, highest term first.
+pub const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+];
+
+/// `e^x` in f32 operations only, each one rounding, in this order (so a
+/// SIMD lane computing the same sequence gets the same bits): clamp to
+/// `[EXP_LO, EXP_HI]`, `n = round(x·log2 e)`, `r = (x − n·ln2_hi) −
+/// n·ln2_lo`, the Cephes polynomial `p(r)·r² + r + 1`, times `2ⁿ` by
+/// adding `n` to the exponent bits. Within 2 ulp of `e^x` on the range;
+/// the engine's softmax and SiLU use it where `libm::expf`'s table and
+/// double-precision steps cannot be vectorized bit for bit. NaN inputs
+/// give unspecified values.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    let x = if x > EXP_HI { EXP_HI } else { x };
+    let x = if x < EXP_LO { EXP_LO } else { x };
+    let c = &EXP_CONSTS;
+    let t = x * c.log2e + c.rounder;
+    let n = t - c.rounder;
+    let r = (x - n * c.ln2_hi) - n * c.ln2_lo;
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
+    let e = (p * (r * r) + r) + 1.0;
+    let k = t.to_bits().wrapping_sub(c.rounder.to_bits());
+    f32::from_bits(e.to_bits().wrapping_add(k << 23))
+}
+
+/// `x[i] = exp(x[i] − sub)` ([`exp`]): a softmax's exponentials.
+pub fn f32_exp(x: &mut [f32], sub: f32) {
+    for v in x {
+        *v = exp(*v - sub);
+    }
+}
+
+/// `g[i] = g[i] / (1 + exp(−g[i])) · u[i]` ([`exp`]): SiLU(gate) · up
+/// (up to the shorter length).
+pub fn f32_silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + exp(-*g)) * u;
     }
 }
 
@@ -466,6 +570,32 @@ mod tests {
                     "{ty} block {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_on_its_range() {
+        let mut rng = Rng(21);
+        let ulp = |v: f32| f32::from_bits(v.to_bits() + 1) - v;
+        let points = (0..200_000)
+            .map(|_| rng.unit() * 86.0)
+            .chain([0.0, -0.0, 1.0, -1.0, EXP_LO, EXP_HI]);
+        for x in points {
+            let (got, want) = (exp(x), libm::expf(x));
+            assert!(
+                (got - want).abs() <= 2.0 * ulp(want),
+                "exp({x}) = {got}, libm {want}"
+            );
+        }
+        // Clamped outside it: finite and normal, monotone at the ends.
+        assert_eq!(exp(-1000.0), exp(EXP_LO));
+        assert_eq!(exp(1000.0), exp(EXP_HI));
+        assert!(exp(EXP_LO).is_normal() && exp(EXP_HI).is_finite());
+        let mut g = [-100.0f32, -1.0, 0.0, 1.0, 100.0];
+        f32_silu_mul(&mut g, &[2.0; 5]);
+        let want = [-100.0f32, -1.0, 0.0, 1.0, 100.0].map(|v| v / (1.0 + libm::expf(-v)) * 2.0);
+        for (g, w) in g.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs() + 1e-30, "{g} vs {w}");
         }
     }
 

@@ -55,10 +55,15 @@ pub struct Kernels {
     pub q5_k: fn(&[[u8; Q5_K_BYTES]], &[BlockQ8K]) -> f32,
     /// Q6_K · Q8_K.
     pub q6_k: fn(&[[u8; Q6_K_BYTES]], &[BlockQ8K]) -> f32,
-    /// `a·b` of f32 vectors in [`scalar::f32_dot`]'s order.
-    pub f32_dot: fn(&[f32], &[f32]) -> f32,
-    /// `out += s·x` ([`scalar::f32_axpy`]).
-    pub f32_axpy: fn(f32, &[f32], &mut [f32]),
+    /// `out[p] = a·row p` in [`scalar::f32_dot`]'s order
+    /// ([`scalar::f32_dots`]).
+    pub f32_dots: fn(&[f32], &[f32], usize, &mut [f32]),
+    /// `out += Σₚ w[p]·row p` ([`scalar::f32_weighted_sum`]).
+    pub f32_weighted_sum: fn(&[f32], &[f32], usize, &mut [f32]),
+    /// `x = exp(x − sub)` ([`scalar::f32_exp`]).
+    pub f32_exp: fn(&mut [f32], f32),
+    /// `g = SiLU(g)·u` ([`scalar::f32_silu_mul`]).
+    pub f32_silu_mul: fn(&mut [f32], &[f32]),
 }
 
 /// The portable reference kernels.
@@ -71,8 +76,10 @@ pub static SCALAR: Kernels = Kernels {
     q4_k: scalar::vec_dot_q4_k_q8_k,
     q5_k: scalar::vec_dot_q5_k_q8_k,
     q6_k: scalar::vec_dot_q6_k_q8_k,
-    f32_dot: scalar::f32_dot,
-    f32_axpy: scalar::f32_axpy,
+    f32_dots: scalar::f32_dots,
+    f32_weighted_sum: scalar::f32_weighted_sum,
+    f32_exp: scalar::f32_exp,
+    f32_silu_mul: scalar::f32_silu_mul,
 };
 
 /// Every kernel table this CPU can run, the scalar one first.
@@ -151,18 +158,132 @@ mod x86 {
         q4_k,
         q5_k: scalar::vec_dot_q5_k_q8_k,
         q6_k,
-        f32_dot,
-        f32_axpy,
+        f32_dots,
+        f32_weighted_sum,
+        f32_exp,
+        f32_silu_mul,
     };
 
-    fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    fn f32_exp(x: &mut [f32], sub: f32) {
         // SAFETY: as above.
-        unsafe { f32_dot_avx2(a, b) }
+        unsafe { f32_exp_avx2(x, sub) }
     }
 
-    fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
+    fn f32_silu_mul(g: &mut [f32], u: &[f32]) {
         // SAFETY: as above.
-        unsafe { f32_axpy_avx2(s, x, out) }
+        unsafe { f32_silu_mul_avx2(g, u) }
+    }
+
+    /// [`scalar::exp`] in eight lanes, operation for operation.
+    #[target_feature(enable = "avx2")]
+    fn exp8(x: __m256) -> __m256 {
+        let clamp = |x: __m256, bound: f32, above: bool| {
+            let b = _mm256_set1_ps(bound);
+            let past = if above {
+                _mm256_cmp_ps::<_CMP_GT_OQ>(x, b)
+            } else {
+                _mm256_cmp_ps::<_CMP_LT_OQ>(x, b)
+            };
+            _mm256_blendv_ps(x, b, past)
+        };
+        let x = clamp(clamp(x, scalar::EXP_HI, true), scalar::EXP_LO, false);
+        let c = &scalar::EXP_CONSTS;
+        let rounder = _mm256_set1_ps(c.rounder);
+        let t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(c.log2e)), rounder);
+        let n = _mm256_sub_ps(t, rounder);
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(c.ln2_hi))),
+            _mm256_mul_ps(n, _mm256_set1_ps(c.ln2_lo)),
+        );
+        let mut p = _mm256_set1_ps(scalar::EXP_POLY[0]);
+        for &c in &scalar::EXP_POLY[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let e = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r),
+            _mm256_set1_ps(1.0),
+        );
+        let k = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(rounder));
+        _mm256_castsi256_ps(_mm256_add_epi32(
+            _mm256_castps_si256(e),
+            _mm256_slli_epi32(k, 23),
+        ))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn f32_exp_avx2(x: &mut [f32], sub: f32) {
+        let (chunks, tail) = x.as_chunks_mut::<8>();
+        let s = _mm256_set1_ps(sub);
+        for c in chunks {
+            let v = exp8(_mm256_sub_ps(load8(c), s));
+            // SAFETY: `c` is eight writable `f32`s.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), v) };
+        }
+        scalar::f32_exp(tail, sub);
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn f32_silu_mul_avx2(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        let (gc, g_tail) = g[..n].as_chunks_mut::<8>();
+        let (uc, u_tail) = u[..n].as_chunks::<8>();
+        for (g, u) in gc.iter_mut().zip(uc) {
+            let gv = load8(g);
+            let e = exp8(_mm256_xor_ps(gv, _mm256_set1_ps(-0.0)));
+            let v = _mm256_mul_ps(
+                _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0), e)),
+                load8(u),
+            );
+            // SAFETY: `g` is eight writable `f32`s.
+            unsafe { _mm256_storeu_ps(g.as_mut_ptr(), v) };
+        }
+        scalar::f32_silu_mul(g_tail, u_tail);
+    }
+
+    fn f32_dots(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { f32_dots_avx2(a, rows, stride, out) }
+    }
+
+    fn f32_weighted_sum(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { f32_weighted_sum_avx2(w, rows, stride, out) }
+    }
+
+    /// Eight `f32`s.
+    #[target_feature(enable = "avx2")]
+    fn load8(v: &[f32; 8]) -> __m256 {
+        // SAFETY: `v` is eight readable `f32`s.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    /// Eight `f32`s at `v[at..]` (zeros if `v` is too short: the callers
+    /// check the bounds first).
+    #[target_feature(enable = "avx2")]
+    fn load8_at(v: &[f32], at: usize) -> __m256 {
+        v.get(at..at + 8)
+            .and_then(|s| <&[f32; 8]>::try_from(s).ok())
+            .map_or(_mm256_setzero_ps(), |s| load8(s))
+    }
+
+    /// Whether rows `0..count` of `len` values at stride `stride` all lie
+    /// inside `rows`.
+    fn whole_rows(rows: &[f32], count: usize, stride: usize, len: usize) -> bool {
+        count == 0
+            || (count - 1)
+                .checked_mul(stride)
+                .and_then(|s| s.checked_add(len))
+                .is_some_and(|end| end <= rows.len())
+    }
+
+    /// [`scalar::f32_dots`], a row at a time. (Eight rows at once with
+    /// a transpose for the lane sums measured slower: the keys stream from
+    /// the cache, the arithmetic is not the limit.)
+    #[target_feature(enable = "avx2")]
+    fn f32_dots_avx2(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = f32_dot_avx2(a, scalar::row_at(rows, p, stride, a.len()));
+        }
     }
 
     /// [`scalar::f32_dot`] with the eight lanes in one register.
@@ -173,9 +294,7 @@ mod x86 {
         let (bc, b_tail) = b[..n].as_chunks::<8>();
         let mut acc = _mm256_setzero_ps();
         for (a, b) in ac.iter().zip(bc) {
-            // SAFETY: `a` and `b` are eight readable `f32`s each.
-            let (a, b) = unsafe { (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr())) };
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(a, b));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(a), load8(b)));
         }
         let mut lanes = [0f32; 8];
         // SAFETY: `lanes` is 32 writable bytes.
@@ -183,24 +302,59 @@ mod x86 {
         scalar::f32_dot_finish(lanes, a_tail, b_tail)
     }
 
-    /// [`scalar::f32_axpy`] eight elements at a time.
+    /// [`scalar::f32_weighted_sum`] with `8·R` outputs kept in registers
+    /// across all the rows (each output sees the rows' terms in order, as
+    /// one `f32_axpy` per row would add them).
     #[target_feature(enable = "avx2")]
-    fn f32_axpy_avx2(s: f32, x: &[f32], out: &mut [f32]) {
-        let n = x.len().min(out.len());
-        let (xc, x_tail) = x[..n].as_chunks::<8>();
-        let (oc, o_tail) = out[..n].as_chunks_mut::<8>();
-        let sv = _mm256_set1_ps(s);
-        for (x, o) in xc.iter().zip(oc) {
-            // SAFETY: `x` and `o` are eight readable (`o`: writable) `f32`s.
-            unsafe {
-                let v = _mm256_add_ps(
-                    _mm256_loadu_ps(o.as_ptr()),
-                    _mm256_mul_ps(sv, _mm256_loadu_ps(x.as_ptr())),
-                );
-                _mm256_storeu_ps(o.as_mut_ptr(), v);
+    fn f32_weighted_sum_avx2(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let n = out.len();
+        if !whole_rows(rows, w.len(), stride, n) {
+            return scalar::f32_weighted_sum(w, rows, stride, out);
+        }
+        let mut col = 0;
+        while col + 64 <= n {
+            weighted_block::<8>(w, rows, stride, col, out);
+            col += 64;
+        }
+        while col + 8 <= n {
+            weighted_block::<1>(w, rows, stride, col, out);
+            col += 8;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(col) {
+            for (p, &s) in w.iter().enumerate() {
+                *o += s * rows[p * stride + j];
             }
         }
-        scalar::f32_axpy(s, x_tail, o_tail);
+    }
+
+    /// Outputs `col..col + 8·R` of [`f32_weighted_sum_avx2`] (rows checked
+    /// whole by the caller).
+    #[target_feature(enable = "avx2")]
+    fn weighted_block<const R: usize>(
+        w: &[f32],
+        rows: &[f32],
+        stride: usize,
+        col: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc: [__m256; R] = std::array::from_fn(|r| load8_at(out, col + 8 * r));
+        let mut at = col;
+        for &s in w {
+            let sv = _mm256_set1_ps(s);
+            let Some(block) = rows.get(at..at + 8 * R) else {
+                break;
+            };
+            for (acc, v) in acc.iter_mut().zip(block.as_chunks::<8>().0) {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(sv, load8(v)));
+            }
+            at += stride;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            if let Some(o) = out.get_mut(col + 8 * r..col + 8 * r + 8) {
+                // SAFETY: `o` is eight writable `f32`s.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *acc) };
+            }
+        }
     }
 
     fn q4_0(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
@@ -650,9 +804,82 @@ mod wasm {
         q4_k,
         q5_k,
         q6_k,
-        f32_dot,
-        f32_axpy,
+        f32_dots,
+        f32_weighted_sum,
+        f32_exp,
+        f32_silu_mul,
     };
+
+    /// [`scalar::exp`] in four lanes, operation for operation.
+    #[inline]
+    fn exp4(x: v128) -> v128 {
+        let hi = f32x4_splat(scalar::EXP_HI);
+        let lo = f32x4_splat(scalar::EXP_LO);
+        let x = v128_bitselect(hi, x, f32x4_gt(x, hi));
+        let x = v128_bitselect(lo, x, f32x4_lt(x, lo));
+        let c = &scalar::EXP_CONSTS;
+        let rounder = f32x4_splat(c.rounder);
+        let t = f32x4_add(f32x4_mul(x, f32x4_splat(c.log2e)), rounder);
+        let n = f32x4_sub(t, rounder);
+        let r = f32x4_sub(
+            f32x4_sub(x, f32x4_mul(n, f32x4_splat(c.ln2_hi))),
+            f32x4_mul(n, f32x4_splat(c.ln2_lo)),
+        );
+        let mut p = f32x4_splat(scalar::EXP_POLY[0]);
+        for &k in &scalar::EXP_POLY[1..] {
+            p = f32x4_add(f32x4_mul(p, r), f32x4_splat(k));
+        }
+        let e = f32x4_add(
+            f32x4_add(f32x4_mul(p, f32x4_mul(r, r)), r),
+            f32x4_splat(1.0),
+        );
+        let k = i32x4_sub(t, rounder);
+        i32x4_add(e, i32x4_shl(k, 23))
+    }
+
+    /// Stores the four lanes of `v` into `o`.
+    #[inline]
+    fn store4(o: &mut [f32; 4], v: v128) {
+        *o = [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ];
+    }
+
+    fn f32_exp(x: &mut [f32], sub: f32) {
+        let (chunks, tail) = x.as_chunks_mut::<4>();
+        let s = f32x4_splat(sub);
+        for c in chunks {
+            let v = exp4(f32x4_sub(f32x4_at(c, 0), s));
+            store4(c, v);
+        }
+        scalar::f32_exp(tail, sub);
+    }
+
+    fn f32_silu_mul(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        let (gc, g_tail) = g[..n].as_chunks_mut::<4>();
+        let (uc, u_tail) = u[..n].as_chunks::<4>();
+        for (g, u) in gc.iter_mut().zip(uc) {
+            let gv = f32x4_at(g, 0);
+            let e = exp4(f32x4_neg(gv));
+            let v = f32x4_mul(
+                f32x4_div(gv, f32x4_add(f32x4_splat(1.0), e)),
+                f32x4_at(u, 0),
+            );
+            store4(g, v);
+        }
+        scalar::f32_silu_mul(g_tail, u_tail);
+    }
+
+    /// [`scalar::f32_dots`], a row at a time ([`f32_dot`]).
+    fn f32_dots(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = f32_dot(a, scalar::row_at(rows, p, stride, a.len()));
+        }
+    }
 
     /// [`scalar::f32_dot`] with lanes 0..4 and 4..8 in two registers.
     fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
@@ -677,23 +904,58 @@ mod wasm {
         scalar::f32_dot_finish(lanes, a_tail, b_tail)
     }
 
-    /// [`scalar::f32_axpy`] four elements at a time.
-    fn f32_axpy(s: f32, x: &[f32], out: &mut [f32]) {
-        let n = x.len().min(out.len());
-        let (xc, x_tail) = x[..n].as_chunks::<4>();
-        let (oc, o_tail) = out[..n].as_chunks_mut::<4>();
-        let sv = f32x4_splat(s);
-        for (x, o) in xc.iter().zip(oc) {
-            let v = f32x4_add(f32x4_at(o, 0), f32x4_mul(sv, f32x4_at(x, 0)));
-            let [a, b, c, d] = [
-                f32x4_extract_lane::<0>(v),
-                f32x4_extract_lane::<1>(v),
-                f32x4_extract_lane::<2>(v),
-                f32x4_extract_lane::<3>(v),
-            ];
-            *o = [a, b, c, d];
+    /// [`scalar::f32_weighted_sum`] with 32 outputs at a time kept in
+    /// registers across all the rows, then four, then one by one (each
+    /// output sees the rows' terms in order).
+    fn f32_weighted_sum(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let n = out.len();
+        if w.iter()
+            .enumerate()
+            .any(|(p, _)| scalar::row_at(rows, p, stride, n).len() < n)
+        {
+            return scalar::f32_weighted_sum(w, rows, stride, out);
         }
-        scalar::f32_axpy(s, x_tail, o_tail);
+        let mut col = 0;
+        while col + 32 <= n {
+            weighted_block::<8>(w, rows, stride, col, out);
+            col += 32;
+        }
+        while col + 4 <= n {
+            weighted_block::<1>(w, rows, stride, col, out);
+            col += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(col) {
+            for (p, &s) in w.iter().enumerate() {
+                *o += s * rows[p * stride + j];
+            }
+        }
+    }
+
+    /// Outputs `col..col + 4·R` of [`f32_weighted_sum`] (rows checked whole
+    /// by the caller).
+    #[inline]
+    fn weighted_block<const R: usize>(
+        w: &[f32],
+        rows: &[f32],
+        stride: usize,
+        col: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc: [v128; R] = std::array::from_fn(|r| f32x4_at(out, col + 4 * r));
+        for (p, &s) in w.iter().enumerate() {
+            let sv = f32x4_splat(s);
+            let row = scalar::row_at(rows, p, stride, col + 4 * R);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = f32x4_add(*acc, f32x4_mul(sv, f32x4_at(row, col + 4 * r)));
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let o = &mut out[col + 4 * r..col + 4 * r + 4];
+            o[0] = f32x4_extract_lane::<0>(*acc);
+            o[1] = f32x4_extract_lane::<1>(*acc);
+            o[2] = f32x4_extract_lane::<2>(*acc);
+            o[3] = f32x4_extract_lane::<3>(*acc);
+        }
     }
 
     /// Four `f32`s at `v[at..]`.
@@ -1009,8 +1271,8 @@ mod tests {
         for k in &tables {
             for seed in [0x5eed_51d0, 7, 8] {
                 let rows = super::super::check::check(k, seed).expect("equal to scalar");
-                // 7 formats × 11 block counts × 3 rows; 12 lengths × 2 f32 kernels.
-                assert_eq!(rows, 7 * 11 * 3 + 12 * 2);
+                // 7 formats × 11 block counts × 3 rows; 12 lengths × (5 shapes × 2 row kernels + exp + SiLU).
+                assert_eq!(rows, 7 * 11 * 3 + 12 * (5 * 2 + 2));
             }
         }
     }
@@ -1050,18 +1312,21 @@ mod tests {
     fn the_check_catches_an_f32_dot_summed_in_another_order() {
         // Lanes summed from the last one: the same value up to rounding,
         // other bits for some inputs.
-        fn reversed(a: &[f32], b: &[f32]) -> f32 {
-            let mut acc = [0f32; 8];
-            let n = a.len().min(b.len()) / 8 * 8;
-            for i in 0..n {
-                acc[i % 8] += a[i] * b[i];
+        fn reversed(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+            for (p, o) in out.iter_mut().enumerate() {
+                let b = scalar::row_at(rows, p, stride, a.len());
+                let mut acc = [0f32; 8];
+                let n = a.len().min(b.len()) / 8 * 8;
+                for i in 0..n {
+                    acc[i % 8] += a[i] * b[i];
+                }
+                acc.reverse();
+                *o = scalar::f32_dot_finish(acc, &a[n..], &b[n..]);
             }
-            acc.reverse();
-            scalar::f32_dot_finish(acc, &a[n..], &b[n..])
         }
         let off = Kernels {
             name: "off",
-            f32_dot: reversed,
+            f32_dots: reversed,
             ..SCALAR
         };
         let e = super::super::check::check(&off, 1).expect_err("caught");
@@ -1070,7 +1335,7 @@ mod tests {
                 e,
                 super::super::check::KernelMismatch::F32 {
                     kernels: "off",
-                    op: "f32_dot",
+                    op: "f32_dots",
                     ..
                 }
             ),
