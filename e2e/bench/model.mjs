@@ -43,15 +43,16 @@ try {
   const chosen = await tab(browser, relay, null, tokens);
   const nAll = native('cpu', tokens);
   const nOne = native('cpu', tokens, { RAYON_NUM_THREADS: '1' });
-  const gpu = await tab(browser, relay, 'webgpu', webgpuTokens);
+  // WEBGPU_TOKENS=0 leaves the forced-WebGPU tab out (minutes on SwiftShader).
+  const gpu = webgpuTokens > 0 ? await tab(browser, relay, 'webgpu', webgpuTokens) : null;
   const c = rate(chosen.result);
-  const g = rate(gpu.result);
+  const g = gpu ? rate(gpu.result) : { prefill: NaN, decode: NaN };
   const a = rate(nAll);
   const o = rate(nOne);
   console.log(`chromium ${browser.version()} headless; prompt ${chosen.result.prompt_tokens} tokens, ${tokens} generated (${webgpuTokens} on WebGPU)`);
   console.log(`worker wasm: ${wasm.length} bytes, ${gzipSync(wasm, { level: 9 }).length} gzipped`);
   console.log(`the worker chose ${chosen.ready.engine.device}: ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);
-  console.log(`forced WebGPU: load ${(gpu.ready.load_ms / 1000).toFixed(1)} s (download from cache, dequantize, upload, timing)`);
+  if (gpu) console.log(`forced WebGPU: load ${(gpu.ready.load_ms / 1000).toFixed(1)} s (download from cache, dequantize, upload, timing)`);
   console.log(`| | tab ${chosen.result.device} (1 thread) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab chosen / native 1 thread |`);
   console.log('|---|---|---|---|---|---|---|');
   const row = (k) => `| ${k} tokens/s | ${c[k].toFixed(2)} | ${g[k].toFixed(3)} | ${a[k].toFixed(1)} | ${o[k].toFixed(1)} | ${(c[k] / a[k]).toFixed(2)} | ${(c[k] / o[k]).toFixed(2)} |`;
