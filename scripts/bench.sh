@@ -35,6 +35,11 @@ echo "== engine: quantized CPU (the file's blocks, integer kernels) vs f32 burn,
 for w in f32 quant f32 quant; do
   TABNODE_WEIGHTS=$w "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}"
 done
+echo "== quantized kernels, one thread: scalar vs the CPU's SIMD table (kernel_bench), and the wasm SIMD128 table in V8"
+RAYON_NUM_THREADS=1 "$CARGO_TARGET_DIR/debug/examples/kernel_bench" "${KERNEL_MS:-300}"
+# --no-liftoff: time the optimized code from the start, as a tab runs it
+# once V8 has tiered up.
+node --no-liftoff e2e/bench/wasm_kernels.mjs "${KERNEL_MS:-300}"
 echo "== engine: Chromium (the worker's chosen backend, and WebGPU forced) vs native (e2e/bench/model.mjs)"
 node e2e/bench/model.mjs "${BROWSER_TOKENS:-32}" "${WEBGPU_TOKENS:-3}"
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"

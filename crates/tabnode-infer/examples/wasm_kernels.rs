@@ -7,7 +7,8 @@
 //! Exports: `setup(format, rows, cols)` makes a random matrix of a weight
 //! format (index into [`FORMATS`]) and activations; `run(table, reps)` runs
 //! the matrix-vector product `reps` times with the scalar (0) or the best
-//! (1) kernel table and returns a checksum.
+//! (1) kernel table and returns a checksum; `check()` compares the best
+//! table with the scalar one ([`tabnode_infer::quant::check::check`]).
 
 use std::sync::Mutex;
 
@@ -77,4 +78,16 @@ pub fn run(table: u32, reps: u32) -> f32 {
         }
     }
     c.out.iter().sum()
+}
+
+/// The results [`check`](tabnode_infer::quant::check::check) compared for
+/// the best table (0 if it differs from the scalar one; the SIMD128 table
+/// is then not what `best()` hands out either).
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen::prelude::wasm_bindgen)]
+pub fn check() -> u32 {
+    let kernels = simd::available();
+    kernels
+        .last()
+        .and_then(|k| tabnode_infer::quant::check::check(k, 0x5eed).ok())
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
