@@ -1,8 +1,10 @@
 // The quantized kernels compiled to wasm (SIMD128) and timed in V8, the
 // engine of Chromium, without a browser: scalar table against the SIMD128
-// table per weight format, at SmolLM2-135M's shapes. Builds the module
-// itself (examples/wasm_kernels.rs).
-// node e2e/bench/wasm_kernels.mjs [MILLISECONDS]
+// table per weight format, at SmolLM2-135M's shapes; then the tab's whole
+// CPU engine on the model file ($TABNODE_MODEL, as scripts/env.sh sets it):
+// a 5-token prompt and DECODE_STEPS greedy steps. Builds the module itself
+// (examples/wasm_kernels.rs). Profile with `node --cpu-prof`.
+// node --no-liftoff e2e/bench/wasm_kernels.mjs [MILLISECONDS] [DECODE_STEPS]
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,7 +24,7 @@ for (const { module: m, name, kind } of WebAssembly.Module.imports(module)) {
 }
 const { exports } = await WebAssembly.instantiate(module, imports);
 // The raw module (no wasm-bindgen CLI pass) exports `setup_<hash>`, `run_<hash>`.
-const k = Object.fromEntries(['setup', 'run', 'check'].map((name) => [name, Object.entries(exports).find(([n]) => n.startsWith(`${name}_`))?.[1]]));
+const k = Object.fromEntries(['setup', 'run', 'check', 'model_buffer', 'model_load', 'model_steps'].map((name) => [name, Object.entries(exports).find(([n]) => n.startsWith(`${name}_`))?.[1]]));
 const formats = ['Q4_0', 'Q4_1', 'Q5_0', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'];
 const time = (table) => {
   k.run(table, 1);
@@ -49,4 +51,22 @@ for (const [i, f] of formats.entries()) {
     const [s, b] = [time(0), time(1)];
     console.log(`| ${f} | ${rows}x${cols} | ${(s * 1e6 / blocks).toFixed(1)} | ${(b * 1e6 / blocks).toFixed(1)} | ${(s / b).toFixed(2)} |`);
   }
+}
+
+const model = process.env.TABNODE_MODEL;
+if (model) {
+  const steps = Number(process.argv[3] ?? 32);
+  const file = readFileSync(model);
+  const at = k.model_buffer(file.length);
+  new Uint8Array(exports.memory.buffer, at, file.length).set(file);
+  if (k.model_load() !== 0) throw new Error(`cannot load ${model}`);
+  k.model_steps(5, 2); // warm-up
+  const timed = (n) => {
+    const t = performance.now();
+    if (k.model_steps(5, n) === 0xffffffff) throw new Error('model step failed');
+    return performance.now() - t;
+  };
+  const prefill = timed(0);
+  const decode = (timed(steps) - prefill) / steps;
+  console.log(`the tab's CPU engine in V8: prefill 5 tokens ${prefill.toFixed(1)} ms, decode ${decode.toFixed(2)} ms/token = ${(1000 / decode).toFixed(1)} tokens/s (${steps} steps)`);
 }

@@ -8,7 +8,10 @@
 //! format (index into [`FORMATS`]) and activations; `run(table, reps)` runs
 //! the matrix-vector product `reps` times with the scalar (0) or the best
 //! (1) kernel table and returns a checksum; `check()` compares the best
-//! table with the scalar one ([`tabnode_infer::quant::check::check`]).
+//! table with the scalar one ([`tabnode_infer::quant::check::check`]);
+//! `model_buffer(len)`, `model_load()` and `model_steps(n)` run the whole
+//! CPU model (the tab's engine) on a GGUF file written into memory, so a
+//! decode step can be timed and profiled (`node --cpu-prof`).
 
 use std::sync::Mutex;
 
@@ -90,4 +93,64 @@ pub fn check() -> u32 {
         .last()
         .and_then(|k| tabnode_infer::quant::check::check(k, 0x5eed).ok())
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The model file's bytes, written by the caller before [`model_load`].
+static FILE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The loaded model (leaked: it lives as long as the module).
+static MODEL: Mutex<Option<&'static tabnode_infer::cpu::CpuModel>> = Mutex::new(None);
+
+/// Makes room for a `len`-byte model file and returns where to write it in
+/// the module's memory (0 on failure).
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen::prelude::wasm_bindgen)]
+pub fn model_buffer(len: u32) -> usize {
+    match FILE.lock() {
+        Ok(mut f) => {
+            *f = vec![0; len as usize];
+            f.as_ptr() as usize
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Loads the model from the written bytes; 0 on success.
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen::prelude::wasm_bindgen)]
+pub fn model_load() -> u32 {
+    let Ok(mut f) = FILE.lock() else {
+        return 1;
+    };
+    let Ok(model) = tabnode_infer::cpu::CpuModel::from_bytes(std::mem::take(&mut *f)) else {
+        return 2;
+    };
+    match MODEL.lock() {
+        Ok(mut m) => {
+            *m = Some(Box::leak(Box::new(model)));
+            0
+        }
+        Err(_) => 3,
+    }
+}
+
+/// Feeds a `prompt`-token prompt, then `steps` greedy decode steps (one
+/// token each) in a fresh session; returns the last token (`u32::MAX` on
+/// error).
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen::prelude::wasm_bindgen)]
+pub fn model_steps(prompt: u32, steps: u32) -> u32 {
+    let Some(model) = MODEL.lock().ok().and_then(|m| *m) else {
+        return u32::MAX;
+    };
+    let mut session = model.session();
+    let tokens: Vec<u32> = (0..prompt).map(|i| 100 + i).collect();
+    let Ok(mut logits) = session.prefill(&tokens) else {
+        return u32::MAX;
+    };
+    let mut token = 0;
+    for _ in 0..steps {
+        token = tabnode_infer::reference::argmax(&logits);
+        match session.step(token) {
+            Ok(l) => logits = l,
+            Err(_) => return u32::MAX,
+        }
+    }
+    token
 }
