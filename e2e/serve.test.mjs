@@ -50,8 +50,9 @@ function startHost() {
 }
 
 before(async () => {
-  // A stall is much longer than a token takes anywhere.
-  relay = await startRelay({ args: ['--stall-timeout', '45'] });
+  // A stall is much longer than a token takes anywhere; a request waits
+  // long enough for a node that is still starting (and proving).
+  relay = await startRelay({ args: ['--stall-timeout', '45', '--queue-timeout', '120'] });
   browser = await launchBrowser();
   ({ page: tabB } = await openTab(browser, relay.url, null, { model: true }));
   peerB = await tabB.evaluate(() => window.tabnode.peerId);
@@ -153,19 +154,23 @@ test('a widget embedded on another origin gets its answer from tab B\'s worker',
 });
 
 test('tab B closed mid-stream: the answer completes on another node, nothing lost or repeated', { timeout: SLOW }, async () => {
-  const prompt = 'Name three animals.';
-  const maxTokens = 6;
+  // Long enough that B, decoding tens of tokens a second, is still
+  // generating when it is closed right after its first piece arrives.
+  const prompt = 'Write a story about a dragon who learns to bake bread.';
+  const maxTokens = 64;
   const want = localAnswer(prompt, maxTokens);
+  assert.equal(want.tokens.length, maxTokens, 'the answer runs to max_tokens');
   const before = await ledgerTokens(peerB);
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${relay.url}/chat.html?max_tokens=${maxTokens}`);
   await page.waitForFunction(() => window.tabnodeChat?.models?.length > 0, null, { timeout: 30_000 });
   await page.fill('#prompt', prompt);
   await page.click('#send');
-  // B has produced the first piece of the answer: now it goes away.
-  await page.waitForFunction(() => window.tabnodeChat.last?.text?.length > 0, null, { timeout: SLOW });
-  native = await startNode(relay, { serve: true });
+  // B has produced the first piece of the answer: now it goes away, and
+  // only then does another node join (the request waits for it).
+  await page.waitForFunction(() => window.tabnodeChat.last?.text?.length > 0, null, { timeout: SLOW, polling: 20 });
   await tabB.context().close();
+  native = await startNode(relay, { serve: true });
   await page.waitForFunction(() => window.tabnodeChat.last?.done || window.tabnodeChat.error, null, { timeout: SLOW });
   const s = await page.evaluate(() => window.tabnodeChat);
   assert.equal(s.error, null);
