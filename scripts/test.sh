@@ -25,6 +25,9 @@ cargo test --workspace
 # The vendored WebRTC stream framing (FIN_ACK state machine): not a member.
 cargo test -p libp2p-webrtc-utils --lib
 
+echo "== scripts (model fetching: pieces, hashes)"
+python3 -m unittest discover -s scripts/tests
+
 echo "== e2e (headless Chromium, WebGPU on SwiftShader)"
 cd e2e
 node --test --test-concurrency=1 .

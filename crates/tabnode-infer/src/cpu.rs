@@ -1,4 +1,5 @@
-//! The llama forward pass on the CPU with the weights kept as GGUF blocks.
+//! The llama and qwen2 forward pass on the CPU with the weights kept as GGUF
+//! blocks.
 //!
 //! Every matrix stays in the file's quantized format (Q4_0, Q4_1, Q5_0,
 //! Q8_0, Q4_K, Q5_K, Q6_K) inside the model's byte buffer; a decode step
@@ -20,7 +21,7 @@
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::quant::{self, GgmlType, QTensor, QuantError, QuantizedActivation};
-use crate::reference::{attend, rmsnorm, Config, KvHead};
+use crate::reference::{attend, rmsnorm, rotate, Config, KvHead, QkvBias};
 
 /// Where a weight matrix lives in the model's bytes.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ struct Layer {
     wq: Weight,
     wk: Weight,
     wv: Weight,
+    /// q, k and v biases (qwen2).
+    bias: Option<QkvBias>,
     wo: Weight,
     ffn_norm: Vec<f32>,
     gate: Weight,
@@ -47,7 +50,7 @@ struct Layer {
     down: Weight,
 }
 
-/// A llama model whose matrices stay quantized, with its bytes.
+/// A llama or qwen2 model whose matrices stay quantized, with its bytes.
 pub struct CpuModel {
     /// Hyper-parameters.
     pub config: Config,
@@ -137,6 +140,7 @@ impl CpuModel {
                     wq: w(p("attn_q"), c.dim, c.dim)?,
                     wk: w(p("attn_k"), kv_dim, c.dim)?,
                     wv: w(p("attn_v"), kv_dim, c.dim)?,
+                    bias: QkvBias::from_gguf(&g, l, c.dim, kv_dim)?,
                     wo: w(p("attn_output"), c.dim, c.dim)?,
                     ffn_norm: f(p("ffn_norm"))?,
                     gate: w(p("ffn_gate"), c.hidden, c.dim)?,
@@ -214,14 +218,10 @@ impl std::fmt::Debug for CpuSession<'_> {
     }
 }
 
-/// RoPE on adjacent pairs (ggml's "normal" mode) of every head.
-fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+/// RoPE on every head (adjacent pairs, or the two halves: see [`rotate`]).
+fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], halves: bool) {
     for head in v.chunks_exact_mut(head_dim) {
-        for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * c - b * s;
-            pair[1] = a * s + b * c;
-        }
+        rotate(head, cos, sin, halves);
     }
 }
 
@@ -404,13 +404,17 @@ impl CpuSession<'_> {
                 },
             );
             rq.and(rk).and(rv)?;
+            if let Some(b) = &layer.bias {
+                b.add(&mut q, &mut k, &mut v);
+            }
+            let halves = c.arch.rope_halves();
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
                     &sin[i * half..(i + 1) * half],
                 );
-                rope(&mut q[i * dim..(i + 1) * dim], hd, cs, sn);
-                rope(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, cs, sn);
+                rope(&mut q[i * dim..(i + 1) * dim], hd, cs, sn, halves);
+                rope(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, cs, sn, halves);
             }
             self.k[l].extend_from_slice(&k);
             self.v[l].extend_from_slice(&v);

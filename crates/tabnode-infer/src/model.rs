@@ -12,13 +12,15 @@ use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue};
 use burn::tensor::{activation, Bool, Device, Int, Tensor, TensorData};
 
 use crate::gguf::{Gguf, GgufError};
-use crate::reference::Config;
+use crate::reference::{Config, QkvBias};
 
 struct Layer {
     attn_norm: Tensor<1>,
     wq: Tensor<2>,
     wk: Tensor<2>,
     wv: Tensor<2>,
+    /// q, k and v biases (qwen2).
+    bias: Option<[Tensor<1>; 3]>,
     wo: Tensor<2>,
     ffn_norm: Tensor<1>,
     gate: Tensor<2>,
@@ -181,14 +183,21 @@ impl LlamaModel {
             // row-major tensor: transpose on the host first.
             _ => tensor2_transposed(g, &name, device).map(|t| format.apply(t)),
         };
+        let kv_dim = config.kv_heads * (config.dim / config.heads);
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
+            let vector = |v: Vec<f32>| {
+                let n = v.len();
+                Tensor::<1>::from_data(TensorData::new(v, [n]), device)
+            };
             layers.push(Layer {
                 attn_norm: tensor1(g, &p("attn_norm"), device)?,
                 wq: w(p("attn_q"))?,
                 wk: w(p("attn_k"))?,
                 wv: w(p("attn_v"))?,
+                bias: QkvBias::from_gguf(g, l, config.dim, kv_dim)?
+                    .map(|b| [vector(b.q), vector(b.k), vector(b.v)]),
                 wo: w(p("attn_output"))?,
                 ffn_norm: tensor1(g, &p("ffn_norm"), device)?,
                 gate: w(p("ffn_gate"))?,
@@ -234,19 +243,24 @@ impl LlamaModel {
         (mk(cos), mk(sin))
     }
 
-    /// RoPE on adjacent pairs of `x` (`[heads, T, hd]`).
-    fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
+    /// RoPE on `x` (`[heads, T, hd]`): adjacent pairs, or with `halves`
+    /// element `i` with `i + hd/2` (see [`crate::reference::rotate`]).
+    fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>, halves: bool) -> Tensor<3> {
         let [h, t, hd] = x.dims();
-        let pairs = x.reshape([h, t, hd / 2, 2]);
-        let x0 = pairs.clone().narrow(3, 0, 1).reshape([h, t, hd / 2]);
-        let x1 = pairs.narrow(3, 1, 1).reshape([h, t, hd / 2]);
+        // The pair's two members along axis 3 (adjacent) or axis 2 (halves).
+        let (shape, axis) = if halves {
+            ([h, t, 2, hd / 2], 2)
+        } else {
+            ([h, t, hd / 2, 2], 3)
+        };
+        let pairs = x.reshape(shape);
+        let x0 = pairs.clone().narrow(axis, 0, 1).reshape([h, t, hd / 2]);
+        let x1 = pairs.narrow(axis, 1, 1).reshape([h, t, hd / 2]);
         let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
         let r1 = x0 * sin.clone() + x1 * cos.clone();
-        Tensor::cat(
-            vec![r0.reshape([h, t, hd / 2, 1]), r1.reshape([h, t, hd / 2, 1])],
-            3,
-        )
-        .reshape([h, t, hd])
+        let mut one = shape;
+        one[axis] = 1;
+        Tensor::cat(vec![r0.reshape(one), r1.reshape(one)], axis).reshape([h, t, hd])
     }
 
     /// Runs `tokens` (at positions `cache.len()..`) and returns their logits,
@@ -270,15 +284,22 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rmsnorm(x.clone(), &layer.attn_norm, c.eps);
-            let heads = |w: &Tensor<2>, n: usize| {
-                h.clone()
-                    .matmul(w.clone())
-                    .reshape([t, n, hd])
-                    .swap_dims(0, 1)
+            let heads = |w: &Tensor<2>, bias: Option<&Tensor<1>>, n: usize| {
+                let y = h.clone().matmul(w.clone());
+                let y = match bias {
+                    Some(b) => y + b.clone().unsqueeze::<2>(),
+                    None => y,
+                };
+                y.reshape([t, n, hd]).swap_dims(0, 1)
             };
-            let q = Self::rope(heads(&layer.wq, c.heads), &cos, &sin);
-            let k = Self::rope(heads(&layer.wk, c.kv_heads), &cos, &sin);
-            let v = heads(&layer.wv, c.kv_heads);
+            let [bq, bk, bv] = match &layer.bias {
+                Some([q, k, v]) => [Some(q), Some(k), Some(v)],
+                None => [None; 3],
+            };
+            let halves = c.arch.rope_halves();
+            let q = Self::rope(heads(&layer.wq, bq, c.heads), &cos, &sin, halves);
+            let k = Self::rope(heads(&layer.wk, bk, c.kv_heads), &cos, &sin, halves);
+            let v = heads(&layer.wv, bv, c.kv_heads);
             let (k, v) = if l < cache.k.len() {
                 let k = Tensor::cat(vec![cache.k[l].clone(), k], 1);
                 let v = Tensor::cat(vec![cache.v[l].clone(), v], 1);

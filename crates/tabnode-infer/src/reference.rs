@@ -1,17 +1,47 @@
-//! A plain-Rust, f32, single-threaded forward pass of the llama architecture,
-//! straight from the GGUF tensors.
+//! A plain-Rust, f32, single-threaded forward pass of the llama and qwen2
+//! architectures, straight from the GGUF tensors.
 //!
 //! This is the engine's oracle, not its fast path (that will be the burn
 //! model): it pins down the layout of the GGUF tensors (ggml's `[in, out]`
 //! weights, tied embeddings, and the rows of `attn_q`/`attn_k` permuted by
-//! llama.cpp's converter so that RoPE rotates *adjacent* pairs) against
-//! llama.cpp's own logits, so the fast path can be tested against it.
+//! llama.cpp's converter so that RoPE rotates *adjacent* pairs; qwen2's are
+//! not, and its RoPE rotates the two halves of a head) against llama.cpp's
+//! own logits, so the fast path can be tested against it.
 
 use crate::gguf::{Gguf, GgufError};
+
+/// The transformer families the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// llama (SmolLM2): RoPE on adjacent pairs (llama.cpp's converter
+    /// permutes the rows of `attn_q`/`attn_k` for it), no biases.
+    Llama,
+    /// qwen2 (Qwen2.5): biases on q, k and v, RoPE on the two halves of
+    /// each head (ggml's NEOX mode), a separate output matrix.
+    Qwen2,
+}
+
+impl Arch {
+    /// The GGUF `general.architecture` value and metadata key prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// Whether RoPE rotates element `i` with `i + head_dim/2` (NEOX)
+    /// rather than `2i` with `2i + 1`.
+    pub fn rope_halves(self) -> bool {
+        matches!(self, Self::Qwen2)
+    }
+}
 
 /// Model hyper-parameters from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The family.
+    pub arch: Arch,
     /// Transformer blocks.
     pub layers: usize,
     /// Model width.
@@ -33,38 +63,62 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the `llama.*` metadata.
+    /// Reads the `<arch>.*` metadata.
     ///
     /// # Errors
-    /// Missing keys, or an architecture other than llama.
+    /// Missing keys, or an architecture the engine does not run.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, GgufError> {
-        let arch = g
+        let name = g
             .get("general.architecture")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if arch != "llama" {
-            return Err(GgufError::Metadata {
-                key: "general.architecture".into(),
-                reason: format!("{arch:?} is not supported (only llama)"),
-            });
-        }
-        let u = |k: &str| g.get_u64(k).map(|v| v as usize);
-        let f = |k: &str, default: f64| g.get(k).and_then(|v| v.as_f64()).unwrap_or(default) as f32;
+        let arch = match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(GgufError::Metadata {
+                    key: "general.architecture".into(),
+                    reason: format!("{other:?} is not supported (llama, qwen2)"),
+                })
+            }
+        };
+        let key = |k: &str| format!("{name}.{k}");
+        let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);
+        let f = |k: &str, default: f64| {
+            g.get(&key(k)).and_then(|v| v.as_f64()).unwrap_or(default) as f32
+        };
         let vocab = g
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
             .map_or(0, <[_]>::len);
-        Ok(Self {
-            layers: u("llama.block_count")?,
-            dim: u("llama.embedding_length")?,
-            hidden: u("llama.feed_forward_length")?,
-            heads: u("llama.attention.head_count")?,
-            kv_heads: u("llama.attention.head_count_kv")?,
+        let config = Self {
+            arch,
+            layers: u("block_count")?,
+            dim: u("embedding_length")?,
+            hidden: u("feed_forward_length")?,
+            heads: u("attention.head_count")?,
+            kv_heads: u("attention.head_count_kv")?,
             vocab,
-            context: u("llama.context_length")?,
-            rope_base: f("llama.rope.freq_base", 10_000.0),
-            eps: f("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        })
+            context: u("context_length")?,
+            rope_base: f("rope.freq_base", 10_000.0),
+            eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+        };
+        // Shapes every forward divides by or groups with.
+        let fits = config.heads > 0
+            && config.kv_heads > 0
+            && config.heads % config.kv_heads == 0
+            && config.dim % config.heads == 0
+            && (config.dim / config.heads) % 2 == 0;
+        if !fits {
+            return Err(GgufError::Metadata {
+                key: key("attention.head_count"),
+                reason: format!(
+                    "{} heads, {} key/value heads and width {} do not fit together",
+                    config.heads, config.kv_heads, config.dim
+                ),
+            });
+        }
+        Ok(config)
     }
 
     fn head_dim(&self) -> usize {
@@ -77,11 +131,83 @@ struct Layer {
     wq: Vec<f32>,
     wk: Vec<f32>,
     wv: Vec<f32>,
+    /// q, k and v biases (qwen2).
+    bias: Option<QkvBias>,
     wo: Vec<f32>,
     ffn_norm: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     down: Vec<f32>,
+}
+
+/// The biases added to q, k and v (qwen2).
+#[derive(Debug, Clone)]
+pub(crate) struct QkvBias {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl QkvBias {
+    /// Layer `l`'s biases: all three or none.
+    ///
+    /// # Errors
+    /// Some but not all of them, or one of the wrong length.
+    pub(crate) fn from_gguf(
+        g: &Gguf<'_>,
+        l: usize,
+        dim: usize,
+        kv_dim: usize,
+    ) -> Result<Option<Self>, GgufError> {
+        let names = ["attn_q", "attn_k", "attn_v"].map(|t| format!("blk.{l}.{t}.bias"));
+        let present = names.iter().filter(|n| g.tensor(n).is_ok()).count();
+        if present == 0 {
+            return Ok(None);
+        }
+        let [q, k, v] = names;
+        let read = |name: &str, len: usize| {
+            let b = g.dequantize(name)?;
+            if b.len() == len {
+                Ok(b)
+            } else {
+                Err(GgufError::BadTensor {
+                    name: name.to_string(),
+                    reason: format!("{} values, expected {len}", b.len()),
+                })
+            }
+        };
+        Ok(Some(Self {
+            q: read(&q, dim)?,
+            k: read(&k, kv_dim)?,
+            v: read(&v, kv_dim)?,
+        }))
+    }
+
+    /// Adds the biases to each token's q, k and v rows.
+    pub(crate) fn add(&self, q: &mut [f32], k: &mut [f32], v: &mut [f32]) {
+        for (x, b) in [(q, &self.q), (k, &self.k), (v, &self.v)] {
+            for row in x.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
+}
+
+/// Rotates one head's `(a, b)` pairs by the angles whose cosines and sines
+/// are `cos` and `sin`: adjacent pairs `(2i, 2i+1)` (ggml's normal mode),
+/// or with `halves` the pairs `(i, i + head_dim/2)` (NEOX mode).
+pub(crate) fn rotate(head: &mut [f32], cos: &[f32], sin: &[f32], halves: bool) {
+    let half = head.len() / 2;
+    for (i, (&c, &s)) in cos.iter().zip(sin).enumerate().take(half) {
+        let (ia, ib) = if halves {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (a, b) = (head[ia], head[ib]);
+        head[ia] = a * c - b * s;
+        head[ib] = a * s + b * c;
+    }
 }
 
 /// All weights dequantized to f32.
@@ -127,16 +253,13 @@ pub(crate) fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// RoPE on adjacent pairs (ggml's "normal" mode) of every head.
-fn rope(v: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+/// RoPE on every head (the layout `halves` says, see [`rotate`]).
+fn rope(v: &mut [f32], head_dim: usize, pos: usize, base: f32, halves: bool) {
+    let (sin, cos): (Vec<f32>, Vec<f32>) = (0..head_dim / 2)
+        .map(|i| (pos as f32 * base.powf(-2.0 * i as f32 / head_dim as f32)).sin_cos())
+        .unzip();
     for head in v.chunks_mut(head_dim) {
-        for i in 0..head_dim / 2 {
-            let theta = pos as f32 * base.powf(-2.0 * i as f32 / head_dim as f32);
-            let (s, c) = theta.sin_cos();
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * c - b * s;
-            head[2 * i + 1] = a * s + b * c;
-        }
+        rotate(head, &cos, &sin, halves);
     }
 }
 
@@ -189,6 +312,7 @@ impl ReferenceModel {
     /// Missing tensors or metadata, unsupported tensor types.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, GgufError> {
         let config = Config::from_gguf(g)?;
+        let kv_dim = config.kv_heads * config.head_dim();
         let t = |name: String| g.dequantize(&name);
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
@@ -198,6 +322,7 @@ impl ReferenceModel {
                 wq: t(p("attn_q"))?,
                 wk: t(p("attn_k"))?,
                 wv: t(p("attn_v"))?,
+                bias: QkvBias::from_gguf(g, l, config.dim, kv_dim)?,
                 wo: t(p("attn_output"))?,
                 ffn_norm: t(p("ffn_norm"))?,
                 gate: t(p("ffn_gate"))?,
@@ -266,8 +391,12 @@ impl Session<'_> {
             matvec(&layer.wq, &h, &mut q);
             matvec(&layer.wk, &h, &mut k);
             matvec(&layer.wv, &h, &mut v);
-            rope(&mut q, hd, self.pos, c.rope_base);
-            rope(&mut k, hd, self.pos, c.rope_base);
+            if let Some(b) = &layer.bias {
+                b.add(&mut q, &mut k, &mut v);
+            }
+            let halves = c.arch.rope_halves();
+            rope(&mut q, hd, self.pos, c.rope_base, halves);
+            rope(&mut k, hd, self.pos, c.rope_base, halves);
             self.k[l].extend_from_slice(&k);
             self.v[l].extend_from_slice(&v);
             let n = self.pos + 1;

@@ -4,9 +4,15 @@
 //! Encoding: special (control) tokens are cut out of the text first when
 //! `parse_special` is set; the rest is pre-tokenized (for the `smollm`
 //! pre-tokenizer: every `\p{N}` alone, then the GPT-2 pattern
-//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`),
+//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
+//! for `qwen2` llama.cpp's pattern with case-insensitive contractions,
+//! single digits and line breaks kept with the whitespace before them),
 //! each piece's bytes are mapped to GPT-2's printable byte alphabet, and the
 //! merges are applied lowest rank first, leftmost first.
+//!
+//! Chat prompts come from the model's own Jinja template (rendered by
+//! `minijinja`); message contents are encoded without specials, so a
+//! message cannot forge a turn.
 //!
 //! Decoding is to bytes: a token can end in the middle of a UTF-8 character.
 //! [`StreamDecoder`] turns a stream of tokens into text, holding back an
@@ -37,9 +43,15 @@ pub enum TokenizerError {
     /// A token string that uses characters outside the byte alphabet.
     #[error("token {0} is not in the byte-level alphabet")]
     Token(u32),
-    /// The chat template is not one this implementation renders.
-    #[error("unsupported chat template")]
-    ChatTemplate,
+    /// The model has no chat template (a base model: completion only).
+    #[error("the model has no chat template (a completion model)")]
+    NoChatTemplate,
+    /// The model's chat template does not parse or does not render.
+    #[error("the model's chat template failed: {0}")]
+    ChatTemplate(String),
+    /// A message role the chat templates do not know.
+    #[error("message role {0:?} is not one of system, user, assistant, tool")]
+    Role(String),
 }
 
 /// GPT-2's map from bytes to printable characters.
@@ -80,11 +92,31 @@ pub struct Tokenizer {
     byte_map: [char; 256],
     digits: Option<Regex>,
     words: Regex,
+    /// The pattern has qwen2's `\s*[\r\n]+` before `\s+(?!\S)`: a
+    /// whitespace run ending in a line break keeps all of it.
+    line_breaks: bool,
     /// Beginning-of-sequence token.
     pub bos: u32,
     /// End-of-sequence token.
     pub eos: u32,
-    chatml: bool,
+    /// The Jinja chat template from the file's metadata.
+    chat_template: Option<String>,
+}
+
+/// A Jinja environment set as Hugging Face's chat templates expect
+/// (`trim_blocks`, `lstrip_blocks`).
+fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env
+}
+
+/// Stands for message `i`'s content while a template renders: private-use
+/// characters that no template writes, so the rendered frame can be split
+/// into the template's own text and the messages'.
+fn content_marker(i: usize) -> String {
+    format!("\u{E000}{i}\u{E001}")
 }
 
 impl Tokenizer {
@@ -105,15 +137,27 @@ impl Tokenizer {
             .get("tokenizer.ggml.pre")
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let digits = match pre {
+        let re = |pattern: &str| {
+            Regex::new(pattern).map_err(|_| TokenizerError::PreTokenizer(pre.into()))
+        };
+        // GPT-2's pattern less its `\s+(?!\S)` (the `regex` crate has no
+        // look-ahead; `encode_text` applies it).
+        let gpt2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+        let (digits, words, line_breaks) = match pre {
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
-                Some(Regex::new(r"\p{N}").map_err(|_| TokenizerError::PreTokenizer(pre.into()))?)
+                (Some(re(r"\p{N}")?), re(gpt2)?, false)
             }
-            "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => None,
+            "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => (None, re(gpt2)?, false),
+            // llama.cpp's qwen2 pattern, likewise less `\s+(?!\S)`.
+            "qwen2" => (
+                None,
+                re(
+                    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+",
+                )?,
+                true,
+            ),
             other => return Err(TokenizerError::PreTokenizer(other.into())),
         };
-        let words = Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+")
-            .map_err(|_| TokenizerError::PreTokenizer(pre.into()))?;
         let tokens = g
             .get("tokenizer.ggml.tokens")
             .and_then(Value::as_array)
@@ -171,10 +215,16 @@ impl Tokenizer {
                 .map(|v| v as u32)
                 .ok_or(TokenizerError::Metadata(key))
         };
-        let chatml = g
+        let chat_template = g
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
-            .is_some_and(|t| t.contains("<|im_start|>"));
+            .map(str::to_string);
+        if let Some(source) = &chat_template {
+            // A template that does not parse fails the load, not a request.
+            template_env()
+                .template_from_str(source)
+                .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
+        }
         Ok(Self {
             token_bytes,
             vocab,
@@ -183,9 +233,10 @@ impl Tokenizer {
             byte_map,
             digits,
             words,
+            line_breaks,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
-            chatml,
+            chat_template,
         })
     }
 
@@ -256,7 +307,11 @@ impl Tokenizer {
                 let s = m.as_str();
                 // `\s+(?!\S)`: a run of whitespace before a word gives its
                 // last character to that word.
-                if s.chars().all(char::is_whitespace) && end < piece.len() && s.chars().count() > 1
+                let broken = self.line_breaks && s.ends_with(['\r', '\n']);
+                if s.chars().all(char::is_whitespace)
+                    && !broken
+                    && end < piece.len()
+                    && s.chars().count() > 1
                 {
                     end -= s.chars().last().map_or(0, char::len_utf8);
                 }
@@ -315,67 +370,106 @@ impl Tokenizer {
             .collect()
     }
 
-    /// Renders a conversation with the model's ChatML template (SmolLM2's,
-    /// including its default system prompt).
+    /// Whether the model has a chat template (an instruct model).
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Renders a conversation with the model's own chat template (Jinja,
+    /// from the GGUF metadata, through `minijinja`), as llama.cpp and
+    /// Hugging Face do: `messages`, `add_generation_prompt`, `bos_token`,
+    /// `eos_token`, no tools.
     ///
     /// # Errors
-    /// [`TokenizerError::ChatTemplate`] if the model's template is not ChatML.
+    /// No template, a template that fails, a role it does not know.
     pub fn chat_prompt(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        if !self.chatml {
-            return Err(TokenizerError::ChatTemplate);
-        }
-        let mut s = String::new();
-        if messages.first().is_none_or(|m| m.role != "system") {
-            s.push_str("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n");
-        }
-        for m in messages {
-            s.push_str("<|im_start|>");
-            s.push_str(&m.role);
-            s.push('\n');
-            s.push_str(&m.content);
-            s.push_str("<|im_end|>\n");
-        }
-        if add_generation_prompt {
-            s.push_str("<|im_start|>assistant\n");
-        }
-        Ok(s)
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        let mut env = template_env();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        let messages = messages
+            .iter()
+            .map(|m| {
+                if matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+                    Ok(minijinja::context! { role => m.role, content => m.content })
+                } else {
+                    Err(TokenizerError::Role(m.role.clone()))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = |id: u32| String::from_utf8_lossy(self.token_bytes(id)).into_owned();
+        env.render_str(
+            source,
+            minijinja::context! {
+                messages,
+                add_generation_prompt,
+                bos_token => text(self.bos),
+                eos_token => text(self.eos),
+            },
+        )
+        .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
     }
 }
 
 impl Tokenizer {
     /// The token ids of a conversation in the chat template, ending with
-    /// the assistant's turn. Only the template's own control tokens are
-    /// special: a message that spells `<|im_start|>` stays text, so it
+    /// the assistant's turn. Only the template's own text may hold control
+    /// tokens: a message that spells `<|im_start|>` stays text, so it
     /// cannot forge a turn.
     ///
     /// # Errors
-    /// [`TokenizerError::ChatTemplate`] if the model's template is not ChatML.
+    /// As [`Tokenizer::chat_prompt`], or a template that drops, repeats or
+    /// reorders a message.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, TokenizerError> {
-        // Render with empty contents, then encode the frame with specials
-        // and each content without.
-        let empty: Vec<Message> = messages
+        // Render with a marker for each content, then encode the frame with
+        // specials and each content without.
+        let marked: Vec<Message> = messages
             .iter()
-            .map(|m| Message {
+            .enumerate()
+            .map(|(i, m)| Message {
                 role: m.role.clone(),
-                content: String::new(),
+                content: if m.content.is_empty() {
+                    String::new()
+                } else {
+                    content_marker(i)
+                },
             })
             .collect();
-        let frame = self.chat_prompt(&empty, true)?;
+        let frame = self.chat_prompt(&marked, true)?;
         let mut ids = Vec::new();
         let mut rest = frame.as_str();
-        for m in messages {
-            let head = format!("<|im_start|>{}\n", m.role);
-            let Some(at) = rest.find(&head) else {
-                return Err(TokenizerError::ChatTemplate);
+        for (i, m) in messages.iter().enumerate() {
+            if m.content.is_empty() {
+                continue;
+            }
+            let marker = content_marker(i);
+            let Some(at) = rest.find(&marker) else {
+                return Err(TokenizerError::ChatTemplate(format!(
+                    "message {i} is missing from the rendered prompt or out of order"
+                )));
             };
-            let upto = at + head.len();
-            ids.extend(self.encode(&rest[..upto], true));
+            ids.extend(self.encode(&rest[..at], true));
             ids.extend(self.encode(&m.content, false));
-            rest = &rest[upto..];
+            rest = &rest[at + marker.len()..];
+        }
+        if rest.contains('\u{E000}') {
+            return Err(TokenizerError::ChatTemplate(
+                "a message appears twice in the rendered prompt".into(),
+            ));
         }
         ids.extend(self.encode(rest, true));
         Ok(ids)

