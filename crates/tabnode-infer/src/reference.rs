@@ -106,9 +106,9 @@ impl Config {
         // Shapes every forward divides by or groups with.
         let fits = config.heads > 0
             && config.kv_heads > 0
-            && config.heads % config.kv_heads == 0
-            && config.dim % config.heads == 0
-            && (config.dim / config.heads) % 2 == 0;
+            && config.heads.is_multiple_of(config.kv_heads)
+            && config.dim.is_multiple_of(config.heads)
+            && (config.dim / config.heads).is_multiple_of(2);
         if !fits {
             return Err(GgufError::Metadata {
                 key: key("attention.head_count"),

@@ -57,7 +57,7 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
         id: tabnode_core::model_id(SIMULATED),
         name: SIMULATED.into(),
         title: "stand-in for routing benchmarks".into(),
-        package: "none".into(),
+        source: Vec::new(),
         file: "none".into(),
         bytes: 0,
         sha256: "0".repeat(64),
