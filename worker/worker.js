@@ -3,4 +3,7 @@
 // Its start function installs the message handler and posts `loaded`.
 import init from '../pkg/tabnode_worker.js';
 
-await init();
+// Static constructors once (crates/tabnode-worker/build.rs), before any
+// message can reach the model.
+const wasm = await init();
+wasm.__wasm_call_ctors();
