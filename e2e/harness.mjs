@@ -195,7 +195,7 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false, backend = null } = {}) {
+export async function openTab(browser, url, context, { model = false, backend = null, threads = null } = {}) {
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -208,6 +208,7 @@ export async function openTab(browser, url, context, { model = false, backend = 
   // A tab loads the model only when the test asks.
   if (!model) query.set('model', 'off');
   if (backend) query.set('backend', backend);
+  if (threads) query.set('threads', String(threads));
   if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);
   await page.goto(`${url}/?${query}`);
   await waitForReachable(page);

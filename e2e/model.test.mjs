@@ -85,6 +85,12 @@ test('the worker downloads the model with progress, caches it and runs it on the
   assert.equal(engine.timings.length, 1);
   assert.equal(engine.timings[0].backend, 'cpu');
   assert.ok(engine.timings[0].ms_per_token > 0 && engine.timings[0].ms_per_token < 5000, String(engine.timings[0].ms_per_token));
+  // The relay serves the site cross-origin isolated, so the worker splits
+  // the model's rows over one worker per core (up to 8).
+  const { isolated, cores } = await page.evaluate(() => ({ isolated: crossOriginIsolated, cores: navigator.hardwareConcurrency }));
+  assert.equal(isolated, true);
+  assert.equal(engine.threads, Math.min(cores, 8));
+  if (cores > 1) assert.match(engine.reason, new RegExp(`rows split over ${engine.threads} workers`));
   assert.equal(ready.model.file_bytes, size);
   assert.equal(ready.model.architecture, 'llama');
   assert.equal(ready.model.quantization, 'Q4_1');
@@ -131,6 +137,21 @@ test(`greedy tokens on the tab's CPU kernels equal the native ones bit for bit (
   assert.equal(web.result.text, native.text);
   assert.equal(web.streamed, web.result.text, 'the streamed text is the result');
   assert.equal(web.result.finish, 'length');
+});
+
+test('?threads=1 computes in one worker, with the same tokens', async () => {
+  const native = nativeGenerate('cpu', TOKENS);
+  const { page: one } = await openTab(browser, relay.url, context, { model: true, threads: 1 });
+  try {
+    const ready = await waitForModel(one);
+    assert.equal(ready.engine.threads, 1);
+    assert.doesNotMatch(ready.engine.reason, /split/);
+    const web = await generateInTab(one, { prompt: { text: PROMPT }, max_tokens: TOKENS });
+    assert.ok(!web.error, web.error);
+    assert.deepEqual(web.result.tokens, native.tokens);
+  } finally {
+    await one.close();
+  }
 });
 
 test('cancellation and bad requests are clear, and the worker stays usable', async () => {

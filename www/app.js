@@ -231,8 +231,12 @@ async function loadModel(node) {
   $('model-name').textContent = pick.file;
   try {
     // ?backend=cpu|webgpu forces where the model runs; by default the
-    // worker picks the faster.
-    await node.loadModel(pick.url, new URLSearchParams(location.search).get('backend') ?? undefined);
+    // worker picks the faster. ?threads=N caps the workers the CPU engine
+    // splits the model over (default: one per core where the page is
+    // cross-origin isolated).
+    const params = new URLSearchParams(location.search);
+    const threads = Number(params.get('threads')) || undefined;
+    await node.loadModel(pick.url, params.get('backend') ?? undefined, threads);
   } catch (e) {
     // Reported through the model_failed event as well.
     state.model.error = e.message;

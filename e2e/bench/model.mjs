@@ -28,12 +28,13 @@ async function tab(browser, relay, backend, n) {
   const { page } = await openTab(browser, relay.url, undefined, { model: true, backend });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.model.status), null, { timeout: 900_000 });
   const ready = await page.evaluate(() => window.tabnode.model.ready);
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
   if (!ready) throw new Error(await page.evaluate(() => window.tabnode.model.error));
   const gen = () => page.evaluate(async ({ prompt, n }) => window.tabnode.node.generate({ prompt: { text: prompt }, max_tokens: n }).done, { prompt, n });
   const first = await gen(); // warm-up (WebGPU compiles its shaders)
   const result = n > 1 ? await gen() : first;
   await page.close();
-  return { ready, first, result };
+  return { ready, cores, first, result };
 }
 
 const wasm = readFileSync(join(ROOT, 'pkg', 'tabnode_worker_bg.wasm'));
@@ -51,9 +52,10 @@ try {
   const o = rate(nOne);
   console.log(`chromium ${browser.version()} headless; prompt ${chosen.result.prompt_tokens} tokens, ${tokens} generated (${webgpuTokens} on WebGPU)`);
   console.log(`worker wasm: ${wasm.length} bytes, ${gzipSync(wasm, { level: 9 }).length} gzipped`);
-  console.log(`the worker chose ${chosen.ready.engine.device}: ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);
+  const workers = chosen.ready.engine.threads;
+  console.log(`the worker chose ${chosen.ready.engine.device} on ${workers} worker(s) (navigator.hardwareConcurrency ${chosen.cores}): ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);
   if (gpu) console.log(`forced WebGPU: load ${(gpu.ready.load_ms / 1000).toFixed(1)} s (download from cache, dequantize, upload, timing)`);
-  console.log(`| | tab ${chosen.result.device} (1 thread) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab chosen / native 1 thread |`);
+  console.log(`| | tab ${chosen.result.device} (${workers} workers) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab chosen / native 1 thread |`);
   console.log('|---|---|---|---|---|---|---|');
   const row = (k) => `| ${k} tokens/s | ${c[k].toFixed(2)} | ${g[k].toFixed(3)} | ${a[k].toFixed(1)} | ${o[k].toFixed(1)} | ${(c[k] / a[k]).toFixed(2)} | ${(c[k] / o[k]).toFixed(2)} |`;
   console.log(row('prefill'));

@@ -175,6 +175,15 @@ pub struct EngineChoice {
     pub reason: String,
     /// The backends timed at load (fastest first is not implied).
     pub timings: Vec<BackendTiming>,
+    /// Threads the engine computes on: a tab's CPU engine splits the
+    /// model's rows over this many workers (1 where the page is not
+    /// cross-origin isolated, or on WebGPU).
+    #[serde(default = "one_thread")]
+    pub threads: u32,
+}
+
+fn one_thread() -> u32 {
+    1
 }
 
 /// What a node says about the model it serves.

@@ -39,6 +39,11 @@ pub enum ToWorker {
         /// take the faster.
         #[serde(default)]
         backend: Option<Backend>,
+        /// Workers the CPU engine may split the model over; `None`: one
+        /// per core (up to a limit) where the page is cross-origin
+        /// isolated.
+        #[serde(default)]
+        threads: Option<u32>,
     },
     /// Generate; tokens stream back as [`FromWorker::Token`].
     Generate {

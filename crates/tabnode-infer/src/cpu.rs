@@ -16,26 +16,77 @@
 //! everywhere; exp, sin/cos and pow come from `libm` (pure Rust) rather than
 //! the platform's library; so the tab (wasm32) and native nodes compute the
 //! same logits and generate the same tokens. Natively the rows of a matrix
-//! are split over the cores.
+//! are split over the cores; in a tab, over several workers, each holding
+//! its rows ([`crate::shard`]).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::quant::{self, GgmlType, QTensor, QuantError, QuantizedActivation};
 use crate::reference::{attend, rmsnorm, rotate, Config, KvHead, QkvBias};
+use crate::shard::{part, Command, Exchange, ExchangeError, CHUNK};
 
-/// Where a weight matrix lives in the model's bytes.
-#[derive(Debug, Clone)]
+/// Why a forward of the quantized CPU model failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CpuError {
+    /// Blocks that do not fit their shape (not for a model loaded by
+    /// [`CpuModel::from_bytes`]).
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// The shards of a split model ([`crate::shard`]).
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    /// A shard description that does not fit the model it describes.
+    #[error("shard {index} of {count}: {what} does not fit the model")]
+    Shard {
+        /// The shard.
+        index: usize,
+        /// Shards in all.
+        count: usize,
+        /// The part that does not fit (`blk.3.ffn_up`, `norm`).
+        what: String,
+    },
+}
+
+/// Where a weight matrix lives in the model's bytes: rows `lo..lo + held`
+/// of its `rows` (all of them unless the model is split).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Weight {
     ty: GgmlType,
     /// The activation type its kernel pairs with.
     act: GgmlType,
     rows: usize,
     cols: usize,
+    lo: usize,
+    held: usize,
     start: usize,
     len: usize,
 }
 
-#[derive(Debug)]
+impl Weight {
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_size() * self.ty.block_bytes()
+    }
+
+    /// The same matrix held from row `r.start` to `r.end` (a part of what
+    /// it holds now).
+    fn part(&self, r: Range<usize>) -> Weight {
+        let rb = self.row_bytes();
+        Weight {
+            lo: r.start,
+            held: r.len(),
+            start: self.start + r.start.saturating_sub(self.lo) * rb,
+            len: r.len() * rb,
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Layer {
     attn_norm: Vec<f32>,
     wq: Weight,
@@ -50,17 +101,71 @@ struct Layer {
     down: Weight,
 }
 
+impl Layer {
+    fn weights_mut(&mut self) -> [&mut Weight; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
+/// A split model's link to its other shards.
+struct Shards {
+    ex: Box<dyn Exchange>,
+    /// Ids of sessions (shard 0): the shards hold one KV cache, that of
+    /// the session that ran last.
+    next_session: AtomicU64,
+    active: AtomicU64,
+    /// Set when an exchange failed mid-forward: the shards are out of step.
+    broken: AtomicBool,
+}
+
+/// What a worker needs to be shard `index` of `count` of a model: its rows
+/// of every matrix (the bytes travel separately, see
+/// [`CpuModel::shard_spec`]) and the small tensors every shard holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardSpec {
+    index: usize,
+    count: usize,
+    config: Config,
+    norm: Vec<f32>,
+    layers: Vec<Layer>,
+    head: Weight,
+}
+
+impl ShardSpec {
+    /// The shard's place.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Shards in all.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
 /// A llama or qwen2 model whose matrices stay quantized, with its bytes.
 pub struct CpuModel {
     /// Hyper-parameters.
     pub config: Config,
     bytes: Vec<u8>,
-    embed: Weight,
-    output: Option<Weight>,
+    /// The token embeddings (shard 0 only when split).
+    embed: Option<Weight>,
+    /// The output matrix (the embeddings when tied); a split model holds
+    /// its part of the rows.
+    head: Weight,
     norm: Vec<f32>,
     layers: Vec<Layer>,
     /// `base^(−2i/head_dim)` for each rotated pair.
     inv_freq: Vec<f32>,
+    shards: Option<Shards>,
 }
 
 impl std::fmt::Debug for CpuModel {
@@ -68,7 +173,27 @@ impl std::fmt::Debug for CpuModel {
         f.debug_struct("CpuModel")
             .field("config", &self.config)
             .field("bytes", &self.bytes.len())
+            .field("shards", &self.shard_count())
             .finish_non_exhaustive()
+    }
+}
+
+fn capacity_for(c: &Config) -> usize {
+    let kv_dim = c.kv_heads * (c.dim / c.heads.max(1));
+    (CHUNK * (c.dim + 2 * kv_dim).max(2 * c.hidden)).max(c.vocab)
+}
+
+impl Drop for CpuModel {
+    /// Shard 0 tells the others to stop serving (unless they are out of
+    /// step anyway).
+    fn drop(&mut self) {
+        if let Some(sh) = &self.shards {
+            if sh.ex.index() == 0 && !sh.broken.load(Ordering::Acquire) {
+                let _ = sh
+                    .ex
+                    .all_gather(&Command::Stop.encode(), false, &mut |_, _| Ok(()));
+            }
+        }
     }
 }
 
@@ -112,9 +237,18 @@ fn weight(
         cols,
         // `raw` borrows from the buffer that starts at `base`: its address
         // less the buffer's is its offset (plain integers, no pointer use).
+        lo: 0,
+        held: rows,
         start: (raw.as_ptr() as usize).wrapping_sub(base),
         len: raw.len(),
     })
+}
+
+fn inv_freq(c: &Config) -> Vec<f32> {
+    let hd = c.dim / c.heads.max(1);
+    (0..hd / 2)
+        .map(|i| libm::powf(c.rope_base, -2.0 * i as f32 / hd as f32))
+        .collect()
 }
 
 impl CpuModel {
@@ -156,19 +290,352 @@ impl CpuModel {
             let norm = f("output_norm.weight".into())?;
             (c, embed, output, norm, layers)
         };
-        let hd = config.dim / config.heads.max(1);
-        let inv_freq = (0..hd / 2)
-            .map(|i| libm::powf(config.rope_base, -2.0 * i as f32 / hd as f32))
-            .collect();
         Ok(Self {
+            inv_freq: inv_freq(&config),
             config,
             bytes,
-            embed,
-            output,
+            head: output.unwrap_or_else(|| embed.clone()),
+            embed: Some(embed),
             norm,
             layers,
-            inv_freq,
+            shards: None,
         })
+    }
+
+    /// Values one shard sends in a round at most (the exchange must hold
+    /// as many): a chunk of embedded tokens, of q/k/v or gate/up rows, or
+    /// the logits.
+    pub fn exchange_capacity(&self) -> usize {
+        capacity_for(&self.config)
+    }
+
+    /// Shard `index` of `count` (1 ≤ `index` < `count`) of this whole
+    /// model: its description and its rows' bytes, to hand to the worker
+    /// that will be [`CpuModel::from_shard`]. Shard 0 is this model after
+    /// [`CpuModel::split`].
+    ///
+    /// # Errors
+    /// [`CpuError::Shard`] for a model already split or a bad index.
+    pub fn shard_spec(&self, index: usize, count: usize) -> Result<(ShardSpec, Vec<u8>), CpuError> {
+        if self.shards.is_some() || index == 0 || index >= count {
+            return Err(CpuError::Shard {
+                index,
+                count,
+                what: "the model (split already, or no such shard)".into(),
+            });
+        }
+        let mut blob = Vec::new();
+        let mut take = |w: &Weight| -> Result<Weight, CpuError> {
+            let p = w.part(part(w.rows, count, index));
+            let bytes = self
+                .bytes
+                .get(p.start..p.start + p.len)
+                .ok_or(QuantError::ByteLength {
+                    ty: w.ty,
+                    expected: p.start + p.len,
+                    actual: self.bytes.len(),
+                })?;
+            let start = blob.len();
+            blob.extend_from_slice(bytes);
+            Ok(Weight { start, ..p })
+        };
+        let mut layers = self.layers.clone();
+        for layer in &mut layers {
+            for w in layer.weights_mut() {
+                *w = take(w)?;
+            }
+        }
+        let head = take(&self.head)?;
+        let spec = ShardSpec {
+            index,
+            count,
+            config: self.config.clone(),
+            norm: self.norm.clone(),
+            layers,
+            head,
+        };
+        Ok((spec, blob))
+    }
+
+    /// Makes this whole model shard 0 of `ex.count()`: it keeps its rows
+    /// of every matrix (and the file's bytes) and runs the sessions; the
+    /// other shards must be [`CpuModel::from_shard`] with
+    /// [`CpuModel::shard_spec`]'s parts, serving.
+    ///
+    /// # Errors
+    /// [`CpuError::Shard`] if the model is split already, `ex` is not
+    /// shard 0 of at least two, or its capacity is below
+    /// [`CpuModel::exchange_capacity`].
+    pub fn split(&mut self, ex: Box<dyn Exchange>) -> Result<(), CpuError> {
+        let (index, count) = (ex.index(), ex.count());
+        if self.shards.is_some() || index != 0 || count < 2 {
+            return Err(CpuError::Shard {
+                index,
+                count,
+                what: "the model (split already, or not shard 0 of two or more)".into(),
+            });
+        }
+        if ex.capacity() < self.exchange_capacity() {
+            return Err(ExchangeError::TooLarge {
+                len: self.exchange_capacity(),
+                capacity: ex.capacity(),
+            }
+            .into());
+        }
+        for layer in &mut self.layers {
+            for w in layer.weights_mut() {
+                *w = w.part(part(w.rows, count, 0));
+            }
+        }
+        self.head = self.head.part(part(self.head.rows, count, 0));
+        self.shards = Some(Shards {
+            ex,
+            next_session: AtomicU64::new(1),
+            active: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        });
+        Ok(())
+    }
+
+    /// Shard `spec.index()` of a split model from [`CpuModel::shard_spec`]'s
+    /// parts, every shape checked against the configuration; it runs
+    /// forwards when shard 0 says, in [`CpuModel::serve`].
+    ///
+    /// # Errors
+    /// [`CpuError::Shard`] for a part that does not fit the model, or a
+    /// spec for another place than `ex`'s; [`CpuError::Quant`] for bytes
+    /// that do not fit a matrix.
+    pub fn from_shard(
+        spec: ShardSpec,
+        bytes: Vec<u8>,
+        ex: Box<dyn Exchange>,
+    ) -> Result<Self, CpuError> {
+        let (index, count) = (spec.index, spec.count);
+        let bad = |what: &str| CpuError::Shard {
+            index,
+            count,
+            what: what.to_string(),
+        };
+        if ex.index() != index || ex.count() != count || index == 0 || index >= count {
+            return Err(bad("the exchange's place"));
+        }
+        let c = &spec.config;
+        if c.heads == 0
+            || c.kv_heads == 0
+            || !c.dim.is_multiple_of(c.heads)
+            || !c.heads.is_multiple_of(c.kv_heads)
+        {
+            return Err(bad("config"));
+        }
+        let kv_dim = c.kv_heads * (c.dim / c.heads);
+        let check = |w: &Weight, rows: usize, cols: usize, what: &str| -> Result<(), CpuError> {
+            let p = part(rows, count, index);
+            if w.rows != rows || w.cols != cols || w.lo != p.start || w.held != p.len() {
+                return Err(bad(what));
+            }
+            let raw = bytes
+                .get(w.start..w.start.saturating_add(w.len))
+                .ok_or_else(|| bad(what))?;
+            if w.ty.vec_dot_type() != Some(w.act) {
+                return Err(bad(what));
+            }
+            QTensor::new(w.ty, w.held, w.cols, raw)?;
+            Ok(())
+        };
+        if spec.layers.len() != c.layers || spec.norm.len() != c.dim {
+            return Err(bad("layers"));
+        }
+        for (l, layer) in spec.layers.iter().enumerate() {
+            let name = |t: &str| format!("blk.{l}.{t}");
+            check(&layer.wq, c.dim, c.dim, &name("attn_q"))?;
+            check(&layer.wk, kv_dim, c.dim, &name("attn_k"))?;
+            check(&layer.wv, kv_dim, c.dim, &name("attn_v"))?;
+            check(&layer.wo, c.dim, c.dim, &name("attn_output"))?;
+            check(&layer.gate, c.hidden, c.dim, &name("ffn_gate"))?;
+            check(&layer.up, c.hidden, c.dim, &name("ffn_up"))?;
+            check(&layer.down, c.dim, c.hidden, &name("ffn_down"))?;
+            if layer.attn_norm.len() != c.dim || layer.ffn_norm.len() != c.dim {
+                return Err(bad(&name("norm")));
+            }
+            if let Some(b) = &layer.bias {
+                if b.q.len() != c.dim || b.k.len() != kv_dim || b.v.len() != kv_dim {
+                    return Err(bad(&name("bias")));
+                }
+            }
+        }
+        check(&spec.head, c.vocab, c.dim, "output")?;
+        if ex.capacity() < capacity_for(c) {
+            return Err(ExchangeError::TooLarge {
+                len: capacity_for(c),
+                capacity: ex.capacity(),
+            }
+            .into());
+        }
+        Ok(Self {
+            inv_freq: inv_freq(c),
+            config: spec.config,
+            bytes,
+            embed: None,
+            head: spec.head,
+            norm: spec.norm,
+            layers: spec.layers,
+            shards: Some(Shards {
+                ex,
+                next_session: AtomicU64::new(1),
+                active: AtomicU64::new(0),
+                broken: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Shards the model runs on (1 unless split).
+    pub fn shard_count(&self) -> usize {
+        self.shards.as_ref().map_or(1, |s| s.ex.count())
+    }
+
+    /// What a shard other than 0 does: runs the forwards shard 0 asks for
+    /// until it says stop (or its model is dropped).
+    ///
+    /// # Errors
+    /// A failing exchange, or commands this shard cannot follow.
+    pub fn serve(&self) -> Result<(), CpuError> {
+        let Some(sh) = &self.shards else {
+            return Err(CpuError::Shard {
+                index: 0,
+                count: 1,
+                what: "serve on a model that is not split".into(),
+            });
+        };
+        let mut session = self.session();
+        loop {
+            let mut command = None;
+            sh.ex.all_gather(&[], true, &mut |s, v| {
+                if s == 0 {
+                    command = Some(Command::decode(v)?);
+                }
+                Ok(())
+            })?;
+            match command {
+                Some(Command::Stop) => return Ok(()),
+                Some(Command::Forward { pos, tokens }) => {
+                    if pos == 0 {
+                        session = self.session();
+                    } else if pos != session.pos {
+                        return Err(ExchangeError::OutOfStep {
+                            have: session.pos,
+                            asked: pos,
+                        }
+                        .into());
+                    }
+                    session.forward(&[], tokens)?;
+                }
+                None => return Err(ExchangeError::Command(Vec::new()).into()),
+            }
+        }
+    }
+
+    /// `outs[i] = ws[i]·x` for the tokens of `acts` (token-major, `t ×
+    /// rows`). Whole: on the pool. Split: this shard's rows of each matrix,
+    /// and the others' through the exchange, in one round.
+    fn project(
+        &self,
+        acts: &Acts,
+        ws: &[&Weight],
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), CpuError> {
+        let Some(sh) = &self.shards else {
+            return match (ws, &mut *outs) {
+                ([a], [oa]) => acts.matmul(self, a, oa),
+                ([a, b], [oa, ob]) => {
+                    let (ra, rb) = both(|| acts.matmul(self, a, oa), || acts.matmul(self, b, ob));
+                    ra.and(rb)
+                }
+                ([a, b, c], [oa, ob, oc]) => {
+                    let (ra, (rb, rc)) = both(
+                        || acts.matmul(self, a, oa),
+                        || both(|| acts.matmul(self, b, ob), || acts.matmul(self, c, oc)),
+                    );
+                    ra.and(rb).and(rc)
+                }
+                _ => Err(QuantError::OutputLength {
+                    expected: ws.len(),
+                    actual: outs.len(),
+                }),
+            }
+            .map_err(CpuError::from);
+        };
+        let t = acts.tokens;
+        let (me, count) = (sh.ex.index(), sh.ex.count());
+        let mut locals = Vec::with_capacity(ws.len());
+        for w in ws {
+            let mut o = vec![0f32; t * w.held];
+            acts.matmul(self, w, &mut o)?;
+            locals.push(o);
+        }
+        // Token-major: each token's rows of each matrix in turn.
+        let mut mine = Vec::with_capacity(locals.iter().map(Vec::len).sum());
+        for tok in 0..t {
+            for (w, l) in ws.iter().zip(&locals) {
+                mine.extend_from_slice(&l[tok * w.held..(tok + 1) * w.held]);
+            }
+        }
+        let place = |s: usize, v: &[f32], outs: &mut [&mut [f32]]| -> Result<(), ExchangeError> {
+            let parts: Vec<Range<usize>> = ws.iter().map(|w| part(w.rows, count, s)).collect();
+            let expected = t * parts.iter().map(Range::len).sum::<usize>();
+            if v.len() != expected {
+                return Err(ExchangeError::Length {
+                    shard: s,
+                    expected,
+                    actual: v.len(),
+                });
+            }
+            let mut at = 0;
+            for tok in 0..t {
+                for ((w, p), out) in ws.iter().zip(&parts).zip(outs.iter_mut()) {
+                    let row = tok * w.rows;
+                    out[row + p.start..row + p.end].copy_from_slice(&v[at..at + p.len()]);
+                    at += p.len();
+                }
+            }
+            Ok(())
+        };
+        place(me, &mine, outs)?;
+        sh.ex
+            .all_gather(&mine, false, &mut |s, v| place(s, v, outs))
+            .map_err(CpuError::from)
+    }
+
+    /// Shard 0's `x` to every shard (split; nothing to do whole).
+    fn broadcast(&self, x: &mut [f32]) -> Result<(), CpuError> {
+        let Some(sh) = &self.shards else {
+            return Ok(());
+        };
+        let expected = x.len();
+        let check = |s: usize, v: &[f32], want: usize| {
+            if v.len() == want {
+                Ok(())
+            } else {
+                Err(ExchangeError::Length {
+                    shard: s,
+                    expected: want,
+                    actual: v.len(),
+                })
+            }
+        };
+        if sh.ex.index() == 0 {
+            sh.ex.all_gather(x, false, &mut |s, v| check(s, v, 0))?;
+        } else {
+            sh.ex.all_gather(&[], false, &mut |s, v| {
+                if s == 0 {
+                    check(s, v, expected)?;
+                    x.copy_from_slice(v);
+                    Ok(())
+                } else {
+                    check(s, v, 0)
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The matrix `w` as blocks (checked at load, so this does not fail
@@ -182,7 +649,7 @@ impl CpuModel {
                 expected: w.start + w.len,
                 actual: self.bytes.len(),
             })?;
-        QTensor::new(w.ty, w.rows, w.cols, bytes)
+        QTensor::new(w.ty, w.held, w.cols, bytes)
     }
 
     /// Bytes held (the file).
@@ -198,6 +665,10 @@ impl CpuModel {
             k: vec![Vec::new(); c.layers],
             v: vec![Vec::new(); c.layers],
             pos: 0,
+            id: self
+                .shards
+                .as_ref()
+                .map_or(0, |s| s.next_session.fetch_add(1, Ordering::Relaxed)),
         }
     }
 }
@@ -208,6 +679,8 @@ pub struct CpuSession<'m> {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     pos: usize,
+    /// Which session this is (split models: the shards follow one).
+    id: u64,
 }
 
 impl std::fmt::Debug for CpuSession<'_> {
@@ -277,11 +750,13 @@ const PARALLEL_ATTENTION: usize = 64 << 10;
 
 /// Runs `a` and `b` at once where there are threads (one wake-up of the
 /// pool for both, instead of one per matrix), one after the other in wasm.
+#[cfg(not(target_arch = "wasm32"))]
 fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
-    #[cfg(not(target_arch = "wasm32"))]
-    return rayon::join(a, b);
-    #[cfg(target_arch = "wasm32")]
-    return (a(), b());
+    rayon::join(a, b)
+}
+#[cfg(target_arch = "wasm32")]
+fn both<A, B>(a: impl FnOnce() -> A, b: impl FnOnce() -> B) -> (A, B) {
+    (a(), b())
 }
 
 /// Runs `f` on a thread of the pool natively, with the pool's other
@@ -296,28 +771,28 @@ fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + 
 /// deque before any job of `f`, and other threads steal oldest first, so
 /// by the time `f` waits for a stolen job every poller has been taken by
 /// another thread; this thread never runs one.
+#[cfg(not(target_arch = "wasm32"))]
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let done = AtomicBool::new(false);
-        rayon::scope(|s| {
-            for _ in 1..rayon::current_num_threads() {
-                s.spawn(|_| {
-                    while !done.load(Ordering::Acquire) {
-                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                            std::hint::spin_loop();
-                        }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(|_| {
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
                     }
-                });
-            }
-            let r = f();
-            done.store(true, Ordering::Release);
-            r
-        })
-    }
-    #[cfg(target_arch = "wasm32")]
-    return f();
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
+}
+#[cfg(target_arch = "wasm32")]
+fn on_pool<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 impl CpuSession<'_> {
@@ -348,14 +823,53 @@ impl CpuSession<'_> {
     /// # Errors
     /// As [`CpuSession::step`].
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
-        on_pool(|| self.forward(tokens))
-            .map_err(|e| GenerateError::Device(format!("quantized CPU model: {e}")))
+        let m = self.model;
+        let result = match &m.shards {
+            // The pool's pollers wait for this forward only: a split model
+            // (whose forwards wait for other shards) runs without them.
+            None => on_pool(|| self.forward(tokens, tokens.len())),
+            Some(sh) => self.lead(sh, tokens),
+        };
+        result.map_err(|e| GenerateError::Device(format!("quantized CPU model: {e}")))
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, QuantError> {
+    /// Shard 0 of a split model: tells the others what to run and runs it
+    /// with them, a prompt in chunks of [`CHUNK`] tokens.
+    fn lead(&mut self, sh: &Shards, tokens: &[u32]) -> Result<Vec<f32>, CpuError> {
+        if sh.broken.load(Ordering::Acquire) {
+            return Err(ExchangeError::Broken.into());
+        }
+        if self.pos > 0 && sh.active.load(Ordering::Acquire) != self.id {
+            return Err(ExchangeError::Superseded.into());
+        }
+        sh.active.store(self.id, Ordering::Release);
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(CHUNK) {
+            let command = Command::Forward {
+                pos: self.pos,
+                tokens: chunk.len(),
+            };
+            let step = sh
+                .ex
+                .all_gather(&command.encode(), false, &mut |_, _| Ok(()))
+                .map_err(CpuError::from)
+                .and_then(|()| self.forward(chunk, chunk.len()));
+            match step {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    sh.broken.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(logits)
+    }
+
+    /// One forward of `t` tokens: `tokens` on shard 0 (or a whole model),
+    /// empty on the other shards, which get the embedded tokens from it.
+    fn forward(&mut self, tokens: &[u32], t: usize) -> Result<Vec<f32>, CpuError> {
         let m = self.model;
         let c = &m.config;
-        let t = tokens.len();
         if t == 0 {
             return Ok(Vec::new());
         }
@@ -364,11 +878,14 @@ impl CpuSession<'_> {
         let kv_dim = c.kv_heads * hd;
         let group = (c.heads / c.kv_heads.max(1)).max(1);
         let mut x = vec![0f32; t * dim];
-        let embed = m.view(&m.embed)?;
-        for (row, &token) in x.chunks_exact_mut(dim).zip(tokens) {
-            let id = (token as usize).min(c.vocab.saturating_sub(1));
-            embed.dequantize_row(id, row)?;
+        if let Some(embed) = &m.embed {
+            let embed = m.view(embed)?;
+            for (row, &token) in x.chunks_exact_mut(dim).zip(tokens) {
+                let id = (token as usize).min(c.vocab.saturating_sub(1));
+                embed.dequantize_row(id, row)?;
+            }
         }
+        m.broadcast(&mut x)?;
         // Rotation angles per token, shared by every layer and head.
         let half = m.inv_freq.len();
         let (mut cos, mut sin) = (vec![0f32; t * half], vec![0f32; t * half]);
@@ -394,16 +911,11 @@ impl CpuSession<'_> {
                 rmsnorm(x, &layer.attn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.wq, &layer.wk, &layer.wv])?;
-            let (rq, (rk, rv)) = both(
-                || acts.matmul(m, &layer.wq, &mut q),
-                || {
-                    both(
-                        || acts.matmul(m, &layer.wk, &mut k),
-                        || acts.matmul(m, &layer.wv, &mut v),
-                    )
-                },
-            );
-            rq.and(rk).and(rv)?;
+            m.project(
+                &acts,
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             if let Some(b) = &layer.bias {
                 b.add(&mut q, &mut k, &mut v);
             }
@@ -450,20 +962,18 @@ impl CpuSession<'_> {
                 }
             }
             acts.quantize(&att, &[&layer.wo])?;
-            acts.matmul(m, &layer.wo, &mut o)?;
+            m.project(&acts, &[&layer.wo], &mut [&mut o])?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.ffn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.gate, &layer.up])?;
-            let (rg, ru) = both(
-                || acts.matmul(m, &layer.gate, &mut g),
-                || acts.matmul(m, &layer.up, &mut u),
-            );
-            rg.and(ru)?;
+            m.project(&acts, &[&layer.gate, &layer.up], &mut [&mut g, &mut u])?;
+            // On whole vectors: the SIMD kernel's tail differs from its
+            // lanes, so a split would change bits.
             (quant::simd::best().f32_silu_mul)(&mut g, &u);
             acts.quantize(&g, &[&layer.down])?;
-            acts.matmul(m, &layer.down, &mut o)?;
+            m.project(&acts, &[&layer.down], &mut [&mut o])?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         // Logits for the last token only.
@@ -471,10 +981,9 @@ impl CpuSession<'_> {
         let mut normed = vec![0f32; dim];
         rmsnorm(last, &m.norm, c.eps, &mut normed);
         let mut logits = vec![0f32; c.vocab];
-        let head = m.output.as_ref().unwrap_or(&m.embed);
         let mut last_act = Acts::new(1);
-        last_act.quantize(&normed, &[head])?;
-        last_act.matmul(m, head, &mut logits)?;
+        last_act.quantize(&normed, &[&m.head])?;
+        m.project(&last_act, &[&m.head], &mut [&mut logits])?;
         self.pos += t;
         Ok(logits)
     }

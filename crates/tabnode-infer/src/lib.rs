@@ -9,7 +9,8 @@
 //! [`cpu`], the llama forward pass with the weights kept as GGUF blocks
 //! (integer dot products against Q8 activations, as llama.cpp);
 //! and [`tokenizer`], the byte-level BPE tokenizer from the GGUF metadata,
-//! with the ChatML chat template and streaming UTF-8 decoding; and
+//! with the ChatML chat template and streaming UTF-8 decoding; [`shard`],
+//! the rows of the CPU model split between workers (a tab's cores); and
 //! [`reference`](mod@reference), a plain f32 forward pass that is the oracle for the burn
 //! model to come; and [`generate`], the generation loop (sampling, stop
 //! strings, streaming, cancellation) over any one-token-at-a-time decoder.
@@ -22,6 +23,7 @@ pub mod info;
 pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod shard;
 pub mod tokenizer;
 
 pub use burn::tensor::Device;

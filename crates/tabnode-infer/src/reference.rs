@@ -11,7 +11,7 @@
 use crate::gguf::{Gguf, GgufError};
 
 /// The transformer families the engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     /// llama (SmolLM2): RoPE on adjacent pairs (llama.cpp's converter
     /// permutes the rows of `attn_q`/`attn_k` for it), no biases.
@@ -38,7 +38,7 @@ impl Arch {
 }
 
 /// Model hyper-parameters from the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// The family.
     pub arch: Arch,
@@ -141,7 +141,7 @@ struct Layer {
 }
 
 /// The biases added to q, k and v (qwen2).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct QkvBias {
     pub q: Vec<f32>,
     pub k: Vec<f32>,

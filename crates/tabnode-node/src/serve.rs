@@ -61,6 +61,8 @@ impl ServedModel for Engine {
             reason: "chosen with tabnode-node --device".into(),
             device,
             timings: Vec::new(),
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         })
     }
     fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{DefaultBodyLimit, State},
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::IntoResponse,
     routing::{any, get, post},
     Json, Router,
@@ -81,6 +81,23 @@ pub(crate) fn router(
             ServeDir::new(&www).not_found_service(ServeFile::new(www.join("404.html"))),
         )
         .layer(no_cache)
+        // Cross-origin isolated, so the tab's workers can share memory
+        // (the CPU engine splits the model over them): every page and
+        // worker script is served with COOP/COEP. Subresources are this
+        // origin's; CORP lets other sites (which may be isolated
+        // themselves) embed the widget and load its modules.
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-embedder-policy"),
+            HeaderValue::from_static("require-corp"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("cross-origin"),
+        ))
         // Open to every origin: third-party pages call the API and load the
         // embed widget's modules.
         .layer(CorsLayer::permissive())

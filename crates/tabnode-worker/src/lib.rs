@@ -9,6 +9,8 @@
 #[cfg(target_arch = "wasm32")]
 mod model;
 #[cfg(target_arch = "wasm32")]
+mod shards;
+#[cfg(target_arch = "wasm32")]
 mod web;
 
 /// Errors of the worker.
@@ -33,4 +35,10 @@ pub enum WorkerError {
     /// A message from the page could not be decoded.
     #[error("bad message from the page: {0}")]
     BadMessage(String),
+    /// The shared buffer of the model's shards cannot be made or read.
+    #[error("shards: {0}")]
+    Shards(&'static str),
+    /// A shard worker did not start or load its rows.
+    #[error("shard worker: {0}")]
+    ShardStart(String),
 }

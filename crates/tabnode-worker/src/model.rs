@@ -13,6 +13,7 @@ use js_sys::{Object, Reflect, Uint8Array};
 use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest};
 use tabnode_core::worker::FromWorker;
 use tabnode_core::{ErrorCode, GpuInfo};
+use tabnode_infer::engine::Runner;
 use tabnode_infer::{generate::GenerateError, Device, Engine, EngineError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -42,7 +43,7 @@ thread_local! {
     static GENERATING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
 }
 
-fn js_err(e: wasm_bindgen::JsValue) -> WorkerError {
+pub(crate) fn js_err(e: wasm_bindgen::JsValue) -> WorkerError {
     WorkerError::Model(
         e.as_string()
             .or_else(|| {
@@ -179,15 +180,44 @@ async fn load_webgpu(bytes: &[u8]) -> Result<Engine, WorkerError> {
     )?)
 }
 
-/// The model on the CPU with the file's quantized blocks (wasm SIMD128).
-fn load_cpu(bytes: Vec<u8>) -> Result<Engine, WorkerError> {
-    let engine = Engine::load_quantized(bytes)?;
+/// The model on the CPU with the file's quantized blocks (wasm SIMD128),
+/// its rows split over `threads` workers where the page allows shared
+/// memory ([`crate::shards`]); the workers it runs on, and why not more.
+async fn load_cpu(
+    bytes: Vec<u8>,
+    threads: Option<u32>,
+) -> Result<(Engine, u32, String), WorkerError> {
+    let mut engine = Engine::load_quantized(bytes)?;
+    let want = crate::shards::count(threads);
+    let mut note = if crate::shards::isolated() {
+        String::new()
+    } else {
+        "; 1 worker: the page is not cross-origin isolated (no shared memory)".into()
+    };
+    let mut workers = 1;
+    if want > 1 {
+        if let Runner::Cpu(model) = &mut engine.runner {
+            trace(&format!("splitting the model over {want} workers"));
+            match crate::shards::split(model, want as usize).await {
+                Ok(()) => {
+                    workers = want;
+                    note = format!("; rows split over {want} workers");
+                }
+                Err(e) => {
+                    web_sys::console::warn_1(
+                        &format!("tabnode worker: {e}; computing alone").into(),
+                    );
+                    note = format!("; 1 worker ({e})");
+                }
+            }
+        }
+    }
     post(&FromWorker::ModelProgress {
         phase: "load".into(),
         done: 1,
         total: 1,
     });
-    Ok(engine)
+    Ok((engine, workers, note))
 }
 
 /// Decode steps timed per backend at load when choosing between two.
@@ -221,67 +251,78 @@ fn is_software(g: &GpuInfo) -> bool {
             })
 }
 
+fn only(
+    engine: Engine,
+    timing: BackendTiming,
+    reason: String,
+    threads: u32,
+) -> (Engine, EngineChoice) {
+    let choice = EngineChoice {
+        backend: timing.backend,
+        device: engine.device().to_owned(),
+        reason,
+        timings: vec![timing],
+        threads,
+    };
+    (engine, choice)
+}
+
+/// The CPU engine, timed for the report, with `reason` for it.
+async fn cpu_only(
+    bytes: Vec<u8>,
+    threads: Option<u32>,
+    reason: String,
+) -> Result<(Engine, EngineChoice), WorkerError> {
+    let (engine, workers, note) = load_cpu(bytes, threads).await?;
+    let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
+    Ok(only(engine, t, format!("{reason}{note}"), workers))
+}
+
 /// Loads the model on the backend `pref` names, or else on the faster of
 /// those available (timed), and says which and why.
 async fn choose(
     bytes: Vec<u8>,
     pref: Option<Backend>,
+    threads: Option<u32>,
     gpu: Option<&GpuInfo>,
 ) -> Result<(Engine, EngineChoice), WorkerError> {
-    let only = |engine: Engine, timing: BackendTiming, reason: String| {
-        let choice = EngineChoice {
-            backend: timing.backend,
-            device: engine.device().to_owned(),
-            reason,
-            timings: vec![timing],
-        };
-        (engine, choice)
-    };
     let gpu = match (pref, gpu) {
         (Some(Backend::Cpu), _) => {
-            let engine = load_cpu(bytes)?;
-            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
-            return Ok(only(engine, t, "asked for (backend=cpu)".into()));
+            return cpu_only(bytes, threads, "asked for (backend=cpu)".into()).await
         }
         (Some(Backend::Webgpu), None) => return Err(WorkerError::NoWebGpu),
         (Some(Backend::Webgpu), Some(_)) => {
             let engine = load_webgpu(&bytes).await?;
             drop(bytes);
             let t = timed(&engine, Backend::Webgpu, REPORT_STEPS).await?;
-            return Ok(only(engine, t, "asked for (backend=webgpu)".into()));
+            return Ok(only(engine, t, "asked for (backend=webgpu)".into(), 1));
         }
-        (None, None) => {
-            let engine = load_cpu(bytes)?;
-            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
-            return Ok(only(engine, t, "no WebGPU adapter".into()));
-        }
+        (None, None) => return cpu_only(bytes, threads, "no WebGPU adapter".into()).await,
         (None, Some(g)) if is_software(g) => {
-            let engine = load_cpu(bytes)?;
-            let t = timed(&engine, Backend::Cpu, REPORT_STEPS).await?;
             let name = [&g.architecture, &g.description, &g.vendor]
                 .into_iter()
                 .find(|s| !s.is_empty())
                 .cloned()
                 .unwrap_or_else(|| "fallback".into());
             let reason = format!("the WebGPU adapter is a software one ({name}): CPU kernels");
-            return Ok(only(engine, t, reason));
+            return cpu_only(bytes, threads, reason).await;
         }
         (None, Some(g)) => g,
     };
     // A hardware adapter: time both, keep the faster.
     let web = load_webgpu(&bytes).await?;
     let web_t = timed(&web, Backend::Webgpu, CHOICE_STEPS).await?;
-    let cpu = load_cpu(bytes)?;
+    let (cpu, workers, note) = load_cpu(bytes, threads).await?;
     let cpu_t = timed(&cpu, Backend::Cpu, CHOICE_STEPS).await?;
-    let (engine, fast, slow) = if web_t.ms_per_token < cpu_t.ms_per_token {
+    let (engine, fast, slow, threads) = if web_t.ms_per_token < cpu_t.ms_per_token {
         drop(cpu);
-        (web, &web_t, &cpu_t)
+        (web, &web_t, &cpu_t, 1)
     } else {
         drop(web);
-        (cpu, &cpu_t, &web_t)
+        (cpu, &cpu_t, &web_t, workers)
     };
     let reason = format!(
-        "faster on this machine: {} {:.1} ms/token, {} {:.1} ms/token ({})",
+        "faster on this machine: {} {:.1} ms/token, {} {:.1} ms/token ({}){note}",
         fast.backend.name(),
         fast.ms_per_token,
         slow.backend.name(),
@@ -293,17 +334,18 @@ async fn choose(
         device: engine.device().to_owned(),
         reason,
         timings: vec![web_t.clone(), cpu_t.clone()],
+        threads,
     };
     Ok((engine, choice))
 }
 
 /// Loads the model at `url` (cache first) on `backend` (or the faster one)
 /// and reports `ModelReady` or `ModelFailed`.
-pub async fn load(url: String, backend: Option<Backend>) {
+pub async fn load(url: String, backend: Option<Backend>, threads: Option<u32>) {
     let lock = LOADING.with(Rc::clone);
     let _one = lock.lock().await;
     let started = now_ms();
-    match load_inner(&url, backend).await {
+    match load_inner(&url, backend, threads).await {
         Ok((engine, choice, from_cache, downloaded)) => {
             let model = engine.card();
             MODEL.with(|m| m.borrow_mut().engine = Some(Rc::new(engine)));
@@ -324,6 +366,7 @@ pub async fn load(url: String, backend: Option<Backend>) {
 async fn load_inner(
     url: &str,
     backend: Option<Backend>,
+    threads: Option<u32>,
 ) -> Result<(Engine, EngineChoice, bool, u64), WorkerError> {
     // Resolve relative URLs against the worker's location, so the cache key
     // is the absolute address.
@@ -337,7 +380,7 @@ async fn load_inner(
     let cache = open_cache().await?;
     trace("cache open");
     if let Some(bytes) = cached(&cache, &url).await? {
-        match choose(bytes, backend, gpu.as_ref()).await {
+        match choose(bytes, backend, threads, gpu.as_ref()).await {
             Ok((engine, choice)) => return Ok((engine, choice, true, 0)),
             Err(e @ WorkerError::NoWebGpu) => return Err(e),
             Err(e) => {
@@ -353,7 +396,7 @@ async fn load_inner(
     let downloaded = bytes.len() as u64;
     // The cache's copy, taken before the CPU engine takes the bytes.
     let body = Uint8Array::from(bytes.as_slice());
-    let (engine, choice) = choose(bytes, backend, gpu.as_ref()).await?;
+    let (engine, choice) = choose(bytes, backend, threads, gpu.as_ref()).await?;
     // Only a file that loads is cached.
     let response = Response::new_with_opt_buffer_source(Some(body.unchecked_ref::<Object>()))
         .map_err(js_err)?;

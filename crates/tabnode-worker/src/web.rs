@@ -126,6 +126,10 @@ thread_local! {
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+    if scope().name() == crate::shards::SHARD {
+        // A shard: `worker/worker.js` calls `serveShard`.
+        return;
+    }
     let handler = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
         match serde_wasm_bindgen::from_value::<ToWorker>(ev.data()) {
             Ok(ToWorker::Init) => spawn_local(async {
@@ -155,9 +159,11 @@ pub fn start() {
                     device: device.into(),
                 });
             }),
-            Ok(ToWorker::LoadModel { url, backend }) => {
-                spawn_local(crate::model::load(url, backend))
-            }
+            Ok(ToWorker::LoadModel {
+                url,
+                backend,
+                threads,
+            }) => spawn_local(crate::model::load(url, backend, threads)),
             Ok(ToWorker::Generate { id, request }) => {
                 spawn_local(crate::model::generate(id, request))
             }

@@ -71,7 +71,7 @@ pub const Q8_K_BYTES: usize = 292;
 /// formats: Q8_0, Q8_1, Q8_K (see [`GgmlType::vec_dot_type`]).
 // The variant names are ggml's (`GGML_TYPE_Q4_K`), which readers look up.
 #[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GgmlType {
     /// `f32` values (ggml type 0).
     F32,

@@ -229,12 +229,19 @@ impl TabNode {
     /// runs; without it the worker times both (when WebGPU is a hardware
     /// adapter) and keeps the faster. Progress arrives as `model_progress`
     /// events; resolves to `{ model, from_cache, downloaded_bytes, load_ms,
-    /// engine: { backend, device, reason, timings } }`.
+    /// engine: { backend, device, reason, timings, threads } }`. `threads`
+    /// caps the workers the CPU engine splits the model over (default: one
+    /// per core, up to 8, where the page is cross-origin isolated).
     ///
     /// # Errors
     /// A `backend` other than `cpu` or `webgpu` (the promise rejects).
     #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(&self, url: String, backend: Option<String>) -> js_sys::Promise {
+    pub fn load_model(
+        &self,
+        url: String,
+        backend: Option<String>,
+        threads: Option<u32>,
+    ) -> js_sys::Promise {
         let shared = self.shared.clone();
         future_to_promise(async move {
             let backend = backend
@@ -245,7 +252,11 @@ impl TabNode {
             let (tx, rx) = oneshot::channel();
             shared.model_waiters.borrow_mut().push(tx);
             shared
-                .post_worker(&ToWorker::LoadModel { url, backend })
+                .post_worker(&ToWorker::LoadModel {
+                    url,
+                    backend,
+                    threads,
+                })
                 .map_err(JsError::from)?;
             match rx.await {
                 Ok(Ok(v)) => Ok(v),
