@@ -1,7 +1,8 @@
 // The model in headless Chromium against the native engine on the same
-// machine, in one run: the backend the tab's worker chose (and why), its
-// prefill and decode tokens/s against the native quantized engine (all
-// cores, and one thread as the tab has), WebGPU forced for comparison
+// machine, in one run: the backend the tab's worker chose (and why, and
+// over how many workers), its prefill and decode tokens/s against the
+// native quantized engine (all cores), the tab on one worker against
+// native on one thread, WebGPU forced for comparison
 // (SwiftShader here: a few tokens), whether the greedy tokens agree, and
 // the worker's wasm size raw and gzipped.
 // Run by scripts/bench.sh: node e2e/bench/model.mjs [DECODE_TOKENS] [WEBGPU_TOKENS]
@@ -24,8 +25,8 @@ function native(device, n, env = {}) {
   }));
 }
 
-async function tab(browser, relay, backend, n) {
-  const { page } = await openTab(browser, relay.url, undefined, { model: true, backend });
+async function tab(browser, relay, backend, n, threads = null) {
+  const { page } = await openTab(browser, relay.url, undefined, { model: true, backend, threads });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.model.status), null, { timeout: 900_000 });
   const ready = await page.evaluate(() => window.tabnode.model.ready);
   const cores = await page.evaluate(() => navigator.hardwareConcurrency);
@@ -42,11 +43,13 @@ const relay = await startRelay();
 const browser = await launchBrowser();
 try {
   const chosen = await tab(browser, relay, null, tokens);
+  const single = await tab(browser, relay, null, tokens, 1);
   const nAll = native('cpu', tokens);
   const nOne = native('cpu', tokens, { RAYON_NUM_THREADS: '1' });
   // WEBGPU_TOKENS=0 leaves the forced-WebGPU tab out (minutes on SwiftShader).
   const gpu = webgpuTokens > 0 ? await tab(browser, relay, 'webgpu', webgpuTokens) : null;
   const c = rate(chosen.result);
+  const s1 = rate(single.result);
   const g = gpu ? rate(gpu.result) : { prefill: NaN, decode: NaN };
   const a = rate(nAll);
   const o = rate(nOne);
@@ -55,12 +58,13 @@ try {
   const workers = chosen.ready.engine.threads;
   console.log(`the worker chose ${chosen.ready.engine.device} on ${workers} worker(s) (navigator.hardwareConcurrency ${chosen.cores}): ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);
   if (gpu) console.log(`forced WebGPU: load ${(gpu.ready.load_ms / 1000).toFixed(1)} s (download from cache, dequantize, upload, timing)`);
-  console.log(`| | tab ${chosen.result.device} (${workers} workers) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab chosen / native 1 thread |`);
-  console.log('|---|---|---|---|---|---|---|');
-  const row = (k) => `| ${k} tokens/s | ${c[k].toFixed(2)} | ${g[k].toFixed(3)} | ${a[k].toFixed(1)} | ${o[k].toFixed(1)} | ${(c[k] / a[k]).toFixed(2)} | ${(c[k] / o[k]).toFixed(2)} |`;
+  console.log(`| | tab ${chosen.result.device} (${workers} workers) | tab, 1 worker (threads=1) | tab webgpu (forced) | native ${nAll.device} (all cores) | native, 1 thread | tab chosen / native all | tab 1 worker / native 1 thread |`);
+  console.log('|---|---|---|---|---|---|---|---|');
+  const row = (k) => `| ${k} tokens/s | ${c[k].toFixed(2)} | ${s1[k].toFixed(2)} | ${g[k].toFixed(3)} | ${a[k].toFixed(1)} | ${o[k].toFixed(1)} | ${(c[k] / a[k]).toFixed(2)} | ${(s1[k] / o[k]).toFixed(2)} |`;
   console.log(row('prefill'));
   console.log(row('decode'));
-  console.log(`greedy tokens of the tab's CPU engine identical to the native engine's: ${JSON.stringify(chosen.result.tokens) === JSON.stringify(nAll.tokens)} (${JSON.stringify(chosen.result.text)})`);
+  const same = (r) => JSON.stringify(r.tokens) === JSON.stringify(nAll.tokens);
+  console.log(`greedy tokens of the tab's CPU engine identical to the native engine's: ${same(chosen.result)} (${workers} workers), ${same(single.result)} (1 worker) (${JSON.stringify(chosen.result.text)})`);
 } finally {
   await browser.close();
   await relay.kill();
