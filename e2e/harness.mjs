@@ -167,9 +167,9 @@ export function probe(relay, peer, spec) {
 
 /** What the model answers locally to a chat `prompt` (greedy), with the
  * native engine: the reference for answers that come over the network. */
-export function localAnswer(prompt, maxTokens) {
+export function localAnswer(prompt, maxTokens, file = MODEL_FILE) {
   const out = execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', join(MODELS_DIR, MODEL_FILE), '--chat',
+    'generate', '--model', join(MODELS_DIR, file), '--chat',
     '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
   ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   return JSON.parse(out);
@@ -196,6 +196,7 @@ export async function launchBrowser() {
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
 export async function openTab(browser, url, context, { model = false, backend = null, threads = null } = {}) {
+  // model: false (none), true (the page's default), or a file name to pick.
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -207,6 +208,7 @@ export async function openTab(browser, url, context, { model = false, backend = 
   const query = new URLSearchParams();
   // A tab loads the model only when the test asks.
   if (!model) query.set('model', 'off');
+  else if (typeof model === 'string') query.set('model', model);
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));
   if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);

@@ -215,17 +215,27 @@ async function refreshPeers() {
   }
 }
 
-/** Picks the model the relay serves (SmolLM2 first) and loads it in the worker. */
+/**
+ * Picks a model the relay serves and loads it in the worker: the page's
+ * `?model=` (a file name, or part of one: `?model=qwen`), else SmolLM2,
+ * else the first.
+ */
 async function loadModel(node) {
   state.model.status = 'loading';
   $('model-status').textContent = 'looking for a model…';
   const res = await fetch('/api/models', { cache: 'no-store' });
   const models = res.ok ? await res.json() : [];
-  const pick = models.find((m) => /smollm2/i.test(m.file)) ?? models[0];
+  const want = new URLSearchParams(location.search).get('model');
+  const pick = want
+    ? models.find((m) => m.file === want) ?? models.find((m) => m.file.toLowerCase().includes(want.toLowerCase()))
+    : models.find((m) => /smollm2/i.test(m.file)) ?? models[0];
   if (!pick) {
+    const error = want
+      ? `the relay serves no model matching ${JSON.stringify(want)} (it serves: ${models.map((m) => m.file).join(', ') || 'none'})`
+      : 'the relay serves no model';
     state.model.status = 'failed';
-    state.model.error = 'the relay serves no model';
-    $('model-status').textContent = 'the relay serves no model';
+    state.model.error = error;
+    $('model-status').textContent = error;
     return;
   }
   $('model-name').textContent = pick.file;

@@ -5,7 +5,7 @@
 // native on one thread, WebGPU forced for comparison
 // (SwiftShader here: a few tokens), whether the greedy tokens agree, and
 // the worker's wasm size raw and gzipped.
-// Run by scripts/bench.sh: node e2e/bench/model.mjs [DECODE_TOKENS] [WEBGPU_TOKENS]
+// Run by scripts/bench.sh: node e2e/bench/model.mjs [DECODE_TOKENS] [WEBGPU_TOKENS] [MODEL_FILE]
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,7 +15,9 @@ import { startRelay, launchBrowser, openTab, BIN, MODELS_DIR, MODEL_FILE, ROOT }
 const tokens = Number(process.argv[2] ?? 32);
 const webgpuTokens = Number(process.argv[3] ?? 3);
 const prompt = 'The three primary colors are';
-const model = join(MODELS_DIR, MODEL_FILE);
+// A file of the models directory (the tab picks it with ?model=).
+const file = process.argv[4] ?? MODEL_FILE;
+const model = join(MODELS_DIR, file);
 
 const rate = (r) => ({ prefill: r.prompt_tokens / (r.prefill_ms / 1000), decode: (r.tokens.length - 1) / (r.decode_ms / 1000) });
 
@@ -26,7 +28,7 @@ function native(device, n, env = {}) {
 }
 
 async function tab(browser, relay, backend, n, threads = null) {
-  const { page } = await openTab(browser, relay.url, undefined, { model: true, backend, threads });
+  const { page } = await openTab(browser, relay.url, undefined, { model: file, backend, threads });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.model.status), null, { timeout: 900_000 });
   const ready = await page.evaluate(() => window.tabnode.model.ready);
   const cores = await page.evaluate(() => navigator.hardwareConcurrency);
@@ -53,7 +55,7 @@ try {
   const g = gpu ? rate(gpu.result) : { prefill: NaN, decode: NaN };
   const a = rate(nAll);
   const o = rate(nOne);
-  console.log(`chromium ${browser.version()} headless; prompt ${chosen.result.prompt_tokens} tokens, ${tokens} generated (${webgpuTokens} on WebGPU)`);
+  console.log(`${file}; chromium ${browser.version()} headless; prompt ${chosen.result.prompt_tokens} tokens, ${tokens} generated (${webgpuTokens} on WebGPU)`);
   console.log(`worker wasm: ${wasm.length} bytes, ${gzipSync(wasm, { level: 9 }).length} gzipped`);
   const workers = chosen.ready.engine.threads;
   console.log(`the worker chose ${chosen.ready.engine.device} on ${workers} worker(s) (navigator.hardwareConcurrency ${chosen.cores}): ${chosen.ready.engine.reason}; load ${(chosen.ready.load_ms / 1000).toFixed(1)} s (timing included)`);

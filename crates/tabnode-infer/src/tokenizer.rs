@@ -99,17 +99,31 @@ pub struct Tokenizer {
     pub bos: u32,
     /// End-of-sequence token.
     pub eos: u32,
-    /// The Jinja chat template from the file's metadata.
-    chat_template: Option<String>,
+    /// The Jinja chat template from the file's metadata, parsed once at
+    /// load (as [`CHAT`]) in an environment set as chat templates expect.
+    chat_template: Option<minijinja::Environment<'static>>,
 }
 
+/// The chat template's name in its environment.
+const CHAT: &str = "chat";
+
 /// A Jinja environment set as Hugging Face's chat templates expect
-/// (`trim_blocks`, `lstrip_blocks`).
-fn template_env() -> minijinja::Environment<'static> {
+/// (`trim_blocks`, `lstrip_blocks`, `raise_exception`) holding `source`.
+fn template_env(source: &str) -> Result<minijinja::Environment<'static>, minijinja::Error> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template_owned(CHAT, source.to_string())?;
+    Ok(env)
 }
 
 /// Stands for message `i`'s content while a template renders: private-use
@@ -215,16 +229,13 @@ impl Tokenizer {
                 .map(|v| v as u32)
                 .ok_or(TokenizerError::Metadata(key))
         };
+        // A template that does not parse fails the load, not a request.
         let chat_template = g
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
-            .map(str::to_string);
-        if let Some(source) = &chat_template {
-            // A template that does not parse fails the load, not a request.
-            template_env()
-                .template_from_str(source)
-                .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
-        }
+            .map(template_env)
+            .transpose()
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
         Ok(Self {
             token_bytes,
             vocab,
@@ -387,20 +398,13 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let source = self
+        let env = self
             .chat_template
-            .as_deref()
+            .as_ref()
             .ok_or(TokenizerError::NoChatTemplate)?;
-        let mut env = template_env();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        let template = env
+            .get_template(CHAT)
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
         let messages = messages
             .iter()
             .map(|m| {
@@ -412,16 +416,14 @@ impl Tokenizer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let text = |id: u32| String::from_utf8_lossy(self.token_bytes(id)).into_owned();
-        env.render_str(
-            source,
-            minijinja::context! {
+        template
+            .render(minijinja::context! {
                 messages,
                 add_generation_prompt,
                 bos_token => text(self.bos),
                 eos_token => text(self.eos),
-            },
-        )
-        .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
+            })
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
     }
 }
 

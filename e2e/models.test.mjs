@@ -1,0 +1,71 @@
+// A tab serving another model than the default: the visitor's ?model=
+// picks Qwen2.5-Coder-0.5B-Instruct (qwen2: q/k/v biases, NEOX RoPE, its
+// own Jinja chat template; Q5_0/Q8_0/Q4_K/Q6_K blocks) from the relay's
+// models directory; the tab loads it on its CPU workers, registers it, and
+// answers a chat request the relay routes to it by model id, with the
+// native engine's tokens exactly. A ?model= the relay does not serve fails
+// with a clear error.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, launchBrowser, openTab, waitFor, localAnswer,
+} from './harness.mjs';
+
+const QWEN = 'Qwen2.5-Coder-0.5B-Instruct.gguf';
+// The network's id of the model: its GGUF name, as `model_id` writes it.
+const ID = 'qwen2.5-coder-0.5b-instruct-awq';
+const PROMPT = 'What is the capital of France? Answer in one word.';
+const MAX_TOKENS = 6;
+// A 491 MB file into the browser cache and two workers, then the timing.
+const SLOW = 10 * 60_000;
+
+let relay;
+let browser;
+
+before(async () => {
+  relay = await startRelay();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await relay?.kill();
+});
+
+test('a tab with ?model= serves Qwen2.5-Coder to a chat request, with the native tokens', { timeout: SLOW }, async () => {
+  const want = localAnswer(PROMPT, MAX_TOKENS, QWEN);
+  assert.match(want.text, /Paris/, `the native answer: ${JSON.stringify(want.text)}`);
+  const { page } = await openTab(browser, relay.url, null, { model: QWEN });
+  await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
+  const model = await page.evaluate(() => window.tabnode.model);
+  assert.equal(model.status, 'ready', `${model.error}\n${page.logs.slice(-20).join('\n')}`);
+  assert.equal(model.ready.model.architecture, 'qwen2');
+  assert.equal(model.ready.engine.device, 'cpu-quantized-simd128');
+  console.log(`tab: ${JSON.stringify(model.ready.engine)}, load ${(model.ready.load_ms / 1000).toFixed(1)} s`);
+  const peer = await page.evaluate(() => window.tabnode.peerId);
+  await waitFor('the relay to list the tab\'s model', async () => {
+    const list = await (await fetch(`${relay.url}/v1/models`)).json();
+    return list.data?.some((m) => m.id === ID && m.tabnode?.nodes === 1);
+  }, 120_000, 200);
+  const res = await fetch(`${relay.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: ID, messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX_TOKENS, temperature: 0 }),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assert.equal(body.choices[0].message.content, want.text);
+  assert.equal(body.usage.completion_tokens, want.tokens.length);
+  assert.deepEqual(body.tabnode.nodes, [peer]);
+  console.log(`answer ${JSON.stringify(body.choices[0].message.content)} (${body.usage.completion_tokens} tokens)`);
+  await page.close();
+});
+
+test('a ?model= the relay does not serve fails with a clear error', async () => {
+  const { page } = await openTab(browser, relay.url, null, { model: 'no-such-model' });
+  await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: 60_000 });
+  const model = await page.evaluate(() => window.tabnode.model);
+  assert.equal(model.status, 'failed');
+  assert.match(model.error, /serves no model matching "no-such-model" \(it serves: .*SmolLM2-135M-Instruct\.Q4_1\.gguf/);
+  await page.close();
+});
