@@ -126,6 +126,17 @@ struct Shards {
     broken: AtomicBool,
 }
 
+impl Shards {
+    fn new(ex: Box<dyn Exchange>) -> Self {
+        Self {
+            ex,
+            next_session: AtomicU64::new(1),
+            active: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        }
+    }
+}
+
 /// What a worker needs to be shard `index` of `count` of a model: its rows
 /// of every matrix (the bytes travel separately, see
 /// [`CpuModel::shard_spec`]) and the small tensors every shard holds.
@@ -327,14 +338,7 @@ impl CpuModel {
         let mut blob = Vec::new();
         let mut take = |w: &Weight| -> Result<Weight, CpuError> {
             let p = w.part(part(w.rows, count, index));
-            let bytes = self
-                .bytes
-                .get(p.start..p.start + p.len)
-                .ok_or(QuantError::ByteLength {
-                    ty: w.ty,
-                    expected: p.start + p.len,
-                    actual: self.bytes.len(),
-                })?;
+            let bytes = self.bytes_of(&p)?;
             let start = blob.len();
             blob.extend_from_slice(bytes);
             Ok(Weight { start, ..p })
@@ -388,12 +392,7 @@ impl CpuModel {
             }
         }
         self.head = self.head.part(part(self.head.rows, count, 0));
-        self.shards = Some(Shards {
-            ex,
-            next_session: AtomicU64::new(1),
-            active: AtomicU64::new(0),
-            broken: AtomicBool::new(false),
-        });
+        self.shards = Some(Shards::new(ex));
         Ok(())
     }
 
@@ -479,12 +478,7 @@ impl CpuModel {
             head: spec.head,
             norm: spec.norm,
             layers: spec.layers,
-            shards: Some(Shards {
-                ex,
-                next_session: AtomicU64::new(1),
-                active: AtomicU64::new(0),
-                broken: AtomicBool::new(false),
-            }),
+            shards: Some(Shards::new(ex)),
         })
     }
 
@@ -641,15 +635,18 @@ impl CpuModel {
     /// The matrix `w` as blocks (checked at load, so this does not fail
     /// unless the model was built wrong).
     fn view(&self, w: &Weight) -> Result<QTensor<'_>, QuantError> {
-        let bytes = self
-            .bytes
+        QTensor::new(w.ty, w.held, w.cols, self.bytes_of(w)?)
+    }
+
+    /// The bytes of the rows `w` holds.
+    fn bytes_of(&self, w: &Weight) -> Result<&[u8], QuantError> {
+        self.bytes
             .get(w.start..w.start + w.len)
             .ok_or(QuantError::ByteLength {
                 ty: w.ty,
                 expected: w.start + w.len,
                 actual: self.bytes.len(),
-            })?;
-        QTensor::new(w.ty, w.held, w.cols, bytes)
+            })
     }
 
     /// Bytes held (the file).
