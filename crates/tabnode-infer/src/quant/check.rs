@@ -4,7 +4,10 @@
 //! miscompiled or mis-detected kernel falls back to the scalar one instead
 //! of serving wrong tokens, natively and in the tab's wasm alike.
 
-use super::{f32_to_f16, matvec_with, GgmlType, Kernels, QTensor, QuantError, QuantizedActivation};
+use super::{
+    f32_to_f16, matmul_with, matvec_with, GgmlType, Kernels, QTensor, QuantError,
+    QuantizedActivation,
+};
 
 /// A kernel that disagreed with the scalar reference.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -140,6 +143,37 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
                 }
             }
             compared += rows;
+        }
+        // Several tokens (a prompt): the four-token kernels and the rest.
+        for (blocks, tokens) in [(1usize, 4usize), (7, 6), (9, 9), (17, 5)] {
+            let cols = blocks * ty.block_size();
+            let rows = 3;
+            let w = random_blocks(&mut rng, ty, rows * blocks, 0.05);
+            let w = QTensor::new(ty, rows, cols, &w)?;
+            let act_ty = ty.vec_dot_type().ok_or(QuantError::NoVecDot(ty))?;
+            let xs = (0..tokens)
+                .map(|_| {
+                    let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+                    QuantizedActivation::quantize(act_ty, &x)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut want = vec![0f32; rows * tokens];
+            matmul_with(&super::simd::SCALAR, &w, &xs, &mut want)?;
+            let mut got = vec![0f32; rows * tokens];
+            matmul_with(kernels, &w, &xs, &mut got)?;
+            for (row, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                if got.to_bits() != want.to_bits() {
+                    return Err(KernelMismatch::Bits {
+                        kernels: kernels.name,
+                        ty,
+                        blocks,
+                        row,
+                        got,
+                        want,
+                    });
+                }
+            }
+            compared += rows * tokens;
         }
     }
     // Vectors of 0..65 values against 0..19 rows, rows packed and strided,

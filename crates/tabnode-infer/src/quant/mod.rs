@@ -740,13 +740,13 @@ pub fn matmul_with(
     // The types were checked above, so every vector is of the variant
     // matched here.
     match weight {
-        GgmlType::Q4_0 => rows(w, &q8_0(), out, k.q4_0),
-        GgmlType::Q4_1 => rows(w, &q8_1(), out, k.q4_1),
-        GgmlType::Q5_0 => rows(w, &q8_0(), out, k.q5_0),
-        GgmlType::Q8_0 => rows(w, &q8_0(), out, k.q8_0),
-        GgmlType::Q4_K => rows(w, &q8_k(), out, k.q4_k),
-        GgmlType::Q5_K => rows(w, &q8_k(), out, k.q5_k),
-        GgmlType::Q6_K => rows(w, &q8_k(), out, k.q6_k),
+        GgmlType::Q4_0 => rows(w, &q8_0(), out, k.q4_0, k.q4_0x4),
+        GgmlType::Q4_1 => rows(w, &q8_1(), out, k.q4_1, k.q4_1x4),
+        GgmlType::Q5_0 => rows(w, &q8_0(), out, k.q5_0, k.q5_0x4),
+        GgmlType::Q8_0 => rows(w, &q8_0(), out, k.q8_0, k.q8_0x4),
+        GgmlType::Q4_K => rows(w, &q8_k(), out, k.q4_k, None),
+        GgmlType::Q5_K => rows(w, &q8_k(), out, k.q5_k, None),
+        GgmlType::Q6_K => rows(w, &q8_k(), out, k.q6_k, None),
         _ => return Err(QuantError::NoVecDot(weight)),
     }
     Ok(())
@@ -758,12 +758,15 @@ pub fn matmul_with(
 const PARALLEL_BYTES: usize = 64 << 10;
 
 /// Runs `dot` over the rows of `w` for each of `ys` into `out` (token-major;
-/// shapes checked by [`matmul_with`]).
+/// shapes checked by [`matmul_with`]); `dot4`, where the kernels have it,
+/// for four tokens at a time (each row unpacked once for them, the same
+/// bits).
 fn rows<const B: usize, Y: Sync>(
     w: &QTensor<'_>,
     ys: &[&[Y]],
     out: &mut [f32],
     dot: fn(&[[u8; B]], &[Y]) -> f32,
+    dot4: Option<simd::Dot4<B, Y>>,
 ) {
     let row_bytes = w.row_bytes();
     let t = ys.len();
@@ -775,6 +778,15 @@ fn rows<const B: usize, Y: Sync>(
     let run = |data: &[u8], out: &mut [f32]| {
         for (row, o) in data.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
             let row = row.as_chunks::<B>().0;
+            let (mut o, mut ys) = (o, ys);
+            if let Some(dot4) = dot4 {
+                let (o4, o_rest) = o.as_chunks_mut::<4>();
+                let (y4, y_rest) = ys.as_chunks::<4>();
+                for (o, y) in o4.iter_mut().zip(y4) {
+                    *o = dot4(row, *y);
+                }
+                (o, ys) = (o_rest, y_rest);
+            }
             for (o, y) in o.iter_mut().zip(ys) {
                 *o = dot(row, y);
             }

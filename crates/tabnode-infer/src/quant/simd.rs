@@ -35,6 +35,10 @@ use super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use super::scalar;
 use super::{Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES};
 
+/// One weight row against four tokens' activations: each token's result
+/// the bits of the single dot product, the row's blocks unpacked once.
+pub type Dot4<const B: usize, Y> = fn(&[[u8; B]], [&[Y]; 4]) -> [f32; 4];
+
 /// One dot product per weight format (weight row blocks, activation blocks;
 /// pairs up to the shorter of the two).
 #[derive(Debug)]
@@ -55,6 +59,14 @@ pub struct Kernels {
     pub q5_k: fn(&[[u8; Q5_K_BYTES]], &[BlockQ8K]) -> f32,
     /// Q6_K · Q8_K.
     pub q6_k: fn(&[[u8; Q6_K_BYTES]], &[BlockQ8K]) -> f32,
+    /// Q4_0 against four tokens (a prompt); `None`: four single calls.
+    pub q4_0x4: Option<Dot4<Q4_0_BYTES, BlockQ8_0>>,
+    /// Q4_1 against four tokens.
+    pub q4_1x4: Option<Dot4<Q4_1_BYTES, BlockQ8_1>>,
+    /// Q5_0 against four tokens.
+    pub q5_0x4: Option<Dot4<Q5_0_BYTES, BlockQ8_0>>,
+    /// Q8_0 against four tokens.
+    pub q8_0x4: Option<Dot4<Q8_0_BYTES, BlockQ8_0>>,
     /// `out[p] = a·row p` in [`scalar::f32_dot`]'s order
     /// ([`scalar::f32_dots`]).
     pub f32_dots: fn(&[f32], &[f32], usize, &mut [f32]),
@@ -76,6 +88,10 @@ pub static SCALAR: Kernels = Kernels {
     q4_k: scalar::vec_dot_q4_k_q8_k,
     q5_k: scalar::vec_dot_q5_k_q8_k,
     q6_k: scalar::vec_dot_q6_k_q8_k,
+    q4_0x4: None,
+    q4_1x4: None,
+    q5_0x4: None,
+    q8_0x4: None,
     f32_dots: scalar::f32_dots,
     f32_weighted_sum: scalar::f32_weighted_sum,
     f32_exp: scalar::f32_exp,
@@ -158,6 +174,10 @@ mod x86 {
         q4_k,
         q5_k: scalar::vec_dot_q5_k_q8_k,
         q6_k,
+        q4_0x4: Some(q4_0x4),
+        q4_1x4: Some(q4_1x4),
+        q5_0x4: Some(q5_0x4),
+        q8_0x4: Some(q8_0x4),
         f32_dots,
         f32_weighted_sum,
         f32_exp,
@@ -375,6 +395,26 @@ mod x86 {
     fn q5_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
         // SAFETY: as above.
         unsafe { q5_0_avx2(x, y) }
+    }
+
+    fn q4_0x4(x: &[[u8; Q4_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { q4_0x4_avx2(x, y) }
+    }
+
+    fn q4_1x4(x: &[[u8; Q4_1_BYTES]], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { q4_1x4_avx2(x, y) }
+    }
+
+    fn q5_0x4(x: &[[u8; Q5_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { q5_0x4_avx2(x, y) }
+    }
+
+    fn q8_0x4(x: &[[u8; Q8_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { q8_0x4_avx2(x, y) }
     }
 
     /// The K formats carry one float term per 256 values: the integer sums
@@ -660,6 +700,49 @@ mod x86 {
         finish(acc)
     }
 
+    /// [`dot_groups`] for four tokens at once: each block is unpacked once
+    /// (`unpack`) and dotted with each token's block (`part`); per token
+    /// the same operations in the same order as [`dot_groups`], so the
+    /// same bits. Pairs up to the shortest of `x` and the four.
+    #[target_feature(enable = "avx2,f16c")]
+    fn dot_groups4<X, Y>(
+        x: &[X],
+        y: [&[Y]; 4],
+        unpack: impl Fn(&X) -> __m256i,
+        part: impl Fn(__m256i, &Y) -> __m256i,
+        term: impl Fn(&[X], &[Y], __m256) -> __m256,
+    ) -> [f32; 4] {
+        let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
+        prefetch_after(x);
+        let (xs, x_tail) = x[..n].as_chunks::<8>();
+        let ys = y.map(|y| y[..n].as_chunks::<8>());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (g, xg) in xs.iter().enumerate() {
+            let q: [__m256i; 8] = std::array::from_fn(|k| unpack(&xg[k]));
+            for (acc, (yg, _)) in acc.iter_mut().zip(&ys) {
+                let yg = &yg[g];
+                let p: [__m256i; 8] = std::array::from_fn(|k| part(q[k], &yg[k]));
+                let isum = _mm256_cvtepi32_ps(hsum8(&p));
+                *acc = _mm256_add_ps(*acc, term(xg, yg, isum));
+            }
+        }
+        if !x_tail.is_empty() {
+            let mut q = [_mm256_setzero_si256(); 8];
+            for (q, x) in q.iter_mut().zip(x_tail) {
+                *q = unpack(x);
+            }
+            for (acc, (_, y_tail)) in acc.iter_mut().zip(&ys) {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (p, (q, y)) in p.iter_mut().zip(q.iter().zip(y_tail.iter())) {
+                    *p = part(*q, y);
+                }
+                let isum = _mm256_cvtepi32_ps(hsum8(&p));
+                *acc = add_lanes(*acc, term(x_tail, y_tail, isum), x_tail.len());
+            }
+        }
+        acc.map(|a| finish(a))
+    }
+
     /// Asks the CPU to start loading the bytes that follow `x` (as many as
     /// `x` has, at most 2 KiB): the next row of a matrix, whose dot product
     /// comes next, so its first cache lines arrive while this one runs.
@@ -691,37 +774,79 @@ mod x86 {
         x[at..at + 16].try_into().unwrap_or(&[0; 16])
     }
 
+    /// A Q4_1 block's 32 values (0..15).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q4_1(x: &[u8; Q4_1_BYTES]) -> __m256i {
+        nibbles(qs16(x, 4))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn part_q4_1(q: __m256i, y: &BlockQ8_1) -> __m256i {
+        _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(q, load32(&y.qs)))
+    }
+
+    /// `(dx·dy)·isum + mx·sy` of up to eight Q4_1 blocks.
     #[target_feature(enable = "avx2,f16c")]
-    fn q4_1_avx2(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        dot_groups(
-            x,
-            y,
-            |x, y| {
-                _mm256_madd_epi16(
-                    ones,
-                    _mm256_maddubs_epi16(nibbles(qs16(x, 4)), load32(&y.qs)),
-                )
-            },
-            |xs, ys, isum| {
-                let (dx, mx) = f16_halves(gather_u32::<Q4_1_BYTES, 0>(xs));
-                let dy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, d));
-                let sy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, s));
-                _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_mul_ps(dx, dy), isum),
-                    _mm256_mul_ps(mx, sy),
-                )
-            },
+    fn term_q4_1(xs: &[[u8; Q4_1_BYTES]], ys: &[BlockQ8_1], isum: __m256) -> __m256 {
+        let (dx, mx) = f16_halves(gather_u32::<Q4_1_BYTES, 0>(xs));
+        let dy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, d));
+        let sy = gather_f32(ys, std::mem::offset_of!(BlockQ8_1, s));
+        _mm256_add_ps(
+            _mm256_mul_ps(_mm256_mul_ps(dx, dy), isum),
+            _mm256_mul_ps(mx, sy),
         )
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        let eight = _mm256_set1_epi8(8);
+    fn q4_1_avx2(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
         dot_groups(
             x,
             y,
-            |x, y| dot_i8(_mm256_sub_epi8(nibbles(qs16(x, 2)), eight), load32(&y.qs)),
+            |x, y| part_q4_1(unpack_q4_1(x), y),
+            |xs, ys, isum| term_q4_1(xs, ys, isum),
+        )
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_1x4_avx2(x: &[[u8; Q4_1_BYTES]], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        dot_groups4(
+            x,
+            y,
+            |x| unpack_q4_1(x),
+            |q, y| part_q4_1(q, y),
+            |xs, ys, isum| term_q4_1(xs, ys, isum),
+        )
+    }
+
+    /// A Q4_0 block's 32 values (−8..7).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q4_0(x: &[u8; Q4_0_BYTES]) -> __m256i {
+        _mm256_sub_epi8(nibbles(qs16(x, 2)), _mm256_set1_epi8(8))
+    }
+
+    /// A signed block's dot product with a Q8_0 block's values.
+    #[target_feature(enable = "avx2")]
+    fn part_q8(q: __m256i, y: &BlockQ8_0) -> __m256i {
+        dot_i8(q, load32(&y.qs))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
+        dot_groups(
+            x,
+            y,
+            |x, y| part_q8(unpack_q4_0(x), y),
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_0x4_avx2(x: &[[u8; Q4_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        dot_groups4(
+            x,
+            y,
+            |x| unpack_q4_0(x),
+            |q, y| part_q8(q, y),
             |xs, ys, isum| term_d(xs, ys, isum),
         )
     }
@@ -743,18 +868,32 @@ mod x86 {
         _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1))
     }
 
+    /// A Q5_0 block's 32 values (−16..15).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q5_0(x: &[u8; Q5_0_BYTES]) -> __m256i {
+        let sixteen = _mm256_set1_epi8(16);
+        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
+        let high = _mm256_and_si256(bytes_from_bits(qh), sixteen);
+        _mm256_sub_epi8(_mm256_or_si256(nibbles(qs16(x, 6)), high), sixteen)
+    }
+
     #[target_feature(enable = "avx2,f16c")]
     fn q5_0_avx2(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        let sixteen = _mm256_set1_epi8(16);
         dot_groups(
             x,
             y,
-            |x, y| {
-                let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
-                let high = _mm256_and_si256(bytes_from_bits(qh), sixteen);
-                let q = _mm256_sub_epi8(_mm256_or_si256(nibbles(qs16(x, 6)), high), sixteen);
-                dot_i8(q, load32(&y.qs))
-            },
+            |x, y| part_q8(unpack_q5_0(x), y),
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q5_0x4_avx2(x: &[[u8; Q5_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        dot_groups4(
+            x,
+            y,
+            |x| unpack_q5_0(x),
+            |q, y| part_q8(q, y),
             |xs, ys, isum| term_d(xs, ys, isum),
         )
     }
@@ -764,7 +903,18 @@ mod x86 {
         dot_groups(
             x,
             y,
-            |x, y| dot_i8(load_at(x, 2), load32(&y.qs)),
+            |x, y| part_q8(load_at(x, 2), y),
+            |xs, ys, isum| term_d(xs, ys, isum),
+        )
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q8_0x4_avx2(x: &[[u8; Q8_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        dot_groups4(
+            x,
+            y,
+            |x| load_at(x, 2),
+            |q, y| part_q8(q, y),
             |xs, ys, isum| term_d(xs, ys, isum),
         )
     }
@@ -804,6 +954,10 @@ mod wasm {
         q4_k,
         q5_k,
         q6_k,
+        q4_0x4: None,
+        q4_1x4: None,
+        q5_0x4: None,
+        q8_0x4: None,
         f32_dots,
         f32_weighted_sum,
         f32_exp,
@@ -1317,8 +1471,10 @@ mod tests {
         for k in &tables {
             for seed in [0x5eed_51d0, 7, 8] {
                 let rows = super::super::check::check(k, seed).expect("equal to scalar");
-                // 7 formats × 11 block counts × 3 rows; 12 lengths × (5 shapes × 2 row kernels + exp + SiLU).
-                assert_eq!(rows, 7 * 11 * 3 + 12 * (5 * 2 + 2));
+                // 7 formats × (11 block counts × 3 rows + 3 rows × 24
+                // tokens in four prompts); 12 lengths × (5 shapes × 2 row
+                // kernels + exp + SiLU).
+                assert_eq!(rows, 7 * (11 * 3 + 3 * (4 + 6 + 9 + 5)) + 12 * (5 * 2 + 2));
             }
         }
     }
@@ -1346,6 +1502,36 @@ mod tests {
                 super::super::check::KernelMismatch::Bits {
                     kernels: "off",
                     ty: GgmlType::Q8_0,
+                    blocks: 9,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// A four-token kernel off in one bit for its third token is caught.
+    #[test]
+    fn the_check_catches_a_four_token_kernel_off_by_one_bit() {
+        fn q5_0x4_off(x: &[[u8; Q5_0_BYTES]], y: [&[super::super::act::BlockQ8_0]; 4]) -> [f32; 4] {
+            let mut v = y.map(|y| scalar::vec_dot_q5_0_q8_0(x, y));
+            if x.len() == 9 {
+                v[2] = f32::from_bits(v[2].to_bits() ^ 1);
+            }
+            v
+        }
+        let off = Kernels {
+            name: "off",
+            q5_0x4: Some(q5_0x4_off),
+            ..SCALAR
+        };
+        let e = super::super::check::check(&off, 1).expect_err("caught");
+        assert!(
+            matches!(
+                e,
+                super::super::check::KernelMismatch::Bits {
+                    kernels: "off",
+                    ty: GgmlType::Q5_0,
                     blocks: 9,
                     ..
                 }
