@@ -744,9 +744,9 @@ pub fn matmul_with(
         GgmlType::Q4_1 => rows(w, &q8_1(), out, k.q4_1, k.q4_1x4),
         GgmlType::Q5_0 => rows(w, &q8_0(), out, k.q5_0, k.q5_0x4),
         GgmlType::Q8_0 => rows(w, &q8_0(), out, k.q8_0, k.q8_0x4),
-        GgmlType::Q4_K => rows(w, &q8_k(), out, k.q4_k, None),
+        GgmlType::Q4_K => rows(w, &q8_k(), out, k.q4_k, k.q4_kx4),
         GgmlType::Q5_K => rows(w, &q8_k(), out, k.q5_k, None),
-        GgmlType::Q6_K => rows(w, &q8_k(), out, k.q6_k, None),
+        GgmlType::Q6_K => rows(w, &q8_k(), out, k.q6_k, k.q6_kx4),
         _ => return Err(QuantError::NoVecDot(weight)),
     }
     Ok(())

@@ -67,6 +67,10 @@ pub struct Kernels {
     pub q5_0x4: Option<Dot4<Q5_0_BYTES, BlockQ8_0>>,
     /// Q8_0 against four tokens.
     pub q8_0x4: Option<Dot4<Q8_0_BYTES, BlockQ8_0>>,
+    /// Q4_K against four tokens.
+    pub q4_kx4: Option<Dot4<Q4_K_BYTES, BlockQ8K>>,
+    /// Q6_K against four tokens.
+    pub q6_kx4: Option<Dot4<Q6_K_BYTES, BlockQ8K>>,
     /// `out[p] = a·row p` in [`scalar::f32_dot`]'s order
     /// ([`scalar::f32_dots`]).
     pub f32_dots: fn(&[f32], &[f32], usize, &mut [f32]),
@@ -92,6 +96,8 @@ pub static SCALAR: Kernels = Kernels {
     q4_1x4: None,
     q5_0x4: None,
     q8_0x4: None,
+    q4_kx4: None,
+    q6_kx4: None,
     f32_dots: scalar::f32_dots,
     f32_weighted_sum: scalar::f32_weighted_sum,
     f32_exp: scalar::f32_exp,
@@ -178,6 +184,8 @@ mod x86 {
         q4_1x4: Some(q4_1x4),
         q5_0x4: Some(q5_0x4),
         q8_0x4: Some(q8_0x4),
+        q4_kx4: Some(q4_kx4),
+        q6_kx4: Some(q6_kx4),
         f32_dots,
         f32_weighted_sum,
         f32_exp,
@@ -438,6 +446,45 @@ mod x86 {
         }))
     }
 
+    /// Per token, [`scalar::accumulate`] over `term(block, token)` of the
+    /// first `n` blocks: the same lanes and order as one token at a time.
+    fn accumulate4(n: usize, mut term: impl FnMut(usize) -> [f32; 4]) -> [f32; 4] {
+        let mut acc = [[0f32; 8]; 4];
+        for b in 0..n {
+            for (acc, t) in acc.iter_mut().zip(term(b)) {
+                acc[b % 8] += t;
+            }
+        }
+        acc.map(scalar::reduce_lanes)
+    }
+
+    fn q4_kx4(x: &[[u8; Q4_K_BYTES]], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+        let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
+        // SAFETY: as above.
+        unsafe { prefetch_after(x) };
+        accumulate4(n, |b| {
+            let x = &x[b];
+            // SAFETY: as above.
+            let isums = unsafe { isum4_q4_k(x, y.map(|y| &y[b])) };
+            std::array::from_fn(|t| {
+                let yb = &y[t][b];
+                scalar::term_k_min(x, yb.d, isums[t], scalar::msum_k(&x[4..16], yb))
+            })
+        })
+    }
+
+    fn q6_kx4(x: &[[u8; Q6_K_BYTES]], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+        let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
+        // SAFETY: as above.
+        unsafe { prefetch_after(x) };
+        accumulate4(n, |b| {
+            let x = &x[b];
+            // SAFETY: as above.
+            let isums = unsafe { isum4_q6_k(x, y.map(|y| &y[b])) };
+            std::array::from_fn(|t| scalar::term_q6_k(x, y[t][b].d, isums[t]))
+        })
+    }
+
     /// The eight `i32` lanes of `v` summed (exact).
     #[target_feature(enable = "avx2")]
     fn hsum_i32(v: __m256i) -> i32 {
@@ -460,34 +507,65 @@ mod x86 {
     /// `isum_q4_k` (every product and sum is an exact integer).
     #[target_feature(enable = "avx2")]
     fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
+        let (q, sc) = unpack_q4_k(x);
+        (isum_q4_k_of(&q, &sc, y), scalar::msum_k(&x[4..16], y))
+    }
+
+    /// A Q4_K block's eight sub-blocks of 32 values (0..15) and their
+    /// scales (as `i16` lanes).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q4_k(x: &[u8; Q4_K_BYTES]) -> ([__m256i; 8], [__m256i; 8]) {
         let scales = &x[4..16];
         let low = _mm256_set1_epi8(0x0F);
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let raw = load_at(x, 16 + 32 * c);
+            q[2 * c] = _mm256_and_si256(raw, low);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            for h in 0..2 {
+                let (s, _) = scale_min_k4(2 * c + h, scales);
+                sc[2 * c + h] = _mm256_set1_epi16(i16::from(s));
+            }
+        }
+        (q, sc)
+    }
+
+    /// `Σⱼ scⱼ·Σ q·y` of an unpacked Q4_K block (exact integers).
+    #[target_feature(enable = "avx2")]
+    fn isum_q4_k_of(q: &[__m256i; 8], sc: &[__m256i; 8], y: &BlockQ8K) -> i32 {
         let ys = y.qs.as_slice();
         let mut acc = _mm256_setzero_si256();
-        for c in 0..4 {
-            let (sc1, _) = scale_min_k4(2 * c, scales);
-            let (sc2, _) = scale_min_k4(2 * c + 1, scales);
-            let raw = load_at(x, 16 + 32 * c);
-            let lo = _mm256_and_si256(raw, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            let p1 = _mm256_maddubs_epi16(lo, load_at(ys, 64 * c));
-            let p2 = _mm256_maddubs_epi16(hi, load_at(ys, 64 * c + 32));
-            let p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(i16::from(sc1)));
-            let p2 = _mm256_madd_epi16(p2, _mm256_set1_epi16(i16::from(sc2)));
-            acc = _mm256_add_epi32(acc, _mm256_add_epi32(p1, p2));
+        for (j, (q, sc)) in q.iter().zip(sc).enumerate() {
+            let p = _mm256_maddubs_epi16(*q, load_at(ys, 32 * j));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *sc));
         }
-        (hsum_i32(acc), scalar::msum_k(scales, y))
+        hsum_i32(acc)
+    }
+
+    /// [`isum_q4_k_of`] of one block for four tokens, unpacked once.
+    #[target_feature(enable = "avx2")]
+    fn isum4_q4_k(x: &[u8; Q4_K_BYTES], y: [&BlockQ8K; 4]) -> [i32; 4] {
+        let (q, sc) = unpack_q4_k(x);
+        y.map(|y| isum_q4_k_of(&q, &sc, y))
     }
 
     /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
     #[target_feature(enable = "avx2")]
     fn isum_q6_k(x: &[u8; Q6_K_BYTES], y: &BlockQ8K) -> i32 {
+        let (q, sc) = unpack_q6_k(x);
+        isum_q6_k_of(&q, &sc, y)
+    }
+
+    /// A Q6_K block's eight runs of 32 values (0..63) and the scales of
+    /// their two sub-blocks of 16 (as `i16` lanes, one per 128-bit half).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q6_k(x: &[u8; Q6_K_BYTES]) -> ([__m256i; 8], [__m256i; 8]) {
         let low = _mm256_set1_epi8(0x0F);
         let two = _mm256_set1_epi8(0x03);
-        let m32 = _mm256_set1_epi8(32);
-        let ys = y.qs.as_slice();
         let scales = &x[192..208];
-        let mut acc = _mm256_setzero_si256();
+        let mut qs = [_mm256_setzero_si256(); 8];
+        let mut scs = [_mm256_setzero_si256(); 8];
         for n in 0..2 {
             let ql0 = load_at(x, 64 * n);
             let ql1 = load_at(x, 64 * n + 32);
@@ -510,19 +588,37 @@ mod x86 {
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), bits(6)),
             ];
             for (k, q) in q.into_iter().enumerate() {
-                let yk = load_at(ys, 128 * n + 32 * k);
-                // Σ q·y − 32·Σ y in pairs: |·| ≤ 63·127·2 + 32·127·2, an i16.
-                let d =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, yk), _mm256_maddubs_epi16(m32, yk));
                 let j = 8 * n + 2 * k;
-                let sc = _mm256_set_m128i(
+                qs[4 * n + k] = q;
+                scs[4 * n + k] = _mm256_set_m128i(
                     _mm_set1_epi16(i16::from(scales[j + 1].cast_signed())),
                     _mm_set1_epi16(i16::from(scales[j].cast_signed())),
                 );
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, sc));
             }
         }
+        (qs, scs)
+    }
+
+    /// `Σⱼ scⱼ·Σ (q − 32)·y` of an unpacked Q6_K block (exact integers).
+    #[target_feature(enable = "avx2")]
+    fn isum_q6_k_of(q: &[__m256i; 8], sc: &[__m256i; 8], y: &BlockQ8K) -> i32 {
+        let m32 = _mm256_set1_epi8(32);
+        let ys = y.qs.as_slice();
+        let mut acc = _mm256_setzero_si256();
+        for (i, (q, sc)) in q.iter().zip(sc).enumerate() {
+            let yk = load_at(ys, 32 * i);
+            // Σ q·y − 32·Σ y in pairs: |·| ≤ 63·127·2 + 32·127·2, an i16.
+            let d = _mm256_sub_epi16(_mm256_maddubs_epi16(*q, yk), _mm256_maddubs_epi16(m32, yk));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, *sc));
+        }
         hsum_i32(acc)
+    }
+
+    /// [`isum_q6_k_of`] of one block for four tokens, unpacked once.
+    #[target_feature(enable = "avx2")]
+    fn isum4_q6_k(x: &[u8; Q6_K_BYTES], y: [&BlockQ8K; 4]) -> [i32; 4] {
+        let (q, sc) = unpack_q6_k(x);
+        y.map(|y| isum_q6_k_of(&q, &sc, y))
     }
 
     /// The eight `i32` lanes of each of `p[0..8]` summed: lane `k` of the
@@ -958,6 +1054,8 @@ mod wasm {
         q4_1x4: None,
         q5_0x4: None,
         q8_0x4: None,
+        q4_kx4: None,
+        q6_kx4: None,
         f32_dots,
         f32_weighted_sum,
         f32_exp,
