@@ -107,9 +107,37 @@ pub const FORMATS: [GgmlType; 7] = [
     GgmlType::Q6_K,
 ];
 
+/// [`KernelMismatch::Bits`] for the first output whose bits differ.
+fn same_bits(
+    kernels: &'static str,
+    ty: GgmlType,
+    blocks: usize,
+    got: &[f32],
+    want: &[f32],
+) -> Result<(), KernelMismatch> {
+    match got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .find(|(_, (g, w))| g.to_bits() != w.to_bits())
+    {
+        Some((row, (&got, &want))) => Err(KernelMismatch::Bits {
+            kernels,
+            ty,
+            blocks,
+            row,
+            got,
+            want,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Compares `kernels` with the scalar table bit for bit on random weights
 /// and activations: every format, block counts around the SIMD groups of
-/// eight (0 to 33), three rows each; and the f32 kernels on random
+/// eight (0 to 33), three rows each, against one token and against
+/// prompts of 4 to 9 (the four-token kernels and the rest); and the f32
+/// kernels on random
 /// vectors of 0 to 65 values against 1 to 19 rows. Returns the number of results compared.
 ///
 /// # Errors
@@ -130,18 +158,7 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             matvec_with(&super::simd::SCALAR, &w, &act, &mut want)?;
             let mut got = vec![0f32; rows];
             matvec_with(kernels, &w, &act, &mut got)?;
-            for (row, (&got, &want)) in got.iter().zip(&want).enumerate() {
-                if got.to_bits() != want.to_bits() {
-                    return Err(KernelMismatch::Bits {
-                        kernels: kernels.name,
-                        ty,
-                        blocks,
-                        row,
-                        got,
-                        want,
-                    });
-                }
-            }
+            same_bits(kernels.name, ty, blocks, &got, &want)?;
             compared += rows;
         }
         // Several tokens (a prompt): the four-token kernels and the rest.
@@ -161,18 +178,7 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             matmul_with(&super::simd::SCALAR, &w, &xs, &mut want)?;
             let mut got = vec![0f32; rows * tokens];
             matmul_with(kernels, &w, &xs, &mut got)?;
-            for (row, (&got, &want)) in got.iter().zip(&want).enumerate() {
-                if got.to_bits() != want.to_bits() {
-                    return Err(KernelMismatch::Bits {
-                        kernels: kernels.name,
-                        ty,
-                        blocks,
-                        row,
-                        got,
-                        want,
-                    });
-                }
-            }
+            same_bits(kernels.name, ty, blocks, &got, &want)?;
             compared += rows * tokens;
         }
     }
