@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ids, qwen_bytes};
+use common::{ids, qwen_bytes, relative_diff, teacher_forced, TeacherForced};
 use serde_json::Value as Json;
 use tabnode_infer::cpu::CpuModel;
 use tabnode_infer::gguf::Gguf;
@@ -112,27 +112,7 @@ fn quantized_cpu_model_matches_llama_cpp() {
     assert_eq!(model.config.arch, Arch::Qwen2);
     let f = model_fixture();
     // Teacher-forced top-1 at every position of the fixture prompts.
-    let (mut agree, mut total) = (0, 0);
-    for case in f["teacher_forced"].as_array().expect("cases") {
-        let mut s = model.session();
-        for (i, &id) in ids(&case["ids"]).iter().enumerate() {
-            let logits = s.step(id).expect("step");
-            let top5 = case["top5"][i].as_array().expect("top5");
-            let logit = |k: usize| top5[k][1].as_f64().expect("logit") as f32;
-            let llama_top1 = top5[0][0].as_u64().expect("id") as u32;
-            if argmax(&logits) == llama_top1 {
-                agree += 1;
-            } else {
-                assert!(
-                    logit(0) - logit(1) < NEAR_TIE,
-                    "{:?} position {i}: top-1 {} where llama.cpp is sure of {llama_top1}",
-                    case["prompt"],
-                    argmax(&logits)
-                );
-            }
-            total += 1;
-        }
-    }
+    let TeacherForced { agree, total, .. } = teacher_forced(&model, &f, NEAR_TIE);
     println!("qwen2 quantized CPU: top-1 vs llama.cpp {agree}/{total}");
     assert!(agree as f64 >= 0.98 * total as f64, "top-1 {agree}/{total}");
 
@@ -180,13 +160,8 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
     for &id in &prompt {
         let got = a.step(id).expect("step");
         let want = b.step(id);
-        let spread = want.iter().copied().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(diff / spread < 0.1, "relative difference {}", diff / spread);
+        let rel = relative_diff(&got, &want);
+        assert!(rel < 0.1, "relative difference {rel}");
         let short = want[argmax(&want) as usize] - want[argmax(&got) as usize];
         assert!(
             short < NEAR_TIE,

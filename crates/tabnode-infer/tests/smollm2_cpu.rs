@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ids, model_bytes};
+use common::{ids, model_bytes, relative_diff, teacher_forced, TeacherForced};
 use serde_json::Value as Json;
 use tabnode_infer::cpu::CpuModel;
 use tabnode_infer::gguf::Gguf;
@@ -42,33 +42,11 @@ fn quantized_cpu_model_matches_llama_cpp() {
     // Teacher-forced: top-1 against llama.cpp at every position (a miss
     // only where llama.cpp's own top two are a near-tie), and the logits of
     // llama.cpp's top-5 ids close to its own.
-    let (mut agree, mut total) = (0, 0);
-    let mut worst = 0f64;
-    for case in f["teacher_forced"].as_array().expect("cases") {
-        let mut s = model.session();
-        for (i, &id) in ids(&case["ids"]).iter().enumerate() {
-            let logits = s.step(id).expect("step");
-            let top5 = case["top5"][i].as_array().expect("top5");
-            let logit = |k: usize| top5[k][1].as_f64().expect("logit") as f32;
-            let llama_top1 = top5[0][0].as_u64().expect("id") as u32;
-            if argmax(&logits) == llama_top1 {
-                agree += 1;
-            } else {
-                assert!(
-                    logit(0) - logit(1) < NEAR_TIE,
-                    "{:?} position {i}: top-1 {} where llama.cpp is sure of {llama_top1}",
-                    case["prompt"],
-                    argmax(&logits)
-                );
-            }
-            total += 1;
-            for pair in top5 {
-                let id = pair[0].as_u64().expect("id") as usize;
-                let want = pair[1].as_f64().expect("logit");
-                worst = worst.max((f64::from(logits[id]) - want).abs());
-            }
-        }
-    }
+    let TeacherForced {
+        agree,
+        total,
+        worst,
+    } = teacher_forced(&model, &f, NEAR_TIE);
     println!(
         "quantized CPU: top-1 vs llama.cpp {agree}/{total}; max |Δlogit| of its top-5 {worst:.4}"
     );
@@ -139,13 +117,7 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
         let got = a.step(id).expect("step");
         let want = b.step(id);
         // Relative to the logits' spread: Q8 activations cost a little.
-        let spread = want.iter().copied().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(diff / spread);
+        worst = worst.max(relative_diff(&got, &want));
         assert!(
             shortfall(&want, argmax(&got)) < NEAR_TIE,
             "our top-1 is far from the reference's after token {id}"

@@ -47,3 +47,69 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().expect("id") as u32)
         .collect()
 }
+
+/// Teacher-forced against llama.cpp's fixture: how often the quantized
+/// model's top-1 equals llama.cpp's, and the largest logit difference on
+/// llama.cpp's top-5 ids.
+#[allow(dead_code)] // not every test file runs the CPU model
+pub struct TeacherForced {
+    pub agree: usize,
+    pub total: usize,
+    pub worst: f64,
+}
+
+/// Feeds each `teacher_forced` case of `fixture` token by token; a top-1
+/// miss fails at once unless llama.cpp's own top two are closer than
+/// `near_tie`.
+#[allow(dead_code)] // not every test file runs the CPU model
+pub fn teacher_forced(
+    model: &tabnode_infer::cpu::CpuModel,
+    fixture: &serde_json::Value,
+    near_tie: f32,
+) -> TeacherForced {
+    use tabnode_infer::reference::argmax;
+    let mut r = TeacherForced {
+        agree: 0,
+        total: 0,
+        worst: 0.0,
+    };
+    for case in fixture["teacher_forced"].as_array().expect("cases") {
+        let mut s = model.session();
+        for (i, &id) in ids(&case["ids"]).iter().enumerate() {
+            let logits = s.step(id).expect("step");
+            let top5 = case["top5"][i].as_array().expect("top5");
+            let logit = |k: usize| top5[k][1].as_f64().expect("logit") as f32;
+            let llama_top1 = top5[0][0].as_u64().expect("id") as u32;
+            if argmax(&logits) == llama_top1 {
+                r.agree += 1;
+            } else {
+                assert!(
+                    logit(0) - logit(1) < near_tie,
+                    "{:?} position {i}: top-1 {} where llama.cpp is sure of {llama_top1}",
+                    case["prompt"],
+                    argmax(&logits)
+                );
+            }
+            r.total += 1;
+            for pair in top5 {
+                let id = pair[0].as_u64().expect("id") as usize;
+                let want = pair[1].as_f64().expect("logit");
+                r.worst = r.worst.max((f64::from(logits[id]) - want).abs());
+            }
+        }
+    }
+    r
+}
+
+/// The largest difference between two logit vectors, relative to the
+/// spread (largest magnitude) of `want`.
+#[allow(dead_code)] // not every test file compares logits
+pub fn relative_diff(got: &[f32], want: &[f32]) -> f32 {
+    let spread = want.iter().copied().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    diff / spread
+}
