@@ -139,20 +139,25 @@ test(`greedy tokens on the tab's CPU kernels equal the native ones bit for bit (
   assert.equal(web.result.finish, 'length');
 });
 
-test('?threads=1 computes in one worker, with the same tokens', async () => {
-  const native = nativeGenerate('cpu', TOKENS);
-  const { page: one } = await openTab(browser, relay.url, context, { model: true, threads: 1 });
-  try {
-    const ready = await waitForModel(one);
-    assert.equal(ready.engine.threads, 1);
-    assert.doesNotMatch(ready.engine.reason, /split/);
-    const web = await generateInTab(one, { prompt: { text: PROMPT }, max_tokens: TOKENS });
-    assert.ok(!web.error, web.error);
-    assert.deepEqual(web.result.tokens, native.tokens);
-  } finally {
-    await one.close();
-  }
-});
+// One worker (no split), and three (two shard workers: more than the cores
+// here, so rounds wait on each other), with the same tokens.
+for (const threads of [1, 3]) {
+  test(`?threads=${threads} computes in ${threads} worker(s), with the same tokens`, async () => {
+    const native = nativeGenerate('cpu', TOKENS);
+    const { page: tab } = await openTab(browser, relay.url, context, { model: true, threads });
+    try {
+      const ready = await waitForModel(tab);
+      assert.equal(ready.engine.threads, threads);
+      if (threads === 1) assert.doesNotMatch(ready.engine.reason, /split/);
+      else assert.match(ready.engine.reason, new RegExp(`rows split over ${threads} workers`));
+      const web = await generateInTab(tab, { prompt: { text: PROMPT }, max_tokens: TOKENS });
+      assert.ok(!web.error, web.error);
+      assert.deepEqual(web.result.tokens, native.tokens);
+    } finally {
+      await tab.close();
+    }
+  });
+}
 
 test('cancellation and bad requests are clear, and the worker stays usable', async () => {
   const cancelled = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: 64 }, 1);

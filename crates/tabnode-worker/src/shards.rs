@@ -232,7 +232,14 @@ pub fn count(asked: Option<u32>) -> u32 {
 }
 
 /// The next message from `w` (its `data`), or why none came in time.
-async fn next_message(w: &Worker, what: &'static str) -> Result<JsValue, WorkerError> {
+///
+/// The listener is set when this is called, not when it is awaited: a
+/// worker's message that arrives with no listener is lost, so the next one
+/// is listened for before anything else is awaited.
+fn next_message(
+    w: &Worker,
+    what: &'static str,
+) -> impl std::future::Future<Output = Result<JsValue, WorkerError>> {
     let message = Promise::new(&mut |resolve, reject| {
         w.set_onmessage(Some(&resolve));
         w.set_onerror(Some(&reject));
@@ -240,7 +247,16 @@ async fn next_message(w: &Worker, what: &'static str) -> Result<JsValue, WorkerE
     let timeout = Promise::new(&mut |_, reject| {
         let _ = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&reject, START_MS);
     });
-    let raced = JsFuture::from(Promise::race(&Array::of2(&message, &timeout))).await;
+    let raced = JsFuture::from(Promise::race(&Array::of2(&message, &timeout)));
+    let w = w.clone();
+    async move { answer(&w, what, raced.await) }
+}
+
+fn answer(
+    w: &Worker,
+    what: &'static str,
+    raced: Result<JsValue, JsValue>,
+) -> Result<JsValue, WorkerError> {
     w.set_onmessage(None);
     w.set_onerror(None);
     match raced {
@@ -271,8 +287,7 @@ pub async fn split(model: &mut CpuModel, count: usize) -> Result<(), WorkerError
         buffer_bytes(count, capacity).ok_or(WorkerError::Shards("buffer size overflows"))?;
     let sab = SharedArrayBuffer::new(bytes);
     let url = scope().location().href();
-    let mut workers = Vec::with_capacity(count - 1);
-    // Dropping `workers` on an error ends the ones started.
+    // On an error, dropping `started` ends the workers started so far.
     struct Started(Vec<Worker>);
     impl Drop for Started {
         fn drop(&mut self) {
@@ -282,6 +297,7 @@ pub async fn split(model: &mut CpuModel, count: usize) -> Result<(), WorkerError
         }
     }
     let mut started = Started(Vec::new());
+    let mut loaded = Vec::with_capacity(count - 1);
     for s in 1..count {
         let (spec, blob) = model
             .shard_spec(s, count)
@@ -305,12 +321,13 @@ pub async fn split(model: &mut CpuModel, count: usize) -> Result<(), WorkerError
         ] {
             Reflect::set(&msg, &k.into(), &v).map_err(crate::model::js_err)?;
         }
+        // Listening for its answer before the next worker is awaited.
+        loaded.push(next_message(&w, "shard worker load"));
         w.post_message_with_transfer(&msg, &Array::of1(&blob.buffer()))
             .map_err(crate::model::js_err)?;
-        workers.push(w);
     }
-    for (s, w) in workers.iter().enumerate() {
-        let answer = next_message(w, "shard worker load").await?;
+    for (s, load) in loaded.into_iter().enumerate() {
+        let answer = load.await?;
         let error = answer
             .is_object()
             .then(|| Reflect::get(&answer, &"error".into()).ok())
