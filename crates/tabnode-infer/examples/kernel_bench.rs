@@ -1,4 +1,4 @@
-//! Kernel benchmark: one thread, the quantized matrix-vector product of
+//! Kernel benchmark: the quantized matrix-vector product of
 //! each weight format at the shapes of SmolLM2-135M (576 → 1536 and back,
 //! and the 49,152-row head), with the scalar reference kernels and with the
 //! fastest table this CPU runs ([`simd::best`]), in the same run.
@@ -6,12 +6,15 @@
 //! `cargo run -p tabnode-infer --example kernel_bench [-- MILLISECONDS]`
 //!
 //! Prints, per format and shape: GB/s of weight blocks read and ns per
-//! block for both tables, and the ratio best / scalar.
+//! block for both tables, and the ratio best / scalar; then a prompt's
+//! product per format (64 tokens, `matmul`: the four-token kernels), in ns
+//! per block and token and multiply-adds per second. Natively the products
+//! run on rayon's pool (`RAYON_NUM_THREADS=1` for one core).
 
 use std::time::{Duration, Instant};
 
 use tabnode_infer::quant::check::{random_blocks, Rng, FORMATS};
-use tabnode_infer::quant::{matvec_with, simd, Kernels, QTensor, QuantizedActivation};
+use tabnode_infer::quant::{matmul_with, matvec_with, simd, Kernels, QTensor, QuantizedActivation};
 
 /// Runs `f` until `budget` has passed (at least 3 times) and returns the
 /// fastest time of one run.
@@ -81,6 +84,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s.as_secs_f64() / b.as_secs_f64()
             );
         }
+    }
+    // A prompt's matrix product (`matmul`: the four-token kernels where the
+    // table has them), 64 tokens against 1024 x 1024 weights: ns per
+    // (row, token, block) and multiply-adds per second.
+    let tokens = 64usize;
+    let (rows, cols) = (1024usize, 1024usize);
+    for ty in FORMATS {
+        let blocks = rows * cols / ty.block_size();
+        let data = random_blocks(&mut rng, ty, blocks, 0.05);
+        let w = QTensor::new(ty, rows, cols, &data)?;
+        let xs = (0..tokens)
+            .map(|_| {
+                let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0).collect();
+                QuantizedActivation::for_weight(ty, &x)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = vec![0f32; rows * tokens];
+        let mut time = |k: &Kernels| -> Result<Duration, Box<dyn std::error::Error>> {
+            matmul_with(k, &w, &xs, &mut out)?;
+            Ok(fastest(budget, || {
+                let _ = matmul_with(k, &w, &xs, &mut out);
+            }))
+        };
+        let (s, b) = (time(&simd::SCALAR)?, time(best)?);
+        let ns = |t: Duration| t.as_secs_f64() * 1e9 / (blocks * tokens) as f64;
+        let gmacs = |t: Duration| (rows * cols * tokens) as f64 / t.as_secs_f64() / 1e9;
+        println!(
+            "{:6} prompt of {tokens}, {rows}x{cols}: scalar {:.2} ns/block/token ({:.1} GMAC/s), {} {:.2} ({:.1} GMAC/s), ratio {:.2}",
+            ty.name(),
+            ns(s),
+            gmacs(s),
+            best.name,
+            ns(b),
+            gmacs(b),
+            s.as_secs_f64() / b.as_secs_f64()
+        );
     }
     // The attention's f32 kernels: one query head (64 values) against 256
     // cached positions of a layer's keys and values (stride 192 = 3 KV

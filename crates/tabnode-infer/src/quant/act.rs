@@ -56,6 +56,89 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
 }
 
+/// What the four-token kernels read of an activation block besides its
+/// values, eight blocks at a time ([`Tok`]).
+pub trait BlockLanes {
+    /// The scale.
+    fn d(&self) -> f32;
+    /// Q8_1's `s` (0 for the other formats).
+    fn s(&self) -> f32 {
+        0.0
+    }
+    /// `Σ qs` of a 32-value block (0 for Q8_K, whose kernels use `bsums`).
+    fn sum(&self) -> i32 {
+        0
+    }
+}
+
+fn sum_qs(qs: &[i8]) -> i32 {
+    qs.iter().map(|&q| i32::from(q)).sum()
+}
+
+impl BlockLanes for BlockQ8_0 {
+    fn d(&self) -> f32 {
+        self.d
+    }
+    fn sum(&self) -> i32 {
+        sum_qs(&self.qs)
+    }
+}
+
+impl BlockLanes for BlockQ8_1 {
+    fn d(&self) -> f32 {
+        self.d
+    }
+    fn s(&self) -> f32 {
+        self.s
+    }
+    fn sum(&self) -> i32 {
+        sum_qs(&self.qs)
+    }
+}
+
+impl BlockLanes for BlockQ8K {
+    fn d(&self) -> f32 {
+        self.d
+    }
+}
+
+/// One token's activation blocks as the four-token kernels take them: each
+/// block's scale, `s` and value sum laid out in arrays (zero-padded to a
+/// multiple of eight), so that a kernel loads eight blocks' worth with one
+/// plain load. Built once per matrix product and token instead of gathered
+/// again for every weight row.
+#[derive(Debug, Clone)]
+pub struct Tok<'a, Y> {
+    /// The blocks.
+    pub blocks: &'a [Y],
+    /// `blocks[b].d()` at `b`, then zeros.
+    pub d: Vec<f32>,
+    /// `blocks[b].s()` at `b`, then zeros.
+    pub s: Vec<f32>,
+    /// `blocks[b].sum()` at `b`, then zeros.
+    pub sum: Vec<i32>,
+}
+
+impl<'a, Y: BlockLanes> Tok<'a, Y> {
+    /// The lanes of `blocks`.
+    pub fn new(blocks: &'a [Y]) -> Self {
+        let len = blocks.len().next_multiple_of(8);
+        let lanes = |f: &dyn Fn(&Y) -> f32| -> Vec<f32> {
+            let mut v: Vec<f32> = blocks.iter().map(f).collect();
+            v.resize(len, 0.0);
+            v
+        };
+        let mut sum: Vec<i32> = blocks.iter().map(Y::sum).collect();
+        sum.resize(len, 0);
+        Tok {
+            blocks,
+            d: lanes(&Y::d),
+            s: lanes(&Y::s),
+            sum,
+        }
+    }
+}
+
 /// `(d, 1/d or 0)` of a Q8_0/Q8_1 block: `d = max|x| / 127`.
 fn q8_scale(x: &[f32; QK]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -316,6 +399,30 @@ impl QuantizedActivation {
 mod tests {
     use super::super::tests::Rng;
     use super::*;
+
+    /// A token's lanes: every block's scale, `s` and value sum in order,
+    /// zeros up to the next multiple of eight.
+    #[test]
+    fn token_lanes_hold_each_blocks_scale_and_sum_then_zeros() {
+        let mut rng = Rng(11);
+        for n in [0usize, 1, 8, 9] {
+            let x = activations(&mut rng, n * QK);
+            let QuantizedActivation::Q8_1(blocks) =
+                QuantizedActivation::quantize(GgmlType::Q8_1, &x).expect("q8_1")
+            else {
+                panic!("Q8_1")
+            };
+            let t = Tok::new(&blocks);
+            let len = n.next_multiple_of(8);
+            assert_eq!((t.d.len(), t.s.len(), t.sum.len()), (len, len, len));
+            for (b, block) in blocks.iter().enumerate() {
+                let sum: i32 = block.qs.iter().map(|&q| i32::from(q)).sum();
+                assert_eq!((t.d[b], t.s[b], t.sum[b]), (block.d, block.s, sum));
+            }
+            assert!(t.d[n..].iter().chain(&t.s[n..]).all(|&v| v == 0.0));
+            assert!(t.sum[n..].iter().all(|&v| v == 0));
+        }
+    }
 
     /// Activations of mixed scales, some blocks all zero.
     fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {

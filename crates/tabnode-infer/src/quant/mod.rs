@@ -761,7 +761,7 @@ const PARALLEL_BYTES: usize = 64 << 10;
 /// shapes checked by [`matmul_with`]); `dot4`, where the kernels have it,
 /// for four tokens at a time (each row unpacked once for them, the same
 /// bits).
-fn rows<const B: usize, Y: Sync>(
+fn rows<const B: usize, Y: Sync + act::BlockLanes>(
     w: &QTensor<'_>,
     ys: &[&[Y]],
     out: &mut [f32],
@@ -774,20 +774,26 @@ fn rows<const B: usize, Y: Sync>(
         out.fill(0.0);
         return;
     }
+    // The four-token kernels' lanes of each token in whole groups of four
+    // (built once here, read for every row).
+    let toks: Vec<act::Tok<'_, Y>> = match dot4 {
+        Some(_) => ys[..t - t % 4].iter().map(|y| act::Tok::new(y)).collect(),
+        None => Vec::new(),
+    };
     // Row-major, tokens inner: a row is read once for all the tokens.
     let run = |data: &[u8], out: &mut [f32]| {
         for (row, o) in data.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
             let row = row.as_chunks::<B>().0;
-            let (mut o, mut ys) = (o, ys);
-            if let Some(dot4) = dot4 {
-                let (o4, o_rest) = o.as_chunks_mut::<4>();
-                let (y4, y_rest) = ys.as_chunks::<4>();
-                for (o, y) in o4.iter_mut().zip(y4) {
-                    *o = dot4(row, *y);
-                }
-                (o, ys) = (o_rest, y_rest);
+            let (o4, o_rest) = o.split_at_mut(toks.len());
+            for (o, t4) in o4
+                .as_chunks_mut::<4>()
+                .0
+                .iter_mut()
+                .zip(toks.as_chunks::<4>().0)
+            {
+                *o = dot4.map_or([0.0; 4], |dot4| dot4(row, t4.each_ref()));
             }
-            for (o, y) in o.iter_mut().zip(ys) {
+            for (o, y) in o_rest.iter_mut().zip(&ys[toks.len()..]) {
                 *o = dot(row, y);
             }
         }

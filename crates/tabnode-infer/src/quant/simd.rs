@@ -8,9 +8,11 @@
 //! the scalar one on random blocks, every format, odd sizes).
 //!
 //! Exactness: the integer sum of a block is exact in every kernel (no
-//! saturation: `maddubs` pairs stay within ±3,810 for 4-bit weights and
-//! ±32,512 for 8-bit ones with activations in [−127, 127], which is what the
-//! quantizers in [`act`](super::act) produce). The float part is the scalar
+//! saturation: `maddubs` pairs stay within ±3,810 for 4-bit weights,
+//! ±7,874 for Q5_0's values taken unsigned (0..31, the four-token kernels
+//! take `16·Σy` off afterwards) and ±32,512 for 8-bit ones with activations
+//! in [−127, 127], which is what the quantizers in [`act`](super::act)
+//! produce). The float part is the scalar
 //! kernel's: eight consecutive blocks' terms are computed in the eight lanes
 //! of one register with the same operations in the same order (no fused
 //! multiply-add) and added to the same accumulator lanes (`b % 8`); a last,
@@ -20,9 +22,12 @@
 //! Tables: `avx2` (x86-64 with AVX2 and F16C; Q5_K uses the scalar
 //! kernel there) and `simd128` (wasm, the tab). Formats without a SIMD
 //! kernel use the scalar one. The activation blocks carry their scales as
-//! `f32` and the AVX2 kernels fetch eight blocks' scales with one masked
-//! gather each (a last group of fewer than eight blocks reads only its own
-//! blocks: no padding copies).
+//! `f32` and the single-token AVX2 kernels fetch eight blocks' scales with
+//! one masked gather each (a last group of fewer than eight blocks reads
+//! only its own blocks: no padding copies); the four-token kernels of a
+//! prompt read them, and the blocks' value sums, with plain loads from
+//! [`Tok`]'s arrays, built once per matrix product, and fetch the weight
+//! scales once for the four tokens.
 //!
 //! The tables also hold the engine's two f32 vector kernels, the
 //! attention's dot product and `out += s·x`, in [`scalar::f32_dot`]'s
@@ -31,13 +36,13 @@
 
 use std::sync::OnceLock;
 
-use super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1, Tok};
 use super::scalar;
 use super::{Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES};
 
 /// One weight row against four tokens' activations: each token's result
 /// the bits of the single dot product, the row's blocks unpacked once.
-pub type Dot4<const B: usize, Y> = fn(&[[u8; B]], [&[Y]; 4]) -> [f32; 4];
+pub type Dot4<const B: usize, Y> = fn(&[[u8; B]], [&Tok<'_, Y>; 4]) -> [f32; 4];
 
 /// One dot product per weight format (weight row blocks, activation blocks;
 /// pairs up to the shorter of the two).
@@ -159,7 +164,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::act::BlockQ8K;
-    use super::super::act::{BlockQ8_0, BlockQ8_1};
+    use super::super::act::{BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
         scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
         Q8_0_BYTES, QK,
@@ -405,22 +410,22 @@ mod x86 {
         unsafe { q5_0_avx2(x, y) }
     }
 
-    fn q4_0x4(x: &[[u8; Q4_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q4_0x4(x: &[[u8; Q4_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         // SAFETY: as above.
         unsafe { q4_0x4_avx2(x, y) }
     }
 
-    fn q4_1x4(x: &[[u8; Q4_1_BYTES]], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    fn q4_1x4(x: &[[u8; Q4_1_BYTES]], y: [&Tok<'_, BlockQ8_1>; 4]) -> [f32; 4] {
         // SAFETY: as above.
         unsafe { q4_1x4_avx2(x, y) }
     }
 
-    fn q5_0x4(x: &[[u8; Q5_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q5_0x4(x: &[[u8; Q5_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         // SAFETY: as above.
         unsafe { q5_0x4_avx2(x, y) }
     }
 
-    fn q8_0x4(x: &[[u8; Q8_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q8_0x4(x: &[[u8; Q8_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         // SAFETY: as above.
         unsafe { q8_0x4_avx2(x, y) }
     }
@@ -458,7 +463,8 @@ mod x86 {
         acc.map(scalar::reduce_lanes)
     }
 
-    fn q4_kx4(x: &[[u8; Q4_K_BYTES]], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    fn q4_kx4(x: &[[u8; Q4_K_BYTES]], y: [&Tok<'_, BlockQ8K>; 4]) -> [f32; 4] {
+        let y = y.map(|t| t.blocks);
         let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
         // SAFETY: as above.
         unsafe { prefetch_after(x) };
@@ -473,7 +479,8 @@ mod x86 {
         })
     }
 
-    fn q6_kx4(x: &[[u8; Q6_K_BYTES]], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    fn q6_kx4(x: &[[u8; Q6_K_BYTES]], y: [&Tok<'_, BlockQ8K>; 4]) -> [f32; 4] {
+        let y = y.map(|t| t.blocks);
         let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
         // SAFETY: as above.
         unsafe { prefetch_after(x) };
@@ -796,47 +803,88 @@ mod x86 {
         finish(acc)
     }
 
-    /// [`dot_groups`] for four tokens at once: each block is unpacked once
-    /// (`unpack`) and dotted with each token's block (`part`); per token
-    /// the same operations in the same order as [`dot_groups`], so the
-    /// same bits. Pairs up to the shortest of `x` and the four.
+    /// [`dot_groups`] for four tokens at once: each group of eight blocks
+    /// is unpacked once (`unpack`, and `scales` for their scales), then
+    /// dotted with each token's blocks (`part`, integer sums, exact in any
+    /// form) and turned into the same eight float terms as [`dot_groups`]
+    /// (`term`, from the lane sums and the token's lanes at the group's
+    /// first block, [`Tok`]): the same bits. Pairs up to the shortest of
+    /// `x` and the four.
     #[target_feature(enable = "avx2,f16c")]
-    fn dot_groups4<X, Y>(
+    fn dot_groups4<X, Y, S: Copy>(
         x: &[X],
-        y: [&[Y]; 4],
+        y: [&Tok<'_, Y>; 4],
         unpack: impl Fn(&X) -> __m256i,
         part: impl Fn(__m256i, &Y) -> __m256i,
-        term: impl Fn(&[X], &[Y], __m256) -> __m256,
+        scales: impl Fn(&[X]) -> S,
+        term: impl Fn(S, &Tok<'_, Y>, usize, __m256i) -> __m256,
     ) -> [f32; 4] {
-        let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
+        let n = y.iter().fold(x.len(), |n, y| n.min(y.blocks.len()));
         prefetch_after(x);
         let (xs, x_tail) = x[..n].as_chunks::<8>();
-        let ys = y.map(|y| y[..n].as_chunks::<8>());
         let mut acc = [_mm256_setzero_ps(); 4];
         for (g, xg) in xs.iter().enumerate() {
             let q: [__m256i; 8] = std::array::from_fn(|k| unpack(&xg[k]));
-            for (acc, (yg, _)) in acc.iter_mut().zip(&ys) {
-                let yg = &yg[g];
+            let sc = scales(xg);
+            for (acc, tok) in acc.iter_mut().zip(y) {
+                let yg = &tok.blocks[8 * g..8 * g + 8];
                 let p: [__m256i; 8] = std::array::from_fn(|k| part(q[k], &yg[k]));
-                let isum = _mm256_cvtepi32_ps(hsum8(&p));
-                *acc = _mm256_add_ps(*acc, term(xg, yg, isum));
+                *acc = _mm256_add_ps(*acc, term(sc, tok, 8 * g, hsum8(&p)));
             }
         }
         if !x_tail.is_empty() {
+            let at = n - x_tail.len();
             let mut q = [_mm256_setzero_si256(); 8];
             for (q, x) in q.iter_mut().zip(x_tail) {
                 *q = unpack(x);
             }
-            for (acc, (_, y_tail)) in acc.iter_mut().zip(&ys) {
+            let sc = scales(x_tail);
+            for (acc, tok) in acc.iter_mut().zip(y) {
                 let mut p = [_mm256_setzero_si256(); 8];
-                for (p, (q, y)) in p.iter_mut().zip(q.iter().zip(y_tail.iter())) {
+                for (p, (q, y)) in p.iter_mut().zip(q.iter().zip(&tok.blocks[at..n])) {
                     *p = part(*q, y);
                 }
-                let isum = _mm256_cvtepi32_ps(hsum8(&p));
-                *acc = add_lanes(*acc, term(x_tail, y_tail, isum), x_tail.len());
+                *acc = add_lanes(*acc, term(sc, tok, at, hsum8(&p)), x_tail.len());
             }
         }
         acc.map(|a| finish(a))
+    }
+
+    /// Eight `i32`s at `v[at..]` (zeros if `v` is too short: [`Tok`]'s
+    /// lanes are padded to a multiple of eight, so they never are).
+    #[target_feature(enable = "avx2")]
+    fn load8_i32_at(v: &[i32], at: usize) -> __m256i {
+        match v.get(at..at + 8) {
+            // SAFETY: `s` is eight readable `i32`s.
+            Some(s) => unsafe { _mm256_loadu_si256(s.as_ptr().cast()) },
+            None => _mm256_setzero_si256(),
+        }
+    }
+
+    /// The scales of up to eight Q4_0, Q5_0 or Q8_0 blocks (zero past
+    /// them), once for the four tokens.
+    #[target_feature(enable = "avx2,f16c")]
+    fn scales_d<const N: usize>(xs: &[[u8; N]]) -> __m256 {
+        f16_halves(gather_u32::<N, 0>(xs)).0
+    }
+
+    /// [`term_d`] of eight blocks from their lane sums: `isum` is
+    /// `Σ (q + 2^SHIFT)·y` of unsigned weights `q + 2^SHIFT` (or `Σ q·y`
+    /// when `SHIFT` is 0), so `2^SHIFT·Σy` comes off first (exact integers).
+    #[target_feature(enable = "avx2,f16c")]
+    fn term4_d<const SHIFT: i32>(
+        dx: __m256,
+        tok: &Tok<'_, BlockQ8_0>,
+        at: usize,
+        isum: __m256i,
+    ) -> __m256 {
+        let isum = if SHIFT > 0 {
+            _mm256_sub_epi32(isum, _mm256_slli_epi32::<SHIFT>(load8_i32_at(&tok.sum, at)))
+        } else {
+            isum
+        };
+        let dy = load8_at(&tok.d, at);
+        _mm256_mul_ps(_mm256_mul_ps(dx, dy), _mm256_cvtepi32_ps(isum))
     }
 
     /// Asks the CPU to start loading the bytes that follow `x` (as many as
@@ -876,6 +924,13 @@ mod x86 {
         nibbles(qs16(x, 4))
     }
 
+    /// `Σ q·y` of 32 unsigned values below 64 and a block's activations,
+    /// as eight `i32` partial sums (`maddubs` pairs within ±16,256).
+    #[target_feature(enable = "avx2")]
+    fn part_u8(q: __m256i, y: &BlockQ8_0) -> __m256i {
+        _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(q, load32(&y.qs)))
+    }
+
     #[target_feature(enable = "avx2")]
     fn part_q4_1(q: __m256i, y: &BlockQ8_1) -> __m256i {
         _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(q, load32(&y.qs)))
@@ -903,14 +958,31 @@ mod x86 {
         )
     }
 
+    /// `(dx·dy)·isum + mx·sy` of eight Q4_1 blocks from their lane sums.
     #[target_feature(enable = "avx2,f16c")]
-    fn q4_1x4_avx2(x: &[[u8; Q4_1_BYTES]], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    fn term4_q4_1(
+        (dx, mx): (__m256, __m256),
+        tok: &Tok<'_, BlockQ8_1>,
+        at: usize,
+        isum: __m256i,
+    ) -> __m256 {
+        let dy = load8_at(&tok.d, at);
+        let sy = load8_at(&tok.s, at);
+        _mm256_add_ps(
+            _mm256_mul_ps(_mm256_mul_ps(dx, dy), _mm256_cvtepi32_ps(isum)),
+            _mm256_mul_ps(mx, sy),
+        )
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_1x4_avx2(x: &[[u8; Q4_1_BYTES]], y: [&Tok<'_, BlockQ8_1>; 4]) -> [f32; 4] {
         dot_groups4(
             x,
             y,
             |x| unpack_q4_1(x),
             |q, y| part_q4_1(q, y),
-            |xs, ys, isum| term_q4_1(xs, ys, isum),
+            |xs| f16_halves(gather_u32::<Q4_1_BYTES, 0>(xs)),
+            |sc, tok, at, isum| term4_q4_1(sc, tok, at, isum),
         )
     }
 
@@ -937,13 +1009,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    fn q4_0x4_avx2(x: &[[u8; Q4_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q4_0x4_avx2(x: &[[u8; Q4_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         dot_groups4(
             x,
             y,
-            |x| unpack_q4_0(x),
-            |q, y| part_q8(q, y),
-            |xs, ys, isum| term_d(xs, ys, isum),
+            |x| nibbles(qs16(x, 2)),
+            |q, y| part_u8(q, y),
+            |xs| scales_d(xs),
+            |dx, tok, at, isum| term4_d::<3>(dx, tok, at, isum),
         )
     }
 
@@ -964,13 +1037,18 @@ mod x86 {
         _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1))
     }
 
+    /// A Q5_0 block's 32 values plus 16 (0..31).
+    #[target_feature(enable = "avx2")]
+    fn unpack_q5_0_plus16(x: &[u8; Q5_0_BYTES]) -> __m256i {
+        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
+        let high = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(16));
+        _mm256_or_si256(nibbles(qs16(x, 6)), high)
+    }
+
     /// A Q5_0 block's 32 values (−16..15).
     #[target_feature(enable = "avx2")]
     fn unpack_q5_0(x: &[u8; Q5_0_BYTES]) -> __m256i {
-        let sixteen = _mm256_set1_epi8(16);
-        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
-        let high = _mm256_and_si256(bytes_from_bits(qh), sixteen);
-        _mm256_sub_epi8(_mm256_or_si256(nibbles(qs16(x, 6)), high), sixteen)
+        _mm256_sub_epi8(unpack_q5_0_plus16(x), _mm256_set1_epi8(16))
     }
 
     #[target_feature(enable = "avx2,f16c")]
@@ -984,13 +1062,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    fn q5_0x4_avx2(x: &[[u8; Q5_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q5_0x4_avx2(x: &[[u8; Q5_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         dot_groups4(
             x,
             y,
-            |x| unpack_q5_0(x),
-            |q, y| part_q8(q, y),
-            |xs, ys, isum| term_d(xs, ys, isum),
+            |x| unpack_q5_0_plus16(x),
+            |q, y| part_u8(q, y),
+            |xs| scales_d(xs),
+            |dx, tok, at, isum| term4_d::<4>(dx, tok, at, isum),
         )
     }
 
@@ -1005,13 +1084,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    fn q8_0x4_avx2(x: &[[u8; Q8_0_BYTES]], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    fn q8_0x4_avx2(x: &[[u8; Q8_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
         dot_groups4(
             x,
             y,
             |x| load_at(x, 2),
             |q, y| part_q8(q, y),
-            |xs, ys, isum| term_d(xs, ys, isum),
+            |xs| scales_d(xs),
+            |dx, tok, at, isum| term4_d::<0>(dx, tok, at, isum),
         )
     }
 }
@@ -1611,8 +1691,8 @@ mod tests {
     /// A four-token kernel off in one bit for its third token is caught.
     #[test]
     fn the_check_catches_a_four_token_kernel_off_by_one_bit() {
-        fn q5_0x4_off(x: &[[u8; Q5_0_BYTES]], y: [&[super::super::act::BlockQ8_0]; 4]) -> [f32; 4] {
-            let mut v = y.map(|y| scalar::vec_dot_q5_0_q8_0(x, y));
+        fn q5_0x4_off(x: &[[u8; Q5_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
+            let mut v = y.map(|y| scalar::vec_dot_q5_0_q8_0(x, y.blocks));
             if x.len() == 9 {
                 v[2] = f32::from_bits(v[2].to_bits() ^ 1);
             }
