@@ -87,6 +87,19 @@ test('the official OpenAI client library works against the relay unmodified', as
   }
   assert.equal(text, want.text);
   assert.equal(usage.completion_tokens, want.tokens.length);
+  // The legacy text completion: the prompt continued as it is.
+  const start = 'One, two, three,';
+  const cont = localAnswer(start, 6, undefined, { chat: false });
+  const done = await client.completions.create({ model, prompt: start, max_tokens: 6, temperature: 0 });
+  assert.equal(done.choices[0].text, cont.text);
+  assert.equal(done.usage.completion_tokens, cont.tokens.length);
+  let streamed = '';
+  for await (const chunk of await client.completions.create({
+    model, prompt: start, max_tokens: 6, temperature: 0, stream: true,
+  })) {
+    streamed += chunk.choices[0]?.text ?? '';
+  }
+  assert.equal(streamed, cont.text);
   await assert.rejects(
     client.chat.completions.create({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] }),
     (e) => e.status === 404 && e.code === 'model_not_found',

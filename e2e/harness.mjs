@@ -167,9 +167,11 @@ export function probe(relay, peer, spec) {
 
 /** What the model answers locally to a chat `prompt` (greedy), with the
  * native engine: the reference for answers that come over the network. */
-export function localAnswer(prompt, maxTokens, file = MODEL_FILE) {
+export function localAnswer(prompt, maxTokens, file = MODEL_FILE, { chat = true } = {}) {
+  // chat: the prompt as a user message in the model's template; false: the
+  // text continued as it is (what /v1/completions does).
   const out = execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', join(MODELS_DIR, file), '--chat',
+    'generate', '--model', join(MODELS_DIR, file), ...(chat ? ['--chat'] : []),
     '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
   ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   return JSON.parse(out);

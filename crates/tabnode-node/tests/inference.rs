@@ -271,6 +271,96 @@ fn tokens_of(ledger: &Value, peer: &str) -> u64 {
         .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
 
+/// `/v1/completions` continues the prompt as it is (no chat template):
+/// whole, streamed and echoed, the engine's own greedy text and count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_completions_continue_the_prompt_as_the_engine_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+
+    let prompt = "One, two, three, four,";
+    let mut r = GenerateRequest::new(Prompt::Text(prompt.into()));
+    r.max_tokens = 6;
+    let want = engine()
+        .generate(&r, &|| false, &mut |_, _| {})
+        .expect("local generation");
+    assert!(!want.text.is_empty());
+    let body = |stream: bool, echo: bool| {
+        json!({
+            "model": model(), "prompt": prompt, "max_tokens": 6, "temperature": 0,
+            "stream": stream, "echo": echo, "stream_options": { "include_usage": true },
+        })
+        .to_string()
+    };
+    for echo in [false, true] {
+        let expected = if echo {
+            format!("{prompt}{}", want.text)
+        } else {
+            want.text.clone()
+        };
+        let whole = http(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(&body(false, echo)),
+            &[],
+        )
+        .await;
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let v = whole.json();
+        assert_eq!(v["object"], "text_completion");
+        assert!(
+            v["id"].as_str().is_some_and(|id| id.starts_with("cmpl-")),
+            "{v}"
+        );
+        assert_eq!(v["choices"][0]["text"], expected.as_str(), "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(6));
+
+        let streamed = http(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(&body(true, echo)),
+            &[],
+        )
+        .await;
+        assert_eq!(streamed.status, 200, "{}", streamed.body);
+        let events = streamed.events();
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let (mut text, mut usage, mut finish) = (String::new(), None, None);
+        for e in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(e).expect("chunk JSON");
+            assert_eq!(v["object"], "text_completion", "{e}");
+            match v["choices"].get(0) {
+                Some(c) => {
+                    text.push_str(c["text"].as_str().expect("text"));
+                    if let Some(f) = c["finish_reason"].as_str() {
+                        finish = Some(f.to_string());
+                    }
+                }
+                None => usage = v["usage"]["completion_tokens"].as_u64(),
+            }
+        }
+        assert_eq!(text, expected);
+        assert_eq!((finish.as_deref(), usage), (Some("length"), Some(6)));
+    }
+    // Errors in OpenAI's format, naming the parameter.
+    let bad = http(
+        addr,
+        "POST",
+        "/v1/completions",
+        Some(&json!({ "model": model(), "prompt": [1, 2] }).to_string()),
+        &[],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["param"], "prompt");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_spread_over_nodes_and_the_ledger_matches_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -50,6 +50,7 @@ pub(crate) fn router(
     let www = root.join("www");
     let v1 = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/{*rest}", any(openai::not_found))

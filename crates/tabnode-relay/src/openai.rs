@@ -1,4 +1,5 @@
-//! The OpenAI-compatible API: `POST /v1/chat/completions` (streamed as
+//! The OpenAI-compatible API: `POST /v1/chat/completions` and the legacy
+//! `POST /v1/completions` (a prompt continued as it is; both streamed as
 //! server-sent events or whole), `GET /v1/models` and `GET /v1/models/{id}`,
 //! with errors in OpenAI's format and status codes, per-address rate
 //! limiting, and CORS for third-party pages. Answers carry a `tabnode`
@@ -30,6 +31,9 @@ use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest, InferConte
 
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Tokens a text completion generates when the request does not say
+/// (OpenAI's default for `/v1/completions`).
+const DEFAULT_COMPLETION_TOKENS: u32 = 16;
 /// The most tokens one request may ask for.
 const MAX_TOKENS: u32 = 4096;
 
@@ -199,8 +203,28 @@ struct StreamOptions {
 /// accepted and ignored, as OpenAI's optional parameters.
 #[derive(Debug, Deserialize)]
 struct ChatBody {
-    model: Option<String>,
     messages: Option<Vec<Value>>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// The fields of a legacy text completion request that tabnode reads.
+#[derive(Debug, Deserialize)]
+struct CompletionBody {
+    prompt: Option<Value>,
+    suffix: Option<Value>,
+    #[serde(default)]
+    echo: bool,
+    logprobs: Option<Value>,
+    best_of: Option<u32>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// What chat and text completion requests share.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: Option<String>,
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
@@ -256,10 +280,7 @@ fn parse(body: &[u8]) -> Result<Parsed, Invalid> {
             format!("The request body is not valid JSON for a chat completion: {e}"),
         )
     })?;
-    let model = b
-        .model
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| invalid(Some("model"), "you must provide a model parameter"))?;
+    let model = model_of(&b.common)?;
     let raw = b
         .messages
         .filter(|m| !m.is_empty())
@@ -279,13 +300,26 @@ fn parse(body: &[u8]) -> Result<Parsed, Invalid> {
         let content = text_of(m.get("content").unwrap_or(&Value::Null), i)?;
         messages.push(ChatMessage { role, content });
     }
+    common(model, Prompt::Chat(messages), b.common, DEFAULT_MAX_TOKENS)
+}
+
+fn model_of(b: &Common) -> Result<String, Invalid> {
+    b.model
+        .clone()
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| invalid(Some("model"), "you must provide a model parameter"))
+}
+
+/// The request of `prompt` with the sampling parameters of `b`
+/// (`default_max` tokens when it names none).
+fn common(model: String, prompt: Prompt, b: Common, default_max: u32) -> Result<Parsed, Invalid> {
     if b.n.is_some_and(|n| n != 1) {
         return Err(invalid(Some("n"), "only n = 1 is supported"));
     }
     let max_tokens = b
         .max_completion_tokens
         .or(b.max_tokens)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+        .unwrap_or(default_max);
     if max_tokens == 0 || max_tokens > MAX_TOKENS {
         return Err(invalid(
             Some("max_tokens"),
@@ -318,7 +352,7 @@ fn parse(body: &[u8]) -> Result<Parsed, Invalid> {
             ))
         }
     };
-    let mut request = GenerateRequest::new(Prompt::Chat(messages));
+    let mut request = GenerateRequest::new(prompt);
     request.max_tokens = max_tokens;
     request.temperature = temperature;
     request.top_p = top_p;
@@ -329,6 +363,67 @@ fn parse(body: &[u8]) -> Result<Parsed, Invalid> {
         api: ApiRequest { model, request },
         stream: b.stream,
         include_usage: b.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+/// A parsed text completion request: the request, and the prompt when the
+/// answer is to repeat it (`echo`).
+struct ParsedCompletion {
+    parsed: Parsed,
+    echo: Option<String>,
+}
+
+fn parse_completion(body: &[u8]) -> Result<ParsedCompletion, Invalid> {
+    let b: CompletionBody = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            None,
+            format!("The request body is not valid JSON for a completion: {e}"),
+        )
+    })?;
+    let model = model_of(&b.common)?;
+    let prompt = match b.prompt {
+        Some(Value::String(s)) => s,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            return Err(invalid(
+                Some("prompt"),
+                "only one prompt per request is supported (an array of one string)",
+            ))
+        }
+        Some(Value::Array(_)) => {
+            return Err(invalid(
+                Some("prompt"),
+                "prompts as token ids are not supported; send the text",
+            ))
+        }
+        None | Some(Value::Null) => {
+            return Err(invalid(Some("prompt"), "you must provide a prompt"))
+        }
+        Some(_) => return Err(invalid(Some("prompt"), "prompt must be a string")),
+    };
+    if b.suffix.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(invalid(Some("suffix"), "suffix is not supported"));
+    }
+    if b.logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v.as_u64() != Some(0))
+    {
+        return Err(invalid(Some("logprobs"), "logprobs are not supported"));
+    }
+    if b.best_of.is_some_and(|n| n != 1) {
+        return Err(invalid(Some("best_of"), "only best_of = 1 is supported"));
+    }
+    let echo = b.echo.then(|| prompt.clone());
+    Ok(ParsedCompletion {
+        parsed: common(
+            model,
+            Prompt::Text(prompt),
+            b.common,
+            DEFAULT_COMPLETION_TOKENS,
+        )?,
+        echo,
     })
 }
 
@@ -362,12 +457,13 @@ fn tabnode_json(u: &Usage) -> Value {
     })
 }
 
-/// `POST /v1/chat/completions`.
-pub(crate) async fn chat_completions(
-    State(api): State<Api>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+/// The checks every generation request passes first: the client's rate
+/// limit and a readable body.
+fn admit(
+    api: &Api,
+    addr: SocketAddr,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Bytes, Box<Response>> {
     if let Err(retry) = api.limiter.check(addr.ip()) {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -382,56 +478,196 @@ pub(crate) async fn chat_completions(
         if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return r;
+        return Err(Box::new(r));
     }
-    let body = match body {
+    match body {
+        Ok(b) => Ok(b),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            None,
+            format!(
+                "The request body is larger than {} bytes.",
+                api.infer.config.max_body_bytes
+            ),
+        ))),
+        Err(e) => Err(Box::new(bad_request(None, e.body_text()))),
+    }
+}
+
+/// A request handed to the network and matched with a node.
+struct Started {
+    request_id: u64,
+    node: String,
+    events: mpsc::Receiver<ApiEvent>,
+}
+
+/// Runs `request` on the network until a node takes it (or it fails).
+async fn start(api: &Api, request: ApiRequest) -> Result<Started, Box<Response>> {
+    let (tx, mut rx) = mpsc::channel(256);
+    tokio::spawn(run_request(api.infer.clone(), request, tx));
+    match rx.recv().await {
+        Some(ApiEvent::Started {
+            request_id, node, ..
+        }) => Ok(Started {
+            request_id,
+            node,
+            events: rx,
+        }),
+        Some(ApiEvent::Failed(f)) => Err(Box::new(failure(&f))),
+        other => Err(Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            None,
+            format!("unexpected start of a request: {other:?}"),
+        ))),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(api): State<Api>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match admit(&api, addr, body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                Some("request_too_large"),
-                None,
-                format!(
-                    "The request body is larger than {} bytes.",
-                    api.infer.config.max_body_bytes
-                ),
-            )
-        }
-        Err(e) => return bad_request(None, e.body_text()),
+        Err(r) => return *r,
     };
     let parsed = match parse(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let model = tabnode_core::model_id(&parsed.api.model);
-    let (tx, mut rx) = mpsc::channel(256);
-    tokio::spawn(run_request(api.infer.clone(), parsed.api, tx));
-    let (request_id, node) = match rx.recv().await {
-        Some(ApiEvent::Started {
-            request_id, node, ..
-        }) => (request_id, node),
-        Some(ApiEvent::Failed(f)) => return failure(&f),
-        other => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                None,
-                format!("unexpected start of a request: {other:?}"),
-            )
-        }
+    let started = match start(&api, parsed.api).await {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
-    let id = format!("chatcmpl-{request_id:016x}");
+    let id = format!("chatcmpl-{:016x}", started.request_id);
+    answer(
+        Kind::Chat,
+        id,
+        model,
+        (parsed.stream, parsed.include_usage),
+        started,
+    )
+    .await
+}
+
+/// `POST /v1/completions`: OpenAI's legacy text completion, the prompt
+/// continued as it is (no chat template), for base models and chat models
+/// alike.
+pub(crate) async fn completions(
+    State(api): State<Api>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match admit(&api, addr, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let ParsedCompletion { parsed, echo } = match parse_completion(&body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let model = tabnode_core::model_id(&parsed.api.model);
+    let started = match start(&api, parsed.api).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let id = format!("cmpl-{:016x}", started.request_id);
+    let stream = (parsed.stream, parsed.include_usage);
+    answer(Kind::Text { echo }, id, model, stream, started).await
+}
+
+/// Which API an answer is in.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// `chat.completion` and its chunks.
+    Chat,
+    /// `text_completion`, starting with the prompt when `echo` holds it.
+    Text { echo: Option<String> },
+}
+
+impl Kind {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text { .. }, _) => "text_completion",
+        }
+    }
+
+    /// The one choice of a whole answer.
+    fn choice(&self, text: String, finish: FinishReason) -> Value {
+        match self {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": text, "refusal": null },
+                "logprobs": null,
+                "finish_reason": finish_reason(finish),
+            }),
+            Kind::Text { echo } => json!({
+                "text": format!("{}{text}", echo.as_deref().unwrap_or_default()),
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": finish_reason(finish),
+            }),
+        }
+    }
+
+    /// The choice of a chunk: `text` (`None`: the opening chunk) and the
+    /// finish reason of the last.
+    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+        match self {
+            Kind::Chat => {
+                let delta = match text {
+                    None => json!({ "role": "assistant", "content": "" }),
+                    Some(t) if finish.is_none() => json!({ "content": t }),
+                    Some(_) => json!({}),
+                };
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+            }
+            Kind::Text { echo } => {
+                let text = match text {
+                    None => echo.as_deref().unwrap_or_default(),
+                    Some(t) => t,
+                };
+                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
+            }
+        }
+    }
+}
+
+/// The answer to a started request: whole, or streamed (`(stream,
+/// include_usage)`).
+async fn answer(
+    kind: Kind,
+    id: String,
+    model: String,
+    (streamed, include_usage): (bool, bool),
+    started: Started,
+) -> Response {
     let created = now_s();
-    if parsed.stream {
-        stream(id, created, model, node, parsed.include_usage, rx)
+    if streamed {
+        stream(
+            kind,
+            id,
+            created,
+            model,
+            started.node,
+            include_usage,
+            started.events,
+        )
     } else {
-        whole(id, created, model, rx).await
+        whole(kind, id, created, model, started.events).await
     }
 }
 
 async fn whole(
+    kind: Kind,
     id: String,
     created: u64,
     model: String,
@@ -446,16 +682,11 @@ async fn whole(
             ApiEvent::Done { finish, usage } => {
                 return Json(json!({
                     "id": id,
-                    "object": "chat.completion",
+                    "object": kind.object(false),
                     "created": created,
                     "model": model,
                     "system_fingerprint": null,
-                    "choices": [{
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text, "refusal": null },
-                        "logprobs": null,
-                        "finish_reason": finish_reason(finish),
-                    }],
+                    "choices": [kind.choice(text, finish)],
                     "usage": usage_json(&usage),
                     "tabnode": tabnode_json(&usage),
                 }))
@@ -473,6 +704,7 @@ async fn whole(
 }
 
 fn stream(
+    kind: Kind,
     id: String,
     created: u64,
     model: String,
@@ -480,14 +712,14 @@ fn stream(
     include_usage: bool,
     mut rx: mpsc::Receiver<ApiEvent>,
 ) -> Response {
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Value| {
+    let chunk = move |text: Option<&str>, finish: Option<&str>, extra: Value| {
         let mut c = json!({
             "id": id,
-            "object": "chat.completion.chunk",
+            "object": kind.object(true),
             "created": created,
             "model": model,
             "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            "choices": [kind.delta(text, finish)],
         });
         if let (Some(obj), Value::Object(extra)) = (c.as_object_mut(), extra) {
             obj.extend(extra);
@@ -497,11 +729,7 @@ fn stream(
     let (out, mut events) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let data = |v: &Value| Event::default().data(v.to_string());
-        let first = chunk(
-            json!({ "role": "assistant", "content": "" }),
-            None,
-            json!({ "tabnode": { "node": node } }),
-        );
+        let first = chunk(None, None, json!({ "tabnode": { "node": node } }));
         if out.send(data(&first)).await.is_err() {
             return;
         }
@@ -509,16 +737,12 @@ fn stream(
             let sent = match e {
                 ApiEvent::Started { .. } => true,
                 ApiEvent::Text { text, node, .. } => {
-                    let c = chunk(
-                        json!({ "content": text }),
-                        None,
-                        json!({ "tabnode": { "node": node } }),
-                    );
+                    let c = chunk(Some(&text), None, json!({ "tabnode": { "node": node } }));
                     out.send(data(&c)).await.is_ok()
                 }
                 ApiEvent::Done { finish, usage } => {
                     let mut last = chunk(
-                        json!({}),
+                        Some(""),
                         Some(finish_reason(finish)),
                         json!({ "tabnode": tabnode_json(&usage) }),
                     );
@@ -594,7 +818,7 @@ pub(crate) async fn not_found() -> Response {
         "invalid_request_error",
         Some("unknown_url"),
         None,
-        "Unknown request URL. tabnode serves POST /v1/chat/completions and GET /v1/models.",
+        "Unknown request URL. tabnode serves POST /v1/chat/completions, POST /v1/completions and GET /v1/models.",
     )
 }
 
@@ -646,6 +870,66 @@ mod tests {
             br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
         ] {
             assert_eq!(status(parse(body)), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn text_completions_are_read_like_openai_reads_them() {
+        let p = parse_completion(
+            br#"{"model":"m","prompt":["Once upon a time"],"echo":true,"logprobs":null,
+                "suffix":null,"best_of":1,"temperature":0,"stop":["\n"],"stream":true}"#,
+        )
+        .unwrap_or_else(|e| panic!("valid request: {e}"));
+        assert!(p.parsed.stream);
+        assert_eq!(p.echo.as_deref(), Some("Once upon a time"));
+        let r = &p.parsed.api.request;
+        assert_eq!(r.prompt, Prompt::Text("Once upon a time".into()));
+        assert_eq!(
+            (r.max_tokens, r.temperature),
+            (DEFAULT_COMPLETION_TOKENS, 0.0)
+        );
+        assert_eq!(r.stop, vec!["\n".to_string()]);
+        let p = parse_completion(br#"{"model":"m","prompt":"x","max_tokens":3}"#)
+            .unwrap_or_else(|e| panic!("valid request: {e}"));
+        assert_eq!((p.echo, p.parsed.api.request.max_tokens), (None, 3));
+    }
+
+    #[test]
+    fn bad_text_completions_are_400s_naming_the_parameter() {
+        for (body, param) in [
+            (&b"[1]"[..], None),
+            (br#"{"prompt":"x"}"#, Some("model")),
+            (br#"{"model":"m"}"#, Some("prompt")),
+            (br#"{"model":"m","prompt":[1,2,3]}"#, Some("prompt")),
+            (br#"{"model":"m","prompt":["a","b"]}"#, Some("prompt")),
+            (br#"{"model":"m","prompt":7}"#, Some("prompt")),
+            (
+                br#"{"model":"m","prompt":"x","suffix":"y"}"#,
+                Some("suffix"),
+            ),
+            (
+                br#"{"model":"m","prompt":"x","logprobs":2}"#,
+                Some("logprobs"),
+            ),
+            (
+                br#"{"model":"m","prompt":"x","best_of":3}"#,
+                Some("best_of"),
+            ),
+            (br#"{"model":"m","prompt":"x","n":2}"#, Some("n")),
+            (
+                br#"{"model":"m","prompt":"x","max_tokens":5000}"#,
+                Some("max_tokens"),
+            ),
+            (br#"{"model":"m","prompt":"x","top_p":0}"#, Some("top_p")),
+        ] {
+            let text = String::from_utf8_lossy(body);
+            match parse_completion(body) {
+                Ok(_) => panic!("accepted {text}"),
+                Err(e) => {
+                    assert_eq!(e.param.as_deref(), param, "{text}: {e}");
+                    assert_eq!(e.into_response().status(), StatusCode::BAD_REQUEST);
+                }
+            }
         }
     }
 
