@@ -628,6 +628,16 @@ mod x86 {
         y.map(|y| isum_q6_k_of(&q, &sc, y))
     }
 
+    /// [`hsum8`] from its first step's pairs `h[j] = hadd(p[2j], p[2j+1])`.
+    #[target_feature(enable = "avx2")]
+    fn hsum4(h: &[__m256i; 4]) -> __m256i {
+        let h0123 = _mm256_hadd_epi32(h[0], h[1]);
+        let h4567 = _mm256_hadd_epi32(h[2], h[3]);
+        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+        _mm256_add_epi32(lo, hi)
+    }
+
     /// The eight `i32` lanes of each of `p[0..8]` summed: lane `k` of the
     /// result is the total of `p[k]` (exact integer adds).
     #[target_feature(enable = "avx2")]
@@ -826,10 +836,30 @@ mod x86 {
         for (g, xg) in xs.iter().enumerate() {
             let q: [__m256i; 8] = std::array::from_fn(|k| unpack(&xg[k]));
             let sc = scales(xg);
-            for (acc, tok) in acc.iter_mut().zip(y) {
-                let yg = &tok.blocks[8 * g..8 * g + 8];
-                let p: [__m256i; 8] = std::array::from_fn(|k| part(q[k], &yg[k]));
-                *acc = _mm256_add_ps(*acc, term(sc, tok, 8 * g, hsum8(&p)));
+            // Two tokens at a time, their sums interleaved step by step:
+            // each token's chain (products, the lane sums' tree, the float
+            // term) is long, two side by side keep the units busy.
+            for t in [0, 2] {
+                let (ta, tb) = (y[t], y[t + 1]);
+                let (ya, yb) = (&ta.blocks[8 * g..8 * g + 8], &tb.blocks[8 * g..8 * g + 8]);
+                let mut ha = [_mm256_setzero_si256(); 4];
+                let mut hb = [_mm256_setzero_si256(); 4];
+                for j in 0..4 {
+                    ha[j] = _mm256_hadd_epi32(
+                        part(q[2 * j], &ya[2 * j]),
+                        part(q[2 * j + 1], &ya[2 * j + 1]),
+                    );
+                    hb[j] = _mm256_hadd_epi32(
+                        part(q[2 * j], &yb[2 * j]),
+                        part(q[2 * j + 1], &yb[2 * j + 1]),
+                    );
+                }
+                let sa = hsum4(&ha);
+                let sb = hsum4(&hb);
+                let fa = term(sc, ta, 8 * g, sa);
+                let fb = term(sc, tb, 8 * g, sb);
+                acc[t] = _mm256_add_ps(acc[t], fa);
+                acc[t + 1] = _mm256_add_ps(acc[t + 1], fb);
             }
         }
         if !x_tail.is_empty() {
