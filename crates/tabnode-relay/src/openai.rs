@@ -532,27 +532,9 @@ pub(crate) async fn chat_completions(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit(&api, addr, body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let parsed = match parse(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let model = tabnode_core::model_id(&parsed.api.model);
-    let started = match start(&api, parsed.api).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let id = format!("chatcmpl-{:016x}", started.request_id);
-    answer(
-        Kind::Chat,
-        id,
-        model,
-        (parsed.stream, parsed.include_usage),
-        started,
-    )
+    serve(&api, addr, body, "chatcmpl", |b| {
+        Ok((parse(b)?, Kind::Chat))
+    })
     .await
 }
 
@@ -564,22 +546,51 @@ pub(crate) async fn completions(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit(&api, addr, body) {
+    serve(&api, addr, body, "cmpl", |b| {
+        let ParsedCompletion { parsed, echo } = parse_completion(b)?;
+        Ok((parsed, Kind::Text { echo }))
+    })
+    .await
+}
+
+/// A generation request end to end: admitted, parsed (`parse`: the request
+/// and the API its answer is in), run on the network, answered whole or
+/// streamed under an id `{prefix}-{request id}`.
+async fn serve(
+    api: &Api,
+    addr: SocketAddr,
+    body: Result<Bytes, BytesRejection>,
+    prefix: &str,
+    parse: impl FnOnce(&[u8]) -> Result<(Parsed, Kind), Invalid>,
+) -> Response {
+    let body = match admit(api, addr, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let ParsedCompletion { parsed, echo } = match parse_completion(&body) {
+    let (parsed, kind) = match parse(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let model = tabnode_core::model_id(&parsed.api.model);
-    let started = match start(&api, parsed.api).await {
+    let started = match start(api, parsed.api).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let id = format!("cmpl-{:016x}", started.request_id);
-    let stream = (parsed.stream, parsed.include_usage);
-    answer(Kind::Text { echo }, id, model, stream, started).await
+    let id = format!("{prefix}-{:016x}", started.request_id);
+    let created = now_s();
+    if parsed.stream {
+        stream(
+            kind,
+            id,
+            created,
+            model,
+            started.node,
+            parsed.include_usage,
+            started.events,
+        )
+    } else {
+        whole(kind, id, created, model, started.events).await
+    }
 }
 
 /// Which API an answer is in.
@@ -638,31 +649,6 @@ impl Kind {
                 json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
             }
         }
-    }
-}
-
-/// The answer to a started request: whole, or streamed (`(stream,
-/// include_usage)`).
-async fn answer(
-    kind: Kind,
-    id: String,
-    model: String,
-    (streamed, include_usage): (bool, bool),
-    started: Started,
-) -> Response {
-    let created = now_s();
-    if streamed {
-        stream(
-            kind,
-            id,
-            created,
-            model,
-            started.node,
-            include_usage,
-            started.events,
-        )
-    } else {
-        whole(kind, id, created, model, started.events).await
     }
 }
 
