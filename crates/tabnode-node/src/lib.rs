@@ -263,7 +263,7 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         capabilities.max_pof_n = max_n;
     }
     if let Some(s) = &server {
-        capabilities.models = vec![s.model_name().to_string()];
+        capabilities.models = s.model_names();
         capabilities.engine = s.engine();
         capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);
     }

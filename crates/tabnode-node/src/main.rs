@@ -42,9 +42,10 @@ struct Args {
     /// (any wgpu adapter, software ones included) or cpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
     prover: String,
-    /// Serve this GGUF model to the network (omit to serve none).
+    /// Serve this GGUF model to the network; repeat to serve several (they
+    /// share the slots). Omit to serve none.
     #[arg(long, env = "TABNODE_SERVE_MODEL")]
-    model: Option<PathBuf>,
+    model: Vec<PathBuf>,
     /// Where the served model runs.
     #[arg(long, value_enum, default_value_t = generate::DeviceArg::Cpu)]
     device: generate::DeviceArg,
@@ -105,13 +106,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gpu" => Backend::detect(true),
         _ => Backend::detect(false),
     };
-    let server = match &args.model {
-        Some(path) => {
+    let server = if args.model.is_empty() {
+        None
+    } else {
+        let mut engines: Vec<Arc<dyn tabnode_node::serve::ServedModel>> = Vec::new();
+        for path in &args.model {
             let engine = generate::load_engine(path, args.device)?;
             println!("serving {} ({})", engine.info.name, path.display());
-            Some(Arc::new(InferServer::new(Arc::new(engine), args.slots)))
+            engines.push(Arc::new(engine));
         }
-        None => None,
+        Some(Arc::new(InferServer::serving(engines, args.slots)?))
     };
     let node = spawn(NodeConfig {
         relay,

@@ -1,5 +1,6 @@
 //! Serving generations to the network from the local [`Engine`].
 //!
+//! A server holds one or more models; its slots are shared by all of them.
 //! The relay sends [`Request::Infer`]; [`InferServer::accept`] checks it
 //! (model, prompt size, sampling values, free slot) and answers at once;
 //! [`InferServer::run`] then generates on a blocking thread and streams the
@@ -80,8 +81,8 @@ impl ServedModel for Engine {
 
 /// A model served to the network.
 pub struct InferServer {
-    engine: Arc<dyn ServedModel>,
-    id: String,
+    /// The models by network id, in the order given.
+    models: Vec<(String, Arc<dyn ServedModel>)>,
     slots: usize,
     running: Mutex<HashSet<u64>>,
     cancelled: Mutex<HashSet<u64>>,
@@ -89,8 +90,9 @@ pub struct InferServer {
 
 impl std::fmt::Debug for InferServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.models.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("InferServer")
-            .field("model", &self.id)
+            .field("models", &ids)
             .field("slots", &self.slots)
             .finish()
     }
@@ -101,26 +103,71 @@ enum Piece {
     End(InferEnd),
 }
 
+/// Why a set of models cannot be served together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// No model was given.
+    #[error("no model to serve")]
+    NoModel,
+    /// Two models have the same network id (the same model twice).
+    #[error("two of the models are {0}: serve each model once")]
+    Duplicate(String),
+}
+
 impl InferServer {
     /// Serves `engine`, running at most `slots` generations at once.
     pub fn new(engine: Arc<dyn ServedModel>, slots: usize) -> Self {
+        Self::from_parts(vec![(model_id(engine.name()), engine)], slots)
+    }
+
+    /// Serves every model of `engines`, running at most `slots` generations
+    /// at once in all.
+    ///
+    /// # Errors
+    /// [`ServeError::NoModel`] for an empty list,
+    /// [`ServeError::Duplicate`] when two have the same network id.
+    pub fn serving(engines: Vec<Arc<dyn ServedModel>>, slots: usize) -> Result<Self, ServeError> {
+        if engines.is_empty() {
+            return Err(ServeError::NoModel);
+        }
+        let mut models: Vec<(String, Arc<dyn ServedModel>)> = Vec::with_capacity(engines.len());
+        for engine in engines {
+            let id = model_id(engine.name());
+            if models.iter().any(|(other, _)| *other == id) {
+                return Err(ServeError::Duplicate(id));
+            }
+            models.push((id, engine));
+        }
+        Ok(Self::from_parts(models, slots))
+    }
+
+    fn from_parts(models: Vec<(String, Arc<dyn ServedModel>)>, slots: usize) -> Self {
         Self {
-            id: model_id(engine.name()),
-            engine,
+            models,
             slots: slots.max(1),
             running: Mutex::new(HashSet::new()),
             cancelled: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The model's name, as registered with the relay.
-    pub fn model_name(&self) -> &str {
-        self.engine.name()
+    /// The models' names, as registered with the relay.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .map(|(_, m)| m.name().to_string())
+            .collect()
     }
 
-    /// Where the model runs (see [`ServedModel::engine`]).
+    /// Where the models run (see [`ServedModel::engine`]; the first
+    /// model's: a node runs all of them on one device).
     pub fn engine(&self) -> Option<EngineChoice> {
-        self.engine.engine()
+        self.models.first().and_then(|(_, m)| m.engine())
+    }
+
+    /// The model a request names, if this server has it.
+    fn model(&self, name: &str) -> Option<&Arc<dyn ServedModel>> {
+        let id = model_id(name);
+        self.models.iter().find(|(m, _)| *m == id).map(|(_, m)| m)
     }
 
     /// Generations this server runs at once.
@@ -137,13 +184,14 @@ impl InferServer {
     /// [`Response::InferAccepted`] means [`InferServer::run`] must follow.
     pub fn accept(&self, request: &InferRequest) -> Response {
         let refuse = |code, message: String| Response::Error { code, message };
-        if model_id(&request.model) != self.id {
+        let Some(engine) = self.model(&request.model) else {
+            let ids: Vec<&str> = self.models.iter().map(|(id, _)| id.as_str()).collect();
             return refuse(
                 ErrorCode::UnknownModel,
-                format!("this node serves {}, not {}", self.id, request.model),
+                format!("this node serves {}, not {}", ids.join(", "), request.model),
             );
-        }
-        let prompt_tokens = match self.engine.check(&request.request) {
+        };
+        let prompt_tokens = match engine.check(&request.request) {
             Ok(n) => n,
             Err(e @ EngineError::Generate(GenerateError::PromptTooLong { .. })) => {
                 return refuse(ErrorCode::TooLarge, e.to_string())
@@ -202,14 +250,20 @@ impl InferServer {
         let (tx, mut pieces) = mpsc::unbounded::<Piece>();
         let server = self.clone();
         let generation = request.request.clone();
+        let engine = self.model(&request.model).cloned();
+        let model = request.model.clone();
         let worker = tokio::task::spawn_blocking(move || {
             let on = tx.clone();
-            let result =
-                server
-                    .engine
+            let result = match engine {
+                Some(engine) => engine
                     .generate(&generation, &|| server.is_cancelled(id), &mut |t, s| {
                         let _ = on.unbounded_send(Piece::Tokens(t.to_vec(), s.to_string()));
-                    });
+                    })
+                    .map_err(|e| e.to_string()),
+                // `accept` checked the model: only a caller that skipped
+                // it gets here.
+                None => Err(format!("this node does not serve {model}")),
+            };
             let end = match result {
                 Ok(r) => InferEnd::Done(InferDone {
                     finish: r.finish,
@@ -217,7 +271,7 @@ impl InferServer {
                     decode_ms: r.decode_ms,
                     device: r.device,
                 }),
-                Err(e) => InferEnd::Failed(e.to_string()),
+                Err(e) => InferEnd::Failed(e),
             };
             let _ = tx.unbounded_send(Piece::End(end));
         });
@@ -281,5 +335,80 @@ impl InferServer {
         // Let the generation thread see the cancel flag and end.
         let _ = worker.await;
         self.release(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model that only has a name: the server's bookkeeping is under test.
+    struct Named(&'static str);
+
+    impl ServedModel for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn check(&self, _: &GenerateRequest) -> Result<u32, EngineError> {
+            Ok(1)
+        }
+        fn generate(
+            &self,
+            _: &GenerateRequest,
+            _: &dyn Fn() -> bool,
+            _: &mut dyn FnMut(&[u32], &str),
+        ) -> Result<GenerateResult, EngineError> {
+            Err(EngineError::Generate(GenerateError::Device(
+                "a name only".into(),
+            )))
+        }
+    }
+
+    fn request(model: &str, id: u64) -> InferRequest {
+        InferRequest {
+            request_id: id,
+            attempt: 0,
+            model: model.into(),
+            request: GenerateRequest::new(tabnode_core::infer::Prompt::Text("x".into())),
+        }
+    }
+
+    #[test]
+    fn several_models_share_the_slots_and_unknown_ones_are_refused() {
+        let s = InferServer::serving(vec![Arc::new(Named("A Model")), Arc::new(Named("B"))], 2)
+            .expect("two models");
+        assert_eq!(s.model_names(), ["A Model", "B"]);
+        assert!(matches!(
+            s.accept(&request("a-model", 1)),
+            Response::InferAccepted { .. }
+        ));
+        assert!(matches!(
+            s.accept(&request("B", 2)),
+            Response::InferAccepted { .. }
+        ));
+        match s.accept(&request("B", 3)) {
+            Response::Error { code, .. } => assert_eq!(code, ErrorCode::Busy),
+            other => panic!("{other:?}"),
+        }
+        s.release(1);
+        match s.accept(&request("c", 4)) {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::UnknownModel);
+                assert!(message.contains("a-model, b"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_model_or_the_same_model_twice_is_an_error() {
+        assert_eq!(
+            InferServer::serving(Vec::new(), 1).err(),
+            Some(ServeError::NoModel)
+        );
+        assert_eq!(
+            InferServer::serving(vec![Arc::new(Named("X 1")), Arc::new(Named("x-1"))], 1).err(),
+            Some(ServeError::Duplicate("x-1".into()))
+        );
     }
 }

@@ -271,6 +271,68 @@ fn tokens_of(ledger: &Value, peer: &str) -> u64 {
         .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
 
+/// Qwen2.5-Coder-0.5B-Instruct on the quantized engine (fetched by
+/// `scripts/setup.sh`).
+fn qwen() -> Arc<Engine> {
+    static QWEN: OnceLock<Arc<Engine>> = OnceLock::new();
+    QWEN.get_or_init(|| {
+        let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
+            }
+        };
+        let bytes = std::fs::read(dir.join("Qwen2.5-Coder-0.5B-Instruct.gguf"))
+            .expect("Qwen2.5-Coder-0.5B-Instruct (scripts/setup.sh)");
+        Arc::new(Engine::load_quantized(bytes).expect("qwen engine"))
+    })
+    .clone()
+}
+
+/// One node serving two models: the relay lists both with that node and
+/// routes each request to the model it names; each answer is that model's
+/// own greedy text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_serves_two_models_and_each_request_gets_its_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let models: Vec<Arc<dyn tabnode_node::serve::ServedModel>> = vec![engine(), qwen()];
+    let server = InferServer::serving(models, 2).expect("two models");
+    let _node = node_serving(
+        relay.tcp_addr().expect("tcp"),
+        honest_prover(),
+        Arc::new(server),
+    );
+    wait_for_model(addr, 1).await;
+    let qwen_id = tabnode_core::model_id(&qwen().info.name);
+    assert_ne!(qwen_id, model());
+    let listed = http(addr, "GET", "/v1/models", None, &[]).await.json();
+    for id in [model(), qwen_id.clone()] {
+        let m = listed["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("{id} listed: {listed}"));
+        assert_eq!(m["tabnode"]["nodes"].as_u64(), Some(1), "{m}");
+    }
+    let prompt = "What is the capital of France?";
+    for (id, engine) in [(model(), engine()), (qwen_id, qwen())] {
+        let mut r = GenerateRequest::new(chat(prompt));
+        r.max_tokens = 6;
+        let want = engine
+            .generate(&r, &|| false, &mut |_, _| {})
+            .expect("local generation");
+        let body = json!({
+            "model": id, "messages": [{ "role": "user", "content": prompt }],
+            "max_tokens": 6, "temperature": 0,
+        })
+        .to_string();
+        let a = read_answer(&post_chat(addr, &body).await, false);
+        assert_eq!(a.text, want.text, "{id}");
+        assert_eq!(a.completion_tokens as usize, want.tokens.len(), "{id}");
+    }
+}
+
 /// `/v1/completions` continues the prompt as it is (no chat template):
 /// whole, streamed and echoed, the engine's own greedy text and count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
