@@ -174,15 +174,28 @@ pub(crate) fn term_q4_1(x: &[u8; Q4_1_BYTES], y: &BlockQ8_1, isum: i32) -> f32 {
 /// `d` and `dmin`).
 #[inline]
 pub(crate) fn term_k_min(x: &[u8], yd: f32, isum: i32, msum: i32) -> f32 {
-    let d = f16_at(x, 0) * yd;
-    let dmin = f16_at(x, 2) * yd;
+    term_k_min_of(f16_at(x, 0), f16_at(x, 2), yd, isum, msum)
+}
+
+/// [`term_k_min`] from the block's `d` and `dmin` as floats (converted
+/// once for several tokens).
+#[inline]
+pub(crate) fn term_k_min_of(xd: f32, xdmin: f32, yd: f32, isum: i32, msum: i32) -> f32 {
+    let d = xd * yd;
+    let dmin = xdmin * yd;
     d * isum as f32 - dmin * msum as f32
 }
 
 /// The float part of a Q6_K block's term.
 #[inline]
 pub(crate) fn term_q6_k(x: &[u8; Q6_K_BYTES], yd: f32, isum: i32) -> f32 {
-    let d = f16_at(x, 208) * yd;
+    term_q6_k_of(f16_at(x, 208), yd, isum)
+}
+
+/// [`term_q6_k`] from the block's `d` as a float.
+#[inline]
+pub(crate) fn term_q6_k_of(xd: f32, yd: f32, isum: i32) -> f32 {
+    let d = xd * yd;
     d * isum as f32
 }
 

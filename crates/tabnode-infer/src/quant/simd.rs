@@ -166,7 +166,7 @@ mod x86 {
     use super::super::act::BlockQ8K;
     use super::super::act::{BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
-        scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
+        f16_at, scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
         Q8_0_BYTES, QK,
     };
     use super::Kernels;
@@ -470,12 +470,15 @@ mod x86 {
         unsafe { prefetch_after(x) };
         accumulate4(n, |b| {
             let x = &x[b];
+            let yb = y.map(|y| &y[b]);
             // SAFETY: as above.
-            let isums = unsafe { isum4_q4_k(x, y.map(|y| &y[b])) };
-            std::array::from_fn(|t| {
-                let yb = &y[t][b];
-                scalar::term_k_min(x, yb.d, isums[t], scalar::msum_k(&x[4..16], yb))
-            })
+            let sums = unsafe { isum4_q4_k(x, yb) };
+            let (xd, xdmin) = (f16_at(x, 0), f16_at(x, 2));
+            let mut t = [0f32; 4];
+            for ((t, (isum, msum)), yb) in t.iter_mut().zip(sums).zip(yb) {
+                *t = scalar::term_k_min_of(xd, xdmin, yb.d, isum, msum);
+            }
+            t
         })
     }
 
@@ -486,9 +489,15 @@ mod x86 {
         unsafe { prefetch_after(x) };
         accumulate4(n, |b| {
             let x = &x[b];
+            let yb = y.map(|y| &y[b]);
             // SAFETY: as above.
-            let isums = unsafe { isum4_q6_k(x, y.map(|y| &y[b])) };
-            std::array::from_fn(|t| scalar::term_q6_k(x, y[t][b].d, isums[t]))
+            let isums = unsafe { isum4_q6_k(x, yb) };
+            let xd = f16_at(x, 208);
+            let mut t = [0f32; 4];
+            for ((t, isum), yb) in t.iter_mut().zip(isums).zip(yb) {
+                *t = scalar::term_q6_k_of(xd, yb.d, isum);
+            }
+            t
         })
     }
 
@@ -550,18 +559,39 @@ mod x86 {
         hsum_i32(acc)
     }
 
-    /// [`isum_q4_k_of`] of one block for four tokens, unpacked once.
+    /// [`isum_q4_k`] of one block for four tokens, unpacked once (the
+    /// mins too: `Σⱼ mⱼ·Σ y` from the tokens' `bsums` with one `madd`).
     #[target_feature(enable = "avx2")]
-    fn isum4_q4_k(x: &[u8; Q4_K_BYTES], y: [&BlockQ8K; 4]) -> [i32; 4] {
+    fn isum4_q4_k(x: &[u8; Q4_K_BYTES], y: [&BlockQ8K; 4]) -> [(i32, i32); 4] {
         let (q, sc) = unpack_q4_k(x);
-        y.map(|y| isum_q4_k_of(&q, &sc, y))
+        // Lane pair (2j, 2j + 1): sub-block j's min, against bsums 2j and
+        // 2j + 1 (its 32 values): the scalar `msum_k`'s products, exact.
+        let m: [i16; 16] = std::array::from_fn(|l| i16::from(scale_min_k4(l / 2, &x[4..16]).1));
+        // SAFETY: `m` is 32 readable bytes.
+        let mins = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
+        y.map(|y| {
+            // SAFETY: `bsums` is 16 `i16`s, 32 readable bytes.
+            let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            (
+                isum_q4_k_of(&q, &sc, y),
+                hsum_i32(_mm256_madd_epi16(b, mins)),
+            )
+        })
     }
 
     /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
     #[target_feature(enable = "avx2")]
     fn isum_q6_k(x: &[u8; Q6_K_BYTES], y: &BlockQ8K) -> i32 {
         let (q, sc) = unpack_q6_k(x);
-        isum_q6_k_of(&q, &sc, y)
+        isum_q6_k_of(&q, &sc, scales16_q6_k(x), y)
+    }
+
+    /// A Q6_K block's 16 sub-block scales as `i16` lanes, in order.
+    #[target_feature(enable = "avx2")]
+    fn scales16_q6_k(x: &[u8; Q6_K_BYTES]) -> __m256i {
+        let raw: &[u8; 16] = x[192..208].try_into().unwrap_or(&[0; 16]);
+        // SAFETY: `raw` is 16 readable bytes.
+        _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(raw.as_ptr().cast()) })
     }
 
     /// A Q6_K block's eight runs of 32 values (0..63) and the scales of
@@ -606,26 +636,29 @@ mod x86 {
         (qs, scs)
     }
 
-    /// `Σⱼ scⱼ·Σ (q − 32)·y` of an unpacked Q6_K block (exact integers).
+    /// `Σⱼ scⱼ·Σ (q − 32)·y` of an unpacked Q6_K block (exact integers):
+    /// `Σⱼ scⱼ·Σ q·y` from the values (`maddubs` pairs within ±16,256),
+    /// less `32·Σⱼ scⱼ·Σ y` from the token's `bsums` (`scales16`: the 16
+    /// scales as `i16` lanes, one per `bsums` entry).
     #[target_feature(enable = "avx2")]
-    fn isum_q6_k_of(q: &[__m256i; 8], sc: &[__m256i; 8], y: &BlockQ8K) -> i32 {
-        let m32 = _mm256_set1_epi8(32);
+    fn isum_q6_k_of(q: &[__m256i; 8], sc: &[__m256i; 8], scales16: __m256i, y: &BlockQ8K) -> i32 {
         let ys = y.qs.as_slice();
         let mut acc = _mm256_setzero_si256();
         for (i, (q, sc)) in q.iter().zip(sc).enumerate() {
             let yk = load_at(ys, 32 * i);
-            // Σ q·y − 32·Σ y in pairs: |·| ≤ 63·127·2 + 32·127·2, an i16.
-            let d = _mm256_sub_epi16(_mm256_maddubs_epi16(*q, yk), _mm256_maddubs_epi16(m32, yk));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, *sc));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(*q, yk), *sc));
         }
-        hsum_i32(acc)
+        // SAFETY: `bsums` is 16 `i16`s, 32 readable bytes.
+        let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        hsum_i32(acc) - 32 * hsum_i32(_mm256_madd_epi16(b, scales16))
     }
 
     /// [`isum_q6_k_of`] of one block for four tokens, unpacked once.
     #[target_feature(enable = "avx2")]
     fn isum4_q6_k(x: &[u8; Q6_K_BYTES], y: [&BlockQ8K; 4]) -> [i32; 4] {
         let (q, sc) = unpack_q6_k(x);
-        y.map(|y| isum_q6_k_of(&q, &sc, y))
+        let scales16 = scales16_q6_k(x);
+        y.map(|y| isum_q6_k_of(&q, &sc, scales16, y))
     }
 
     /// [`hsum8`] from its first step's pairs `h[j] = hadd(p[2j], p[2j+1])`.
