@@ -823,10 +823,16 @@ fn rows<const B: usize, Y: Sync + act::BlockLanes>(
         run(w.data(), target);
     }
     if t > 1 {
+        // Row-major to token-major in tiles of 64 rows (the tile's values
+        // stay in the L1 cache; each token's 64 outputs are written in one
+        // run).
         let rows = w.rows();
-        for (r, values) in by_row.chunks_exact(t).enumerate() {
-            for (tok, v) in values.iter().enumerate() {
-                out[tok * rows + r] = *v;
+        for (tile, values) in by_row.chunks(64 * t).enumerate() {
+            let r0 = 64 * tile;
+            for (tok, out) in out.chunks_exact_mut(rows).enumerate() {
+                for (o, v) in out[r0..].iter_mut().zip(values.iter().skip(tok).step_by(t)) {
+                    *o = *v;
+                }
             }
         }
     }

@@ -451,16 +451,40 @@ mod x86 {
         }))
     }
 
-    /// Per token, [`scalar::accumulate`] over `term(block, token)` of the
-    /// first `n` blocks: the same lanes and order as one token at a time.
-    fn accumulate4(n: usize, mut term: impl FnMut(usize) -> [f32; 4]) -> [f32; 4] {
-        let mut acc = [[0f32; 8]; 4];
+    /// Per token, [`scalar::accumulate`] over the terms `term(block)` of
+    /// the first `n` blocks (lane `t`: token `t`'s term): accumulator `k`
+    /// of the four tokens in the four lanes of `acc[k]`, the same additions
+    /// in the same order as one token at a time; then the fixed reduction.
+    /// (SSE2 only, x86-64's baseline, as the two helpers below: they
+    /// inline into the safe wrappers.)
+    #[target_feature(enable = "sse2")]
+    fn accumulate4(n: usize, mut term: impl FnMut(usize) -> __m128) -> [f32; 4] {
+        let mut acc = [_mm_setzero_ps(); 8];
         for b in 0..n {
-            for (acc, t) in acc.iter_mut().zip(term(b)) {
-                acc[b % 8] += t;
+            acc[b % 8] = _mm_add_ps(acc[b % 8], term(b));
+        }
+        let mut lanes = [[0f32; 8]; 4];
+        for (k, a) in acc.iter().enumerate() {
+            let mut v = [0f32; 4];
+            // SAFETY: `v` is 16 writable bytes.
+            unsafe { _mm_storeu_ps(v.as_mut_ptr(), *a) };
+            for (lanes, v) in lanes.iter_mut().zip(v) {
+                lanes[k] = v;
             }
         }
-        acc.map(scalar::reduce_lanes)
+        lanes.map(scalar::reduce_lanes)
+    }
+
+    /// Four `i32`s as `f32` lanes.
+    #[target_feature(enable = "sse2")]
+    fn f32x4_of(v: [i32; 4]) -> __m128 {
+        _mm_cvtepi32_ps(_mm_setr_epi32(v[0], v[1], v[2], v[3]))
+    }
+
+    /// The four tokens' scales of block `b` as lanes.
+    #[target_feature(enable = "sse2")]
+    fn yd4(y: [&[BlockQ8K]; 4], b: usize) -> __m128 {
+        _mm_setr_ps(y[0][b].d, y[1][b].d, y[2][b].d, y[3][b].d)
     }
 
     fn q4_kx4(x: &[[u8; Q4_K_BYTES]], y: [&Tok<'_, BlockQ8K>; 4]) -> [f32; 4] {
@@ -468,18 +492,22 @@ mod x86 {
         let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
         // SAFETY: as above.
         unsafe { prefetch_after(x) };
-        accumulate4(n, |b| {
-            let x = &x[b];
-            let yb = y.map(|y| &y[b]);
-            // SAFETY: as above.
-            let sums = unsafe { isum4_q4_k(x, yb) };
-            let (xd, xdmin) = (f16_at(x, 0), f16_at(x, 2));
-            let mut t = [0f32; 4];
-            for ((t, (isum, msum)), yb) in t.iter_mut().zip(sums).zip(yb) {
-                *t = scalar::term_k_min_of(xd, xdmin, yb.d, isum, msum);
-            }
-            t
-        })
+        // SAFETY: as above; the SSE2 ones are x86-64's baseline.
+        unsafe {
+            accumulate4(n, |b| {
+                let x = &x[b];
+                let sums = isum4_q4_k(x, y.map(|y| &y[b]));
+                // `scalar::term_k_min_of` lane by lane, operation for
+                // operation.
+                let yd = yd4(y, b);
+                let d = _mm_mul_ps(_mm_set1_ps(f16_at(x, 0)), yd);
+                let dmin = _mm_mul_ps(_mm_set1_ps(f16_at(x, 2)), yd);
+                _mm_sub_ps(
+                    _mm_mul_ps(d, f32x4_of(sums.map(|s| s.0))),
+                    _mm_mul_ps(dmin, f32x4_of(sums.map(|s| s.1))),
+                )
+            })
+        }
     }
 
     fn q6_kx4(x: &[[u8; Q6_K_BYTES]], y: [&Tok<'_, BlockQ8K>; 4]) -> [f32; 4] {
@@ -487,18 +515,16 @@ mod x86 {
         let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
         // SAFETY: as above.
         unsafe { prefetch_after(x) };
-        accumulate4(n, |b| {
-            let x = &x[b];
-            let yb = y.map(|y| &y[b]);
-            // SAFETY: as above.
-            let isums = unsafe { isum4_q6_k(x, yb) };
-            let xd = f16_at(x, 208);
-            let mut t = [0f32; 4];
-            for ((t, isum), yb) in t.iter_mut().zip(isums).zip(yb) {
-                *t = scalar::term_q6_k_of(xd, yb.d, isum);
-            }
-            t
-        })
+        // SAFETY: as above; the SSE2 ones are x86-64's baseline.
+        unsafe {
+            accumulate4(n, |b| {
+                let x = &x[b];
+                let isums = isum4_q6_k(x, y.map(|y| &y[b]));
+                // `scalar::term_q6_k_of` lane by lane.
+                let d = _mm_mul_ps(_mm_set1_ps(f16_at(x, 208)), yd4(y, b));
+                _mm_mul_ps(d, f32x4_of(isums))
+            })
+        }
     }
 
     /// The eight `i32` lanes of `v` summed (exact).
