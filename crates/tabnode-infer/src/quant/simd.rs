@@ -687,11 +687,21 @@ mod x86 {
         y.map(|y| isum_q6_k_of(&q, &sc, scales16, y))
     }
 
-    /// [`hsum8`] from its first step's pairs `h[j] = hadd(p[2j], p[2j+1])`.
+    /// [`hsum8`] from its first level `h[j] = pair(p[2j], p[2j+1])`:
+    /// lane `k` the total of block `k`. `NARROW`: the second level adds
+    /// `i16`s too (each then the sum of 8 products), widened to `i32`
+    /// after it.
     #[target_feature(enable = "avx2")]
-    fn hsum4(h: &[__m256i; 4]) -> __m256i {
-        let h0123 = _mm256_hadd_epi32(h[0], h[1]);
-        let h4567 = _mm256_hadd_epi32(h[2], h[3]);
+    fn hsum4<const NARROW: bool>(h: &[__m256i; 4]) -> __m256i {
+        let (h0123, h4567) = if NARROW {
+            let one = _mm256_set1_epi16(1);
+            (
+                _mm256_madd_epi16(_mm256_hadd_epi16(h[0], h[1]), one),
+                _mm256_madd_epi16(_mm256_hadd_epi16(h[2], h[3]), one),
+            )
+        } else {
+            (_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]))
+        };
         let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
         let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
         _mm256_add_epi32(lo, hi)
@@ -879,8 +889,14 @@ mod x86 {
     /// (`term`, from the lane sums and the token's lanes at the group's
     /// first block, [`Tok`]): the same bits. Pairs up to the shortest of
     /// `x` and the four.
+    ///
+    /// `NARROW`: `part` gives a block's sum as 16 `i16` pairs (`maddubs`
+    /// alone, for unsigned weights below 32: every partial of the tree
+    /// below stays within ±31,744, an `i16`) and the first two levels of
+    /// the tree add `i16`s, two blocks per instruction at the next level;
+    /// otherwise eight `i32`s.
     #[target_feature(enable = "avx2,f16c")]
-    fn dot_groups4<X, Y, S: Copy>(
+    fn dot_groups4<const NARROW: bool, X, Y, S: Copy>(
         x: &[X],
         y: [&Tok<'_, Y>; 4],
         unpack: impl Fn(&X) -> __m256i,
@@ -904,17 +920,17 @@ mod x86 {
                 let mut ha = [_mm256_setzero_si256(); 4];
                 let mut hb = [_mm256_setzero_si256(); 4];
                 for j in 0..4 {
-                    ha[j] = _mm256_hadd_epi32(
+                    ha[j] = pair::<NARROW>(
                         part(q[2 * j], &ya[2 * j]),
                         part(q[2 * j + 1], &ya[2 * j + 1]),
                     );
-                    hb[j] = _mm256_hadd_epi32(
+                    hb[j] = pair::<NARROW>(
                         part(q[2 * j], &yb[2 * j]),
                         part(q[2 * j + 1], &yb[2 * j + 1]),
                     );
                 }
-                let sa = hsum4(&ha);
-                let sb = hsum4(&hb);
+                let sa = hsum4::<NARROW>(&ha);
+                let sb = hsum4::<NARROW>(&hb);
                 let fa = term(sc, ta, 8 * g, sa);
                 let fb = term(sc, tb, 8 * g, sb);
                 acc[t] = _mm256_add_ps(acc[t], fa);
@@ -933,10 +949,23 @@ mod x86 {
                 for (p, (q, y)) in p.iter_mut().zip(q.iter().zip(&tok.blocks[at..n])) {
                     *p = part(*q, y);
                 }
-                *acc = add_lanes(*acc, term(sc, tok, at, hsum8(&p)), x_tail.len());
+                let h: [__m256i; 4] =
+                    std::array::from_fn(|j| pair::<NARROW>(p[2 * j], p[2 * j + 1]));
+                *acc = add_lanes(*acc, term(sc, tok, at, hsum4::<NARROW>(&h)), x_tail.len());
             }
         }
         acc.map(|a| finish(a))
+    }
+
+    /// The first level of [`hsum8`]'s tree for two blocks' partial sums
+    /// (`i16` pairs when `NARROW`, see [`dot_groups4`]).
+    #[target_feature(enable = "avx2")]
+    fn pair<const NARROW: bool>(a: __m256i, b: __m256i) -> __m256i {
+        if NARROW {
+            _mm256_hadd_epi16(a, b)
+        } else {
+            _mm256_hadd_epi32(a, b)
+        }
     }
 
     /// Eight `i32`s at `v[at..]` (zeros if `v` is too short: [`Tok`]'s
@@ -1013,16 +1042,26 @@ mod x86 {
         nibbles(qs16(x, 4))
     }
 
-    /// `Σ q·y` of 32 unsigned values below 64 and a block's activations,
-    /// as eight `i32` partial sums (`maddubs` pairs within ±16,256).
+    /// `Σ q·y` of 32 unsigned values below 32 and a block's activations,
+    /// as 16 `i16` partial sums (`maddubs` pairs within ±7,936; the
+    /// `NARROW` tree of [`dot_groups4`]).
     #[target_feature(enable = "avx2")]
     fn part_u8(q: __m256i, y: &BlockQ8_0) -> __m256i {
-        _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(q, load32(&y.qs)))
+        _mm256_maddubs_epi16(q, load32(&y.qs))
     }
 
+    /// Eight `i32` sums of 16 `i16` pairs.
+    #[target_feature(enable = "avx2")]
+    fn widen(p: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_set1_epi16(1), p)
+    }
+
+    /// `Σ q·y` of a Q4_1 block (0..15) as 16 `i16` partial sums (the
+    /// single-token kernel widens them, the four-token one takes them
+    /// `NARROW`).
     #[target_feature(enable = "avx2")]
     fn part_q4_1(q: __m256i, y: &BlockQ8_1) -> __m256i {
-        _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(q, load32(&y.qs)))
+        _mm256_maddubs_epi16(q, load32(&y.qs))
     }
 
     /// `(dx·dy)·isum + mx·sy` of up to eight Q4_1 blocks.
@@ -1042,7 +1081,7 @@ mod x86 {
         dot_groups(
             x,
             y,
-            |x, y| part_q4_1(unpack_q4_1(x), y),
+            |x, y| widen(part_q4_1(unpack_q4_1(x), y)),
             |xs, ys, isum| term_q4_1(xs, ys, isum),
         )
     }
@@ -1065,7 +1104,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q4_1x4_avx2(x: &[[u8; Q4_1_BYTES]], y: [&Tok<'_, BlockQ8_1>; 4]) -> [f32; 4] {
-        dot_groups4(
+        dot_groups4::<true, _, _, _>(
             x,
             y,
             |x| unpack_q4_1(x),
@@ -1099,7 +1138,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q4_0x4_avx2(x: &[[u8; Q4_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
-        dot_groups4(
+        dot_groups4::<true, _, _, _>(
             x,
             y,
             |x| nibbles(qs16(x, 2)),
@@ -1152,7 +1191,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q5_0x4_avx2(x: &[[u8; Q5_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
-        dot_groups4(
+        dot_groups4::<true, _, _, _>(
             x,
             y,
             |x| unpack_q5_0_plus16(x),
@@ -1174,7 +1213,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q8_0x4_avx2(x: &[[u8; Q8_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
-        dot_groups4(
+        dot_groups4::<false, _, _, _>(
             x,
             y,
             |x| load_at(x, 2),
