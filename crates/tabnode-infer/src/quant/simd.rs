@@ -687,8 +687,9 @@ mod x86 {
         y.map(|y| isum_q6_k_of(&q, &sc, scales16, y))
     }
 
-    /// [`hsum8`] from its first level `h[j] = pair(p[2j], p[2j+1])`:
-    /// lane `k` the total of block `k`. `NARROW`: the second level adds
+    /// The rest of the tree from its first level `h[j] = pair(p[2j],
+    /// p[2j+1])`: lane `k` the total of block `k` (exact integer adds; the
+    /// two 128-bit halves' partials of a block meet at the end). `NARROW`: the second level adds
     /// `i16`s too (each then the sum of 8 products), widened to `i32`
     /// after it.
     #[target_feature(enable = "avx2")]
@@ -702,23 +703,6 @@ mod x86 {
         } else {
             (_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]))
         };
-        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-        _mm256_add_epi32(lo, hi)
-    }
-
-    /// The eight `i32` lanes of each of `p[0..8]` summed: lane `k` of the
-    /// result is the total of `p[k]` (exact integer adds).
-    #[target_feature(enable = "avx2")]
-    fn hsum8(p: &[__m256i; 8]) -> __m256i {
-        let h01 = _mm256_hadd_epi32(p[0], p[1]);
-        let h23 = _mm256_hadd_epi32(p[2], p[3]);
-        let h45 = _mm256_hadd_epi32(p[4], p[5]);
-        let h67 = _mm256_hadd_epi32(p[6], p[7]);
-        let h0123 = _mm256_hadd_epi32(h01, h23);
-        let h4567 = _mm256_hadd_epi32(h45, h67);
-        // Lanes 0..4 hold blocks 0..4 (low half) and 4..8 (high half) of
-        // each: the two halves' partial sums add up per block.
         let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
         let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
         _mm256_add_epi32(lo, hi)
@@ -854,8 +838,9 @@ mod x86 {
     /// the scalar term's operations lane by lane). A last group of fewer
     /// than eight blocks runs `part` on its blocks only and adds to its own
     /// lanes; then the fixed reduction.
+    /// (`NARROW` as in [`dot_groups4`].)
     #[target_feature(enable = "avx2,f16c")]
-    fn dot_groups<X, Y>(
+    fn dot_groups<const NARROW: bool, X, Y>(
         x: &[X],
         y: &[Y],
         part: impl Fn(&X, &Y) -> __m256i,
@@ -866,17 +851,20 @@ mod x86 {
         let (xs, x_tail) = x[..n].as_chunks::<8>();
         let (ys, y_tail) = y[..n].as_chunks::<8>();
         let mut acc = _mm256_setzero_ps();
+        let sum = |p: &[__m256i; 8]| -> __m256 {
+            let h: [__m256i; 4] = std::array::from_fn(|j| pair::<NARROW>(p[2 * j], p[2 * j + 1]));
+            _mm256_cvtepi32_ps(hsum4::<NARROW>(&h))
+        };
         for (xg, yg) in xs.iter().zip(ys) {
             let p: [__m256i; 8] = std::array::from_fn(|k| part(&xg[k], &yg[k]));
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
-            acc = _mm256_add_ps(acc, term(xg, yg, isum));
+            acc = _mm256_add_ps(acc, term(xg, yg, sum(&p)));
         }
         if !x_tail.is_empty() {
             let mut p = [_mm256_setzero_si256(); 8];
             for (p, (x, y)) in p.iter_mut().zip(x_tail.iter().zip(y_tail)) {
                 *p = part(x, y);
             }
-            let isum = _mm256_cvtepi32_ps(hsum8(&p));
+            let isum = sum(&p);
             acc = add_lanes(acc, term(x_tail, y_tail, isum), x_tail.len());
         }
         finish(acc)
@@ -957,7 +945,8 @@ mod x86 {
         acc.map(|a| finish(a))
     }
 
-    /// The first level of [`hsum8`]'s tree for two blocks' partial sums
+    /// The first level of the tree that sums eight blocks' partial sums
+    /// into one lane each ([`hsum4`]): two blocks' partials pairwise added
     /// (`i16` pairs when `NARROW`, see [`dot_groups4`]).
     #[target_feature(enable = "avx2")]
     fn pair<const NARROW: bool>(a: __m256i, b: __m256i) -> __m256i {
@@ -1050,15 +1039,8 @@ mod x86 {
         _mm256_maddubs_epi16(q, load32(&y.qs))
     }
 
-    /// Eight `i32` sums of 16 `i16` pairs.
-    #[target_feature(enable = "avx2")]
-    fn widen(p: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_set1_epi16(1), p)
-    }
-
-    /// `Σ q·y` of a Q4_1 block (0..15) as 16 `i16` partial sums (the
-    /// single-token kernel widens them, the four-token one takes them
-    /// `NARROW`).
+    /// `Σ q·y` of a Q4_1 block (0..15) as 16 `i16` partial sums (for the
+    /// `NARROW` trees).
     #[target_feature(enable = "avx2")]
     fn part_q4_1(q: __m256i, y: &BlockQ8_1) -> __m256i {
         _mm256_maddubs_epi16(q, load32(&y.qs))
@@ -1078,10 +1060,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q4_1_avx2(x: &[[u8; Q4_1_BYTES]], y: &[BlockQ8_1]) -> f32 {
-        dot_groups(
+        dot_groups::<true, _, _>(
             x,
             y,
-            |x, y| widen(part_q4_1(unpack_q4_1(x), y)),
+            |x, y| part_q4_1(unpack_q4_1(x), y),
             |xs, ys, isum| term_q4_1(xs, ys, isum),
         )
     }
@@ -1128,7 +1110,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        dot_groups(
+        dot_groups::<false, _, _>(
             x,
             y,
             |x, y| part_q8(unpack_q4_0(x), y),
@@ -1181,7 +1163,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q5_0_avx2(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        dot_groups(
+        dot_groups::<false, _, _>(
             x,
             y,
             |x, y| part_q8(unpack_q5_0(x), y),
@@ -1203,7 +1185,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q8_0_avx2(x: &[[u8; Q8_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        dot_groups(
+        dot_groups::<false, _, _>(
             x,
             y,
             |x, y| part_q8(load_at(x, 2), y),
