@@ -1108,12 +1108,21 @@ mod x86 {
         dot_i8(q, load32(&y.qs))
     }
 
+    /// [`part_q8`] of a block of values within ±16 (Q4_0, Q5_0) as 16
+    /// `i16` pairs for the `NARROW` trees: `|x|·y` pairs within ±4,064,
+    /// eight products within ±16,256.
+    #[target_feature(enable = "avx2")]
+    fn part_small(q: __m256i, y: &BlockQ8_0) -> __m256i {
+        let y = load32(&y.qs);
+        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
+    }
+
     #[target_feature(enable = "avx2,f16c")]
     fn q4_0_avx2(x: &[[u8; Q4_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        dot_groups::<false, _, _>(
+        dot_groups::<true, _, _>(
             x,
             y,
-            |x, y| part_q8(unpack_q4_0(x), y),
+            |x, y| part_small(unpack_q4_0(x), y),
             |xs, ys, isum| term_d(xs, ys, isum),
         )
     }
@@ -1163,10 +1172,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,f16c")]
     fn q5_0_avx2(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
-        dot_groups::<false, _, _>(
+        dot_groups::<true, _, _>(
             x,
             y,
-            |x, y| part_q8(unpack_q5_0(x), y),
+            |x, y| part_small(unpack_q5_0(x), y),
             |xs, ys, isum| term_d(xs, ys, isum),
         )
     }
