@@ -12,8 +12,8 @@ import {
 } from './harness.mjs';
 
 const QWEN = 'Qwen2.5-Coder-0.5B-Instruct.gguf';
-// The network's id of the model: its GGUF name, as `model_id` writes it.
-const ID = 'qwen2.5-coder-0.5b-instruct-awq';
+// The network's id of the model (the relay's catalog).
+const ID = 'qwen2.5-coder-0.5b-instruct';
 const PROMPT = 'What is the capital of France? Answer in one word.';
 const MAX_TOKENS = 6;
 // A 491 MB file into the browser cache and two workers, then the timing.

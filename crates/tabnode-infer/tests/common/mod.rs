@@ -32,7 +32,7 @@ pub fn qwen_bytes() -> Vec<u8> {
     let path = dir.join("Qwen2.5-Coder-0.5B-Instruct.gguf");
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (scripts/setup.sh --test fetches it: scripts/fetch-model.py qwen2.5-coder-0.5b-instruct-awq)",
+            "{}: {e} (scripts/setup.sh --test fetches it: scripts/fetch-model.py qwen2.5-coder-0.5b-instruct)",
             path.display()
         )
     })
