@@ -106,12 +106,14 @@ export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
 /** Starts a native node that joins `relay` over TCP; with `serve`, it
  * serves the model (on the CPU). */
 export async function startNode(relay, { serve = false } = {}) {
+  // serve: false (no model), true (the default model) or a list of files.
   const dir = mkdtempSync(join(tmpdir(), 'tabnode-node-'));
+  const files = serve === true ? [MODEL_FILE] : (serve || []);
   const proc = spawnLogged('node', join(BIN, 'tabnode-node'), [
     '--bootstrap-file', relay.bootFile,
     '--key-file', join(dir, 'identity.key'),
     '--prover', 'cpu',
-    ...(serve ? ['--model', join(MODELS_DIR, MODEL_FILE)] : []),
+    ...files.flatMap((f) => ['--model', join(MODELS_DIR, f)]),
   ]);
   const peerId = await waitFor('the node peer id', () => {
     if (proc.exitCode !== null) throw new Error(`node exited: ${proc.output}`);

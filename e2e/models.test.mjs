@@ -4,12 +4,20 @@
 // models directory; the tab loads it on its CPU workers, registers it, and
 // answers a chat request the relay routes to it by model id, with the
 // native engine's tokens exactly. A ?model= the relay does not serve fails
-// with a clear error.
+// with a clear error. A native node serves SmolLM2 and Qwen at once, and
+// the official OpenAI Python client streams Qwen's answer from it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import {
-  startRelay, launchBrowser, openTab, waitFor, localAnswer,
+  startRelay, startNode, launchBrowser, openTab, waitFor, localAnswer, MODEL_FILE, ROOT,
 } from './harness.mjs';
+
+// The official OpenAI Python client (scripts/setup.sh --test installs it).
+const PYTHON = join(process.env.TABNODE_CACHE || join(homedir(), '.cache/tabnode'), 'venv-openai/bin/python');
 
 const QWEN = 'Qwen2.5-Coder-0.5B-Instruct.gguf';
 // The network's id of the model (the relay's catalog).
@@ -59,6 +67,31 @@ test('a tab with ?model= serves Qwen2.5-Coder to a chat request, with the native
   assert.deepEqual(body.tabnode.nodes, [peer]);
   console.log(`answer ${JSON.stringify(body.choices[0].message.content)} (${body.usage.completion_tokens} tokens)`);
   await page.close();
+});
+
+test('one native node serves SmolLM2 and Qwen; the OpenAI Python client streams Qwen\'s answer', { timeout: SLOW }, async () => {
+  const node = await startNode(relay, { serve: [MODEL_FILE, QWEN] });
+  try {
+    const prompt = 'What is the capital of France?';
+    const want = localAnswer(prompt, 16, QWEN);
+    await waitFor('the relay to list both models of the node', async () => {
+      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      const nodes = (id) => list.data?.find((m) => m.id === id)?.tabnode?.nodes ?? 0;
+      return nodes(ID) >= 1 && nodes('smollm2-135m-instruct') >= 1;
+    }, 120_000, 200);
+    const { stdout } = await promisify(execFile)(PYTHON, [
+      join(ROOT, 'e2e', 'openai_client.py'), `${relay.url}/v1`, ID, prompt, '16',
+    ], { encoding: 'utf8' });
+    const got = JSON.parse(stdout);
+    assert.ok(got.models.includes(ID) && got.models.includes('smollm2-135m-instruct'), stdout);
+    assert.match(got.text, /Paris/, stdout);
+    assert.equal(got.text, want.text);
+    assert.ok(got.chunks >= 2, `streamed in pieces: ${stdout}`);
+    assert.ok(['stop', 'length'].includes(got.finish), stdout);
+    console.log(`python client: ${JSON.stringify(got.text)} in ${got.chunks} chunks`);
+  } finally {
+    await node.kill();
+  }
 });
 
 test('a ?model= the relay does not serve fails with a clear error', async () => {

@@ -53,4 +53,11 @@ if [ "${1:-}" = "--test" ]; then
     step "npm ci (e2e: playwright-core, openai, js-libp2p + esbuild for the interop test; no browser download)"
     (cd "$TABNODE_ROOT/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
   fi
+  # The official OpenAI Python client, for the e2e test that asks the
+  # network with it (e2e/openai_client.py).
+  if ! "$TABNODE_CACHE/venv-openai/bin/python" -c 'import openai' 2>/dev/null; then
+    step "pip install openai (PyPI, into $TABNODE_CACHE/venv-openai)"
+    python3 -m venv "$TABNODE_CACHE/venv-openai"
+    "$TABNODE_CACHE/venv-openai/bin/pip" install -q openai==3.51.0
+  fi
 fi

@@ -46,7 +46,9 @@ struct Args {
     /// share the slots). Omit to serve none.
     #[arg(long, env = "TABNODE_SERVE_MODEL")]
     model: Vec<PathBuf>,
-    /// Where the served model runs.
+    /// Where the served models run: cpu (the quantized engine) or wgpu.
+    /// (`flex`, burn's f32 CPU model, is `generate`'s reference for tests
+    /// and is not served.)
     #[arg(long, value_enum, default_value_t = generate::DeviceArg::Cpu)]
     device: generate::DeviceArg,
     /// Generations served at once.
@@ -89,6 +91,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(Command::Generate(g)) = args.command {
         return generate::run(g);
+    }
+    if !args.model.is_empty() && args.device == generate::DeviceArg::Flex {
+        return Err(
+            "--device flex (burn's f32 CPU model) is the reference `tabnode-node \
+                    generate` checks other engines against; serve with --device cpu (the \
+                    quantized engine, several times faster) or wgpu"
+                .into(),
+        );
     }
     let relay = match (&args.relay, &args.bootstrap_file) {
         (Some(r), _) => r.clone(),

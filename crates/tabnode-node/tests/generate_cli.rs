@@ -21,6 +21,28 @@ fn generate(args: &[&str]) -> std::process::Output {
         .expect("run tabnode-node")
 }
 
+/// burn's f32 model is the tests' reference, not something a node serves.
+#[test]
+fn a_node_refuses_to_serve_on_the_f32_reference() {
+    let m = model();
+    let out = Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
+        .args([
+            "--model",
+            m.to_str().expect("utf-8 path"),
+            "--device",
+            "flex",
+        ])
+        .env_remove("TABNODE_SERVE_MODEL")
+        .output()
+        .expect("run tabnode-node");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--device flex") && err.contains("--device cpu"),
+        "{err}"
+    );
+}
+
 #[test]
 fn answers_a_chat_prompt_greedily() {
     let m = model();
