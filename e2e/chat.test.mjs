@@ -63,6 +63,63 @@ test('the chat page streams an answer served by a node, and says which', async (
   await page.close();
 });
 
+test('answers render as sanitised Markdown with highlighted code; Enter sends, Shift+Enter adds a line', async () => {
+  const model = await modelId();
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${relay.url}/chat.html?max_tokens=8`);
+  await page.waitForFunction((m) => window.tabnodeChat?.models?.some((x) => x.id === m), model, { timeout: 30_000 });
+  // The renderer on hostile and on ordinary Markdown, in the page itself.
+  const r = await page.evaluate(() => {
+    const el = document.createElement('div');
+    document.body.append(el);
+    window.tabnodeMarkdown(el, [
+      '# Title', '', 'Some **bold** and a [link](https://example.org/) and [bad](javascript:window.pwned=3).', '',
+      '<img src="x" onerror="window.pwned=1"><script>window.pwned=2</script>', '',
+      '```python', 'def add(a, b):', '    return a + b', '```', '',
+      '```nosuchlang', 'plain', '```',
+    ].join('\n'));
+    const code = el.querySelector('pre code.language-python');
+    return {
+      h1: el.querySelector('h1')?.textContent,
+      bold: el.querySelector('strong')?.textContent,
+      link: el.querySelector('a[href="https://example.org/"]')?.rel,
+      hrefs: [...el.querySelectorAll('a')].map((a) => a.getAttribute('href')),
+      handlers: [...el.querySelectorAll('*')].flatMap((n) => [...n.attributes].map((a) => a.name)).filter((n) => n.startsWith('on')),
+      scripts: el.querySelectorAll('script').length,
+      highlighted: code?.classList.contains('hljs') && code.querySelector('.hljs-keyword')?.textContent,
+      codeText: code?.textContent,
+      plain: el.querySelector('pre code.language-nosuchlang')?.classList.contains('hljs'),
+    };
+  });
+  assert.equal(r.h1, 'Title');
+  assert.equal(r.bold, 'bold');
+  assert.equal(r.link, 'noopener noreferrer');
+  assert.ok(!r.hrefs.some((h) => h?.startsWith('javascript:')), JSON.stringify(r.hrefs));
+  assert.deepEqual(r.handlers, []);
+  assert.equal(r.scripts, 0);
+  assert.equal(r.highlighted, 'def');
+  assert.equal(r.codeText, 'def add(a, b):\n    return a + b\n');
+  assert.equal(r.plain, false);
+  assert.equal(await page.evaluate(() => window.pwned), undefined);
+  // Shift+Enter adds a line and sends nothing; Enter sends.
+  await page.fill('#prompt', 'Name a colour.');
+  await page.press('#prompt', 'Shift+Enter');
+  assert.equal(await page.inputValue('#prompt'), 'Name a colour.\n');
+  assert.equal(await page.evaluate(() => window.tabnodeChat.last), null);
+  await page.fill('#prompt', 'Name a colour.');
+  const want = localAnswer('Name a colour.', 8);
+  await page.press('#prompt', 'Enter');
+  await page.waitForFunction(() => window.tabnodeChat.last?.done || window.tabnodeChat.error, null, { timeout: 120_000 });
+  const s = await page.evaluate(() => window.tabnodeChat);
+  assert.equal(s.error, null);
+  assert.equal(s.last.text, want.text);
+  assert.equal(await page.inputValue('#prompt'), '');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('the official OpenAI client library works against the relay unmodified', async () => {
   const model = await modelId();
   const client = new OpenAI({ baseURL: `${relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });

@@ -35,6 +35,14 @@ if [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct
 fi
 
+# The site's browser libraries (the chat page's Markdown: marked, DOMPurify,
+# highlight.js), from npm, served as ES modules from www/node_modules.
+if [ ! -d "$TABNODE_ROOT/www/node_modules/marked" ] || [ ! -d "$TABNODE_ROOT/www/node_modules/dompurify" ] \
+  || [ ! -d "$TABNODE_ROOT/www/node_modules/@highlightjs/cdn-assets" ]; then
+  step "npm ci (www: marked, dompurify, highlight.js)"
+  (cd "$TABNODE_ROOT/www" && npm ci --no-audit --no-fund)
+fi
+
 if [ "${1:-}" = "--test" ]; then
   # chromium: the e2e browser. mesa-vulkan-drivers: lavapipe, the software
   # Vulkan adapter the native GPU tests run on.

@@ -1,7 +1,10 @@
 // The zero-install chat: the OpenAI-compatible API of the relay, streamed
 // with server-sent events; shows which node answered, time to first token
-// and tokens/s. "Contribute this tab" runs the node page in a frame.
+// and tokens/s. Answers render as sanitised Markdown with highlighted code
+// (markdown.js); Enter sends, Shift+Enter adds a line. "Contribute this
+// tab" runs the node page in a frame.
 import { streamChat, listModels, describe } from '/client.js';
+import { render } from '/markdown.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,6 +16,8 @@ const state = {
   error: null,
 };
 window.tabnodeChat = state;
+// The renderer, for the e2e test's hostile inputs.
+window.tabnodeMarkdown = render;
 
 // "Qwen2.5-Coder 0.5B Instruct (Q5_0/Q8_0) · 491 MB · 2 nodes".
 function modelLabel(m) {
@@ -56,10 +61,12 @@ function bubble(role, text) {
   li.className = `msg ${role}`;
   const who = document.createElement('strong');
   who.textContent = role === 'user' ? 'You' : 'Network';
-  const body = document.createElement('span');
-  body.className = 'text';
-  body.textContent = text;
-  li.append(who, ' ', body);
+  // The visitor's words as typed; the network's as Markdown.
+  const body = document.createElement('div');
+  body.className = role === 'user' ? 'text' : 'text markdown';
+  if (role === 'user') body.textContent = text;
+  else render(body, text);
+  li.append(who, body);
   $('messages').append(li);
   return body;
 }
@@ -93,7 +100,7 @@ async function send(text) {
       onText: (piece, node) => {
         state.last.text += piece;
         state.last.node = node;
-        out.textContent = state.last.text;
+        render(out, state.last.text);
       },
     });
     state.messages.push({ role: 'assistant', content: answer.text });
@@ -129,6 +136,14 @@ $('ask').addEventListener('submit', (e) => {
   if (!text || state.busy) return;
   $('prompt').value = '';
   send(text);
+});
+$('prompt').addEventListener('keydown', (e) => {
+  // Enter sends; Shift+Enter (or Enter while an input method composes)
+  // goes into the text.
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $('ask').requestSubmit();
+  }
 });
 $('stop').addEventListener('click', () => controller?.abort());
 $('clear').addEventListener('click', () => {
