@@ -2,9 +2,10 @@
 // engine of Chromium, without a browser: scalar table against the SIMD128
 // table per weight format, at SmolLM2-135M's shapes; then the tab's whole
 // CPU engine on the model file ($TABNODE_MODEL, as scripts/env.sh sets it):
-// a 5-token prompt and DECODE_STEPS greedy steps. Builds the module itself
-// (examples/wasm_kernels.rs). Profile with `node --cpu-prof`.
-// node --no-liftoff e2e/bench/wasm_kernels.mjs [MILLISECONDS] [DECODE_STEPS]
+// a PROMPT-token prompt (default 5) and DECODE_STEPS greedy steps. Builds
+// the module itself (examples/wasm_kernels.rs). Profile with `node
+// --cpu-prof`.
+// node --no-liftoff e2e/bench/wasm_kernels.mjs [MILLISECONDS] [DECODE_STEPS] [PROMPT]
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -56,6 +57,7 @@ for (const [i, f] of formats.entries()) {
 const model = process.env.TABNODE_MODEL;
 if (model) {
   const steps = Number(process.argv[3] ?? 32);
+  const prompt = Number(process.argv[4] ?? 5);
   const file = readFileSync(model);
   const at = k.model_buffer(file.length);
   new Uint8Array(exports.memory.buffer, at, file.length).set(file);
@@ -63,10 +65,10 @@ if (model) {
   k.model_steps(5, 2); // warm-up
   const timed = (n) => {
     const t = performance.now();
-    if (k.model_steps(5, n) === 0xffffffff) throw new Error('model step failed');
+    if (k.model_steps(prompt, n) === 0xffffffff) throw new Error('model step failed');
     return performance.now() - t;
   };
   const prefill = timed(0);
   const decode = (timed(steps) - prefill) / steps;
-  console.log(`the tab's CPU engine in V8: prefill 5 tokens ${prefill.toFixed(1)} ms, decode ${decode.toFixed(2)} ms/token = ${(1000 / decode).toFixed(1)} tokens/s (${steps} steps)`);
+  console.log(`the tab's CPU engine in V8: prefill ${prompt} tokens ${prefill.toFixed(1)} ms = ${(prompt * 1000 / prefill).toFixed(1)} tokens/s, decode ${decode.toFixed(2)} ms/token = ${(1000 / decode).toFixed(1)} tokens/s (${steps} steps)`);
 }

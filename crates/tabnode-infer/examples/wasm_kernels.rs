@@ -97,8 +97,13 @@ pub fn check() -> u32 {
 
 /// The model file's bytes, written by the caller before [`model_load`].
 static FILE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-/// The loaded model (leaked: it lives as long as the module).
-static MODEL: Mutex<Option<&'static tabnode_infer::cpu::CpuModel>> = Mutex::new(None);
+thread_local! {
+    /// The loaded model (leaked: it lives as long as the module). Thread
+    /// local: in wasm the model is not `Sync` (its shard exchange runs on
+    /// one thread), and the module has one thread.
+    static MODEL: std::cell::Cell<Option<&'static tabnode_infer::cpu::CpuModel>> =
+        const { std::cell::Cell::new(None) };
+}
 
 /// Makes room for a `len`-byte model file and returns where to write it in
 /// the module's memory (0 on failure).
@@ -122,13 +127,8 @@ pub fn model_load() -> u32 {
     let Ok(model) = tabnode_infer::cpu::CpuModel::from_bytes(std::mem::take(&mut *f)) else {
         return 2;
     };
-    match MODEL.lock() {
-        Ok(mut m) => {
-            *m = Some(Box::leak(Box::new(model)));
-            0
-        }
-        Err(_) => 3,
-    }
+    MODEL.with(|m| m.set(Some(Box::leak(Box::new(model)))));
+    0
 }
 
 /// Feeds a `prompt`-token prompt, then `steps` greedy decode steps (one
@@ -136,7 +136,7 @@ pub fn model_load() -> u32 {
 /// error).
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen::prelude::wasm_bindgen)]
 pub fn model_steps(prompt: u32, steps: u32) -> u32 {
-    let Some(model) = MODEL.lock().ok().and_then(|m| *m) else {
+    let Some(model) = MODEL.with(std::cell::Cell::get) else {
         return u32::MAX;
     };
     let mut session = model.session();

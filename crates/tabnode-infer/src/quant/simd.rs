@@ -1233,7 +1233,7 @@ mod wasm {
 
     use core::arch::wasm32::*;
 
-    use super::super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+    use super::super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
         scalar, scale_min_k4, F16_RESCALE, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES,
         Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES,
@@ -1249,10 +1249,10 @@ mod wasm {
         q4_k,
         q5_k,
         q6_k,
-        q4_0x4: None,
-        q4_1x4: None,
-        q5_0x4: None,
-        q8_0x4: None,
+        q4_0x4: Some(q4_0x4),
+        q4_1x4: Some(q4_1x4),
+        q5_0x4: Some(q5_0x4),
+        q8_0x4: Some(q8_0x4),
         q4_kx4: None,
         q6_kx4: None,
         f32_dots,
@@ -1582,20 +1582,162 @@ mod wasm {
     /// the widening multiplies of [`dot16`].
     #[inline]
     fn dot_nibbles(raw: v128, y0: v128, y1: v128, sub: i16) -> v128 {
+        dot_pairs(unpack_nibbles(raw, sub), y0, y1)
+    }
+
+    /// A block's 16 nibble bytes as the four `i16x8` vectors of
+    /// [`dot_nibbles`]: low nibbles of the even and the odd bytes, then the
+    /// high ones, each less `sub`.
+    #[inline]
+    fn unpack_nibbles(raw: v128, sub: i16) -> [v128; 4] {
         let m = u16x8_splat(0x000F);
         let s = i16x8_splat(sub);
-        let q = [
+        [
             v128_and(raw, m),
             v128_and(u16x8_shr(raw, 8), m),
             v128_and(u16x8_shr(raw, 4), m),
             u16x8_shr(raw, 12),
         ]
-        .map(|q| i16x8_sub(q, s));
+        .map(|q| i16x8_sub(q, s))
+    }
+
+    /// `Σ q·y` of a block's values as four `i16x8` vectors (even values of
+    /// the first 16, odd ones, even of the last 16, odd ones) with its
+    /// activations `y0`, `y1`, as four `i32` partial sums.
+    #[inline]
+    fn dot_pairs(q: [v128; 4], y0: v128, y1: v128) -> v128 {
         let (y0e, y0o) = even_odd_i8(y0);
         let (y1e, y1o) = even_odd_i8(y1);
         i32x4_add(
             i32x4_add(i32x4_dot_i16x8(q[0], y0e), i32x4_dot_i16x8(q[1], y0o)),
             i32x4_add(i32x4_dot_i16x8(q[2], y1e), i32x4_dot_i16x8(q[3], y1o)),
+        )
+    }
+
+    /// [`dot_quads`] for four tokens: each quad of blocks is unpacked once
+    /// (`unpack`, `scales` for its scales) and dotted with each token's
+    /// blocks (`part`, exact integer sums); `quad` gives a token's four
+    /// float terms from the four blocks' partial sums and the token's lanes
+    /// at the quad's first block ([`Tok`]), with the operations of the
+    /// single kernel's quad; the last blocks (fewer than four) go through
+    /// `term` one by one. Per token the same lanes and order as
+    /// [`dot_quads`]: the same bits. Pairs up to the shortest of `x` and
+    /// the four.
+    fn dot_quads4<X, Y, U: Copy, S: Copy>(
+        x: &[X],
+        y: [&Tok<'_, Y>; 4],
+        unpack: impl Fn(&X) -> U,
+        part: impl Fn(U, &Y) -> v128,
+        scales: impl Fn(&[X; 4]) -> S,
+        quad: impl Fn(S, &Tok<'_, Y>, usize, [v128; 4]) -> v128,
+        term: impl Fn(&X, &Y) -> f32,
+    ) -> [f32; 4] {
+        let n = y.iter().fold(x.len(), |n, y| n.min(y.blocks.len()));
+        let (xq, x_tail) = x[..n].as_chunks::<4>();
+        let mut acc = [[f32x4_splat(0.0); 2]; 4];
+        for (i, xq) in xq.iter().enumerate() {
+            let u: [U; 4] = std::array::from_fn(|k| unpack(&xq[k]));
+            let sc = scales(xq);
+            for (acc, tok) in acc.iter_mut().zip(y) {
+                let yq = &tok.blocks[4 * i..4 * i + 4];
+                let parts = std::array::from_fn(|k| part(u[k], &yq[k]));
+                acc[i % 2] = f32x4_add(acc[i % 2], quad(sc, tok, 4 * i, parts));
+            }
+        }
+        let done = 4 * xq.len();
+        std::array::from_fn(|t| {
+            let [lo, hi] = acc[t];
+            let mut lanes = [
+                f32x4_extract_lane::<0>(lo),
+                f32x4_extract_lane::<1>(lo),
+                f32x4_extract_lane::<2>(lo),
+                f32x4_extract_lane::<3>(lo),
+                f32x4_extract_lane::<0>(hi),
+                f32x4_extract_lane::<1>(hi),
+                f32x4_extract_lane::<2>(hi),
+                f32x4_extract_lane::<3>(hi),
+            ];
+            for (j, (x, y)) in x_tail.iter().zip(&y[t].blocks[done..n]).enumerate() {
+                lanes[(done + j) % 8] += term(x, y);
+            }
+            scalar::reduce_lanes(lanes)
+        })
+    }
+
+    /// [`quad_d`] from the four blocks' `dx` (converted once for four
+    /// tokens) and the token's lanes.
+    #[inline]
+    fn quad4_d(dx: v128, tok: &Tok<'_, BlockQ8_0>, at: usize, isums: [v128; 4]) -> v128 {
+        let d = f32x4_mul(dx, f32x4_at(&tok.d, at));
+        f32x4_mul(d, f32x4_convert_i32x4(hsum4(isums)))
+    }
+
+    /// The `d` of four 32-value blocks (their first two bytes) as f32 lanes.
+    #[inline]
+    fn dx4<const N: usize>(xs: &[[u8; N]; 4]) -> v128 {
+        halves(xs, |x| f16_le(x, 0))
+    }
+
+    fn q4_0x4(x: &[[u8; Q4_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
+        dot_quads4(
+            x,
+            y,
+            |x| unpack_nibbles(load(x, 2), 8),
+            |q, y| dot_pairs(q, load(&y.qs, 0), load(&y.qs, 16)),
+            dx4,
+            quad4_d,
+            |x, y| scalar::term_d(x, y.d, hsum(part_q4_0(x, y))),
+        )
+    }
+
+    fn q4_1x4(x: &[[u8; Q4_1_BYTES]], y: [&Tok<'_, BlockQ8_1>; 4]) -> [f32; 4] {
+        dot_quads4(
+            x,
+            y,
+            |x| unpack_nibbles(load(x, 4), 0),
+            |q, y| dot_pairs(q, load(&y.qs, 0), load(&y.qs, 16)),
+            |xs| {
+                let dm = |k: usize| u32::from_le_bytes([xs[k][0], xs[k][1], xs[k][2], xs[k][3]]);
+                let dm = u32x4(dm(0), dm(1), dm(2), dm(3));
+                (
+                    f16_lanes(v128_and(dm, u32x4_splat(0xffff))),
+                    f16_lanes(u32x4_shr(dm, 16)),
+                )
+            },
+            |(dx, mx), tok, at, isums| {
+                let d = f32x4_mul(dx, f32x4_at(&tok.d, at));
+                let m = f32x4_mul(mx, f32x4_at(&tok.s, at));
+                f32x4_add(f32x4_mul(d, f32x4_convert_i32x4(hsum4(isums))), m)
+            },
+            |x, y| scalar::term_q4_1(x, y, hsum(part_q4_1(x, y))),
+        )
+    }
+
+    fn q5_0x4(x: &[[u8; Q5_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
+        dot_quads4(
+            x,
+            y,
+            unpack_q5_0,
+            |(lo, hi), y| i32x4_add(dot16(lo, load(&y.qs, 0)), dot16(hi, load(&y.qs, 16))),
+            dx4,
+            quad4_d,
+            |x, y| scalar::term_d(x, y.d, hsum(part_q5_0(x, y))),
+        )
+    }
+
+    fn q8_0x4(x: &[[u8; Q8_0_BYTES]], y: [&Tok<'_, BlockQ8_0>; 4]) -> [f32; 4] {
+        dot_quads4(
+            x,
+            y,
+            |x| {
+                let (lo_e, lo_o) = even_odd_i8(load(x, 2));
+                let (hi_e, hi_o) = even_odd_i8(load(x, 18));
+                [lo_e, lo_o, hi_e, hi_o]
+            },
+            |q, y| dot_pairs(q, load(&y.qs, 0), load(&y.qs, 16)),
+            dx4,
+            quad4_d,
+            |x, y| scalar::term_d(x, y.d, hsum(part_q8_0(x, y))),
         )
     }
 
@@ -1644,7 +1786,9 @@ mod wasm {
         )
     }
 
-    fn part_q5_0(x: &[u8; Q5_0_BYTES], y: &BlockQ8_0) -> v128 {
+    /// A Q5_0 block's 32 values (−16..15) as two `i8x16` vectors.
+    #[inline]
+    fn unpack_q5_0(x: &[u8; Q5_0_BYTES]) -> (v128, v128) {
         let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
         let (lo, hi) = nibbles(load(x, 6));
         let sixteen = i8x16_splat(16);
@@ -1652,10 +1796,12 @@ mod wasm {
             let high = v128_and(bit_lanes(bits), sixteen);
             i8x16_sub(v128_or(nib, high), sixteen)
         };
-        i32x4_add(
-            dot16(value(lo, qh), load(&y.qs, 0)),
-            dot16(value(hi, qh >> 16), load(&y.qs, 16)),
-        )
+        (value(lo, qh), value(hi, qh >> 16))
+    }
+
+    fn part_q5_0(x: &[u8; Q5_0_BYTES], y: &BlockQ8_0) -> v128 {
+        let (lo, hi) = unpack_q5_0(x);
+        i32x4_add(dot16(lo, load(&y.qs, 0)), dot16(hi, load(&y.qs, 16)))
     }
 
     fn q5_0(x: &[[u8; Q5_0_BYTES]], y: &[BlockQ8_0]) -> f32 {
