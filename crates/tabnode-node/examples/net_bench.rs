@@ -57,6 +57,8 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
         id: tabnode_core::model_id(SIMULATED),
         name: SIMULATED.into(),
         title: "stand-in for routing benchmarks".into(),
+        license: "none".into(),
+        chat: true,
         source: Vec::new(),
         file: "none".into(),
         bytes: 0,

@@ -48,6 +48,11 @@ pub struct CatalogModel {
     pub name: String,
     /// A human title.
     pub title: String,
+    /// The model's license (SPDX id).
+    pub license: String,
+    /// Whether it is an instruction model with a chat template (else a
+    /// base model: text completion only).
+    pub chat: bool,
     /// Where `scripts/fetch-model.py` gets it: PyPI wheels, each holding a
     /// piece of the file; the pieces joined in order are the file.
     pub source: Vec<SourcePart>,
@@ -204,6 +209,14 @@ mod tests {
         assert_eq!(c.find("smollm2-135m-8k-lc100k-mix1-ep2"), Some(m));
         let q = c.find("qwen2.5-coder-0.5b-instruct").expect("qwen");
         assert_eq!(q.name, "Qwen2.5 Coder 0.5B Instruct AWQ");
+        let big = c
+            .find("Qwen2.5 Coder 1.5B Instruct GGUF")
+            .expect("qwen 1.5b");
+        assert_eq!(
+            (big.id.as_str(), big.source.len()),
+            ("qwen2.5-coder-1.5b-instruct", 22)
+        );
+        assert!(c.models.iter().all(|m| m.chat && m.license == "Apache-2.0"));
         assert_eq!(c.find("my-own-model"), None);
     }
 
