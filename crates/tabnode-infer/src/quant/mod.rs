@@ -568,6 +568,29 @@ pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All eight `(scale, min)` pairs of [`scale_min_k4`] at once, with
+/// word operations (ggml's `utmp` trick): `(scales, mins)`.
+#[inline]
+pub(crate) fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const M1: u32 = 0x3f3f_3f3f;
+    const M2: u32 = 0x0f0f_0f0f;
+    const M3: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    // Scales 0..4: the low 6 bits of bytes 0..4; 4..8: the low nibbles of
+    // bytes 8..12 with the top 2 bits of bytes 0..4 above them. Mins: the
+    // same from bytes 4..8 and the high nibbles of bytes 8..12.
+    let sc_hi = (w2 & M2) | (((w0 >> 6) & M3) << 4);
+    let m_hi = ((w2 >> 4) & M2) | (((w1 >> 6) & M3) << 4);
+    let join = |lo: u32, hi: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&lo.to_le_bytes());
+        out[4..].copy_from_slice(&hi.to_le_bytes());
+        out
+    };
+    (join(w0 & M1, sc_hi), join(w1 & M1, m_hi))
+}
+
 fn dequantize_q4_k(b: &[u8; Q4_K_BYTES], y: &mut [f32; QK_K]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
@@ -854,6 +877,18 @@ pub(crate) mod tests {
     const HALF: [u8; 2] = 0x3800u16.to_le_bytes();
     const MINUS_ONE: [u8; 2] = 0xbc00u16.to_le_bytes();
     const TWO: [u8; 2] = 0x4000u16.to_le_bytes();
+
+    #[test]
+    fn the_word_scale_decoder_equals_the_per_sub_block_one() {
+        let mut rng = Rng(3);
+        for _ in 0..10_000 {
+            let s: [u8; 12] = rng.bytes(12).try_into().expect("12 bytes");
+            let (sc, m) = scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!((sc[j], m[j]), scale_min_k4(j, &s), "{s:?} sub-block {j}");
+            }
+        }
+    }
 
     #[test]
     fn every_half_converts_to_the_bits_half_gives() {

@@ -166,7 +166,7 @@ mod x86 {
     use super::super::act::BlockQ8K;
     use super::super::act::{BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
-        f16_at, scalar, scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
+        f16_at, scalar, scales_mins_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
         Q8_0_BYTES, QK,
     };
     use super::Kernels;
@@ -434,20 +434,40 @@ mod x86 {
     /// are vectorized, the term is the scalar kernel's expression.
     fn q4_k(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
         // SAFETY: as above.
-        unsafe { prefetch_after(x) };
+        unsafe { q4_k_avx2(x, y) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q4_k_avx2(x: &[[u8; Q4_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        prefetch_after(x);
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
-            // SAFETY: as above.
-            let (isum, msum) = unsafe { isum_q4_k(x, y) };
-            scalar::term_k_min(x, y.d, isum, msum)
+            let (isum, msum) = isum_q4_k(x, y);
+            let (d, dmin) = f16_pair(x);
+            scalar::term_k_min_of(d, dmin, y.d, isum, msum)
         }))
+    }
+
+    /// The two f16 values at the start of `x` (F16C: exact, the scalar
+    /// `f16_to_f32`'s bits).
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_pair(x: &[u8]) -> (f32, f32) {
+        let w = u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(w.cast_signed()));
+        (_mm_cvtss_f32(f), _mm_cvtss_f32(_mm_movehdup_ps(f)))
     }
 
     fn q6_k(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
         // SAFETY: as above.
-        unsafe { prefetch_after(x) };
+        unsafe { q6_k_avx2(x, y) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn q6_k_avx2(x: &[[u8; Q6_K_BYTES]], y: &[BlockQ8K]) -> f32 {
+        prefetch_after(x);
         scalar::accumulate(x.iter().zip(y).map(|(x, y)| {
-            // SAFETY: as above.
-            scalar::term_q6_k(x, y.d, unsafe { isum_q6_k(x, y) })
+            // The block's `d` (its last two bytes) with F16C.
+            let (d, _) = f16_pair(&[x[208], x[209], 0, 0]);
+            scalar::term_q6_k_of(d, y.d, isum_q6_k(x, y))
         }))
     }
 
@@ -549,15 +569,26 @@ mod x86 {
     /// `isum_q4_k` (every product and sum is an exact integer).
     #[target_feature(enable = "avx2")]
     fn isum_q4_k(x: &[u8; Q4_K_BYTES], y: &BlockQ8K) -> (i32, i32) {
-        let (q, sc) = unpack_q4_k(x);
-        (isum_q4_k_of(&q, &sc, y), scalar::msum_k(&x[4..16], y))
+        let (q, sc, mins) = unpack_q4_k(x);
+        (isum_q4_k_of(&q, &sc, y), msum_q4_k(mins, y))
     }
 
-    /// A Q4_K block's eight sub-blocks of 32 values (0..15) and their
-    /// scales (as `i16` lanes).
+    /// `Σⱼ mⱼ·Σ y` of a block from the token's `bsums`: lane pair
+    /// (2j, 2j + 1) of `mins` holds sub-block j's min, against bsums 2j and
+    /// 2j + 1 (its 32 values): the scalar `msum_k`'s products, exact.
     #[target_feature(enable = "avx2")]
-    fn unpack_q4_k(x: &[u8; Q4_K_BYTES]) -> ([__m256i; 8], [__m256i; 8]) {
-        let scales = &x[4..16];
+    fn msum_q4_k(mins: __m256i, y: &BlockQ8K) -> i32 {
+        // SAFETY: `bsums` is 16 `i16`s, 32 readable bytes.
+        let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        hsum_i32(_mm256_madd_epi16(b, mins))
+    }
+
+    /// A Q4_K block's eight sub-blocks of 32 values (0..15), their scales
+    /// (as `i16` lanes) and the mins for [`msum_q4_k`].
+    #[target_feature(enable = "avx2")]
+    fn unpack_q4_k(x: &[u8; Q4_K_BYTES]) -> ([__m256i; 8], [__m256i; 8], __m256i) {
+        let packed: &[u8; 12] = x[4..16].try_into().unwrap_or(&[0; 12]);
+        let (scales, mins) = scales_mins_k4(packed);
         let low = _mm256_set1_epi8(0x0F);
         let mut q = [_mm256_setzero_si256(); 8];
         let mut sc = [_mm256_setzero_si256(); 8];
@@ -565,12 +596,13 @@ mod x86 {
             let raw = load_at(x, 16 + 32 * c);
             q[2 * c] = _mm256_and_si256(raw, low);
             q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            for h in 0..2 {
-                let (s, _) = scale_min_k4(2 * c + h, scales);
-                sc[2 * c + h] = _mm256_set1_epi16(i16::from(s));
-            }
         }
-        (q, sc)
+        for (sc, &s) in sc.iter_mut().zip(&scales) {
+            *sc = _mm256_set1_epi16(i16::from(s));
+        }
+        let m: [i16; 16] = std::array::from_fn(|l| i16::from(mins[l / 2]));
+        // SAFETY: `m` is 32 readable bytes.
+        (q, sc, unsafe { _mm256_loadu_si256(m.as_ptr().cast()) })
     }
 
     /// `Σⱼ scⱼ·Σ q·y` of an unpacked Q4_K block (exact integers).
@@ -589,20 +621,8 @@ mod x86 {
     /// mins too: `Σⱼ mⱼ·Σ y` from the tokens' `bsums` with one `madd`).
     #[target_feature(enable = "avx2")]
     fn isum4_q4_k(x: &[u8; Q4_K_BYTES], y: [&BlockQ8K; 4]) -> [(i32, i32); 4] {
-        let (q, sc) = unpack_q4_k(x);
-        // Lane pair (2j, 2j + 1): sub-block j's min, against bsums 2j and
-        // 2j + 1 (its 32 values): the scalar `msum_k`'s products, exact.
-        let m: [i16; 16] = std::array::from_fn(|l| i16::from(scale_min_k4(l / 2, &x[4..16]).1));
-        // SAFETY: `m` is 32 readable bytes.
-        let mins = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
-        y.map(|y| {
-            // SAFETY: `bsums` is 16 `i16`s, 32 readable bytes.
-            let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-            (
-                isum_q4_k_of(&q, &sc, y),
-                hsum_i32(_mm256_madd_epi16(b, mins)),
-            )
-        })
+        let (q, sc, mins) = unpack_q4_k(x);
+        y.map(|y| (isum_q4_k_of(&q, &sc, y), msum_q4_k(mins, y)))
     }
 
     /// `Σⱼ scⱼ·Σ (q − 32)·y` of a Q6_K block, as the scalar `isum_q6_k`.
