@@ -166,7 +166,7 @@ mod x86 {
     use super::super::act::BlockQ8K;
     use super::super::act::{BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
-        f16_at, scalar, scales_mins_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
+        scalar, scales_mins_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES,
         Q8_0_BYTES, QK,
     };
     use super::Kernels;
@@ -512,16 +512,18 @@ mod x86 {
         let n = y.iter().fold(x.len(), |n, y| n.min(y.len()));
         // SAFETY: as above.
         unsafe { prefetch_after(x) };
-        // SAFETY: as above; the SSE2 ones are x86-64's baseline.
+        // SAFETY: as above (AVX2 and F16C for `isum4_q4_k` and `f16_pair`);
+        // the SSE2 ones are x86-64's baseline.
         unsafe {
             accumulate4(n, |b| {
                 let x = &x[b];
                 let sums = isum4_q4_k(x, y.map(|y| &y[b]));
                 // `scalar::term_k_min_of` lane by lane, operation for
                 // operation.
+                let (xd, xdmin) = f16_pair(x);
                 let yd = yd4(y, b);
-                let d = _mm_mul_ps(_mm_set1_ps(f16_at(x, 0)), yd);
-                let dmin = _mm_mul_ps(_mm_set1_ps(f16_at(x, 2)), yd);
+                let d = _mm_mul_ps(_mm_set1_ps(xd), yd);
+                let dmin = _mm_mul_ps(_mm_set1_ps(xdmin), yd);
                 _mm_sub_ps(
                     _mm_mul_ps(d, f32x4_of(sums.map(|s| s.0))),
                     _mm_mul_ps(dmin, f32x4_of(sums.map(|s| s.1))),
@@ -541,7 +543,8 @@ mod x86 {
                 let x = &x[b];
                 let isums = isum4_q6_k(x, y.map(|y| &y[b]));
                 // `scalar::term_q6_k_of` lane by lane.
-                let d = _mm_mul_ps(_mm_set1_ps(f16_at(x, 208)), yd4(y, b));
+                let (xd, _) = f16_pair(&[x[208], x[209], 0, 0]);
+                let d = _mm_mul_ps(_mm_set1_ps(xd), yd4(y, b));
                 _mm_mul_ps(d, f32x4_of(isums))
             })
         }
