@@ -1258,7 +1258,7 @@ mod wasm {
 
     use super::super::act::{BlockQ8K, BlockQ8_0, BlockQ8_1, Tok};
     use super::super::{
-        scalar, scale_min_k4, F16_RESCALE, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES,
+        scalar, scales_mins_k4, F16_RESCALE, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES,
         Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES,
     };
     use super::Kernels;
@@ -1858,9 +1858,10 @@ mod wasm {
     fn isum_k(scales: &[u8], qs: &[u8], h: Option<&[u8]>, y: &BlockQ8K) -> i32 {
         let one = u8x16_splat(1);
         let mut acc = i32x4_splat(0);
+        let packed: &[u8; 12] = scales.try_into().unwrap_or(&[0; 12]);
+        let (sc, _) = scales_mins_k4(packed);
         for c in 0..4 {
-            let (sc1, _) = scale_min_k4(2 * c, scales);
-            let (sc2, _) = scale_min_k4(2 * c + 1, scales);
+            let (sc1, sc2) = (sc[2 * c], sc[2 * c + 1]);
             let (mut s1, mut s2) = (i32x4_splat(0), i32x4_splat(0));
             for half in 0..2 {
                 let (mut lo, mut hi) = nibbles(load(qs, 32 * c + 16 * half));
