@@ -1564,7 +1564,14 @@ mod wasm {
         for (i, (xq, yq)) in xq.iter().zip(yq).enumerate() {
             acc[i % 2] = f32x4_add(acc[i % 2], quad(xq, yq));
         }
-        let [lo, hi] = acc;
+        let tail = x_tail.iter().zip(y_tail).map(|(x, y)| term(x, y));
+        finish_quads(acc, 4 * xq.len(), tail)
+    }
+
+    /// The end of [`dot_quads`]: the two accumulators as the scalar
+    /// kernel's eight lanes, the last blocks' terms (`tail`, block
+    /// `done + j` for the j-th) added to lane `b % 8`, the fixed reduction.
+    fn finish_quads([lo, hi]: [v128; 2], done: usize, tail: impl Iterator<Item = f32>) -> f32 {
         let mut lanes = [
             f32x4_extract_lane::<0>(lo),
             f32x4_extract_lane::<1>(lo),
@@ -1575,9 +1582,8 @@ mod wasm {
             f32x4_extract_lane::<2>(hi),
             f32x4_extract_lane::<3>(hi),
         ];
-        let done = 4 * xq.len();
-        for (j, (x, y)) in x_tail.iter().zip(y_tail).enumerate() {
-            lanes[(done + j) % 8] += term(x, y);
+        for (j, t) in tail.enumerate() {
+            lanes[(done + j) % 8] += t;
         }
         scalar::reduce_lanes(lanes)
     }
@@ -1669,21 +1675,11 @@ mod wasm {
         }
         let done = 4 * xq.len();
         std::array::from_fn(|t| {
-            let [lo, hi] = acc[t];
-            let mut lanes = [
-                f32x4_extract_lane::<0>(lo),
-                f32x4_extract_lane::<1>(lo),
-                f32x4_extract_lane::<2>(lo),
-                f32x4_extract_lane::<3>(lo),
-                f32x4_extract_lane::<0>(hi),
-                f32x4_extract_lane::<1>(hi),
-                f32x4_extract_lane::<2>(hi),
-                f32x4_extract_lane::<3>(hi),
-            ];
-            for (j, (x, y)) in x_tail.iter().zip(&y[t].blocks[done..n]).enumerate() {
-                lanes[(done + j) % 8] += term(x, y);
-            }
-            scalar::reduce_lanes(lanes)
+            let tail = x_tail
+                .iter()
+                .zip(&y[t].blocks[done..n])
+                .map(|(x, y)| term(x, y));
+            finish_quads(acc[t], done, tail)
         })
     }
 
