@@ -85,11 +85,14 @@ pub struct Message {
 pub struct Tokenizer {
     /// Each token's bytes.
     token_bytes: Vec<Vec<u8>>,
-    vocab: HashMap<String, u32>,
-    ranks: HashMap<(String, String), u32>,
+    /// The merges by the ids of their two parts: `(rank, merged id)`. A
+    /// merge whose parts or result are not tokens of the vocabulary could
+    /// only make a piece no token spells; it is left out.
+    ranks: HashMap<(u32, u32), (u32, u32)>,
+    /// Each byte's token (its character of the byte alphabet), if any.
+    byte_ids: [Option<u32>; 256],
     /// Control tokens, longest first.
     specials: Vec<(String, u32)>,
-    byte_map: [char; 256],
     digits: Option<Regex>,
     words: Regex,
     /// The pattern has qwen2's `\s*[\r\n]+` before `\s+(?!\S)`: a
@@ -214,6 +217,7 @@ impl Tokenizer {
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let mut ranks = HashMap::with_capacity(merges.len());
+        let mut joined = String::new();
         for (rank, m) in merges.iter().enumerate() {
             let m = m
                 .as_str()
@@ -221,8 +225,19 @@ impl Tokenizer {
             let (a, b) = m
                 .split_once(' ')
                 .ok_or_else(|| TokenizerError::Merge(m.into()))?;
-            ranks.insert((a.to_string(), b.to_string()), rank as u32);
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if let (Some(&a), Some(&b), Some(&ab)) =
+                (vocab.get(a), vocab.get(b), vocab.get(joined.as_str()))
+            {
+                // A pair listed twice keeps its first rank (as llama.cpp's
+                // `emplace`).
+                ranks.entry((a, b)).or_insert((rank as u32, ab));
+            }
         }
+        let byte_ids =
+            std::array::from_fn(|b| vocab.get(byte_map[b].to_string().as_str()).copied());
         let id = |key: &'static str| {
             g.get(key)
                 .and_then(Value::as_u64)
@@ -238,10 +253,9 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
         Ok(Self {
             token_bytes,
-            vocab,
             ranks,
+            byte_ids,
             specials,
-            byte_map,
             digits,
             words,
             line_breaks,
@@ -341,37 +355,24 @@ impl Tokenizer {
         if word.is_empty() {
             return;
         }
-        let mut symbols: Vec<String> = word
+        // Token ids from the start: each byte's token, then the
+        // lowest-ranked adjacent pair merged (leftmost first) until none
+        // is a merge.
+        let mut symbols: Vec<u32> = word
             .bytes()
-            .map(|b| self.byte_map[b as usize].to_string())
+            .filter_map(|b| self.byte_ids[b as usize])
             .collect();
         loop {
             let best = symbols
                 .windows(2)
                 .enumerate()
-                .filter_map(|(i, w)| {
-                    self.ranks
-                        .get(&(w[0].clone(), w[1].clone()))
-                        .map(|&r| (r, i))
-                })
+                .filter_map(|(i, w)| self.ranks.get(&(w[0], w[1])).map(|&(r, id)| (r, i, id)))
                 .min();
-            let Some((_, i)) = best else { break };
-            let right = symbols.remove(i + 1);
-            symbols[i].push_str(&right);
+            let Some((_, i, merged)) = best else { break };
+            symbols[i] = merged;
+            symbols.remove(i + 1);
         }
-        for s in symbols {
-            match self.vocab.get(&s) {
-                Some(&id) => out.push(id),
-                // Fall back to single-byte tokens.
-                None => {
-                    for c in s.chars() {
-                        if let Some(&id) = self.vocab.get(&c.to_string()) {
-                            out.push(id);
-                        }
-                    }
-                }
-            }
-        }
+        out.extend(symbols);
     }
 
     /// The concatenated bytes of `ids` (possibly not valid UTF-8).
