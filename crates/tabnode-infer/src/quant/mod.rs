@@ -808,13 +808,11 @@ fn rows<const B: usize, Y: Sync + act::BlockLanes>(
         for (row, o) in data.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
             let row = row.as_chunks::<B>().0;
             let (o4, o_rest) = o.split_at_mut(toks.len());
-            for (o, t4) in o4
-                .as_chunks_mut::<4>()
-                .0
-                .iter_mut()
-                .zip(toks.as_chunks::<4>().0)
-            {
-                *o = dot4.map_or([0.0; 4], |dot4| dot4(row, t4.each_ref()));
+            if let Some(dot4) = dot4 {
+                let t4 = toks.as_chunks::<4>().0;
+                for (o, t4) in o4.as_chunks_mut::<4>().0.iter_mut().zip(t4) {
+                    *o = dot4(row, t4.each_ref());
+                }
             }
             for (o, y) in o_rest.iter_mut().zip(&ys[toks.len()..]) {
                 *o = dot(row, y);
