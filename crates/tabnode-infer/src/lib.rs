@@ -19,6 +19,8 @@ pub mod cpu;
 pub mod engine;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod info;
 pub mod model;
 pub mod quant;
