@@ -1,4 +1,5 @@
-// y[y_at + r] = W[r]·x for the rows of one weight (or one part of it).
+// y[y_at + r] = W[r]·x (or += where `acc` is set: a residual) for the
+// rows of one weight (or one part of it).
 // The two entry points share the binding layout; `DOT`, `BYTES` (a
 // block's bytes) and `VEC4S` (its values / 4) are filled in per format.
 
@@ -8,7 +9,7 @@ struct Dims {
     row_bytes: u32,
     x_at: u32,
     y_at: u32,
-    pad0: u32,
+    acc: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -30,6 +31,9 @@ fn rows(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
     var s = 0.0;
     for (var k = 0u; k < dims.blocks; k++) {
         s += DOT(base + k * BYTES, k * VEC4S);
+    }
+    if (dims.acc != 0u) {
+        s += y[dims.y_at + r];
     }
     y[dims.y_at + r] = s;
 }
@@ -60,6 +64,10 @@ fn lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lane == 0u && r < dims.rows) {
-        y[dims.y_at + r] = partial[li];
+        var v = partial[li];
+        if (dims.acc != 0u) {
+            v += y[dims.y_at + r];
+        }
+        y[dims.y_at + r] = v;
     }
 }

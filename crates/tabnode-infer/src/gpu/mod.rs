@@ -32,6 +32,9 @@ use wgpu::util::DeviceExt;
 
 use crate::quant::{GgmlType, QTensor};
 
+mod model;
+pub use model::GpuModel;
+
 /// Why the GPU could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -158,11 +161,11 @@ fn matvec_source(ty: GgmlType) -> Result<String, GpuError> {
 }
 
 /// The `Dims` uniform of `matvec.wgsl`.
-fn dims(rows: u32, blocks: u32, row_bytes: u32, x_at: u32, y_at: u32) -> [u8; 32] {
+fn dims(rows: u32, blocks: u32, row_bytes: u32, x_at: u32, y_at: u32, acc: bool) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (o, v) in out
         .chunks_exact_mut(4)
-        .zip([rows, blocks, row_bytes, x_at, y_at, 0, 0, 0])
+        .zip([rows, blocks, row_bytes, x_at, y_at, u32::from(acc), 0, 0])
     {
         o.copy_from_slice(&v.to_le_bytes());
     }
@@ -430,7 +433,8 @@ impl Gpu {
     }
 
     /// Prepares `y[y_at..y_at + rows] = W·x[x_at..x_at + cols]` (`x_at` a
-    /// multiple of 4; `x` holds f32 values, `y` f32 values).
+    /// multiple of 4; `x` holds f32 values, `y` f32 values); `+=` with
+    /// [`Gpu::matvec_acc`].
     ///
     /// # Errors
     /// [`GpuError::Format`] (no pipeline), [`GpuError::Length`] when `x`
@@ -443,6 +447,31 @@ impl Gpu {
         y: &wgpu::Buffer,
         y_at: usize,
         variant: Variant,
+    ) -> Result<Matvec, GpuError> {
+        self.matvec_into(w, (x, x_at), (y, y_at), variant, false)
+    }
+
+    /// [`Gpu::matvec`] adding to `y` (a residual connection).
+    ///
+    /// # Errors
+    /// As [`Gpu::matvec`].
+    pub fn matvec_acc(
+        &self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: Variant,
+    ) -> Result<Matvec, GpuError> {
+        self.matvec_into(w, (x, 0), (y, 0), variant, true)
+    }
+
+    fn matvec_into(
+        &self,
+        w: &GpuMatrix,
+        (x, x_at): (&wgpu::Buffer, usize),
+        (y, y_at): (&wgpu::Buffer, usize),
+        variant: Variant,
+        acc: bool,
     ) -> Result<Matvec, GpuError> {
         let (_, bytes, values) = layout(w.ty)?;
         let need = |what, have: u64, expected: usize| {
@@ -483,6 +512,7 @@ impl Gpu {
                             row_bytes,
                             (x_at / 4) as u32,
                             (y_at + first) as u32,
+                            acc,
                         ),
                         usage: wgpu::BufferUsages::UNIFORM,
                     });
@@ -546,6 +576,18 @@ impl Gpu {
         out: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<f32>, GpuError> {
+        self.submit_and_read(|pass| ops.iter().for_each(|op| op.record(pass)), out, len)
+            .await
+    }
+
+    /// One compute pass of what `record` records, one submission, then
+    /// `len` f32 values of `out` read back.
+    async fn submit_and_read(
+        &self,
+        record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+        out: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>, GpuError> {
         let bytes = (len * 4) as u64;
         let read = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -558,9 +600,7 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for op in ops {
-                op.record(&mut pass);
-            }
+            record(&mut pass);
         }
         if bytes > 0 {
             enc.copy_buffer_to_buffer(out, 0, &read, 0, bytes);

@@ -1,0 +1,400 @@
+//! The llama / qwen2 decode step on the GPU: every weight as the file's
+//! blocks, every op a WGSL dispatch recorded at load, a token in one
+//! submission (the embedding row is looked up on the CPU and written with
+//! the step's position before it; the logits are read back after).
+
+use wgpu::util::DeviceExt;
+
+use super::{Gpu, GpuError, GpuMatrix, Matvec, Variant};
+use crate::gguf::{Gguf, GgufError};
+use crate::quant::{GgmlType, QTensor};
+use crate::reference::{Config, QkvBias};
+
+/// One recorded dispatch.
+#[derive(Debug)]
+enum Op {
+    Matvec(Matvec),
+    Kernel {
+        pipeline: wgpu::ComputePipeline,
+        bind: wgpu::BindGroup,
+        groups: u32,
+    },
+}
+
+/// A model on the GPU with its KV cache (one sequence at a time).
+#[derive(Debug)]
+pub struct GpuModel {
+    /// Hyper-parameters.
+    pub config: Config,
+    gpu: Gpu,
+    embed: (GgmlType, Vec<u8>),
+    positions: usize,
+    pos: usize,
+    x: wgpu::Buffer,
+    step: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    ops: Vec<Op>,
+    weight_bytes: u64,
+    cache_bytes: u64,
+}
+
+/// A GGUF tensor as a [`QTensor`] of `rows` × `cols`.
+fn tensor<'a>(g: &Gguf<'a>, name: &str, rows: usize, cols: usize) -> Result<QTensor<'a>, GgufError> {
+    let t = g.tensor(name)?;
+    let bad = |reason: String| GgufError::BadTensor {
+        name: name.to_string(),
+        reason,
+    };
+    if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
+        return Err(bad(format!("shape {:?}, expected [{cols}, {rows}]", t.dims)));
+    }
+    let ty = GgmlType::from_u32(t.ggml_type).ok_or_else(|| GgufError::TensorType {
+        name: name.to_string(),
+        ggml_type: t.ggml_type,
+        type_name: crate::gguf::ggml_type_name(t.ggml_type),
+    })?;
+    QTensor::new(ty, rows, cols, g.raw(t)?).map_err(|e| bad(e.to_string()))
+}
+
+/// Why a model could not be put on the GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuModelError {
+    /// The file.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The device.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl GpuModel {
+    /// Uploads the model in `bytes` with room for `positions` tokens
+    /// (at most the model's context) and records its decode step.
+    ///
+    /// # Errors
+    /// Missing or malformed tensors, formats without a GPU kernel.
+    pub fn load(
+        gpu: Gpu,
+        bytes: &[u8],
+        positions: usize,
+        variant: Variant,
+    ) -> Result<Self, GpuModelError> {
+        let g = Gguf::parse(bytes)?;
+        let c = Config::from_gguf(&g)?;
+        let positions = positions.clamp(1, c.context.max(1));
+        let hd = c.dim / c.heads.max(1);
+        let half = hd / 2;
+        let kv_dim = c.kv_heads * hd;
+        let qkv_len = c.dim + 2 * kv_dim;
+        let dev = gpu.device().clone();
+        let storage = |label, contents: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let uniform = |contents: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("dims"),
+                contents,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+        };
+        let embed = tensor(&g, "token_embd.weight", c.vocab, c.dim)?;
+        let head = match g.tensor("output.weight") {
+            Ok(_) => tensor(&g, "output.weight", c.vocab, c.dim)?,
+            Err(_) => embed,
+        };
+        // Norm weights (2 per layer, then the output norm) and biases in
+        // one buffer each.
+        let mut norms = Vec::with_capacity((2 * c.layers + 1) * c.dim);
+        let mut biases = Vec::new();
+        let mut has_bias = false;
+        for l in 0..c.layers {
+            norms.extend(g.dequantize(&format!("blk.{l}.attn_norm.weight"))?);
+            norms.extend(g.dequantize(&format!("blk.{l}.ffn_norm.weight"))?);
+            match QkvBias::from_gguf(&g, l, c.dim, kv_dim)? {
+                Some(b) => {
+                    has_bias = true;
+                    biases.extend(b.q);
+                    biases.extend(b.k);
+                    biases.extend(b.v);
+                }
+                None => biases.extend(std::iter::repeat_n(0.0, qkv_len)),
+            }
+        }
+        norms.extend(g.dequantize("output_norm.weight")?);
+        if norms.len() != (2 * c.layers + 1) * c.dim {
+            return Err(GgufError::BadTensor {
+                name: "norms".into(),
+                reason: format!("{} values, expected {}", norms.len(), (2 * c.layers + 1) * c.dim),
+            }
+            .into());
+        }
+        let norms = storage("norms", &f32_bytes(&norms));
+        let biases = storage("biases", &f32_bytes(&biases));
+        // RoPE's (cos, sin) per position and pair, as the CPU engine
+        // computes them.
+        let inv: Vec<f32> = (0..half)
+            .map(|i| libm::powf(c.rope_base, -2.0 * i as f32 / hd as f32))
+            .collect();
+        let mut table = Vec::with_capacity(positions * half * 2);
+        for p in 0..positions {
+            for &f in &inv {
+                let (s, co) = libm::sincosf(p as f32 * f);
+                table.extend([co, s]);
+            }
+        }
+        let table = storage("rope", &f32_bytes(&table));
+        let x = gpu.vector(c.dim);
+        let h = gpu.vector(c.dim.max(c.hidden));
+        let qkv = gpu.vector(qkv_len);
+        let att = gpu.vector(c.dim);
+        let gate = gpu.vector(c.hidden);
+        let up = gpu.vector(c.hidden);
+        let logits = gpu.vector(c.vocab);
+        let scores = gpu.vector(c.heads * positions);
+        let step = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let module = |src: &str| {
+            let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &m,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let norm_p = module(include_str!("rmsnorm.wgsl"));
+        let rope_p = module(include_str!("rope_kv.wgsl"));
+        let att_p = module(include_str!("attention.wgsl"));
+        let silu_p = module(include_str!("silu_mul.wgsl"));
+        let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
+            let entries: Vec<_> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            Op::Kernel {
+                bind: dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                }),
+                pipeline: pipeline.clone(),
+                groups,
+            }
+        };
+        let norm = |input: &wgpu::Buffer, out: &wgpu::Buffer, which: usize| {
+            let mut d = u32_bytes(&[c.dim as u32, (which * c.dim) as u32]);
+            d.extend(c.eps.to_le_bytes());
+            d.extend(0u32.to_le_bytes());
+            kernel(&norm_p, &[input, out, &norms, &uniform(&d)], 1)
+        };
+        let rope_dims = |l: usize| {
+            uniform(&u32_bytes(&[
+                c.heads as u32,
+                c.kv_heads as u32,
+                hd as u32,
+                u32::from(c.arch.rope_halves()),
+                u32::from(has_bias),
+                (l * qkv_len) as u32,
+                0,
+                0,
+            ]))
+        };
+        let mut att_dims = u32_bytes(&[
+            c.heads as u32,
+            c.kv_heads as u32,
+            hd as u32,
+            positions as u32,
+        ]);
+        att_dims.extend((1.0 / (hd as f32).sqrt()).to_le_bytes());
+        att_dims.extend(u32_bytes(&[0, 0, 0]));
+        let att_dims = uniform(&att_dims);
+        let mut ops = Vec::new();
+        let mut weight_bytes = 0;
+        let mut cache_bytes = 0;
+        let mut up_load = |t: QTensor<'_>| -> Result<GpuMatrix, GpuError> {
+            let m = gpu.upload(&t)?;
+            weight_bytes += m.bytes();
+            Ok(m)
+        };
+        for l in 0..c.layers {
+            let p = |s: &str| format!("blk.{l}.{s}.weight");
+            let wq = up_load(tensor(&g, &p("attn_q"), c.dim, c.dim)?)?;
+            let wk = up_load(tensor(&g, &p("attn_k"), kv_dim, c.dim)?)?;
+            let wv = up_load(tensor(&g, &p("attn_v"), kv_dim, c.dim)?)?;
+            let wo = up_load(tensor(&g, &p("attn_output"), c.dim, c.dim)?)?;
+            let wg = up_load(tensor(&g, &p("ffn_gate"), c.hidden, c.dim)?)?;
+            let wu = up_load(tensor(&g, &p("ffn_up"), c.hidden, c.dim)?)?;
+            let wd = up_load(tensor(&g, &p("ffn_down"), c.dim, c.hidden)?)?;
+            let k_cache = gpu.vector(positions * kv_dim);
+            let v_cache = gpu.vector(positions * kv_dim);
+            cache_bytes += k_cache.size() + v_cache.size();
+            ops.push(norm(&x, &h, 2 * l));
+            ops.push(Op::Matvec(gpu.matvec(&wq, &h, 0, &qkv, 0, variant)?));
+            ops.push(Op::Matvec(gpu.matvec(&wk, &h, 0, &qkv, c.dim, variant)?));
+            ops.push(Op::Matvec(gpu.matvec(&wv, &h, 0, &qkv, c.dim + kv_dim, variant)?));
+            let pairs = ((c.heads + c.kv_heads) * half) as u32;
+            ops.push(kernel(
+                &rope_p,
+                &[&qkv, &k_cache, &v_cache, &biases, &table, &rope_dims(l), &step],
+                pairs.div_ceil(64),
+            ));
+            ops.push(kernel(
+                &att_p,
+                &[&qkv, &k_cache, &v_cache, &scores, &att, &att_dims, &step],
+                c.heads as u32,
+            ));
+            ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x, variant)?));
+            ops.push(norm(&x, &h, 2 * l + 1));
+            ops.push(Op::Matvec(gpu.matvec(&wg, &h, 0, &gate, 0, variant)?));
+            ops.push(Op::Matvec(gpu.matvec(&wu, &h, 0, &up, 0, variant)?));
+            ops.push(kernel(&silu_p, &[&gate, &up], (c.hidden as u32).div_ceil(64)));
+            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x, variant)?));
+        }
+        ops.push(norm(&x, &h, 2 * c.layers));
+        let head_m = up_load(head)?;
+        ops.push(Op::Matvec(gpu.matvec(&head_m, &h, 0, &logits, 0, variant)?));
+        Ok(Self {
+            embed: (embed.ty(), embed.data().to_vec()),
+            config: c,
+            gpu,
+            positions,
+            pos: 0,
+            x,
+            step,
+            logits,
+            ops,
+            weight_bytes,
+            cache_bytes,
+        })
+    }
+
+    /// Dispatches one token records (the same for every token).
+    pub fn dispatches_per_token(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Matvec(m) => m.dispatch_count(),
+                Op::Kernel { .. } => 1,
+            })
+            .sum()
+    }
+
+    /// Bytes of weights on the device.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Bytes of KV cache on the device.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
+    }
+
+    /// Tokens fed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Tokens the cache holds at most.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Forgets the sequence (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Feeds one token and returns the logits for the next one (a token
+    /// outside the vocabulary is clamped, as on the CPU).
+    ///
+    /// # Errors
+    /// [`GpuError::Length`] when the cache is full; read-back failures.
+    pub async fn step(&mut self, token: u32) -> Result<Vec<f32>, GpuError> {
+        let c = &self.config;
+        if self.pos >= self.positions {
+            return Err(GpuError::Length {
+                what: "KV cache positions",
+                actual: self.pos + 1,
+                expected: self.positions,
+            });
+        }
+        let id = (token as usize).min(c.vocab.saturating_sub(1));
+        let mut row = vec![0f32; c.dim];
+        let (ty, data) = &self.embed;
+        QTensor::new(*ty, c.vocab, c.dim, data)
+            .and_then(|t| t.dequantize_row(id, &mut row))
+            .map_err(|_| GpuError::Length {
+                what: "embedding row",
+                actual: 0,
+                expected: c.dim,
+            })?;
+        self.gpu.write(&self.x, &row);
+        let pos = self.pos as u32;
+        self.gpu
+            .queue()
+            .write_buffer(&self.step, 0, &u32_bytes(&[pos, pos + 1, 0, 0]));
+        let ops: Vec<&Op> = self.ops.iter().collect();
+        let logits = self
+            .gpu
+            .run_ops_and_read(&ops, &self.logits, c.vocab)
+            .await?;
+        self.pos += 1;
+        Ok(logits)
+    }
+}
+
+impl Op {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        match self {
+            Op::Matvec(m) => m.record(pass),
+            Op::Kernel {
+                pipeline,
+                bind,
+                groups,
+            } => {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bind, &[]);
+                pass.dispatch_workgroups(*groups, 1, 1);
+            }
+        }
+    }
+}
+
+impl Gpu {
+    /// Records `ops` in one compute pass, submits them and reads `len` f32
+    /// values of `out` back.
+    async fn run_ops_and_read(
+        &self,
+        ops: &[&Op],
+        out: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        self.submit_and_read(|pass| ops.iter().for_each(|op| op.record(pass)), out, len)
+            .await
+    }
+}
