@@ -78,6 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             measure(|| model.session(), &prompt, n_decode)?,
         ),
+        // Not loaded here: `examples/gpu_bench.rs` times the GPU engine.
+        #[cfg(feature = "gpu")]
+        Runner::Gpu(_) => return Err("engine_bench loads no GPU engine".into()),
     };
     let timings = (load_s, run);
     let (load_s, (prefill_s, decode_s)) = timings;

@@ -37,6 +37,10 @@ pub enum Runner {
     /// The file's quantized blocks on the CPU with integer kernels
     /// ([`crate::cpu`]).
     Cpu(Box<CpuModel>),
+    /// The file's quantized blocks on a wgpu device with WGSL kernels
+    /// ([`crate::gpu`]).
+    #[cfg(feature = "gpu")]
+    Gpu(Box<crate::gpu::GpuModel>),
 }
 
 impl Runner {
@@ -44,6 +48,9 @@ impl Runner {
         match self {
             Runner::Burn(m) => m.config.context,
             Runner::Cpu(m) => m.config.context,
+            // The KV cache is allocated at load, for this many positions.
+            #[cfg(feature = "gpu")]
+            Runner::Gpu(m) => m.positions(),
         }
     }
 }
@@ -136,6 +143,36 @@ impl Engine {
             runner: Runner::Cpu(Box::new(model)),
             info,
             device: format!("cpu-quantized-{}", crate::quant::simd::best().name),
+        })
+    }
+
+    /// Takes a GGUF file's bytes and runs it on `gpu` with its quantized
+    /// blocks as they are (GPU memory: the file, plus a KV cache for
+    /// `positions` tokens), the matvecs of `variant`; results carry
+    /// `device_name`.
+    ///
+    /// # Errors
+    /// A corrupt file, a weight format without a kernel, a failing device.
+    #[cfg(feature = "gpu")]
+    pub fn load_gpu(
+        bytes: &[u8],
+        gpu: crate::gpu::Gpu,
+        variant: crate::gpu::Variant,
+        positions: usize,
+        device_name: &str,
+    ) -> Result<Self, EngineError> {
+        let g = Gguf::parse(bytes)?;
+        let info = ModelInfo::from_gguf(&g, bytes.len() as u64)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let model = crate::gpu::GpuModel::load(gpu, bytes, positions, variant).map_err(|e| match e {
+            crate::gpu::GpuModelError::Gguf(e) => EngineError::Gguf(e),
+            crate::gpu::GpuModelError::Gpu(e) => gpu_error(e),
+        })?;
+        Ok(Self {
+            tokenizer,
+            runner: Runner::Gpu(Box::new(model)),
+            info,
+            device: device_name.into(),
         })
     }
 
@@ -298,6 +335,15 @@ impl Engine {
                         pause().await;
                     }
                 }
+                #[cfg(feature = "gpu")]
+                Runner::Gpu(model) => {
+                    let mut session = model.session().map_err(gpu_error)?;
+                    let mut logits = session.prefill(&input).await.map_err(gpu_error)?;
+                    first = Instant::now();
+                    while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
+                        logits = session.step(token).await.map_err(gpu_error)?;
+                    }
+                }
             }
         }
         let out = g.finish(&mut |t| on_piece(&[], t));
@@ -337,6 +383,17 @@ impl Engine {
                 }
                 Ok(started.elapsed().as_secs_f64() * 1e3 / steps as f64)
             }
+            #[cfg(feature = "gpu")]
+            Runner::Gpu(model) => {
+                let mut session = model.session().map_err(gpu_error)?;
+                session.prefill(&prompt).await.map_err(gpu_error)?;
+                session.step(token).await.map_err(gpu_error)?;
+                let started = Instant::now();
+                for _ in 0..steps {
+                    session.step(token).await.map_err(gpu_error)?;
+                }
+                Ok(started.elapsed().as_secs_f64() * 1e3 / steps as f64)
+            }
         }
     }
 
@@ -362,6 +419,11 @@ impl Engine {
 /// The `pause` of a caller that need not yield between tokens.
 pub fn no_pause() -> LocalBoxFuture<'static, ()> {
     Box::pin(futures::future::ready(()))
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_error(e: crate::gpu::GpuError) -> EngineError {
+    EngineError::Generate(GenerateError::Device(format!("GPU: {e}")))
 }
 
 fn device(e: crate::model::ReadError) -> EngineError {

@@ -37,7 +37,8 @@ fn logits_and_greedy_tokens_equal_the_f32_reference() {
         last = s.step(t);
     }
     for variant in Variant::ALL {
-        let mut m = GpuModel::load(gpu(), &bytes, 64, variant).expect("gpu model");
+        let model = GpuModel::load(gpu(), &bytes, 64, variant).expect("gpu model");
+        let mut m = model.session().expect("session");
         let mut worst = 0f32;
         let mut last = Vec::new();
         for (&t, want) in prompt.iter().zip(&want_logits) {
@@ -55,30 +56,60 @@ fn logits_and_greedy_tokens_equal_the_f32_reference() {
         }
         println!(
             "{variant:?}: worst relative logit difference {worst:e}, {} dispatches a token",
-            m.dispatches_per_token()
+            model.dispatches_per_token()
         );
         // Measured 4e-6 (the same math in another float order).
         assert!(worst < 1e-4, "{variant:?}: logits differ by {worst:e} of their scale");
         assert_eq!(tokens, want_tokens, "{variant:?}");
         // 12 dispatches a layer, the output norm and the head.
-        let c = &m.config;
-        assert_eq!(m.dispatches_per_token(), 12 * c.layers + 2);
+        let c = &model.config;
+        assert_eq!(model.dispatches_per_token(), 12 * c.layers + 2);
         // The weights as the file has them: no copy expanded.
-        assert!(m.weight_bytes() <= bytes.len() as u64, "{} bytes of weights", m.weight_bytes());
+        assert!(
+            model.weight_bytes() <= bytes.len() as u64,
+            "{} bytes of weights",
+            model.weight_bytes()
+        );
     }
 }
 
 #[test]
-fn a_full_cache_is_an_error_and_a_reset_starts_again() {
+fn a_prompt_fed_at_once_gives_the_logits_of_feeding_it_token_by_token() {
     let bytes = model_bytes();
-    let mut m = GpuModel::load(gpu(), &bytes, 2, Variant::Rows).expect("gpu model");
+    let model = GpuModel::load(gpu(), &bytes, 16, Variant::Rows).expect("gpu model");
+    let prompt = [1u32, 4093, 198, 1780, 314];
+    let mut one = model.session().expect("session");
+    let mut stepped = Vec::new();
+    for &t in &prompt {
+        stepped = block_on(one.step(t)).expect("step");
+    }
+    // One session at a time: the cache is the model's.
+    assert!(matches!(model.session(), Err(gpu::GpuError::Busy)));
+    drop(one);
+    let mut s = model.session().expect("session");
+    let fed = block_on(s.prefill(&prompt)).expect("prefill");
+    assert_eq!(s.position(), prompt.len());
+    assert_eq!(fed, stepped);
+}
+
+#[test]
+fn a_full_cache_is_an_error_and_a_new_session_starts_again() {
+    let bytes = model_bytes();
+    let model = GpuModel::load(gpu(), &bytes, 2, Variant::Rows).expect("gpu model");
+    let mut m = model.session().expect("session");
     let first = block_on(m.step(1)).expect("step");
     block_on(m.step(2)).expect("step");
     assert!(matches!(
         block_on(m.step(3)),
         Err(gpu::GpuError::Length { what: "KV cache positions", .. })
     ));
-    assert_eq!(m.position(), 2);
-    m.reset();
+    // A prompt that does not fit is refused whole.
+    drop(m);
+    let mut m = model.session().expect("session");
+    assert!(matches!(
+        block_on(m.prefill(&[1, 2, 3])),
+        Err(gpu::GpuError::Length { .. })
+    ));
+    assert_eq!(m.position(), 0);
     assert_eq!(block_on(m.step(1)).expect("step"), first);
 }

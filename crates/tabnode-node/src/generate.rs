@@ -23,6 +23,10 @@ pub enum DeviceArg {
     /// burn's wgpu backend on the first GPU adapter wgpu finds (Vulkan,
     /// Metal, DX12; a software rasterizer such as lavapipe counts).
     Wgpu,
+    /// The file's quantized blocks on the first GPU adapter wgpu finds,
+    /// with the WGSL kernels a tab's WebGPU backend runs (the barrier-free
+    /// ones on a software adapter).
+    Gpu,
 }
 
 /// Arguments of `generate`.
@@ -132,6 +136,15 @@ pub fn load_engine(path: &Path, device: DeviceArg) -> Result<Engine, Box<dyn std
         );
         return Ok(engine);
     }
+    if device == DeviceArg::Gpu {
+        let engine = load_gpu(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!(
+            "loaded model ({:.1} s on {})",
+            t0.elapsed().as_secs_f64(),
+            engine.device()
+        );
+        return Ok(engine);
+    }
     let (device, name) = open_device(device)?;
     let mut err = std::io::stderr();
     let engine = Engine::load(&bytes, &device, name, &mut |done, total| {
@@ -147,9 +160,26 @@ pub fn load_engine(path: &Path, device: DeviceArg) -> Result<Engine, Box<dyn std
     Ok(engine)
 }
 
+/// The quantized GPU engine on the first adapter (`gpu-quantized-rows` on
+/// a software one, `gpu-quantized-lanes` on a GPU).
+#[cfg(feature = "wgpu")]
+fn load_gpu(bytes: &[u8]) -> Result<Engine, Box<dyn std::error::Error>> {
+    use tabnode_infer::gpu::{self, Gpu, Variant};
+    let adapter = futures::executor::block_on(gpu::adapter(wgpu::Backends::all()))?;
+    let variant = Variant::for_adapter(adapter.get_info().device_type == wgpu::DeviceType::Cpu);
+    let device = futures::executor::block_on(Gpu::new(&adapter))?;
+    let name = format!("gpu-quantized-{}", variant.name());
+    Ok(Engine::load_gpu(bytes, device, variant, gpu::POSITIONS, &name)?)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn load_gpu(_: &[u8]) -> Result<Engine, Box<dyn std::error::Error>> {
+    Err("this build has no GPU support (feature `wgpu`)".into())
+}
+
 fn open_device(d: DeviceArg) -> Result<(Device, &'static str), String> {
     match d {
-        DeviceArg::Cpu | DeviceArg::Flex => Ok((Device::flex(), "flex")),
+        DeviceArg::Cpu | DeviceArg::Flex | DeviceArg::Gpu => Ok((Device::flex(), "flex")),
         #[cfg(feature = "wgpu")]
         DeviceArg::Wgpu => Device::wgpu_options()
             .init()

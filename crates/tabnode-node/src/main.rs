@@ -46,7 +46,9 @@ struct Args {
     /// share the slots). Omit to serve none.
     #[arg(long, env = "TABNODE_SERVE_MODEL")]
     model: Vec<PathBuf>,
-    /// Where the served models run: cpu (the quantized engine) or wgpu.
+    /// Where the served models run: cpu (the quantized engine), gpu (the
+    /// same blocks with the WGSL kernels on the first GPU adapter; its KV
+    /// cache serves one generation at a time) or wgpu (burn's f32 model).
     /// (`flex`, burn's f32 CPU model, is `generate`'s reference for tests
     /// and is not served.)
     #[arg(long, value_enum, default_value_t = generate::DeviceArg::Cpu)]
@@ -99,6 +101,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     quantized engine, several times faster) or wgpu"
                 .into(),
         );
+    }
+    if !args.model.is_empty() && args.device == generate::DeviceArg::Gpu && args.slots > 1 {
+        return Err(format!(
+            "--device gpu serves one generation at a time (its KV cache is allocated \
+             on the device at load): --slots {} is more than it has",
+            args.slots
+        )
+        .into());
     }
     let relay = match (&args.relay, &args.bootstrap_file) {
         (Some(r), _) => r.clone(),

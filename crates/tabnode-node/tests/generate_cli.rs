@@ -43,6 +43,27 @@ fn a_node_refuses_to_serve_on_the_f32_reference() {
     );
 }
 
+/// The GPU engine's KV cache is the device's: one generation at a time.
+#[test]
+fn a_node_refuses_more_slots_than_the_gpu_engine_has() {
+    let m = model();
+    let out = Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
+        .args([
+            "--model",
+            m.to_str().expect("utf-8 path"),
+            "--device",
+            "gpu",
+            "--slots",
+            "2",
+        ])
+        .env_remove("TABNODE_SERVE_MODEL")
+        .output()
+        .expect("run tabnode-node");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--device gpu serves one generation at a time"), "{err}");
+}
+
 #[test]
 fn answers_a_chat_prompt_greedily() {
     let m = model();
@@ -90,7 +111,7 @@ fn bad_model_files_are_clear_errors() {
 }
 
 #[test]
-fn wgpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
+fn wgpu_gpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
     // The wgpu backend runs on any Vulkan adapter; scripts/setup.sh installs
     // Mesa's software one (lavapipe), so this runs everywhere the tests do.
     let m = model();
@@ -122,7 +143,10 @@ fn wgpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
     let (device, flex) = run("flex");
     assert_eq!(device, "flex");
     assert_eq!(flex.as_array().map(Vec::len), Some(6));
-    assert_eq!(run("wgpu"), ("wgpu".to_owned(), flex));
+    assert_eq!(run("wgpu"), ("wgpu".to_owned(), flex.clone()));
+    // The file's blocks with the WGSL kernels (the tab's WebGPU engine) on
+    // the same adapter: the reference's tokens too.
+    assert_eq!(run("gpu"), ("gpu-quantized-rows".to_owned(), flex));
     // The default: the file's quantized blocks on this CPU's best kernels.
     let (device, cpu) = run("cpu");
     assert!(device.starts_with("cpu-quantized-"), "{device}");

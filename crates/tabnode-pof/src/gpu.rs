@@ -168,6 +168,16 @@ impl GpuProver {
         }
     }
 
+    /// The device the prover runs on (others may share it).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The device's queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
     /// The same device with another kernel.
     pub fn other_kernel(&self, kernel: Kernel) -> Self {
         Self::with_kernel(self.device.clone(), self.queue.clone(), kernel)

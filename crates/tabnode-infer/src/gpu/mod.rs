@@ -33,7 +33,7 @@ use wgpu::util::DeviceExt;
 use crate::quant::{GgmlType, QTensor};
 
 mod model;
-pub use model::GpuModel;
+pub use model::{GpuModel, GpuModelError, GpuSession};
 
 /// Why the GPU could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +85,20 @@ pub enum GpuError {
     /// The mapped range could not be viewed.
     #[error("reading back from the GPU failed: {0}")]
     MapRange(#[from] wgpu::MapRangeError),
+    /// The model's KV cache serves another session.
+    #[error("the GPU model is busy with another sequence")]
+    Busy,
+    /// A token's embedding row could not be read.
+    #[error("embedding row: {0}")]
+    Embedding(crate::quant::QuantError),
     /// The map callback never ran.
     #[error("reading back from the GPU failed: the callback was dropped")]
     MapDropped,
 }
+
+/// Positions the engine's KV cache holds unless told otherwise (allocated
+/// at load: a prompt and its answer up to this many tokens).
+pub const POSITIONS: usize = 2048;
 
 /// Which matvec kernel (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +113,21 @@ pub enum Variant {
 impl Variant {
     /// Both.
     pub const ALL: [Variant; 2] = [Variant::Rows, Variant::Lanes];
+
+    /// The kernels for an adapter: [`Variant::Rows`] on a software one
+    /// (a CPU), [`Variant::Lanes`] on a GPU.
+    pub fn for_adapter(software: bool) -> Self {
+        if software {
+            Variant::Rows
+        } else {
+            Variant::Lanes
+        }
+    }
+
+    /// `rows` or `lanes`.
+    pub fn name(self) -> &'static str {
+        self.entry()
+    }
 
     fn entry(self) -> &'static str {
         match self {
@@ -578,6 +603,18 @@ impl Gpu {
     ) -> Result<Vec<f32>, GpuError> {
         self.submit_and_read(|pass| ops.iter().for_each(|op| op.record(pass)), out, len)
             .await
+    }
+
+    /// One compute pass of what `record` records, submitted.
+    fn submit(&self, record: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            record(&mut pass);
+        }
+        self.queue.submit([enc.finish()]);
     }
 
     /// One compute pass of what `record` records, one submission, then

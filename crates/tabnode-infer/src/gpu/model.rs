@@ -29,7 +29,11 @@ pub struct GpuModel {
     gpu: Gpu,
     embed: (GgmlType, Vec<u8>),
     positions: usize,
-    pos: usize,
+    /// Held by the one session the KV cache serves.
+    busy: std::sync::Mutex<()>,
+    /// Dispatches before the output norm and head (a prompt's tokens but
+    /// the last skip those).
+    body: usize,
     x: wgpu::Buffer,
     step: wgpu::Buffer,
     logits: wgpu::Buffer,
@@ -275,6 +279,7 @@ impl GpuModel {
             ops.push(kernel(&silu_p, &[&gate, &up], (c.hidden as u32).div_ceil(64)));
             ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x, variant)?));
         }
+        let body = ops.len();
         ops.push(norm(&x, &h, 2 * c.layers));
         let head_m = up_load(head)?;
         ops.push(Op::Matvec(gpu.matvec(&head_m, &h, 0, &logits, 0, variant)?));
@@ -283,7 +288,8 @@ impl GpuModel {
             config: c,
             gpu,
             positions,
-            pos: 0,
+            busy: std::sync::Mutex::new(()),
+            body,
             x,
             step,
             logits,
@@ -314,54 +320,107 @@ impl GpuModel {
         self.cache_bytes
     }
 
-    /// Tokens fed so far.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     /// Tokens the cache holds at most.
     pub fn positions(&self) -> usize {
         self.positions
     }
 
-    /// Forgets the sequence (the cache is overwritten from position 0).
-    pub fn reset(&mut self) {
-        self.pos = 0;
-    }
-
-    /// Feeds one token and returns the logits for the next one (a token
-    /// outside the vocabulary is clamped, as on the CPU).
+    /// A decoding session over the model's KV cache, which serves one
+    /// session at a time.
     ///
     /// # Errors
-    /// [`GpuError::Length`] when the cache is full; read-back failures.
-    pub async fn step(&mut self, token: u32) -> Result<Vec<f32>, GpuError> {
+    /// [`GpuError::Busy`] while another session is alive.
+    pub fn session(&self) -> Result<GpuSession<'_>, GpuError> {
+        let guard = match self.busy.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(GpuError::Busy),
+        };
+        Ok(GpuSession {
+            model: self,
+            pos: 0,
+            _guard: guard,
+        })
+    }
+
+    /// Writes token `token`'s embedding and position `pos` for the next
+    /// submission.
+    fn stage(&self, token: u32, pos: usize) -> Result<(), GpuError> {
         let c = &self.config;
-        if self.pos >= self.positions {
-            return Err(GpuError::Length {
-                what: "KV cache positions",
-                actual: self.pos + 1,
-                expected: self.positions,
-            });
-        }
         let id = (token as usize).min(c.vocab.saturating_sub(1));
         let mut row = vec![0f32; c.dim];
         let (ty, data) = &self.embed;
         QTensor::new(*ty, c.vocab, c.dim, data)
             .and_then(|t| t.dequantize_row(id, &mut row))
-            .map_err(|_| GpuError::Length {
-                what: "embedding row",
-                actual: 0,
-                expected: c.dim,
-            })?;
+            .map_err(GpuError::Embedding)?;
         self.gpu.write(&self.x, &row);
-        let pos = self.pos as u32;
+        let pos = pos as u32;
         self.gpu
             .queue()
             .write_buffer(&self.step, 0, &u32_bytes(&[pos, pos + 1, 0, 0]));
-        let ops: Vec<&Op> = self.ops.iter().collect();
-        let logits = self
+        Ok(())
+    }
+}
+
+/// A decoding session: the position in the model's KV cache.
+#[derive(Debug)]
+pub struct GpuSession<'m> {
+    model: &'m GpuModel,
+    pos: usize,
+    _guard: std::sync::MutexGuard<'m, ()>,
+}
+
+impl GpuSession<'_> {
+    /// Tokens fed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn room(&self, tokens: usize) -> Result<(), GpuError> {
+        if self.pos + tokens > self.model.positions {
+            return Err(GpuError::Length {
+                what: "KV cache positions",
+                actual: self.pos + tokens,
+                expected: self.model.positions,
+            });
+        }
+        Ok(())
+    }
+
+    /// Feeds one token and returns the logits for the next one (a token
+    /// outside the vocabulary is clamped, as on the CPU): one submission.
+    ///
+    /// # Errors
+    /// [`GpuError::Length`] when the cache is full; read-back failures.
+    pub async fn step(&mut self, token: u32) -> Result<Vec<f32>, GpuError> {
+        self.prefill(&[token]).await
+    }
+
+    /// Feeds `tokens` (a prompt) and returns the logits after the last:
+    /// a submission per token, without the output layer or a read back
+    /// but for the last.
+    ///
+    /// # Errors
+    /// As [`GpuSession::step`]; nothing is fed when they do not fit.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+        let m = self.model;
+        self.room(tokens.len())?;
+        let Some((&last, first)) = tokens.split_last() else {
+            return Ok(Vec::new());
+        };
+        for &t in first {
+            m.stage(t, self.pos)?;
+            m.gpu.submit(|pass| m.ops[..m.body].iter().for_each(|op| op.record(pass)));
+            self.pos += 1;
+        }
+        m.stage(last, self.pos)?;
+        let logits = m
             .gpu
-            .run_ops_and_read(&ops, &self.logits, c.vocab)
+            .submit_and_read(
+                |pass| m.ops.iter().for_each(|op| op.record(pass)),
+                &m.logits,
+                m.config.vocab,
+            )
             .await?;
         self.pos += 1;
         Ok(logits)
@@ -382,19 +441,5 @@ impl Op {
                 pass.dispatch_workgroups(*groups, 1, 1);
             }
         }
-    }
-}
-
-impl Gpu {
-    /// Records `ops` in one compute pass, submits them and reads `len` f32
-    /// values of `out` back.
-    async fn run_ops_and_read(
-        &self,
-        ops: &[&Op],
-        out: &wgpu::Buffer,
-        len: usize,
-    ) -> Result<Vec<f32>, GpuError> {
-        self.submit_and_read(|pass| ops.iter().for_each(|op| op.record(pass)), out, len)
-            .await
     }
 }
