@@ -1,8 +1,8 @@
 //! The model in the worker: download with progress into the Cache API (so
 //! the next visit loads without downloading), load on the CPU (the file's
-//! quantized blocks, wasm SIMD128 kernels) or on WebGPU (burn, f32),
-//! whichever decodes faster here or the page asks for, generate with
-//! streamed tokens and cancellation.
+//! quantized blocks, wasm SIMD128 kernels) or on WebGPU (the same blocks,
+//! WGSL kernels: `tabnode_infer::gpu`), whichever decodes faster here or
+//! the page asks for, generate with streamed tokens and cancellation.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -14,7 +14,8 @@ use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest}
 use tabnode_core::worker::FromWorker;
 use tabnode_core::{ErrorCode, GpuInfo};
 use tabnode_infer::engine::Runner;
-use tabnode_infer::{generate::GenerateError, Device, Engine, EngineError};
+use tabnode_infer::gpu::{Gpu, Variant};
+use tabnode_infer::{generate::GenerateError, Engine, EngineError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, ReadableStreamDefaultReader, Response};
@@ -30,7 +31,6 @@ const PROGRESS_STEP: u64 = 1 << 20;
 
 #[derive(Default)]
 struct ModelState {
-    device: Option<Device>,
     engine: Option<Rc<Engine>>,
     cancelled: HashSet<u64>,
 }
@@ -151,33 +151,26 @@ async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
     Ok(bytes)
 }
 
-async fn device() -> Result<Device, WorkerError> {
-    if let Some(d) = MODEL.with(|m| m.borrow().device.clone()) {
-        return Ok(d);
-    }
-    let d = tabnode_infer::engine::webgpu_device()
-        .await
-        .map_err(WorkerError::Device)?;
-    MODEL.with(|m| m.borrow_mut().device = Some(d.clone()));
-    Ok(d)
-}
-
-/// The model on burn's WebGPU backend (weights expanded to f32).
-async fn load_webgpu(bytes: &[u8]) -> Result<Engine, WorkerError> {
-    trace("opening the WebGPU device for burn");
-    let device = device().await?;
-    Ok(Engine::load(
-        bytes,
-        &device,
-        "webgpu",
-        &mut |done, total| {
-            post(&FromWorker::ModelProgress {
-                phase: "load".into(),
-                done: done as u64,
-                total: total as u64,
-            })
-        },
-    )?)
+/// The model on WebGPU: the file's blocks on the prover's device, the
+/// barrier-free matvecs on a software adapter, the workgroup ones on a
+/// hardware GPU.
+async fn load_webgpu(bytes: &[u8], software: bool) -> Result<Engine, WorkerError> {
+    let prover = crate::web::gpu_settled().await.ok_or(WorkerError::NoWebGpu)?;
+    let gpu = Gpu::with_device(prover.device().clone(), prover.queue().clone());
+    let variant = Variant::for_adapter(software);
+    let name = format!("webgpu-quantized-{}", variant.name());
+    post(&FromWorker::ModelProgress {
+        phase: "load".into(),
+        done: 0,
+        total: 1,
+    });
+    let engine = Engine::load_gpu(bytes, gpu, variant, tabnode_infer::gpu::POSITIONS, &name)?;
+    post(&FromWorker::ModelProgress {
+        phase: "load".into(),
+        done: 1,
+        total: 1,
+    });
+    Ok(engine)
 }
 
 /// The model on the CPU with the file's quantized blocks (wasm SIMD128),
@@ -237,8 +230,7 @@ async fn timed(
 }
 
 /// A software WebGPU adapter (SwiftShader, lavapipe): shaders run on the
-/// CPU, far slower than the CPU kernels (0.09 against several tokens/s
-/// here), so it is not worth the f32 load and a timing.
+/// CPU, so the engine takes the barrier-free kernels.
 fn is_software(g: &GpuInfo) -> bool {
     g.is_fallback
         || [&g.vendor, &g.architecture, &g.description]
@@ -291,26 +283,19 @@ async fn choose(
             return cpu_only(bytes, threads, "asked for (backend=cpu)".into()).await
         }
         (Some(Backend::Webgpu), None) => return Err(WorkerError::NoWebGpu),
-        (Some(Backend::Webgpu), Some(_)) => {
-            let engine = load_webgpu(&bytes).await?;
+        (Some(Backend::Webgpu), Some(g)) => {
+            let engine = load_webgpu(&bytes, is_software(g)).await?;
             drop(bytes);
             let t = timed(&engine, Backend::Webgpu, REPORT_STEPS).await?;
             return Ok(only(engine, t, "asked for (backend=webgpu)".into(), 1));
         }
         (None, None) => return cpu_only(bytes, threads, "no WebGPU adapter".into()).await,
-        (None, Some(g)) if is_software(g) => {
-            let name = [&g.architecture, &g.description, &g.vendor]
-                .into_iter()
-                .find(|s| !s.is_empty())
-                .cloned()
-                .unwrap_or_else(|| "fallback".into());
-            let reason = format!("the WebGPU adapter is a software one ({name}): CPU kernels");
-            return cpu_only(bytes, threads, reason).await;
-        }
         (None, Some(g)) => g,
     };
-    // A hardware adapter: time both, keep the faster.
-    let web = load_webgpu(&bytes).await?;
+    // Time both, keep the faster. The WebGPU engine holds the file's
+    // blocks, so loading it costs an upload, not an expansion.
+    let software = is_software(gpu);
+    let web = load_webgpu(&bytes, software).await?;
     let web_t = timed(&web, Backend::Webgpu, CHOICE_STEPS).await?;
     let (cpu, workers, note) = load_cpu(bytes, threads).await?;
     let cpu_t = timed(&cpu, Backend::Cpu, CHOICE_STEPS).await?;
@@ -321,13 +306,18 @@ async fn choose(
         drop(web);
         (cpu, &cpu_t, &web_t, workers)
     };
+    let kind = if software { "a software adapter" } else { "hardware" };
+    let name = [&gpu.description, &gpu.architecture, &gpu.vendor]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "WebGPU".into());
     let reason = format!(
-        "faster on this machine: {} {:.1} ms/token, {} {:.1} ms/token ({}){note}",
+        "faster on this machine: {} {:.1} ms/token, {} {:.1} ms/token ({name}, {kind}){note}",
         fast.backend.name(),
         fast.ms_per_token,
         slow.backend.name(),
         slow.ms_per_token,
-        gpu.description
     );
     let choice = EngineChoice {
         backend: fast.backend,
