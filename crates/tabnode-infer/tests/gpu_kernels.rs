@@ -65,15 +65,15 @@ fn every_format_and_variant_matches_the_dequantized_weights() {
             let dense = dequantize(ty, &data).expect("dequantize");
             let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
             let (want, scale) = reference(&dense, &x);
-            let m = gpu.upload(&w).expect("upload");
-            assert_eq!(m.parts(), 1);
             let xb = gpu.vector(8 + cols);
             let mut padded = vec![9.0f32; 8];
             padded.extend_from_slice(&x);
             gpu.write(&xb, &padded);
             let y = gpu.vector(rows + 3);
             for variant in Variant::ALL {
-                let op = gpu.matvec(&m, &xb, 8, &y, 3, variant).expect("matvec");
+                let m = gpu.upload(&w, variant).expect("upload");
+                assert_eq!(m.parts(), 1);
+                let op = gpu.matvec(&m, &xb, 8, &y, 3).expect("matvec");
                 let got = block_on(gpu.run_and_read(&[&op], &y, rows + 3)).expect("run");
                 assert_close(&format!("{ty:?} {variant:?} {rows}x{cols}"), &got[3..], &want, &scale);
             }
@@ -90,17 +90,18 @@ fn a_weight_larger_than_a_binding_is_split_by_rows_and_gives_the_same_values() {
     let w = QTensor::new(ty, rows, cols, &data).expect("tensor");
     let x: Vec<f32> = (0..cols).map(|_| rng.unit() - 0.5).collect();
     let (want, scale) = reference(&dequantize(ty, &data).expect("dequantize"), &x);
-    // Parts of 100 rows (420 bytes a row): four buffers, the last short.
-    gpu.limit_bindings(420 * 100 + 4);
-    let m = gpu.upload(&w).expect("upload");
-    assert_eq!(m.parts(), 4);
-    assert_eq!(m.bytes(), (3 * (420 * 100 + 4) + (420 + 4)) as u64);
+    // Parts of 40 rows (420 bytes a row, interleaved by 8 or not): eight
+    // buffers, the last short (and padded to 24 rows when interleaved).
+    gpu.limit_bindings(420 * 40);
     let xb = gpu.vector(cols);
     gpu.write(&xb, &x);
     let y = gpu.vector(rows);
-    for variant in Variant::ALL {
-        let op = gpu.matvec(&m, &xb, 0, &y, 0, variant).expect("matvec");
-        assert_eq!(op.dispatch_count(), 4);
+    for (variant, bytes) in [(Variant::Rows, 420 * (280 + 24)), (Variant::Lanes, 420 * 301)] {
+        let m = gpu.upload(&w, variant).expect("upload");
+        assert_eq!(m.parts(), 8);
+        assert_eq!(m.bytes(), bytes as u64);
+        let op = gpu.matvec(&m, &xb, 0, &y, 0).expect("matvec");
+        assert_eq!(op.dispatch_count(), 8);
         let got = block_on(gpu.run_and_read(&[&op], &y, rows)).expect("run");
         assert_close(&format!("split {variant:?}"), &got, &want, &scale);
     }
@@ -111,31 +112,42 @@ fn bad_shapes_and_formats_are_refused_with_a_reason() {
     let mut gpu = gpu();
     let data = vec![0u8; 2 * 34];
     let w = QTensor::new(GgmlType::Q8_0, 2, 32, &data).expect("tensor");
-    let m = gpu.upload(&w).expect("upload");
+    let m = gpu.upload(&w, Variant::Rows).expect("upload");
     // An input too short, an offset not on a vec4.
     let short = gpu.vector(16);
     let y = gpu.vector(2);
     assert!(matches!(
-        gpu.matvec(&m, &short, 0, &y, 0, Variant::Rows),
+        gpu.matvec(&m, &short, 0, &y, 0),
         Err(gpu::GpuError::Length { what: "activation", .. })
     ));
     let x = gpu.vector(64);
     assert!(matches!(
-        gpu.matvec(&m, &x, 2, &y, 0, Variant::Rows),
+        gpu.matvec(&m, &x, 2, &y, 0),
         Err(gpu::GpuError::Length { what: "activation offset", .. })
     ));
     assert!(matches!(
-        gpu.matvec(&m, &x, 0, &gpu.vector(1), 3, Variant::Lanes),
+        gpu.matvec(&m, &x, 0, &gpu.vector(1), 3),
         Err(gpu::GpuError::Length { what: "output", .. })
     ));
     // A format without a kernel.
     let q8k = vec![0u8; GgmlType::Q8_K.block_bytes()];
     let w = QTensor::new(GgmlType::Q8_K, 1, 256, &q8k).expect("tensor");
-    assert!(matches!(gpu.upload(&w), Err(gpu::GpuError::Format(GgmlType::Q8_K))));
-    // A row larger than a binding.
-    gpu.limit_bindings(36);
     assert!(matches!(
-        gpu.upload(&QTensor::new(GgmlType::Q8_0, 2, 32, &data).expect("tensor")),
-        Err(gpu::GpuError::RowTooLarge { bytes: 34, limit: 36 })
+        gpu.upload(&w, Variant::Rows),
+        Err(gpu::GpuError::Format(GgmlType::Q8_K))
     ));
+    // A row (34 bytes, 36 padded) larger than a binding; eight of them,
+    // interleaved.
+    gpu.limit_bindings(32);
+    let w = QTensor::new(GgmlType::Q8_0, 2, 32, &data).expect("tensor");
+    assert!(matches!(
+        gpu.upload(&w, Variant::Lanes),
+        Err(gpu::GpuError::RowTooLarge { bytes: 36, limit: 32 })
+    ));
+    gpu.limit_bindings(36 * 7);
+    assert!(matches!(
+        gpu.upload(&w, Variant::Rows),
+        Err(gpu::GpuError::RowTooLarge { bytes: 288, limit: 252 })
+    ));
+    assert_eq!(gpu.upload(&w, Variant::Lanes).expect("fits").parts(), 1);
 }

@@ -1,22 +1,34 @@
-// The GGUF block formats read where they lie: `w` holds a tensor's bytes
-// as the file has them (little-endian words; every block starts on an even
-// byte), `x` the activation as vec4s. Each `dot_<format>(b, xb)` is the dot
-// product of the block at byte `b` with the activation's values from vec4
-// `xb` on, in f32 (ggml's dequantization, then multiply-add).
+// The GGUF block formats as the file has them: `w` holds a tensor's rows,
+// each padded to whole words, either one after the other (`STRIDE` 1) or
+// with the words of eight consecutive rows interleaved (`STRIDE` 8: word
+// `j` of row `8g + l` at `(g·row_words + j)·8 + l`, so that neighbouring
+// invocations computing neighbouring rows read neighbouring words). Every
+// block starts on an even byte of its row. `rbase` is the invocation's row
+// (its first word); `x` holds the activation as vec4s. Each
+// `dot_<format>(b, xb)` is the dot product of the block at byte `b` of the
+// row with the activation's values from vec4 `xb` on, in f32 (ggml's
+// dequantization, then multiply-add).
 
-// The four bytes at byte `at` (even).
+var<private> rbase: u32;
+
+// Word `i` of the current row.
+fn load(i: u32) -> u32 {
+    return w[rbase + i * STRIDE];
+}
+
+// The four bytes at byte `at` (even) of the current row.
 fn word(at: u32) -> u32 {
     let i = at >> 2u;
-    let lo = w[i];
+    let lo = load(i);
     if ((at & 2u) == 0u) {
         return lo;
     }
-    return (lo >> 16u) | (w[i + 1u] << 16u);
+    return (lo >> 16u) | (load(i + 1u) << 16u);
 }
 
 // The f16 at byte `at` (even), as f32 (no `shader-f16` needed).
 fn f16_at(at: u32) -> f32 {
-    return unpack2x16float(w[at >> 2u] >> ((at & 2u) << 3u)).x;
+    return unpack2x16float(load(at >> 2u) >> ((at & 2u) << 3u)).x;
 }
 
 fn xv(i: u32) -> vec4<f32> {

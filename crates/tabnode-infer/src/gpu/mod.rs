@@ -47,10 +47,11 @@ pub enum GpuError {
     /// No kernel reads this format.
     #[error("no GPU kernel reads {0:?} weights")]
     Format(GgmlType),
-    /// A row too large for one storage binding of this device.
-    #[error("a row of {bytes} bytes does not fit a storage binding of {limit} bytes")]
+    /// A row (or the rows a variant interleaves) too large for one
+    /// storage binding of this device.
+    #[error("rows of {bytes} bytes do not fit a storage binding of {limit} bytes")]
     RowTooLarge {
-        /// Bytes per row.
+        /// Bytes of a row, or of the rows interleaved together.
         bytes: u64,
         /// The device's `max_storage_buffer_binding_size`.
         limit: u64,
@@ -129,6 +130,14 @@ impl Variant {
         self.entry()
     }
 
+    /// Rows whose words are interleaved (see `blocks.wgsl`).
+    fn interleave(self) -> usize {
+        match self {
+            Variant::Rows => 8,
+            Variant::Lanes => 1,
+        }
+    }
+
     fn entry(self) -> &'static str {
         match self {
             Variant::Rows => "rows",
@@ -175,22 +184,26 @@ pub const FORMATS: [GgmlType; 9] = [
     GgmlType::F16,
 ];
 
-/// The WGSL of the matvec kernels for `ty`.
-fn matvec_source(ty: GgmlType) -> Result<String, GpuError> {
+/// The WGSL of `variant`'s matvec kernel for `ty`.
+fn matvec_source(ty: GgmlType, variant: Variant) -> Result<String, GpuError> {
     let (dot, bytes, values) = layout(ty)?;
-    let main = include_str!("matvec.wgsl")
-        .replace("DOT", dot)
-        .replace("BYTES", &format!("{bytes}u"))
-        .replace("VEC4S", &format!("{}u", values / 4));
-    Ok(format!("{main}\n{}", include_str!("blocks.wgsl")))
+    Ok(format!(
+        "{}\n{}",
+        include_str!("matvec.wgsl"),
+        include_str!("blocks.wgsl")
+    )
+    .replace("DOT", dot)
+    .replace("BYTES", &format!("{bytes}u"))
+    .replace("VEC4S", &format!("{}u", values / 4))
+    .replace("STRIDE", &format!("{}u", variant.interleave())))
 }
 
 /// The `Dims` uniform of `matvec.wgsl`.
-fn dims(rows: u32, blocks: u32, row_bytes: u32, x_at: u32, y_at: u32, acc: bool) -> [u8; 32] {
+fn dims(rows: u32, blocks: u32, row_words: u32, x_at: u32, y_at: u32, acc: bool) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (o, v) in out
         .chunks_exact_mut(4)
-        .zip([rows, blocks, row_bytes, x_at, y_at, u32::from(acc), 0, 0])
+        .zip([rows, blocks, row_words, x_at, y_at, u32::from(acc), 0, 0])
     {
         o.copy_from_slice(&v.to_le_bytes());
     }
@@ -226,12 +239,15 @@ pub struct Gpu {
     binding_limit: u64,
 }
 
-/// A weight on the GPU: the file's blocks, in one buffer per part of rows.
+/// A weight on the GPU: the file's blocks, each row padded to whole words,
+/// laid out for one [`Variant`]'s kernels, in one buffer per part of rows.
 #[derive(Debug)]
 pub struct GpuMatrix {
     ty: GgmlType,
     rows: usize,
     cols: usize,
+    variant: Variant,
+    row_words: usize,
     /// Each part's first row, row count and buffer.
     parts: Vec<(usize, usize, wgpu::Buffer)>,
 }
@@ -250,6 +266,11 @@ impl GpuMatrix {
     /// Values per row.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// The kernels it is laid out for.
+    pub fn variant(&self) -> Variant {
+        self.variant
     }
 
     /// Buffers it was split into.
@@ -379,7 +400,7 @@ impl Gpu {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("matvec"),
-                source: wgpu::ShaderSource::Wgsl(matvec_source(ty)?.into()),
+                source: wgpu::ShaderSource::Wgsl(matvec_source(ty, variant)?.into()),
             });
         let layout = self
             .device
@@ -402,12 +423,15 @@ impl Gpu {
         Ok(p)
     }
 
-    /// Uploads a weight as its blocks, split by rows where it exceeds one
-    /// storage binding.
+    /// Uploads a weight as its blocks for `variant`'s kernels: each row
+    /// padded to whole words (at most three bytes a row), the words of
+    /// eight rows interleaved for [`Variant::Rows`] (a last group short of
+    /// eight rows padded with zero rows), split by rows where it exceeds
+    /// one storage binding.
     ///
     /// # Errors
     /// [`GpuError::Format`], [`GpuError::Shape`], [`GpuError::RowTooLarge`].
-    pub fn upload(&self, w: &QTensor<'_>) -> Result<GpuMatrix, GpuError> {
+    pub fn upload(&self, w: &QTensor<'_>, variant: Variant) -> Result<GpuMatrix, GpuError> {
         let ty = w.ty();
         let (_, bytes, values) = layout(ty)?;
         let shape = GpuError::Shape {
@@ -419,31 +443,40 @@ impl Gpu {
             return Err(shape);
         }
         let row_bytes = w.cols() / values as usize * bytes as usize;
+        let row_words = row_bytes.div_ceil(4);
+        let group = variant.interleave();
+        let group_bytes = (row_words * 4 * group) as u64;
         let limit = self.binding_limit;
-        // Whole words, plus one for `word`'s second load at a row's end.
-        let per_part = (limit.saturating_sub(4) / row_bytes.max(1) as u64) as usize;
+        let per_part = (limit / group_bytes.max(1)) as usize * group;
         if per_part == 0 {
             return Err(GpuError::RowTooLarge {
-                bytes: row_bytes as u64,
+                bytes: group_bytes,
                 limit,
             });
         }
-        if u32::try_from(per_part.min(w.rows()) * row_bytes + 4).is_err() {
+        if u32::try_from(per_part.min(w.rows().next_multiple_of(group)) * row_words).is_err() {
             return Err(shape);
         }
         let mut parts = Vec::new();
         let mut first = 0;
         while first < w.rows() {
             let count = per_part.min(w.rows() - first);
-            let data = &w.data()[first * row_bytes..(first + count) * row_bytes];
-            let mut padded = Vec::with_capacity(data.len().div_ceil(4) * 4 + 4);
-            padded.extend_from_slice(data);
-            padded.resize(data.len().div_ceil(4) * 4 + 4, 0);
+            let mut words = vec![0u32; count.next_multiple_of(group) * row_words];
+            for r in 0..count {
+                let row = &w.data()[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+                for (j, c) in row.chunks(4).enumerate() {
+                    let mut b = [0u8; 4];
+                    b[..c.len()].copy_from_slice(c);
+                    words[((r / group) * row_words + j) * group + r % group] =
+                        u32::from_le_bytes(b);
+                }
+            }
+            let data: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
             let buffer = self
                 .device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("weight"),
-                    contents: &padded,
+                    contents: &data,
                     usage: wgpu::BufferUsages::STORAGE,
                 });
             parts.push((first, count, buffer));
@@ -453,6 +486,8 @@ impl Gpu {
             ty,
             rows: w.rows(),
             cols: w.cols(),
+            variant,
+            row_words,
             parts,
         })
     }
@@ -471,9 +506,8 @@ impl Gpu {
         x_at: usize,
         y: &wgpu::Buffer,
         y_at: usize,
-        variant: Variant,
     ) -> Result<Matvec, GpuError> {
-        self.matvec_into(w, (x, x_at), (y, y_at), variant, false)
+        self.matvec_into(w, (x, x_at), (y, y_at), false)
     }
 
     /// [`Gpu::matvec`] adding to `y` (a residual connection).
@@ -485,9 +519,8 @@ impl Gpu {
         w: &GpuMatrix,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        variant: Variant,
     ) -> Result<Matvec, GpuError> {
-        self.matvec_into(w, (x, 0), (y, 0), variant, true)
+        self.matvec_into(w, (x, 0), (y, 0), true)
     }
 
     fn matvec_into(
@@ -495,10 +528,10 @@ impl Gpu {
         w: &GpuMatrix,
         (x, x_at): (&wgpu::Buffer, usize),
         (y, y_at): (&wgpu::Buffer, usize),
-        variant: Variant,
         acc: bool,
     ) -> Result<Matvec, GpuError> {
-        let (_, bytes, values) = layout(w.ty)?;
+        let variant = w.variant;
+        let (_, _, values) = layout(w.ty)?;
         let need = |what, have: u64, expected: usize| {
             if have < expected as u64 * 4 {
                 Err(GpuError::Length {
@@ -521,7 +554,6 @@ impl Gpu {
         need("output", y.size(), y_at + w.rows)?;
         let pipeline = self.pipeline(w.ty, variant)?;
         let blocks = (w.cols / values as usize) as u32;
-        let row_bytes = blocks * bytes;
         let per_group = variant.rows_per_workgroup();
         let dispatches = w
             .parts
@@ -534,7 +566,7 @@ impl Gpu {
                         contents: &dims(
                             *count as u32,
                             blocks,
-                            row_bytes,
+                            w.row_words as u32,
                             (x_at / 4) as u32,
                             (y_at + first) as u32,
                             acc,

@@ -241,7 +241,7 @@ impl GpuModel {
         let mut weight_bytes = 0;
         let mut cache_bytes = 0;
         let mut up_load = |t: QTensor<'_>| -> Result<GpuMatrix, GpuError> {
-            let m = gpu.upload(&t)?;
+            let m = gpu.upload(&t, variant)?;
             weight_bytes += m.bytes();
             Ok(m)
         };
@@ -258,9 +258,9 @@ impl GpuModel {
             let v_cache = gpu.vector(positions * kv_dim);
             cache_bytes += k_cache.size() + v_cache.size();
             ops.push(norm(&x, &h, 2 * l));
-            ops.push(Op::Matvec(gpu.matvec(&wq, &h, 0, &qkv, 0, variant)?));
-            ops.push(Op::Matvec(gpu.matvec(&wk, &h, 0, &qkv, c.dim, variant)?));
-            ops.push(Op::Matvec(gpu.matvec(&wv, &h, 0, &qkv, c.dim + kv_dim, variant)?));
+            ops.push(Op::Matvec(gpu.matvec(&wq, &h, 0, &qkv, 0)?));
+            ops.push(Op::Matvec(gpu.matvec(&wk, &h, 0, &qkv, c.dim)?));
+            ops.push(Op::Matvec(gpu.matvec(&wv, &h, 0, &qkv, c.dim + kv_dim)?));
             let pairs = ((c.heads + c.kv_heads) * half) as u32;
             ops.push(kernel(
                 &rope_p,
@@ -272,17 +272,17 @@ impl GpuModel {
                 &[&qkv, &k_cache, &v_cache, &scores, &att, &att_dims, &step],
                 c.heads as u32,
             ));
-            ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x, variant)?));
+            ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x)?));
             ops.push(norm(&x, &h, 2 * l + 1));
-            ops.push(Op::Matvec(gpu.matvec(&wg, &h, 0, &gate, 0, variant)?));
-            ops.push(Op::Matvec(gpu.matvec(&wu, &h, 0, &up, 0, variant)?));
+            ops.push(Op::Matvec(gpu.matvec(&wg, &h, 0, &gate, 0)?));
+            ops.push(Op::Matvec(gpu.matvec(&wu, &h, 0, &up, 0)?));
             ops.push(kernel(&silu_p, &[&gate, &up], (c.hidden as u32).div_ceil(64)));
-            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x, variant)?));
+            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x)?));
         }
         let body = ops.len();
         ops.push(norm(&x, &h, 2 * c.layers));
         let head_m = up_load(head)?;
-        ops.push(Op::Matvec(gpu.matvec(&head_m, &h, 0, &logits, 0, variant)?));
+        ops.push(Op::Matvec(gpu.matvec(&head_m, &h, 0, &logits, 0)?));
         Ok(Self {
             embed: (embed.ty(), embed.data().to_vec()),
             config: c,
