@@ -170,3 +170,32 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
         );
     }
 }
+
+/// The GPU engine (Q5_0/Q8_0 blocks, q/k/v biases, RoPE on head halves) on
+/// a native adapter (lavapipe here): the reference's logits up to float
+/// order, both kernel variants.
+#[test]
+fn gpu_model_equals_the_f32_reference() {
+    use futures::executor::block_on;
+    use tabnode_infer::gpu::{self, Gpu, GpuModel, Variant};
+    let bytes = qwen_bytes();
+    let reference = ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect("ref");
+    let prompt = ids(&model_fixture()["teacher_forced"][0]["ids"]);
+    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN)).expect("a Vulkan adapter");
+    let mut want = Vec::new();
+    let mut s = reference.session();
+    for &id in prompt.iter().take(12) {
+        want.push(s.step(id));
+    }
+    for variant in Variant::ALL {
+        let gpu = block_on(Gpu::new(&adapter)).expect("device");
+        let model = GpuModel::load(gpu, &bytes, 16, variant).expect("gpu model");
+        let mut session = model.session().expect("session");
+        for (&id, want) in prompt.iter().zip(&want) {
+            let got = block_on(session.step(id)).expect("step");
+            let rel = relative_diff(&got, want);
+            assert!(rel < 1e-4, "{variant:?}: relative difference {rel}");
+            assert_eq!(argmax(&got), argmax(want), "{variant:?}");
+        }
+    }
+}
