@@ -429,15 +429,3 @@ fn gpu_error(e: crate::gpu::GpuError) -> EngineError {
 fn device(e: crate::model::ReadError) -> EngineError {
     EngineError::Generate(GenerateError::Device(e.0))
 }
-
-/// Opens the browser's WebGPU for burn (the worker calls this once).
-///
-/// # Errors
-/// No adapter or device.
-#[cfg(feature = "webgpu")]
-pub async fn webgpu_device() -> Result<Device, String> {
-    Device::wgpu_options()
-        .init_async()
-        .await
-        .map_err(|e| e.to_string())
-}
