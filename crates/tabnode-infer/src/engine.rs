@@ -164,10 +164,11 @@ impl Engine {
         let g = Gguf::parse(bytes)?;
         let info = ModelInfo::from_gguf(&g, bytes.len() as u64)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let model = crate::gpu::GpuModel::load(gpu, bytes, positions, variant).map_err(|e| match e {
-            crate::gpu::GpuModelError::Gguf(e) => EngineError::Gguf(e),
-            crate::gpu::GpuModelError::Gpu(e) => gpu_error(e),
-        })?;
+        let model =
+            crate::gpu::GpuModel::load(gpu, bytes, positions, variant).map_err(|e| match e {
+                crate::gpu::GpuModelError::Gguf(e) => EngineError::Gguf(e),
+                crate::gpu::GpuModelError::Gpu(e) => gpu_error(e),
+            })?;
         Ok(Self {
             tokenizer,
             runner: Runner::Gpu(Box::new(model)),

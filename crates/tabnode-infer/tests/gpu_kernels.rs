@@ -59,7 +59,12 @@ fn every_format_and_variant_matches_the_dequantized_weights() {
         // Odd row counts (a partial workgroup), one block and several; the
         // input placed at an offset in a longer buffer.
         for (rows, blocks) in [(1usize, 1usize), (67, 3), (130, 7)] {
-            let cols = blocks * if ty.block_size() == 1 { 4 } else { ty.block_size() };
+            let cols = blocks
+                * if ty.block_size() == 1 {
+                    4
+                } else {
+                    ty.block_size()
+                };
             let data = random_tensor(&mut rng, ty, rows, cols);
             let w = QTensor::new(ty, rows, cols, &data).expect("tensor");
             let dense = dequantize(ty, &data).expect("dequantize");
@@ -75,7 +80,12 @@ fn every_format_and_variant_matches_the_dequantized_weights() {
                 assert_eq!(m.parts(), 1);
                 let op = gpu.matvec(&m, &xb, 8, &y, 3).expect("matvec");
                 let got = block_on(gpu.run_and_read(&[&op], &y, rows + 3)).expect("run");
-                assert_close(&format!("{ty:?} {variant:?} {rows}x{cols}"), &got[3..], &want, &scale);
+                assert_close(
+                    &format!("{ty:?} {variant:?} {rows}x{cols}"),
+                    &got[3..],
+                    &want,
+                    &scale,
+                );
             }
         }
     }
@@ -96,7 +106,10 @@ fn a_weight_larger_than_a_binding_is_split_by_rows_and_gives_the_same_values() {
     let xb = gpu.vector(cols);
     gpu.write(&xb, &x);
     let y = gpu.vector(rows);
-    for (variant, bytes) in [(Variant::Rows, 420 * (280 + 24)), (Variant::Lanes, 420 * 301)] {
+    for (variant, bytes) in [
+        (Variant::Rows, 420 * (280 + 24)),
+        (Variant::Lanes, 420 * 301),
+    ] {
         let m = gpu.upload(&w, variant).expect("upload");
         assert_eq!(m.parts(), 8);
         assert_eq!(m.bytes(), bytes as u64);
@@ -118,12 +131,18 @@ fn bad_shapes_and_formats_are_refused_with_a_reason() {
     let y = gpu.vector(2);
     assert!(matches!(
         gpu.matvec(&m, &short, 0, &y, 0),
-        Err(gpu::GpuError::Length { what: "activation", .. })
+        Err(gpu::GpuError::Length {
+            what: "activation",
+            ..
+        })
     ));
     let x = gpu.vector(64);
     assert!(matches!(
         gpu.matvec(&m, &x, 2, &y, 0),
-        Err(gpu::GpuError::Length { what: "activation offset", .. })
+        Err(gpu::GpuError::Length {
+            what: "activation offset",
+            ..
+        })
     ));
     assert!(matches!(
         gpu.matvec(&m, &x, 0, &gpu.vector(1), 3),
@@ -142,12 +161,18 @@ fn bad_shapes_and_formats_are_refused_with_a_reason() {
     let w = QTensor::new(GgmlType::Q8_0, 2, 32, &data).expect("tensor");
     assert!(matches!(
         gpu.upload(&w, Variant::Lanes),
-        Err(gpu::GpuError::RowTooLarge { bytes: 36, limit: 32 })
+        Err(gpu::GpuError::RowTooLarge {
+            bytes: 36,
+            limit: 32
+        })
     ));
     gpu.limit_bindings(36 * 7);
     assert!(matches!(
         gpu.upload(&w, Variant::Rows),
-        Err(gpu::GpuError::RowTooLarge { bytes: 288, limit: 252 })
+        Err(gpu::GpuError::RowTooLarge {
+            bytes: 288,
+            limit: 252
+        })
     ));
     assert_eq!(gpu.upload(&w, Variant::Lanes).expect("fits").parts(), 1);
 }

@@ -19,7 +19,8 @@ fn gpu() -> Gpu {
 #[test]
 fn logits_and_greedy_tokens_equal_the_f32_reference() {
     let bytes = model_bytes();
-    let reference = ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("gguf")).expect("reference");
+    let reference =
+        ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("gguf")).expect("reference");
     // "<|im_start|>user\nWhat is the capital of France?" and greedy on.
     let prompt = [1u32, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47];
     let steps = 16;
@@ -44,7 +45,10 @@ fn logits_and_greedy_tokens_equal_the_f32_reference() {
         for (&t, want) in prompt.iter().zip(&want_logits) {
             let got = block_on(m.step(t)).expect("step");
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let diff = got.iter().zip(want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
             worst = worst.max(diff / scale);
             last = got;
         }
@@ -59,7 +63,10 @@ fn logits_and_greedy_tokens_equal_the_f32_reference() {
             model.dispatches_per_token()
         );
         // Measured 4e-6 (the same math in another float order).
-        assert!(worst < 1e-4, "{variant:?}: logits differ by {worst:e} of their scale");
+        assert!(
+            worst < 1e-4,
+            "{variant:?}: logits differ by {worst:e} of their scale"
+        );
         assert_eq!(tokens, want_tokens, "{variant:?}");
         // 12 dispatches a layer, the output norm and the head.
         let c = &model.config;
@@ -101,7 +108,10 @@ fn a_full_cache_is_an_error_and_a_new_session_starts_again() {
     block_on(m.step(2)).expect("step");
     assert!(matches!(
         block_on(m.step(3)),
-        Err(gpu::GpuError::Length { what: "KV cache positions", .. })
+        Err(gpu::GpuError::Length {
+            what: "KV cache positions",
+            ..
+        })
     ));
     // A prompt that does not fit is refused whole.
     drop(m);

@@ -61,7 +61,10 @@ fn a_node_refuses_more_slots_than_the_gpu_engine_has() {
         .expect("run tabnode-node");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--device gpu serves one generation at a time"), "{err}");
+    assert!(
+        err.contains("--device gpu serves one generation at a time"),
+        "{err}"
+    );
 }
 
 #[test]

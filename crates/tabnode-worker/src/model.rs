@@ -155,7 +155,9 @@ async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
 /// barrier-free matvecs on a software adapter, the workgroup ones on a
 /// hardware GPU.
 async fn load_webgpu(bytes: &[u8], software: bool) -> Result<Engine, WorkerError> {
-    let prover = crate::web::gpu_settled().await.ok_or(WorkerError::NoWebGpu)?;
+    let prover = crate::web::gpu_settled()
+        .await
+        .ok_or(WorkerError::NoWebGpu)?;
     let gpu = Gpu::with_device(prover.device().clone(), prover.queue().clone());
     let variant = Variant::for_adapter(software);
     let name = format!("webgpu-quantized-{}", variant.name());
@@ -306,7 +308,11 @@ async fn choose(
         drop(web);
         (cpu, &cpu_t, &web_t, workers)
     };
-    let kind = if software { "a software adapter" } else { "hardware" };
+    let kind = if software {
+        "a software adapter"
+    } else {
+        "hardware"
+    };
     let name = [&gpu.description, &gpu.architecture, &gpu.vendor]
         .into_iter()
         .find(|s| !s.is_empty())

@@ -201,9 +201,9 @@ fn matvec_source(ty: GgmlType, variant: Variant) -> Result<String, GpuError> {
 /// The `Dims` uniform of `matvec.wgsl`.
 fn dims(rows: u32, blocks: u32, row_words: u32, x_at: u32, y_at: u32, acc: bool) -> [u8; 32] {
     let mut out = [0u8; 32];
-    for (o, v) in out
-        .chunks_exact_mut(4)
-        .zip([rows, blocks, row_words, x_at, y_at, u32::from(acc), 0, 0])
+    for (o, v) in
+        out.chunks_exact_mut(4)
+            .zip([rows, blocks, row_words, x_at, y_at, u32::from(acc), 0, 0])
     {
         o.copy_from_slice(&v.to_le_bytes());
     }

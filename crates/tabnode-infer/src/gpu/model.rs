@@ -43,14 +43,22 @@ pub struct GpuModel {
 }
 
 /// A GGUF tensor as a [`QTensor`] of `rows` × `cols`.
-fn tensor<'a>(g: &Gguf<'a>, name: &str, rows: usize, cols: usize) -> Result<QTensor<'a>, GgufError> {
+fn tensor<'a>(
+    g: &Gguf<'a>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<QTensor<'a>, GgufError> {
     let t = g.tensor(name)?;
     let bad = |reason: String| GgufError::BadTensor {
         name: name.to_string(),
         reason,
     };
     if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
-        return Err(bad(format!("shape {:?}, expected [{cols}, {rows}]", t.dims)));
+        return Err(bad(format!(
+            "shape {:?}, expected [{cols}, {rows}]",
+            t.dims
+        )));
     }
     let ty = GgmlType::from_u32(t.ggml_type).ok_or_else(|| GgufError::TensorType {
         name: name.to_string(),
@@ -140,7 +148,11 @@ impl GpuModel {
         if norms.len() != (2 * c.layers + 1) * c.dim {
             return Err(GgufError::BadTensor {
                 name: "norms".into(),
-                reason: format!("{} values, expected {}", norms.len(), (2 * c.layers + 1) * c.dim),
+                reason: format!(
+                    "{} values, expected {}",
+                    norms.len(),
+                    (2 * c.layers + 1) * c.dim
+                ),
             }
             .into());
         }
@@ -264,7 +276,15 @@ impl GpuModel {
             let pairs = ((c.heads + c.kv_heads) * half) as u32;
             ops.push(kernel(
                 &rope_p,
-                &[&qkv, &k_cache, &v_cache, &biases, &table, &rope_dims(l), &step],
+                &[
+                    &qkv,
+                    &k_cache,
+                    &v_cache,
+                    &biases,
+                    &table,
+                    &rope_dims(l),
+                    &step,
+                ],
                 pairs.div_ceil(64),
             ));
             ops.push(kernel(
@@ -276,7 +296,11 @@ impl GpuModel {
             ops.push(norm(&x, &h, 2 * l + 1));
             ops.push(Op::Matvec(gpu.matvec(&wg, &h, 0, &gate, 0)?));
             ops.push(Op::Matvec(gpu.matvec(&wu, &h, 0, &up, 0)?));
-            ops.push(kernel(&silu_p, &[&gate, &up], (c.hidden as u32).div_ceil(64)));
+            ops.push(kernel(
+                &silu_p,
+                &[&gate, &up],
+                (c.hidden as u32).div_ceil(64),
+            ));
             ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x)?));
         }
         let body = ops.len();
@@ -410,7 +434,8 @@ impl GpuSession<'_> {
         };
         for &t in first {
             m.stage(t, self.pos)?;
-            m.gpu.submit(|pass| m.ops[..m.body].iter().for_each(|op| op.record(pass)));
+            m.gpu
+                .submit(|pass| m.ops[..m.body].iter().for_each(|op| op.record(pass)));
             self.pos += 1;
         }
         m.stage(last, self.pos)?;
