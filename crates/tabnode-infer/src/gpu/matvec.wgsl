@@ -20,6 +20,8 @@ struct Dims {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
+// -- entry points --
+
 // One invocation per row, rows interleaved by eight, no barriers (software
 // adapters: an invocation is a SIMD lane of a CPU thread, neighbouring
 // lanes then load neighbouring words in one vector load, and a barrier is

@@ -33,6 +33,7 @@ use wgpu::util::DeviceExt;
 use crate::quant::{GgmlType, QTensor};
 
 mod model;
+mod rows8;
 pub use model::{GpuModel, GpuModelError, GpuSession};
 
 /// Why the GPU could not be used.
@@ -133,7 +134,7 @@ impl Variant {
     /// Rows whose words are interleaved (see `blocks.wgsl`).
     fn interleave(self) -> usize {
         match self {
-            Variant::Rows => 8,
+            Variant::Rows => rows8::ROWS,
             Variant::Lanes => 1,
         }
     }
@@ -184,9 +185,19 @@ pub const FORMATS: [GgmlType; 9] = [
     GgmlType::F16,
 ];
 
-/// The WGSL of `variant`'s matvec kernel for `ty`.
+/// The WGSL of `variant`'s matvec kernel for `ty`: [`rows8`]'s where it
+/// has one for a [`Variant::Rows`] format, else `matvec.wgsl`'s.
 fn matvec_source(ty: GgmlType, variant: Variant) -> Result<String, GpuError> {
     let (dot, bytes, values) = layout(ty)?;
+    if variant == Variant::Rows {
+        if let Some(entry) = rows8::source(ty) {
+            let head = include_str!("matvec.wgsl")
+                .split("// -- entry points --")
+                .next()
+                .unwrap_or_default();
+            return Ok(format!("{head}{entry}"));
+        }
+    }
     Ok(format!(
         "{}\n{}",
         include_str!("matvec.wgsl"),
