@@ -27,12 +27,16 @@ struct Step {
 @group(0) @binding(5) var<uniform> dims: Dims;
 @group(0) @binding(6) var<uniform> step: Step;
 
-var<workgroup> partial: array<f32, 64>;
+// Invocations per workgroup: 64 on a GPU; 4 (one SIMD group, so a
+// barrier switches nothing) on a software adapter.
+const WG: u32 = 64u;
+
+var<workgroup> partial: array<f32, WG>;
 
 fn reduce_max(li: u32, v: f32) -> f32 {
     partial[li] = v;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
             partial[li] = max(partial[li], partial[li + s]);
         }
@@ -46,7 +50,7 @@ fn reduce_max(li: u32, v: f32) -> f32 {
 fn reduce_sum(li: u32, v: f32) -> f32 {
     partial[li] = v;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
             partial[li] += partial[li + s];
         }
@@ -57,7 +61,7 @@ fn reduce_sum(li: u32, v: f32) -> f32 {
     return r;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
     let hd = dims.hd;
@@ -66,7 +70,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let q = h * hd;
     let srow = h * dims.context;
     var m = -3.0e38;
-    for (var p = li; p < step.n; p += 64u) {
+    for (var p = li; p < step.n; p += WG) {
         var s = 0.0;
         let k = p * kv_dim + kv;
         for (var d = 0u; d < hd; d++) {
@@ -78,7 +82,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     m = reduce_max(li, m);
     var sum = 0.0;
-    for (var p = li; p < step.n; p += 64u) {
+    for (var p = li; p < step.n; p += WG) {
         let e = exp(scores[srow + p] - m);
         scores[srow + p] = e;
         sum += e;
@@ -86,7 +90,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     sum = reduce_sum(li, sum);
     storageBarrier();
     workgroupBarrier();
-    for (var d = li; d < hd; d += 64u) {
+    for (var d = li; d < hd; d += WG) {
         var o = 0.0;
         for (var p = 0u; p < step.n; p++) {
             o += scores[srow + p] * v_cache[p * kv_dim + kv + d];

@@ -199,9 +199,16 @@ impl GpuModel {
                 cache: None,
             })
         };
-        let norm_p = module(include_str!("rmsnorm.wgsl"));
+        // The reductions' workgroup: one SIMD group on a software adapter
+        // (a barrier between the invocations of one CPU thread's lanes
+        // switches nothing), 64 invocations on a GPU.
+        let wg = |src: &str| match variant {
+            Variant::Rows => src.replace("const WG: u32 = 64u;", "const WG: u32 = 4u;"),
+            Variant::Lanes => src.to_owned(),
+        };
+        let norm_p = module(&wg(include_str!("rmsnorm.wgsl")));
         let rope_p = module(include_str!("rope_kv.wgsl"));
-        let att_p = module(include_str!("attention.wgsl"));
+        let att_p = module(&wg(include_str!("attention.wgsl")));
         let silu_p = module(include_str!("silu_mul.wgsl"));
         let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
             let entries: Vec<_> = buffers

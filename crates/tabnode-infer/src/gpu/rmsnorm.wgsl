@@ -12,24 +12,28 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
-var<workgroup> partial: array<f32, 64>;
+// Invocations per workgroup: 64 on a GPU; 4 (one SIMD group, so a
+// barrier switches nothing) on a software adapter.
+const WG: u32 = 64u;
 
-@compute @workgroup_size(64)
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) li: u32) {
     var s = 0.0;
-    for (var i = li; i < dims.n; i += 64u) {
+    for (var i = li; i < dims.n; i += WG) {
         s += x[i] * x[i];
     }
     partial[li] = s;
     workgroupBarrier();
-    for (var step = 32u; step > 0u; step >>= 1u) {
+    for (var step = WG / 2u; step > 0u; step >>= 1u) {
         if (li < step) {
             partial[li] += partial[li + step];
         }
         workgroupBarrier();
     }
     let scale = 1.0 / sqrt(partial[0] / f32(dims.n) + dims.eps);
-    for (var i = li; i < dims.n; i += 64u) {
+    for (var i = li; i < dims.n; i += WG) {
         out[i] = x[i] * scale * g[dims.g_at + i];
     }
 }
