@@ -339,10 +339,20 @@ impl Engine {
                 #[cfg(feature = "gpu")]
                 Runner::Gpu(model) => {
                     let mut session = model.session().map_err(gpu_error)?;
-                    let mut logits = session.prefill(&input).await.map_err(gpu_error)?;
-                    first = Instant::now();
-                    while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
-                        logits = session.step(token).await.map_err(gpu_error)?;
+                    if g.is_greedy() {
+                        // The device picks the token: 4 bytes read back.
+                        let mut best = session.prefill_greedy(&input).await.map_err(gpu_error)?;
+                        first = Instant::now();
+                        while let Some(token) = Self::emit_greedy(&mut g, best, cancelled, on_piece)
+                        {
+                            best = session.step_greedy(token).await.map_err(gpu_error)?;
+                        }
+                    } else {
+                        let mut logits = session.prefill(&input).await.map_err(gpu_error)?;
+                        first = Instant::now();
+                        while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
+                            logits = session.step(token).await.map_err(gpu_error)?;
+                        }
                     }
                 }
             }
@@ -386,12 +396,14 @@ impl Engine {
             }
             #[cfg(feature = "gpu")]
             Runner::Gpu(model) => {
+                // Greedy steps: the token picked on the device, as a greedy
+                // generation runs.
                 let mut session = model.session().map_err(gpu_error)?;
-                session.prefill(&prompt).await.map_err(gpu_error)?;
-                session.step(token).await.map_err(gpu_error)?;
+                session.prefill_greedy(&prompt).await.map_err(gpu_error)?;
+                session.step_greedy(token).await.map_err(gpu_error)?;
                 let started = Instant::now();
                 for _ in 0..steps {
-                    session.step(token).await.map_err(gpu_error)?;
+                    session.step_greedy(token).await.map_err(gpu_error)?;
                 }
                 Ok(started.elapsed().as_secs_f64() * 1e3 / steps as f64)
             }
@@ -406,15 +418,47 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Option<u32> {
+        Self::emit_pick(g, Pick::Logits(logits), cancelled, on_piece)
+    }
+
+    /// [`Engine::emit`] for a greedy generation given the device's pick.
+    #[cfg(feature = "gpu")]
+    fn emit_greedy(
+        g: &mut Generation<'_>,
+        best: u32,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Option<u32> {
+        Self::emit_pick(g, Pick::Best(best), cancelled, on_piece)
+    }
+
+    fn emit_pick(
+        g: &mut Generation<'_>,
+        pick: Pick<'_>,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Option<u32> {
         let before = g.tokens().len();
         let mut piece = String::new();
-        let next = g.next(logits, cancelled(), &mut |t| piece.push_str(t));
+        let next = match pick {
+            Pick::Logits(logits) => g.next(logits, cancelled(), &mut |t| piece.push_str(t)),
+            #[cfg(feature = "gpu")]
+            Pick::Best(best) => g.next_greedy(best, cancelled(), &mut |t| piece.push_str(t)),
+        };
         let new = &g.tokens()[before..];
         if !new.is_empty() || !piece.is_empty() {
             on_piece(new, &piece);
         }
         next
     }
+}
+
+/// Where the next token comes from: the logits, or a greedy pick made on
+/// the device.
+enum Pick<'a> {
+    Logits(&'a [f32]),
+    #[cfg(feature = "gpu")]
+    Best(u32),
 }
 
 /// The `pause` of a caller that need not yield between tokens.

@@ -355,6 +355,35 @@ impl<'t> Generation<'t> {
         cancelled: bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Option<u32> {
+        self.next_by(&mut |sampler| sampler.sample(logits), cancelled, on_text)
+    }
+
+    /// Whether every token is the most likely one (temperature 0 or
+    /// top-k 1): then a device may pick it itself ([`Generation::next_greedy`]).
+    pub fn is_greedy(&self) -> bool {
+        let p = &self.sampler.params;
+        p.temperature == 0.0 || p.top_k == 1
+    }
+
+    /// [`Generation::next`] for a greedy generation given the most likely
+    /// token (the first of the largest logits, as [`crate::reference::argmax`]
+    /// picks it) instead of the logits.
+    pub fn next_greedy(
+        &mut self,
+        best: u32,
+        cancelled: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<u32> {
+        debug_assert!(self.is_greedy());
+        self.next_by(&mut |_| best, cancelled, on_text)
+    }
+
+    fn next_by(
+        &mut self,
+        pick: &mut dyn FnMut(&mut Sampler) -> u32,
+        cancelled: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<u32> {
         if self.finish.is_some() {
             return None;
         }
@@ -366,7 +395,7 @@ impl<'t> Generation<'t> {
             self.finish = Some(Finish::Cancelled);
             return None;
         }
-        let next = self.sampler.sample(logits);
+        let next = pick(&mut self.sampler);
         if next == self.tokenizer.eos {
             self.finish = Some(Finish::Eos);
             return None;

@@ -62,6 +62,16 @@ fn logits_and_greedy_tokens_equal_the_f32_reference() {
             "{variant:?}: worst relative logit difference {worst:e}, {} dispatches a token",
             model.dispatches_per_token()
         );
+        // The same tokens picked on the device (4 bytes read back a token).
+        drop(m);
+        let mut m = model.session().expect("session");
+        let mut best = block_on(m.prefill_greedy(&prompt)).expect("prefill");
+        let mut picked = Vec::new();
+        for _ in 0..steps {
+            picked.push(best);
+            best = block_on(m.step_greedy(best)).expect("step");
+        }
+        assert_eq!(picked, want_tokens, "{variant:?}: greedy on the device");
         // Measured 4e-6 (the same math in another float order).
         assert!(
             worst < 1e-4,

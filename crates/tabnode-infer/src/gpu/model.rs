@@ -38,6 +38,9 @@ pub struct GpuModel {
     step: wgpu::Buffer,
     logits: wgpu::Buffer,
     ops: Vec<Op>,
+    /// The greedy token from the logits, into `best`.
+    argmax: Op,
+    best: wgpu::Buffer,
     weight_bytes: u64,
     cache_bytes: u64,
 }
@@ -210,6 +213,7 @@ impl GpuModel {
         let rope_p = module(include_str!("rope_kv.wgsl"));
         let att_p = module(&wg(include_str!("attention.wgsl")));
         let silu_p = module(include_str!("silu_mul.wgsl"));
+        let argmax_p = module(&wg(include_str!("argmax.wgsl")));
         let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
             let entries: Vec<_> = buffers
                 .iter()
@@ -314,6 +318,16 @@ impl GpuModel {
         ops.push(norm(&x, &h, 2 * c.layers));
         let head_m = up_load(head)?;
         ops.push(Op::Matvec(gpu.matvec(&head_m, &h, 0, &logits, 0)?));
+        let best = gpu.vector(1);
+        let argmax = kernel(
+            &argmax_p,
+            &[
+                &logits,
+                &best,
+                &uniform(&u32_bytes(&[c.vocab as u32, 0, 0, 0])),
+            ],
+            1,
+        );
         Ok(Self {
             embed: (embed.ty(), embed.data().to_vec()),
             config: c,
@@ -325,6 +339,8 @@ impl GpuModel {
             step,
             logits,
             ops,
+            argmax,
+            best,
             weight_bytes,
             cache_bytes,
         })
@@ -435,6 +451,41 @@ impl GpuSession<'_> {
     /// As [`GpuSession::step`]; nothing is fed when they do not fit.
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
         let m = self.model;
+        self.feed(tokens, false, m.config.vocab).await
+    }
+
+    /// [`GpuSession::step`] returning only the most likely next token
+    /// (the first of the largest logits), picked on the device: 4 bytes
+    /// read back instead of the logits.
+    ///
+    /// # Errors
+    /// As [`GpuSession::step`].
+    pub async fn step_greedy(&mut self, token: u32) -> Result<u32, GpuError> {
+        self.prefill_greedy(&[token]).await
+    }
+
+    /// [`GpuSession::prefill`] returning only the most likely next token.
+    ///
+    /// # Errors
+    /// As [`GpuSession::prefill`]; an empty prompt.
+    pub async fn prefill_greedy(&mut self, tokens: &[u32]) -> Result<u32, GpuError> {
+        let best = self.feed(tokens, true, 1).await?;
+        best.first().map(|b| b.to_bits()).ok_or(GpuError::Length {
+            what: "prompt tokens",
+            actual: 0,
+            expected: 1,
+        })
+    }
+
+    /// Feeds `tokens`; after the last, reads `len` values of the logits
+    /// or (`greedy`) of the argmax's result back.
+    async fn feed(
+        &mut self,
+        tokens: &[u32],
+        greedy: bool,
+        len: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let m = self.model;
         self.room(tokens.len())?;
         let Some((&last, first)) = tokens.split_last() else {
             return Ok(Vec::new());
@@ -446,16 +497,23 @@ impl GpuSession<'_> {
             self.pos += 1;
         }
         m.stage(last, self.pos)?;
-        let logits = m
+        let (out, argmax) = if greedy {
+            (&m.best, Some(&m.argmax))
+        } else {
+            (&m.logits, None)
+        };
+        let values = m
             .gpu
             .submit_and_read(
-                |pass| m.ops.iter().for_each(|op| op.record(pass)),
-                &m.logits,
-                m.config.vocab,
+                |pass| {
+                    m.ops.iter().chain(argmax).for_each(|op| op.record(pass));
+                },
+                out,
+                len,
             )
             .await?;
         self.pos += 1;
-        Ok(logits)
+        Ok(values)
     }
 }
 
