@@ -154,7 +154,7 @@ impl Engine {
     /// # Errors
     /// A corrupt file, a weight format without a kernel, a failing device.
     #[cfg(feature = "gpu")]
-    pub fn load_gpu(
+    pub async fn load_gpu(
         bytes: &[u8],
         gpu: crate::gpu::Gpu,
         variant: crate::gpu::Variant,

@@ -133,3 +133,31 @@ fn a_full_cache_is_an_error_and_a_new_session_starts_again() {
     assert_eq!(m.position(), 0);
     assert_eq!(block_on(m.step(1)).expect("step"), first);
 }
+
+/// A device that cannot run a kernel (here: fewer storage buffers per
+/// stage than attention binds) fails the checked load with the device's
+/// reason, instead of a model whose skipped dispatches read as zeros.
+#[test]
+fn a_device_that_rejects_a_kernel_fails_the_load_with_its_reason() {
+    let bytes = model_bytes();
+    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN)).expect("a Vulkan adapter");
+    let (device, queue) = block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 4,
+            ..adapter.limits()
+        },
+        ..Default::default()
+    }))
+    .expect("device");
+    let small = Gpu::with_device(device, queue);
+    let err = block_on(GpuModel::load_checked(small, &bytes, 8, Variant::Rows))
+        .expect_err("rejected");
+    assert!(
+        matches!(err, gpu::GpuModelError::Gpu(gpu::GpuError::Rejected(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rejected"), "{err}");
+    // The same model on the adapter's own limits loads and runs.
+    let m = block_on(GpuModel::load_checked(gpu(), &bytes, 8, Variant::Rows)).expect("loads");
+    assert_eq!(m.session().expect("session").position(), 0);
+}

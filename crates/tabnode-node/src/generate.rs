@@ -169,13 +169,8 @@ fn load_gpu(bytes: &[u8]) -> Result<Engine, Box<dyn std::error::Error>> {
     let variant = Variant::for_adapter(adapter.get_info().device_type == wgpu::DeviceType::Cpu);
     let device = futures::executor::block_on(Gpu::new(&adapter))?;
     let name = format!("gpu-quantized-{}", variant.name());
-    Ok(Engine::load_gpu(
-        bytes,
-        device,
-        variant,
-        gpu::POSITIONS,
-        &name,
-    )?)
+    let load = Engine::load_gpu(bytes, device, variant, gpu::POSITIONS, &name);
+    Ok(futures::executor::block_on(load)?)
 }
 
 #[cfg(not(feature = "wgpu"))]

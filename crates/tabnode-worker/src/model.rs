@@ -166,7 +166,8 @@ async fn load_webgpu(bytes: &[u8], software: bool) -> Result<Engine, WorkerError
         done: 0,
         total: 1,
     });
-    let engine = Engine::load_gpu(bytes, gpu, variant, tabnode_infer::gpu::POSITIONS, &name)?;
+    let engine =
+        Engine::load_gpu(bytes, gpu, variant, tabnode_infer::gpu::POSITIONS, &name).await?;
     post(&FromWorker::ModelProgress {
         phase: "load".into(),
         done: 1,

@@ -21,7 +21,9 @@ var<workgroup> bi: array<u32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) li: u32) {
-    var m = bitcast<f32>(0xff800000u);
+    // `at` is unset until the first value: `m` starts as anything finite
+    // (WGSL rejects a constant infinity).
+    var m = 0.0;
     var at = 0xffffffffu;
     for (var i = li; i < dims.n; i += WG) {
         let x = v[i];

@@ -87,6 +87,10 @@ pub enum GpuError {
     /// The mapped range could not be viewed.
     #[error("reading back from the GPU failed: {0}")]
     MapRange(#[from] wgpu::MapRangeError),
+    /// The device rejected the engine's shaders or commands (a browser's
+    /// WGSL compiler is stricter than some native ones).
+    #[error("the device rejected the engine: {0}")]
+    Rejected(wgpu::Error),
     /// The model's KV cache serves another session.
     #[error("the GPU model is busy with another sequence")]
     Busy,

@@ -346,6 +346,37 @@ impl GpuModel {
         })
     }
 
+    /// [`GpuModel::load`], then one greedy step, with the device's
+    /// validation errors captured: a shader or command the device rejects
+    /// fails the load here instead of computing nothing later (a rejected
+    /// pipeline's dispatches are skipped, and their outputs read as zeros).
+    /// The step also compiles what the device compiles lazily.
+    ///
+    /// # Errors
+    /// As [`GpuModel::load`]; [`GpuError::Rejected`].
+    pub async fn load_checked(
+        gpu: Gpu,
+        bytes: &[u8],
+        positions: usize,
+        variant: Variant,
+    ) -> Result<Self, GpuModelError> {
+        let device = gpu.device().clone();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let loaded = Self::load(gpu, bytes, positions, variant);
+        let stepped = match &loaded {
+            Ok(m) => match m.session() {
+                Ok(mut s) => s.step_greedy(0).await.map(drop),
+                Err(e) => Err(e),
+            },
+            Err(_) => Ok(()),
+        };
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Rejected(e).into());
+        }
+        stepped?;
+        loaded
+    }
+
     /// Dispatches one token records (the same for every token).
     pub fn dispatches_per_token(&self) -> usize {
         self.ops
