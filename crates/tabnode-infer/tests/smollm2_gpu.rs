@@ -150,8 +150,8 @@ fn a_device_that_rejects_a_kernel_fails_the_load_with_its_reason() {
     }))
     .expect("device");
     let small = Gpu::with_device(device, queue);
-    let err = block_on(GpuModel::load_checked(small, &bytes, 8, Variant::Rows))
-        .expect_err("rejected");
+    let err =
+        block_on(GpuModel::load_checked(small, &bytes, 8, Variant::Rows)).expect_err("rejected");
     assert!(
         matches!(err, gpu::GpuModelError::Gpu(gpu::GpuError::Rejected(_))),
         "{err}"
