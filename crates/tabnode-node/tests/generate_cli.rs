@@ -21,22 +21,24 @@ fn generate(args: &[&str]) -> std::process::Output {
         .expect("run tabnode-node")
 }
 
-/// burn's f32 model is the tests' reference, not something a node serves.
-#[test]
-fn a_node_refuses_to_serve_on_the_f32_reference() {
+/// `tabnode-node --model MODEL ARGS…` (serving), which is expected to
+/// refuse before going near the network: its stderr.
+fn refused_to_serve(args: &[&str]) -> String {
     let m = model();
     let out = Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
-        .args([
-            "--model",
-            m.to_str().expect("utf-8 path"),
-            "--device",
-            "flex",
-        ])
+        .args(["--model", m.to_str().expect("utf-8 path")])
+        .args(args)
         .env_remove("TABNODE_SERVE_MODEL")
         .output()
         .expect("run tabnode-node");
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// burn's f32 model is the tests' reference, not something a node serves.
+#[test]
+fn a_node_refuses_to_serve_on_the_f32_reference() {
+    let err = refused_to_serve(&["--device", "flex"]);
     assert!(
         err.contains("--device flex") && err.contains("--device cpu"),
         "{err}"
@@ -46,21 +48,7 @@ fn a_node_refuses_to_serve_on_the_f32_reference() {
 /// The GPU engine's KV cache is the device's: one generation at a time.
 #[test]
 fn a_node_refuses_more_slots_than_the_gpu_engine_has() {
-    let m = model();
-    let out = Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
-        .args([
-            "--model",
-            m.to_str().expect("utf-8 path"),
-            "--device",
-            "gpu",
-            "--slots",
-            "2",
-        ])
-        .env_remove("TABNODE_SERVE_MODEL")
-        .output()
-        .expect("run tabnode-node");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_to_serve(&["--device", "gpu", "--slots", "2"]);
     assert!(
         err.contains("--device gpu serves one generation at a time"),
         "{err}"
