@@ -18,6 +18,7 @@ pub(super) fn source(ty: GgmlType) -> Option<String> {
     match ty {
         GgmlType::Q4_1 => Some(q4_1()),
         GgmlType::Q8_0 => Some(q8_0()),
+        GgmlType::Q5_0 => Some(q5_0()),
         _ => None,
     }
 }
@@ -190,4 +191,199 @@ fn q8_0() -> String {
         b
     };
     kernel_step(17, 2, &pair(true), &pair(false))
+}
+
+/// Element `e` of the activations loaded as vec4s `x{base}`, `x{base+1}`….
+fn el(base: usize, e: usize) -> String {
+    format!("x{}.{}", base + e / 4, ["x", "y", "z", "w"][e % 4])
+}
+
+/// A vec4 of four `(element, power of two)` terms of block `base`'s
+/// activations (`None`: zero), the activation scaled by 2^-power.
+fn scaled(base: usize, terms: [Option<(usize, i32)>; 4]) -> String {
+    let parts: Vec<String> = terms
+        .iter()
+        .map(|t| match t {
+            Some((e, 0)) => el(base, *e),
+            Some((e, p)) => format!("{} * {:e}", el(base, *e), 2f64.powi(-*p)),
+            None => "0.0".into(),
+        })
+        .collect();
+    format!("vec4<f32>({})", parts.join(", "))
+}
+
+/// `dot(convert(word & mask), xs)`, the conversion through i32 unless a
+/// masked value may reach 2^31 (`unsigned`).
+fn masked_dot(word: &str, mask: [u32; 4], xs: &str, unsigned: bool) -> String {
+    let m = format!(
+        "vec4<u32>({:#x}u, {:#x}u, {:#x}u, {:#x}u)",
+        mask[0], mask[1], mask[2], mask[3]
+    );
+    if unsigned {
+        format!("dot(vec4<f32>({word} & {m}), {xs})")
+    } else {
+        format!("dot(vec4<f32>(bitcast<vec4<i32>>({word} & {m})), {xs})")
+    }
+}
+
+/// Q5_0 two blocks at a time (44 bytes, 11 words): block A from a word
+/// boundary (f16 d and the low half of its 32 high bits in word 0, the
+/// other half and two nibble bytes in word 1, nibbles in words 2..4, the
+/// last two nibble bytes in the low half of word 5), block B from the high
+/// half of word 5 (its d), its high bits in word 6 and nibbles in words
+/// 7..10, aligned. `(q − 16)·d` with `q` = nibble + 16·bit: the nibbles
+/// and bits dotted separately, `16·Σx` taken off. A high bit `j` is taken
+/// with the bits `j + 8`, `j + 16`, `j + 24` by one mask (elements `j`,
+/// `j+8`, `j+16`, `j+24`, each activation scaled by the bit's weight).
+fn q5_0() -> String {
+    let pair = |with_b: bool| {
+        let mut b = String::new();
+        let n = if with_b { 16 } else { 8 };
+        for i in 0..n {
+            b.push_str(&format!("            let x{i} = x[xb + {i}u];\n"));
+        }
+        // Block A's nibble activations.
+        let lo_head = scaled(0, [None, None, Some((0, 16)), Some((1, 24))]);
+        let hi_head = scaled(0, [None, None, Some((16, 20)), Some((17, 28))]);
+        let lo_tail = scaled(0, [Some((14, 0)), Some((15, 8)), None, None]);
+        let hi_tail = scaled(0, [Some((30, 4)), Some((31, 12)), None, None]);
+        b.push_str(&format!("            let alh = {lo_head};\n            let ahh = {hi_head};\n            let alt = {lo_tail};\n            let aht = {hi_tail};\n"));
+        for m in 0..3 {
+            let e = 2 + 4 * m;
+            b.push_str(&format!(
+                "            let al{m} = {};\n            let ah{m} = {};\n",
+                scaled(
+                    0,
+                    [
+                        Some((e, 0)),
+                        Some((e + 1, 8)),
+                        Some((e + 2, 16)),
+                        Some((e + 3, 24))
+                    ]
+                ),
+                scaled(
+                    0,
+                    [
+                        Some((e + 16, 4)),
+                        Some((e + 17, 12)),
+                        Some((e + 18, 20)),
+                        Some((e + 19, 28))
+                    ]
+                ),
+            ));
+        }
+        // High bits: A's from words 0 (bits 16..32 = qh 0..16) and 1 (bits
+        // 0..16 = qh 16..32); B's from word 6.
+        for j in 0..8 {
+            b.push_str(&format!(
+                "            let aq{j} = {};\n",
+                scaled(
+                    0,
+                    [
+                        Some((j, j as i32 + 16)),
+                        Some((j + 8, j as i32 + 24)),
+                        Some((j + 16, j as i32)),
+                        Some((j + 24, j as i32 + 8))
+                    ]
+                )
+            ));
+        }
+        let mut sum_a = String::from("0.0");
+        for i in 0..8 {
+            sum_a.push_str(&format!(" + (x{i}.x + x{i}.y + x{i}.z + x{i}.w)"));
+        }
+        b.push_str(&format!("            let ca = 16.0 * ({sum_a});\n"));
+        if with_b {
+            for m in 0..4 {
+                b.push_str(&format!(
+                    "            let bl{m} = x{} * SL;\n            let bh{m} = x{} * SH;\n",
+                    8 + m,
+                    12 + m
+                ));
+            }
+            for j in 0..8 {
+                b.push_str(&format!(
+                    "            let bq{j} = {};\n",
+                    scaled(
+                        8,
+                        [
+                            Some((j, j as i32)),
+                            Some((j + 8, j as i32 + 8)),
+                            Some((j + 16, j as i32 + 16)),
+                            Some((j + 24, j as i32 + 24))
+                        ]
+                    )
+                ));
+            }
+            let mut sum_b = String::from("0.0");
+            for i in 8..16 {
+                sum_b.push_str(&format!(" + (x{i}.x + x{i}.y + x{i}.z + x{i}.w)"));
+            }
+            b.push_str(&format!("            let cb = 16.0 * ({sum_b});\n"));
+        }
+        for r in 0..ROWS {
+            let w = |j: usize| format!("w[wb + {}u]", j * ROWS + r);
+            b.push_str("            {\n");
+            for j in 0..if with_b { 11 } else { 6 } {
+                b.push_str(&format!(
+                    "                let w{j} = vec4<u32>({});\n",
+                    w(j)
+                ));
+            }
+            let mut na = vec![
+                masked_dot("w1", [0, 0, 0x000f_0000, 0x0f00_0000], "alh", false),
+                masked_dot("w1", [0, 0, 0x00f0_0000, 0xf000_0000], "ahh", true),
+                masked_dot("w5", [0xf, 0xf00, 0, 0], "alt", false),
+                masked_dot("w5", [0xf0, 0xf000, 0, 0], "aht", false),
+            ];
+            for m in 0..3 {
+                na.push(format!(
+                    "dot(vec4<f32>(bitcast<vec4<i32>>(w{} & LO)), al{m})",
+                    2 + m
+                ));
+                na.push(format!("dot(vec4<f32>(w{} & HI), ah{m})", 2 + m));
+            }
+            let mut ba = Vec::new();
+            for j in 0..8u32 {
+                ba.push(masked_dot(
+                    "vec4<u32>(w0.x, w0.x, w1.x, w1.x)",
+                    [1 << (j + 16), 1 << (j + 24), 1 << j, 1 << (j + 8)],
+                    &format!("aq{j}"),
+                    j == 7,
+                ));
+            }
+            b.push_str(&format!(
+                "                acc{r} += unpack2x16float(w0.x).x * (({}) + 16.0 * ({}) - ca);\n",
+                na.join(" + "),
+                ba.join(" + ")
+            ));
+            if with_b {
+                let mut nb = Vec::new();
+                for m in 0..4 {
+                    nb.push(format!(
+                        "dot(vec4<f32>(bitcast<vec4<i32>>(w{} & LO)), bl{m})",
+                        7 + m
+                    ));
+                    nb.push(format!("dot(vec4<f32>(w{} & HI), bh{m})", 7 + m));
+                }
+                let mut bb = Vec::new();
+                for j in 0..8u32 {
+                    bb.push(masked_dot(
+                        "w6",
+                        [1 << j, 1 << (j + 8), 1 << (j + 16), 1 << (j + 24)],
+                        &format!("bq{j}"),
+                        j == 7,
+                    ));
+                }
+                b.push_str(&format!(
+                    "                acc{r} += unpack2x16float(w5.x).y * (({}) + 16.0 * ({}) - cb);\n",
+                    nb.join(" + "),
+                    bb.join(" + ")
+                ));
+            }
+            b.push_str("            }\n");
+        }
+        b
+    };
+    kernel_step(11, 2, &pair(true), &pair(false))
 }
