@@ -19,6 +19,7 @@ pub(super) fn source(ty: GgmlType) -> Option<String> {
         GgmlType::Q4_1 => Some(q4_1()),
         GgmlType::Q8_0 => Some(q8_0()),
         GgmlType::Q5_0 => Some(q5_0()),
+        GgmlType::Q4_K => Some(q4_k()),
         _ => None,
     }
 }
@@ -27,6 +28,11 @@ pub(super) fn source(ty: GgmlType) -> Option<String> {
 /// store (added to `y` where `acc` is set).
 fn kernel(words_per_block: usize, block: &str) -> String {
     kernel_step(words_per_block, 1, block, "")
+}
+
+/// [`kernel`] for super-blocks of 256 values (64 vec4s).
+fn kernel_k(words_per_block: usize, block: &str) -> String {
+    kernel_step(words_per_block, 1, block, "").replace("k * 8u;", "k * 64u;")
 }
 
 /// [`kernel`] reading `blocks_per_step` blocks (`words_per_step` words of
@@ -386,4 +392,114 @@ fn q5_0() -> String {
         b
     };
     kernel_step(11, 2, &pair(true), &pair(false))
+}
+
+/// `vec4<f32>` of a word's four bytes masked by `mask` (one mask per byte
+/// position), each scaled back by 2^-(8k + shift): the masked bits as
+/// numbers, without a shift.
+fn bytes_of(word: &str, mask: u32, shift: i32) -> String {
+    let masks = [mask, mask << 8, mask << 16, mask << 24];
+    let scales: Vec<String> = (0..4)
+        .map(|k| format!("{:e}", 2f64.powi(-(8 * k + shift))))
+        .collect();
+    let m = format!(
+        "vec4<u32>({:#x}u, {:#x}u, {:#x}u, {:#x}u)",
+        masks[0], masks[1], masks[2], masks[3]
+    );
+    // The top byte's masked value reaches 2^31 when the mask's top bit is
+    // set: convert unsigned then.
+    let converted = if mask & 0x80 != 0 {
+        format!("vec4<f32>({word} & {m})")
+    } else {
+        format!("vec4<f32>(bitcast<vec4<i32>>({word} & {m}))")
+    };
+    format!("({converted} * vec4<f32>({}))", scales.join(", "))
+}
+
+/// Q4_K, one super-block (144 bytes, 36 words) at a time: word 0 the f16
+/// pair (d, dmin), words 1..4 the 6-bit scales and mins (ggml's
+/// `get_scale_min_k4`, taken apart by masks), words 4..36 the nibbles (per
+/// 64 values: 32 bytes, low nibbles then high). `d·sc·q − dmin·m`.
+fn q4_k() -> String {
+    let mut b = String::new();
+    // Per 64 values (c): the activations, their two sub-block sums, and per
+    // row the two nibble dots.
+    for c in 0..4 {
+        b.push_str("        {\n");
+        for i in 0..16 {
+            b.push_str(&format!(
+                "            let x{i} = x[xb + {}u];\n",
+                16 * c + i
+            ));
+        }
+        let sum = |from: usize| {
+            (from..from + 8)
+                .map(|i| format!("(x{i}.x + x{i}.y + x{i}.z + x{i}.w)"))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        b.push_str(&format!("            sx{} = {};\n", 2 * c, sum(0)));
+        b.push_str(&format!("            sx{} = {};\n", 2 * c + 1, sum(8)));
+        for i in 0..8 {
+            b.push_str(&format!(
+                "            let l{i} = x{i} * SL;\n            let h{i} = x{} * SH;\n",
+                8 + i
+            ));
+        }
+        for r in 0..ROWS {
+            let mut lo = Vec::new();
+            let mut hi = Vec::new();
+            for i in 0..8 {
+                let w = format!("vec4<u32>(w[wb + {}u])", (4 + 8 * c + i) * ROWS + r);
+                b.push_str(&format!("            let q{r}_{i} = {w};\n"));
+                lo.push(format!(
+                    "dot(vec4<f32>(bitcast<vec4<i32>>(q{r}_{i} & LO)), l{i})"
+                ));
+                hi.push(format!("dot(vec4<f32>(q{r}_{i} & HI), h{i})"));
+            }
+            b.push_str(&format!(
+                "            p{r}_{} = {};\n            p{r}_{} = {};\n",
+                2 * c,
+                lo.join(" + "),
+                2 * c + 1,
+                hi.join(" + ")
+            ));
+        }
+        b.push_str("        }\n");
+    }
+    // Per row: scales and mins, then the super-block's sum.
+    for r in 0..ROWS {
+        let w = |j: usize| format!("vec4<u32>(w[wb + {}u])", j * ROWS + r);
+        b.push_str(&format!(
+            "        {{\n            let dm = unpack2x16float(w[wb + {r}u]);\n            let s0 = {};\n            let s1 = {};\n            let s2 = {};\n",
+            w(1),
+            w(2),
+            w(3)
+        ));
+        b.push_str(&format!(
+            "            let sc_lo = {};\n            let m_lo = {};\n",
+            bytes_of("s0", 0x3f, 0),
+            bytes_of("s1", 0x3f, 0)
+        ));
+        b.push_str(&format!(
+            "            let sc_hi = {} + {};\n            let m_hi = {} + {};\n",
+            bytes_of("s2", 0x0f, 0),
+            bytes_of("s0", 0xc0, 2),
+            bytes_of("s2", 0xf0, 4),
+            bytes_of("s1", 0xc0, 2)
+        ));
+        let p = |j: usize| format!("p{r}_{j}");
+        b.push_str(&format!(
+            "            acc{r} += dm.x * (dot(sc_lo, vec4<f32>({}, {}, {}, {})) + dot(sc_hi, vec4<f32>({}, {}, {}, {})))\n                - dm.y * (dot(m_lo, vec4<f32>(sx0, sx1, sx2, sx3)) + dot(m_hi, vec4<f32>(sx4, sx5, sx6, sx7)));\n        }}\n",
+            p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7)
+        ));
+    }
+    let mut head = String::new();
+    for j in 0..8 {
+        head.push_str(&format!("        var sx{j} = 0.0;\n"));
+        for r in 0..ROWS {
+            head.push_str(&format!("        var p{r}_{j} = 0.0;\n"));
+        }
+    }
+    kernel_k(36, &format!("{head}{b}"))
 }
