@@ -439,7 +439,8 @@ impl Gpu {
     }
 
     /// Uploads a weight as its blocks for `variant`'s kernels: each row
-    /// padded to whole words (at most three bytes a row), the words of
+    /// padded to whole words (at most three bytes a row; Q6_K's blocks each
+    /// to 212 bytes for the software adapters' kernel), the words of
     /// eight rows interleaved for [`Variant::Rows`] (a last group short of
     /// eight rows padded with zero rows), split by rows where it exceeds
     /// one storage binding.
@@ -458,7 +459,14 @@ impl Gpu {
             return Err(shape);
         }
         let row_bytes = w.cols() / values as usize * bytes as usize;
-        let row_words = row_bytes.div_ceil(4);
+        // Blocks as the kernels read them: padded to whole words where the
+        // variant's kernel for the format wants them so.
+        let padded = if variant == Variant::Rows {
+            rows8::padded_block(ty).unwrap_or(bytes as usize)
+        } else {
+            bytes as usize
+        };
+        let row_words = (w.cols() / values as usize * padded).div_ceil(4);
         let group = variant.interleave();
         let group_bytes = (row_words * 4 * group) as u64;
         let limit = self.binding_limit;
@@ -479,6 +487,17 @@ impl Gpu {
             let mut words = vec![0u32; count.next_multiple_of(group) * row_words];
             for r in 0..count {
                 let row = &w.data()[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+                let row: Vec<u8> = if padded == bytes as usize {
+                    row.to_vec()
+                } else {
+                    row.chunks(bytes as usize)
+                        .flat_map(|b| {
+                            b.iter()
+                                .copied()
+                                .chain(std::iter::repeat_n(0, padded - b.len()))
+                        })
+                        .collect()
+                };
                 for (j, c) in row.chunks(4).enumerate() {
                     let mut b = [0u8; 4];
                     b[..c.len()].copy_from_slice(c);

@@ -20,6 +20,17 @@ pub(super) fn source(ty: GgmlType) -> Option<String> {
         GgmlType::Q8_0 => Some(q8_0()),
         GgmlType::Q5_0 => Some(q5_0()),
         GgmlType::Q4_K => Some(q4_k()),
+        GgmlType::Q6_K => Some(q6_k()),
+        _ => None,
+    }
+}
+
+/// Bytes a block of `ty` takes in the layout this file's kernel reads,
+/// where that is not the file's: Q6_K's 210-byte blocks padded to 212, so
+/// that every block starts on a word.
+pub(super) fn padded_block(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q6_K => Some(212),
         _ => None,
     }
 }
@@ -502,4 +513,127 @@ fn q4_k() -> String {
         }
     }
     kernel_k(36, &format!("{head}{b}"))
+}
+
+/// Q6_K, one super-block (padded to 212 bytes, 53 words) at a time: words
+/// 0..32 the low nibbles (per 128 values: 64 bytes), 32..48 the high bit
+/// pairs (per 128 values: 32 bytes), 48..52 the 16 signed scales (one per
+/// 16 values), the low half of word 52 the f16 d. `d·sc·(q − 32)`.
+fn q6_k() -> String {
+    let mut b = String::new();
+    // Per row: 16 partial sums (scale group g = 8n + 2j + h for value
+    // quarter j and half h of each 128 values); per invocation the 16
+    // groups' activation sums.
+    for g in 0..16 {
+        b.push_str(&format!("        var sx{g} = 0.0;\n"));
+        for r in 0..ROWS {
+            b.push_str(&format!("        var p{r}_{g} = 0.0;\n"));
+        }
+    }
+    let m2 = |v: u32| {
+        format!(
+            "vec4<u32>({:#x}u, {:#x}u, {:#x}u, {:#x}u)",
+            v,
+            v << 8,
+            v << 16,
+            v << 24
+        )
+    };
+    for n in 0..2 {
+        for h in 0..2 {
+            b.push_str("        {\n");
+            // Values 128n + 32j + 16h + 4k.. for quarter j, k in 0..4.
+            for j in 0..4 {
+                for k in 0..4 {
+                    let v4 = 32 * n + 8 * j + 4 * h + k;
+                    b.push_str(&format!("            let x{j}_{k} = x[xb + {v4}u];\n"));
+                }
+                let g = 8 * n + 2 * j + h;
+                let sum = (0..4)
+                    .map(|k| format!("(x{j}_{k}.x + x{j}_{k}.y + x{j}_{k}.z + x{j}_{k}.w)"))
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                b.push_str(&format!("            sx{g} = {sum};\n"));
+                let scale = if j < 2 { "SL" } else { "SH" };
+                for k in 0..4 {
+                    b.push_str(&format!("            let y{j}_{k} = x{j}_{k} * {scale};\n"));
+                }
+            }
+            for r in 0..ROWS {
+                let w = |i: usize| format!("vec4<u32>(w[wb + {}u])", i * ROWS + r);
+                let mut parts: [Vec<String>; 4] = Default::default();
+                for k in 0..4 {
+                    let i = 4 * h + k;
+                    b.push_str(&format!(
+                        "            let l1_{r}_{k} = {};\n            let l2_{r}_{k} = {};\n            let hb_{r}_{k} = {};\n",
+                        w(16 * n + i),
+                        w(16 * n + 8 + i),
+                        w(32 + 8 * n + i)
+                    ));
+                    let (l1, l2, hb) = (
+                        format!("l1_{r}_{k}"),
+                        format!("l2_{r}_{k}"),
+                        format!("hb_{r}_{k}"),
+                    );
+                    // q1: low nibble of l1 + 16 × bits 0..2 (masked in place:
+                    // ×16); q2: low nibble of l2 + 16 × bits 2..4 (in place ×4,
+                    // so ×4 more); against activations scaled by SL. q3, q4:
+                    // the high nibbles (×16 in place) with bits 4..6 (in place
+                    // ×16: ×16 more) and 6..8 (in place ×64: ×4 more), against
+                    // activations scaled by SH.
+                    parts[0].push(format!(
+                        "dot(vec4<f32>(bitcast<vec4<i32>>({l1} & LO)) + 16.0 * vec4<f32>(bitcast<vec4<i32>>({hb} & {})), y0_{k})",
+                        m2(0x3)
+                    ));
+                    parts[1].push(format!(
+                        "dot(vec4<f32>(bitcast<vec4<i32>>({l2} & LO)) + 4.0 * vec4<f32>(bitcast<vec4<i32>>({hb} & {})), y1_{k})",
+                        m2(0xc)
+                    ));
+                    parts[2].push(format!(
+                        "dot(vec4<f32>({l1} & HI) + 16.0 * vec4<f32>(bitcast<vec4<i32>>({hb} & {})), y2_{k})",
+                        m2(0x30)
+                    ));
+                    parts[3].push(format!(
+                        "dot(vec4<f32>({l2} & HI) + 4.0 * vec4<f32>({hb} & {}), y3_{k})",
+                        m2(0xc0)
+                    ));
+                }
+                for (j, part) in parts.iter().enumerate() {
+                    let g = 8 * n + 2 * j + h;
+                    b.push_str(&format!("            p{r}_{g} = {};\n", part.join(" + ")));
+                }
+            }
+            b.push_str("        }\n");
+        }
+    }
+    // Per row: the signed scales (the low three bytes' sign bits flipped,
+    // 128 taken off after; the top byte signed as an i32), d, the sum.
+    for r in 0..ROWS {
+        let w = |i: usize| format!("w[wb + {}u]", i * ROWS + r);
+        b.push_str("        {\n");
+        for q in 0..4 {
+            b.push_str(&format!(
+                "            let sc{q} = vec4<f32>(bitcast<vec4<i32>>(vec4<u32>({} ^ FLIP) & B8)) * SL - vec4<f32>(128.0, 128.0, 128.0, 0.0);\n",
+                w(48 + q)
+            ));
+        }
+        let dots = (0..4)
+            .map(|q| {
+                let g = |i: usize| format!("(p{r}_{0} - 32.0 * sx{0})", 4 * q + i);
+                format!(
+                    "dot(sc{q}, vec4<f32>({}, {}, {}, {}))",
+                    g(0),
+                    g(1),
+                    g(2),
+                    g(3)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        b.push_str(&format!(
+            "            acc{r} += unpack2x16float({}).x * ({dots});\n        }}\n",
+            w(52)
+        ));
+    }
+    kernel_k(53, &b)
 }
