@@ -115,8 +115,9 @@ fn q4_1() -> String {
         ));
         for r in 0..ROWS {
             b.push_str(&format!(
-                "            {{\n                let q = vec4<u32>(w[wb + {}u]);\n                s{r} += dot(vec4<f32>(bitcast<vec4<i32>>(q & LO)), xls) + dot(vec4<f32>(q & HI), xhs);\n            }}\n",
-                (1 + i) * ROWS + r
+                "            {{\n                let q = vec4<u32>(w[wb + {}u]);\n                s{r} += {};\n            }}\n",
+                (1 + i) * ROWS + r,
+                nibble_dots("q", "xls", "xhs")
             ));
         }
         b.push_str("        }\n");
@@ -128,6 +129,30 @@ fn q4_1() -> String {
         ));
     }
     kernel(5, &b)
+}
+
+/// The low and high nibbles of the four bytes of `word` (a `vec4<u32>`
+/// of one word) dotted with `lo` (activations scaled by `SL`) and `hi`
+/// (by `SH`): the nibbles masked in place, converted exactly.
+fn nibble_dots(word: &str, lo: &str, hi: &str) -> String {
+    format!(
+        "dot(vec4<f32>(bitcast<vec4<i32>>({word} & LO)), {lo}) + dot(vec4<f32>({word} & HI), {hi})"
+    )
+}
+
+/// `let x{i} = x[xb + from + i];` for `i` in `0..n`: a step's activations.
+fn load_x(from: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("            let x{i} = x[xb + {}u];\n", from + i))
+        .collect()
+}
+
+/// The sum of the activations `x{i}` for `i` in `range`, all four lanes.
+fn sum_x(range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| format!("(x{i}.x + x{i}.y + x{i}.z + x{i}.w)"))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// The i32-exact values of a Q8_0 word's bytes in place (the low three
@@ -146,10 +171,7 @@ fn q8_0() -> String {
     // word, row 0) and the activations X0..X15.
     let pair = |with_b: bool| {
         let mut b = String::new();
-        let n = if with_b { 16 } else { 8 };
-        for i in 0..n {
-            b.push_str(&format!("            let x{i} = x[xb + {i}u];\n"));
-        }
+        b.push_str(&load_x(0, if with_b { 16 } else { 8 }));
         // Shifted activations for A's words 1..8: elements 2+4i..6+4i.
         for i in 0..7 {
             b.push_str(&format!(
@@ -255,10 +277,7 @@ fn masked_dot(word: &str, mask: [u32; 4], xs: &str, unsigned: bool) -> String {
 fn q5_0() -> String {
     let pair = |with_b: bool| {
         let mut b = String::new();
-        let n = if with_b { 16 } else { 8 };
-        for i in 0..n {
-            b.push_str(&format!("            let x{i} = x[xb + {i}u];\n"));
-        }
+        b.push_str(&load_x(0, if with_b { 16 } else { 8 }));
         // Block A's nibble activations.
         let lo_head = scaled(0, [None, None, Some((0, 16)), Some((1, 24))]);
         let hi_head = scaled(0, [None, None, Some((16, 20)), Some((17, 28))]);
@@ -305,11 +324,7 @@ fn q5_0() -> String {
                 )
             ));
         }
-        let mut sum_a = String::from("0.0");
-        for i in 0..8 {
-            sum_a.push_str(&format!(" + (x{i}.x + x{i}.y + x{i}.z + x{i}.w)"));
-        }
-        b.push_str(&format!("            let ca = 16.0 * ({sum_a});\n"));
+        b.push_str(&format!("            let ca = 16.0 * ({});\n", sum_x(0..8)));
         if with_b {
             for m in 0..4 {
                 b.push_str(&format!(
@@ -332,11 +347,10 @@ fn q5_0() -> String {
                     )
                 ));
             }
-            let mut sum_b = String::from("0.0");
-            for i in 8..16 {
-                sum_b.push_str(&format!(" + (x{i}.x + x{i}.y + x{i}.z + x{i}.w)"));
-            }
-            b.push_str(&format!("            let cb = 16.0 * ({sum_b});\n"));
+            b.push_str(&format!(
+                "            let cb = 16.0 * ({});\n",
+                sum_x(8..16)
+            ));
         }
         for r in 0..ROWS {
             let w = |j: usize| format!("w[wb + {}u]", j * ROWS + r);
@@ -354,11 +368,11 @@ fn q5_0() -> String {
                 masked_dot("w5", [0xf0, 0xf000, 0, 0], "aht", false),
             ];
             for m in 0..3 {
-                na.push(format!(
-                    "dot(vec4<f32>(bitcast<vec4<i32>>(w{} & LO)), al{m})",
-                    2 + m
+                na.push(nibble_dots(
+                    &format!("w{}", 2 + m),
+                    &format!("al{m}"),
+                    &format!("ah{m}"),
                 ));
-                na.push(format!("dot(vec4<f32>(w{} & HI), ah{m})", 2 + m));
             }
             let mut ba = Vec::new();
             for j in 0..8u32 {
@@ -377,11 +391,11 @@ fn q5_0() -> String {
             if with_b {
                 let mut nb = Vec::new();
                 for m in 0..4 {
-                    nb.push(format!(
-                        "dot(vec4<f32>(bitcast<vec4<i32>>(w{} & LO)), bl{m})",
-                        7 + m
+                    nb.push(nibble_dots(
+                        &format!("w{}", 7 + m),
+                        &format!("bl{m}"),
+                        &format!("bh{m}"),
                     ));
-                    nb.push(format!("dot(vec4<f32>(w{} & HI), bh{m})", 7 + m));
                 }
                 let mut bb = Vec::new();
                 for j in 0..8u32 {
@@ -437,20 +451,13 @@ fn q4_k() -> String {
     // row the two nibble dots.
     for c in 0..4 {
         b.push_str("        {\n");
-        for i in 0..16 {
-            b.push_str(&format!(
-                "            let x{i} = x[xb + {}u];\n",
-                16 * c + i
-            ));
-        }
-        let sum = |from: usize| {
-            (from..from + 8)
-                .map(|i| format!("(x{i}.x + x{i}.y + x{i}.z + x{i}.w)"))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        };
-        b.push_str(&format!("            sx{} = {};\n", 2 * c, sum(0)));
-        b.push_str(&format!("            sx{} = {};\n", 2 * c + 1, sum(8)));
+        b.push_str(&load_x(16 * c, 16));
+        b.push_str(&format!("            sx{} = {};\n", 2 * c, sum_x(0..8)));
+        b.push_str(&format!(
+            "            sx{} = {};\n",
+            2 * c + 1,
+            sum_x(8..16)
+        ));
         for i in 0..8 {
             b.push_str(&format!(
                 "            let l{i} = x{i} * SL;\n            let h{i} = x{} * SH;\n",
