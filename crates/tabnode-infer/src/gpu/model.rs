@@ -71,6 +71,48 @@ fn tensor<'a>(
     QTensor::new(ty, rows, cols, g.raw(t)?).map_err(|e| bad(e.to_string()))
 }
 
+/// The matrices `parts` (name, rows; `cols` values a row) uploaded as one
+/// matrix of all their rows when they share a format, else one by one;
+/// each with the row its outputs start at.
+fn joined(
+    g: &Gguf<'_>,
+    parts: &[(String, usize)],
+    cols: usize,
+    upload: &mut dyn FnMut(QTensor<'_>) -> Result<GpuMatrix, GpuError>,
+) -> Result<Vec<(GpuMatrix, usize)>, GpuModelError> {
+    let tensors = parts
+        .iter()
+        .map(|(name, rows)| tensor(g, name, *rows, cols))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut at = 0;
+    let mut starts = Vec::new();
+    for t in &tensors {
+        starts.push(at);
+        at += t.rows();
+    }
+    let ty = tensors.first().map(QTensor::ty);
+    if let Some(ty) = ty.filter(|ty| tensors.iter().all(|t| t.ty() == *ty)) {
+        let bytes: Vec<u8> = tensors
+            .iter()
+            .flat_map(|t| t.data().iter().copied())
+            .collect();
+        let all = QTensor::new(ty, at, cols, &bytes).map_err(|e| GgufError::BadTensor {
+            name: parts
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            reason: e.to_string(),
+        })?;
+        return Ok(vec![(upload(all)?, 0)]);
+    }
+    tensors
+        .into_iter()
+        .zip(starts)
+        .map(|(t, at)| Ok((upload(t)?, at)))
+        .collect()
+}
+
 /// Why a model could not be put on the GPU.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuModelError {
@@ -178,8 +220,7 @@ impl GpuModel {
         let h = gpu.vector(c.dim.max(c.hidden));
         let qkv = gpu.vector(qkv_len);
         let att = gpu.vector(c.dim);
-        let gate = gpu.vector(c.hidden);
-        let up = gpu.vector(c.hidden);
+        let gu = gpu.vector(2 * c.hidden);
         let logits = gpu.vector(c.vocab);
         let scores = gpu.vector(c.heads * positions);
         let step = dev.create_buffer(&wgpu::BufferDescriptor {
@@ -270,20 +311,34 @@ impl GpuModel {
         };
         for l in 0..c.layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            let wq = up_load(tensor(&g, &p("attn_q"), c.dim, c.dim)?)?;
-            let wk = up_load(tensor(&g, &p("attn_k"), kv_dim, c.dim)?)?;
-            let wv = up_load(tensor(&g, &p("attn_v"), kv_dim, c.dim)?)?;
+            // q/k/v, and gate/up, as one matrix each where their formats
+            // agree (one dispatch, more rows for it); their outputs side by
+            // side either way.
+            let qkv_ms = joined(
+                &g,
+                &[
+                    (p("attn_q"), c.dim),
+                    (p("attn_k"), kv_dim),
+                    (p("attn_v"), kv_dim),
+                ],
+                c.dim,
+                &mut up_load,
+            )?;
             let wo = up_load(tensor(&g, &p("attn_output"), c.dim, c.dim)?)?;
-            let wg = up_load(tensor(&g, &p("ffn_gate"), c.hidden, c.dim)?)?;
-            let wu = up_load(tensor(&g, &p("ffn_up"), c.hidden, c.dim)?)?;
+            let gu_ms = joined(
+                &g,
+                &[(p("ffn_gate"), c.hidden), (p("ffn_up"), c.hidden)],
+                c.dim,
+                &mut up_load,
+            )?;
             let wd = up_load(tensor(&g, &p("ffn_down"), c.dim, c.hidden)?)?;
             let k_cache = gpu.vector(positions * kv_dim);
             let v_cache = gpu.vector(positions * kv_dim);
             cache_bytes += k_cache.size() + v_cache.size();
             ops.push(norm(&x, &h, 2 * l));
-            ops.push(Op::Matvec(gpu.matvec(&wq, &h, 0, &qkv, 0)?));
-            ops.push(Op::Matvec(gpu.matvec(&wk, &h, 0, &qkv, c.dim)?));
-            ops.push(Op::Matvec(gpu.matvec(&wv, &h, 0, &qkv, c.dim + kv_dim)?));
+            for (m, at) in &qkv_ms {
+                ops.push(Op::Matvec(gpu.matvec(m, &h, 0, &qkv, *at)?));
+            }
             let pairs = ((c.heads + c.kv_heads) * half) as u32;
             ops.push(kernel(
                 &rope_p,
@@ -305,14 +360,15 @@ impl GpuModel {
             ));
             ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x)?));
             ops.push(norm(&x, &h, 2 * l + 1));
-            ops.push(Op::Matvec(gpu.matvec(&wg, &h, 0, &gate, 0)?));
-            ops.push(Op::Matvec(gpu.matvec(&wu, &h, 0, &up, 0)?));
+            for (m, at) in &gu_ms {
+                ops.push(Op::Matvec(gpu.matvec(m, &h, 0, &gu, *at)?));
+            }
             ops.push(kernel(
                 &silu_p,
-                &[&gate, &up],
+                &[&gu, &uniform(&u32_bytes(&[c.hidden as u32, 0, 0, 0]))],
                 (c.hidden as u32).div_ceil(64),
             ));
-            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gate, &x)?));
+            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gu, &x)?));
         }
         let body = ops.len();
         ops.push(norm(&x, &h, 2 * c.layers));
