@@ -130,11 +130,6 @@ impl Variant {
         }
     }
 
-    /// `rows` or `lanes`.
-    pub fn name(self) -> &'static str {
-        self.entry()
-    }
-
     /// Rows whose words are interleaved (see `blocks.wgsl`).
     fn interleave(self) -> usize {
         match self {
@@ -143,7 +138,8 @@ impl Variant {
         }
     }
 
-    fn entry(self) -> &'static str {
+    /// `rows` or `lanes` (also the kernels' entry points).
+    pub fn name(self) -> &'static str {
         match self {
             Variant::Rows => "rows",
             Variant::Lanes => "lanes",
@@ -430,7 +426,7 @@ impl Gpu {
                 label: Some("matvec"),
                 layout: Some(&layout),
                 module: &module,
-                entry_point: Some(variant.entry()),
+                entry_point: Some(variant.name()),
                 compilation_options: Default::default(),
                 cache: None,
             });

@@ -217,7 +217,7 @@ impl GpuModel {
         }
         let table = storage("rope", &f32_bytes(&table));
         let x = gpu.vector(c.dim);
-        let h = gpu.vector(c.dim.max(c.hidden));
+        let h = gpu.vector(c.dim);
         let qkv = gpu.vector(qkv_len);
         let att = gpu.vector(c.dim);
         let gu = gpu.vector(2 * c.hidden);
