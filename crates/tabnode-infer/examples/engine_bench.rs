@@ -1,5 +1,8 @@
 //! Engine benchmark: model load time, prefill and decode tokens/s, peak
-//! memory. Prints one JSON line (read by `scripts/bench/engine.py`, which
+//! memory, and what drawing a sampled token costs (`sample_ms`: the
+//! sampler at temperature 1 on each decode step's logits, outside the
+//! decode time; `sort_ms`: the same draw by sorting the whole vocabulary,
+//! what the sampler did before [`tabnode_infer::sample`]). Prints one JSON line (read by `scripts/bench/engine.py`, which
 //! runs llama.cpp on the same file and prints the ratios).
 //!
 //! `cargo run -p tabnode-infer --example engine_bench -- MODEL.gguf [PROMPT_TOKENS] [DECODE_TOKENS]`
@@ -83,12 +86,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Runner::Gpu(_) => return Err("engine_bench loads no GPU engine".into()),
     };
     let timings = (load_s, run);
-    let (load_s, (prefill_s, decode_s)) = timings;
+    let (load_s, (prefill_s, decode_s, sample_s, sort_s)) = timings;
+    let per_token_ms = |s: f64| s * 1e3 / n_decode.max(1) as f64;
     println!(
-        "{{\"engine\":\"{label}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{threads}}}",
+        "{{\"engine\":\"{label}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{threads},\"sample_ms\":{:.3},\"sort_ms\":{:.3}}}",
         n_prompt as f64 / prefill_s,
         n_decode as f64 / decode_s,
         peak_rss(),
+        per_token_ms(sample_s),
+        per_token_ms(sort_s),
     );
     Ok(())
 }
@@ -99,17 +105,55 @@ fn measure<D: Decoder>(
     session: impl Fn() -> D,
     prompt: &[u32],
     n_decode: usize,
-) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+) -> Result<(f64, f64, f64, f64), Box<dyn std::error::Error>> {
     session().prefill(&prompt[..1])?;
     let mut s = session();
     let t1 = Instant::now();
     let mut logits = s.prefill(prompt)?;
     let prefill_s = t1.elapsed().as_secs_f64();
     let mut sampler = Sampler::new(Sampling::greedy())?;
-    let t2 = Instant::now();
+    let mut drawer = Sampler::new(Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 1,
+    })?;
+    let (mut decode_s, mut sample_s, mut sort_s) = (0.0, 0.0, 0.0);
+    let mut drawn = 0u64;
     for _ in 0..n_decode {
+        let t = Instant::now();
         let next = sampler.sample(&logits);
         logits = s.step(next)?;
+        decode_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        drawn += u64::from(drawer.sample(&logits));
+        sample_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        drawn += u64::from(sort_draw(&logits, 0.5));
+        sort_s += t.elapsed().as_secs_f64();
     }
-    Ok((prefill_s, t2.elapsed().as_secs_f64()))
+    std::hint::black_box(drawn);
+    Ok((prefill_s, decode_s, sample_s, sort_s))
+}
+
+/// The draw `r` at temperature 1 by sorting every logit (the reference
+/// `sample_ms` is compared with).
+fn sort_draw(logits: &[f32], r: f32) -> u32 {
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let max = cand.first().map_or(0.0, |c| c.1);
+    let total: f32 = cand.iter().map(|c| libm::expf(c.1 - max)).sum();
+    let mut acc = 0.0;
+    for c in &cand {
+        acc += libm::expf(c.1 - max) / total;
+        if r < acc {
+            return c.0;
+        }
+    }
+    cand.last().map_or(0, |c| c.0)
 }

@@ -8,7 +8,7 @@ use tabnode_core::infer::{FinishReason, GenerateRequest, GenerateResult, ModelCa
 use web_time::Instant;
 
 use crate::cpu::CpuModel;
-use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling};
+use crate::generate::{Finish, GenerateError, GenerateOptions, Generation, Sampling, Undecided};
 use crate::gguf::{Gguf, GgufError};
 use crate::info::ModelInfo;
 use crate::model::{LlamaModel, WeightFormat};
@@ -348,10 +348,23 @@ impl Engine {
                             best = session.step_greedy(token).await.map_err(gpu_error)?;
                         }
                     } else {
-                        let mut logits = session.prefill(&input).await.map_err(gpu_error)?;
+                        // The device ranks the candidates (9 KB read back);
+                        // a draw in the tail reads the logits.
+                        let t = g.sampler().temperature();
+                        let mut top = session.prefill_top(&input, t).await.map_err(gpu_error)?;
                         first = Instant::now();
-                        while let Some(token) = Self::emit(&mut g, &logits, cancelled, on_piece) {
-                            logits = session.step(token).await.map_err(gpu_error)?;
+                        loop {
+                            let next =
+                                match Self::emit_pick(&mut g, Pick::Top(&top), cancelled, on_piece)
+                                {
+                                    Ok(next) => next,
+                                    Err(Undecided) => {
+                                        let logits = session.logits().await.map_err(gpu_error)?;
+                                        Self::emit(&mut g, &logits, cancelled, on_piece)
+                                    }
+                                };
+                            let Some(token) = next else { break };
+                            top = session.step_top(token, t).await.map_err(gpu_error)?;
                         }
                     }
                 }
@@ -418,7 +431,7 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Option<u32> {
-        Self::emit_pick(g, Pick::Logits(logits), cancelled, on_piece)
+        Self::emit_pick(g, Pick::Logits(logits), cancelled, on_piece).unwrap_or_default()
     }
 
     /// [`Engine::emit`] for a greedy generation given the device's pick.
@@ -429,36 +442,41 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
     ) -> Option<u32> {
-        Self::emit_pick(g, Pick::Best(best), cancelled, on_piece)
+        Self::emit_pick(g, Pick::Best(best), cancelled, on_piece).unwrap_or_default()
     }
 
+    /// [`Undecided`]: nothing happened; the logits are needed.
     fn emit_pick(
         g: &mut Generation<'_>,
         pick: Pick<'_>,
         cancelled: &dyn Fn() -> bool,
         on_piece: &mut dyn FnMut(&[u32], &str),
-    ) -> Option<u32> {
+    ) -> Result<Option<u32>, Undecided> {
         let before = g.tokens().len();
         let mut piece = String::new();
         let next = match pick {
             Pick::Logits(logits) => g.next(logits, cancelled(), &mut |t| piece.push_str(t)),
             #[cfg(feature = "gpu")]
             Pick::Best(best) => g.next_greedy(best, cancelled(), &mut |t| piece.push_str(t)),
+            #[cfg(feature = "gpu")]
+            Pick::Top(top) => g.next_top(top, cancelled(), &mut |t| piece.push_str(t))?,
         };
         let new = &g.tokens()[before..];
         if !new.is_empty() || !piece.is_empty() {
             on_piece(new, &piece);
         }
-        next
+        Ok(next)
     }
 }
 
-/// Where the next token comes from: the logits, or a greedy pick made on
-/// the device.
+/// Where the next token comes from: the logits, a greedy pick made on the
+/// device, or the candidates it ranked.
 enum Pick<'a> {
     Logits(&'a [f32]),
     #[cfg(feature = "gpu")]
     Best(u32),
+    #[cfg(feature = "gpu")]
+    Top(&'a crate::sample::Top),
 }
 
 /// The `pause` of a caller that need not yield between tokens.

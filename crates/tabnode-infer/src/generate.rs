@@ -3,6 +3,7 @@
 //! text to a callback, stop on EOS, stop strings or the token limit, and
 //! honour cancellation.
 
+pub use crate::sample::{Sampler, Sampling, Top};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// A model session that takes one token and returns the next-token logits.
@@ -61,139 +62,10 @@ pub enum GenerateError {
     Resume(String),
 }
 
-/// How to pick the next token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// Keep the `top_k` most likely tokens (0: all).
-    pub top_k: usize,
-    /// Keep the smallest set whose probability reaches `top_p` (1: all).
-    pub top_p: f32,
-    /// Seed of the sampler's random stream.
-    pub seed: u64,
-}
-
-impl Sampling {
-    /// Always the most likely token.
-    pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-
-    fn check(&self) -> Result<(), GenerateError> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(GenerateError::Sampling(format!(
-                "temperature {}",
-                self.temperature
-            )));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(GenerateError::Sampling(format!("top_p {}", self.top_p)));
-        }
-        Ok(())
-    }
-}
-
-/// SplitMix64: small, fast, and the same on every platform.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-/// Picks tokens from logits.
-#[derive(Debug, Clone)]
-pub struct Sampler {
-    params: Sampling,
-    rng: Rng,
-}
-
-impl Sampler {
-    /// A sampler with `params`.
-    ///
-    /// # Errors
-    /// [`GenerateError::Sampling`] for a negative or NaN temperature or a
-    /// `top_p` outside `(0, 1]`.
-    pub fn new(params: Sampling) -> Result<Self, GenerateError> {
-        params.check()?;
-        Ok(Self {
-            rng: Rng(params.seed),
-            params,
-        })
-    }
-
-    /// Advances the random stream as if `n` tokens had been sampled, so a
-    /// generation resumed after `n` tokens draws what the uninterrupted one
-    /// would have drawn.
-    pub fn skip(&mut self, n: usize) {
-        if !(self.params.temperature == 0.0 || self.params.top_k == 1) {
-            for _ in 0..n {
-                self.rng.next_f32();
-            }
-        }
-    }
-
-    /// The next token.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        if p.temperature == 0.0 || p.top_k == 1 {
-            return crate::reference::argmax(logits);
-        }
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / p.temperature))
-            .collect();
-        if cand.is_empty() {
-            return 0;
-        }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cand.truncate(p.top_k);
-        }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| libm::expf(c.1 - max)).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= sum);
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-            let s: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|q| *q /= s);
-        }
-        let r = self.rng.next_f32();
-        let mut acc = 0.0;
-        for (i, q) in probs.iter().enumerate() {
-            acc += q;
-            if r < acc {
-                return cand[i].0;
-            }
-        }
-        cand[probs.len() - 1].0
-    }
-}
+/// A draw that the candidates a device ranked do not decide: the logits
+/// are needed ([`Generation::next_top`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undecided;
 
 /// Limits and stop conditions of one generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,14 +227,39 @@ impl<'t> Generation<'t> {
         cancelled: bool,
         on_text: &mut dyn FnMut(&str),
     ) -> Option<u32> {
-        self.next_by(&mut |sampler| sampler.sample(logits), cancelled, on_text)
+        self.next_by(
+            &mut |sampler| Some(sampler.sample(logits)),
+            cancelled,
+            on_text,
+        )
+        .unwrap_or_default()
+    }
+
+    /// [`Generation::next`] given a device's candidates, ranked with
+    /// [`Sampler::temperature`] and at least [`Sampler::keep`] of them
+    /// ([`Generation::sampler`]). [`Undecided`] when the draw falls outside
+    /// them: then [`Generation::next`] with the logits finishes the same draw.
+    ///
+    /// # Errors
+    /// [`Undecided`].
+    pub fn next_top(
+        &mut self,
+        top: &Top,
+        cancelled: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Option<u32>, Undecided> {
+        self.next_by(&mut |sampler| sampler.sample_top(top), cancelled, on_text)
+    }
+
+    /// The sampler's parameters (what a device ranking candidates needs).
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
     }
 
     /// Whether every token is the most likely one (temperature 0 or
     /// top-k 1): then a device may pick it itself ([`Generation::next_greedy`]).
     pub fn is_greedy(&self) -> bool {
-        let p = &self.sampler.params;
-        p.temperature == 0.0 || p.top_k == 1
+        self.sampler.is_greedy()
     }
 
     /// [`Generation::next`] for a greedy generation given the most likely
@@ -375,30 +272,31 @@ impl<'t> Generation<'t> {
         on_text: &mut dyn FnMut(&str),
     ) -> Option<u32> {
         debug_assert!(self.is_greedy());
-        self.next_by(&mut |_| best, cancelled, on_text)
+        self.next_by(&mut |_| Some(best), cancelled, on_text)
+            .unwrap_or_default()
     }
 
     fn next_by(
         &mut self,
-        pick: &mut dyn FnMut(&mut Sampler) -> u32,
+        pick: &mut dyn FnMut(&mut Sampler) -> Option<u32>,
         cancelled: bool,
         on_text: &mut dyn FnMut(&str),
-    ) -> Option<u32> {
+    ) -> Result<Option<u32>, Undecided> {
         if self.finish.is_some() {
-            return None;
+            return Ok(None);
         }
         if self.tokens.len() >= self.options.max_tokens || self.tokens.len() >= self.room {
             self.finish = Some(Finish::Length);
-            return None;
+            return Ok(None);
         }
         if cancelled {
             self.finish = Some(Finish::Cancelled);
-            return None;
+            return Ok(None);
         }
-        let next = pick(&mut self.sampler);
+        let next = pick(&mut self.sampler).ok_or(Undecided)?;
         if next == self.tokenizer.eos {
             self.finish = Some(Finish::Eos);
-            return None;
+            return Ok(None);
         }
         self.tokens.push(next);
         let piece = self.utf8.push(self.tokenizer.token_bytes(next));
@@ -418,7 +316,7 @@ impl<'t> Generation<'t> {
         {
             self.text.truncate(at);
             self.finish = Some(Finish::Stop);
-            return None;
+            return Ok(None);
         }
         // Everything but a possible stop-string prefix is final.
         let safe = floor_boundary(text, text.len().saturating_sub(self.hold.saturating_sub(1)));
@@ -429,9 +327,9 @@ impl<'t> Generation<'t> {
         if self.tokens.len() >= self.options.max_tokens || self.tokens.len() >= self.room {
             // No logits are needed for a token that will not be sampled.
             self.finish = Some(Finish::Length);
-            return None;
+            return Ok(None);
         }
-        Some(next)
+        Ok(Some(next))
     }
 
     /// Flushes the remaining text to `on_text` and returns the result.
@@ -482,87 +380,4 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greedy_and_top_k_1_take_the_argmax() {
-        let logits = [0.1, 3.0, 2.9, -1.0];
-        let mut s = Sampler::new(Sampling::greedy()).expect("greedy");
-        assert_eq!(s.sample(&logits), 1);
-        let mut s = Sampler::new(Sampling {
-            temperature: 5.0,
-            top_k: 1,
-            top_p: 1.0,
-            seed: 3,
-        })
-        .expect("top-k 1");
-        assert_eq!(s.sample(&logits), 1);
-    }
-
-    #[test]
-    fn seeded_sampling_is_reproducible_and_follows_the_distribution() {
-        let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let params = Sampling {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 42,
-        };
-        let draw = |p: &Sampling| {
-            let mut s = Sampler::new(p.clone()).expect("sampler");
-            (0..4000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
-        };
-        let a = draw(&params);
-        assert_eq!(a, draw(&params), "same seed, same stream");
-        assert_ne!(
-            a,
-            draw(&Sampling {
-                seed: 43,
-                ..params.clone()
-            })
-        );
-        // softmax([0,1,2,3]) = [0.032, 0.087, 0.237, 0.644]
-        let share = |t: u32| a.iter().filter(|&&x| x == t).count() as f64 / a.len() as f64;
-        assert!((share(3) - 0.644).abs() < 0.03, "{}", share(3));
-        assert!((share(0) - 0.032).abs() < 0.015, "{}", share(0));
-    }
-
-    #[test]
-    fn top_k_and_top_p_cut_the_tail() {
-        let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let mut s = Sampler::new(Sampling {
-            temperature: 1.0,
-            top_k: 2,
-            top_p: 1.0,
-            seed: 1,
-        })
-        .expect("top-k");
-        assert!((0..500).all(|_| s.sample(&logits) >= 2));
-        // top_p 0.6: only token 3 (0.644) is needed.
-        let mut s = Sampler::new(Sampling {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.6,
-            seed: 1,
-        })
-        .expect("top-p");
-        assert!((0..500).all(|_| s.sample(&logits) == 3));
-    }
-
-    #[test]
-    fn bad_parameters_are_refused() {
-        for (t, p) in [(-1.0, 1.0), (f32::NAN, 1.0), (1.0, 0.0), (1.0, 1.5)] {
-            let r = Sampler::new(Sampling {
-                temperature: t,
-                top_k: 0,
-                top_p: p,
-                seed: 0,
-            });
-            assert!(matches!(r, Err(GenerateError::Sampling(_))), "{t} {p}");
-        }
-    }
 }

@@ -25,6 +25,7 @@ pub mod info;
 pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod sample;
 pub mod shard;
 pub mod tokenizer;
 

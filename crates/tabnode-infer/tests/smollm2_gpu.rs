@@ -6,6 +6,7 @@ mod common;
 
 use common::model_bytes;
 use futures::executor::block_on;
+use tabnode_infer::generate::{Sampler, Sampling, Top};
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::gpu::{self, Gpu, GpuModel, Variant};
 use tabnode_infer::reference::{argmax, ReferenceModel};
@@ -110,6 +111,49 @@ fn a_prompt_fed_at_once_gives_the_logits_of_feeding_it_token_by_token() {
     let fed = block_on(s.prefill(&prompt)).expect("prefill");
     assert_eq!(s.position(), prompt.len());
     assert_eq!(fed, stepped);
+}
+
+#[test]
+fn the_candidates_ranked_on_the_device_are_the_logits_best_and_their_mass() {
+    let bytes = model_bytes();
+    let model = GpuModel::load(gpu(), &bytes, 32, Variant::Rows).expect("gpu model");
+    let mut s = model.session().expect("session");
+    let prompt = [1u32, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47];
+    let mut token = None;
+    for t in [0.5f32, 1.0, 1.7] {
+        let top = match token {
+            None => block_on(s.prefill_top(&prompt, t)),
+            Some(token) => block_on(s.step_top(token, t)),
+        }
+        .expect("candidates");
+        let logits = block_on(s.logits()).expect("logits");
+        let want = Top::of(&logits, t, logits.len(), true);
+        // Everything above the parts' largest value left out, in rank
+        // order: hundreds of tokens, not the 16 a part keeps.
+        assert!(top.best.len() > 64, "{}", top.best.len());
+        assert_eq!(top.best[..], want.best[..top.best.len()], "t {t}");
+        assert!(!top.complete);
+        let rel = (top.total - want.total).abs() / want.total;
+        assert!(rel < 1e-4, "t {t}: {} vs {}", top.total, want.total);
+        token = Some(top.best[0].0);
+    }
+    // A draw from them equals the draw from the logits, or says it
+    // needs them.
+    let params = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 3,
+    };
+    let mut a = Sampler::new(params.clone()).expect("sampler");
+    let mut b = Sampler::new(params).expect("sampler");
+    for _ in 0..8 {
+        let top = block_on(s.step_top(token.unwrap_or(0), 1.0)).expect("candidates");
+        let logits = block_on(s.logits()).expect("logits");
+        let picked = a.sample_top(&top).unwrap_or_else(|| a.sample(&logits));
+        assert_eq!(picked, b.sample(&logits));
+        token = Some(picked);
+    }
 }
 
 #[test]

@@ -106,8 +106,8 @@ fn wgpu_gpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
     // The wgpu backend runs on any Vulkan adapter; scripts/setup.sh installs
     // Mesa's software one (lavapipe), so this runs everywhere the tests do.
     let m = model();
-    let run = |device: &str| {
-        let out = generate(&[
+    let run_with = |device: &str, sampling: &[&str]| {
+        let mut args = vec![
             "--model",
             m.to_str().expect("utf-8 path"),
             "--prompt",
@@ -117,7 +117,9 @@ fn wgpu_gpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
             "--json",
             "--device",
             device,
-        ]);
+        ];
+        args.extend(sampling);
+        let out = generate(&args);
         assert!(
             out.status.success(),
             "{device}: {}",
@@ -130,6 +132,7 @@ fn wgpu_gpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
             v["tokens"].clone(),
         )
     };
+    let run = |device: &str| run_with(device, &[]);
     // burn's f32 model on its CPU and GPU backends: the same tokens.
     let (device, flex) = run("flex");
     assert_eq!(device, "flex");
@@ -138,6 +141,14 @@ fn wgpu_gpu_and_flex_give_the_same_greedy_tokens_and_cpu_runs_quantized() {
     // The file's blocks with the WGSL kernels (the tab's WebGPU engine) on
     // the same adapter: the reference's tokens too.
     assert_eq!(run("gpu"), ("gpu-quantized-rows".to_owned(), flex));
+    // Sampled: the GPU ranks the candidates and reads back a few KB (the
+    // tail from the logits); the same seed draws the reference's tokens
+    // (their logits agree to 1e-4, far from the draws' boundaries).
+    let sampled = ["--temperature", "0.9", "--top-p", "0.95", "--seed", "5"];
+    let (_, want) = run_with("flex", &sampled);
+    assert_eq!(run_with("gpu", &sampled).1, want);
+    let (_, other) = run_with("flex", &["--temperature", "0.9", "--seed", "6"]);
+    assert_ne!(other, want, "another seed, other tokens");
     // The default: the file's quantized blocks on this CPU's best kernels.
     let (device, cpu) = run("cpu");
     assert!(device.starts_with("cpu-quantized-"), "{device}");

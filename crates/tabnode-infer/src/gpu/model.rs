@@ -9,6 +9,7 @@ use super::{Gpu, GpuError, GpuMatrix, Matvec, Variant};
 use crate::gguf::{Gguf, GgufError};
 use crate::quant::{GgmlType, QTensor};
 use crate::reference::{Config, QkvBias};
+use crate::sample::{Part, Top};
 
 /// One recorded dispatch.
 #[derive(Debug)]
@@ -41,9 +42,22 @@ pub struct GpuModel {
     /// The greedy token from the logits, into `best`.
     argmax: Op,
     best: wgpu::Buffer,
+    /// A draw's candidates from the logits ([`TOP_PARTS`] parts), into
+    /// `top`, with the temperature in `top_dims`.
+    ranks: Op,
+    top: wgpu::Buffer,
+    top_dims: wgpu::Buffer,
     weight_bytes: u64,
     cache_bytes: u64,
 }
+
+/// Parts the logits are split into to rank a draw's candidates (one
+/// invocation each), and the candidates each keeps (`top.wgsl`).
+pub const TOP_PARTS: usize = 64;
+/// See [`TOP_PARTS`].
+pub const TOP_KEEP: usize = 16;
+/// Words a part writes.
+const TOP_STRIDE: usize = 2 * TOP_KEEP + 4;
 
 /// A GGUF tensor as a [`QTensor`] of `rows` × `cols`.
 fn tensor<'a>(
@@ -255,6 +269,7 @@ impl GpuModel {
         let att_p = module(&wg(include_str!("attention.wgsl")));
         let silu_p = module(include_str!("silu_mul.wgsl"));
         let argmax_p = module(&wg(include_str!("argmax.wgsl")));
+        let top_p = module(include_str!("top.wgsl"));
         let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
             let entries: Vec<_> = buffers
                 .iter()
@@ -384,6 +399,14 @@ impl GpuModel {
             ],
             1,
         );
+        let top = gpu.vector(TOP_PARTS * TOP_STRIDE);
+        let top_dims = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("top dims"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let ranks = kernel(&top_p, &[&logits, &top, &top_dims], 1);
         Ok(Self {
             embed: (embed.ty(), embed.data().to_vec()),
             config: c,
@@ -397,6 +420,9 @@ impl GpuModel {
             ops,
             argmax,
             best,
+            ranks,
+            top,
+            top_dims,
             weight_bytes,
             cache_bytes,
         })
@@ -537,8 +563,7 @@ impl GpuSession<'_> {
     /// # Errors
     /// As [`GpuSession::step`]; nothing is fed when they do not fit.
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
-        let m = self.model;
-        self.feed(tokens, false, m.config.vocab).await
+        self.feed(tokens, Out::Logits).await
     }
 
     /// [`GpuSession::step`] returning only the most likely next token
@@ -556,7 +581,7 @@ impl GpuSession<'_> {
     /// # Errors
     /// As [`GpuSession::prefill`]; an empty prompt.
     pub async fn prefill_greedy(&mut self, tokens: &[u32]) -> Result<u32, GpuError> {
-        let best = self.feed(tokens, true, 1).await?;
+        let best = self.feed(tokens, Out::Best).await?;
         best.first().map(|b| b.to_bits()).ok_or(GpuError::Length {
             what: "prompt tokens",
             actual: 0,
@@ -564,14 +589,60 @@ impl GpuSession<'_> {
         })
     }
 
-    /// Feeds `tokens`; after the last, reads `len` values of the logits
-    /// or (`greedy`) of the argmax's result back.
-    async fn feed(
-        &mut self,
-        tokens: &[u32],
-        greedy: bool,
-        len: usize,
-    ) -> Result<Vec<f32>, GpuError> {
+    /// [`GpuSession::step`] returning a draw's candidates ranked on the
+    /// device with `temperature` (> 0): [`TOP_PARTS`] × [`TOP_KEEP`] of
+    /// them, 9 KB read back instead of the logits. A draw they do not
+    /// decide needs [`GpuSession::logits`].
+    ///
+    /// # Errors
+    /// As [`GpuSession::step`].
+    pub async fn step_top(&mut self, token: u32, temperature: f32) -> Result<Top, GpuError> {
+        self.prefill_top(&[token], temperature).await
+    }
+
+    /// [`GpuSession::prefill`] returning a draw's candidates
+    /// ([`GpuSession::step_top`]).
+    ///
+    /// # Errors
+    /// As [`GpuSession::prefill`].
+    pub async fn prefill_top(&mut self, tokens: &[u32], temperature: f32) -> Result<Top, GpuError> {
+        let m = self.model;
+        let mut dims = u32_bytes(&[m.config.vocab as u32, TOP_PARTS as u32]);
+        dims.extend(temperature.to_le_bytes());
+        dims.extend(0u32.to_le_bytes());
+        m.gpu.queue().write_buffer(&m.top_dims, 0, &dims);
+        let words = self.feed(tokens, Out::Top).await?;
+        let parts: Vec<_> = words
+            .chunks_exact(TOP_STRIDE)
+            .map(|w| {
+                let bits = |x: f32| x.to_bits();
+                let count = (bits(w[2 * TOP_KEEP]) as usize).min(TOP_KEEP);
+                let best = (0..count)
+                    .map(|k| (bits(w[k]), w[TOP_KEEP + k] / temperature))
+                    .collect();
+                Part {
+                    best,
+                    floor: w[2 * TOP_KEEP + 1] / temperature,
+                    total: w[2 * TOP_KEEP + 2],
+                }
+            })
+            .collect();
+        Ok(Top::merge(&parts))
+    }
+
+    /// The logits after the last token fed (read back again).
+    ///
+    /// # Errors
+    /// Read-back failures.
+    pub async fn logits(&self) -> Result<Vec<f32>, GpuError> {
+        let m = self.model;
+        m.gpu
+            .submit_and_read(|_| {}, &m.logits, m.config.vocab)
+            .await
+    }
+
+    /// Feeds `tokens`; after the last, reads `out` back.
+    async fn feed(&mut self, tokens: &[u32], out: Out) -> Result<Vec<f32>, GpuError> {
         let m = self.model;
         self.room(tokens.len())?;
         let Some((&last, first)) = tokens.split_last() else {
@@ -584,24 +655,35 @@ impl GpuSession<'_> {
             self.pos += 1;
         }
         m.stage(last, self.pos)?;
-        let (out, argmax) = if greedy {
-            (&m.best, Some(&m.argmax))
-        } else {
-            (&m.logits, None)
+        let (buffer, len, last) = match out {
+            Out::Logits => (&m.logits, m.config.vocab, None),
+            Out::Best => (&m.best, 1, Some(&m.argmax)),
+            Out::Top => (&m.top, TOP_PARTS * TOP_STRIDE, Some(&m.ranks)),
         };
         let values = m
             .gpu
             .submit_and_read(
                 |pass| {
-                    m.ops.iter().chain(argmax).for_each(|op| op.record(pass));
+                    m.ops.iter().chain(last).for_each(|op| op.record(pass));
                 },
-                out,
+                buffer,
                 len,
             )
             .await?;
         self.pos += 1;
         Ok(values)
     }
+}
+
+/// What a token's submission reads back.
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    /// The logits.
+    Logits,
+    /// The greedy token.
+    Best,
+    /// A draw's candidates, as words.
+    Top,
 }
 
 impl Op {
