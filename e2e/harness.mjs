@@ -199,7 +199,7 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false, backend = null, threads = null } = {}) {
+export async function openTab(browser, url, context, { model = false, backend = null, threads = null, kernels = null } = {}) {
   // model: false (none), true (the page's default), or a file name to pick.
   context ??= await browser.newContext();
   const page = await context.newPage();
@@ -215,6 +215,7 @@ export async function openTab(browser, url, context, { model = false, backend = 
   else if (typeof model === 'string') query.set('model', model);
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));
+  if (kernels) query.set('kernels', kernels);
   if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);
   await page.goto(`${url}/?${query}`);
   await waitForReachable(page);

@@ -117,9 +117,9 @@ test('the worker downloads the model with progress, caches it and runs it on the
 });
 
 /** The native engine's greedy answer on `device` (cpu: the quantized one). */
-function nativeGenerate(device, tokens) {
+function nativeGenerate(device, tokens, extra = []) {
   return JSON.parse(execFileSync(join(BIN, 'tabnode-node'), [
-    'generate', '--model', MODEL, '--prompt', PROMPT, '--max-tokens', String(tokens), '--json', '--device', device,
+    'generate', '--model', MODEL, '--prompt', PROMPT, '--max-tokens', String(tokens), '--json', '--device', device, ...extra,
   ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
@@ -195,6 +195,8 @@ test('a reload loads the model from the browser cache without downloading', asyn
 test('a backend other than cpu or webgpu is refused with a clear error', async () => {
   const message = await page.evaluate(() => window.tabnode.node.loadModel('/models/none.gguf', 'tpu').then(() => null, (e) => e.message));
   assert.match(message ?? '', /unknown backend "tpu": expected cpu or webgpu/);
+  const kernels = await page.evaluate(() => window.tabnode.node.loadModel('/models/none.gguf', 'webgpu', undefined, 'sideways').then(() => null, (e) => e.message));
+  assert.match(kernels ?? '', /unknown WebGPU kernels "sideways": expected rows or lanes/);
   // The loaded model is untouched.
   const after = await generateInTab(page, { prompt: { text: PROMPT }, max_tokens: 1 });
   assert.ok(!after.error, after.error);
@@ -224,6 +226,13 @@ test('?backend=webgpu runs the quantized WebGPU kernels, with the f32 reference 
     const native = nativeGenerate('gpu', few);
     assert.equal(native.device, 'gpu-quantized-rows');
     assert.deepEqual(web.result.tokens, native.tokens);
+    // Sampled: the tab's GPU ranks the candidates (a few KB read back, the
+    // tail from the logits); the same seed draws the reference's tokens.
+    const sampling = { temperature: 0.9, top_p: 0.95, seed: 5 };
+    const drawn = await generateInTab(gpuPage, { prompt: { text: PROMPT }, max_tokens: 6, ...sampling });
+    assert.ok(!drawn.error, drawn.error);
+    const want = nativeGenerate('flex', 6, ['--temperature', '0.9', '--top-p', '0.95', '--seed', '5']);
+    assert.deepEqual(drawn.result.tokens, want.tokens, `${JSON.stringify(drawn.result.text)} vs ${JSON.stringify(want.text)}`);
   } finally {
     await gpuPage.close();
   }

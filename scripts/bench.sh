@@ -46,8 +46,14 @@ RAYON_NUM_THREADS=1 "$CARGO_TARGET_DIR/debug/examples/kernel_bench" "${KERNEL_MS
 # --no-liftoff: time the optimized code from the start, as a tab runs it
 # once V8 has tiered up.
 node --no-liftoff e2e/bench/wasm_kernels.mjs "${KERNEL_MS:-300}"
-echo "== engine: Chromium (the worker's chosen backend, and WebGPU forced) vs native (e2e/bench/model.mjs)"
-node e2e/bench/model.mjs "${BROWSER_TOKENS:-32}" "${WEBGPU_TOKENS:-3}"
+echo "== engine: Chromium (the worker's chosen backend, and WebGPU forced with each kernel variant) vs native (e2e/bench/model.mjs)"
+node e2e/bench/model.mjs "${BROWSER_TOKENS:-32}" "${WEBGPU_TOKENS:-8}"
+echo "== the GPU engine natively, both kernel variants, against the CPU engine (gpu_bench: lavapipe, then Chromium's SwiftShader)"
+for icd in /usr/share/vulkan/icd.d/lvp_icd.x86_64.json /usr/lib/chromium/vk_swiftshader_icd.json; do
+  if [ -f "$icd" ]; then
+    VK_ICD_FILENAMES=$icd cargo run -q -p tabnode-infer --features gpu --example gpu_bench -- "$TABNODE_MODEL" "${GPU_TOKENS:-32}"
+  fi
+done
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
 cargo build -q -p tabnode-node --example net_bench
 "$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"

@@ -243,10 +243,11 @@ async function loadModel(node) {
     // ?backend=cpu|webgpu forces where the model runs; by default the
     // worker picks the faster. ?threads=N caps the workers the CPU engine
     // splits the model over (default: one per core where the page is
-    // cross-origin isolated).
+    // cross-origin isolated). ?kernels=rows|lanes forces the WebGPU
+    // kernels (default: rows on a software adapter, lanes on a GPU).
     const params = new URLSearchParams(location.search);
     const threads = Number(params.get('threads')) || undefined;
-    await node.loadModel(pick.url, params.get('backend') ?? undefined, threads);
+    await node.loadModel(pick.url, params.get('backend') ?? undefined, threads, params.get('kernels') ?? undefined);
   } catch (e) {
     // Reported through the model_failed event as well.
     state.model.error = e.message;

@@ -150,6 +150,35 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// Which WebGPU kernels run the model (`tabnode_infer::gpu::Variant`);
+/// by default `rows` on a software adapter, `lanes` on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuKernels {
+    /// An invocation per row (eight rows each where a format has such
+    /// kernels), no barriers.
+    Rows,
+    /// 16 invocations per row and a workgroup reduction.
+    Lanes,
+}
+
+impl std::str::FromStr for GpuKernels {
+    type Err = UnknownKernels;
+
+    fn from_str(s: &str) -> Result<Self, UnknownKernels> {
+        match s {
+            "rows" => Ok(GpuKernels::Rows),
+            "lanes" => Ok(GpuKernels::Lanes),
+            other => Err(UnknownKernels(other.to_owned())),
+        }
+    }
+}
+
+/// A kernel name other than `rows` or `lanes`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown WebGPU kernels {0:?}: expected rows or lanes")]
+pub struct UnknownKernels(pub String);
+
 /// A backend name other than `cpu` or `webgpu`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown backend {0:?}: expected cpu or webgpu")]
@@ -369,6 +398,21 @@ impl ChunkStreamer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_parse_and_others_are_refused() {
+        assert_eq!("rows".parse::<GpuKernels>(), Ok(GpuKernels::Rows));
+        assert_eq!("lanes".parse::<GpuKernels>(), Ok(GpuKernels::Lanes));
+        let err = "Rows".parse::<GpuKernels>().expect_err("case matters");
+        assert_eq!(
+            err.to_string(),
+            "unknown WebGPU kernels \"Rows\": expected rows or lanes"
+        );
+        assert_eq!(
+            serde_json::to_string(&GpuKernels::Lanes).expect("json"),
+            "\"lanes\""
+        );
+    }
 
     fn request() -> InferRequest {
         let mut r = GenerateRequest::new(Prompt::Text("hi".into()));

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::caps::GpuInfo;
-use crate::infer::{Backend, EngineChoice, GenerateRequest, GenerateResult, ModelCard};
+use crate::infer::{Backend, EngineChoice, GenerateRequest, GenerateResult, GpuKernels, ModelCard};
 use crate::protocol::{Request, Response};
 
 /// Page → worker.
@@ -44,6 +44,9 @@ pub enum ToWorker {
         /// isolated.
         #[serde(default)]
         threads: Option<u32>,
+        /// The WebGPU kernels; `None`: those for the adapter's kind.
+        #[serde(default)]
+        kernels: Option<GpuKernels>,
     },
     /// Generate; tokens stream back as [`FromWorker::Token`].
     Generate {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use futures::lock::Mutex;
 use js_sys::{Object, Reflect, Uint8Array};
-use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest};
+use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest, GpuKernels};
 use tabnode_core::worker::FromWorker;
 use tabnode_core::{ErrorCode, GpuInfo};
 use tabnode_infer::engine::Runner;
@@ -153,13 +153,21 @@ async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
 
 /// The model on WebGPU: the file's blocks on the prover's device, the
 /// barrier-free matvecs on a software adapter, the workgroup ones on a
-/// hardware GPU.
-async fn load_webgpu(bytes: &[u8], software: bool) -> Result<Engine, WorkerError> {
+/// hardware GPU (or the `kernels` asked for).
+async fn load_webgpu(
+    bytes: &[u8],
+    software: bool,
+    kernels: Option<GpuKernels>,
+) -> Result<Engine, WorkerError> {
     let prover = crate::web::gpu_settled()
         .await
         .ok_or(WorkerError::NoWebGpu)?;
     let gpu = Gpu::with_device(prover.device().clone(), prover.queue().clone());
-    let variant = Variant::for_adapter(software);
+    let variant = match kernels {
+        Some(GpuKernels::Rows) => Variant::Rows,
+        Some(GpuKernels::Lanes) => Variant::Lanes,
+        None => Variant::for_adapter(software),
+    };
     let name = format!("webgpu-quantized-{}", variant.name());
     post(&FromWorker::ModelProgress {
         phase: "load".into(),
@@ -279,6 +287,7 @@ async fn choose(
     bytes: Vec<u8>,
     pref: Option<Backend>,
     threads: Option<u32>,
+    kernels: Option<GpuKernels>,
     gpu: Option<&GpuInfo>,
 ) -> Result<(Engine, EngineChoice), WorkerError> {
     let gpu = match (pref, gpu) {
@@ -287,7 +296,7 @@ async fn choose(
         }
         (Some(Backend::Webgpu), None) => return Err(WorkerError::NoWebGpu),
         (Some(Backend::Webgpu), Some(g)) => {
-            let engine = load_webgpu(&bytes, is_software(g)).await?;
+            let engine = load_webgpu(&bytes, is_software(g), kernels).await?;
             drop(bytes);
             let t = timed(&engine, Backend::Webgpu, REPORT_STEPS).await?;
             return Ok(only(engine, t, "asked for (backend=webgpu)".into(), 1));
@@ -298,7 +307,7 @@ async fn choose(
     // Time both, keep the faster. The WebGPU engine holds the file's
     // blocks, so loading it costs an upload, not an expansion.
     let software = is_software(gpu);
-    let web = load_webgpu(&bytes, software).await?;
+    let web = load_webgpu(&bytes, software, kernels).await?;
     let web_t = timed(&web, Backend::Webgpu, CHOICE_STEPS).await?;
     let (cpu, workers, note) = load_cpu(bytes, threads).await?;
     let cpu_t = timed(&cpu, Backend::Cpu, CHOICE_STEPS).await?;
@@ -338,11 +347,16 @@ async fn choose(
 
 /// Loads the model at `url` (cache first) on `backend` (or the faster one)
 /// and reports `ModelReady` or `ModelFailed`.
-pub async fn load(url: String, backend: Option<Backend>, threads: Option<u32>) {
+pub async fn load(
+    url: String,
+    backend: Option<Backend>,
+    threads: Option<u32>,
+    kernels: Option<GpuKernels>,
+) {
     let lock = LOADING.with(Rc::clone);
     let _one = lock.lock().await;
     let started = now_ms();
-    match load_inner(&url, backend, threads).await {
+    match load_inner(&url, backend, threads, kernels).await {
         Ok((engine, choice, from_cache, downloaded)) => {
             let model = engine.card();
             MODEL.with(|m| m.borrow_mut().engine = Some(Rc::new(engine)));
@@ -364,6 +378,7 @@ async fn load_inner(
     url: &str,
     backend: Option<Backend>,
     threads: Option<u32>,
+    kernels: Option<GpuKernels>,
 ) -> Result<(Engine, EngineChoice, bool, u64), WorkerError> {
     // Resolve relative URLs against the worker's location, so the cache key
     // is the absolute address.
@@ -377,7 +392,7 @@ async fn load_inner(
     let cache = open_cache().await?;
     trace("cache open");
     if let Some(bytes) = cached(&cache, &url).await? {
-        match choose(bytes, backend, threads, gpu.as_ref()).await {
+        match choose(bytes, backend, threads, kernels, gpu.as_ref()).await {
             Ok((engine, choice)) => return Ok((engine, choice, true, 0)),
             Err(e @ WorkerError::NoWebGpu) => return Err(e),
             Err(e) => {
@@ -393,7 +408,7 @@ async fn load_inner(
     let downloaded = bytes.len() as u64;
     // The cache's copy, taken before the CPU engine takes the bytes.
     let body = Uint8Array::from(bytes.as_slice());
-    let (engine, choice) = choose(bytes, backend, threads, gpu.as_ref()).await?;
+    let (engine, choice) = choose(bytes, backend, threads, kernels, gpu.as_ref()).await?;
     // Only a file that loads is cached.
     let response = Response::new_with_opt_buffer_source(Some(body.unchecked_ref::<Object>()))
         .map_err(js_err)?;

@@ -163,7 +163,8 @@ pub fn start() {
                 url,
                 backend,
                 threads,
-            }) => spawn_local(crate::model::load(url, backend, threads)),
+                kernels,
+            }) => spawn_local(crate::model::load(url, backend, threads, kernels)),
             Ok(ToWorker::Generate { id, request }) => {
                 spawn_local(crate::model::generate(id, request))
             }

@@ -1,7 +1,7 @@
 //! The JavaScript API: the `TabNode` and `Generation` classes.
 
 use super::*;
-use tabnode_core::infer::Backend;
+use tabnode_core::infer::{Backend, GpuKernels};
 
 /// A browser tab's node.
 #[wasm_bindgen]
@@ -232,21 +232,30 @@ impl TabNode {
     /// engine: { backend, device, reason, timings, threads } }`. `threads`
     /// caps the workers the CPU engine splits the model over (default: one
     /// per core, up to 8, where the page is cross-origin isolated).
+    /// `kernels` (`rows` or `lanes`) forces the WebGPU kernels (default:
+    /// `rows` on a software adapter, `lanes` on a GPU).
     ///
     /// # Errors
-    /// A `backend` other than `cpu` or `webgpu` (the promise rejects).
+    /// A `backend` other than `cpu` or `webgpu`, `kernels` other than
+    /// `rows` or `lanes` (the promise rejects).
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(
         &self,
         url: String,
         backend: Option<String>,
         threads: Option<u32>,
+        kernels: Option<String>,
     ) -> js_sys::Promise {
         let shared = self.shared.clone();
         future_to_promise(async move {
             let backend = backend
                 .filter(|b| !b.is_empty())
                 .map(|b| b.parse::<Backend>())
+                .transpose()
+                .map_err(|e| JsError::new(&e.to_string()))?;
+            let kernels = kernels
+                .filter(|k| !k.is_empty())
+                .map(|k| k.parse::<GpuKernels>())
                 .transpose()
                 .map_err(|e| JsError::new(&e.to_string()))?;
             let (tx, rx) = oneshot::channel();
@@ -256,6 +265,7 @@ impl TabNode {
                     url,
                     backend,
                     threads,
+                    kernels,
                 })
                 .map_err(JsError::from)?;
             match rx.await {
