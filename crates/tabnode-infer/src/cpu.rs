@@ -659,8 +659,8 @@ impl CpuModel {
         let c = &self.config;
         CpuSession {
             model: self,
-            k: vec![Vec::new(); c.layers],
-            v: vec![Vec::new(); c.layers],
+            k: vec![vec![Vec::new(); c.kv_heads]; c.layers],
+            v: vec![vec![Vec::new(); c.kv_heads]; c.layers],
             pos: 0,
             id: self
                 .shards
@@ -673,8 +673,11 @@ impl CpuModel {
 /// A decoding session: the KV cache of one sequence.
 pub struct CpuSession<'m> {
     model: &'m CpuModel,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Keys and values by layer and KV head, each head's positions one
+    /// after another (a head's attention streams one contiguous run:
+    /// position-major rows made it twice as slow).
+    k: Vec<Vec<Vec<f32>>>,
+    v: Vec<Vec<Vec<f32>>>,
     pos: usize,
     /// Which session this is (split models: the shards follow one).
     id: u64,
@@ -925,19 +928,25 @@ impl CpuSession<'_> {
                 rope(&mut q[i * dim..(i + 1) * dim], hd, cs, sn, halves);
                 rope(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, cs, sn, halves);
             }
-            self.k[l].extend_from_slice(&k);
-            self.v[l].extend_from_slice(&v);
+            for (cache, new) in [(&mut self.k[l], &k), (&mut self.v[l], &v)] {
+                for row in new.chunks_exact(kv_dim) {
+                    for (head, vals) in cache.iter_mut().zip(row.chunks_exact(hd)) {
+                        head.extend_from_slice(vals);
+                    }
+                }
+            }
             let (keys, values) = (&self.k[l], &self.v[l]);
             // One (token, head) pair per `hd` values of `q` and `att`.
             let pair = |idx: usize, out: &mut [f32], scores: &mut Vec<f32>| {
                 let (i, head) = (idx / c.heads, idx % c.heads);
                 // Causal: token i sees the cache up to its own position.
                 let n = self.pos + i + 1;
+                let kv = head / group;
                 let cache = KvHead {
-                    keys,
-                    values,
-                    stride: kv_dim,
-                    at: (head / group) * hd,
+                    keys: keys.get(kv).map_or(&[][..], Vec::as_slice),
+                    values: values.get(kv).map_or(&[][..], Vec::as_slice),
+                    stride: hd,
+                    at: 0,
                 };
                 attend(&q[idx * hd..(idx + 1) * hd], &cache, n, scale, scores, out);
             };
