@@ -2,7 +2,9 @@
 //! memory, and what drawing a sampled token costs (`sample_ms`: the
 //! sampler at temperature 1 on each decode step's logits, outside the
 //! decode time; `sort_ms`: the same draw by sorting the whole vocabulary,
-//! what the sampler did before [`tabnode_infer::sample`]). Prints one JSON line (read by `scripts/bench/engine.py`, which
+//! what the sampler did before [`tabnode_infer::sample`]; and for the CPU
+//! engine `outside_matmul_ms`: a decoded token's time less its matrix
+//! products', in a decode of its own before the timed one). Prints one JSON line (read by `scripts/bench/engine.py`, which
 //! runs llama.cpp on the same file and prints the ratios).
 //!
 //! `cargo run -p tabnode-infer --example engine_bench -- MODEL.gguf [PROMPT_TOKENS] [DECODE_TOKENS]`
@@ -70,12 +72,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let load_s = t0.elapsed().as_secs_f64();
+    let mut outside_ms = None;
     let (label, threads, run) = match &engine.runner {
-        Runner::Cpu(model) => (
-            format!("tabnode-{}", engine.device()),
-            rayon::current_num_threads(),
-            measure(|| model.session(), &prompt, n_decode)?,
-        ),
+        Runner::Cpu(model) => {
+            // The engine's own work per decoded token: a decode's time less
+            // its matrix products'.
+            let mut s = model.session();
+            let mut logits = s.prefill(&prompt)?;
+            let before = s.matmul_time();
+            let t = Instant::now();
+            for _ in 0..n_decode {
+                logits = s.step(tabnode_infer::reference::argmax(&logits))?;
+            }
+            let products = (s.matmul_time() - before).as_secs_f64();
+            outside_ms =
+                Some((t.elapsed().as_secs_f64() - products) * 1e3 / n_decode.max(1) as f64);
+            (
+                format!("tabnode-{}", engine.device()),
+                rayon::current_num_threads(),
+                measure(|| model.session(), &prompt, n_decode)?,
+            )
+        }
         Runner::Burn(model) => (
             label,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -89,12 +106,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (load_s, (prefill_s, decode_s, sample_s, sort_s)) = timings;
     let per_token_ms = |s: f64| s * 1e3 / n_decode.max(1) as f64;
     println!(
-        "{{\"engine\":\"{label}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{threads},\"sample_ms\":{:.3},\"sort_ms\":{:.3}}}",
+        "{{\"engine\":\"{label}\",\"prompt_tokens\":{n_prompt},\"decode_tokens\":{n_decode},\"load_s\":{load_s:.3},\"prefill_tps\":{:.2},\"decode_tps\":{:.2},\"peak_rss\":{},\"file_bytes\":{file_bytes},\"threads\":{threads},\"sample_ms\":{:.3},\"sort_ms\":{:.3},\"outside_matmul_ms\":{}}}",
         n_prompt as f64 / prefill_s,
         n_decode as f64 / decode_s,
         peak_rss(),
         per_token_ms(sample_s),
         per_token_ms(sort_s),
+        outside_ms.map_or("null".to_owned(), |ms| format!("{ms:.3}")),
     );
     Ok(())
 }

@@ -21,8 +21,10 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use web_time::Instant;
 
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
@@ -662,6 +664,7 @@ impl CpuModel {
             k: vec![vec![Vec::new(); c.kv_heads]; c.layers],
             v: vec![vec![Vec::new(); c.kv_heads]; c.layers],
             pos: 0,
+            matmul: Duration::ZERO,
             id: self
                 .shards
                 .as_ref()
@@ -679,6 +682,9 @@ pub struct CpuSession<'m> {
     k: Vec<Vec<Vec<f32>>>,
     v: Vec<Vec<Vec<f32>>>,
     pos: usize,
+    /// Time spent in the matrix products (the rest of a forward is what
+    /// the engine adds around them).
+    matmul: Duration,
     /// Which session this is (split models: the shards follow one).
     id: u64,
 }
@@ -801,6 +807,13 @@ impl CpuSession<'_> {
         self.model.config.context
     }
 
+    /// Time this session's forwards spent in matrix products (with the
+    /// threads' hand-offs), for benchmarks: a forward's time less this is
+    /// the engine's own work per token.
+    pub fn matmul_time(&self) -> Duration {
+        self.matmul
+    }
+
     /// Tokens fed so far.
     pub fn position(&self) -> usize {
         self.pos
@@ -906,16 +919,19 @@ impl CpuSession<'_> {
         let mut scores = Vec::new();
         let mut acts = Acts::new(t);
         let scale = 1.0 / (hd as f32).sqrt();
+        let mut matmul = Duration::ZERO;
         for (l, layer) in m.layers.iter().enumerate() {
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.attn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.wq, &layer.wk, &layer.wv])?;
+            let t0 = Instant::now();
             m.project(
                 &acts,
                 &[&layer.wq, &layer.wk, &layer.wv],
                 &mut [&mut q, &mut k, &mut v],
             )?;
+            matmul += t0.elapsed();
             if let Some(b) = &layer.bias {
                 b.add(&mut q, &mut k, &mut v);
             }
@@ -968,18 +984,24 @@ impl CpuSession<'_> {
                 }
             }
             acts.quantize(&att, &[&layer.wo])?;
+            let t0 = Instant::now();
             m.project(&acts, &[&layer.wo], &mut [&mut o])?;
+            matmul += t0.elapsed();
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.ffn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.gate, &layer.up])?;
+            let t0 = Instant::now();
             m.project(&acts, &[&layer.gate, &layer.up], &mut [&mut g, &mut u])?;
+            matmul += t0.elapsed();
             // On whole vectors: the SIMD kernel's tail differs from its
             // lanes, so a split would change bits.
             (quant::simd::best().f32_silu_mul)(&mut g, &u);
             acts.quantize(&g, &[&layer.down])?;
+            let t0 = Instant::now();
             m.project(&acts, &[&layer.down], &mut [&mut o])?;
+            matmul += t0.elapsed();
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         // Logits for the last token only.
@@ -989,7 +1011,10 @@ impl CpuSession<'_> {
         let mut logits = vec![0f32; c.vocab];
         let mut last_act = Acts::new(1);
         last_act.quantize(&normed, &[&m.head])?;
+        let t0 = Instant::now();
         m.project(&last_act, &[&m.head], &mut [&mut logits])?;
+        matmul += t0.elapsed();
+        self.matmul += matmul;
         self.pos += t;
         Ok(logits)
     }
