@@ -5,7 +5,10 @@
 // answers a chat request the relay routes to it by model id, with the
 // native engine's tokens exactly. A ?model= the relay does not serve fails
 // with a clear error. A native node serves SmolLM2 and Qwen at once, and
-// the official OpenAI Python client streams Qwen's answer from it.
+// the official OpenAI Python client streams Qwen's answer from it. A tab
+// picks Gemma 3 270M (gemma3, SentencePiece, a base model): its WebGPU
+// engine lacks the architecture, so it runs on the CPU and says why, and
+// continues a /v1/completions prompt with the native engine's tokens.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -92,6 +95,37 @@ test('one native node serves SmolLM2 and Qwen; the OpenAI Python client streams 
   } finally {
     await node.kill();
   }
+});
+
+test('a tab serves Gemma 3 270M, a base model, to /v1/completions on its CPU engine, with the native tokens', { timeout: SLOW }, async () => {
+  const GEMMA = 'gemma-3-270m-q4_k_m.gguf';
+  const prompt = 'The three primary colors are';
+  const want = localAnswer(prompt, MAX_TOKENS, GEMMA, { chat: false });
+  assert.match(want.text, /red/, `the native answer: ${JSON.stringify(want.text)}`);
+  const { page } = await openTab(browser, relay.url, null, { model: GEMMA });
+  await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
+  const model = await page.evaluate(() => window.tabnode.model);
+  assert.equal(model.status, 'ready', `${model.error}\n${page.logs.slice(-20).join('\n')}`);
+  assert.equal(model.ready.model.architecture, 'gemma3');
+  assert.equal(model.ready.engine.device, 'cpu-quantized-simd128');
+  assert.match(model.ready.engine.reason, /the WebGPU engine cannot run it .*gemma3/);
+  console.log(`tab: ${JSON.stringify(model.ready.engine)}, load ${(model.ready.load_ms / 1000).toFixed(1)} s`);
+  const peer = await page.evaluate(() => window.tabnode.peerId);
+  await waitFor('the relay to list the tab\'s Gemma', async () => {
+    const list = await (await fetch(`${relay.url}/v1/models`)).json();
+    return list.data?.some((m) => m.id === 'gemma-3-270m' && m.tabnode?.nodes === 1 && m.tabnode?.chat === false);
+  }, 120_000, 200);
+  const res = await fetch(`${relay.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gemma-3-270m', prompt, max_tokens: MAX_TOKENS, temperature: 0 }),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assert.equal(body.choices[0].text, want.text);
+  assert.deepEqual(body.tabnode.nodes, [peer]);
+  console.log(`gemma in the tab: ${JSON.stringify(body.choices[0].text)}`);
+  await page.close();
 });
 
 test('a ?model= the relay does not serve fails with a clear error', async () => {

@@ -26,10 +26,12 @@ for _ in $(seq 1 100); do
 done
 [ -s "$data/bootstrap.json" ] || { echo "the relay did not come up" >&2; exit 1; }
 
-# The native node serves the models too (SmolLM2 and Qwen2.5-Coder-0.5B), so
-# the chat works from the start.
+# The native node serves the models too (SmolLM2, Qwen2.5-Coder-0.5B and
+# the base model Gemma 3 270M for /v1/completions), so the chat works from
+# the start.
 "$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" \
-  --model "$TABNODE_MODEL" --model "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" &
+  --model "$TABNODE_MODEL" --model "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" \
+  --model "$TABNODE_MODELS_DIR/gemma-3-270m-q4_k_m.gguf" &
 node=$!
 
 echo

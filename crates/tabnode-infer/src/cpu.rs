@@ -1,12 +1,13 @@
-//! The llama and qwen2 forward pass on the CPU with the weights kept as GGUF
-//! blocks.
+//! The llama, qwen2 and gemma3 forward pass on the CPU with the weights
+//! kept as GGUF blocks.
 //!
 //! Every matrix stays in the file's quantized format (Q4_0, Q4_1, Q5_0,
 //! Q8_0, Q4_K, Q5_K, Q6_K) inside the model's byte buffer; a decode step
 //! quantizes each activation vector once (Q8 blocks, the type the weight's
 //! format pairs with) and runs integer dot products against the weight
 //! blocks ([`crate::quant`]), as llama.cpp does. Norms, RoPE, attention over
-//! the KV cache (the reference's own `attend`) and SiLU·mul run in f32.
+//! the KV cache (the reference's own `attend`) and SiLU·mul (GELU·mul)
+//! run in f32.
 //! One forward takes a batch of tokens: a prompt reads each weight row once,
 //! a decode step is a batch of one. Memory is the file plus the KV cache
 //! and a few vectors per forward.
@@ -29,7 +30,9 @@ use web_time::Instant;
 use crate::generate::{Decoder, GenerateError};
 use crate::gguf::{Gguf, GgufError, TensorInfo};
 use crate::quant::{self, GgmlType, QTensor, QuantError, QuantizedActivation};
-use crate::reference::{attend, rmsnorm, rotate, Config, KvHead, QkvBias};
+use crate::reference::{
+    attend, gelu_mul, rmsnorm, rmsnorm_in_place, rotate, Arch, Config, ExtraNorms, KvHead, QkvBias,
+};
 use crate::shard::{part, Command, Exchange, ExchangeError, CHUNK};
 
 /// Why a forward of the quantized CPU model failed.
@@ -101,6 +104,8 @@ struct Layer {
     gate: Weight,
     up: Weight,
     down: Weight,
+    /// The norms gemma3 adds.
+    extra: Option<ExtraNorms>,
 }
 
 impl Layer {
@@ -164,7 +169,8 @@ impl ShardSpec {
     }
 }
 
-/// A llama or qwen2 model whose matrices stay quantized, with its bytes.
+/// A llama, qwen2 or gemma3 model whose matrices stay quantized, with its
+/// bytes.
 pub struct CpuModel {
     /// Hyper-parameters.
     pub config: Config,
@@ -176,8 +182,10 @@ pub struct CpuModel {
     head: Weight,
     norm: Vec<f32>,
     layers: Vec<Layer>,
-    /// `base^(−2i/head_dim)` for each rotated pair.
+    /// `base^(−2i/head_dim)` for each rotated pair, with the file's base
+    /// and (gemma3) the windowed layers' base.
     inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
     shards: Option<Shards>,
 }
 
@@ -192,8 +200,7 @@ impl std::fmt::Debug for CpuModel {
 }
 
 fn capacity_for(c: &Config) -> usize {
-    let kv_dim = c.kv_heads * (c.dim / c.heads.max(1));
-    (CHUNK * (c.dim + 2 * kv_dim).max(2 * c.hidden)).max(c.vocab)
+    (CHUNK * (c.q_dim() + 2 * c.kv_dim()).max(2 * c.hidden)).max(c.vocab)
 }
 
 impl Drop for CpuModel {
@@ -257,11 +264,18 @@ fn weight(
     })
 }
 
-fn inv_freq(c: &Config) -> Vec<f32> {
-    let hd = c.dim / c.heads.max(1);
+fn inv_freq(c: &Config, base: f32) -> Vec<f32> {
+    let hd = c.head_dim;
     (0..hd / 2)
-        .map(|i| libm::powf(c.rope_base, -2.0 * i as f32 / hd as f32))
+        .map(|i| libm::powf(base, -2.0 * i as f32 / hd as f32))
         .collect()
+}
+
+/// [`inv_freq`] for the windowed layers (empty without).
+fn inv_freq_local(c: &Config) -> Vec<f32> {
+    c.sliding
+        .as_ref()
+        .map_or_else(Vec::new, |s| inv_freq(c, s.rope_base))
 }
 
 impl CpuModel {
@@ -275,8 +289,7 @@ impl CpuModel {
             let g = Gguf::parse(&bytes)?;
             let base = bytes.as_ptr() as usize;
             let c = Config::from_gguf(&g)?;
-            let hd = c.dim / c.heads.max(1);
-            let kv_dim = c.kv_heads * hd;
+            let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
             let w = |name: String, rows, cols| weight(&g, base, &name, rows, cols);
             let f = |name: String| g.dequantize(&name);
             let mut layers = Vec::with_capacity(c.layers);
@@ -284,15 +297,16 @@ impl CpuModel {
                 let p = |s: &str| format!("blk.{l}.{s}.weight");
                 layers.push(Layer {
                     attn_norm: f(p("attn_norm"))?,
-                    wq: w(p("attn_q"), c.dim, c.dim)?,
+                    wq: w(p("attn_q"), q_dim, c.dim)?,
                     wk: w(p("attn_k"), kv_dim, c.dim)?,
                     wv: w(p("attn_v"), kv_dim, c.dim)?,
-                    bias: QkvBias::from_gguf(&g, l, c.dim, kv_dim)?,
-                    wo: w(p("attn_output"), c.dim, c.dim)?,
+                    bias: QkvBias::from_gguf(&g, l, q_dim, kv_dim)?,
+                    wo: w(p("attn_output"), c.dim, q_dim)?,
                     ffn_norm: f(p("ffn_norm"))?,
                     gate: w(p("ffn_gate"), c.hidden, c.dim)?,
                     up: w(p("ffn_up"), c.hidden, c.dim)?,
                     down: w(p("ffn_down"), c.dim, c.hidden)?,
+                    extra: ExtraNorms::from_gguf(&g, &c, l)?,
                 });
             }
             let output = match g.tensor("output.weight") {
@@ -304,7 +318,8 @@ impl CpuModel {
             (c, embed, output, norm, layers)
         };
         Ok(Self {
-            inv_freq: inv_freq(&config),
+            inv_freq: inv_freq(&config, config.rope_base),
+            inv_freq_local: inv_freq_local(&config),
             config,
             bytes,
             head: output.unwrap_or_else(|| embed.clone()),
@@ -423,12 +438,13 @@ impl CpuModel {
         let c = &spec.config;
         if c.heads == 0
             || c.kv_heads == 0
-            || !c.dim.is_multiple_of(c.heads)
+            || c.head_dim == 0
+            || !c.head_dim.is_multiple_of(2)
             || !c.heads.is_multiple_of(c.kv_heads)
         {
             return Err(bad("config"));
         }
-        let kv_dim = c.kv_heads * (c.dim / c.heads);
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let check = |w: &Weight, rows: usize, cols: usize, what: &str| -> Result<(), CpuError> {
             let p = part(rows, count, index);
             if w.rows != rows || w.cols != cols || w.lo != p.start || w.held != p.len() {
@@ -448,10 +464,10 @@ impl CpuModel {
         }
         for (l, layer) in spec.layers.iter().enumerate() {
             let name = |t: &str| format!("blk.{l}.{t}");
-            check(&layer.wq, c.dim, c.dim, &name("attn_q"))?;
+            check(&layer.wq, q_dim, c.dim, &name("attn_q"))?;
             check(&layer.wk, kv_dim, c.dim, &name("attn_k"))?;
             check(&layer.wv, kv_dim, c.dim, &name("attn_v"))?;
-            check(&layer.wo, c.dim, c.dim, &name("attn_output"))?;
+            check(&layer.wo, c.dim, q_dim, &name("attn_output"))?;
             check(&layer.gate, c.hidden, c.dim, &name("ffn_gate"))?;
             check(&layer.up, c.hidden, c.dim, &name("ffn_up"))?;
             check(&layer.down, c.dim, c.hidden, &name("ffn_down"))?;
@@ -459,9 +475,21 @@ impl CpuModel {
                 return Err(bad(&name("norm")));
             }
             if let Some(b) = &layer.bias {
-                if b.q.len() != c.dim || b.k.len() != kv_dim || b.v.len() != kv_dim {
+                if b.q.len() != q_dim || b.k.len() != kv_dim || b.v.len() != kv_dim {
                     return Err(bad(&name("bias")));
                 }
+            }
+            let extra_fits = match &layer.extra {
+                Some(e) => {
+                    e.q.len() == c.head_dim
+                        && e.k.len() == c.head_dim
+                        && e.attn_out.len() == c.dim
+                        && e.ffn_out.len() == c.dim
+                }
+                None => c.arch != Arch::Gemma3,
+            };
+            if !extra_fits {
+                return Err(bad(&name("extra norms")));
             }
         }
         check(&spec.head, c.vocab, c.dim, "output")?;
@@ -473,7 +501,8 @@ impl CpuModel {
             .into());
         }
         Ok(Self {
-            inv_freq: inv_freq(c),
+            inv_freq: inv_freq(c, c.rope_base),
+            inv_freq_local: inv_freq_local(c),
             config: spec.config,
             bytes,
             embed: None,
@@ -697,6 +726,11 @@ impl std::fmt::Debug for CpuSession<'_> {
     }
 }
 
+/// Head `kv`'s cached values from `at` on (empty when out of range).
+fn head_at(cache: &[Vec<f32>], kv: usize, at: usize) -> &[f32] {
+    cache.get(kv).and_then(|c| c.get(at..)).unwrap_or(&[])
+}
+
 /// RoPE on every head (adjacent pairs, or the two halves: see [`rotate`]).
 fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], halves: bool) {
     for head in v.chunks_exact_mut(head_dim) {
@@ -887,8 +921,8 @@ impl CpuSession<'_> {
             return Ok(Vec::new());
         }
         let (dim, hidden) = (c.dim, c.hidden);
-        let hd = dim / c.heads.max(1);
-        let kv_dim = c.kv_heads * hd;
+        let hd = c.head_dim;
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let group = (c.heads / c.kv_heads.max(1)).max(1);
         let mut x = vec![0f32; t * dim];
         if let Some(embed) = &m.embed {
@@ -897,22 +931,33 @@ impl CpuSession<'_> {
                 let id = (token as usize).min(c.vocab.saturating_sub(1));
                 embed.dequantize_row(id, row)?;
             }
-        }
-        m.broadcast(&mut x)?;
-        // Rotation angles per token, shared by every layer and head.
-        let half = m.inv_freq.len();
-        let (mut cos, mut sin) = (vec![0f32; t * half], vec![0f32; t * half]);
-        for i in 0..t {
-            let pos = (self.pos + i) as f32;
-            for (j, &f) in m.inv_freq.iter().enumerate() {
-                (sin[i * half + j], cos[i * half + j]) = libm::sincosf(pos * f);
+            if let Some(s) = c.embed_scale() {
+                x.iter_mut().for_each(|v| *v *= s);
             }
         }
+        m.broadcast(&mut x)?;
+        // Rotation angles per token, shared by every layer and head (and
+        // those of the windowed layers' base).
+        let half = m.inv_freq.len();
+        let angles = |inv_freq: &[f32]| {
+            let (mut cos, mut sin) = (vec![0f32; t * half], vec![0f32; t * half]);
+            if inv_freq.len() == half {
+                for i in 0..t {
+                    let pos = (self.pos + i) as f32;
+                    for (j, &f) in inv_freq.iter().enumerate() {
+                        (sin[i * half + j], cos[i * half + j]) = libm::sincosf(pos * f);
+                    }
+                }
+            }
+            (cos, sin)
+        };
+        let global = angles(&m.inv_freq);
+        let local = angles(&m.inv_freq_local);
         let mut h = vec![0f32; t * dim];
-        let mut q = vec![0f32; t * dim];
+        let mut q = vec![0f32; t * q_dim];
         let mut k = vec![0f32; t * kv_dim];
         let mut v = vec![0f32; t * kv_dim];
-        let mut att = vec![0f32; t * dim];
+        let mut att = vec![0f32; t * q_dim];
         let mut o = vec![0f32; t * dim];
         let mut g = vec![0f32; t * hidden];
         let mut u = vec![0f32; t * hidden];
@@ -935,13 +980,18 @@ impl CpuSession<'_> {
             if let Some(b) = &layer.bias {
                 b.add(&mut q, &mut k, &mut v);
             }
+            if let Some(e) = &layer.extra {
+                e.heads(&mut q, &mut k, c.eps);
+            }
             let halves = c.arch.rope_halves();
+            let window = c.window(l);
+            let (cos, sin) = if window.is_some() { &local } else { &global };
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
                     &sin[i * half..(i + 1) * half],
                 );
-                rope(&mut q[i * dim..(i + 1) * dim], hd, cs, sn, halves);
+                rope(&mut q[i * q_dim..(i + 1) * q_dim], hd, cs, sn, halves);
                 rope(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, cs, sn, halves);
             }
             for (cache, new) in [(&mut self.k[l], &k), (&mut self.v[l], &v)] {
@@ -955,16 +1005,25 @@ impl CpuSession<'_> {
             // One (token, head) pair per `hd` values of `q` and `att`.
             let pair = |idx: usize, out: &mut [f32], scores: &mut Vec<f32>| {
                 let (i, head) = (idx / c.heads, idx % c.heads);
-                // Causal: token i sees the cache up to its own position.
+                // Causal: token i sees the cache up to its own position
+                // (from the window's first on a windowed layer).
                 let n = self.pos + i + 1;
+                let from = window.map_or(0, |w| n.saturating_sub(w));
                 let kv = head / group;
                 let cache = KvHead {
-                    keys: keys.get(kv).map_or(&[][..], Vec::as_slice),
-                    values: values.get(kv).map_or(&[][..], Vec::as_slice),
+                    keys: head_at(keys, kv, from * hd),
+                    values: head_at(values, kv, from * hd),
                     stride: hd,
                     at: 0,
                 };
-                attend(&q[idx * hd..(idx + 1) * hd], &cache, n, scale, scores, out);
+                attend(
+                    &q[idx * hd..(idx + 1) * hd],
+                    &cache,
+                    n - from,
+                    scale,
+                    scores,
+                    out,
+                );
             };
             #[cfg(not(target_arch = "wasm32"))]
             let parallel = t * c.heads * (self.pos + t) * hd >= PARALLEL_ATTENTION;
@@ -987,6 +1046,10 @@ impl CpuSession<'_> {
             let t0 = Instant::now();
             m.project(&acts, &[&layer.wo], &mut [&mut o])?;
             matmul += t0.elapsed();
+            if let Some(e) = &layer.extra {
+                o.chunks_exact_mut(dim)
+                    .for_each(|o| rmsnorm_in_place(o, &e.attn_out, c.eps));
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             for (x, h) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
                 rmsnorm(x, &layer.ffn_norm, c.eps, h);
@@ -997,11 +1060,19 @@ impl CpuSession<'_> {
             matmul += t0.elapsed();
             // On whole vectors: the SIMD kernel's tail differs from its
             // lanes, so a split would change bits.
-            (quant::simd::best().f32_silu_mul)(&mut g, &u);
+            if c.arch.gelu() {
+                gelu_mul(&mut g, &u);
+            } else {
+                (quant::simd::best().f32_silu_mul)(&mut g, &u);
+            }
             acts.quantize(&g, &[&layer.down])?;
             let t0 = Instant::now();
             m.project(&acts, &[&layer.down], &mut [&mut o])?;
             matmul += t0.elapsed();
+            if let Some(e) = &layer.extra {
+                o.chunks_exact_mut(dim)
+                    .for_each(|o| rmsnorm_in_place(o, &e.ffn_out, c.eps));
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         // Logits for the last token only.

@@ -207,7 +207,16 @@ impl Engine {
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         let tok = &self.tokenizer;
         match prompt {
-            Prompt::Text(text) => Ok(tok.encode(text, false)),
+            Prompt::Text(text) => {
+                // A model that expects BOS (Gemma) gets it first, as
+                // llama.cpp's tools tokenize a prompt.
+                let mut ids = Vec::new();
+                if tok.add_bos {
+                    ids.push(tok.bos);
+                }
+                ids.extend(tok.encode(text, false));
+                Ok(ids)
+            }
             Prompt::Chat(messages) => {
                 let msgs: Vec<Message> = messages
                     .iter()

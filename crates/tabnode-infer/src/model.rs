@@ -176,6 +176,13 @@ impl LlamaModel {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, GgufError> {
         let config = Config::from_gguf(g)?;
+        if config.arch == crate::reference::Arch::Gemma3 {
+            return Err(GgufError::Metadata {
+                key: "general.architecture".into(),
+                reason: "gemma3 runs on the quantized CPU engine (--device cpu), not on burn"
+                    .into(),
+            });
+        }
         // ggml stores [out, in]; x·Wᵀ needs [in, out].
         let w = |name: String| match format {
             WeightFormat::F32 => tensor2(g, &name, device).map(|t| t.transpose()),

@@ -1,5 +1,5 @@
-//! A plain-Rust, f32, single-threaded forward pass of the llama and qwen2
-//! architectures, straight from the GGUF tensors.
+//! A plain-Rust, f32, single-threaded forward pass of the llama, qwen2 and
+//! gemma3 architectures, straight from the GGUF tensors.
 //!
 //! This is the engine's oracle, not its fast path (that will be the burn
 //! model): it pins down the layout of the GGUF tensors (ggml's `[in, out]`
@@ -19,6 +19,15 @@ pub enum Arch {
     /// qwen2 (Qwen2.5): biases on q, k and v, RoPE on the two halves of
     /// each head (ggml's NEOX mode), a separate output matrix.
     Qwen2,
+    /// gemma3 (Gemma 3), as llama.cpp runs it: the embedding scaled by
+    /// √width, heads wider than width / heads (`attention.key_length`),
+    /// RMSNorm on each q and k head, RMSNorm on the attention's and the
+    /// FFN's outputs before they join the residual, GELU (tanh) · up,
+    /// RoPE on halves; five layers in six attend to the last
+    /// `attention.sliding_window` positions only with RoPE base 10,000,
+    /// every sixth to all of them with the file's base. Norm weights in
+    /// the GGUF already hold Gemma's `1 + w`.
+    Gemma3,
 }
 
 impl Arch {
@@ -27,14 +36,31 @@ impl Arch {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Gemma3 => "gemma3",
         }
     }
 
     /// Whether RoPE rotates element `i` with `i + head_dim/2` (NEOX)
     /// rather than `2i` with `2i + 1`.
     pub fn rope_halves(self) -> bool {
-        matches!(self, Self::Qwen2)
+        matches!(self, Self::Qwen2 | Self::Gemma3)
     }
+
+    /// The FFN's activation is GELU (tanh form) rather than SiLU.
+    pub fn gelu(self) -> bool {
+        matches!(self, Self::Gemma3)
+    }
+}
+
+/// Layers that attend to a window of the latest positions (gemma3).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sliding {
+    /// Positions such a layer sees, its own included.
+    pub window: usize,
+    /// Every `pattern`-th layer (the last of each group) sees everything.
+    pub pattern: usize,
+    /// RoPE base of the windowed layers.
+    pub rope_base: f32,
 }
 
 /// Model hyper-parameters from the GGUF metadata.
@@ -52,6 +78,8 @@ pub struct Config {
     pub heads: usize,
     /// Key/value heads.
     pub kv_heads: usize,
+    /// Values per attention head (`width / heads` unless the file says).
+    pub head_dim: usize,
     /// Vocabulary size.
     pub vocab: usize,
     /// Context length the model was trained for.
@@ -60,6 +88,8 @@ pub struct Config {
     pub rope_base: f32,
     /// RMSNorm epsilon.
     pub eps: f32,
+    /// Windowed layers (gemma3).
+    pub sliding: Option<Sliding>,
 }
 
 impl Config {
@@ -75,10 +105,11 @@ impl Config {
         let arch = match name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "gemma3" => Arch::Gemma3,
             other => {
                 return Err(GgufError::Metadata {
                     key: "general.architecture".into(),
-                    reason: format!("{other:?} is not supported (llama, qwen2)"),
+                    reason: format!("{other:?} is not supported (llama, qwen2, gemma3)"),
                 })
             }
         };
@@ -91,24 +122,50 @@ impl Config {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
             .map_or(0, <[_]>::len);
+        let dim = u("embedding_length")?;
+        let heads = u("attention.head_count")?;
+        // gemma3's windowed layers: the pattern and base llama.cpp sets for
+        // the architecture (the file holds only the window).
+        let sliding = match arch {
+            Arch::Gemma3 => Some(Sliding {
+                window: u("attention.sliding_window")?,
+                pattern: 6,
+                rope_base: 10_000.0,
+            }),
+            _ => None,
+        };
         let config = Self {
             arch,
             layers: u("block_count")?,
-            dim: u("embedding_length")?,
+            dim,
             hidden: u("feed_forward_length")?,
-            heads: u("attention.head_count")?,
+            heads,
             kv_heads: u("attention.head_count_kv")?,
+            head_dim: match g.get(&key("attention.key_length")) {
+                Some(_) => u("attention.key_length")?,
+                None => dim / heads.max(1),
+            },
             vocab,
             context: u("context_length")?,
             rope_base: f("rope.freq_base", 10_000.0),
             eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+            sliding,
         };
+        if g.get(&key("attention.value_length")).is_some()
+            && u("attention.value_length")? != config.head_dim
+        {
+            return Err(GgufError::Metadata {
+                key: key("attention.value_length"),
+                reason: "value heads narrower or wider than key heads are not supported".into(),
+            });
+        }
         // Shapes every forward divides by or groups with.
         let fits = config.heads > 0
             && config.kv_heads > 0
             && config.heads.is_multiple_of(config.kv_heads)
-            && config.dim.is_multiple_of(config.heads)
-            && (config.dim / config.heads).is_multiple_of(2);
+            && config.head_dim > 0
+            && config.head_dim.is_multiple_of(2)
+            && config.sliding.as_ref().is_none_or(|s| s.window > 0);
         if !fits {
             return Err(GgufError::Metadata {
                 key: key("attention.head_count"),
@@ -121,8 +178,57 @@ impl Config {
         Ok(config)
     }
 
-    fn head_dim(&self) -> usize {
-        self.dim / self.heads
+    /// Width of all query heads together.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The positions before its own that layer `l` attends to at most
+    /// (`None`: all of them).
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding
+            .as_ref()
+            .filter(|s| s.pattern == 0 || l % s.pattern < s.pattern - 1)
+            .map(|s| s.window)
+    }
+
+    /// Layer `l`'s RoPE base.
+    pub fn rope_base_of(&self, l: usize) -> f32 {
+        match (self.window(l), &self.sliding) {
+            (Some(_), Some(s)) => s.rope_base,
+            _ => self.rope_base,
+        }
+    }
+
+    /// What the embedding row is multiplied by (gemma3: √width).
+    pub fn embed_scale(&self) -> Option<f32> {
+        matches!(self.arch, Arch::Gemma3).then(|| (self.dim as f32).sqrt())
+    }
+}
+
+/// `g = GELU(g)·u` with GELU's tanh form, as ggml computes it
+/// (`0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))`), written as
+/// `x·e/(1 + e)` with `e = exp(2·√(2/π)·x·(1 + 0.044715·x²))` and the
+/// crate's `exp` kernel (the same bits on every CPU).
+pub(crate) fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    let kernels = crate::quant::simd::best();
+    let mut buf = [0f32; 256];
+    for (g, u) in g.chunks_mut(buf.len()).zip(u.chunks(buf.len())) {
+        let e = &mut buf[..g.len()];
+        for (e, &x) in e.iter_mut().zip(g.iter()) {
+            *e = 2.0 * SQRT_2_OVER_PI * x * (1.0 + A * x * x);
+        }
+        (kernels.f32_exp)(e, 0.0);
+        for ((g, &e), &u) in g.iter_mut().zip(e.iter()).zip(u) {
+            *g = *g * (e / (1.0 + e)) * u;
+        }
     }
 }
 
@@ -138,6 +244,66 @@ struct Layer {
     gate: Vec<f32>,
     up: Vec<f32>,
     down: Vec<f32>,
+    /// gemma3's extra norms.
+    extra: Option<ExtraNorms>,
+}
+
+/// gemma3's norms beyond llama's: on each q and k head, and on the
+/// attention's and the FFN's outputs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ExtraNorms {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub attn_out: Vec<f32>,
+    pub ffn_out: Vec<f32>,
+}
+
+impl ExtraNorms {
+    /// Layer `l`'s extra norms, which gemma3 has and the others do not.
+    ///
+    /// # Errors
+    /// A missing one, or one of the wrong length.
+    pub(crate) fn from_gguf(g: &Gguf<'_>, c: &Config, l: usize) -> Result<Option<Self>, GgufError> {
+        if c.arch != Arch::Gemma3 {
+            return Ok(None);
+        }
+        let read = |t: &str, len: usize| {
+            let name = format!("blk.{l}.{t}.weight");
+            let w = g.dequantize(&name)?;
+            if w.len() == len {
+                Ok(w)
+            } else {
+                Err(GgufError::BadTensor {
+                    name,
+                    reason: format!("{} values, expected {len}", w.len()),
+                })
+            }
+        };
+        Ok(Some(Self {
+            q: read("attn_q_norm", c.head_dim)?,
+            k: read("attn_k_norm", c.head_dim)?,
+            attn_out: read("post_attention_norm", c.dim)?,
+            ffn_out: read("post_ffw_norm", c.dim)?,
+        }))
+    }
+
+    /// RMSNorm on every head of `q` and of `k` (rows of `head_dim`).
+    pub(crate) fn heads(&self, q: &mut [f32], k: &mut [f32], eps: f32) {
+        for (x, w) in [(q, &self.q), (k, &self.k)] {
+            for head in x.chunks_exact_mut(w.len()) {
+                rmsnorm_in_place(head, w, eps);
+            }
+        }
+    }
+}
+
+/// [`rmsnorm`] of `x` into itself.
+pub(crate) fn rmsnorm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let s = 1.0 / (ms + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = *v * s * g;
+    }
 }
 
 /// The biases added to q, k and v (qwen2).
@@ -312,7 +478,7 @@ impl ReferenceModel {
     /// Missing tensors or metadata, unsupported tensor types.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, GgufError> {
         let config = Config::from_gguf(g)?;
-        let kv_dim = config.kv_heads * config.head_dim();
+        let kv_dim = config.kv_dim();
         let t = |name: String| g.dequantize(&name);
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
@@ -322,12 +488,13 @@ impl ReferenceModel {
                 wq: t(p("attn_q"))?,
                 wk: t(p("attn_k"))?,
                 wv: t(p("attn_v"))?,
-                bias: QkvBias::from_gguf(g, l, config.dim, kv_dim)?,
+                bias: QkvBias::from_gguf(g, l, config.q_dim(), kv_dim)?,
                 wo: t(p("attn_output"))?,
                 ffn_norm: t(p("ffn_norm"))?,
                 gate: t(p("ffn_gate"))?,
                 up: t(p("ffn_up"))?,
                 down: t(p("ffn_down"))?,
+                extra: ExtraNorms::from_gguf(g, &config, l)?,
             });
         }
         let output = match g.tensor("output.weight") {
@@ -372,16 +539,19 @@ impl Session<'_> {
     pub fn step(&mut self, token: u32) -> Vec<f32> {
         let m = self.model;
         let c = &m.config;
-        let (dim, hd) = (c.dim, c.head_dim());
-        let kv_dim = c.kv_heads * hd;
+        let (dim, hd) = (c.dim, c.head_dim);
+        let kv_dim = c.kv_dim();
         let group = c.heads / c.kv_heads;
         let t = (token as usize).min(c.vocab.saturating_sub(1));
         let mut x = m.embed[t * dim..(t + 1) * dim].to_vec();
+        if let Some(s) = c.embed_scale() {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let mut h = vec![0f32; dim];
-        let mut q = vec![0f32; dim];
+        let mut q = vec![0f32; c.q_dim()];
         let mut k = vec![0f32; kv_dim];
         let mut v = vec![0f32; kv_dim];
-        let mut att = vec![0f32; dim];
+        let mut att = vec![0f32; c.q_dim()];
         let mut o = vec![0f32; dim];
         let mut g = vec![0f32; c.hidden];
         let mut u = vec![0f32; c.hidden];
@@ -394,12 +564,17 @@ impl Session<'_> {
             if let Some(b) = &layer.bias {
                 b.add(&mut q, &mut k, &mut v);
             }
+            if let Some(e) = &layer.extra {
+                e.heads(&mut q, &mut k, c.eps);
+            }
             let halves = c.arch.rope_halves();
-            rope(&mut q, hd, self.pos, c.rope_base, halves);
-            rope(&mut k, hd, self.pos, c.rope_base, halves);
+            rope(&mut q, hd, self.pos, c.rope_base_of(l), halves);
+            rope(&mut k, hd, self.pos, c.rope_base_of(l), halves);
             self.k[l].extend_from_slice(&k);
             self.v[l].extend_from_slice(&v);
+            // The positions this layer sees: all, or the window's.
             let n = self.pos + 1;
+            let from = c.window(l).map_or(0, |w| n.saturating_sub(w));
             let mut scores = Vec::new();
             for head in 0..c.heads {
                 let (qh, out) = (
@@ -407,22 +582,32 @@ impl Session<'_> {
                     &mut att[head * hd..(head + 1) * hd],
                 );
                 let cache = KvHead {
-                    keys: &self.k[l],
-                    values: &self.v[l],
+                    keys: &self.k[l][from * kv_dim..],
+                    values: &self.v[l][from * kv_dim..],
                     stride: kv_dim,
                     at: (head / group) * hd,
                 };
-                attend(qh, &cache, n, scale, &mut scores, out);
+                attend(qh, &cache, n - from, scale, &mut scores, out);
             }
             matvec(&layer.wo, &att, &mut o);
+            if let Some(e) = &layer.extra {
+                rmsnorm_in_place(&mut o, &e.attn_out, c.eps);
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             rmsnorm(&x, &layer.ffn_norm, c.eps, &mut h);
             matvec(&layer.gate, &h, &mut g);
             matvec(&layer.up, &h, &mut u);
-            for (gi, ui) in g.iter_mut().zip(&u) {
-                *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+            if c.arch.gelu() {
+                gelu_mul(&mut g, &u);
+            } else {
+                for (gi, ui) in g.iter_mut().zip(&u) {
+                    *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+                }
             }
             matvec(&layer.down, &g, &mut o);
+            if let Some(e) = &layer.extra {
+                rmsnorm_in_place(&mut o, &e.ffn_out, c.eps);
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         rmsnorm(&x.clone(), &m.norm, c.eps, &mut x);

@@ -1,14 +1,22 @@
-//! The byte-level BPE tokenizer stored in a GGUF file (`tokenizer.ggml.model
-//! = "gpt2"`), encoding and decoding exactly as llama.cpp does.
+//! The tokenizers stored in a GGUF file, encoding and decoding exactly as
+//! llama.cpp does: byte-level BPE (`tokenizer.ggml.model = "gpt2"`: SmolLM2,
+//! Qwen2.5) and SentencePiece (`"llama"`: Gemma 3).
 //!
-//! Encoding: special (control) tokens are cut out of the text first when
-//! `parse_special` is set; the rest is pre-tokenized (for the `smollm`
+//! Encoding: the vocabulary's user-defined tokens (Gemma's runs of spaces
+//! and line breaks, HTML tags) are cut out of the text first, and its
+//! control tokens too when `parse_special` is set, longest first, as
+//! llama.cpp partitions a text. For BPE the rest is pre-tokenized (for the `smollm`
 //! pre-tokenizer: every `\p{N}` alone, then the GPT-2 pattern
 //! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
 //! for `qwen2` llama.cpp's pattern with case-insensitive contractions,
 //! single digits and line breaks kept with the whitespace before them),
 //! each piece's bytes are mapped to GPT-2's printable byte alphabet, and the
-//! merges are applied lowest rank first, leftmost first.
+//! merges are applied lowest rank first, leftmost first. For SentencePiece
+//! spaces become `▁` (and a space is put first where the file asks), the
+//! text starts as its characters, and the adjacent pair whose joined text is
+//! the highest-scoring token is merged (leftmost on ties) until no pair is a
+//! token; a character that is no token is spelled with byte tokens
+//! (`<0x41>`).
 //!
 //! Chat prompts come from the model's own Jinja template (rendered by
 //! `minijinja`); message contents are encoded without specials, so a
@@ -31,8 +39,8 @@ pub enum TokenizerError {
     /// A required metadata entry is missing or malformed.
     #[error("tokenizer metadata {0} is missing or malformed")]
     Metadata(&'static str),
-    /// Not a byte-level BPE tokenizer.
-    #[error("tokenizer model {0:?} is not supported (only \"gpt2\")")]
+    /// Neither byte-level BPE nor SentencePiece.
+    #[error("tokenizer model {0:?} is not supported (\"gpt2\" or \"llama\")")]
     Model(String),
     /// A pre-tokenizer this implementation does not know.
     #[error("pre-tokenizer {0:?} is not supported")]
@@ -85,21 +93,17 @@ pub struct Message {
 pub struct Tokenizer {
     /// Each token's bytes.
     token_bytes: Vec<Vec<u8>>,
-    /// The merges by the ids of their two parts: `(rank, merged id)`. A
-    /// merge whose parts or result are not tokens of the vocabulary could
-    /// only make a piece no token spells; it is left out.
-    ranks: HashMap<(u32, u32), (u32, u32)>,
-    /// Each byte's token (its character of the byte alphabet), if any.
-    byte_ids: [Option<u32>; 256],
-    /// Control tokens, longest first.
-    specials: Vec<(String, u32)>,
-    digits: Option<Regex>,
-    words: Regex,
-    /// The pattern has qwen2's `\s*[\r\n]+` before `\s+(?!\S)`: a
-    /// whitespace run ending in a line break keeps all of it.
-    line_breaks: bool,
+    /// How text between special tokens becomes tokens.
+    model: Model,
+    /// Control and user-defined tokens, longest first (then by id), and
+    /// whether each is cut out of any text (user-defined) or only where
+    /// specials are parsed (control).
+    specials: Vec<Special>,
     /// Beginning-of-sequence token.
     pub bos: u32,
+    /// Whether a prompt starts with [`Tokenizer::bos`]
+    /// (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
     /// End-of-sequence token.
     pub eos: u32,
     /// The Jinja chat template from the file's metadata, parsed once at
@@ -107,204 +111,54 @@ pub struct Tokenizer {
     chat_template: Option<minijinja::Environment<'static>>,
 }
 
-/// The chat template's name in its environment.
-const CHAT: &str = "chat";
-
-/// A Jinja environment set as Hugging Face's chat templates expect
-/// (`trim_blocks`, `lstrip_blocks`, `raise_exception`) holding `source`.
-fn template_env(source: &str) -> Result<minijinja::Environment<'static>, minijinja::Error> {
-    let mut env = minijinja::Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        },
-    );
-    env.add_template_owned(CHAT, source.to_string())?;
-    Ok(env)
+/// A token cut out of the text before the model's own encoding.
+#[derive(Debug)]
+struct Special {
+    text: String,
+    id: u32,
+    /// User-defined: cut out even where specials are not parsed.
+    always: bool,
 }
 
-/// Stands for message `i`'s content while a template renders: private-use
-/// characters that no template writes, so the rendered frame can be split
-/// into the template's own text and the messages'.
-fn content_marker(i: usize) -> String {
-    format!("\u{E000}{i}\u{E001}")
+/// Text between specials to tokens.
+#[derive(Debug)]
+enum Model {
+    Bpe(Bpe),
+    Spm(Spm),
 }
 
-impl Tokenizer {
-    /// Builds the tokenizer from a GGUF file's metadata.
-    ///
-    /// # Errors
-    /// Missing or malformed metadata, or a model / pre-tokenizer this
-    /// implementation does not support.
-    pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, TokenizerError> {
-        let model = g
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .ok_or(TokenizerError::Metadata("tokenizer.ggml.model"))?;
-        if model != "gpt2" {
-            return Err(TokenizerError::Model(model.into()));
-        }
-        let pre = g
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let re = |pattern: &str| {
-            Regex::new(pattern).map_err(|_| TokenizerError::PreTokenizer(pre.into()))
-        };
-        // GPT-2's pattern less its `\s+(?!\S)` (the `regex` crate has no
-        // look-ahead; `encode_text` applies it).
-        let gpt2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
-        let (digits, words, line_breaks) = match pre {
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
-                (Some(re(r"\p{N}")?), re(gpt2)?, false)
-            }
-            "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => (None, re(gpt2)?, false),
-            // llama.cpp's qwen2 pattern, likewise less `\s+(?!\S)`.
-            "qwen2" => (
-                None,
-                re(
-                    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+",
-                )?,
-                true,
-            ),
-            other => return Err(TokenizerError::PreTokenizer(other.into())),
-        };
-        let tokens = g
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))?;
-        let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
-        let merges = g
-            .get("tokenizer.ggml.merges")
-            .and_then(Value::as_array)
-            .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
-        let byte_map = byte_alphabet();
-        let unmap: HashMap<char, u8> = byte_map
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
-        let mut vocab = HashMap::with_capacity(tokens.len());
-        let mut token_bytes = Vec::with_capacity(tokens.len());
-        let mut specials = Vec::new();
-        for (id, t) in tokens.iter().enumerate() {
-            let s = t
-                .as_str()
-                .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))?;
-            let id = id as u32;
-            let control = types
-                .and_then(|ty| ty.get(id as usize))
-                .and_then(Value::as_u64)
-                .is_some_and(|ty| ty == 3 || ty == 4);
-            if control {
-                specials.push((s.to_string(), id));
-                token_bytes.push(s.as_bytes().to_vec());
-            } else {
-                let bytes = s
-                    .chars()
-                    .map(|c| unmap.get(&c).copied())
-                    .collect::<Option<Vec<u8>>>()
-                    .ok_or(TokenizerError::Token(id))?;
-                token_bytes.push(bytes);
-            }
-            vocab.insert(s.to_string(), id);
-        }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let mut ranks = HashMap::with_capacity(merges.len());
-        let mut joined = String::new();
-        for (rank, m) in merges.iter().enumerate() {
-            let m = m
-                .as_str()
-                .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
-            let (a, b) = m
-                .split_once(' ')
-                .ok_or_else(|| TokenizerError::Merge(m.into()))?;
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            if let (Some(&a), Some(&b), Some(&ab)) =
-                (vocab.get(a), vocab.get(b), vocab.get(joined.as_str()))
-            {
-                // A pair listed twice keeps its first rank (as llama.cpp's
-                // `emplace`).
-                ranks.entry((a, b)).or_insert((rank as u32, ab));
-            }
-        }
-        let byte_ids =
-            std::array::from_fn(|b| vocab.get(byte_map[b].to_string().as_str()).copied());
-        let id = |key: &'static str| {
-            g.get(key)
-                .and_then(Value::as_u64)
-                .map(|v| v as u32)
-                .ok_or(TokenizerError::Metadata(key))
-        };
-        // A template that does not parse fails the load, not a request.
-        let chat_template = g
-            .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
-            .map(template_env)
-            .transpose()
-            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
-        Ok(Self {
-            token_bytes,
-            ranks,
-            byte_ids,
-            specials,
-            digits,
-            words,
-            line_breaks,
-            bos: id("tokenizer.ggml.bos_token_id")?,
-            eos: id("tokenizer.ggml.eos_token_id")?,
-            chat_template,
-        })
-    }
+/// Byte-level BPE.
+#[derive(Debug)]
+struct Bpe {
+    /// The merges by the ids of their two parts: `(rank, merged id)`. A
+    /// merge whose parts or result are not tokens of the vocabulary could
+    /// only make a piece no token spells; it is left out.
+    ranks: HashMap<(u32, u32), (u32, u32)>,
+    /// Each byte's token (its character of the byte alphabet), if any.
+    byte_ids: [Option<u32>; 256],
+    digits: Option<Regex>,
+    words: Regex,
+    /// The pattern has qwen2's `\s*[\r\n]+` before `\s+(?!\S)`: a
+    /// whitespace run ending in a line break keeps all of it.
+    line_breaks: bool,
+}
 
-    /// Number of tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.token_bytes.len()
-    }
+/// SentencePiece (llama.cpp's `llm_tokenizer_spm`).
+#[derive(Debug)]
+struct Spm {
+    /// Every token's text (`▁` for spaces) to its id; the last of equal
+    /// texts wins, as in llama.cpp's map.
+    ids: HashMap<Box<str>, u32>,
+    /// Each token's score: the higher, the earlier its pair merges.
+    scores: Vec<f32>,
+    /// Each byte's `<0xXX>` token.
+    byte_ids: [Option<u32>; 256],
+    /// A space before text that starts the input or follows a special.
+    add_space_prefix: bool,
+}
 
-    /// The bytes of one token (empty for an unknown id).
-    pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
-    }
-
-    /// Encodes `text`; with `parse_special`, control tokens written in the
-    /// text (`<|im_start|>`) become their ids.
-    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let next = if parse_special {
-                self.specials
-                    .iter()
-                    .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
-                    .min_by_key(|&(at, _, _)| at)
-            } else {
-                None
-            };
-            match next {
-                Some((at, len, id)) => {
-                    self.encode_text(&rest[..at], &mut out);
-                    out.push(id);
-                    rest = &rest[at + len..];
-                }
-                None => {
-                    self.encode_text(rest, &mut out);
-                    break;
-                }
-            }
-        }
-        out
-    }
-
-    fn encode_text(&self, text: &str, out: &mut Vec<u32>) {
+impl Bpe {
+    fn encode(&self, text: &str, out: &mut Vec<u32>) {
         let mut pieces = Vec::new();
         match &self.digits {
             Some(re) => {
@@ -373,6 +227,431 @@ impl Tokenizer {
             symbols.remove(i + 1);
         }
         out.extend(symbols);
+    }
+}
+
+impl Spm {
+    /// SentencePiece on one piece of text (llama.cpp's `llm_tokenizer_spm`).
+    fn encode(&self, text: &str, after_special: bool, out: &mut Vec<u32>) {
+        let mut escaped = String::with_capacity(text.len() + 3);
+        if self.add_space_prefix && after_special {
+            escaped.push('\u{2581}');
+        }
+        for c in text.chars() {
+            escaped.push(if c == ' ' { '\u{2581}' } else { c });
+        }
+        let text = escaped.as_str();
+        if text.is_empty() {
+            return;
+        }
+        // Symbols: byte ranges linked both ways; a merged-away one is empty.
+        struct Symbol {
+            at: usize,
+            len: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+        }
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (at, c) in text.char_indices() {
+            let i = symbols.len();
+            symbols.push(Symbol {
+                at,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: None,
+            });
+            if let Some(p) = i.checked_sub(1) {
+                symbols[p].next = Some(i);
+            }
+        }
+        // Candidate merges: the highest score first, then the leftmost.
+        #[derive(PartialEq)]
+        struct Bigram {
+            score: f32,
+            left: usize,
+            right: usize,
+            len: usize,
+        }
+        impl Eq for Bigram {}
+        impl Ord for Bigram {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
+            }
+        }
+        impl PartialOrd for Bigram {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        let mut queue = std::collections::BinaryHeap::new();
+        let bigram = |symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
+            let (l, r) = (left?, right?);
+            let (a, b) = (&symbols[l], &symbols[r]);
+            let joined = text.get(a.at..b.at + b.len)?;
+            let id = *self.ids.get(joined)?;
+            Some(Bigram {
+                score: self.scores.get(id as usize).copied().unwrap_or(f32::MIN),
+                left: l,
+                right: r,
+                len: joined.len(),
+            })
+        };
+        for i in 1..symbols.len() {
+            queue.extend(bigram(&symbols, Some(i - 1), Some(i)));
+        }
+        while let Some(b) = queue.pop() {
+            let (l, r) = (&symbols[b.left], &symbols[b.right]);
+            // Skip a pair one of whose symbols has changed since.
+            if l.len == 0 || r.len == 0 || l.len + r.len != b.len {
+                continue;
+            }
+            let next = r.next;
+            symbols[b.left].len += symbols[b.right].len;
+            symbols[b.right].len = 0;
+            symbols[b.left].next = next;
+            if let Some(n) = next {
+                symbols[n].prev = Some(b.left);
+            }
+            let prev = symbols[b.left].prev;
+            queue.extend(bigram(&symbols, prev, Some(b.left)));
+            queue.extend(bigram(&symbols, Some(b.left), next));
+        }
+        let mut i = Some(0);
+        while let Some(at) = i {
+            let sym = &symbols[at];
+            let piece = &text[sym.at..sym.at + sym.len];
+            match self.ids.get(piece) {
+                Some(&id) => out.push(id),
+                // A character no token spells: its bytes' tokens.
+                None => out.extend(piece.bytes().filter_map(|b| self.byte_ids[b as usize])),
+            }
+            i = sym.next;
+        }
+    }
+}
+
+/// A piece of text, or a special token cut out of it.
+enum Fragment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const NORMAL: u64 = 1;
+const UNKNOWN: u64 = 2;
+const CONTROL: u64 = 3;
+const USER_DEFINED: u64 = 4;
+const BYTE: u64 = 6;
+
+/// The byte a SentencePiece byte token (`<0x0A>`) stands for.
+fn byte_token(s: &str) -> Option<u8> {
+    let hex = s.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// The chat template's name in its environment.
+const CHAT: &str = "chat";
+
+/// A Jinja environment set as Hugging Face's chat templates expect
+/// (`trim_blocks`, `lstrip_blocks`, `raise_exception`) holding `source`.
+fn template_env(source: &str) -> Result<minijinja::Environment<'static>, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template_owned(CHAT, source.to_string())?;
+    Ok(env)
+}
+
+/// Stands for message `i`'s content while a template renders: private-use
+/// characters that no template writes, so the rendered frame can be split
+/// into the template's own text and the messages'.
+fn content_marker(i: usize) -> String {
+    format!("\u{E000}{i}\u{E001}")
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from a GGUF file's metadata.
+    ///
+    /// # Errors
+    /// Missing or malformed metadata, or a model / pre-tokenizer this
+    /// implementation does not support.
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, TokenizerError> {
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.model"))?;
+        let tokens = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))?;
+        let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
+        let type_of = |id: usize| {
+            types
+                .and_then(|ty| ty.get(id))
+                .and_then(Value::as_u64)
+                .unwrap_or(NORMAL)
+        };
+        let texts = tokens
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .ok_or(TokenizerError::Metadata("tokenizer.ggml.tokens"))
+            })
+            .collect::<Result<Vec<&str>, _>>()?;
+        let mut specials: Vec<Special> = texts
+            .iter()
+            .enumerate()
+            .filter(|&(id, _)| matches!(type_of(id), CONTROL | USER_DEFINED))
+            .filter(|(_, text)| !text.is_empty())
+            .map(|(id, text)| Special {
+                text: (*text).to_string(),
+                id: id as u32,
+                always: type_of(id) == USER_DEFINED,
+            })
+            .collect();
+        specials.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
+        let (model, token_bytes) = match model {
+            "gpt2" => Self::bpe_model(g, &texts, &type_of)?,
+            "llama" => Self::spm_model(g, &texts, &type_of)?,
+            other => return Err(TokenizerError::Model(other.into())),
+        };
+        let id = |key: &'static str| {
+            g.get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+                .ok_or(TokenizerError::Metadata(key))
+        };
+        // A template that does not parse fails the load, not a request.
+        let chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(template_env)
+            .transpose()
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
+        Ok(Self {
+            token_bytes,
+            model,
+            specials,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            add_bos: matches!(
+                g.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            chat_template,
+        })
+    }
+
+    /// Byte-level BPE's merges, pre-tokenizer and token bytes.
+    fn bpe_model(
+        g: &Gguf<'_>,
+        texts: &[&str],
+        type_of: &dyn Fn(usize) -> u64,
+    ) -> Result<(Model, Vec<Vec<u8>>), TokenizerError> {
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let re = |pattern: &str| {
+            Regex::new(pattern).map_err(|_| TokenizerError::PreTokenizer(pre.into()))
+        };
+        // GPT-2's pattern less its `\s+(?!\S)` (the `regex` crate has no
+        // look-ahead; `encode_text` applies it).
+        let gpt2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+        let (digits, words, line_breaks) = match pre {
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
+                (Some(re(r"\p{N}")?), re(gpt2)?, false)
+            }
+            "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => (None, re(gpt2)?, false),
+            // llama.cpp's qwen2 pattern, likewise less `\s+(?!\S)`.
+            "qwen2" => (
+                None,
+                re(
+                    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+",
+                )?,
+                true,
+            ),
+            other => return Err(TokenizerError::PreTokenizer(other.into())),
+        };
+        let merges = g
+            .get("tokenizer.ggml.merges")
+            .and_then(Value::as_array)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
+        let byte_map = byte_alphabet();
+        let unmap: HashMap<char, u8> = byte_map
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut vocab = HashMap::with_capacity(texts.len());
+        let mut token_bytes = Vec::with_capacity(texts.len());
+        for (id, &s) in texts.iter().enumerate() {
+            if matches!(type_of(id), CONTROL | USER_DEFINED) {
+                token_bytes.push(s.as_bytes().to_vec());
+            } else {
+                let bytes = s
+                    .chars()
+                    .map(|c| unmap.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or(TokenizerError::Token(id as u32))?;
+                token_bytes.push(bytes);
+            }
+            vocab.insert(s, id as u32);
+        }
+        let mut ranks = HashMap::with_capacity(merges.len());
+        let mut joined = String::new();
+        for (rank, m) in merges.iter().enumerate() {
+            let m = m
+                .as_str()
+                .ok_or(TokenizerError::Metadata("tokenizer.ggml.merges"))?;
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| TokenizerError::Merge(m.into()))?;
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if let (Some(&a), Some(&b), Some(&ab)) =
+                (vocab.get(a), vocab.get(b), vocab.get(joined.as_str()))
+            {
+                // A pair listed twice keeps its first rank (as llama.cpp's
+                // `emplace`).
+                ranks.entry((a, b)).or_insert((rank as u32, ab));
+            }
+        }
+        let byte_ids =
+            std::array::from_fn(|b| vocab.get(byte_map[b].to_string().as_str()).copied());
+        let bpe = Bpe {
+            ranks,
+            byte_ids,
+            digits,
+            words,
+            line_breaks,
+        };
+        Ok((Model::Bpe(bpe), token_bytes))
+    }
+
+    /// SentencePiece's pieces, scores and token bytes (`▁` as a space,
+    /// `<0xXX>` as its byte).
+    fn spm_model(
+        g: &Gguf<'_>,
+        texts: &[&str],
+        type_of: &dyn Fn(usize) -> u64,
+    ) -> Result<(Model, Vec<Vec<u8>>), TokenizerError> {
+        let scores = g
+            .get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.scores"))?
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+            .filter(|s| s.len() == texts.len())
+            .ok_or(TokenizerError::Metadata("tokenizer.ggml.scores"))?;
+        let mut ids = HashMap::with_capacity(texts.len());
+        let mut byte_ids = [None; 256];
+        let mut token_bytes = Vec::with_capacity(texts.len());
+        for (id, &s) in texts.iter().enumerate() {
+            let bytes = match (type_of(id), byte_token(s)) {
+                (BYTE, Some(b)) => {
+                    byte_ids[b as usize] = Some(id as u32);
+                    vec![b]
+                }
+                (NORMAL | UNKNOWN, _) => s.replace('\u{2581}', " ").into_bytes(),
+                _ => s.as_bytes().to_vec(),
+            };
+            token_bytes.push(bytes);
+            ids.insert(Box::from(s), id as u32);
+        }
+        let spm = Spm {
+            ids,
+            scores,
+            byte_ids,
+            add_space_prefix: matches!(
+                g.get("tokenizer.ggml.add_space_prefix"),
+                Some(Value::Bool(true)) | None
+            ),
+        };
+        Ok((Model::Spm(spm), token_bytes))
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// The bytes of one token (empty for an unknown id).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Encodes `text`; with `parse_special`, control tokens written in the
+    /// text (`<|im_start|>`) become their ids (user-defined ones always do).
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        // SentencePiece's space prefix goes before text that starts the
+        // input or follows a special token.
+        let mut after_special = true;
+        for fragment in self.partition(text, parse_special) {
+            match fragment {
+                Fragment::Token(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Fragment::Text(t) => {
+                    match &self.model {
+                        Model::Bpe(bpe) => bpe.encode(t, &mut out),
+                        Model::Spm(spm) => spm.encode(t, after_special, &mut out),
+                    }
+                    after_special = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// `text` cut at the special tokens it contains, as llama.cpp's
+    /// `tokenizer_st_partition`: each special, longest first, splits every
+    /// piece of text left at each of its occurrences, left to right.
+    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+        let mut parts = vec![Fragment::Text(text)];
+        for sp in self.specials.iter().filter(|s| s.always || parse_special) {
+            if !parts
+                .iter()
+                .any(|p| matches!(p, Fragment::Text(t) if t.contains(sp.text.as_str())))
+            {
+                continue;
+            }
+            let mut next = Vec::with_capacity(parts.len() + 2);
+            for part in parts {
+                let Fragment::Text(mut rest) = part else {
+                    next.push(part);
+                    continue;
+                };
+                while let Some(at) = rest.find(sp.text.as_str()) {
+                    if at > 0 {
+                        next.push(Fragment::Text(&rest[..at]));
+                    }
+                    next.push(Fragment::Token(sp.id));
+                    rest = &rest[at + sp.text.len()..];
+                }
+                if !rest.is_empty() {
+                    next.push(Fragment::Text(rest));
+                }
+            }
+            parts = next;
+        }
+        parts
     }
 
     /// The concatenated bytes of `ids` (possibly not valid UTF-8).

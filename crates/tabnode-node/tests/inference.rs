@@ -240,12 +240,17 @@ fn read_answer(r: &HttpResponse, stream: bool) -> Answer {
 /// Waits until `nodes` nodes serve the model and have passed a proof (only
 /// verified nodes earn points).
 async fn wait_for_model(addr: std::net::SocketAddr, nodes: usize) {
+    wait_for(addr, &model(), nodes).await;
+}
+
+/// [`wait_for_model`] for the model `id`.
+async fn wait_for(addr: std::net::SocketAddr, id: &str, nodes: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
         let serving = v["data"]
             .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == model().as_str()))
+            .and_then(|d| d.iter().find(|m| m["id"] == id))
             .and_then(|m| m["tabnode"]["nodes"].as_u64())
             .unwrap_or(0);
         let net = http(addr, "GET", "/api/network", None, &[]).await.json();
@@ -280,22 +285,25 @@ fn tokens_of(ledger: &Value, peer: &str) -> u64 {
         .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
 
-/// Qwen2.5-Coder-0.5B-Instruct on the quantized engine (fetched by
+/// A file of the models directory on the quantized engine (fetched by
 /// `scripts/setup.sh`).
+fn models_dir_engine(file: &str) -> Arc<Engine> {
+    let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
+        }
+    };
+    let bytes =
+        std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e} (scripts/setup.sh)"));
+    Arc::new(Engine::load_quantized(bytes).expect("engine"))
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct on the quantized engine.
 fn qwen() -> Arc<Engine> {
     static QWEN: OnceLock<Arc<Engine>> = OnceLock::new();
-    QWEN.get_or_init(|| {
-        let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
-            }
-        };
-        let bytes = std::fs::read(dir.join("Qwen2.5-Coder-0.5B-Instruct.gguf"))
-            .expect("Qwen2.5-Coder-0.5B-Instruct (scripts/setup.sh)");
-        Arc::new(Engine::load_quantized(bytes).expect("qwen engine"))
-    })
-    .clone()
+    QWEN.get_or_init(|| models_dir_engine("Qwen2.5-Coder-0.5B-Instruct.gguf"))
+        .clone()
 }
 
 /// One node serving two models: the relay lists both with that node and
@@ -344,6 +352,68 @@ async fn one_node_serves_two_models_and_each_request_gets_its_model() {
         assert_eq!(a.text, want.text, "{id}");
         assert_eq!(a.completion_tokens as usize, want.tokens.len(), "{id}");
     }
+}
+
+/// Gemma 3 270M, a base model (no chat template): `/v1/models` says so,
+/// `/v1/completions` continues a prompt with the engine's own greedy text
+/// (BOS first, as the model expects), and a chat request is refused with
+/// the reason before it reaches a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_base_model_continues_text_and_refuses_chat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let gemma = models_dir_engine("gemma-3-270m-q4_k_m.gguf");
+    let server = InferServer::serving(
+        vec![gemma.clone() as Arc<dyn tabnode_node::serve::ServedModel>],
+        1,
+    )
+    .expect("gemma");
+    let _node = node_serving(
+        relay.tcp_addr().expect("tcp"),
+        honest_prover(),
+        Arc::new(server),
+    );
+    wait_for(addr, "gemma-3-270m", 1).await;
+    let listed = http(addr, "GET", "/v1/models", None, &[]).await.json();
+    let m = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == "gemma-3-270m"))
+        .unwrap_or_else(|| panic!("gemma listed: {listed}"));
+    assert_eq!(m["tabnode"]["chat"], false, "{m}");
+    assert_eq!(m["tabnode"]["context_length"].as_u64(), Some(32_768), "{m}");
+
+    let prompt = "The three primary colors are";
+    let mut r = GenerateRequest::new(Prompt::Text(prompt.into()));
+    r.max_tokens = 8;
+    let want = gemma
+        .generate(&r, &|| false, &mut |_, _| {})
+        .expect("local generation");
+    assert!(want.text.contains("red"), "{:?}", want.text);
+    let body = json!({
+        "model": "gemma-3-270m", "prompt": prompt, "max_tokens": 8, "temperature": 0,
+    })
+    .to_string();
+    let whole = http(addr, "POST", "/v1/completions", Some(&body), &[]).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let v = whole.json();
+    assert_eq!(v["choices"][0]["text"], want.text.as_str(), "{v}");
+    assert_eq!(v["model"], "gemma-3-270m");
+
+    let chat = json!({
+        "model": "gemma-3-270m", "messages": [{ "role": "user", "content": "hi" }],
+    })
+    .to_string();
+    let refused = post_chat(addr, &chat).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let e = refused.json();
+    assert_eq!(e["error"]["code"], "model_not_chat", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/v1/completions")),
+        "{e}"
+    );
 }
 
 /// `/v1/completions` continues the prompt as it is (no chat template):

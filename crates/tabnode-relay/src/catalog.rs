@@ -216,7 +216,15 @@ mod tests {
             (big.id.as_str(), big.source.len()),
             ("qwen2.5-coder-1.5b-instruct", 22)
         );
-        assert!(c.models.iter().all(|m| m.chat && m.license == "Apache-2.0"));
+        let gemma = c.find("Gemma 3 270m").expect("gemma");
+        assert_eq!(gemma.id, "gemma-3-270m");
+        assert!(!gemma.chat, "a base model: text completion only");
+        assert_eq!(gemma.source.len(), 4);
+        assert!(c
+            .models
+            .iter()
+            .filter(|m| m.id != gemma.id)
+            .all(|m| m.chat && m.license == "Apache-2.0"));
         assert_eq!(c.find("my-own-model"), None);
     }
 

@@ -572,7 +572,22 @@ async fn serve(
         Err(e) => return e.into_response(),
     };
     let catalog = &api.infer.state.catalog;
-    let model = catalog.find(&parsed.api.model).map_or_else(
+    let entry = catalog.find(&parsed.api.model);
+    if let (Kind::Chat, Some(m)) = (&kind, entry) {
+        if !m.chat {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model_not_chat"),
+                Some("model"),
+                format!(
+                    "The model `{}` is a base model without a chat template: use POST /v1/completions.",
+                    m.id
+                ),
+            );
+        }
+    }
+    let model = entry.map_or_else(
         || tabnode_core::model_id(&parsed.api.model),
         |m| m.id.clone(),
     );
@@ -771,6 +786,7 @@ fn model_json(m: &crate::NetworkModel) -> Value {
         "name": m.name,
         "title": m.title,
         "context_length": m.context,
+        "chat": m.chat,
         "bytes": m.bytes,
         "nodes": m.nodes,
         "slots": m.slots,

@@ -55,6 +55,9 @@ pub struct NetworkModel {
     pub nodes: usize,
     /// Generations they run at once, together.
     pub slots: u64,
+    /// Whether it is an instruction model with a chat template (else a
+    /// base model: `/v1/completions` only).
+    pub chat: bool,
 }
 
 /// `/api/network` body.
@@ -102,6 +105,7 @@ impl RelayState {
                     title: entry.map_or_else(|| id.clone(), |m| m.title.clone()),
                     context: entry.map_or(0, |m| m.context),
                     bytes: entry.map_or(0, |m| m.bytes),
+                    chat: entry.is_none_or(|m| m.chat),
                     id,
                     nodes,
                     slots,

@@ -305,9 +305,21 @@ async fn choose(
         (None, Some(g)) => g,
     };
     // Time both, keep the faster. The WebGPU engine holds the file's
-    // blocks, so loading it costs an upload, not an expansion.
+    // blocks, so loading it costs an upload, not an expansion. A model it
+    // cannot run (an architecture it lacks, a kernel the browser rejects)
+    // runs on the CPU, with the reason.
     let software = is_software(gpu);
-    let web = load_webgpu(&bytes, software, kernels).await?;
+    let web = match load_webgpu(&bytes, software, kernels).await {
+        Ok(web) => web,
+        Err(e) => {
+            return cpu_only(
+                bytes,
+                threads,
+                format!("the WebGPU engine cannot run it ({e})"),
+            )
+            .await
+        }
+    };
     let web_t = timed(&web, Backend::Webgpu, CHOICE_STEPS).await?;
     let (cpu, workers, note) = load_cpu(bytes, threads).await?;
     let cpu_t = timed(&cpu, Backend::Cpu, CHOICE_STEPS).await?;

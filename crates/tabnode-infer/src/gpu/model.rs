@@ -160,6 +160,13 @@ impl GpuModel {
     ) -> Result<Self, GpuModelError> {
         let g = Gguf::parse(bytes)?;
         let c = Config::from_gguf(&g)?;
+        if c.arch == crate::reference::Arch::Gemma3 {
+            return Err(GgufError::Metadata {
+                key: "general.architecture".into(),
+                reason: "gemma3 does not run on the GPU engine yet (its CPU engine does)".into(),
+            }
+            .into());
+        }
         let positions = positions.clamp(1, c.context.max(1));
         let hd = c.dim / c.heads.max(1);
         let half = hd / 2;

@@ -38,6 +38,25 @@ pub fn qwen_bytes() -> Vec<u8> {
     })
 }
 
+/// The bytes of Gemma 3 270M (base), which `scripts/setup.sh` fetches
+/// into `TABNODE_MODELS_DIR` (`~/.cache/tabnode/models`).
+#[allow(dead_code)] // not every test file reads it
+pub fn gemma_bytes() -> Vec<u8> {
+    let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
+        }
+    };
+    let path = dir.join("gemma-3-270m-q4_k_m.gguf");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (scripts/setup.sh fetches it: scripts/fetch-model.py gemma-3-270m)",
+            path.display()
+        )
+    })
+}
+
 /// A JSON array of token ids from a fixture.
 #[allow(dead_code)] // not every test file reads ids
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
