@@ -180,3 +180,93 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
         );
     }
 }
+
+/// The GPU engine (lavapipe here) against the f32 reference, both kernel
+/// variants: with the file's window, and with every windowed layer's
+/// window cut to 4 positions so that the short prompt crosses it (the
+/// same cut in the reference; the logits then differ from the uncut
+/// ones, so the window is honoured, not ignored).
+#[test]
+fn gpu_model_equals_the_f32_reference_windows_included() {
+    use futures::executor::block_on;
+    use tabnode_infer::gpu::{self, Gpu, GpuModel, Variant};
+    let bytes = gemma_bytes();
+    let prompt: Vec<u32> = ids(&model_fixture()["teacher_forced"][2]["ids"])
+        .into_iter()
+        .take(9)
+        .collect();
+    let cut = |c: &mut tabnode_infer::reference::Config| {
+        if let Some(s) = c.sliding.as_mut() {
+            s.window = 4;
+        }
+    };
+    let mut reference =
+        ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect("ref");
+    let run_reference = |r: &ReferenceModel| {
+        let mut s = r.session();
+        prompt.iter().map(|&id| s.step(id)).collect::<Vec<_>>()
+    };
+    let whole = run_reference(&reference);
+    cut(&mut reference.config);
+    let windowed = run_reference(&reference);
+    let last = prompt.len() - 1;
+    assert!(
+        relative_diff(&windowed[last], &whole[last]) > 1e-3,
+        "a 4-position window changes the logits past 4 tokens"
+    );
+    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN)).expect("a Vulkan adapter");
+    for variant in Variant::ALL {
+        for (window_cut, want) in [(false, &whole), (true, &windowed)] {
+            let gpu = block_on(Gpu::new(&adapter)).expect("device");
+            let model = GpuModel::load_edited(gpu, &bytes, 16, variant, |c| {
+                if window_cut {
+                    cut(c);
+                }
+            })
+            .expect("gpu model");
+            let mut session = model.session().expect("session");
+            for (&id, want) in prompt.iter().zip(want) {
+                let got = block_on(session.step(id)).expect("step");
+                let rel = relative_diff(&got, want);
+                assert!(
+                    rel < 1e-4,
+                    "{variant:?} cut {window_cut}: relative difference {rel}"
+                );
+                assert_eq!(argmax(&got), argmax(want), "{variant:?} cut {window_cut}");
+            }
+        }
+    }
+}
+
+/// The CPU engine honours a window as the reference does (the file's
+/// windows are longer than any fixture prompt): cut to one position, its
+/// logits stay near the cut reference's and far from the uncut one's.
+#[test]
+fn cpu_model_honours_a_cut_window_as_the_reference_does() {
+    let bytes = gemma_bytes();
+    let whole = ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect("ref");
+    let mut cut = ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect("ref");
+    let mut model = CpuModel::from_bytes(bytes).expect("cpu model");
+    for c in [&mut cut.config, &mut model.config] {
+        if let Some(s) = c.sliding.as_mut() {
+            s.window = 1;
+        }
+    }
+    let prompt = ids(&model_fixture()["teacher_forced"][2]["ids"]);
+    let (mut a, mut b, mut w) = (model.session(), cut.session(), whole.session());
+    // A prefill (a batch: each token sees its own window), then steps.
+    let (head, tail) = prompt.split_at(5);
+    let mut got = a.prefill(head).expect("prefill");
+    let (mut want, mut other) = (Vec::new(), Vec::new());
+    for &id in head {
+        want = b.step(id);
+        other = w.step(id);
+    }
+    for &id in tail {
+        let (near, far) = (relative_diff(&got, &want), relative_diff(&got, &other));
+        assert!(near < 0.25 && far > 3.0 * near, "near {near}, far {far}");
+        got = a.step(id).expect("step");
+        want = b.step(id);
+        other = w.step(id);
+    }
+}

@@ -1,5 +1,6 @@
 // Causal attention of one query head per workgroup over the cache's first
-// `step.n` positions: scaled scores, softmax, the weighted sum of values.
+// `step.n` positions (the last `window` of them on a windowed layer, when
+// `window` is not 0): scaled scores, softmax, the weighted sum of values.
 
 struct Dims {
     heads: u32,
@@ -7,7 +8,7 @@ struct Dims {
     hd: u32,
     context: u32,
     scale: f32,
-    pad0: u32,
+    window: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -69,8 +70,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let kv = (h / (dims.heads / dims.kv_heads)) * hd;
     let q = h * hd;
     let srow = h * dims.context;
+    let first = select(0u, step.n - dims.window, dims.window != 0u && step.n > dims.window);
     var m = -3.0e38;
-    for (var p = li; p < step.n; p += WG) {
+    for (var p = first + li; p < step.n; p += WG) {
         var s = 0.0;
         let k = p * kv_dim + kv;
         for (var d = 0u; d < hd; d++) {
@@ -82,7 +84,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     m = reduce_max(li, m);
     var sum = 0.0;
-    for (var p = li; p < step.n; p += WG) {
+    for (var p = first + li; p < step.n; p += WG) {
         let e = exp(scores[srow + p] - m);
         scores[srow + p] = e;
         sum += e;
@@ -92,7 +94,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     workgroupBarrier();
     for (var d = li; d < hd; d += WG) {
         var o = 0.0;
-        for (var p = 0u; p < step.n; p++) {
+        for (var p = first; p < step.n; p++) {
             o += scores[srow + p] * v_cache[p * kv_dim + kv + d];
         }
         att[q + d] = o / sum;

@@ -1,4 +1,4 @@
-//! The llama / qwen2 decode step on the GPU: every weight as the file's
+//! The llama / qwen2 / gemma3 decode step on the GPU: every weight as the file's
 //! blocks, every op a WGSL dispatch recorded at load, a token in one
 //! submission (the embedding row is looked up on the CPU and written with
 //! the step's position before it; the logits are read back after).
@@ -8,7 +8,7 @@ use wgpu::util::DeviceExt;
 use super::{Gpu, GpuError, GpuMatrix, Matvec, Variant};
 use crate::gguf::{Gguf, GgufError};
 use crate::quant::{GgmlType, QTensor};
-use crate::reference::{Config, QkvBias};
+use crate::reference::{Config, ExtraNorms, QkvBias};
 use crate::sample::{Part, Top};
 
 /// One recorded dispatch.
@@ -160,18 +160,39 @@ impl GpuModel {
     ) -> Result<Self, GpuModelError> {
         let g = Gguf::parse(bytes)?;
         let c = Config::from_gguf(&g)?;
-        if c.arch == crate::reference::Arch::Gemma3 {
-            return Err(GgufError::Metadata {
-                key: "general.architecture".into(),
-                reason: "gemma3 does not run on the GPU engine yet (its CPU engine does)".into(),
-            }
-            .into());
-        }
+        Self::load_config(gpu, &g, c, positions, variant)
+    }
+
+    /// [`GpuModel::load`] with the file's configuration changed by `edit`
+    /// first (tests shorten gemma3's window so a short prompt crosses it).
+    ///
+    /// # Errors
+    /// As [`GpuModel::load`].
+    pub fn load_edited(
+        gpu: Gpu,
+        bytes: &[u8],
+        positions: usize,
+        variant: Variant,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<Self, GpuModelError> {
+        let g = Gguf::parse(bytes)?;
+        let mut c = Config::from_gguf(&g)?;
+        edit(&mut c);
+        Self::load_config(gpu, &g, c, positions, variant)
+    }
+
+    fn load_config(
+        gpu: Gpu,
+        g: &Gguf<'_>,
+        c: Config,
+        positions: usize,
+        variant: Variant,
+    ) -> Result<Self, GpuModelError> {
         let positions = positions.clamp(1, c.context.max(1));
-        let hd = c.dim / c.heads.max(1);
+        let hd = c.head_dim;
         let half = hd / 2;
-        let kv_dim = c.kv_heads * hd;
-        let qkv_len = c.dim + 2 * kv_dim;
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let qkv_len = q_dim + 2 * kv_dim;
         let dev = gpu.device().clone();
         let storage = |label, contents: &[u8]| {
             dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -187,20 +208,23 @@ impl GpuModel {
                 usage: wgpu::BufferUsages::UNIFORM,
             })
         };
-        let embed = tensor(&g, "token_embd.weight", c.vocab, c.dim)?;
+        let embed = tensor(g, "token_embd.weight", c.vocab, c.dim)?;
         let head = match g.tensor("output.weight") {
-            Ok(_) => tensor(&g, "output.weight", c.vocab, c.dim)?,
+            Ok(_) => tensor(g, "output.weight", c.vocab, c.dim)?,
             Err(_) => embed,
         };
-        // Norm weights (2 per layer, then the output norm) and biases in
+        // Norm weights (2 per layer, then the output norm; gemma3's 2 more
+        // per layer after them, then its q and k head norms) and biases in
         // one buffer each.
         let mut norms = Vec::with_capacity((2 * c.layers + 1) * c.dim);
+        let mut extras = Vec::new();
         let mut biases = Vec::new();
         let mut has_bias = false;
         for l in 0..c.layers {
             norms.extend(g.dequantize(&format!("blk.{l}.attn_norm.weight"))?);
             norms.extend(g.dequantize(&format!("blk.{l}.ffn_norm.weight"))?);
-            match QkvBias::from_gguf(&g, l, c.dim, kv_dim)? {
+            extras.push(ExtraNorms::from_gguf(g, &c, l)?);
+            match QkvBias::from_gguf(g, l, q_dim, kv_dim)? {
                 Some(b) => {
                     has_bias = true;
                     biases.extend(b.q);
@@ -222,25 +246,45 @@ impl GpuModel {
             }
             .into());
         }
+        // Where gemma3's norms start: its output norms by layer, then its
+        // head norms by layer.
+        let post_at = norms.len();
+        let heads_at = post_at + 2 * c.layers * c.dim;
+        for e in extras.iter().flatten() {
+            norms.extend(&e.attn_out);
+            norms.extend(&e.ffn_out);
+        }
+        for e in extras.iter().flatten() {
+            norms.extend(&e.q);
+            norms.extend(&e.k);
+        }
         let norms = storage("norms", &f32_bytes(&norms));
         let biases = storage("biases", &f32_bytes(&biases));
         // RoPE's (cos, sin) per position and pair, as the CPU engine
-        // computes them.
-        let inv: Vec<f32> = (0..half)
-            .map(|i| libm::powf(c.rope_base, -2.0 * i as f32 / hd as f32))
-            .collect();
-        let mut table = Vec::with_capacity(positions * half * 2);
-        for p in 0..positions {
-            for &f in &inv {
-                let (s, co) = libm::sincosf(p as f32 * f);
-                table.extend([co, s]);
+        // computes them: with the file's base, and (gemma3) the windowed
+        // layers' own.
+        let table_for = |base: f32| {
+            let inv: Vec<f32> = (0..half)
+                .map(|i| libm::powf(base, -2.0 * i as f32 / hd as f32))
+                .collect();
+            let mut table = Vec::with_capacity(positions * half * 2);
+            for p in 0..positions {
+                for &f in &inv {
+                    let (s, co) = libm::sincosf(p as f32 * f);
+                    table.extend([co, s]);
+                }
             }
-        }
-        let table = storage("rope", &f32_bytes(&table));
+            storage("rope", &f32_bytes(&table))
+        };
+        let table = table_for(c.rope_base);
+        let local_table = c.sliding.as_ref().map(|s| table_for(s.rope_base));
         let x = gpu.vector(c.dim);
         let h = gpu.vector(c.dim);
         let qkv = gpu.vector(qkv_len);
-        let att = gpu.vector(c.dim);
+        let att = gpu.vector(q_dim);
+        // gemma3: the attention's and the FFN's outputs, normed before
+        // they join the residual.
+        let o = gpu.vector(c.dim);
         let gu = gpu.vector(2 * c.hidden);
         let logits = gpu.vector(c.vocab);
         let scores = gpu.vector(c.heads * positions);
@@ -275,6 +319,7 @@ impl GpuModel {
         let rope_p = module(include_str!("rope_kv.wgsl"));
         let att_p = module(&wg(include_str!("attention.wgsl")));
         let silu_p = module(include_str!("silu_mul.wgsl"));
+        let head_norm_p = module(&wg(include_str!("head_norm.wgsl")));
         let argmax_p = module(&wg(include_str!("argmax.wgsl")));
         let top_p = module(include_str!("top.wgsl"));
         let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
@@ -296,11 +341,16 @@ impl GpuModel {
                 groups,
             }
         };
-        let norm = |input: &wgpu::Buffer, out: &wgpu::Buffer, which: usize| {
-            let mut d = u32_bytes(&[c.dim as u32, (which * c.dim) as u32]);
+        // RMSNorm of `input` with the weights at `at` into `out`, or added
+        // to it (`acc`).
+        let norm_at = |input: &wgpu::Buffer, out: &wgpu::Buffer, at: usize, acc: bool| {
+            let mut d = u32_bytes(&[c.dim as u32, at as u32]);
             d.extend(c.eps.to_le_bytes());
-            d.extend(0u32.to_le_bytes());
+            d.extend(u32::from(acc).to_le_bytes());
             kernel(&norm_p, &[input, out, &norms, &uniform(&d)], 1)
+        };
+        let norm = |input: &wgpu::Buffer, out: &wgpu::Buffer, which: usize| {
+            norm_at(input, out, which * c.dim, false)
         };
         let rope_dims = |l: usize| {
             uniform(&u32_bytes(&[
@@ -314,15 +364,25 @@ impl GpuModel {
                 0,
             ]))
         };
-        let mut att_dims = u32_bytes(&[
-            c.heads as u32,
-            c.kv_heads as u32,
-            hd as u32,
-            positions as u32,
-        ]);
-        att_dims.extend((1.0 / (hd as f32).sqrt()).to_le_bytes());
-        att_dims.extend(u32_bytes(&[0, 0, 0]));
-        let att_dims = uniform(&att_dims);
+        let att_dims_for = |window: usize| {
+            let mut d = u32_bytes(&[
+                c.heads as u32,
+                c.kv_heads as u32,
+                hd as u32,
+                positions as u32,
+            ]);
+            d.extend((1.0 / (hd as f32).sqrt()).to_le_bytes());
+            d.extend(u32_bytes(&[window as u32, 0, 0]));
+            uniform(&d)
+        };
+        let att_dims = att_dims_for(0);
+        let local_att_dims = c.sliding.as_ref().map(|s| att_dims_for(s.window));
+        let ffn_dims = uniform(&u32_bytes(&[
+            c.hidden as u32,
+            u32::from(c.arch.gelu()),
+            0,
+            0,
+        ]));
         let mut ops = Vec::new();
         let mut weight_bytes = 0;
         let mut cache_bytes = 0;
@@ -337,23 +397,23 @@ impl GpuModel {
             // agree (one dispatch, more rows for it); their outputs side by
             // side either way.
             let qkv_ms = joined(
-                &g,
+                g,
                 &[
-                    (p("attn_q"), c.dim),
+                    (p("attn_q"), q_dim),
                     (p("attn_k"), kv_dim),
                     (p("attn_v"), kv_dim),
                 ],
                 c.dim,
                 &mut up_load,
             )?;
-            let wo = up_load(tensor(&g, &p("attn_output"), c.dim, c.dim)?)?;
+            let wo = up_load(tensor(g, &p("attn_output"), c.dim, q_dim)?)?;
             let gu_ms = joined(
-                &g,
+                g,
                 &[(p("ffn_gate"), c.hidden), (p("ffn_up"), c.hidden)],
                 c.dim,
                 &mut up_load,
             )?;
-            let wd = up_load(tensor(&g, &p("ffn_down"), c.dim, c.hidden)?)?;
+            let wd = up_load(tensor(g, &p("ffn_down"), c.dim, c.hidden)?)?;
             let k_cache = gpu.vector(positions * kv_dim);
             let v_cache = gpu.vector(positions * kv_dim);
             cache_bytes += k_cache.size() + v_cache.size();
@@ -361,6 +421,23 @@ impl GpuModel {
             for (m, at) in &qkv_ms {
                 ops.push(Op::Matvec(gpu.matvec(m, &h, 0, &qkv, *at)?));
             }
+            let extra = extras.get(l).is_some_and(Option::is_some);
+            if extra {
+                let mut d = u32_bytes(&[
+                    hd as u32,
+                    c.heads as u32,
+                    (heads_at + 2 * l * hd) as u32,
+                    (heads_at + (2 * l + 1) * hd) as u32,
+                ]);
+                d.extend(c.eps.to_le_bytes());
+                d.extend(u32_bytes(&[0, 0, 0]));
+                ops.push(kernel(
+                    &head_norm_p,
+                    &[&qkv, &norms, &uniform(&d)],
+                    (c.heads + c.kv_heads) as u32,
+                ));
+            }
+            let windowed = c.window(l).is_some();
             let pairs = ((c.heads + c.kv_heads) * half) as u32;
             ops.push(kernel(
                 &rope_p,
@@ -369,28 +446,45 @@ impl GpuModel {
                     &k_cache,
                     &v_cache,
                     &biases,
-                    &table,
+                    match (&local_table, windowed) {
+                        (Some(t), true) => t,
+                        _ => &table,
+                    },
                     &rope_dims(l),
                     &step,
                 ],
                 pairs.div_ceil(64),
             ));
+            let dims = match (&local_att_dims, windowed) {
+                (Some(d), true) => d,
+                _ => &att_dims,
+            };
             ops.push(kernel(
                 &att_p,
-                &[&qkv, &k_cache, &v_cache, &scores, &att, &att_dims, &step],
+                &[&qkv, &k_cache, &v_cache, &scores, &att, dims, &step],
                 c.heads as u32,
             ));
-            ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x)?));
+            if extra {
+                ops.push(Op::Matvec(gpu.matvec(&wo, &att, 0, &o, 0)?));
+                ops.push(norm_at(&o, &x, post_at + 2 * l * c.dim, true));
+            } else {
+                ops.push(Op::Matvec(gpu.matvec_acc(&wo, &att, &x)?));
+            }
             ops.push(norm(&x, &h, 2 * l + 1));
             for (m, at) in &gu_ms {
                 ops.push(Op::Matvec(gpu.matvec(m, &h, 0, &gu, *at)?));
             }
             ops.push(kernel(
                 &silu_p,
-                &[&gu, &uniform(&u32_bytes(&[c.hidden as u32, 0, 0, 0]))],
+                &[&gu, &ffn_dims],
                 (c.hidden as u32).div_ceil(64),
             ));
-            ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gu, &x)?));
+            if extra {
+                ops.push(Op::Matvec(gpu.matvec(&wd, &gu, 0, &o, 0)?));
+                ops.push(norm_at(&o, &x, post_at + (2 * l + 1) * c.dim, true));
+            } else {
+                ops.push(Op::Matvec(gpu.matvec_acc(&wd, &gu, &x)?));
+            }
         }
         let body = ops.len();
         ops.push(norm(&x, &h, 2 * c.layers));
@@ -520,6 +614,9 @@ impl GpuModel {
         QTensor::new(*ty, c.vocab, c.dim, data)
             .and_then(|t| t.dequantize_row(id, &mut row))
             .map_err(GpuError::Embedding)?;
+        if let Some(s) = c.embed_scale() {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
         self.gpu.write(&self.x, &row);
         let pos = pos as u32;
         self.gpu

@@ -1,10 +1,12 @@
-// out = x · g / sqrt(mean(x²) + eps): one workgroup, a tree of partial sums.
+// out = x · g / sqrt(mean(x²) + eps), or with `acc` out += that (gemma3's
+// norms of the attention's and the FFN's outputs, added to the residual):
+// one workgroup, a tree of partial sums.
 
 struct Dims {
     n: u32,
     g_at: u32,
     eps: f32,
-    pad: u32,
+    acc: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -34,6 +36,11 @@ fn main(@builtin(local_invocation_index) li: u32) {
     }
     let scale = 1.0 / sqrt(partial[0] / f32(dims.n) + dims.eps);
     for (var i = li; i < dims.n; i += WG) {
-        out[i] = x[i] * scale * g[dims.g_at + i];
+        let v = x[i] * scale * g[dims.g_at + i];
+        if (dims.acc != 0u) {
+            out[i] += v;
+        } else {
+            out[i] = v;
+        }
     }
 }
