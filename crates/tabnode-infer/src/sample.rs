@@ -11,7 +11,7 @@
 //! instead of the logits (`gpu::model::GpuSession::step_top`).
 //!
 //! Probabilities: `e = exp(v − v_max)` with `v = logit / temperature` and
-//! [`scalar::exp`]; without top-k the normaliser is the sum over every
+//! [`crate::quant::scalar::exp`]; without top-k the normaliser is the sum over every
 //! finite logit (in index order), with top-k the sum over the kept ones (in
 //! rank order); top-p keeps the shortest prefix whose mass reaches `top_p`;
 //! the token is the first whose running sum passes `r · mass`. Ranks:

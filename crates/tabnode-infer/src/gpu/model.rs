@@ -694,7 +694,7 @@ impl GpuSession<'_> {
     }
 
     /// [`GpuSession::step`] returning a draw's candidates ranked on the
-    /// device with `temperature` (> 0): [`TOP_PARTS`] × [`TOP_KEEP`] of
+    /// device with `temperature` (> 0): `TOP_PARTS` × `TOP_KEEP` of
     /// them, 9 KB read back instead of the logits. A draw they do not
     /// decide needs [`GpuSession::logits`].
     ///
