@@ -199,8 +199,9 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false, backend = null, threads = null, kernels = null } = {}) {
-  // model: false (none), true (the page's default), or a file name to pick.
+export async function openTab(browser, url, context, { model = false, backend = null, threads = null, kernels = null, memory = null } = {}) {
+  // model: false (none), true (the default model, SmolLM2), 'auto' (the
+  // page's own choice by memory, `memory` MiB if given), or a file name.
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -212,7 +213,9 @@ export async function openTab(browser, url, context, { model = false, backend = 
   const query = new URLSearchParams();
   // A tab loads the model only when the test asks.
   if (!model) query.set('model', 'off');
-  else if (typeof model === 'string') query.set('model', model);
+  else if (model === true) query.set('model', MODEL_FILE);
+  else if (model !== 'auto') query.set('model', model);
+  if (memory) query.set('memory', String(memory));
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));
   if (kernels) query.set('kernels', kernels);

@@ -130,6 +130,39 @@ test('a tab serves Gemma 3 270M, a base model, to /v1/completions on its CPU eng
   await page.close();
 });
 
+test('a tab without ?model picks the largest chat model that fits its memory', async () => {
+  const models = await (await fetch(`${relay.url}/api/models`)).json();
+  const chat = models.filter((m) => m.catalog?.chat);
+  assert.ok(chat.length >= 2, JSON.stringify(models));
+  const choice = async (memory) => {
+    const { page } = await openTab(browser, relay.url, null, { model: 'auto', memory });
+    await page.waitForFunction(() => window.tabnode?.model?.choice, null, { timeout: 60_000 });
+    const c = await page.evaluate(() => window.tabnode.model.choice);
+    await page.close();
+    return c;
+  };
+  // 300 MiB: SmolLM2 (234 MiB on the CPU) and nothing larger.
+  const small = await choice(300);
+  assert.equal(small.file, MODEL_FILE, JSON.stringify(small));
+  assert.match(small.reason, /largest chat model that fits 300 MiB \(\?memory=300\)/);
+  // The browser's own budget (a quarter of navigator.deviceMemory, at
+  // most 2 GiB): the largest chat model of the catalog within it.
+  const budget = await (async () => {
+    const { page } = await openTab(browser, relay.url, null, { model: false });
+    const gib = await page.evaluate(() => navigator.deviceMemory ?? 4);
+    await page.close();
+    return Math.min(gib * 1024 / 4, 2048) * 2 ** 20;
+  })();
+  const want = chat.filter((m) => m.catalog.memory.cpu <= budget).sort((a, b) => b.catalog.params - a.catalog.params)[0];
+  const auto = await choice(null);
+  assert.equal(auto.file, want.file, JSON.stringify(auto));
+  if (budget >= 1024 * 2 ** 20) assert.notEqual(auto.file, MODEL_FILE, 'a larger model than SmolLM2 fits this machine');
+  // No chat model fits: the smallest, said so.
+  const tiny = await choice(10);
+  assert.equal(tiny.file, MODEL_FILE);
+  assert.match(tiny.reason, /no chat model fits 10 MiB/);
+});
+
 test('a ?model= the relay does not serve fails with a clear error', async () => {
   const { page } = await openTab(browser, relay.url, null, { model: 'no-such-model' });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: 60_000 });

@@ -215,20 +215,57 @@ async function refreshPeers() {
   }
 }
 
+const MIB = 1 << 20;
+
+/**
+ * The memory this tab gives a model: a quarter of the device's
+ * (`navigator.deviceMemory`, which Chromium rounds and caps at 8 GiB; 4 GiB
+ * where the browser does not say), at most 2 GiB (the workers' wasm memory
+ * is 32-bit and holds the file next to its shards). `?memory=MiB` sets it.
+ */
+function memoryBudget(params) {
+  const asked = Number(params.get('memory'));
+  if (asked > 0) return { bytes: asked * MIB, why: `?memory=${asked}` };
+  const gib = navigator.deviceMemory ?? 4;
+  const bytes = Math.min((gib * 1024 * MIB) / 4, 2048 * MIB);
+  return { bytes, why: `a quarter of ${gib} GiB${navigator.deviceMemory ? '' : ' (assumed)'}, at most 2 GiB` };
+}
+
+/**
+ * The model a tab serves when the page does not name one: the largest chat
+ * model of the relay's catalog whose memory (the CPU engine's figure, the
+ * larger) fits the tab's budget; else the smallest one.
+ */
+function chooseModel(models, params) {
+  const budget = memoryBudget(params);
+  const chat = models.filter((m) => m.catalog?.chat).sort((a, b) => a.catalog.params - b.catalog.params);
+  const fits = chat.filter((m) => m.catalog.memory.cpu <= budget.bytes);
+  const mib = (b) => `${Math.round(b / MIB)} MiB`;
+  if (fits.length) {
+    const m = fits[fits.length - 1];
+    return { pick: m, reason: `the largest chat model that fits ${mib(budget.bytes)} (${budget.why}): ${m.catalog.title} needs ${mib(m.catalog.memory.cpu)}` };
+  }
+  const m = chat[0] ?? models[0];
+  return { pick: m, reason: m ? `no chat model fits ${mib(budget.bytes)} (${budget.why}); the smallest` : null };
+}
+
 /**
  * Picks a model the relay serves and loads it in the worker: the page's
- * `?model=` (a file name, or part of one: `?model=qwen`), else SmolLM2,
- * else the first.
+ * `?model=` (a file name, or part of one: `?model=qwen`), else the largest
+ * chat model that fits the tab's memory ([`chooseModel`]).
  */
 async function loadModel(node) {
   state.model.status = 'loading';
   $('model-status').textContent = 'looking for a model…';
   const res = await fetch('/api/models', { cache: 'no-store' });
   const models = res.ok ? await res.json() : [];
-  const want = new URLSearchParams(location.search).get('model');
-  const pick = want
-    ? models.find((m) => m.file === want) ?? models.find((m) => m.file.toLowerCase().includes(want.toLowerCase()))
-    : models.find((m) => /smollm2/i.test(m.file)) ?? models[0];
+  const params = new URLSearchParams(location.search);
+  const want = params.get('model');
+  const chosen = want
+    ? { pick: models.find((m) => m.file === want) ?? models.find((m) => m.file.toLowerCase().includes(want.toLowerCase())), reason: `?model=${want}` }
+    : chooseModel(models, params);
+  const pick = chosen.pick;
+  state.model.choice = pick ? { file: pick.file, reason: chosen.reason } : null;
   if (!pick) {
     const error = want
       ? `the relay serves no model matching ${JSON.stringify(want)} (it serves: ${models.map((m) => m.file).join(', ') || 'none'})`
@@ -239,6 +276,7 @@ async function loadModel(node) {
     return;
   }
   $('model-name').textContent = pick.file;
+  $('model-name').title = chosen.reason ?? '';
   try {
     // ?backend=cpu|webgpu forces where the model runs; by default the
     // worker picks the faster. ?threads=N caps the workers the CPU engine

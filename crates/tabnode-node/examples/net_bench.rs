@@ -65,6 +65,7 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
         sha256: "0".repeat(64),
         context: 8192,
         params: 1,
+        memory: tabnode_relay::catalog::Memory { cpu: 1, webgpu: 1 },
     });
     tabnode_relay::start(cfg).await.expect("relay starts")
 }

