@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{gemma_bytes, ids, relative_diff, teacher_forced, TeacherForced};
+use common::{
+    gemma_bytes, ids, relative_diff, stays_close_to_the_reference, teacher_forced, TeacherForced,
+};
 use serde_json::Value as Json;
 use tabnode_infer::cpu::CpuModel;
 use tabnode_infer::gguf::Gguf;
@@ -166,19 +168,7 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
     let reference = ReferenceModel::from_gguf(&Gguf::parse(&bytes).expect("parse")).expect("ref");
     let model = CpuModel::from_bytes(bytes).expect("cpu model");
     let prompt = ids(&model_fixture()["teacher_forced"][0]["ids"]);
-    let (mut a, mut b) = (model.session(), reference.session());
-    for &id in &prompt {
-        let got = a.step(id).expect("step");
-        let want = b.step(id);
-        let rel = relative_diff(&got, &want);
-        assert!(rel < 0.1, "relative difference {rel}");
-        let short = want[argmax(&want) as usize] - want[argmax(&got) as usize];
-        assert!(
-            short < NEAR_TIE,
-            "top-1 {} is {short} below the reference's",
-            argmax(&got)
-        );
-    }
+    stays_close_to_the_reference(&model, &reference, &prompt, NEAR_TIE);
 }
 
 /// The GPU engine (lavapipe here) against the f32 reference, both kernel

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{ids, qwen_bytes, relative_diff, teacher_forced, TeacherForced};
+use common::{
+    ids, qwen_bytes, relative_diff, stays_close_to_the_reference, teacher_forced, TeacherForced,
+};
 use serde_json::Value as Json;
 use tabnode_infer::cpu::CpuModel;
 use tabnode_infer::gguf::Gguf;
@@ -156,19 +158,7 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
     assert_eq!(reference.config.arch, Arch::Qwen2);
     let model = CpuModel::from_bytes(bytes).expect("cpu model");
     let prompt = ids(&model_fixture()["teacher_forced"][0]["ids"]);
-    let (mut a, mut b) = (model.session(), reference.session());
-    for &id in &prompt {
-        let got = a.step(id).expect("step");
-        let want = b.step(id);
-        let rel = relative_diff(&got, &want);
-        assert!(rel < 0.1, "relative difference {rel}");
-        let short = want[argmax(&want) as usize] - want[argmax(&got) as usize];
-        assert!(
-            short < NEAR_TIE,
-            "top-1 {} is {short} below the reference's",
-            argmax(&got)
-        );
-    }
+    stays_close_to_the_reference(&model, &reference, &prompt, NEAR_TIE);
 }
 
 /// The GPU engine (Q5_0/Q8_0 blocks, q/k/v biases, RoPE on head halves) on

@@ -19,42 +19,63 @@ pub fn model_bytes() -> Vec<u8> {
     })
 }
 
-/// The bytes of Qwen2.5-Coder-0.5B-Instruct, which `scripts/setup.sh
-/// --test` fetches into `TABNODE_MODELS_DIR` (`~/.cache/tabnode/models`).
-#[allow(dead_code)] // not every test file reads it
-pub fn qwen_bytes() -> Vec<u8> {
+/// The bytes of `file` in `TABNODE_MODELS_DIR` (`~/.cache/tabnode/models`),
+/// which `scripts/setup.sh --test` fills with the catalog's `id`.
+fn models_dir_bytes(file: &str, id: &str) -> Vec<u8> {
     let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
         Some(p) => PathBuf::from(p),
         None => {
             PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
         }
     };
-    let path = dir.join("Qwen2.5-Coder-0.5B-Instruct.gguf");
+    let path = dir.join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (scripts/setup.sh --test fetches it: scripts/fetch-model.py qwen2.5-coder-0.5b-instruct)",
+            "{}: {e} (scripts/setup.sh --test fetches it: scripts/fetch-model.py {id})",
             path.display()
         )
     })
 }
 
-/// The bytes of Gemma 3 270M (base), which `scripts/setup.sh` fetches
-/// into `TABNODE_MODELS_DIR` (`~/.cache/tabnode/models`).
+/// The bytes of Qwen2.5-Coder-0.5B-Instruct.
+#[allow(dead_code)] // not every test file reads it
+pub fn qwen_bytes() -> Vec<u8> {
+    models_dir_bytes(
+        "Qwen2.5-Coder-0.5B-Instruct.gguf",
+        "qwen2.5-coder-0.5b-instruct",
+    )
+}
+
+/// The bytes of Gemma 3 270M (base).
 #[allow(dead_code)] // not every test file reads it
 pub fn gemma_bytes() -> Vec<u8> {
-    let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
-        }
-    };
-    let path = dir.join("gemma-3-270m-q4_k_m.gguf");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (scripts/setup.sh fetches it: scripts/fetch-model.py gemma-3-270m)",
-            path.display()
-        )
-    })
+    models_dir_bytes("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m")
+}
+
+/// Steps the quantized `model` and the f32 `reference` through `prompt`:
+/// at every position the logits stay within a tenth of their spread, and
+/// the quantized top-1 is at most `near_tie` below the reference's.
+#[allow(dead_code)] // not every test file compares with the reference
+pub fn stays_close_to_the_reference(
+    model: &tabnode_infer::cpu::CpuModel,
+    reference: &tabnode_infer::reference::ReferenceModel,
+    prompt: &[u32],
+    near_tie: f32,
+) {
+    use tabnode_infer::reference::argmax;
+    let (mut a, mut b) = (model.session(), reference.session());
+    for &id in prompt {
+        let got = a.step(id).expect("step");
+        let want = b.step(id);
+        let rel = relative_diff(&got, &want);
+        assert!(rel < 0.1, "relative difference {rel}");
+        let short = want[argmax(&want) as usize] - want[argmax(&got) as usize];
+        assert!(
+            short < near_tie,
+            "top-1 {} is {short} below the reference's",
+            argmax(&got)
+        );
+    }
 }
 
 /// A JSON array of token ids from a fixture.
