@@ -556,6 +556,26 @@ mod tests {
     }
 
     #[test]
+    fn the_normaliser_is_the_whole_softmax_sum() {
+        for (t, seed) in [(1.0f32, 1u64), (0.3, 2), (2.0, 3)] {
+            let mut logits = peaked(50_000, seed);
+            // A long tail far below the best (skipped by the sum).
+            logits.iter_mut().step_by(3).for_each(|l| *l -= 60.0);
+            logits[7] = f32::NAN;
+            logits[8] = f32::NEG_INFINITY;
+            let top = Top::of(&logits, t, KEEP, true);
+            let max = top.best[0].1;
+            let want: f64 = logits
+                .iter()
+                .filter(|l| l.is_finite())
+                .map(|&l| (f64::from(l / t) - f64::from(max)).exp())
+                .sum();
+            let rel = (f64::from(top.total) - want).abs() / want;
+            assert!(rel < 1e-5, "t {t}: {} against {want}", top.total);
+        }
+    }
+
+    #[test]
     fn bad_parameters_are_refused() {
         for (t, p) in [(-1.0, 1.0), (f32::NAN, 1.0), (1.0, 0.0), (1.0, 1.5)] {
             let r = Sampler::new(Sampling {
