@@ -936,23 +936,21 @@ impl CpuSession<'_> {
             }
         }
         m.broadcast(&mut x)?;
-        // Rotation angles per token, shared by every layer and head (and
-        // those of the windowed layers' base).
+        // Rotation angles per token, shared by every layer and head (and,
+        // for gemma3, those of the windowed layers' base).
         let half = m.inv_freq.len();
         let angles = |inv_freq: &[f32]| {
             let (mut cos, mut sin) = (vec![0f32; t * half], vec![0f32; t * half]);
-            if inv_freq.len() == half {
-                for i in 0..t {
-                    let pos = (self.pos + i) as f32;
-                    for (j, &f) in inv_freq.iter().enumerate() {
-                        (sin[i * half + j], cos[i * half + j]) = libm::sincosf(pos * f);
-                    }
+            for i in 0..t {
+                let pos = (self.pos + i) as f32;
+                for (j, &f) in inv_freq.iter().enumerate().take(half) {
+                    (sin[i * half + j], cos[i * half + j]) = libm::sincosf(pos * f);
                 }
             }
             (cos, sin)
         };
         let global = angles(&m.inv_freq);
-        let local = angles(&m.inv_freq_local);
+        let local = (!m.inv_freq_local.is_empty()).then(|| angles(&m.inv_freq_local));
         let mut h = vec![0f32; t * dim];
         let mut q = vec![0f32; t * q_dim];
         let mut k = vec![0f32; t * kv_dim];
@@ -985,7 +983,10 @@ impl CpuSession<'_> {
             }
             let halves = c.arch.rope_halves();
             let window = c.window(l);
-            let (cos, sin) = if window.is_some() { &local } else { &global };
+            let (cos, sin) = match (window, &local) {
+                (Some(_), Some(local)) => local,
+                _ => &global,
+            };
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],

@@ -412,11 +412,9 @@ fn matvec(w: &[f32], x: &[f32], out: &mut [f32]) {
 
 /// `out = x / rms(x) · w`.
 pub(crate) fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let s = 1.0 / (ms + eps).sqrt();
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * s * g;
-    }
+    let n = x.len().min(out.len());
+    out[..n].copy_from_slice(&x[..n]);
+    rmsnorm_in_place(&mut out[..n], w, eps);
 }
 
 /// RoPE on every head (the layout `halves` says, see [`rotate`]).
