@@ -50,6 +50,17 @@ impl Arch {
     pub fn gelu(self) -> bool {
         matches!(self, Self::Gemma3)
     }
+
+    /// Whether the quantized engine takes each activation vector in two
+    /// 8-bit passes (the vector, then what its first quantization left
+    /// out) rather than one. Gemma's activations carry outliers (norm
+    /// weights up to 62, FFN products with heavy tails) that one 8-bit
+    /// scale per block rounds coarsely: one pass moves its logits by 1.1 on
+    /// average from the f32 model's (llama.cpp's too), enough to swap near
+    /// ties; the second pass leaves about 8 bits' less error.
+    pub fn residual_activations(self) -> bool {
+        matches!(self, Self::Gemma3)
+    }
 }
 
 /// Layers that attend to a window of the latest positions (gemma3).

@@ -75,14 +75,14 @@ fn quantized_cpu_model_matches_llama_cpp() {
     assert_eq!(model.config.window(5), None, "every sixth layer is global");
     let f = model_fixture();
     // Every miss is a near tie (teacher_forced fails otherwise). Gemma's
-    // normed activations carry outliers twenty times their mean (norm
-    // weights up to 62), which 8-bit activation blocks round coarsely, in
-    // llama.cpp as here: of the 36 positions 3 swap near ties (33/36 when
-    // measured), while the f32 reference agrees on all 36.
+    // activations carry outliers (norm weights up to 62) that one 8-bit
+    // pass rounds coarsely (33/36 with one pass, as llama.cpp quantizes
+    // them); the engine takes them in two (`Arch::residual_activations`):
+    // 36/36 when measured, as the f32 reference.
     let TeacherForced { agree, total, .. } = teacher_forced(&model, &f, NEAR_TIE);
     println!("gemma3 quantized CPU: top-1 vs llama.cpp {agree}/{total}");
-    assert!(agree as f64 >= 0.9 * total as f64, "top-1 {agree}/{total}");
-    // Perplexity on the fixture's text within 3 % of llama.cpp's (11.08
+    assert!(agree as f64 >= 0.98 * total as f64, "top-1 {agree}/{total}");
+    // Perplexity on the fixture's text within 3 % of llama.cpp's (11.03
     // against 11.32 when measured; the f32 reference 11.02).
     let text = ids(&f["perplexity"]["ids"]);
     let mut s = model.session();
@@ -157,11 +157,14 @@ fn quantized_cpu_model_matches_llama_cpp() {
     }
     println!("gemma3: {same} of 5 greedy continuations equal llama.cpp's for 16 tokens");
     assert!(
-        same >= 2,
+        same >= 3,
         "{same} of 5 greedy continuations equal llama.cpp's"
     );
 }
 
+/// The two-pass activations keep the quantized engine's logits at the top
+/// of the distribution within a few hundredths of the f32 model's (one
+/// pass: 1.1 apart on average, up to 2.2), on every fixture position.
 #[test]
 fn quantized_cpu_model_stays_close_to_the_f32_reference() {
     let bytes = gemma_bytes();
@@ -169,6 +172,21 @@ fn quantized_cpu_model_stays_close_to_the_f32_reference() {
     let model = CpuModel::from_bytes(bytes).expect("cpu model");
     let prompt = ids(&model_fixture()["teacher_forced"][0]["ids"]);
     stays_close_to_the_reference(&model, &reference, &prompt, NEAR_TIE);
+    let mut worst = 0f32;
+    for case in model_fixture()["teacher_forced"].as_array().expect("cases") {
+        let (mut a, mut b) = (model.session(), reference.session());
+        for id in ids(&case["ids"]) {
+            let got = a.step(id).expect("step");
+            let want = b.step(id);
+            assert_eq!(argmax(&got), argmax(&want), "{:?}", case["prompt"]);
+            let top = want[argmax(&want) as usize];
+            for (g, w) in got.iter().zip(&want).filter(|(_, w)| **w >= top - 1.0) {
+                worst = worst.max((g - w).abs());
+            }
+        }
+    }
+    println!("gemma3: top logits within {worst} of the f32 reference");
+    assert!(worst < 0.05, "top logits {worst} from the f32 reference");
 }
 
 /// The GPU engine (lavapipe here) against the f32 reference, both kernel
