@@ -120,7 +120,13 @@ function onEvent(ev) {
     case 'model_progress': {
       Object.assign(state.model, { status: 'loading', phase: ev.phase, done: ev.done, total: ev.total });
       const pct = ev.total ? ` ${Math.floor((100 * ev.done) / ev.total)}%` : '';
-      const what = { download: `downloading ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`, cache: 'reading from the browser cache', load: `loading (${ev.done}/${ev.total})` }[ev.phase] ?? ev.phase;
+      if (ev.phase === 'resume') state.model.resumes = (state.model.resumes ?? 0) + 1;
+      const what = {
+        download: `downloading ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`,
+        resume: `the download broke at ${fmtBytes(ev.done)}; resuming`,
+        cache: 'reading from the browser cache',
+        load: `loading (${ev.done}/${ev.total})`,
+      }[ev.phase] ?? ev.phase;
       $('model-status').textContent = `${what}${ev.phase === 'cache' ? '' : pct}`;
       $('model-bar').value = ev.total ? ev.done / ev.total : 0;
       break;
@@ -249,6 +255,42 @@ function chooseModel(models, params) {
   return { pick: m, reason: m ? `no chat model fits ${mib(budget.bytes)} (${budget.why}); the smallest` : null };
 }
 
+/** A model of `/api/models` for the picker: its name, size and needs. */
+function modelLabel(m) {
+  const c = m.catalog;
+  if (!c) return `${m.file} · ${fmtBytes(m.bytes)}`;
+  return `${c.title} · ${fmtBytes(m.bytes)} · needs ${fmtBytes(c.memory.cpu)}${c.chat ? '' : ' · completion only'}`;
+}
+
+/**
+ * The visitor's choice of what this tab serves: automatic (the largest
+ * chat model that fits), none, or any model the relay serves. Choosing
+ * reloads the page with `?model=` (the tab keeps its identity).
+ */
+function fillPicker(models, params, picked) {
+  const sel = $('model-pick');
+  const auto = chooseModel(models, params).pick;
+  const options = [
+    ['', `automatic${auto ? ` (${auto.catalog?.title ?? auto.file})` : ''}`],
+    ['off', 'none: relay traffic and proofs only'],
+    ...models.map((m) => [m.file, modelLabel(m)]),
+  ];
+  sel.replaceChildren(...options.map(([value, text]) => {
+    const o = document.createElement('option');
+    o.value = value;
+    o.textContent = text;
+    return o;
+  }));
+  const want = params.get('model');
+  sel.value = want === null ? '' : want === 'off' ? 'off' : (picked?.file ?? '');
+  sel.onchange = () => {
+    const p = new URLSearchParams(location.search);
+    if (sel.value) p.set('model', sel.value);
+    else p.delete('model');
+    location.search = p.toString();
+  };
+}
+
 /**
  * Picks a model the relay serves and loads it in the worker: the page's
  * `?model=` (a file name, or part of one: `?model=qwen`), else the largest
@@ -265,6 +307,7 @@ async function loadModel(node) {
     ? { pick: models.find((m) => m.file === want) ?? models.find((m) => m.file.toLowerCase().includes(want.toLowerCase())), reason: `?model=${want}` }
     : chooseModel(models, params);
   const pick = chosen.pick;
+  fillPicker(models, params, pick);
   state.model.choice = pick ? { file: pick.file, reason: chosen.reason } : null;
   if (!pick) {
     const error = want
@@ -285,7 +328,10 @@ async function loadModel(node) {
     // kernels (default: rows on a software adapter, lanes on a GPU).
     const params = new URLSearchParams(location.search);
     const threads = Number(params.get('threads')) || undefined;
-    await node.loadModel(pick.url, params.get('backend') ?? undefined, threads, params.get('kernels') ?? undefined);
+    // The catalog's pin of the file: the worker refuses a download of
+    // another size or hash.
+    const check = pick.catalog ? { bytes: pick.catalog.bytes, sha256: pick.catalog.sha256 } : undefined;
+    await node.loadModel(pick.url, params.get('backend') ?? undefined, threads, params.get('kernels') ?? undefined, check);
   } catch (e) {
     // Reported through the model_failed event as well.
     state.model.error = e.message;
@@ -372,6 +418,10 @@ async function main() {
   wireTry(node);
   if (new URLSearchParams(location.search).get('model') === 'off') {
     $('model-status').textContent = 'off (?model=off)';
+    fetch('/api/models', { cache: 'no-store' })
+      .then((r) => (r.ok ? r.json() : []))
+      .then((models) => fillPicker(models, new URLSearchParams(location.search), null))
+      .catch(() => {});
   } else {
     loadModel(node);
   }

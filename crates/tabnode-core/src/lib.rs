@@ -18,6 +18,7 @@
 pub mod caps;
 pub mod chunked;
 pub mod codec;
+pub mod download;
 pub mod driver;
 pub mod infer;
 // The `NetworkBehaviour` derive generates an event enum without docs.

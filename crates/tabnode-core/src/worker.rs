@@ -47,6 +47,10 @@ pub enum ToWorker {
         /// The WebGPU kernels; `None`: those for the adapter's kind.
         #[serde(default)]
         kernels: Option<GpuKernels>,
+        /// What the catalog pins of the file (size, SHA-256): a download
+        /// that differs is refused. `None` for a file outside the catalog.
+        #[serde(default)]
+        check: Option<crate::download::FileCheck>,
     },
     /// Generate; tokens stream back as [`FromWorker::Token`].
     Generate {

@@ -50,6 +50,9 @@ struct CatalogFacts {
     chat: bool,
     params: u64,
     memory: crate::catalog::Memory,
+    /// The pinned size and hash: the tab checks its download against them.
+    bytes: u64,
+    sha256: String,
 }
 
 /// The router: `/api/*`, `/metrics`, `/pkg`, `/worker`, `/models`, and `www/`
@@ -144,6 +147,8 @@ async fn models(State(s): State<AppState>) -> Json<Vec<ModelFile>> {
                         chat: m.chat,
                         params: m.params,
                         memory: m.memory,
+                        bytes: m.bytes,
+                        sha256: m.sha256.clone(),
                     });
                 out.push(ModelFile {
                     url: format!("/models/{file}"),

@@ -29,6 +29,9 @@ pub enum WorkerError {
     #[cfg(target_arch = "wasm32")]
     #[error("model: {0}")]
     Engine(#[from] tabnode_infer::EngineError),
+    /// The model's download failed its checks.
+    #[error("model: {0}")]
+    Download(#[from] tabnode_core::download::DownloadError),
     /// `?backend=webgpu` in a browser without a WebGPU adapter.
     #[error("the webgpu backend was asked for, but this browser has no WebGPU adapter")]
     NoWebGpu,

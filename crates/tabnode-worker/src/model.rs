@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use futures::lock::Mutex;
 use js_sys::{Object, Reflect, Uint8Array};
+use tabnode_core::download::{Download, FileCheck, Head, Start, Validator};
 use tabnode_core::infer::{Backend, BackendTiming, EngineChoice, GenerateRequest, GpuKernels};
 use tabnode_core::worker::FromWorker;
 use tabnode_core::{ErrorCode, GpuInfo};
@@ -18,7 +19,9 @@ use tabnode_infer::gpu::{Gpu, Variant};
 use tabnode_infer::{generate::GenerateError, Engine, EngineError};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Cache, ReadableStreamDefaultReader, Response};
+use web_sys::{
+    Cache, Headers, ReadableStreamDefaultReader, Request, RequestInit, Response, ResponseInit,
+};
 
 use crate::web::{now_ms, post, scope};
 use crate::WorkerError;
@@ -54,9 +57,9 @@ pub(crate) fn js_err(e: wasm_bindgen::JsValue) -> WorkerError {
     )
 }
 
-async fn open_cache() -> Result<Cache, WorkerError> {
+async fn open_named(name: &str) -> Result<Cache, WorkerError> {
     let storage = scope().caches().map_err(js_err)?;
-    let cache = JsFuture::from(storage.open(CACHE)).await.map_err(js_err)?;
+    let cache = JsFuture::from(storage.open(name)).await.map_err(js_err)?;
     cache.dyn_into::<Cache>().map_err(js_err)
 }
 
@@ -80,54 +83,179 @@ async fn cached(cache: &Cache, url: &str) -> Result<Option<Vec<u8>>, WorkerError
     Ok(Some(Uint8Array::new(&buf).to_vec()))
 }
 
-/// Downloads `url`, posting progress, and checks the length.
-async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
-    let response: Response = JsFuture::from(scope().fetch_with_str(url))
-        .await
-        .map_err(js_err)?
-        .dyn_into()
-        .map_err(js_err)?;
-    if !response.ok() {
-        return Err(WorkerError::Model(format!(
-            "{url}: HTTP {}",
-            response.status()
-        )));
+/// The Cache API bucket holding the saved parts of unfinished downloads
+/// ([`tabnode_core::download::PART`] bytes each).
+const PARTIAL: &str = "tabnode-partial-v1";
+
+/// Times one load takes up a broken download again before it gives up (the
+/// saved parts stay for the next load).
+const RESUMES: u32 = 5;
+
+/// Times one load starts over because the server's file changed under it.
+const RESTARTS: u32 = 2;
+
+/// The headers a saved part keeps its file's [`Validator`] in.
+const TOTAL: &str = "x-tabnode-total";
+const LAST_MODIFIED: &str = "x-tabnode-last-modified";
+const ETAG: &str = "x-tabnode-etag";
+
+/// The cache key of part `i` of `url`'s download.
+fn part_key(url: &str, i: usize) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}tabnode-part={i}")
+}
+
+/// The parts a former load saved of `url`, in order, up to the first gap.
+async fn saved_parts(cache: &Cache, url: &str) -> Result<Vec<(Validator, Vec<u8>)>, WorkerError> {
+    let mut out = Vec::new();
+    loop {
+        let hit = JsFuture::from(cache.match_with_str(&part_key(url, out.len())))
+            .await
+            .map_err(js_err)?;
+        if hit.is_undefined() {
+            return Ok(out);
+        }
+        let response: Response = hit.dyn_into().map_err(js_err)?;
+        let h = response.headers();
+        let header = |name: &str| h.get(name).ok().flatten();
+        let Some(total) = header(TOTAL).and_then(|t| t.parse().ok()) else {
+            return Ok(out);
+        };
+        let v = Validator {
+            total,
+            last_modified: header(LAST_MODIFIED),
+            etag: header(ETAG),
+        };
+        let buf = JsFuture::from(response.array_buffer().map_err(js_err)?)
+            .await
+            .map_err(js_err)?;
+        out.push((v, Uint8Array::new(&buf).to_vec()));
     }
-    let total: u64 = response
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+}
+
+/// Drops the saved parts of `url` from part `from` on.
+async fn drop_parts(cache: &Cache, url: &str, from: usize) {
+    for i in from.. {
+        match JsFuture::from(cache.delete_with_str(&part_key(url, i))).await {
+            Ok(v) if v.as_bool() == Some(true) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Saves part `i` of `url` under the file's validator.
+async fn save_part(
+    cache: &Cache,
+    url: &str,
+    i: usize,
+    v: &Validator,
+    bytes: &[u8],
+) -> Result<(), WorkerError> {
+    let headers = Headers::new().map_err(js_err)?;
+    headers.set(TOTAL, &v.total.to_string()).map_err(js_err)?;
+    for (name, value) in [(LAST_MODIFIED, &v.last_modified), (ETAG, &v.etag)] {
+        if let Some(value) = value {
+            headers.set(name, value).map_err(js_err)?;
+        }
+    }
+    let init = ResponseInit::new();
+    init.set_headers(&headers);
+    let body = Uint8Array::from(bytes);
+    let response =
+        Response::new_with_opt_buffer_source_and_init(Some(body.unchecked_ref::<Object>()), &init)
+            .map_err(js_err)?;
+    JsFuture::from(cache.put_with_str(&part_key(url, i), &response))
+        .await
+        .map_err(js_err)?;
+    Ok(())
+}
+
+/// How one request of a download ended.
+enum Fetched {
+    /// The file is whole.
+    Done,
+    /// The server's file changed: ask again from the start.
+    Again,
+    /// The connection broke (or the server is briefly away): take it up
+    /// again from what is held.
+    Broken(String),
+}
+
+/// One request of `url`'s download, from what `d` holds: the body appended
+/// to it, each whole part saved as it completes.
+async fn fetch_into(parts: &Cache, url: &str, d: &mut Download) -> Result<Fetched, WorkerError> {
+    let headers = Headers::new().map_err(js_err)?;
+    if let Some(range) = d.range() {
+        headers.set("range", &range).map_err(js_err)?;
+    }
+    let init = RequestInit::new();
+    init.set_headers(&headers);
+    let request = Request::new_with_str_and_init(url, &init).map_err(js_err)?;
+    let response: Response = match JsFuture::from(scope().fetch_with_request(&request)).await {
+        Ok(r) => r.dyn_into().map_err(js_err)?,
+        Err(e) => return Ok(Fetched::Broken(js_err(e).to_string())),
+    };
+    if matches!(response.status(), 502..=504) {
+        return Ok(Fetched::Broken(format!("HTTP {}", response.status())));
+    }
+    let h = response.headers();
+    let header = |name: &str| h.get(name).ok().flatten();
+    let head = Head {
+        status: response.status(),
+        content_length: header("content-length").and_then(|s| s.parse().ok()),
+        content_range: header("content-range"),
+        last_modified: header("last-modified"),
+        etag: header("etag"),
+    };
+    match d.start(&head)? {
+        Start::Continue => {}
+        Start::Restarted => drop_parts(parts, url, 0).await,
+        Start::Again => {
+            drop_parts(parts, url, 0).await;
+            return Ok(Fetched::Again);
+        }
+    }
+    let total = d.total().unwrap_or(0);
     let body = response
         .body()
         .ok_or_else(|| WorkerError::Model(format!("{url}: empty body")))?;
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut bytes = Vec::with_capacity(total as usize);
-    let mut reported = 0u64;
+    let mut reported = d.have();
     post(&FromWorker::ModelProgress {
         phase: "download".into(),
-        done: 0,
+        done: reported,
         total,
     });
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(js_err)?;
+        let chunk = match JsFuture::from(reader.read()).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Fetched::Broken(js_err(e).to_string())),
+        };
         let done = Reflect::get(&chunk, &"done".into())
             .map_err(js_err)?
             .as_bool()
             .unwrap_or(true);
         if done {
-            break;
+            return Ok(Fetched::Done);
         }
         let value: Uint8Array = Reflect::get(&chunk, &"value".into())
             .map_err(js_err)?
             .dyn_into()
             .map_err(js_err)?;
-        let at = bytes.len();
-        bytes.resize(at + value.length() as usize, 0);
-        value.copy_to(&mut bytes[at..]);
-        let have = bytes.len() as u64;
+        let whole = d.push(&value.to_vec());
+        if let Some(v) = d.validator().cloned() {
+            for i in whole {
+                let Some(bytes) = d.part(i) else { continue };
+                if let Err(e) = save_part(parts, url, i, &v, bytes).await {
+                    // Still downloading; a broken download restarts further
+                    // back on the next visit.
+                    web_sys::console::warn_1(
+                        &format!("tabnode worker: could not save part {i} of {url}: {e}").into(),
+                    );
+                }
+            }
+        }
+        let have = d.have();
         if have - reported >= PROGRESS_STEP {
             reported = have;
             post(&FromWorker::ModelProgress {
@@ -137,18 +265,81 @@ async fn download(url: &str) -> Result<Vec<u8>, WorkerError> {
             });
         }
     }
-    if total != 0 && bytes.len() as u64 != total {
-        return Err(WorkerError::Model(format!(
-            "{url}: download truncated at {} of {total} bytes",
-            bytes.len()
-        )));
+}
+
+/// Downloads `url`, posting progress: from the parts a former load saved,
+/// taken up again where the connection breaks (a few times, waiting longer
+/// each), and checked against the catalog's size and hash where `check`
+/// gives them. Its saved parts stay until the whole file is cached
+/// ([`forget_parts`]); a file that fails its check drops them.
+async fn download(url: &str, check: Option<FileCheck>) -> Result<Vec<u8>, WorkerError> {
+    let parts = open_named(PARTIAL).await?;
+    let mut d = Download::new(url, check);
+    let saved = saved_parts(&parts, url).await?;
+    let found = saved.len();
+    let taken = d.resume(saved);
+    if taken < found {
+        drop_parts(&parts, url, taken).await;
     }
+    if taken > 0 {
+        trace(&format!("resuming {url} at byte {}", d.have()));
+    }
+    let (mut resumes, mut restarts) = (0, 0);
+    loop {
+        match fetch_into(&parts, url, &mut d).await? {
+            Fetched::Done => break,
+            Fetched::Again if restarts < RESTARTS => restarts += 1,
+            Fetched::Again => {
+                return Err(WorkerError::Model(format!(
+                    "{url}: the file changed on the server {restarts} times during the download"
+                )))
+            }
+            Fetched::Broken(why) if resumes < RESUMES => {
+                resumes += 1;
+                web_sys::console::warn_1(
+                    &format!(
+                        "tabnode worker: {url}: the download broke at byte {} ({why}); resuming",
+                        d.have()
+                    )
+                    .into(),
+                );
+                post(&FromWorker::ModelProgress {
+                    phase: "resume".into(),
+                    done: d.have(),
+                    total: d.total().unwrap_or(0),
+                });
+                gloo_timers::future::TimeoutFuture::new(250 << resumes).await;
+            }
+            Fetched::Broken(why) => {
+                return Err(WorkerError::Model(format!(
+                    "{url}: the download broke at byte {} of {} ({why}) {resumes} times; \
+                     loading again resumes from the parts saved",
+                    d.have(),
+                    d.total().unwrap_or(0)
+                )))
+            }
+        }
+    }
+    let bytes = match d.finish() {
+        Ok(b) => b,
+        Err(e) => {
+            drop_parts(&parts, url, 0).await;
+            return Err(e.into());
+        }
+    };
     post(&FromWorker::ModelProgress {
         phase: "download".into(),
         done: bytes.len() as u64,
         total: bytes.len() as u64,
     });
     Ok(bytes)
+}
+
+/// Drops `url`'s saved parts (the whole file is cached, or cannot be).
+async fn forget_parts(url: &str) {
+    if let Ok(parts) = open_named(PARTIAL).await {
+        drop_parts(&parts, url, 0).await;
+    }
 }
 
 /// The model on WebGPU: the file's blocks on the prover's device, the
@@ -364,11 +555,12 @@ pub async fn load(
     backend: Option<Backend>,
     threads: Option<u32>,
     kernels: Option<GpuKernels>,
+    check: Option<FileCheck>,
 ) {
     let lock = LOADING.with(Rc::clone);
     let _one = lock.lock().await;
     let started = now_ms();
-    match load_inner(&url, backend, threads, kernels).await {
+    match load_inner(&url, backend, threads, kernels, check).await {
         Ok((engine, choice, from_cache, downloaded)) => {
             let model = engine.card();
             MODEL.with(|m| m.borrow_mut().engine = Some(Rc::new(engine)));
@@ -391,6 +583,7 @@ async fn load_inner(
     backend: Option<Backend>,
     threads: Option<u32>,
     kernels: Option<GpuKernels>,
+    check: Option<FileCheck>,
 ) -> Result<(Engine, EngineChoice, bool, u64), WorkerError> {
     // Resolve relative URLs against the worker's location, so the cache key
     // is the absolute address.
@@ -401,7 +594,7 @@ async fn load_inner(
     // what the adapter is.
     let _ = crate::web::gpu_settled().await;
     let gpu = crate::web::gpu_info();
-    let cache = open_cache().await?;
+    let cache = open_named(CACHE).await?;
     trace("cache open");
     if let Some(bytes) = cached(&cache, &url).await? {
         match choose(bytes, backend, threads, kernels, gpu.as_ref()).await {
@@ -416,7 +609,7 @@ async fn load_inner(
             }
         }
     }
-    let bytes = download(&url).await?;
+    let bytes = download(&url, check).await?;
     let downloaded = bytes.len() as u64;
     // The cache's copy, taken before the CPU engine takes the bytes.
     let body = Uint8Array::from(bytes.as_slice());
@@ -430,6 +623,7 @@ async fn load_inner(
             &format!("tabnode worker: could not cache the model: {:?}", js_err(e)).into(),
         );
     }
+    forget_parts(&url).await;
     Ok((engine, choice, false, downloaded))
 }
 

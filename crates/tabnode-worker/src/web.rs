@@ -164,7 +164,8 @@ pub fn start() {
                 backend,
                 threads,
                 kernels,
-            }) => spawn_local(crate::model::load(url, backend, threads, kernels)),
+                check,
+            }) => spawn_local(crate::model::load(url, backend, threads, kernels, check)),
             Ok(ToWorker::Generate { id, request }) => {
                 spawn_local(crate::model::generate(id, request))
             }

@@ -1,6 +1,7 @@
 //! The JavaScript API: the `TabNode` and `Generation` classes.
 
 use super::*;
+use tabnode_core::download::FileCheck;
 use tabnode_core::infer::{Backend, GpuKernels};
 
 /// A browser tab's node.
@@ -233,11 +234,16 @@ impl TabNode {
     /// caps the workers the CPU engine splits the model over (default: one
     /// per core, up to 8, where the page is cross-origin isolated).
     /// `kernels` (`rows` or `lanes`) forces the WebGPU kernels (default:
-    /// `rows` on a software adapter, `lanes` on a GPU).
+    /// `rows` on a software adapter, `lanes` on a GPU). `check` (`{ bytes,
+    /// sha256 }`, the catalog's pin of the file, as `/api/models` lists
+    /// it) has the download verified: another size or hash fails the load
+    /// and the file is not cached. A broken download resumes where it
+    /// stopped (in the same load, or from the parts saved, on the next).
     ///
     /// # Errors
     /// A `backend` other than `cpu` or `webgpu`, `kernels` other than
-    /// `rows` or `lanes` (the promise rejects).
+    /// `rows` or `lanes`, a `check` that is not `{ bytes, sha256 }` with 64
+    /// hex digits (the promise rejects).
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(
         &self,
@@ -245,9 +251,20 @@ impl TabNode {
         backend: Option<String>,
         threads: Option<u32>,
         kernels: Option<String>,
+        check: JsValue,
     ) -> js_sys::Promise {
         let shared = self.shared.clone();
         future_to_promise(async move {
+            let check = if check.is_undefined() || check.is_null() {
+                None
+            } else {
+                let c: FileCheck = serde_wasm_bindgen::from_value(check)
+                    .map_err(|e| JsError::new(&format!("check: {e}")))?;
+                Some(
+                    FileCheck::new(c.bytes, &c.sha256)
+                        .map_err(|e| JsError::new(&format!("check: {e}")))?,
+                )
+            };
             let backend = backend
                 .filter(|b| !b.is_empty())
                 .map(|b| b.parse::<Backend>())
@@ -266,6 +283,7 @@ impl TabNode {
                     backend,
                     threads,
                     kernels,
+                    check,
                 })
                 .map_err(JsError::from)?;
             match rx.await {
