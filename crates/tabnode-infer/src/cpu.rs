@@ -853,6 +853,18 @@ impl Acts {
 #[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_ATTENTION: usize = 64 << 10;
 
+/// A clock read for [`CpuSession::matmul_time`], natively only: in wasm
+/// reading the clock is a call into JavaScript (and the raw module the
+/// kernel bench loads has none), so the tab times nothing there.
+fn clock() -> Option<Instant> {
+    cfg!(not(target_arch = "wasm32")).then(Instant::now)
+}
+
+/// Time since [`clock`]'s read (zero where it did not read).
+fn since(t: Option<Instant>) -> Duration {
+    t.map_or(Duration::ZERO, |t| t.elapsed())
+}
+
 /// Runs `a` and `b` at once where there are threads (one wake-up of the
 /// pool for both, instead of one per matrix), one after the other in wasm.
 #[cfg(not(target_arch = "wasm32"))]
@@ -909,6 +921,9 @@ impl CpuSession<'_> {
     /// Time this session's forwards spent in matrix products (with the
     /// threads' hand-offs), for benchmarks: a forward's time less this is
     /// the engine's own work per token.
+    ///
+    /// Natively only: zero in wasm (a clock read there is a call into
+    /// JavaScript).
     pub fn matmul_time(&self) -> Duration {
         self.matmul
     }
@@ -1033,13 +1048,13 @@ impl CpuSession<'_> {
                 rmsnorm(x, &layer.attn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.wq, &layer.wk, &layer.wv])?;
-            let t0 = Instant::now();
+            let t0 = clock();
             m.project(
                 &acts,
                 &[&layer.wq, &layer.wk, &layer.wv],
                 &mut [&mut q, &mut k, &mut v],
             )?;
-            matmul += t0.elapsed();
+            matmul += since(t0);
             if let Some(b) = &layer.bias {
                 b.add(&mut q, &mut k, &mut v);
             }
@@ -1109,9 +1124,9 @@ impl CpuSession<'_> {
                 }
             }
             acts.quantize(&att, &[&layer.wo])?;
-            let t0 = Instant::now();
+            let t0 = clock();
             m.project(&acts, &[&layer.wo], &mut [&mut o])?;
-            matmul += t0.elapsed();
+            matmul += since(t0);
             if let Some(e) = &layer.extra {
                 o.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_in_place(o, &e.attn_out, c.eps));
@@ -1121,9 +1136,9 @@ impl CpuSession<'_> {
                 rmsnorm(x, &layer.ffn_norm, c.eps, h);
             }
             acts.quantize(&h, &[&layer.gate, &layer.up])?;
-            let t0 = Instant::now();
+            let t0 = clock();
             m.project(&acts, &[&layer.gate, &layer.up], &mut [&mut g, &mut u])?;
-            matmul += t0.elapsed();
+            matmul += since(t0);
             // On whole vectors: the SIMD kernel's tail differs from its
             // lanes, so a split would change bits.
             if c.arch.gelu() {
@@ -1132,9 +1147,9 @@ impl CpuSession<'_> {
                 (quant::simd::best().f32_silu_mul)(&mut g, &u);
             }
             acts.quantize(&g, &[&layer.down])?;
-            let t0 = Instant::now();
+            let t0 = clock();
             m.project(&acts, &[&layer.down], &mut [&mut o])?;
-            matmul += t0.elapsed();
+            matmul += since(t0);
             if let Some(e) = &layer.extra {
                 o.chunks_exact_mut(dim)
                     .for_each(|o| rmsnorm_in_place(o, &e.ffn_out, c.eps));
@@ -1148,9 +1163,9 @@ impl CpuSession<'_> {
         let mut logits = vec![0f32; c.vocab];
         let mut last_act = Acts::new(1, c.arch.residual_activations()).refined(REFINE_MARGIN);
         last_act.quantize(&normed, &[&m.head])?;
-        let t0 = Instant::now();
+        let t0 = clock();
         m.project(&last_act, &[&m.head], &mut [&mut logits])?;
-        matmul += t0.elapsed();
+        matmul += since(t0);
         self.matmul += matmul;
         self.pos += t;
         Ok(logits)

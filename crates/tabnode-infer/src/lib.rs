@@ -15,6 +15,7 @@
 //! model to come; and [`generate`], the generation loop (sampling, stop
 //! strings, streaming, cancellation) over any one-token-at-a-time decoder.
 
+pub mod bert;
 pub mod cpu;
 pub mod engine;
 pub mod generate;
@@ -28,6 +29,7 @@ pub mod reference;
 pub mod sample;
 pub mod shard;
 pub mod tokenizer;
+pub mod wordpiece;
 
 pub use burn::tensor::Device;
 pub use engine::{Engine, EngineError};

