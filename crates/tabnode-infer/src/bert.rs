@@ -94,17 +94,30 @@ impl Linear {
     /// cache while the tokens pass (the same dot products, in the same
     /// order, as row by row).
     fn forward(&self, x: &[f32], out: &mut [f32]) {
-        let dots = crate::quant::simd::best().f32_dots;
+        let k = crate::quant::simd::best();
         let block = (ROW_BLOCK_BYTES / (4 * self.cols.max(1))).max(1);
         let mut at = 0;
         while at < self.rows {
             let n = block.min(self.rows - at);
             let w = &self.w[at * self.cols..(at + n) * self.cols];
-            for (x, o) in x
-                .chunks_exact(self.cols)
-                .zip(out.chunks_exact_mut(self.rows))
-            {
-                dots(x, w, self.cols, &mut o[at..at + n]);
+            // Two tokens at a time: each row read once for both.
+            let mut xs = x.chunks_exact(2 * self.cols);
+            let mut outs = out.chunks_exact_mut(2 * self.rows);
+            for (x, o) in (&mut xs).zip(&mut outs) {
+                let (x0, x1) = x.split_at(self.cols);
+                let (o0, o1) = o.split_at_mut(self.rows);
+                (k.f32_dots2)(
+                    [x0, x1],
+                    w,
+                    self.cols,
+                    [&mut o0[at..at + n], &mut o1[at..at + n]],
+                );
+            }
+            if let (Some(x), Some(o)) = (
+                xs.remainder().get(..self.cols),
+                outs.into_remainder().get_mut(at..at + n),
+            ) {
+                (k.f32_dots)(x, w, self.cols, o);
             }
             at += n;
         }

@@ -203,6 +203,30 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             let scalar = &super::simd::SCALAR;
             (kernels.f32_dots)(&a, &rows, stride, &mut results[0]);
             (scalar.f32_dots)(&a, &rows, stride, &mut results[1]);
+            // Two vectors at once: each the bits of one alone.
+            let b: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
+            let (mut two, mut lone) = (vec![0f32; count], vec![0f32; count]);
+            let mut first = vec![0f32; count];
+            (kernels.f32_dots2)([&a, &b], &rows, stride, [&mut first, &mut two]);
+            (scalar.f32_dots)(&b, &rows, stride, &mut lone);
+            for (op, got, want) in [
+                ("f32_dots2", &first, &results[1]),
+                ("f32_dots2", &two, &lone),
+            ] {
+                if let Some((&got, &want)) = got
+                    .iter()
+                    .zip(want)
+                    .find(|(g, w)| g.to_bits() != w.to_bits())
+                {
+                    return Err(KernelMismatch::F32 {
+                        kernels: kernels.name,
+                        op,
+                        len,
+                        got,
+                        want,
+                    });
+                }
+            }
             (kernels.f32_weighted_sum)(&w, &rows, stride, &mut results[2]);
             (scalar.f32_weighted_sum)(&w, &rows, stride, &mut results[3]);
             for (op, got, want) in [
@@ -223,7 +247,7 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
                     });
                 }
             }
-            compared += 2;
+            compared += 4;
         }
         // exp and SiLU·mul over the whole clamped range and past it.
         let x: Vec<f32> = (0..len).map(|_| rng.unit() * 120.0).collect();

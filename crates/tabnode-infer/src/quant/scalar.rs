@@ -328,6 +328,15 @@ pub fn f32_dots(a: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// [`f32_dots`] for two vectors: `out[t][p] = a[t]·row p`, the same bits
+/// as two calls (what the SIMD versions, which read each row once for both,
+/// must give).
+pub fn f32_dots2(a: [&[f32]; 2], rows: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+    let [o0, o1] = out;
+    f32_dots(a[0], rows, stride, o0);
+    f32_dots(a[1], rows, stride, o1);
+}
+
 /// `out += Σₚ w[p]·row p`, one [`f32_axpy`] per row in order (row `p` =
 /// [`row_at`]`(rows, p, stride, out.len())`): the attention's weighted sum
 /// of the cached values.

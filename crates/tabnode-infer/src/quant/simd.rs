@@ -79,6 +79,10 @@ pub struct Kernels {
     /// `out[p] = a·row p` in [`scalar::f32_dot`]'s order
     /// ([`scalar::f32_dots`]).
     pub f32_dots: fn(&[f32], &[f32], usize, &mut [f32]),
+    /// [`Kernels::f32_dots`] for two vectors at once, each with its own
+    /// outputs (each row read once for both): `out[t][p] = a[t]·row p`,
+    /// the same bits as two calls ([`scalar::f32_dots2`]).
+    pub f32_dots2: F32Dots2,
     /// `out += Σₚ w[p]·row p` ([`scalar::f32_weighted_sum`]).
     pub f32_weighted_sum: fn(&[f32], &[f32], usize, &mut [f32]),
     /// `x = exp(x − sub)` ([`scalar::f32_exp`]).
@@ -86,6 +90,9 @@ pub struct Kernels {
     /// `g = SiLU(g)·u` ([`scalar::f32_silu_mul`]).
     pub f32_silu_mul: fn(&mut [f32], &[f32]),
 }
+
+/// The shape of [`Kernels::f32_dots2`].
+pub type F32Dots2 = fn([&[f32]; 2], &[f32], usize, [&mut [f32]; 2]);
 
 /// The portable reference kernels.
 pub static SCALAR: Kernels = Kernels {
@@ -104,6 +111,7 @@ pub static SCALAR: Kernels = Kernels {
     q4_kx4: None,
     q6_kx4: None,
     f32_dots: scalar::f32_dots,
+    f32_dots2: scalar::f32_dots2,
     f32_weighted_sum: scalar::f32_weighted_sum,
     f32_exp: scalar::f32_exp,
     f32_silu_mul: scalar::f32_silu_mul,
@@ -192,6 +200,7 @@ mod x86 {
         q4_kx4: Some(q4_kx4),
         q6_kx4: Some(q6_kx4),
         f32_dots,
+        f32_dots2,
         f32_weighted_sum,
         f32_exp,
         f32_silu_mul,
@@ -278,6 +287,11 @@ mod x86 {
         unsafe { f32_dots_avx2(a, rows, stride, out) }
     }
 
+    fn f32_dots2(a: [&[f32]; 2], rows: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+        // SAFETY: as above.
+        unsafe { f32_dots2_avx2(a, rows, stride, out) }
+    }
+
     fn f32_weighted_sum(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
         // SAFETY: as above.
         unsafe { f32_weighted_sum_avx2(w, rows, stride, out) }
@@ -333,6 +347,60 @@ mod x86 {
         }
         for (q, o) in out.iter_mut().enumerate().skip(p) {
             *o = f32_dot_avx2(a, scalar::row_at(rows, q, stride, n));
+        }
+    }
+
+    /// [`scalar::f32_dots2`]: two vectors against four rows at a time,
+    /// eight accumulator chains, each row loaded once for both vectors;
+    /// each (vector, row) summed as [`f32_dot_avx2`] sums it. Vectors of
+    /// different lengths, or rows past the end, go one vector at a time.
+    #[target_feature(enable = "avx2")]
+    fn f32_dots2_avx2(a: [&[f32]; 2], rows: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+        let [o0, o1] = out;
+        let n = a[0].len();
+        let count = o0.len().min(o1.len());
+        if a[1].len() != n || o0.len() != o1.len() || !scalar::whole_rows(rows, count, stride, n) {
+            f32_dots_avx2(a[0], rows, stride, o0);
+            f32_dots_avx2(a[1], rows, stride, o1);
+            return;
+        }
+        let (x0, tail0) = a[0].as_chunks::<8>();
+        let (x1, tail1) = a[1].as_chunks::<8>();
+        let mut p = 0;
+        while p + 4 <= count {
+            let row = |i: usize| &rows[(p + i) * stride..(p + i) * stride + n];
+            let r = [row(0), row(1), row(2), row(3)];
+            let [c0, c1, c2, c3] = r.map(|r| r.as_chunks::<8>().0);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            for (((((a0, a1), w0), w1), w2), w3) in
+                x0.iter().zip(x1).zip(c0).zip(c1).zip(c2).zip(c3)
+            {
+                let (v0, v1) = (load8(a0), load8(a1));
+                for (i, w) in [w0, w1, w2, w3].into_iter().enumerate() {
+                    let wv = load8(w);
+                    acc[0][i] = _mm256_add_ps(acc[0][i], _mm256_mul_ps(v0, wv));
+                    acc[1][i] = _mm256_add_ps(acc[1][i], _mm256_mul_ps(v1, wv));
+                }
+            }
+            for (t, (acc, tail)) in acc.into_iter().zip([tail0, tail1]).enumerate() {
+                for (i, acc) in acc.into_iter().enumerate() {
+                    let mut lanes = [0f32; 8];
+                    // SAFETY: `lanes` is 32 writable bytes.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                    let v = scalar::f32_dot_finish(lanes, tail, &r[i][8 * x0.len()..]);
+                    if t == 0 {
+                        o0[p + i] = v;
+                    } else {
+                        o1[p + i] = v;
+                    }
+                }
+            }
+            p += 4;
+        }
+        if p < count {
+            let rest = &rows[p * stride..];
+            f32_dots_avx2(a[0], rest, stride, &mut o0[p..]);
+            f32_dots_avx2(a[1], rest, stride, &mut o1[p..]);
         }
     }
 
@@ -1296,6 +1364,7 @@ mod wasm {
         q4_kx4: None,
         q6_kx4: None,
         f32_dots,
+        f32_dots2,
         f32_weighted_sum,
         f32_exp,
         f32_silu_mul,
@@ -1405,6 +1474,14 @@ mod wasm {
         for (q, o) in out.iter_mut().enumerate().skip(p) {
             *o = f32_dot(a, scalar::row_at(rows, q, stride, n));
         }
+    }
+
+    /// [`scalar::f32_dots2`] as two [`f32_dots`] (V8 has 16 vector
+    /// registers on x86: sixteen accumulators and the loads would spill).
+    fn f32_dots2(a: [&[f32]; 2], rows: &[f32], stride: usize, out: [&mut [f32]; 2]) {
+        let [o0, o1] = out;
+        f32_dots(a[0], rows, stride, o0);
+        f32_dots(a[1], rows, stride, o1);
     }
 
     /// [`scalar::f32_dot`] with lanes 0..4 and 4..8 in two registers.
@@ -1987,9 +2064,10 @@ mod tests {
             for seed in [0x5eed_51d0, 7, 8] {
                 let rows = super::super::check::check(k, seed).expect("equal to scalar");
                 // 7 formats × (11 block counts × 3 rows + 3 rows × 24
-                // tokens in four prompts); 12 lengths × (5 shapes × 2 row
-                // kernels + exp + SiLU).
-                assert_eq!(rows, 7 * (11 * 3 + 3 * (4 + 6 + 9 + 5)) + 12 * (5 * 2 + 2));
+                // tokens in four prompts); 12 lengths × (5 shapes × 4 row
+                // kernel results (dots, dots2's two, weighted sum) + exp +
+                // SiLU).
+                assert_eq!(rows, 7 * (11 * 3 + 3 * (4 + 6 + 9 + 5)) + 12 * (5 * 4 + 2));
             }
         }
     }
@@ -2071,6 +2149,16 @@ mod tests {
                 *o = scalar::f32_dot_finish(acc, &a[n..], &b[n..]);
             }
         }
+        // Two vectors whose outputs come back swapped.
+        let swapped = Kernels {
+            name: "off",
+            f32_dots2: |a, rows, stride, [o0, o1]| {
+                scalar::f32_dots2([a[1], a[0]], rows, stride, [o0, o1])
+            },
+            ..SCALAR
+        };
+        let e = super::super::check::check(&swapped, 1).expect_err("caught");
+        assert!(e.to_string().contains("f32_dots2"), "{e}");
         let off = Kernels {
             name: "off",
             f32_dots: reversed,
