@@ -54,6 +54,19 @@ for icd in /usr/share/vulkan/icd.d/lvp_icd.x86_64.json /usr/lib/chromium/vk_swif
     VK_ICD_FILENAMES=$icd cargo run -q -p tabnode-infer --features gpu --example gpu_bench -- "$TABNODE_MODEL" "${GPU_TOKENS:-32}"
   fi
 done
+echo "== embeddings: the CPU encoder vs sentence-transformers on the same texts (scripts/bench/embed.py)"
+# The reference: torch and sentence-transformers from PyPI (about 3 GB with
+# torch's CUDA libraries, once).
+ST="$TABNODE_CACHE/venv-st"
+if ! "$ST/bin/python" -c 'import sentence_transformers' 2>/dev/null; then
+  echo "(installing the sentence-transformers reference into $ST)"
+  python3 -m venv "$ST"
+  "$ST/bin/pip" install -q torch sentence-transformers
+fi
+cargo build -q -p tabnode-infer --example embed_bench
+for round in 1 2; do
+  "$ST/bin/python" scripts/bench/embed.py "$TABNODE_MODELS_DIR/all-minilm-l6-v2" "${EMBED_TEXTS:-512}" 3
+done
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
 cargo build -q -p tabnode-node --example net_bench
 "$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"
