@@ -105,8 +105,9 @@ export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
 
 /** Starts a native node that joins `relay` over TCP; with `serve`, it
  * serves the model (on the CPU). */
-export async function startNode(relay, { serve = false } = {}) {
-  // serve: false (no model), true (the default model) or a list of files.
+export async function startNode(relay, { serve = false, embed = false } = {}) {
+  // serve: false (no model), true (the default model) or a list of files;
+  // embed: also serve embeddings with all-MiniLM-L6-v2.
   const dir = mkdtempSync(join(tmpdir(), 'tabnode-node-'));
   const files = serve === true ? [MODEL_FILE] : (serve || []);
   const proc = spawnLogged('node', join(BIN, 'tabnode-node'), [
@@ -114,6 +115,7 @@ export async function startNode(relay, { serve = false } = {}) {
     '--key-file', join(dir, 'identity.key'),
     '--prover', 'cpu',
     ...files.flatMap((f) => ['--model', join(MODELS_DIR, f)]),
+    ...(embed ? ['--embed', join(MODELS_DIR, 'all-minilm-l6-v2')] : []),
   ]);
   const peerId = await waitFor('the node peer id', () => {
     if (proc.exitCode !== null) throw new Error(`node exited: ${proc.output}`);

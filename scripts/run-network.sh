@@ -31,7 +31,8 @@ done
 # the start.
 "$bin/tabnode-node" --bootstrap-file "$data/bootstrap.json" --key-file "$data/node/identity.key" \
   --model "$TABNODE_MODEL" --model "$TABNODE_MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct.gguf" \
-  --model "$TABNODE_MODELS_DIR/gemma-3-270m-q4_k_m.gguf" &
+  --model "$TABNODE_MODELS_DIR/gemma-3-270m-q4_k_m.gguf" \
+  --embed "$TABNODE_MODELS_DIR/all-minilm-l6-v2" &
 node=$!
 
 echo

@@ -60,11 +60,15 @@ export async function streamChat({ relay = '', model, messages, maxTokens = 128,
   return out;
 }
 
-/** The models nodes serve now on `relay`. */
-export async function listModels(relay = '') {
+/**
+ * The models nodes serve now on `relay` that generate text (chat or
+ * completion); with `{ kind: 'embedding' }`, the embedding models instead.
+ */
+export async function listModels(relay = '', { kind = 'text' } = {}) {
   const r = await fetch(`${relay}/v1/models`);
   if (!r.ok) throw new Error(`HTTP ${r.status}`);
-  return (await r.json()).data ?? [];
+  const all = (await r.json()).data ?? [];
+  return all.filter((m) => (m.tabnode?.kind === 'embedding') === (kind === 'embedding'));
 }
 
 /** One line about who answered and how fast. */

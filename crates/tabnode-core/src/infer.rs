@@ -251,6 +251,44 @@ pub fn model_id(name: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
+/// Inputs one [`EmbedRequest`] may carry: a node answers a batch in one
+/// message (64 vectors of 384 `f32`s: 98 KB), the relay splits larger jobs.
+pub const MAX_EMBED_INPUTS: usize = 64;
+
+/// One input of an [`EmbedRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmbedInput {
+    /// A text the node tokenizes (cut to the model's limit).
+    Text(String),
+    /// Token ids as the model's tokenizer gives them for a text, without
+    /// `[CLS]`/`[SEP]` (the node adds them and cuts as for a text; OpenAI's
+    /// token-array input).
+    Tokens(Vec<u32>),
+}
+
+/// Relay → node: the embeddings of `inputs` with the sentence-embedding
+/// model `model` (a catalog id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// The relay's id of the batch.
+    pub request_id: u64,
+    /// The catalog id.
+    pub model: String,
+    /// At most [`MAX_EMBED_INPUTS`].
+    pub inputs: Vec<EmbedInput>,
+}
+
+/// Node → relay: the answer to an [`EmbedRequest`], in its order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResult {
+    /// One unit-length vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens each input took.
+    pub tokens: Vec<u32>,
+    /// Pieces each text lost to the model's limit.
+    pub truncated: Vec<u32>,
+}
+
 /// Relay → node: generate `request` with `model`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferRequest {

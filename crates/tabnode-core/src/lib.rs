@@ -30,7 +30,10 @@ pub mod worker;
 
 pub use caps::{Capabilities, DeviceClass, GpuInfo, GpuLimits, NodeKind};
 pub use codec::{CodecError, CodecStats, TabnodeCodec, MAX_FRAME, MAX_MESSAGE};
-pub use infer::{model_id, ChunkStreamer, InferChunk, InferDone, InferEnd, InferRequest};
+pub use infer::{
+    model_id, ChunkStreamer, EmbedInput, EmbedRequest, EmbedResult, InferChunk, InferDone,
+    InferEnd, InferRequest,
+};
 pub use protocol::{
     ErrorCode, PeerSummary, PofChallenge, PofRecord, PofStanding, Request, Response, PROTOCOL,
 };

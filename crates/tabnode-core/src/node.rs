@@ -107,7 +107,8 @@ pub fn answer(peer: PeerId, relay: PeerId, request: &Request) -> Option<Response
         Request::PofChallenge(_)
         | Request::PofOpen { .. }
         | Request::Infer(_)
-        | Request::InferCancel { .. } => {
+        | Request::InferCancel { .. }
+        | Request::Embed(_) => {
             if peer == relay {
                 None
             } else {
@@ -177,6 +178,11 @@ mod tests {
                 deadline_ms: 1,
             }),
             Request::InferCancel { request_id: 1 },
+            Request::Embed(Box::new(crate::infer::EmbedRequest {
+                request_id: 1,
+                model: "all-minilm-l6-v2".into(),
+                inputs: vec![crate::infer::EmbedInput::Text("hi".into())],
+            })),
         ];
         for request in &commands {
             assert_eq!(answer(relay, relay, request), None, "{request:?}");

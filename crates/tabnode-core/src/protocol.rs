@@ -50,6 +50,9 @@ pub enum Request {
         /// The request.
         request_id: u64,
     },
+    /// Relay → node: embed a batch of inputs; answered with
+    /// [`Response::Embedded`] or an error.
+    Embed(Box<crate::infer::EmbedRequest>),
 }
 
 impl Request {
@@ -64,6 +67,7 @@ impl Request {
             Request::Infer(_) => "Infer",
             Request::InferChunk(_) => "InferChunk",
             Request::InferCancel { .. } => "InferCancel",
+            Request::Embed(_) => "Embed",
         }
     }
 }
@@ -104,6 +108,8 @@ pub enum Response {
         /// Tokens in the prompt (chat template applied).
         prompt_tokens: u32,
     },
+    /// The vectors of a [`Request::Embed`].
+    Embedded(Box<crate::infer::EmbedResult>),
     /// The request was understood but refused.
     Error {
         /// What kind of failure.

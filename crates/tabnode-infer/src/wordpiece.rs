@@ -223,6 +223,22 @@ impl WordPiece {
         Encoded { ids, truncated }
     }
 
+    /// `[CLS]`, `pieces` (token ids as [`WordPiece::encode`] gives them
+    /// between the two, e.g. OpenAI's token-array input), `[SEP]`: at most
+    /// `max_tokens` ids, as `encode` cuts them.
+    pub fn wrap(&self, pieces: &[u32], max_tokens: usize) -> Encoded {
+        let room = max_tokens.saturating_sub(2);
+        let kept = &pieces[..pieces.len().min(room)];
+        let mut ids = Vec::with_capacity(kept.len() + 2);
+        ids.push(self.cls);
+        ids.extend_from_slice(kept);
+        ids.push(self.sep);
+        Encoded {
+            ids,
+            truncated: pieces.len() - kept.len(),
+        }
+    }
+
     fn is(re: &Regex, c: char) -> bool {
         let mut buf = [0u8; 4];
         re.is_match(c.encode_utf8(&mut buf))
@@ -383,6 +399,8 @@ mod tests {
         let long = t.encode(&"a ".repeat(10), 6);
         assert_eq!(long.ids, [2, 8, 8, 8, 8, 3]);
         assert_eq!(long.truncated, 6);
+        assert_eq!(t.wrap(&[8; 10], 6), long);
+        assert_eq!(t.wrap(&[], 6).ids, [2, 3]);
     }
 
     #[test]

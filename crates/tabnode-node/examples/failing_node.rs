@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_backoff: Duration::from_millis(500),
         handler: Arc::new(PofProver::new(Backend::Cpu)),
         server: Some(Arc::new(InferServer::new(Arc::new(served), 1))),
+        embedder: None,
     })?;
     println!("tabnode node {} joining the relay", node.peer_id);
     node.join().await;

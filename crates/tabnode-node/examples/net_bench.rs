@@ -80,6 +80,7 @@ fn node(relay: &RelayHandle, model: Arc<dyn ServedModel>, slots: usize) -> NodeH
             tabnode_node::prover::Backend::Cpu,
         )),
         server: Some(Arc::new(InferServer::new(model, slots))),
+        embedder: None,
     })
     .expect("node starts")
 }

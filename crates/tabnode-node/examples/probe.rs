@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_backoff: Duration::from_millis(500),
         handler: Arc::new(PofProver::new(Backend::Cpu)),
         server: None,
+        embedder: None,
     })?;
     node.wait_for("the relay", Duration::from_secs(30), |s| s.relay_connected)
         .await?;

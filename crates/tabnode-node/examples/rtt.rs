@@ -56,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tabnode_node::prover::Backend::Cpu,
             )),
             server: None,
+            embedder: None,
         })
     };
     let (a, b) = (node("a")?, node("b")?);

@@ -6,6 +6,7 @@
 //! [`tabnode_core::driver::run`], the same one the browser tab runs; this
 //! crate adds the tokio transports and a [`NodeHandle`] to talk to it.
 
+pub mod embed;
 pub mod prover;
 pub mod serve;
 
@@ -187,6 +188,9 @@ pub struct NodeConfig {
     /// The model this node serves, if any (its name and slots are added to
     /// the capabilities).
     pub server: Option<Arc<serve::InferServer>>,
+    /// The sentence-embedding model this node serves, if any (its catalog
+    /// id is added to the capabilities' models).
+    pub embedder: Option<Arc<embed::Embedder>>,
 }
 
 impl std::fmt::Debug for dyn prover::RequestHandler {
@@ -267,6 +271,11 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         capabilities.engine = s.engine();
         capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);
     }
+    let embedder = config.embedder;
+    if let Some(e) = &embedder {
+        capabilities.models.push(e.id().to_owned());
+        capabilities.slots = capabilities.slots.max(1);
+    }
     let driver_config = DriverConfig {
         relay: config.relay,
         capabilities,
@@ -313,6 +322,29 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                         if let Some(s) = run {
                             s.run(*infer, respond).await;
                         }
+                    });
+                }
+                NodeEvent::Request {
+                    id,
+                    request: Request::Embed(batch),
+                    ..
+                } => {
+                    let embedder = embedder.clone();
+                    let mut respond = respond.clone();
+                    tokio::spawn(async move {
+                        let response = match embedder {
+                            Some(e) => tokio::task::spawn_blocking(move || e.answer(&batch))
+                                .await
+                                .unwrap_or_else(|e| Response::Error {
+                                    code: tabnode_core::ErrorCode::Invalid,
+                                    message: format!("the embedding task failed: {e}"),
+                                }),
+                            None => Response::Error {
+                                code: tabnode_core::ErrorCode::UnknownModel,
+                                message: "this node serves no embedding model".into(),
+                            },
+                        };
+                        let _ = respond.send(Command::Respond { id, response }).await;
                     });
                 }
                 NodeEvent::Request {

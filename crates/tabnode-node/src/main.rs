@@ -46,6 +46,12 @@ struct Args {
     /// share the slots). Omit to serve none.
     #[arg(long, env = "TABNODE_SERVE_MODEL")]
     model: Vec<PathBuf>,
+    /// Serve embeddings with the sentence-embedding model in this directory
+    /// (`scripts/fetch-model.py all-minilm-l6-v2` puts it in
+    /// `<models dir>/all-minilm-l6-v2/`; the directory's name is the
+    /// catalog id it registers).
+    #[arg(long, env = "TABNODE_SERVE_EMBED")]
+    embed: Option<PathBuf>,
     /// Where the served models run: cpu (the quantized engine), gpu (the
     /// same blocks with the WGSL kernels on the first GPU adapter; its KV
     /// cache serves one generation at a time) or wgpu (burn's f32 model).
@@ -137,6 +143,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some(Arc::new(InferServer::serving(engines, args.slots)?))
     };
+    let embedder = match &args.embed {
+        None => None,
+        Some(dir) => {
+            let e = tabnode_node::embed::Embedder::load(dir)?;
+            println!("serving embeddings with {} ({})", e.id(), dir.display());
+            Some(Arc::new(e))
+        }
+    };
     let node = spawn(NodeConfig {
         relay,
         key: Some(key),
@@ -144,6 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_backoff: Duration::from_secs(10),
         handler: Arc::new(PofProver::new(backend)),
         server,
+        embedder,
     })?;
     println!("tabnode node {} joining the relay", node.peer_id);
     tokio::select! {

@@ -119,6 +119,7 @@ fn node_serving(
         max_backoff: Duration::from_millis(500),
         handler,
         server: Some(server),
+        embedder: None,
     })
     .expect("node starts")
 }

@@ -37,6 +37,7 @@ fn node(relay: Multiaddr, name: &str) -> NodeHandle {
             tabnode_node::prover::Backend::Cpu,
         )),
         server: None,
+        embedder: None,
     })
     .expect("node starts")
 }

@@ -38,6 +38,7 @@ fn node(relay: &RelayHandle, handler: Arc<dyn RequestHandler>, pledge_mib: u64) 
         max_backoff: Duration::from_millis(500),
         handler,
         server: None,
+        embedder: None,
     })
     .expect("node starts")
 }

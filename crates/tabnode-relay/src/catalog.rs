@@ -134,6 +134,11 @@ pub struct EmbeddingModel {
     pub dimensions: u32,
     /// Tokens a text may take (longer ones are cut).
     pub max_tokens: u32,
+    /// The least a token costs: two flops per weight it meets (its layers'
+    /// matrices; the embedding tables are looked up, not multiplied). The
+    /// plausible rate of a node's tokens follows from it and the node's
+    /// proven matmul rate.
+    pub flops_per_token: u64,
 }
 
 /// A file of an [`EmbeddingModel`].
@@ -219,7 +224,7 @@ impl Catalog {
                 || e.max_tokens < 2
             {
                 return Err(invalid(format!(
-                    "{}: a pinned package, its files, dimensions and max_tokens must be set",
+                    "{}: a pinned package, its files, dimensions, max_tokens and flops_per_token must be set",
                     e.id
                 )));
             }
@@ -319,7 +324,12 @@ mod tests {
                 .iter()
                 .map(|f| f.file.as_str())
                 .collect::<Vec<_>>(),
-            ["config.json", "model.safetensors", "tokenizer.json"]
+            [
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "sentence_bert_config.json"
+            ]
         );
         let gemma = c.find("Gemma 3 270m").expect("gemma");
         assert_eq!(gemma.id, "gemma-3-270m");

@@ -156,7 +156,7 @@ fn cancel(ctx: &InferContext, peer: PeerId, request_id: u64) {
 
 /// Waits for a node for the catalog model `model`, at most the queue
 /// timeout.
-async fn acquire(
+pub(crate) async fn acquire(
     ctx: &InferContext,
     model: &str,
     exclude: &HashSet<PeerId>,

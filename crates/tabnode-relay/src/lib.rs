@@ -15,6 +15,7 @@
 
 pub mod catalog;
 mod client;
+mod embeddings;
 mod http;
 pub mod inference;
 pub mod ledger;

@@ -459,7 +459,7 @@ fn tabnode_json(u: &Usage) -> Value {
 
 /// The checks every generation request passes first: the client's rate
 /// limit and a readable body.
-fn admit(
+pub(crate) fn admit(
     api: &Api,
     addr: SocketAddr,
     body: Result<Bytes, BytesRejection>,
@@ -809,8 +809,38 @@ pub(crate) async fn models(State(api): State<Api>) -> Json<Value> {
                 "tabnode": model_json(m),
             })
         })
+        .chain(embedding_models(&api))
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// The catalog's embedding models nodes serve now, as `/v1/models` lists
+/// them (`tabnode.kind` says what they are for).
+fn embedding_models(api: &Api) -> Vec<Value> {
+    let state = &api.infer.state;
+    state
+        .catalog
+        .embeddings
+        .iter()
+        .filter_map(|e| {
+            let nodes = state.registry.serving(&e.id).len();
+            (nodes > 0).then(|| {
+                json!({
+                    "id": e.id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tabnode",
+                    "tabnode": {
+                        "kind": "embedding",
+                        "title": e.title,
+                        "dimensions": e.dimensions,
+                        "max_tokens": e.max_tokens,
+                        "nodes": nodes,
+                    },
+                })
+            })
+        })
+        .collect()
 }
 
 /// `GET /v1/models/{id}`.

@@ -93,11 +93,13 @@ impl RelayState {
             .map_or_else(Vec::new, |m| self.registry.serving(&m.id))
     }
 
-    /// The catalog's models registered nodes serve now, by id.
+    /// The catalog's models registered nodes serve now, by id (the
+    /// generative ones: embedding models are listed apart).
     pub fn models(&self) -> Vec<NetworkModel> {
         self.registry
             .served_models()
             .into_iter()
+            .filter(|(id, _, _)| !self.catalog.embeddings.iter().any(|e| e.id == *id))
             .map(|(id, nodes, slots)| {
                 let entry = self.catalog.find(&id);
                 NetworkModel {
@@ -217,6 +219,7 @@ impl RelayState {
             .iter()
             .filter_map(|m| match self.catalog.find(m) {
                 Some(entry) => Some(entry.id.clone()),
+                None if self.catalog.embeddings.iter().any(|e| e.id == *m) => Some(m.clone()),
                 None => {
                     tracing::info!(%peer, "ignoring {m:?}: not in the catalog");
                     None

@@ -357,6 +357,10 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
             code: ErrorCode::Unsupported,
             message: "ask the relay's HTTP API (/v1/chat/completions) for generations".into(),
         },
+        Request::Embed(_) => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "ask the relay's HTTP API (/v1/embeddings) for embeddings".into(),
+        },
     }
 }
 

@@ -1,0 +1,230 @@
+//! `POST /v1/embeddings` through a real relay and native nodes running
+//! all-MiniLM-L6-v2 (`scripts/setup.sh` fetches it): a request larger than a
+//! batch is spread over the nodes and comes back in order, equal to the
+//! local encoder's vectors, as floats and as base64; token-array inputs
+//! give a text's vector; the ledger credits exactly the tokens embedded;
+//! bad requests are clear 4xx errors in OpenAI's format.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tabnode_core::{Capabilities, NodeKind};
+use tabnode_node::embed::Embedder;
+use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
+
+#[path = "common/http.rs"]
+mod http_client;
+use http_client::http;
+
+const ID: &str = "all-minilm-l6-v2";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn embedder() -> Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
+    E.get_or_init(|| {
+        let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
+            }
+        };
+        Arc::new(Embedder::load(&dir.join(ID)).expect("scripts/fetch-model.py all-minilm-l6-v2"))
+    })
+    .clone()
+}
+
+async fn relay(dir: &tempfile::TempDir) -> RelayHandle {
+    let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    cfg.infer = InferConfig {
+        stall_timeout: Duration::from_secs(30),
+        queue_timeout: Duration::from_secs(60),
+        ..InferConfig::default()
+    };
+    // Proofs at the size the relay picks for the device (not the small
+    // ones of the browser tests): the credit cap follows the proven rate.
+    tabnode_relay::start(cfg).await.expect("relay starts")
+}
+
+fn node(relay: &RelayHandle) -> NodeHandle {
+    spawn(NodeConfig {
+        relay: relay.tcp_addr().expect("tcp"),
+        key: None,
+        capabilities: Capabilities::new(NodeKind::Native, "embeddings-test"),
+        max_backoff: Duration::from_millis(500),
+        handler: Arc::new(tabnode_node::prover::PofProver::new(
+            tabnode_node::prover::Backend::Cpu,
+        )),
+        server: None,
+        embedder: Some(embedder()),
+    })
+    .expect("node starts")
+}
+
+/// Waits until `nodes` serve the model and passed a proof (to earn).
+async fn wait_serving(relay: &RelayHandle, nodes: &[&NodeHandle]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let serving = relay.state.registry.serving(ID);
+        if nodes
+            .iter()
+            .all(|n| serving.contains(&n.peer_id) && relay.state.proof_valid(&n.peer_id))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never served and proved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn post(relay: &RelayHandle, body: &Value) -> http_client::HttpResponse {
+    http(
+        relay.http_addr,
+        "POST",
+        "/v1/embeddings",
+        Some(&body.to_string()),
+        &[("content-type", "application/json")],
+    )
+    .await
+}
+
+fn vector(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("float") as f32)
+        .collect()
+}
+
+fn texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Text number {i}: {}",
+                "the network of tabs embeds it. ".repeat(i % 7)
+            )
+        })
+        .collect()
+}
+
+fn tokens_of(ledger: &Value, peer: &str) -> u64 {
+    ledger["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .find(|b| b["peer_id"] == peer)
+        .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_request_is_spread_over_the_nodes_and_returned_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let (a, b) = (node(&relay), node(&relay));
+    wait_serving(&relay, &[&a, &b]).await;
+    let inputs = texts(150);
+    let r = post(&relay, &json!({"model": ID, "input": inputs})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], ID);
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 150);
+    let model = embedder();
+    let mut tokens = 0;
+    for (i, (d, text)) in data.iter().zip(&inputs).enumerate() {
+        assert_eq!(d["index"], i);
+        assert_eq!(d["object"], "embedding");
+        let enc = model.model().tokenize(text);
+        tokens += enc.ids.len() as u64;
+        let want = model.model().embed_ids(&enc.ids).expect("local");
+        assert_eq!(
+            vector(&d["embedding"]),
+            want,
+            "input {i}: the local encoder's bits"
+        );
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    assert_eq!(v["usage"]["total_tokens"], tokens);
+    let nodes = v["tabnode"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "three batches over two nodes: {nodes:?}");
+    // Every token credited once, to the nodes that embedded it.
+    let ledger = http(relay.http_addr, "GET", "/api/ledger", None, &[])
+        .await
+        .json();
+    let credited =
+        tokens_of(&ledger, &a.peer_id.to_string()) + tokens_of(&ledger, &b.peer_id.to_string());
+    assert_eq!(credited, tokens, "{ledger}");
+
+    // base64: the same floats, little-endian.
+    let r = post(
+        &relay,
+        &json!({"model": ID, "input": inputs[..3], "encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (d, f) in r.json()["data"].as_array().expect("data").iter().zip(data) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(d["embedding"].as_str().expect("base64"))
+            .expect("decodes");
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, vector(&f["embedding"]));
+    }
+
+    // A text's pieces as token ids give the text's vector.
+    let enc = model.model().tokenize("Paris is the capital of France.");
+    let pieces = &enc.ids[1..enc.ids.len() - 1];
+    let r = post(&relay, &json!({"model": ID, "input": pieces})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let want = model.model().embed_ids(&enc.ids).expect("local");
+    assert_eq!(vector(&r.json()["data"][0]["embedding"]), want);
+    // Texts and token arrays do not mix in one input (as in OpenAI's API).
+    let r = post(&relay, &json!({"model": ID, "input": [pieces, "Paris"]})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_embedding_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    // No node yet: the model is the catalog's but nobody serves it.
+    let r = post(&relay, &json!({"model": ID, "input": "x"})).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let n = node(&relay);
+    wait_serving(&relay, &[&n]).await;
+    for (body, status, param) in [
+        (
+            json!({"model": ID, "input": "x", "dimensions": 64}),
+            400,
+            "dimensions",
+        ),
+        (json!({"model": "gpt-4", "input": "x"}), 404, "model"),
+        (json!({"model": ID, "input": []}), 400, "input"),
+        (json!({"model": ID, "input": [[101, 40000]]}), 400, "input"),
+    ] {
+        let r = post(&relay, &body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        let e = r.json();
+        assert_eq!(e["error"]["param"], param, "{e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    }
+    let r = post(&relay, &json!({"model": ID, "input": [[101, 40000]]})).await;
+    assert!(
+        r.body.contains("outside the vocabulary of 30522"),
+        "{}",
+        r.body
+    );
+    // The node still serves.
+    let r = post(&relay, &json!({"model": ID, "input": "still here"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

@@ -1,0 +1,77 @@
+// POST /v1/embeddings served by the network: a native node runs
+// all-MiniLM-L6-v2 (`tabnode-node --embed`), the relay routes the batches to
+// it, and the official OpenAI clients (Python, with its default base64
+// vectors, and JavaScript) get the same vectors as a plain float request,
+// unit length, related sentences closer than unrelated ones; /v1/models
+// lists the model as an embedding model.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import OpenAI from 'openai';
+import { startRelay, startNode, waitFor, ROOT } from './harness.mjs';
+
+const PYTHON = join(process.env.TABNODE_CACHE || join(homedir(), '.cache/tabnode'), 'venv-openai/bin/python');
+const ID = 'all-minilm-l6-v2';
+const TEXTS = [
+  'The capital of France is Paris.',
+  'Paris is the capital and most populous city of France.',
+  'A cat sat on the mat.',
+];
+
+let relay;
+let node;
+
+before(async () => {
+  relay = await startRelay();
+  node = await startNode(relay, { embed: true });
+  await waitFor('the relay to list the embedding model', async () => {
+    const list = await (await fetch(`${relay.url}/v1/models`)).json();
+    return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
+  }, 120_000, 200);
+});
+
+after(async () => {
+  await node?.kill();
+  await relay?.kill();
+});
+
+const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.sqrt(a.reduce((s, x) => s + x * x, 0) * b.reduce((s, x) => s + x * x, 0));
+
+test('the official OpenAI clients get the network\'s embeddings', { timeout: 120_000 }, async () => {
+  const plain = await (await fetch(`${relay.url}/v1/embeddings`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: ID, input: TEXTS }),
+  })).json();
+  const want = plain.data.map((d) => d.embedding);
+  assert.equal(want.length, 3);
+  for (const v of want) {
+    assert.equal(v.length, 384);
+    assert.ok(Math.abs(Math.hypot(...v) - 1) < 1e-4, 'unit length');
+  }
+  assert.ok(cosine(want[0], want[1]) > 0.6 && cosine(want[0], want[2]) < 0.3, 'Paris with Paris, not with the cat');
+  const list = (await (await fetch(`${relay.url}/v1/models`)).json()).data.find((m) => m.id === ID);
+  assert.deepEqual([list.tabnode.kind, list.tabnode.dimensions], ['embedding', 384]);
+
+  // Python: base64 on the wire, decoded by the client; the same floats.
+  const { stdout } = await promisify(execFile)(PYTHON, [join(ROOT, 'e2e', 'openai_embed.py'), `${relay.url}/v1`, ID, ...TEXTS], { encoding: 'utf8' });
+  const py = JSON.parse(stdout);
+  assert.ok(py.models.includes(ID), stdout);
+  assert.equal(py.model, ID);
+  assert.equal(py.prompt_tokens, plain.usage.prompt_tokens);
+  assert.deepEqual(py.vectors, want);
+
+  // JavaScript: the same.
+  const client = new OpenAI({ baseURL: `${relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const js = await client.embeddings.create({ model: ID, input: TEXTS });
+  assert.deepEqual(js.data.map((d) => d.embedding), want);
+  assert.equal(js.usage.prompt_tokens, plain.usage.prompt_tokens);
+  // A size the model does not have is refused, as OpenAI's API refuses it.
+  await assert.rejects(
+    client.embeddings.create({ model: ID, input: 'x', dimensions: 64 }),
+    (e) => e.status === 400 && /has 384 and no other size/.test(e.message),
+  );
+});
