@@ -824,9 +824,14 @@ async fn api_errors_follow_openai() {
         Some("model_not_found"),
     );
     check(
-        &http(addr, "GET", "/v1/embeddings", None, &[]).await,
+        &http(addr, "GET", "/v1/images/generations", None, &[]).await,
         404,
         Some("unknown_url"),
+    );
+    check(
+        &http(addr, "GET", "/v1/embeddings", None, &[]).await,
+        405,
+        Some("method_not_allowed"),
     );
     // 8 a minute from one address: the rest are refused with Retry-After.
     let mut limited = None;

@@ -72,6 +72,7 @@ pub(crate) fn router(
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/{*rest}", any(openai::not_found))
+        .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
         .with_state(openai::Api::new(infer));
     let api = Router::new()

@@ -871,7 +871,18 @@ pub(crate) async fn not_found() -> Response {
         "invalid_request_error",
         Some("unknown_url"),
         None,
-        "Unknown request URL. tabnode serves POST /v1/chat/completions, POST /v1/completions and GET /v1/models.",
+        "Unknown request URL. tabnode serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings and GET /v1/models.",
+    )
+}
+
+/// A known `/v1/...` path with another method.
+pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        None,
+        format!("{} is not served with {method}.", uri.path()),
     )
 }
 
