@@ -18,10 +18,15 @@ use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
 
 #[path = "common/http.rs"]
 mod http_client;
-use http_client::http;
+use http_client::{http, tokens_of};
 
 const ID: &str = "all-minilm-l6-v2";
 const WAIT: Duration = Duration::from_secs(60);
+
+/// One test at a time: the points a batch earns are capped by the rate its
+/// node proved, and nodes of other tests proving and embedding on the same
+/// two cores would make the proofs, and so the caps, a matter of chance.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn embedder() -> Arc<Embedder> {
     static E: OnceLock<Arc<Embedder>> = OnceLock::new();
@@ -113,17 +118,9 @@ fn texts(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn tokens_of(ledger: &Value, peer: &str) -> u64 {
-    ledger["balances"]
-        .as_array()
-        .expect("balances")
-        .iter()
-        .find(|b| b["peer_id"] == peer)
-        .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_request_is_spread_over_the_nodes_and_returned_in_order() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir).await;
     let (a, b) = (node(&relay), node(&relay));
@@ -194,6 +191,7 @@ async fn a_large_request_is_spread_over_the_nodes_and_returned_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_embedding_requests_are_clear_errors() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir).await;
     // No node yet: the model is the catalog's but nobody serves it.
@@ -227,4 +225,86 @@ async fn bad_embedding_requests_are_clear_errors() {
     // The node still serves.
     let r = post(&relay, &json!({"model": ID, "input": "still here"})).await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A 2,000-text job over three nodes, one of them gone in the middle of
+/// its batch: every vector comes back, in order, equal to the local
+/// encoder's, and every token is credited exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_survives_a_node_that_leaves_mid_batch() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let (a, b) = (node(&relay), node(&relay));
+    let c = node(&relay);
+    wait_serving(&relay, &[&a, &b, &c]).await;
+    let inputs: Vec<String> = (0..2000)
+        .map(|i| {
+            format!(
+                "item {i}: {}",
+                ["tabs", "vectors", "relays", "proofs"][i % 4]
+            )
+        })
+        .collect();
+    let body = json!({"model": ID, "input": inputs});
+    let addr = relay.http_addr;
+    let job = tokio::spawn(async move {
+        http(
+            addr,
+            "POST",
+            "/v1/embeddings",
+            Some(&body.to_string()),
+            &[("content-type", "application/json")],
+        )
+        .await
+    });
+    // Once `c` holds a batch, it leaves.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.state.load_of(&c.peer_id).0 == 0 {
+        assert!(
+            !job.is_finished(),
+            "the job ended before the node took a batch"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c never took a batch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gone = c.peer_id.to_string();
+    drop(c);
+    let r = job.await.expect("job");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2000);
+    let model = embedder();
+    let mut tokens = 0;
+    for (i, (d, text)) in data.iter().zip(&inputs).enumerate() {
+        assert_eq!(d["index"], i);
+        let enc = model.model().tokenize(text);
+        tokens += enc.ids.len() as u64;
+        // Every seventh checked bit for bit against the local encoder.
+        if i % 7 == 0 {
+            let want = model.model().embed_ids(&enc.ids).expect("local");
+            assert_eq!(vector(&d["embedding"]), want, "input {i}");
+        }
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    let ledger = http(relay.http_addr, "GET", "/api/ledger", None, &[])
+        .await
+        .json();
+    let credited: u64 = [a.peer_id.to_string(), b.peer_id.to_string(), gone.clone()]
+        .iter()
+        .map(|p| tokens_of(&ledger, p))
+        .sum();
+    assert_eq!(credited, tokens, "each text's tokens once: {ledger}");
+    // The two that stayed took the rest.
+    let nodes = v["tabnode"]["nodes"].as_array().expect("nodes");
+    for n in [&a, &b] {
+        assert!(
+            nodes.iter().any(|x| *x == n.peer_id.to_string().as_str()),
+            "{nodes:?}"
+        );
+    }
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "common/http.rs"]
 mod http_client;
-use http_client::{dechunk, http, HttpResponse};
+use http_client::{dechunk, http, tokens_of, HttpResponse};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The catalog id of a model the relay routes (what requests name).
@@ -275,15 +275,6 @@ async fn ledger(addr: std::net::SocketAddr) -> Value {
     let r = http(addr, "GET", "/api/ledger", None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
-}
-
-fn tokens_of(ledger: &Value, peer: &str) -> u64 {
-    ledger["balances"]
-        .as_array()
-        .expect("balances")
-        .iter()
-        .find(|b| b["peer_id"] == peer)
-        .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
 
 /// A file of the models directory on the quantized engine (fetched by

@@ -199,39 +199,24 @@ pub fn check(kernels: &Kernels, seed: u64) -> Result<usize, KernelMismatch> {
             let a: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
             let w: Vec<f32> = (0..count).map(|_| rng.unit()).collect();
             let init: Vec<f32> = (0..len).map(|_| rng.unit()).collect();
-            let mut results = [vec![0f32; count], vec![0f32; count], init.clone(), init];
-            let scalar = &super::simd::SCALAR;
-            (kernels.f32_dots)(&a, &rows, stride, &mut results[0]);
-            (scalar.f32_dots)(&a, &rows, stride, &mut results[1]);
-            // Two vectors at once: each the bits of one alone.
             let b: Vec<f32> = (0..len).map(|_| rng.unit() * 3.0).collect();
-            let (mut two, mut lone) = (vec![0f32; count], vec![0f32; count]);
-            let mut first = vec![0f32; count];
-            (kernels.f32_dots2)([&a, &b], &rows, stride, [&mut first, &mut two]);
-            (scalar.f32_dots)(&b, &rows, stride, &mut lone);
+            let scalar = &super::simd::SCALAR;
+            let (mut dots, mut want_a) = (vec![0f32; count], vec![0f32; count]);
+            (kernels.f32_dots)(&a, &rows, stride, &mut dots);
+            (scalar.f32_dots)(&a, &rows, stride, &mut want_a);
+            // Two vectors at once: each the bits of one alone.
+            let (mut first, mut second, mut want_b) =
+                (vec![0f32; count], vec![0f32; count], vec![0f32; count]);
+            (kernels.f32_dots2)([&a, &b], &rows, stride, [&mut first, &mut second]);
+            (scalar.f32_dots)(&b, &rows, stride, &mut want_b);
+            let (mut sum, mut want_sum) = (init.clone(), init);
+            (kernels.f32_weighted_sum)(&w, &rows, stride, &mut sum);
+            (scalar.f32_weighted_sum)(&w, &rows, stride, &mut want_sum);
             for (op, got, want) in [
-                ("f32_dots2", &first, &results[1]),
-                ("f32_dots2", &two, &lone),
-            ] {
-                if let Some((&got, &want)) = got
-                    .iter()
-                    .zip(want)
-                    .find(|(g, w)| g.to_bits() != w.to_bits())
-                {
-                    return Err(KernelMismatch::F32 {
-                        kernels: kernels.name,
-                        op,
-                        len,
-                        got,
-                        want,
-                    });
-                }
-            }
-            (kernels.f32_weighted_sum)(&w, &rows, stride, &mut results[2]);
-            (scalar.f32_weighted_sum)(&w, &rows, stride, &mut results[3]);
-            for (op, got, want) in [
-                ("f32_dots", &results[0], &results[1]),
-                ("f32_weighted_sum", &results[2], &results[3]),
+                ("f32_dots", &dots, &want_a),
+                ("f32_dots2", &first, &want_a),
+                ("f32_dots2", &second, &want_b),
+                ("f32_weighted_sum", &sum, &want_sum),
             ] {
                 if let Some((&got, &want)) = got
                     .iter()

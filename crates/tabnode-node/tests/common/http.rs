@@ -103,3 +103,13 @@ pub async fn http(
         body,
     }
 }
+
+/// The tokens credited to `peer` in a `/api/ledger` answer.
+pub fn tokens_of(ledger: &Value, peer: &str) -> u64 {
+    ledger["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .find(|b| b["peer_id"] == peer)
+        .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
+}
