@@ -94,8 +94,10 @@ async fn the_relay_challenges_a_joining_node_and_verifies_it() {
     assert!(r.passed, "honest proof failed: {r:?}");
     assert_eq!(r.n, 200);
     assert!(r.matmul_gflops > 0.0 && r.commit_ms < 60_000, "{r:?}");
+    // The round trip is a ping of its own: under load (a cold CI build)
+    // it can outlast a 3 ms commit by a few milliseconds.
     assert!(
-        r.rtt_ms > 0.0 && r.rtt_ms < r.commit_ms as f64 + 1.0,
+        r.rtt_ms > 0.0 && r.rtt_ms < r.commit_ms as f64 + 100.0,
         "{r:?}"
     );
     let summary = relay
