@@ -154,6 +154,17 @@ pub struct EmbeddingFile {
     pub sha256: String,
 }
 
+impl EmbeddingModel {
+    /// Tokens that may earn points for `tokens` embedded in `secs` seconds
+    /// by a node that proved `gflops`: [`RATE_BURST`] plus, with
+    /// [`RATE_SLACK`], the rate at `flops_per_token` (as
+    /// [`CatalogModel::creditable`] for generated tokens).
+    pub fn creditable(&self, tokens: u64, secs: f64, gflops: f64) -> u64 {
+        let rate = RATE_SLACK * gflops.max(0.0) * 1e9 / self.flops_per_token.max(1) as f64;
+        tokens.min((RATE_BURST as f64 + rate * secs.max(0.0)).floor() as u64)
+    }
+}
+
 /// The catalog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {

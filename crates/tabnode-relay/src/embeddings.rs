@@ -26,7 +26,7 @@ use tabnode_core::infer::{EmbedInput, EmbedRequest, EmbedResult, MAX_EMBED_INPUT
 use tabnode_core::{Request, Response as NodeResponse};
 use tokio::time::Instant;
 
-use crate::catalog::{EmbeddingModel, RATE_BURST, RATE_SLACK};
+use crate::catalog::EmbeddingModel;
 use crate::inference::InferContext;
 use crate::ledger::Credit;
 use crate::openai::{admit, error, Api};
@@ -310,9 +310,7 @@ async fn credit(
         .pof_history(&peer)
         .and_then(|h| h.standing.matmul_gflops)
         .unwrap_or(0.0);
-    let rate = RATE_SLACK * gflops.max(0.0) * 1e9 / model.flops_per_token.max(1) as f64;
-    let cap = RATE_BURST as f64 + rate * started.elapsed().as_secs_f64();
-    let amount = tokens.min(cap.floor() as u64);
+    let amount = model.creditable(tokens, started.elapsed().as_secs_f64(), gflops);
     let id = format!("embed:{}-{request_id}:{batch}", ctx.state.sessions.epoch);
     if let Err(e) = ledger
         .apply(vec![Credit::tokens(id, peer.to_string(), amount)])
@@ -537,6 +535,15 @@ mod tests {
         assert_eq!(token_bound(&EmbedInput::Text("abc".into()), 256), 5);
         assert_eq!(token_bound(&EmbedInput::Text("é".repeat(1000)), 256), 256);
         assert_eq!(token_bound(&EmbedInput::Tokens(vec![1; 10]), 256), 12);
+    }
+
+    #[test]
+    fn embedding_credits_are_capped_by_the_proven_rate() {
+        let m = &models()[0];
+        // 10 GFLOP/s for 1 s: 4·10¹⁰ / 21,293,568 = 1,878 tokens + 32.
+        assert_eq!(m.creditable(100_000, 1.0, 10.0), 32 + 1878);
+        assert_eq!(m.creditable(500, 1.0, 10.0), 500);
+        assert_eq!(m.creditable(500, 0.0, 0.0), 32, "no proof: the burst only");
     }
 
     #[test]
