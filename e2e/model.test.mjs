@@ -148,7 +148,7 @@ for (const threads of [1, 3]) {
     const { page: tab } = await openTab(browser, relay.url, context, { model: true, threads });
     try {
       const ready = await waitForModel(tab);
-      assert.equal(ready.engine.threads, threads);
+      assert.equal(ready.engine.threads, threads, `engine: ${JSON.stringify(ready.engine)}`);
       if (threads === 1) assert.doesNotMatch(ready.engine.reason, /split/);
       else assert.match(ready.engine.reason, new RegExp(`rows split over ${threads} workers`));
       const web = await generateInTab(tab, { prompt: { text: PROMPT }, max_tokens: TOKENS });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks (loopback): round-trip latency through the relay, native and
 # in headless Chromium; Proof-of-FLOPS kernels; the inference engine; network
-# inference (time to first token overhead, routing throughput). Results go in BENCHMARKS.md by hand, with this command.
+# inference (time to first token overhead, routing throughput); embeddings;
+# the vector store. Results go in BENCHMARKS.md by hand, with this command.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TABNODE_ROOT"
@@ -67,6 +68,10 @@ cargo build -q -p tabnode-infer --example embed_bench
 for round in 1 2; do
   "$ST/bin/python" scripts/bench/embed.py "$TABNODE_MODELS_DIR/all-minilm-l6-v2" "${EMBED_TEXTS:-512}" 3
 done
+echo "== embeddings in Chromium: a tab serving all-MiniLM-L6-v2 vs the native encoder, one thread and all cores (e2e/bench/embed.mjs)"
+node e2e/bench/embed.mjs "${TAB_EMBED_TEXTS:-256}" 2
+echo "== vector store: HNSW vs the exact scan (the reference) at 100,000 points: latency, recall@10, reopen (vector_bench)"
+cargo run -q -p tabnode-vectors --example vector_bench -- "${VECTORS:-100000}" "${VECTOR_QUERIES:-1000}"
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
 cargo build -q -p tabnode-node --example net_bench
 "$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"

@@ -71,6 +71,65 @@ export async function listModels(relay = '', { kind = 'text' } = {}) {
   return all.filter((m) => (m.tabnode?.kind === 'embedding') === (kind === 'embedding'));
 }
 
+async function call(relay, method, path, body) {
+  const r = await fetch(`${relay}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const out = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const e = new Error(out.error?.message ?? `HTTP ${r.status}`);
+    e.status = r.status;
+    e.code = out.error?.code ?? null;
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * Embeds `input` (a string or an array of strings) on the network's nodes
+ * (`/v1/embeddings`). Resolves to `{ vectors, tokens, truncated, nodes }`:
+ * one unit vector per input in order, the tokens used, per input the pieces
+ * cut past the model's length, and the nodes that served. Rejects with the
+ * API's message (`.status`, `.code`).
+ */
+export async function embed(input, { relay = '', model = 'all-minilm-l6-v2' } = {}) {
+  const r = await call(relay, 'POST', '/v1/embeddings', { model, input });
+  return {
+    vectors: r.data.map((d) => d.embedding),
+    tokens: r.usage?.prompt_tokens ?? 0,
+    truncated: r.tabnode?.truncated ?? [],
+    nodes: r.tabnode?.nodes ?? [],
+  };
+}
+
+/**
+ * The relay's vector store (`/v1/vectors`): `vectors(relay).collection(name)`
+ * gives `create(model?)`, `info()`, `drop()`, `upsert(points)` (points
+ * `{ id, text?, vector?, payload? }`; texts without vectors are embedded by
+ * the network), `remove(ids)`, `get(id)` and `query({ text | vector, limit,
+ * filter, exact })` resolving to `[{ id, score, payload, text }]`, nearest
+ * first; `list()` gives every collection. Errors reject as `embed`'s do.
+ */
+export function vectors(relay = '') {
+  const base = (name) => `/v1/vectors/${encodeURIComponent(name)}`;
+  return {
+    list: async () => (await call(relay, 'GET', '/v1/vectors')).collections,
+    collection: (name) => ({
+      create: (model) => call(relay, 'PUT', base(name), model ? { model } : {}),
+      info: () => call(relay, 'GET', base(name)),
+      drop: () => call(relay, 'DELETE', base(name)),
+      upsert: (points) => call(relay, 'POST', `${base(name)}/points`, { points }),
+      remove: async (ids) => (await call(relay, 'POST', `${base(name)}/points/delete`, { points: ids })).deleted,
+      get: (id) => call(relay, 'GET', `${base(name)}/points/${encodeURIComponent(String(id))}`),
+      query: async ({ text, vector, limit = 10, filter, exact } = {}) => (await call(relay, 'POST', `${base(name)}/query`, {
+        text, vector, limit, filter, params: exact ? { exact: true } : undefined,
+      })).points,
+    }),
+  };
+}
+
 /** One line about who answered and how fast. */
 export function describe(answer) {
   const nodes = (answer.nodes?.length ? answer.nodes : [answer.node]).filter(Boolean).map((n) => `…${n.slice(-8)}`);

@@ -21,6 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "common/http.rs"]
 mod http_client;
 use http_client::{dechunk, http, tokens_of, HttpResponse};
+#[path = "common/process.rs"]
+mod process;
+use process::start_relay_process;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The catalog id of a model the relay routes (what requests name).
@@ -846,80 +849,12 @@ async fn api_errors_follow_openai() {
     assert_eq!(Some(tokens_of(&l, &_node.peer_id.to_string())), busy_tokens);
 }
 
-/// The relay binary next to this test's binary (built by `cargo build`,
-/// which `scripts/test.sh` runs first).
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("tabnode-relay");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p tabnode-relay` first",
-        bin.display()
-    );
-    bin
-}
-
-struct RelayProcess {
-    child: tokio::process::Child,
-    http: std::net::SocketAddr,
-    tcp: libp2p::Multiaddr,
-}
-
-async fn start_relay_process(data: &std::path::Path) -> RelayProcess {
-    use tokio::io::AsyncBufReadExt;
-    let boot = data.join("bootstrap.json");
-    let _ = std::fs::remove_file(&boot);
-    let mut child = tokio::process::Command::new(relay_binary())
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--tcp-port",
-            "0",
-            "--quic-port",
-            "0",
-            "--webrtc-port",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--bootstrap-file")
-        .arg(&boot)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("relay process");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let http = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("http://").nth(1) {
-                return rest.trim_end_matches('/').parse().expect("HTTP address");
-            }
-        }
-        panic!("the relay exited before it was ready");
-    })
-    .await
-    .expect("relay ready in time");
-    // Keep reading its output: a closed pipe would break its logging.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let b: Value = serde_json::from_str(&std::fs::read_to_string(&boot).expect("bootstrap file"))
-        .expect("json");
-    let tcp = b["tcp"][0]
-        .as_str()
-        .expect("tcp address")
-        .parse()
-        .expect("multiaddr");
-    RelayProcess { child, http, tcp }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ledger_survives_kill_9_of_the_relay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("relay");
     std::fs::create_dir_all(&data).expect("data dir");
-    let mut relay = start_relay_process(&data).await;
+    let mut relay = start_relay_process(&data, &[]).await;
     let node = serving_node(relay.tcp.clone(), 1);
     wait_for_model(relay.http, 1).await;
     let mut delivered = 0;
@@ -937,7 +872,7 @@ async fn the_ledger_survives_kill_9_of_the_relay() {
     relay.child.start_kill().expect("SIGKILL");
     let status = relay.child.wait().await.expect("exit status");
     assert!(!status.success(), "killed, not exited: {status:?}");
-    let mut relay = start_relay_process(&data).await;
+    let mut relay = start_relay_process(&data, &[]).await;
     let after = ledger(relay.http).await;
     assert_eq!(
         after["totals"]["tokens"], before["totals"]["tokens"],
@@ -958,7 +893,7 @@ async fn the_ledger_survives_kill_9_of_the_relay() {
     relay.child.start_kill().expect("SIGKILL");
     relay.child.wait().await.expect("exit status");
     drop(node);
-    let mut relay = start_relay_process(&data).await;
+    let mut relay = start_relay_process(&data, &[]).await;
     // (The new node's proof may have been credited meanwhile: tokens only.)
     let after_stream = ledger(relay.http).await;
     assert_eq!(

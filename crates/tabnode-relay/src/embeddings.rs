@@ -20,7 +20,7 @@ use axum::{
     Json,
 };
 use base64::Engine as _;
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use tabnode_core::infer::{EmbedInput, EmbedRequest, EmbedResult, MAX_EMBED_INPUTS};
 use tabnode_core::{Request, Response as NodeResponse};
@@ -34,6 +34,8 @@ use crate::registry::NoNode;
 
 /// Inputs one request may carry (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
+/// Batches of one request in flight at once, whatever the nodes.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// A request that breaks the API's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,15 @@ pub(crate) struct Parsed {
 
 /// Reads a request body against the catalog's embedding models.
 pub(crate) fn parse(body: &[u8], models: &[EmbeddingModel]) -> Result<Parsed, Invalid> {
+    parse_up_to(body, models, MAX_INPUTS)
+}
+
+/// [`parse`] taking up to `max_inputs` inputs (jobs take more).
+pub(crate) fn parse_up_to(
+    body: &[u8],
+    models: &[EmbeddingModel],
+    max_inputs: usize,
+) -> Result<Parsed, Invalid> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| invalid("input", format!("the body is not JSON: {e}")))?;
     let Some(o) = v.as_object() else {
@@ -166,10 +177,10 @@ pub(crate) fn parse(body: &[u8], models: &[EmbeddingModel]) -> Result<Parsed, In
         }
         None => return Err(invalid("input", "you must provide an input parameter")),
     };
-    if inputs.len() > MAX_INPUTS {
+    if inputs.len() > max_inputs {
         return Err(invalid(
             "input",
-            format!("{} inputs; at most {MAX_INPUTS} a request", inputs.len()),
+            format!("{} inputs; at most {max_inputs} a request", inputs.len()),
         ));
     }
     Ok(Parsed {
@@ -180,12 +191,14 @@ pub(crate) fn parse(body: &[u8], models: &[EmbeddingModel]) -> Result<Parsed, In
 }
 
 /// The most tokens an input can be worth: `[CLS]`, `[SEP]` and a piece per
-/// character of a text (a WordPiece piece covers one or more), or the ids
-/// sent, all within the model's limit. What a node reports above it is not
-/// believed.
+/// character of a text as the tokenizer sees it (decomposed, NFD, and
+/// lower-cased: a Hangul syllable is two or three jamo, each a piece at
+/// most; a WordPiece piece covers one or more), or the ids sent, all
+/// within the model's limit. What a node reports above it is not believed.
 fn token_bound(input: &EmbedInput, max_tokens: u32) -> u32 {
+    use unicode_normalization::UnicodeNormalization;
     let n = match input {
-        EmbedInput::Text(t) => t.chars().count(),
+        EmbedInput::Text(t) => t.nfd().flat_map(char::to_lowercase).count(),
         EmbedInput::Tokens(ids) => ids.len(),
     };
     u32::try_from(n.saturating_add(2))
@@ -327,18 +340,51 @@ pub(crate) async fn embed(
     model: &EmbeddingModel,
     inputs: Vec<EmbedInput>,
 ) -> Result<(EmbedResult, Vec<String>), Failure> {
+    embed_with_progress(ctx, model, inputs, &|_| {}).await
+}
+
+/// [`embed`], calling `progress(n)` as each batch of `n` inputs comes back.
+///
+/// At most two batches per node serving the model are in flight (at least
+/// two, at most [`MAX_IN_FLIGHT`]): each node has the next batch queued
+/// when it finishes one, and a job of thousands of batches does not leave
+/// most of them waiting in the registry's queue past its timeout. The
+/// first batch that fails on every node it is tried on fails the whole
+/// (the rest are dropped).
+pub(crate) async fn embed_with_progress(
+    ctx: &InferContext,
+    model: &EmbeddingModel,
+    inputs: Vec<EmbedInput>,
+    progress: &(dyn Fn(usize) + Send + Sync),
+) -> Result<(EmbedResult, Vec<String>), Failure> {
     let request_id = ctx.state.sessions.next_request_id();
-    let batches = inputs
+    let nodes_now = ctx.state.registry.serving(&model.id).len();
+    let width = (2 * nodes_now).clamp(2, MAX_IN_FLIGHT);
+    // Collected first: a stream over a borrowing closure would make the
+    // future of a spawned job not general enough over lifetimes.
+    let futures: Vec<_> = inputs
         .chunks(MAX_EMBED_INPUTS)
         .enumerate()
-        .map(|(i, b)| run_batch(ctx, model, request_id, i, b.to_vec()));
+        .map(|(i, b)| {
+            let n = b.len();
+            let b = b.to_vec();
+            async move {
+                let r = run_batch(ctx, model, request_id, i, b).await;
+                if r.is_ok() {
+                    progress(n);
+                }
+                r
+            }
+        })
+        .collect();
+    let mut batches = stream::iter(futures).buffered(width);
     let mut out = EmbedResult {
         vectors: Vec::with_capacity(inputs.len()),
         tokens: Vec::with_capacity(inputs.len()),
         truncated: Vec::with_capacity(inputs.len()),
     };
     let mut nodes = Vec::new();
-    for batch in join_all(batches).await {
+    while let Some(batch) = batches.next().await {
         let b = batch?;
         out.vectors.extend(b.result.vectors);
         out.tokens.extend(b.result.tokens);
@@ -375,50 +421,90 @@ pub(crate) async fn embeddings(
         Err(e) => return e.into_response(),
     };
     match embed(&api.infer, &parsed.model, parsed.inputs).await {
-        Ok((r, nodes)) => {
-            let prompt_tokens: u64 = r.tokens.iter().map(|&t| u64::from(t)).sum();
-            let data: Vec<Value> = r
-                .vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    json!({
-                        "object": "embedding",
-                        "index": i,
-                        "embedding": vector_json(v, parsed.encoding),
-                    })
-                })
-                .collect();
-            Json(json!({
-                "object": "list",
-                "data": data,
-                "model": parsed.model.id,
-                "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
-                "tabnode": { "nodes": nodes, "tokens": r.tokens, "truncated": r.truncated },
-            }))
-            .into_response()
+        Ok((r, nodes)) => Json(answer(
+            &parsed.model.id,
+            parsed.encoding,
+            &r,
+            &nodes,
+            0..r.vectors.len(),
+        ))
+        .into_response(),
+        Err(f) => f.into_response(),
+    }
+}
+
+/// The embeddings list OpenAI's API answers, for the inputs in `range`
+/// (indices stay the inputs' own); usage counts every input.
+pub(crate) fn answer(
+    model: &str,
+    encoding: Encoding,
+    r: &EmbedResult,
+    nodes: &[String],
+    range: std::ops::Range<usize>,
+) -> Value {
+    let prompt_tokens: u64 = r.tokens.iter().map(|&t| u64::from(t)).sum();
+    let range = range.start.min(r.vectors.len())..range.end.min(r.vectors.len());
+    let data: Vec<Value> = r.vectors[range.clone()]
+        .iter()
+        .zip(range.clone())
+        .map(|(v, i)| {
+            json!({
+                "object": "embedding",
+                "index": i,
+                "embedding": vector_json(v, encoding),
+            })
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
+        "tabnode": {
+            "nodes": nodes,
+            "tokens": r.tokens[range.clone()],
+            "truncated": r.truncated[range],
+        },
+    })
+}
+
+impl Failure {
+    /// What went wrong, for people.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Failure::NoModel(m) => {
+                format!("The model `{m}` is not served by any node on the network now.")
+            }
+            Failure::NoNode(m) | Failure::BadInput(m) => m.clone(),
         }
-        Err(Failure::NoModel(m)) => error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model_not_found"),
-            Some("model"),
-            format!("The model `{m}` is not served by any node on the network now."),
-        ),
-        Err(Failure::BadInput(m)) => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            Some("input"),
-            m,
-        ),
-        Err(Failure::NoNode(m)) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            Some("no_node_available"),
-            None,
-            m,
-        ),
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::NoModel(_) => error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model"),
+                self.message(),
+            ),
+            Failure::BadInput(m) => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                Some("input"),
+                m,
+            ),
+            Failure::NoNode(m) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("no_node_available"),
+                None,
+                m,
+            ),
+        }
     }
 }
 
@@ -535,6 +621,16 @@ mod tests {
         assert_eq!(token_bound(&EmbedInput::Text("abc".into()), 256), 5);
         assert_eq!(token_bound(&EmbedInput::Text("é".repeat(1000)), 256), 256);
         assert_eq!(token_bound(&EmbedInput::Tokens(vec![1; 10]), 256), 12);
+        // Decomposed: the tokenizer gives this text 26 ids (the fixtures of
+        // sentence-transformers), more than its 16 characters and two.
+        let mixed = EmbedInput::Text("日本語のテキストと한국어 텍스트".into());
+        assert!(
+            token_bound(&mixed, 256) >= 26,
+            "{}",
+            token_bound(&mixed, 256)
+        );
+        // Lower-casing may lengthen too (İ is i and a combining dot).
+        assert_eq!(token_bound(&EmbedInput::Text("İ".into()), 256), 4);
     }
 
     #[test]

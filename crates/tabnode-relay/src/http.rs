@@ -7,7 +7,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::{header, HeaderName, HeaderValue, StatusCode},
     response::IntoResponse,
-    routing::{any, get, post},
+    routing::{any, get, post, put},
     Json, Router,
 };
 use tower_http::{
@@ -62,9 +62,42 @@ pub(crate) fn router(
     relay: Arc<RelayState>,
     boot: Bootstrap,
     infer: InferContext,
+    store: Arc<tabnode_vectors::VectorStore>,
 ) -> Router {
+    use crate::vectors as vx;
     let root = &config.site_root;
     let www = root.join("www");
+    let api = openai::Api::new(infer);
+    // The vector routes take larger bodies (vectors as JSON).
+    let vectors = Router::new()
+        .route("/v1/vectors", get(vx::list))
+        .route(
+            "/v1/vectors/{collection}",
+            put(vx::create).get(vx::info).delete(vx::delete_collection),
+        )
+        .route("/v1/vectors/{collection}/points", post(vx::upsert))
+        .route(
+            "/v1/vectors/{collection}/points/delete",
+            post(vx::delete_points),
+        )
+        .route("/v1/vectors/{collection}/points/{id}", get(vx::get_point))
+        .route("/v1/vectors/{collection}/query", post(vx::query))
+        .method_not_allowed_fallback(openai::wrong_method)
+        .layer(DefaultBodyLimit::max(vx::MAX_BODY_BYTES))
+        .with_state(vx::Vectors {
+            api: api.clone(),
+            store,
+        });
+    // Jobs take up to 50,000 inputs.
+    let jobs = Router::new()
+        .route("/v1/embeddings/jobs", post(crate::jobs::create))
+        .route(
+            "/v1/embeddings/jobs/{id}",
+            get(crate::jobs::get).delete(crate::jobs::delete),
+        )
+        .method_not_allowed_fallback(openai::wrong_method)
+        .layer(DefaultBodyLimit::max(crate::jobs::MAX_JOB_BODY_BYTES))
+        .with_state(api.clone());
     let v1 = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -74,13 +107,16 @@ pub(crate) fn router(
         .route("/v1/{*rest}", any(openai::not_found))
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
-        .with_state(openai::Api::new(infer));
+        .with_state(api)
+        .merge(vectors)
+        .merge(jobs);
     let api = Router::new()
         .route("/api/ledger", get(ledger))
         .route("/api/ledger/{peer_id}", get(ledger_of))
         .route("/api/bootstrap", get(bootstrap))
         .route("/api/network", get(network))
         .route("/api/models", get(models))
+        .route("/api/embedding-models", get(embedding_models))
         .route("/api/pof/{peer_id}", get(pof_history))
         .route("/metrics", get(metrics))
         .with_state(AppState {
@@ -162,6 +198,48 @@ async fn models(State(s): State<AppState>) -> Json<Vec<ModelFile>> {
         }
     }
     out.sort_by(|a, b| a.file.cmp(&b.file));
+    Json(out)
+}
+
+/// A sentence-embedding model of the catalog whose files the relay serves
+/// (`/models/<id>/`): what a tab loads with `loadEmbedder`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct EmbeddingModelFiles {
+    id: String,
+    title: String,
+    dimensions: u32,
+    /// Where its files are, ending in `/`.
+    url: String,
+    /// All its files' bytes.
+    bytes: u64,
+    /// Each with its pin, in the catalog's order.
+    files: Vec<crate::catalog::EmbeddingFile>,
+}
+
+/// `GET /api/embedding-models`: the catalog's embedding models whose every
+/// file is in the models directory at its pinned size.
+async fn embedding_models(State(s): State<AppState>) -> Json<Vec<EmbeddingModelFiles>> {
+    let mut out = Vec::new();
+    for m in &s.relay.catalog.embeddings {
+        let dir = s.models_dir.join(&m.id);
+        let mut whole = true;
+        for f in &m.files {
+            match tokio::fs::metadata(dir.join(&f.file)).await {
+                Ok(meta) if meta.is_file() && meta.len() == f.bytes => {}
+                _ => whole = false,
+            }
+        }
+        if whole {
+            out.push(EmbeddingModelFiles {
+                id: m.id.clone(),
+                title: m.title.clone(),
+                dimensions: m.dimensions,
+                url: format!("/models/{}/", m.id),
+                bytes: m.files.iter().map(|f| f.bytes).sum(),
+                files: m.files.clone(),
+            });
+        }
+    }
     Json(out)
 }
 

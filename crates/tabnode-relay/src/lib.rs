@@ -18,6 +18,7 @@ mod client;
 mod embeddings;
 mod http;
 pub mod inference;
+mod jobs;
 pub mod ledger;
 pub mod metrics;
 mod openai;
@@ -26,6 +27,7 @@ pub mod registry;
 pub mod sessions;
 mod state;
 mod swarm;
+mod vectors;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -73,6 +75,9 @@ pub enum RelayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The vector store cannot be opened.
+    #[error(transparent)]
+    Vectors(#[from] tabnode_vectors::VectorError),
     /// The model catalog cannot be used.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
@@ -148,6 +153,8 @@ pub struct RelayConfig {
     pub infer: InferConfig,
     /// The models requests may name and nodes are credited for.
     pub catalog: catalog::Catalog,
+    /// The vector store's limits and index settings.
+    pub vectors: tabnode_vectors::StoreConfig,
 }
 
 impl RelayConfig {
@@ -166,6 +173,7 @@ impl RelayConfig {
             pof: PofConfig::default(),
             infer: InferConfig::default(),
             catalog: catalog::Catalog::builtin(),
+            vectors: tabnode_vectors::StoreConfig::default(),
         }
     }
 }
@@ -195,6 +203,8 @@ pub struct RelayHandle {
     /// Registry and counters.
     pub state: Arc<RelayState>,
     tasks: Vec<JoinHandle<()>>,
+    /// The vector store (`vectors.redb`).
+    pub vectors: Arc<tabnode_vectors::VectorStore>,
     /// Dropped last: closing it releases the database for a restart.
     _ledger: Arc<ledger::Ledger>,
 }
@@ -240,6 +250,10 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
     })?;
     let ledger = Arc::new(ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?);
     let state = Arc::new(RelayState::new(&ledger, config.catalog.clone()));
+    let vectors = Arc::new(tabnode_vectors::VectorStore::open(
+        &config.data_dir.join("vectors.redb"),
+        config.vectors.clone(),
+    )?);
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
@@ -275,7 +289,13 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         addr: config.http,
         source,
     })?;
-    let app = http::router(&config, state.clone(), bootstrap.clone(), infer);
+    let app = http::router(
+        &config,
+        state.clone(),
+        bootstrap.clone(),
+        infer,
+        vectors.clone(),
+    );
     let http_task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
@@ -288,6 +308,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         http_addr,
         state,
         tasks: vec![swarm_task, pof_task, uptime_task, http_task],
+        vectors,
         _ledger: ledger,
     })
 }

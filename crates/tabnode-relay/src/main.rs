@@ -69,6 +69,13 @@ struct Args {
     /// models requests may name and nodes are credited for.
     #[arg(long, env = "TABNODE_CATALOG")]
     catalog: Option<PathBuf>,
+    /// Points a vector collection holds before an HNSW graph indexes it
+    /// (below, queries scan every point).
+    #[arg(long, env = "TABNODE_HNSW_THRESHOLD", default_value_t = 20_000)]
+    hnsw_threshold: usize,
+    /// Points one vector collection may hold.
+    #[arg(long, env = "TABNODE_MAX_VECTOR_POINTS", default_value_t = 2_000_000)]
+    max_vector_points: usize,
     /// Write the bootstrap addresses (JSON) to this file once listening.
     #[arg(long)]
     bootstrap_file: Option<PathBuf>,
@@ -116,6 +123,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..InferConfig::default()
         },
         catalog,
+        vectors: tabnode_vectors::StoreConfig {
+            hnsw_threshold: args.hnsw_threshold,
+            max_points: args.max_vector_points,
+            ..tabnode_vectors::StoreConfig::default()
+        },
     };
     let relay = start(config).await?;
     let json = serde_json::to_string_pretty(&relay.bootstrap)?;

@@ -41,6 +41,8 @@ const MAX_TOKENS: u32 = 4096;
 #[derive(Clone)]
 pub(crate) struct Api {
     pub infer: InferContext,
+    /// Embedding jobs in progress and finished.
+    pub jobs: Arc<crate::jobs::Jobs>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -49,6 +51,7 @@ impl Api {
         let per_minute = infer.config.rate_limit_per_minute;
         Self {
             infer,
+            jobs: Arc::default(),
             limiter: Arc::new(RateLimiter::new(per_minute)),
         }
     }
@@ -464,6 +467,16 @@ pub(crate) fn admit(
     addr: SocketAddr,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, Box<Response>> {
+    admit_within(api, addr, body, api.infer.config.max_body_bytes)
+}
+
+/// [`admit`] for a route whose bodies may take up to `limit` bytes.
+pub(crate) fn admit_within(
+    api: &Api,
+    addr: SocketAddr,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, Box<Response>> {
     if let Err(retry) = api.limiter.check(addr.ip()) {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -487,10 +500,7 @@ pub(crate) fn admit(
             "invalid_request_error",
             Some("request_too_large"),
             None,
-            format!(
-                "The request body is larger than {} bytes.",
-                api.infer.config.max_body_bytes
-            ),
+            format!("The request body is larger than {limit} bytes."),
         ))),
         Err(e) => Err(Box::new(bad_request(None, e.body_text()))),
     }
@@ -871,7 +881,7 @@ pub(crate) async fn not_found() -> Response {
         "invalid_request_error",
         Some("unknown_url"),
         None,
-        "Unknown request URL. tabnode serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings and GET /v1/models.",
+        "Unknown request URL. tabnode serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models and /v1/vectors.",
     )
 }
 
