@@ -201,9 +201,10 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false, backend = null, threads = null, kernels = null, memory = null } = {}) {
+export async function openTab(browser, url, context, { model = false, embed = false, backend = null, threads = null, kernels = null, memory = null } = {}) {
   // model: false (none), true (the default model, SmolLM2), 'auto' (the
-  // page's own choice by memory, `memory` MiB if given), or a file name.
+  // page's own choice by memory, `memory` MiB if given), or a file name;
+  // embed: also the relay's sentence-embedding model.
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -217,6 +218,8 @@ export async function openTab(browser, url, context, { model = false, backend = 
   if (!model) query.set('model', 'off');
   else if (model === true) query.set('model', MODEL_FILE);
   else if (model !== 'auto') query.set('model', model);
+  // The embedding model too only when the test asks (`embed: true`).
+  query.set('embed', embed ? 'on' : 'off');
   if (memory) query.set('memory', String(memory));
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));

@@ -19,6 +19,9 @@ const state = {
   node: null,
   // The model in the worker: status is off | loading | ready | failed.
   model: { status: 'off', phase: null, done: 0, total: 0, ready: null, error: null },
+  // The sentence-embedding model beside it (status as the model's) and the
+  // texts it embedded for the network.
+  embedder: { status: 'off', id: null, ready: null, error: null, batches: 0, texts: 0, ms: 0 },
   // Network generations this tab serves: the last `serving` event.
   serving: null,
   // This tab's account in the relay's ledger.
@@ -114,8 +117,33 @@ function onEvent(ev) {
       if (c) log(`Proof-of-FLOPS challenge: ${c.n}×${c.n} matmul, round ${c.round}`);
       break;
     }
-    case 'handled':
+    case 'handled': {
       log(`worker answered request ${ev.id} in ${ev.elapsed_ms.toFixed(0)} ms on ${ev.device} (${ev.answer})`);
+      const embedded = /^embedded (\d+)$/.exec(ev.answer);
+      if (embedded) {
+        state.embedder.batches += 1;
+        state.embedder.texts += Number(embedded[1]);
+        state.embedder.ms += ev.elapsed_ms;
+        showEmbedder();
+        refreshPoints();
+      }
+      break;
+    }
+    case 'embedder_progress':
+      Object.assign(state.embedder, { status: 'loading' });
+      $('embed-status').textContent = `loading ${state.embedder.id}: ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`;
+      $('embed-bar').value = ev.total ? ev.done / ev.total : 0;
+      break;
+    case 'embedder_ready':
+      Object.assign(state.embedder, { status: 'ready', ready: ev });
+      $('embed-bar').value = 1;
+      showEmbedder();
+      log(`embedding model ${ev.id} ready (${ev.from_cache ? 'cache' : 'download'})`);
+      break;
+    case 'embedder_failed':
+      Object.assign(state.embedder, { status: 'failed', error: ev.message });
+      $('embed-status').textContent = `failed: ${ev.message}`;
+      log(`embedding model failed: ${ev.message}`);
       break;
     case 'model_progress': {
       Object.assign(state.model, { status: 'loading', phase: ev.phase, done: ev.done, total: ev.total });
@@ -338,6 +366,44 @@ async function loadModel(node) {
   }
 }
 
+/** The embedding model's line: what it is and what it did. */
+function showEmbedder() {
+  const e = state.embedder;
+  if (e.status !== 'ready') return;
+  const r = e.ready;
+  $('embed-status').textContent = `${r.id} · ${r.dimensions} dimensions · on the CPU · ready in ${(r.load_ms / 1000).toFixed(1)} s ${r.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(r.downloaded_bytes)})`} · ${e.texts} texts embedded for the network in ${e.batches} batches`;
+}
+
+/**
+ * Loads the relay's sentence-embedding model beside the chat model, so
+ * the tab also answers the network's embedding batches: unless the page
+ * says `?embed=off` (or `?model=off`, which serves nothing, without
+ * `?embed=on`).
+ */
+async function loadEmbedder(node) {
+  const params = new URLSearchParams(location.search);
+  const want = params.get('embed');
+  if (want === 'off' || (want !== 'on' && params.get('model') === 'off')) {
+    $('embed-status').textContent = `off (?${want === 'off' ? 'embed' : 'model'}=off)`;
+    return;
+  }
+  const res = await fetch('/api/embedding-models', { cache: 'no-store' }).catch(() => null);
+  const models = res?.ok ? await res.json() : [];
+  const m = models[0];
+  if (!m) {
+    $('embed-status').textContent = 'the relay serves no embedding model';
+    return;
+  }
+  Object.assign(state.embedder, { status: 'loading', id: m.id });
+  $('embed-status').textContent = `loading ${m.title} (${fmtBytes(m.bytes)})…`;
+  try {
+    await node.loadEmbedder(m.id, m.url, m.files);
+  } catch (e) {
+    // Reported through the embedder_failed event as well.
+    state.embedder.error = e.message;
+  }
+}
+
 /** The "try it" box: one prompt, streamed answer, stop button. */
 function wireTry(node) {
   let running = null;
@@ -422,8 +488,10 @@ async function main() {
       .then((r) => (r.ok ? r.json() : []))
       .then((models) => fillPicker(models, new URLSearchParams(location.search), null))
       .catch(() => {});
+    loadEmbedder(node);
   } else {
-    loadModel(node);
+    // The chat model first: the worker loads one model at a time.
+    loadModel(node).finally(() => loadEmbedder(node));
   }
 }
 

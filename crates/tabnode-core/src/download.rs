@@ -101,6 +101,34 @@ impl FileCheck {
             sha256: sha256.to_ascii_lowercase(),
         })
     }
+
+    /// Checks a copy held already (the browser's cache): its size, then
+    /// its hash.
+    ///
+    /// # Errors
+    /// [`DownloadError::Length`] or [`DownloadError::Hash`], naming `url`.
+    pub fn verify(&self, url: &str, bytes: &[u8]) -> Result<(), DownloadError> {
+        if bytes.len() as u64 != self.bytes {
+            return Err(DownloadError::Length {
+                url: url.to_owned(),
+                expected: self.bytes,
+                actual: bytes.len() as u64,
+            });
+        }
+        self.hash_is(url, Sha256::digest(bytes).as_slice())
+    }
+
+    fn hash_is(&self, url: &str, digest: &[u8]) -> Result<(), DownloadError> {
+        let got = hex(digest);
+        if got != self.sha256 {
+            return Err(DownloadError::Hash {
+                url: url.to_owned(),
+                expected: self.sha256.clone(),
+                actual: got,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The server's identity of the file: a resume continues only the same.
@@ -331,14 +359,7 @@ impl Download {
             });
         }
         if let Some(check) = &self.check {
-            let got = hex(&self.hasher.finalize());
-            if got != check.sha256 {
-                return Err(DownloadError::Hash {
-                    url: self.url,
-                    expected: check.sha256.clone(),
-                    actual: got,
-                });
-            }
+            check.hash_is(&self.url, self.hasher.finalize().as_slice())?;
         }
         Ok(self.bytes)
     }
@@ -490,6 +511,32 @@ mod tests {
         d.start(&whole(f.len())).expect("start");
         d.push(&f);
         assert_eq!(d.finish(), Ok(f));
+    }
+
+    #[test]
+    fn a_held_copy_is_checked_by_size_then_hash() {
+        let f = file(1000);
+        let check = pin(&f);
+        assert_eq!(check.verify("/m/a", &f), Ok(()));
+        let mut bad = f.clone();
+        bad[999] ^= 0x80;
+        let e = check.verify("/m/a", &bad).expect_err("hash");
+        assert!(
+            matches!(e, DownloadError::Hash { ref url, .. } if url == "/m/a"),
+            "{e}"
+        );
+        let e = check.verify("/m/a", &f[..999]).expect_err("length");
+        assert!(
+            matches!(
+                e,
+                DownloadError::Length {
+                    expected: 1000,
+                    actual: 999,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -255,6 +255,17 @@ pub fn model_id(name: &str) -> String {
 /// message (64 vectors of 384 `f32`s: 98 KB), the relay splits larger jobs.
 pub const MAX_EMBED_INPUTS: usize = 64;
 
+/// The files of a sentence-embedding model, in the order the catalog
+/// lists them and the encoder takes them (`scripts/fetch-model.py` puts
+/// them in `<models dir>/<id>/`, the relay serves them under
+/// `/models/<id>/`).
+pub const EMBEDDER_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "sentence_bert_config.json",
+];
+
 /// One input of an [`EmbedRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EmbedInput {

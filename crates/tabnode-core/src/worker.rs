@@ -64,6 +64,29 @@ pub enum ToWorker {
         /// The generation.
         id: u64,
     },
+    /// Load the sentence-embedding model `id` (a catalog id) besides the
+    /// chat model, from the files under `base_url` (the relay's
+    /// `/models/<id>/`): the browser's cached copies when they pass their
+    /// checks, else downloaded, checked and cached. The network's `Embed`
+    /// batches then arrive as [`ToWorker::Handle`].
+    LoadEmbedder {
+        /// The catalog id it registers.
+        id: String,
+        /// Where its files are served, ending in `/`.
+        base_url: String,
+        /// The catalog's files with their pins, in the order of
+        /// `tabnode_infer::embedder::FILES`.
+        files: Vec<EmbedderFile>,
+    },
+}
+
+/// One file of a sentence-embedding model, as the catalog pins it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedderFile {
+    /// Its name under the model's directory.
+    pub file: String,
+    /// Size and SHA-256.
+    pub check: crate::download::FileCheck,
 }
 
 /// Worker → page.
@@ -168,6 +191,34 @@ pub enum FromWorker {
     GenerateFailed {
         /// The generation.
         id: u64,
+        /// Why.
+        message: String,
+    },
+    /// Loading the embedding model: bytes fetched (or read from the
+    /// browser's cache) of all its files.
+    EmbedderProgress {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// The embedding model is loaded and answers `Embed` batches.
+    EmbedderReady {
+        /// Its catalog id.
+        id: String,
+        /// Vector size.
+        dimensions: u32,
+        /// Every file came from the browser's cache.
+        from_cache: bool,
+        /// Bytes fetched from the network for this load.
+        downloaded_bytes: u64,
+        /// Milliseconds from the request to ready.
+        load_ms: f64,
+    },
+    /// The embedding model could not be loaded (the worker keeps running).
+    EmbedderFailed {
+        /// Its catalog id.
+        id: String,
         /// Why.
         message: String,
     },

@@ -17,6 +17,7 @@
 
 pub mod bert;
 pub mod cpu;
+pub mod embedder;
 pub mod engine;
 pub mod generate;
 pub mod gguf;

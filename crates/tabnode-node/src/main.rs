@@ -146,7 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let embedder = match &args.embed {
         None => None,
         Some(dir) => {
-            let e = tabnode_node::embed::Embedder::load(dir)?;
+            let e = tabnode_node::embed::load(dir)?;
             println!("serving embeddings with {} ({})", e.id(), dir.display());
             Some(Arc::new(e))
         }

@@ -37,7 +37,10 @@ fn embedder() -> Arc<Embedder> {
                 PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
             }
         };
-        Arc::new(Embedder::load(&dir.join(ID)).expect("scripts/fetch-model.py all-minilm-l6-v2"))
+        Arc::new(
+            tabnode_node::embed::load(&dir.join(ID))
+                .expect("scripts/fetch-model.py all-minilm-l6-v2"),
+        )
     })
     .clone()
 }
@@ -307,4 +310,168 @@ async fn a_job_survives_a_node_that_leaves_mid_batch() {
             "{nodes:?}"
         );
     }
+}
+
+async fn job(relay: &RelayHandle, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let body = body.map(Value::to_string);
+    let r = http(
+        relay.http_addr,
+        method,
+        path,
+        body.as_deref(),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_reports_its_progress_and_pages_its_vectors() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let (a, b) = (node(&relay), node(&relay));
+    wait_serving(&relay, &[&a, &b]).await;
+    let inputs = texts(3000);
+    let (s, v) = job(
+        &relay,
+        "POST",
+        "/v1/embeddings/jobs",
+        Some(&json!({"model": ID, "input": inputs})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["object"], "embedding.job");
+    assert_eq!(v["total"], 3000);
+    let id = v["id"].as_str().expect("id").to_owned();
+    // Progress only grows, by whole batches, up to the total.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut seen = vec![0u64];
+    let done = loop {
+        let (s, v) = job(&relay, "GET", &format!("/v1/embeddings/jobs/{id}"), None).await;
+        assert_eq!(s, 200, "{v}");
+        let d = v["done"].as_u64().expect("done");
+        assert!(
+            d >= *seen.last().expect("seen") && d <= 3000,
+            "{seen:?} then {d}"
+        );
+        if d != *seen.last().expect("seen") {
+            seen.push(d);
+        }
+        match v["status"].as_str() {
+            Some("running") => assert!(v.get("data").is_none(), "no vectors before the end"),
+            Some("completed") => break v,
+            other => panic!("status {other:?}: {v}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never ended: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["done"], 3000);
+    // Whole batches of 64, the last (56 inputs) done in any order.
+    assert!(
+        seen.iter().all(|d| d % 64 == 0 || d % 64 == 3000 % 64),
+        "{seen:?}"
+    );
+    // Two pages: 2,048 then the rest, indices the inputs' own.
+    let first = &done;
+    assert_eq!(first["data"].as_array().map(Vec::len), Some(2048));
+    assert_eq!(first["next_offset"], 2048);
+    let (s, second) = job(
+        &relay,
+        "GET",
+        &format!("/v1/embeddings/jobs/{id}?offset=2048"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["data"].as_array().map(Vec::len), Some(952));
+    assert_eq!(second["data"][0]["index"], 2048);
+    assert_eq!(second["next_offset"], Value::Null);
+    let model = embedder();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|t| model.model().tokenize(t).ids.len() as u64)
+        .sum();
+    assert_eq!(first["usage"]["prompt_tokens"], tokens);
+    for i in (0..3000).step_by(173) {
+        let page = if i < 2048 { first } else { &second };
+        let d = &page["data"][i % 2048];
+        assert_eq!(d["index"], i);
+        let enc = model.model().tokenize(&inputs[i]);
+        assert_eq!(
+            vector(&d["embedding"]),
+            model.model().embed_ids(&enc.ids).expect("local"),
+            "input {i}"
+        );
+    }
+    // Bad requests, and a cancelled job.
+    for (method, path, body, status, says) in [
+        (
+            "GET",
+            "/v1/embeddings/jobs/nope".to_owned(),
+            None,
+            404,
+            "no embedding job",
+        ),
+        (
+            "GET",
+            format!("/v1/embeddings/jobs/{id}?limit=0"),
+            None,
+            400,
+            "limit must be from 1 to 2048",
+        ),
+        (
+            "GET",
+            format!("/v1/embeddings/jobs/{id}?offset=3001"),
+            None,
+            400,
+            "past the job's 3000 inputs",
+        ),
+        (
+            "POST",
+            "/v1/embeddings/jobs".to_owned(),
+            Some(json!({"model": ID, "input": vec!["x"; 50_001]})),
+            400,
+            "at most 50000",
+        ),
+        (
+            "POST",
+            "/v1/embeddings/jobs".to_owned(),
+            Some(json!({"model": ID})),
+            400,
+            "provide an input",
+        ),
+    ] {
+        let (s, v) = job(&relay, method, &path, body.as_ref()).await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(says), "{method} {path}: {m}");
+    }
+    let (s, v) = job(
+        &relay,
+        "POST",
+        "/v1/embeddings/jobs",
+        Some(&json!({"model": ID, "input": inputs})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let other = v["id"].as_str().expect("id").to_owned();
+    let (s, v) = job(
+        &relay,
+        "DELETE",
+        &format!("/v1/embeddings/jobs/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    assert_eq!(v["deleted"], true);
+    let (s, _) = job(&relay, "GET", &format!("/v1/embeddings/jobs/{other}"), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = job(&relay, "DELETE", &format!("/v1/embeddings/jobs/{id}"), None).await;
+    assert_eq!(s, 200, "a finished job is forgotten on request");
 }

@@ -250,6 +250,18 @@ impl Catalog {
                     e.id, f.file
                 )));
             }
+            if !e
+                .files
+                .iter()
+                .map(|f| f.file.as_str())
+                .eq(tabnode_core::infer::EMBEDDER_FILES)
+            {
+                return Err(invalid(format!(
+                    "{}: the files are {:?}, in that order",
+                    e.id,
+                    tabnode_core::infer::EMBEDDER_FILES
+                )));
+            }
         }
         for (i, m) in c.models.iter().enumerate() {
             if m.id.is_empty() || !m.id.bytes().all(id_chars) {
@@ -429,6 +441,7 @@ mod tests {
                 |e: &mut EmbeddingModel| e.package = "unpinned".into(),
                 "a pinned package",
             ),
+            (|e: &mut EmbeddingModel| e.files.swap(0, 1), "in that order"),
         ] {
             let mut bad = Catalog::builtin();
             change(&mut bad.embeddings[0]);

@@ -3,9 +3,11 @@
 //! It runs in a dedicated Web Worker (WebRTC is not available there, so the
 //! network stays on the page; see `ARCHITECTURE.md`). It opens WebGPU with
 //! `wgpu`, reports the adapter and its limits to the page, and is where the
-//! model and the Proof-of-FLOPS prover run. Page and worker exchange the
+//! model, the sentence-embedding model and the Proof-of-FLOPS prover run. Page and worker exchange the
 //! typed messages of [`tabnode_core::worker`] through `serde-wasm-bindgen`.
 
+#[cfg(target_arch = "wasm32")]
+mod embed;
 #[cfg(target_arch = "wasm32")]
 mod model;
 #[cfg(target_arch = "wasm32")]

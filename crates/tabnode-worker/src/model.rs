@@ -27,10 +27,35 @@ use crate::web::{now_ms, post, scope};
 use crate::WorkerError;
 
 /// The Cache API bucket holding model files.
-const CACHE: &str = "tabnode-models-v1";
+pub(crate) const CACHE: &str = "tabnode-models-v1";
 
 /// Progress messages at most every this many bytes.
 const PROGRESS_STEP: u64 = 1 << 20;
+
+/// Where a download's progress goes: the chat model's `ModelProgress`, or
+/// the embedding model's `EmbedderProgress` (its files' bytes together:
+/// `before` are the bytes of the files ahead of this one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Progress {
+    Model,
+    Embedder { before: u64, all: u64 },
+}
+
+impl Progress {
+    fn report(self, phase: &str, done: u64, total: u64) {
+        post(&match self {
+            Progress::Model => FromWorker::ModelProgress {
+                phase: phase.into(),
+                done,
+                total,
+            },
+            Progress::Embedder { before, all } => FromWorker::EmbedderProgress {
+                done: before + done,
+                total: all,
+            },
+        });
+    }
+}
 
 #[derive(Default)]
 struct ModelState {
@@ -41,7 +66,7 @@ struct ModelState {
 thread_local! {
     static MODEL: RefCell<ModelState> = RefCell::new(ModelState::default());
     /// One load at a time.
-    static LOADING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
+    pub(crate) static LOADING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
     /// One generation at a time: they share the device.
     static GENERATING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
 }
@@ -57,14 +82,18 @@ pub(crate) fn js_err(e: wasm_bindgen::JsValue) -> WorkerError {
     )
 }
 
-async fn open_named(name: &str) -> Result<Cache, WorkerError> {
+pub(crate) async fn open_named(name: &str) -> Result<Cache, WorkerError> {
     let storage = scope().caches().map_err(js_err)?;
     let cache = JsFuture::from(storage.open(name)).await.map_err(js_err)?;
     cache.dyn_into::<Cache>().map_err(js_err)
 }
 
 /// The cached copy of `url`, if the browser holds one.
-async fn cached(cache: &Cache, url: &str) -> Result<Option<Vec<u8>>, WorkerError> {
+pub(crate) async fn cached(
+    cache: &Cache,
+    url: &str,
+    progress: Progress,
+) -> Result<Option<Vec<u8>>, WorkerError> {
     let hit = JsFuture::from(cache.match_with_str(url))
         .await
         .map_err(js_err)?;
@@ -72,11 +101,7 @@ async fn cached(cache: &Cache, url: &str) -> Result<Option<Vec<u8>>, WorkerError
         return Ok(None);
     }
     let response: Response = hit.dyn_into().map_err(js_err)?;
-    post(&FromWorker::ModelProgress {
-        phase: "cache".into(),
-        done: 0,
-        total: 0,
-    });
+    progress.report("cache", 0, 0);
     let buf = JsFuture::from(response.array_buffer().map_err(js_err)?)
         .await
         .map_err(js_err)?;
@@ -183,7 +208,12 @@ enum Fetched {
 
 /// One request of `url`'s download, from what `d` holds: the body appended
 /// to it, each whole part saved as it completes.
-async fn fetch_into(parts: &Cache, url: &str, d: &mut Download) -> Result<Fetched, WorkerError> {
+async fn fetch_into(
+    parts: &Cache,
+    url: &str,
+    d: &mut Download,
+    progress: Progress,
+) -> Result<Fetched, WorkerError> {
     let headers = Headers::new().map_err(js_err)?;
     if let Some(range) = d.range() {
         headers.set("range", &range).map_err(js_err)?;
@@ -221,11 +251,7 @@ async fn fetch_into(parts: &Cache, url: &str, d: &mut Download) -> Result<Fetche
         .ok_or_else(|| WorkerError::Model(format!("{url}: empty body")))?;
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut reported = d.have();
-    post(&FromWorker::ModelProgress {
-        phase: "download".into(),
-        done: reported,
-        total,
-    });
+    progress.report("download", reported, total);
     loop {
         let chunk = match JsFuture::from(reader.read()).await {
             Ok(c) => c,
@@ -258,11 +284,7 @@ async fn fetch_into(parts: &Cache, url: &str, d: &mut Download) -> Result<Fetche
         let have = d.have();
         if have - reported >= PROGRESS_STEP {
             reported = have;
-            post(&FromWorker::ModelProgress {
-                phase: "download".into(),
-                done: have,
-                total,
-            });
+            progress.report("download", have, total);
         }
     }
 }
@@ -272,7 +294,11 @@ async fn fetch_into(parts: &Cache, url: &str, d: &mut Download) -> Result<Fetche
 /// each), and checked against the catalog's size and hash where `check`
 /// gives them. Its saved parts stay until the whole file is cached
 /// ([`forget_parts`]); a file that fails its check drops them.
-async fn download(url: &str, check: Option<FileCheck>) -> Result<Vec<u8>, WorkerError> {
+pub(crate) async fn download(
+    url: &str,
+    check: Option<FileCheck>,
+    progress: Progress,
+) -> Result<Vec<u8>, WorkerError> {
     let parts = open_named(PARTIAL).await?;
     let mut d = Download::new(url, check);
     let saved = saved_parts(&parts, url).await?;
@@ -286,7 +312,7 @@ async fn download(url: &str, check: Option<FileCheck>) -> Result<Vec<u8>, Worker
     }
     let (mut resumes, mut restarts) = (0, 0);
     loop {
-        match fetch_into(&parts, url, &mut d).await? {
+        match fetch_into(&parts, url, &mut d, progress).await? {
             Fetched::Done => break,
             Fetched::Again if restarts < RESTARTS => restarts += 1,
             Fetched::Again => {
@@ -303,11 +329,7 @@ async fn download(url: &str, check: Option<FileCheck>) -> Result<Vec<u8>, Worker
                     )
                     .into(),
                 );
-                post(&FromWorker::ModelProgress {
-                    phase: "resume".into(),
-                    done: d.have(),
-                    total: d.total().unwrap_or(0),
-                });
+                progress.report("resume", d.have(), d.total().unwrap_or(0));
                 gloo_timers::future::TimeoutFuture::new(250 << resumes).await;
             }
             Fetched::Broken(why) => {
@@ -327,16 +349,12 @@ async fn download(url: &str, check: Option<FileCheck>) -> Result<Vec<u8>, Worker
             return Err(e.into());
         }
     };
-    post(&FromWorker::ModelProgress {
-        phase: "download".into(),
-        done: bytes.len() as u64,
-        total: bytes.len() as u64,
-    });
+    progress.report("download", bytes.len() as u64, bytes.len() as u64);
     Ok(bytes)
 }
 
 /// Drops `url`'s saved parts (the whole file is cached, or cannot be).
-async fn forget_parts(url: &str) {
+pub(crate) async fn forget_parts(url: &str) {
     if let Ok(parts) = open_named(PARTIAL).await {
         drop_parts(&parts, url, 0).await;
     }
@@ -596,7 +614,7 @@ async fn load_inner(
     let gpu = crate::web::gpu_info();
     let cache = open_named(CACHE).await?;
     trace("cache open");
-    if let Some(bytes) = cached(&cache, &url).await? {
+    if let Some(bytes) = cached(&cache, &url, Progress::Model).await? {
         match choose(bytes, backend, threads, kernels, gpu.as_ref()).await {
             Ok((engine, choice)) => return Ok((engine, choice, true, 0)),
             Err(e @ WorkerError::NoWebGpu) => return Err(e),
@@ -609,7 +627,7 @@ async fn load_inner(
             }
         }
     }
-    let bytes = download(&url, check).await?;
+    let bytes = download(&url, check, Progress::Model).await?;
     let downloaded = bytes.len() as u64;
     // The cache's copy, taken before the CPU engine takes the bytes.
     let body = Uint8Array::from(bytes.as_slice());

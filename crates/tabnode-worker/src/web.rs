@@ -170,6 +170,11 @@ pub fn start() {
                 spawn_local(crate::model::generate(id, request))
             }
             Ok(ToWorker::Cancel { id }) => crate::model::cancel(id),
+            Ok(ToWorker::LoadEmbedder {
+                id,
+                base_url,
+                files,
+            }) => spawn_local(crate::embed::load(id, base_url, files)),
             Err(e) => post(&FromWorker::Error {
                 message: WorkerError::BadMessage(e.to_string()).to_string(),
             }),
@@ -206,6 +211,9 @@ impl Matmul for ChallengeMatmul {
 /// it) with the prover shared with native nodes; also says where it
 /// computed.
 async fn handle(request: Request) -> (Response, &'static str) {
+    if let Request::Embed(batch) = &request {
+        return (crate::embed::answer(batch).await, "cpu");
+    }
     let gpu = gpu_settled().await;
     let device = match (&request, &gpu) {
         (Request::PofChallenge(_), Some(_)) => "webgpu",

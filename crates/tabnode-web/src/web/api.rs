@@ -3,6 +3,15 @@
 use super::*;
 use tabnode_core::download::FileCheck;
 use tabnode_core::infer::{Backend, GpuKernels};
+use tabnode_core::worker::EmbedderFile;
+
+/// A file of `/api/embedding-models`' list, as `loadEmbedder` takes it.
+#[derive(serde::Deserialize)]
+struct ListedFile {
+    file: String,
+    bytes: u64,
+    sha256: String,
+}
 
 /// A browser tab's node.
 #[wasm_bindgen]
@@ -103,6 +112,8 @@ impl TabNode {
             worker_loaded: Cell::new(false),
             queued: RefCell::new(Vec::new()),
             model_waiters: RefCell::new(Vec::new()),
+            embedder: RefCell::new(None),
+            embedder_waiters: RefCell::new(Vec::new()),
             generations: RefCell::new(HashMap::new()),
             next_generation: Cell::new(1),
             served: RefCell::new(HashMap::new()),
@@ -284,6 +295,51 @@ impl TabNode {
                     threads,
                     kernels,
                     check,
+                })
+                .map_err(JsError::from)?;
+            match rx.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(message)) => Err(JsError::new(&message).into()),
+                Err(_) => Err(JsError::new("the worker stopped").into()),
+            }
+        })
+    }
+
+    /// Has the worker load the sentence-embedding model `id` (a catalog id)
+    /// besides the chat model, from `baseUrl` (the relay's
+    /// `/models/<id>/`): `files` is the catalog's list, `[{ file, bytes,
+    /// sha256 }]`, as `/api/embedding-models` gives it; every file is
+    /// checked against its pin, from the browser's cache or downloaded.
+    /// Progress arrives as `embedder_progress` events; resolves to `{ id,
+    /// dimensions, from_cache, downloaded_bytes, load_ms }`, and from then
+    /// the tab registers the model and answers the network's embedding
+    /// batches (`handled` events with `answer: "embedded N"`).
+    ///
+    /// # Errors
+    /// `files` that are not that list (the promise rejects).
+    #[wasm_bindgen(js_name = loadEmbedder)]
+    pub fn load_embedder(&self, id: String, base_url: String, files: JsValue) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let listed: Vec<ListedFile> = serde_wasm_bindgen::from_value(files)
+                .map_err(|e| JsError::new(&format!("files: {e}")))?;
+            let files = listed
+                .into_iter()
+                .map(|f| {
+                    Ok(EmbedderFile {
+                        check: FileCheck::new(f.bytes, &f.sha256)
+                            .map_err(|e| JsError::new(&format!("files: {}: {e}", f.file)))?,
+                        file: f.file,
+                    })
+                })
+                .collect::<Result<Vec<_>, JsError>>()?;
+            let (tx, rx) = oneshot::channel();
+            shared.embedder_waiters.borrow_mut().push(tx);
+            shared
+                .post_worker(&ToWorker::LoadEmbedder {
+                    id,
+                    base_url,
+                    files,
                 })
                 .map_err(JsError::from)?;
             match rx.await {

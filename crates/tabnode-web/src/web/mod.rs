@@ -88,6 +88,12 @@ struct Shared {
     queued: RefCell<Vec<ToWorker>>,
     /// `loadModel` calls waiting for `model_ready` / `model_failed`.
     model_waiters: RefCell<Vec<oneshot::Sender<Result<JsValue, String>>>>,
+    /// The catalog id of the embedding model the worker serves, once
+    /// loaded: registered besides the chat model.
+    embedder: RefCell<Option<String>>,
+    /// `loadEmbedder` calls waiting for `embedder_ready` /
+    /// `embedder_failed`.
+    embedder_waiters: RefCell<Vec<oneshot::Sender<Result<JsValue, String>>>>,
     generations: RefCell<HashMap<u64, PendingGeneration>>,
     next_generation: Cell<u64>,
     /// Network generations by worker generation id.

@@ -75,11 +75,14 @@ pub(super) fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebErro
             FromWorker::Error { message } => {
                 web_sys::console::error_1(&format!("tabnode worker: {message}").into());
             }
-            FromWorker::Bench { .. } | FromWorker::ModelProgress { .. } => {}
+            FromWorker::Bench { .. }
+            | FromWorker::ModelProgress { .. }
+            | FromWorker::EmbedderProgress { .. } => {}
             FromWorker::ModelReady { model, engine, .. } => {
                 let caps = {
                     let mut c = shared.capabilities.borrow_mut();
                     c.models = vec![model.name.clone()];
+                    c.models.extend(shared.embedder.borrow().clone());
                     c.engine = Some(engine.clone());
                     c.clone()
                 };
@@ -92,6 +95,30 @@ pub(super) fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebErro
                 let waiters = std::mem::take(&mut *shared.model_waiters.borrow_mut());
                 for w in waiters {
                     let _ = w.send(Ok(v.clone()));
+                }
+            }
+            FromWorker::EmbedderReady { id, .. } => {
+                *shared.embedder.borrow_mut() = Some(id.clone());
+                let caps = {
+                    let mut c = shared.capabilities.borrow_mut();
+                    if !c.models.contains(id) {
+                        c.models.push(id.clone());
+                    }
+                    c.clone()
+                };
+                let _ = shared.command(Command::SetCapabilities(caps));
+                let v = serde::Serialize::serialize(
+                    &msg,
+                    &serde_wasm_bindgen::Serializer::json_compatible(),
+                )
+                .unwrap_or(JsValue::NULL);
+                for w in std::mem::take(&mut *shared.embedder_waiters.borrow_mut()) {
+                    let _ = w.send(Ok(v.clone()));
+                }
+            }
+            FromWorker::EmbedderFailed { message, .. } => {
+                for w in std::mem::take(&mut *shared.embedder_waiters.borrow_mut()) {
+                    let _ = w.send(Err(message.clone()));
                 }
             }
             FromWorker::ModelFailed { message } => {
@@ -203,6 +230,7 @@ pub(super) fn start_worker(shared: &Rc<Shared>, url: &str) -> Result<(), WebErro
                     answer: match response {
                         Response::PofCommit { .. } => "pof_commit".into(),
                         Response::PofOpening(_) => "pof_opening".into(),
+                        Response::Embedded(r) => format!("embedded {}", r.vectors.len()),
                         Response::Error { message, .. } => format!("error: {message}"),
                         other => format!("{other:?}"),
                     },

@@ -1,0 +1,128 @@
+// A tab serves embeddings: the page loads all-MiniLM-L6-v2 beside (here:
+// without) a chat model, checked against the catalog's pins, registers it,
+// and the relay sends it POST /v1/embeddings' batches (no native node
+// serves the model). Its vectors equal sentence-transformers' own (the
+// fixtures of scripts/fixtures/minilm_reference.py, cosine >= 0.9999 on
+// every text), its token counts are the reference tokenizer's, token-array
+// inputs (the fixture's ids) give the same vectors as the texts, the page
+// shows what it embedded and the tab earns points for it.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startRelay, launchBrowser, openTab, waitFor, ROOT } from './harness.mjs';
+
+const ID = 'all-minilm-l6-v2';
+const FIXTURES = JSON.parse(readFileSync(join(ROOT, 'crates/tabnode-infer/tests/fixtures/minilm.json'), 'utf8'));
+const CLS = 101;
+const SEP = 102;
+
+let relay;
+let browser;
+
+before(async () => {
+  relay = await startRelay();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await relay?.kill();
+});
+
+const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.sqrt(a.reduce((s, x) => s + x * x, 0) * b.reduce((s, x) => s + x * x, 0));
+
+async function embeddings(input) {
+  const res = await fetch(`${relay.url}/v1/embeddings`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: ID, input }),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  return body;
+}
+
+test('a tab embeds for the network with the reference\'s vectors and tokens', { timeout: 300_000 }, async () => {
+  const listed = await (await fetch(`${relay.url}/api/embedding-models`)).json();
+  assert.deepEqual(listed.map((m) => [m.id, m.url, m.dimensions, m.files.length]), [[ID, `/models/${ID}/`, 384, 4]]);
+  const { page } = await openTab(browser, relay.url, null, { embed: true });
+  try {
+    await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
+    const loaded = await page.evaluate(() => window.tabnode.embedder);
+    assert.equal(loaded.status, 'ready', loaded.error ?? '');
+    assert.deepEqual([loaded.ready.id, loaded.ready.dimensions], [ID, 384]);
+    await waitFor('the relay to list the tab as serving the embedding model', async () => {
+      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
+    }, 60_000, 200);
+    const peer = await page.evaluate(() => window.tabnode.peerId);
+
+    const texts = FIXTURES.cases.map((c) => c.text);
+    const byText = await embeddings(texts);
+    assert.deepEqual(byText.tabnode.nodes, [peer], 'the tab served every batch');
+    assert.equal(byText.data.length, texts.length);
+    assert.deepEqual(byText.tabnode.tokens, FIXTURES.cases.map((c) => c.ids.length), 'tokens per text: the reference\'s ids');
+    let worst = 1;
+    FIXTURES.cases.forEach((c, i) => {
+      const got = byText.data[i].embedding;
+      assert.equal(got.length, 384);
+      const cos = cosine(got, c.embedding);
+      worst = Math.min(worst, cos);
+      assert.ok(cos >= 0.9999, `text ${i} (${JSON.stringify(c.text.slice(0, 40))}): cosine ${cos}`);
+    });
+    process.stderr.write(`tab embeddings: worst cosine against sentence-transformers ${worst.toFixed(7)} over ${texts.length} texts\n`);
+
+    // The fixture's ids as token arrays (without [CLS]/[SEP], which the
+    // node adds): the same vectors, so the tab's tokenizer made those ids.
+    const pieces = FIXTURES.cases.map((c) => c.ids.filter((id, j) => !(j === 0 && id === CLS) && !(j === c.ids.length - 1 && id === SEP)));
+    const byIds = await embeddings(pieces.filter((p) => p.length > 0));
+    const nonEmpty = FIXTURES.cases.map((c, i) => i).filter((i) => pieces[i].length > 0);
+    nonEmpty.forEach((i, k) => assert.deepEqual(byIds.data[k].embedding, byText.data[i].embedding, `text ${i}: ids and text agree`));
+
+    // The page shows what it did; the ledger credits the tab (at most the
+    // tokens it embedded: the credit follows its proven rate).
+    const shown = await page.evaluate(() => ({ texts: window.tabnode.embedder.texts, line: document.getElementById('embed-status').textContent }));
+    assert.equal(shown.texts, texts.length + nonEmpty.length);
+    assert.match(shown.line, new RegExp(`${shown.texts} texts embedded for the network`));
+    const usage = byText.usage.prompt_tokens + byIds.usage.prompt_tokens;
+    const credited = await waitFor('the tab to be credited', async () => {
+      const r = await fetch(`${relay.url}/api/ledger/${peer}`);
+      const b = r.ok ? await r.json() : null;
+      return b?.tokens > 0 ? b.tokens : null;
+    }, 30_000, 200);
+    assert.ok(credited <= usage, `${credited} credited for ${usage} tokens embedded`);
+  } finally {
+    await page.context().close();
+  }
+});
+
+test('a tab whose embedding files fail their pins does not serve them', { timeout: 120_000 }, async () => {
+  // The page loads with a wrong hash for one file: the load fails with
+  // the catalog's reason and the tab does not register the model.
+  const { page } = await openTab(browser, relay.url, null);
+  try {
+    const listed = await (await fetch(`${relay.url}/api/embedding-models`)).json();
+    const files = listed[0].files.map((f) => ({ ...f }));
+    files[0].sha256 = '0'.repeat(64);
+    const err = await page.evaluate(async ({ id, url, files }) => {
+      try {
+        await window.tabnode.node.loadEmbedder(id, url, files);
+        return null;
+      } catch (e) {
+        return e.message;
+      }
+    }, { id: ID, url: listed[0].url, files });
+    assert.match(err ?? 'loaded', /\/config\.json: sha256 [0-9a-f]{64}, the catalog pins 0{64}; the file is not used/);
+    const bad = await page.evaluate(async ({ id, url }) => window.tabnode.node.loadEmbedder(id, url, [{ file: 'x', bytes: 1, sha256: 'nothex' }]).then(() => null, (e) => e.message), { id: ID, url: listed[0].url });
+    assert.match(bad ?? 'loaded', /files: x: not a sha256/);
+    const peer = await page.evaluate(() => window.tabnode.peerId);
+    const network = await (await fetch(`${relay.url}/api/network`)).json();
+    const me = network.nodes.find((n) => n.peer_id === peer);
+    assert.ok(me, `the tab is registered: ${JSON.stringify(network)}`);
+    assert.ok(!(me.capabilities?.models ?? []).includes(ID), JSON.stringify(me));
+    assert.equal(await page.evaluate(() => window.tabnode.embedder.status), 'failed');
+  } finally {
+    await page.context().close();
+  }
+});
