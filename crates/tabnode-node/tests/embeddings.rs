@@ -6,13 +6,12 @@
 //! bad requests are clear 4xx errors in OpenAI's format.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tabnode_core::{Capabilities, NodeKind};
-use tabnode_node::embed::Embedder;
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
 
@@ -20,30 +19,15 @@ use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
 mod http_client;
 use http_client::{http, tokens_of};
 
-const ID: &str = "all-minilm-l6-v2";
+#[path = "common/minilm.rs"]
+mod minilm;
+use minilm::{embedder, ID};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// One test at a time: the points a batch earns are capped by the rate its
 /// node proved, and nodes of other tests proving and embedding on the same
 /// two cores would make the proofs, and so the caps, a matter of chance.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn embedder() -> Arc<Embedder> {
-    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
-            }
-        };
-        Arc::new(
-            tabnode_node::embed::load(&dir.join(ID))
-                .expect("scripts/fetch-model.py all-minilm-l6-v2"),
-        )
-    })
-    .clone()
-}
 
 async fn relay(dir: &tempfile::TempDir) -> RelayHandle {
     let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));

@@ -7,12 +7,11 @@
 //! nothing.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tabnode_core::{Capabilities, NodeKind};
-use tabnode_node::embed::Embedder;
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_relay::RelayConfig;
 
@@ -23,25 +22,10 @@ use http_client::http;
 mod process;
 use process::start_relay_process;
 
-const ID: &str = "all-minilm-l6-v2";
+#[path = "common/minilm.rs"]
+mod minilm;
+use minilm::{embedder, ID};
 const WAIT: Duration = Duration::from_secs(120);
-
-fn embedder() -> Arc<Embedder> {
-    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
-            }
-        };
-        Arc::new(
-            tabnode_node::embed::load(&dir.join(ID))
-                .expect("scripts/fetch-model.py all-minilm-l6-v2"),
-        )
-    })
-    .clone()
-}
 
 fn node(relay: libp2p::Multiaddr) -> NodeHandle {
     spawn(NodeConfig {

@@ -31,7 +31,7 @@ use axum::{
 };
 use serde_json::{json, Map, Value};
 use tabnode_core::infer::EmbedInput;
-use tabnode_vectors::{Filter, NewPoint, PointId, Query, VectorError, VectorStore};
+use tabnode_vectors::{CollectionInfo, Filter, NewPoint, PointId, Query, VectorError, VectorStore};
 
 use crate::catalog::EmbeddingModel;
 use crate::openai::{admit_within, error, Api};
@@ -381,6 +381,21 @@ fn read_point(i: usize, v: &Value, dims: usize, max_bytes: usize) -> Result<Inco
     })
 }
 
+/// A request on a collection's points: admitted (rate, body size), the
+/// collection first (an unknown one is a 404 whatever the body), then the
+/// body as a JSON object.
+fn admitted(
+    v: &Vectors,
+    addr: SocketAddr,
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(CollectionInfo, Map<String, Value>), Box<Response>> {
+    let body = admit_within(&v.api, addr, body, MAX_BODY_BYTES)?;
+    let info = v.store.info(name).map_err(|e| Box::new(store_error(&e)))?;
+    let o = body_json(&body, false).map_err(|r| Box::new(r.into_response()))?;
+    Ok((info, o))
+}
+
 /// `POST /v1/vectors/{collection}/points`.
 pub(crate) async fn upsert(
     State(v): State<Vectors>,
@@ -388,18 +403,9 @@ pub(crate) async fn upsert(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit_within(&v.api, addr, body, MAX_BODY_BYTES) {
-        Ok(b) => b,
+    let (info, o) = match admitted(&v, addr, &name, body) {
+        Ok(r) => r,
         Err(r) => return *r,
-    };
-    // The collection first: an unknown one is a 404 whatever the body.
-    let info = match v.store.info(&name) {
-        Ok(i) => i,
-        Err(e) => return store_error(&e),
-    };
-    let o = match body_json(&body, false) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
     };
     let Some(points) = o.get("points").and_then(Value::as_array) else {
         return invalid(
@@ -541,17 +547,9 @@ pub(crate) async fn query(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit_within(&v.api, addr, body, MAX_BODY_BYTES) {
-        Ok(b) => b,
+    let (info, o) = match admitted(&v, addr, &name, body) {
+        Ok(r) => r,
         Err(r) => return *r,
-    };
-    let info = match v.store.info(&name) {
-        Ok(i) => i,
-        Err(e) => return store_error(&e),
-    };
-    let o = match body_json(&body, false) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
     };
     let limit = match o.get("limit") {
         None | Some(Value::Null) => 10,

@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = StoreConfig::default();
     // Each search width is measured by asking for it (`hnsw_ef`); the
     // default is the one queries get.
-    let widths = [16, 32, config.hnsw.ef_search, 128, 256];
+    let widths = [16, 32, 64, 128, 256];
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
         "vector store: {n} points × {DIMS} dims, {queries} queries, {threads} threads, graph from {} points, HNSW links {} ef_construction {} ef_search {}",

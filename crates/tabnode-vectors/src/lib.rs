@@ -32,8 +32,8 @@ mod store;
 
 pub use filter::Filter;
 pub use index::{Exact, Hit, Hnsw, HnswParams, VectorIndex};
-pub use point::{NewPoint, PointId};
-pub use store::{CollectionInfo, Found, IndexKind, Query, StoreConfig, VectorStore};
+pub use point::{NewPoint, PointId, MAX_ID_BYTES};
+pub use store::{CollectionInfo, Found, IndexKind, Query, StoreConfig, VectorStore, MAX_LIMIT};
 
 use std::path::PathBuf;
 
@@ -78,7 +78,7 @@ pub enum VectorError {
         why: &'static str,
     },
     /// A point id that is neither an unsigned integer nor a string of 1 to
-    /// [`point::MAX_ID_BYTES`] bytes.
+    /// [`MAX_ID_BYTES`] bytes.
     #[error("point ids are unsigned integers or strings of 1 to {max} bytes: {got}", max = point::MAX_ID_BYTES)]
     BadId {
         /// What was sent.
@@ -119,7 +119,7 @@ pub enum VectorError {
     /// A filter that cannot be read.
     #[error("filter: {0}")]
     BadFilter(String),
-    /// A `limit` of zero or above [`store::MAX_LIMIT`].
+    /// A `limit` of zero or above [`MAX_LIMIT`].
     #[error("limit must be from 1 to {max}, not {got}", max = store::MAX_LIMIT)]
     BadLimit {
         /// What was asked.

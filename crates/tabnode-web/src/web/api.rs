@@ -5,6 +5,16 @@ use tabnode_core::download::FileCheck;
 use tabnode_core::infer::{Backend, GpuKernels};
 use tabnode_core::worker::EmbedderFile;
 
+/// What a load the worker reports on (`*_ready` / `*_failed`) resolves
+/// to.
+async fn loaded(rx: oneshot::Receiver<Result<JsValue, String>>) -> Result<JsValue, JsValue> {
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(message)) => Err(JsError::new(&message).into()),
+        Err(_) => Err(JsError::new("the worker stopped").into()),
+    }
+}
+
 /// A file of `/api/embedding-models`' list, as `loadEmbedder` takes it.
 #[derive(serde::Deserialize)]
 struct ListedFile {
@@ -297,11 +307,7 @@ impl TabNode {
                     check,
                 })
                 .map_err(JsError::from)?;
-            match rx.await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(message)) => Err(JsError::new(&message).into()),
-                Err(_) => Err(JsError::new("the worker stopped").into()),
-            }
+            loaded(rx).await
         })
     }
 
@@ -342,11 +348,7 @@ impl TabNode {
                     files,
                 })
                 .map_err(JsError::from)?;
-            match rx.await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(message)) => Err(JsError::new(&message).into()),
-                Err(_) => Err(JsError::new("the worker stopped").into()),
-            }
+            loaded(rx).await
         })
     }
 
