@@ -5,7 +5,8 @@
 // fixtures of scripts/fixtures/minilm_reference.py, cosine >= 0.9999 on
 // every text), its token counts are the reference tokenizer's, token-array
 // inputs (the fixture's ids) give the same vectors as the texts, the page
-// shows what it embedded and the tab earns points for it.
+// shows what it embedded, the tab earns points for it, and the next visit
+// loads the model from the browser's cache.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -92,6 +93,15 @@ test('a tab embeds for the network with the reference\'s vectors and tokens', { 
       return b?.tokens > 0 ? b.tokens : null;
     }, 30_000, 200);
     assert.ok(credited <= usage, `${credited} credited for ${usage} tokens embedded`);
+
+    // The next visit loads every file from the browser's cache, each one
+    // under its own name (checked against its pin), downloading nothing.
+    assert.equal(loaded.ready.from_cache, false);
+    await page.reload();
+    await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 120_000 });
+    const again = await page.evaluate(() => window.tabnode.embedder);
+    assert.equal(again.status, 'ready', again.error ?? '');
+    assert.deepEqual([again.ready.from_cache, again.ready.downloaded_bytes], [true, 0]);
   } finally {
     await page.context().close();
   }

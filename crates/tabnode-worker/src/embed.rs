@@ -70,7 +70,7 @@ async fn load_inner(
     let (mut before, mut downloaded) = (0, 0);
     let mut bytes = Vec::with_capacity(files.len());
     let mut fetched = Vec::new();
-    for f in files {
+    for (i, f) in files.iter().enumerate() {
         let url = format!("{base}{}", f.file);
         let progress = Progress::Embedder { before, all };
         let held = match cached(&cache, &url, progress).await? {
@@ -90,7 +90,7 @@ async fn load_inner(
             None => {
                 let b = download(&url, Some(f.check.clone()), progress).await?;
                 downloaded += b.len() as u64;
-                fetched.push(url);
+                fetched.push((i, url));
                 b
             }
         };
@@ -100,11 +100,8 @@ async fn load_inner(
     let embedder = Embedder::from_files(id, [&bytes[0], &bytes[1], &bytes[2], &bytes[3]])
         .map_err(|e| WorkerError::Model(format!("{id}: {e}")))?;
     // Only files that load are cached.
-    for url in &fetched {
-        let Some(i) = files.iter().position(|f| url.ends_with(&f.file)) else {
-            continue;
-        };
-        let body = Uint8Array::from(bytes[i].as_slice());
+    for (i, url) in &fetched {
+        let body = Uint8Array::from(bytes[*i].as_slice());
         let saved =
             web_sys::Response::new_with_opt_buffer_source(Some(body.unchecked_ref::<Object>()))
                 .map_err(js_err)
