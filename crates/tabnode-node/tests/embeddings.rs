@@ -6,22 +6,20 @@
 //! bad requests are clear 4xx errors in OpenAI's format.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tabnode_core::{Capabilities, NodeKind};
-use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_node::NodeHandle;
 use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
 
 #[path = "common/http.rs"]
 mod http_client;
-use http_client::{http, tokens_of};
+use http_client::{http, json_call, tokens_of};
 
 #[path = "common/minilm.rs"]
 mod minilm;
-use minilm::{embedder, ID};
+use minilm::{embedder, embedding_node, ID};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// One test at a time: the points a batch earns are capped by the rate its
@@ -42,18 +40,7 @@ async fn relay(dir: &tempfile::TempDir) -> RelayHandle {
 }
 
 fn node(relay: &RelayHandle) -> NodeHandle {
-    spawn(NodeConfig {
-        relay: relay.tcp_addr().expect("tcp"),
-        key: None,
-        capabilities: Capabilities::new(NodeKind::Native, "embeddings-test"),
-        max_backoff: Duration::from_millis(500),
-        handler: Arc::new(tabnode_node::prover::PofProver::new(
-            tabnode_node::prover::Backend::Cpu,
-        )),
-        server: None,
-        embedder: Some(embedder()),
-    })
-    .expect("node starts")
+    embedding_node(relay.tcp_addr().expect("tcp"), "embeddings-test")
 }
 
 /// Waits until `nodes` serve the model and passed a proof (to earn).
@@ -297,17 +284,7 @@ async fn a_job_survives_a_node_that_leaves_mid_batch() {
 }
 
 async fn job(relay: &RelayHandle, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let body = body.map(Value::to_string);
-    let r = http(
-        relay.http_addr,
-        method,
-        path,
-        body.as_deref(),
-        &[("content-type", "application/json")],
-    )
-    .await;
-    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    (r.status, v)
+    json_call(relay.http_addr, method, path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

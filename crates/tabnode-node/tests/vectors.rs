@@ -7,39 +7,26 @@
 //! nothing.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tabnode_core::{Capabilities, NodeKind};
-use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_node::NodeHandle;
 use tabnode_relay::RelayConfig;
 
 #[path = "common/http.rs"]
 mod http_client;
-use http_client::http;
+use http_client::json_call;
 #[path = "common/process.rs"]
 mod process;
 use process::start_relay_process;
 
 #[path = "common/minilm.rs"]
 mod minilm;
-use minilm::{embedder, ID};
+use minilm::{embedder, embedding_node, ID};
 const WAIT: Duration = Duration::from_secs(120);
 
 fn node(relay: libp2p::Multiaddr) -> NodeHandle {
-    spawn(NodeConfig {
-        relay,
-        key: None,
-        capabilities: Capabilities::new(NodeKind::Native, "vectors-test"),
-        max_backoff: Duration::from_millis(500),
-        handler: Arc::new(tabnode_node::prover::PofProver::new(
-            tabnode_node::prover::Backend::Cpu,
-        )),
-        server: None,
-        embedder: Some(embedder()),
-    })
-    .expect("node starts")
+    embedding_node(relay, "vectors-test")
 }
 
 async fn call(
@@ -48,17 +35,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let r = http(
-        addr,
-        method,
-        path,
-        body.as_deref(),
-        &[("content-type", "application/json")],
-    )
-    .await;
-    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    (r.status, v)
+    json_call(addr, method, path, body.as_ref()).await
 }
 
 /// Waits until `n` nodes serve the embedding model.

@@ -113,3 +113,23 @@ pub fn tokens_of(ledger: &Value, peer: &str) -> u64 {
         .find(|b| b["peer_id"] == peer)
         .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
+
+/// A JSON request: the status and the body as JSON (`null` when it is not).
+pub async fn json_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let body = body.map(Value::to_string);
+    let r = http(
+        addr,
+        method,
+        path,
+        body.as_deref(),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, v)
+}
