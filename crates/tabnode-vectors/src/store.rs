@@ -511,6 +511,27 @@ fn valid_name(name: &str) -> Result<(), VectorError> {
     Ok(())
 }
 
+/// How long [`VectorStore::open`] waits for another owner of the file to
+/// let it go: a relay restarted in the same process opens it while the old
+/// one's tasks are still being dropped.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `Database::create`, waiting up to [`RELEASE_WAIT`] while the file is
+/// open elsewhere.
+fn open_when_free(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl VectorStore {
     /// Opens (or creates) the database at `path` and loads every
     /// collection; graphs for the large ones are built in the background
@@ -524,7 +545,7 @@ impl VectorStore {
             path: path.to_owned(),
             source,
         };
-        let db = Database::create(path).map_err(|e| db_err(e.into()))?;
+        let db = open_when_free(path).map_err(|e| db_err(e.into()))?;
         {
             let w = db.begin_write().map_err(|e| db_err(e.into()))?;
             w.open_table(COLLECTIONS).map_err(|e| db_err(e.into()))?;
@@ -1056,6 +1077,35 @@ mod tests {
         assert!(s.delete_collection("d").expect("deleted"));
         assert!(!s.delete_collection("d").expect("gone"));
         assert_eq!(s.list().len(), 1);
+    }
+
+    #[test]
+    fn a_file_still_open_elsewhere_is_waited_for_then_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.redb");
+        let first = VectorStore::open(&path, StoreConfig::default()).expect("open");
+        first.create("docs", "m", 3).expect("create");
+        // Released while the second open waits: it gets the file.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _ = rx.recv();
+            drop(first);
+        });
+        let opener = {
+            let path = path.clone();
+            std::thread::spawn(move || VectorStore::open(&path, StoreConfig::default()))
+        };
+        tx.send(()).expect("release");
+        holder.join().expect("holder");
+        let second = opener
+            .join()
+            .expect("opener")
+            .expect("opened once released");
+        assert_eq!(second.info("docs").expect("kept").points, 0);
+        // Never released: a clear error after the wait.
+        let e = VectorStore::open(&path, StoreConfig::default()).expect_err("held");
+        assert!(matches!(e, VectorError::Database { .. }), "{e}");
+        assert!(e.to_string().contains("v.redb"), "{e}");
     }
 
     #[test]
