@@ -81,11 +81,11 @@ const ROW_BLOCK_BYTES: usize = 16 << 10;
 
 /// `y = W·x + b` for a `[out, in]` row-major weight.
 #[derive(Debug, Clone)]
-struct Linear {
-    w: Vec<f32>,
-    b: Vec<f32>,
-    rows: usize,
-    cols: usize,
+pub(crate) struct Linear {
+    pub(crate) w: Vec<f32>,
+    pub(crate) b: Vec<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 impl Linear {
@@ -128,9 +128,9 @@ impl Linear {
 }
 
 #[derive(Debug, Clone)]
-struct Norm {
-    w: Vec<f32>,
-    b: Vec<f32>,
+pub(crate) struct Norm {
+    pub(crate) w: Vec<f32>,
+    pub(crate) b: Vec<f32>,
 }
 
 impl Norm {
@@ -149,15 +149,15 @@ impl Norm {
 }
 
 #[derive(Debug, Clone)]
-struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    attn_norm: Norm,
-    up: Linear,
-    down: Linear,
-    out_norm: Norm,
+pub(crate) struct Layer {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) attn_norm: Norm,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+    pub(crate) out_norm: Norm,
 }
 
 /// Exact GELU, `x·Φ(x) = x/2·(1 + erf(x/√2))`, on a whole vector: erf by
@@ -200,8 +200,8 @@ pub struct BertModel {
     word: Vec<f32>,
     position: Vec<f32>,
     token_type: Vec<f32>,
-    embed_norm: Norm,
-    layers: Vec<Layer>,
+    pub(crate) embed_norm: Norm,
+    pub(crate) layers: Vec<Layer>,
 }
 
 fn tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, BertError> {
@@ -320,28 +320,33 @@ impl BertModel {
         self.tokenizer.encode(text, self.max_tokens)
     }
 
-    /// The normalised embedding of one text's ids (`[CLS] … [SEP]`).
+    /// Whether `ids` is one input the encoder takes.
     ///
     /// # Errors
     /// [`BertError::Input`] for no ids, more than `max_tokens`, or an id
     /// outside the vocabulary.
-    pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>, BertError> {
-        let c = &self.config;
-        let (h, t) = (c.hidden_size, ids.len());
+    pub fn check(&self, ids: &[u32]) -> Result<(), BertError> {
+        let t = ids.len();
         if t == 0 || t > self.max_tokens {
             return Err(BertError::Input(format!(
                 "{t} tokens; 1 to {} are taken",
                 self.max_tokens
             )));
         }
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
             return Err(BertError::Input(format!(
                 "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
+                self.config.vocab_size
             )));
         }
-        let eps = c.layer_norm_eps as f32;
-        let mut x = vec![0f32; t * h];
+        Ok(())
+    }
+
+    /// The rows of checked `ids` before the first LayerNorm: word,
+    /// position and token-type (0) embeddings added, into `x` (a row per
+    /// id).
+    pub(crate) fn embeddings(&self, ids: &[u32], x: &mut [f32]) {
+        let h = self.config.hidden_size;
         for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
             let (w, p, ty) = (
                 &self.word[id as usize * h..][..h],
@@ -352,6 +357,20 @@ impl BertModel {
                 *v = w[j] + ty[j] + p[j];
             }
         }
+    }
+
+    /// The normalised embedding of one text's ids (`[CLS] … [SEP]`).
+    ///
+    /// # Errors
+    /// [`BertError::Input`] for no ids, more than `max_tokens`, or an id
+    /// outside the vocabulary.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>, BertError> {
+        let c = &self.config;
+        let (h, t) = (c.hidden_size, ids.len());
+        self.check(ids)?;
+        let eps = c.layer_norm_eps as f32;
+        let mut x = vec![0f32; t * h];
+        self.embeddings(ids, &mut x);
         self.embed_norm.apply(&mut x, eps);
         let heads = c.num_attention_heads;
         let hd = h / heads;

@@ -1,13 +1,18 @@
 //! A node's sentence-embedding model under its catalog id, answering the
 //! relay's [`EmbedRequest`] batches: the same checks and rows natively
 //! (the batch's inputs on all cores) and in a tab's worker (one input at a
-//! time, yielding between them so a generation keeps its pace).
+//! time, yielding between them so a generation keeps its pace), or, with
+//! [`Embedder::use_gpu`], a whole batch in one GPU submission (the WGSL
+//! encoder, [`crate::gpu::GpuBert`]).
 
 pub use tabnode_core::infer::EMBEDDER_FILES as FILES;
 use tabnode_core::infer::{EmbedInput, EmbedRequest, EmbedResult, MAX_EMBED_INPUTS};
 use tabnode_core::{ErrorCode, Response};
 
+use std::sync::Arc;
+
 use crate::bert::{BertError, BertModel};
+use crate::wordpiece::Encoded;
 
 /// One input's answer: its vector, the tokens it took, the pieces it lost
 /// to the model's limit.
@@ -17,7 +22,9 @@ pub type Row = (Vec<f32>, u32, u32);
 #[derive(Debug)]
 pub struct Embedder {
     id: String,
-    model: BertModel,
+    model: Arc<BertModel>,
+    #[cfg(feature = "gpu")]
+    gpu: Option<crate::gpu::GpuBert>,
 }
 
 impl Embedder {
@@ -38,7 +45,55 @@ impl Embedder {
             })?;
         Ok(Self {
             id: id.to_owned(),
-            model: BertModel::from_files(config, weights, tokenizer, max_tokens)?,
+            model: Arc::new(BertModel::from_files(
+                config, weights, tokenizer, max_tokens,
+            )?),
+            #[cfg(feature = "gpu")]
+            gpu: None,
+        })
+    }
+
+    /// Answers from now on with the encoder on `gpu` (its layers uploaded
+    /// now; the CPU copy stays for the tokenizer and embedding tables).
+    ///
+    /// # Errors
+    /// [`crate::gpu::GpuBertError`] for a model the GPU kernels do not
+    /// take.
+    #[cfg(feature = "gpu")]
+    pub fn use_gpu(&mut self, gpu: crate::gpu::Gpu) -> Result<(), crate::gpu::GpuBertError> {
+        self.gpu = Some(crate::gpu::GpuBert::new(gpu, Arc::clone(&self.model))?);
+        Ok(())
+    }
+
+    /// The encoder on the GPU, when [`Embedder::use_gpu`] put it there.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&crate::gpu::GpuBert> {
+        self.gpu.as_ref()
+    }
+
+    /// Answers a batch with the GPU encoder in one go (of at most
+    /// [`crate::gpu::BATCH_TOKENS`] tokens a submission); `None` when
+    /// there is none. A device failure is answered `Busy` (the relay
+    /// sends the batch elsewhere), bad input `Invalid`.
+    #[cfg(feature = "gpu")]
+    pub async fn answer_on_gpu(&self, request: &EmbedRequest) -> Option<Response> {
+        let gpu = self.gpu.as_ref()?;
+        if let Some(no) = self.refusal(request) {
+            return Some(no);
+        }
+        let encoded: Vec<Encoded> = request.inputs.iter().map(|i| self.encode(i)).collect();
+        let ids: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
+        Some(match gpu.embed(&ids).await {
+            Ok(vectors) => Self::respond(Ok(vectors
+                .into_iter()
+                .zip(&encoded)
+                .map(|(v, e)| Self::row_of(v, e))
+                .collect())),
+            Err(crate::gpu::GpuBertError::Input(e)) => Self::respond(Err(e)),
+            Err(e) => Response::Error {
+                code: ErrorCode::Busy,
+                message: format!("the GPU encoder failed: {e}"),
+            },
         })
     }
 
@@ -80,13 +135,22 @@ impl Embedder {
     /// # Errors
     /// [`BertError::Input`] for a token id outside the vocabulary.
     pub fn row(&self, input: &EmbedInput) -> Result<Row, BertError> {
-        let e = match input {
+        let e = self.encode(input);
+        Ok(Self::row_of(self.model.embed_ids(&e.ids)?, &e))
+    }
+
+    /// An input's ids: a text tokenized and cut to the model's limit, or
+    /// token ids wrapped in `[CLS]`/`[SEP]` and cut the same way.
+    fn encode(&self, input: &EmbedInput) -> Encoded {
+        match input {
             EmbedInput::Text(t) => self.model.tokenize(t),
             EmbedInput::Tokens(pieces) => self.model.tokenizer.wrap(pieces, self.model.max_tokens),
-        };
-        let v = self.model.embed_ids(&e.ids)?;
+        }
+    }
+
+    fn row_of(v: Vec<f32>, e: &Encoded) -> Row {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok((v, count(e.ids.len()), count(e.truncated)))
+        (v, count(e.ids.len()), count(e.truncated))
     }
 
     /// The answer made of a batch's rows (in its order), or of the first

@@ -4,13 +4,21 @@
 //! emoji, control characters, added tokens in the text, a word past 100
 //! characters, a text past 256 tokens, empty ones), and vectors with a
 //! cosine of at least 0.9999 to the reference's, one text at a time and as a
-//! batch.
+//! batch, on the CPU and on a GPU (the WGSL encoder on Mesa lavapipe here
+//! and on CI).
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{ids, minilm_files};
+use futures::executor::block_on;
 use serde_json::Value as Json;
+use tabnode_core::infer::{EmbedInput, EmbedRequest};
+use tabnode_core::{ErrorCode, Response};
 use tabnode_infer::bert::{BertError, BertModel};
+use tabnode_infer::embedder::Embedder;
+use tabnode_infer::gpu::{self, Gpu, GpuBert, GpuBertError, BATCH_TOKENS};
 
 fn fixture() -> Json {
     serde_json::from_str(include_str!("fixtures/minilm.json")).expect("fixture")
@@ -114,4 +122,136 @@ fn bad_ids_and_files_are_clear_errors() {
     assert!(matches!(e, BertError::Tokenizer(_)), "{e}");
     let e = BertModel::from_files(&config, &weights, &tokenizer, 513).expect_err("positions");
     assert!(e.to_string().contains("512 positions"), "{e}");
+}
+
+fn gpu_encoder(m: BertModel) -> GpuBert {
+    GpuBert::new(gpu_device(), Arc::new(m)).expect("encoder")
+}
+
+#[test]
+fn gpu_vectors_match_sentence_transformers_and_the_cpu() {
+    let enc = gpu_encoder(model());
+    let m = Arc::clone(enc.model());
+    let f = fixture();
+    let cases = f["cases"].as_array().expect("cases");
+    let all: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
+    let refs: Vec<&[u32]> = all.iter().map(Vec::as_slice).collect();
+    // Every fixture text in one packed submission.
+    let got = block_on(enc.embed(&refs)).expect("embed");
+    assert_eq!(got.len(), cases.len());
+    let mut worst = 1.0f64;
+    for ((case, v), ids) in cases.iter().zip(&got).zip(&all) {
+        let want = floats(&case["embedding"]);
+        let c = cosine(v, &want);
+        worst = worst.min(c);
+        assert!(c >= 0.9999, "{:?}: cosine {c}", case["text"]);
+        let cpu = m.embed_ids(ids).expect("cpu");
+        let c = cosine(v, &cpu);
+        assert!(c >= 0.99999, "{:?}: cosine to the CPU {c}", case["text"]);
+    }
+    println!(
+        "minilm on the GPU ({} dispatches, {} MB of weights): worst cosine to \
+         sentence-transformers {worst:.7} over {} texts",
+        enc.dispatches(),
+        enc.weight_bytes() >> 20,
+        cases.len()
+    );
+    // A text alone computes exactly what it does packed with others (each
+    // token attends to its own text only): bit-equal.
+    for (i, ids) in refs.iter().enumerate().step_by(5) {
+        let alone = block_on(enc.embed(&[ids])).expect("alone");
+        assert_eq!(alone[0], got[i], "text {i} alone differs from packed");
+    }
+    // More tokens than one submission holds: several submissions of whole
+    // texts, the same vectors in order.
+    let long = refs.last().copied().expect("long");
+    assert_eq!(long.len(), 256);
+    let many: Vec<&[u32]> = (0..2 * (BATCH_TOKENS / 256) + 2)
+        .map(|i| if i % 2 == 0 { long } else { refs[i % 20] })
+        .collect();
+    assert!(many.iter().map(|r| r.len()).sum::<usize>() > BATCH_TOKENS);
+    let split = block_on(enc.embed(&many)).expect("split");
+    for (i, (v, ids)) in split.iter().zip(&many).enumerate() {
+        let alone = block_on(enc.embed(&[ids])).expect("alone");
+        assert_eq!(v, &alone[0], "input {i} of a split batch");
+    }
+}
+
+#[test]
+fn gpu_encoder_refuses_bad_ids_before_running() {
+    let enc = gpu_encoder(model());
+    let good: &[u32] = &[101, 7592, 102];
+    for (bad, says) in [
+        (&[][..], "0 tokens"),
+        (&[101, 40_000, 102][..], "outside the vocabulary of 30522"),
+        (&[101; 257][..], "257 tokens"),
+    ] {
+        let e = block_on(enc.embed(&[good, bad])).expect_err("bad");
+        assert!(matches!(e, GpuBertError::Input(_)), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(block_on(enc.embed(&[good])).expect("good").len(), 1);
+    assert!(block_on(enc.embed(&[])).expect("none").is_empty());
+}
+
+fn gpu_device() -> Gpu {
+    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN))
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup.sh --test)");
+    block_on(Gpu::new(&adapter)).expect("device")
+}
+
+#[test]
+fn an_embedder_on_the_gpu_answers_as_on_the_cpu() {
+    let [config, weights, tokenizer] = minilm_files();
+    let limits = br#"{"max_seq_length": 256, "do_lower_case": false}"#;
+    let mut e = Embedder::from_files("minilm", [&config, &weights, &tokenizer, limits])
+        .expect("embedder");
+    let f = fixture();
+    let cases = f["cases"].as_array().expect("cases");
+    let mut inputs: Vec<EmbedInput> = cases
+        .iter()
+        .map(|c| EmbedInput::Text(c["text"].as_str().expect("text").to_owned()))
+        .collect();
+    // Token input (without [CLS]/[SEP]), and one cut to the limit.
+    inputs.push(EmbedInput::Tokens(vec![7592, 2088]));
+    inputs.push(EmbedInput::Tokens(vec![7592; 300]));
+    let request = EmbedRequest {
+        request_id: 1,
+        model: "minilm".into(),
+        inputs,
+    };
+    let Response::Embedded(cpu) = e.answer(&request) else {
+        panic!("the CPU answers")
+    };
+    assert!(block_on(e.answer_on_gpu(&request)).is_none(), "no GPU yet");
+    e.use_gpu(gpu_device()).expect("upload");
+    let Some(Response::Embedded(gpu)) = block_on(e.answer_on_gpu(&request)) else {
+        panic!("the GPU answers")
+    };
+    assert_eq!(gpu.tokens, cpu.tokens);
+    assert_eq!(gpu.truncated, cpu.truncated);
+    assert_eq!(*gpu.truncated.last().expect("cut"), 300 - 254);
+    for (i, (g, c)) in gpu.vectors.iter().zip(&cpu.vectors).enumerate() {
+        let cos = cosine(g, c);
+        assert!(cos >= 0.99999, "input {i}: cosine {cos}");
+    }
+    // Refusals as on the CPU: another model; a token id outside the
+    // vocabulary is the caller's fault (Invalid), not the node's.
+    let other = EmbedRequest {
+        model: "other".into(),
+        ..request.clone()
+    };
+    assert!(matches!(
+        block_on(e.answer_on_gpu(&other)),
+        Some(Response::Error { code: ErrorCode::UnknownModel, .. })
+    ));
+    let bad = EmbedRequest {
+        inputs: vec![EmbedInput::Text("fine".into()), EmbedInput::Tokens(vec![40_000])],
+        ..request
+    };
+    let Some(Response::Error { code, message }) = block_on(e.answer_on_gpu(&bad)) else {
+        panic!("refused")
+    };
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(message.contains("outside the vocabulary"), "{message}");
 }

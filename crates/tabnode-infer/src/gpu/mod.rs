@@ -32,8 +32,10 @@ use wgpu::util::DeviceExt;
 
 use crate::quant::{GgmlType, QTensor};
 
+mod bert;
 mod model;
 mod rows8;
+pub use bert::{GpuBert, GpuBertError, BATCH_TOKENS};
 pub use model::{GpuModel, GpuModelError, GpuSession};
 
 /// Why the GPU could not be used.
@@ -687,6 +689,19 @@ impl Gpu {
         out: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<f32>, GpuError> {
+        let read = self.submit_copying(record, out, len);
+        self.read_back(read, len).await
+    }
+
+    /// One compute pass of what `record` records and a copy of `len` f32
+    /// values of `out` into a new mappable buffer, submitted; the buffer
+    /// (for [`Gpu::read_back`]).
+    fn submit_copying(
+        &self,
+        record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+        out: &wgpu::Buffer,
+        len: usize,
+    ) -> wgpu::Buffer {
         let bytes = (len * 4) as u64;
         let read = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -705,6 +720,12 @@ impl Gpu {
             enc.copy_buffer_to_buffer(out, 0, &read, 0, bytes);
         }
         self.queue.submit([enc.finish()]);
+        read
+    }
+
+    /// The first `len` f32 values of `read` (from [`Gpu::submit_copying`])
+    /// once the GPU has written them.
+    async fn read_back(&self, read: wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
         let (tx, rx) = oneshot::channel();
         read.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
