@@ -47,12 +47,12 @@ async function embeddings(input) {
 test('a tab embeds for the network with the reference\'s vectors and tokens', { timeout: 300_000 }, async () => {
   const listed = await (await fetch(`${relay.url}/api/embedding-models`)).json();
   assert.deepEqual(listed.map((m) => [m.id, m.url, m.dimensions, m.files.length]), [[ID, `/models/${ID}/`, 384, 4]]);
-  const { page } = await openTab(browser, relay.url, null, { embed: true });
+  const { page } = await openTab(browser, relay.url, null, { embed: 'cpu' });
   try {
     await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
     const loaded = await page.evaluate(() => window.tabnode.embedder);
     assert.equal(loaded.status, 'ready', loaded.error ?? '');
-    assert.deepEqual([loaded.ready.id, loaded.ready.dimensions], [ID, 384]);
+    assert.deepEqual([loaded.ready.id, loaded.ready.dimensions, loaded.ready.backend], [ID, 384, 'cpu']);
     await waitFor('the relay to list the tab as serving the embedding model', async () => {
       const list = await (await fetch(`${relay.url}/v1/models`)).json();
       return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
@@ -102,6 +102,58 @@ test('a tab embeds for the network with the reference\'s vectors and tokens', { 
     const again = await page.evaluate(() => window.tabnode.embedder);
     assert.equal(again.status, 'ready', again.error ?? '');
     assert.deepEqual([again.ready.from_cache, again.ready.downloaded_bytes], [true, 0]);
+  } finally {
+    await page.context().close();
+  }
+});
+
+test('a tab embeds on WebGPU with the reference\'s vectors, and chooses its backend by a probe', { timeout: 300_000 }, async () => {
+  // The WGSL encoder on the tab's WebGPU device (SwiftShader here: no
+  // shader-f16), a batch in one submission.
+  const { page } = await openTab(browser, relay.url, null, { embed: 'webgpu' });
+  try {
+    await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
+    const loaded = await page.evaluate(() => window.tabnode.embedder);
+    assert.equal(loaded.status, 'ready', loaded.error ?? '');
+    assert.deepEqual([loaded.ready.backend, loaded.ready.reason], ['webgpu', 'asked for (embed_backend=webgpu)']);
+    const peer = await page.evaluate(() => window.tabnode.peerId);
+    await waitFor('the relay to list the tab as serving the embedding model', async () => {
+      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
+    }, 60_000, 200);
+    const texts = FIXTURES.cases.map((c) => c.text);
+    const got = await embeddings(texts);
+    assert.ok(got.tabnode.nodes.every((n) => n === peer), `only the tab serves: ${got.tabnode.nodes}`);
+    assert.deepEqual(got.tabnode.tokens, FIXTURES.cases.map((c) => c.ids.length));
+    let worst = 1;
+    FIXTURES.cases.forEach((c, i) => {
+      const cos = cosine(got.data[i].embedding, c.embedding);
+      worst = Math.min(worst, cos);
+      assert.ok(cos >= 0.9999, `text ${i} (${JSON.stringify(c.text.slice(0, 40))}): cosine ${cos}`);
+    });
+    process.stderr.write(`tab embeddings on WebGPU: worst cosine against sentence-transformers ${worst.toFixed(7)} over ${texts.length} texts\n`);
+    const shown = await page.evaluate(() => ({ device: window.tabnode.embedder.device, line: document.getElementById('embed-status').textContent }));
+    assert.equal(shown.device, 'webgpu', 'the worker computed on WebGPU');
+    assert.match(shown.line, /on WebGPU/);
+    // Bad token ids are the caller's fault, answered as such (not sent to
+    // another node as if the tab had failed).
+    const res = await fetch(`${relay.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: ID, input: [[7592, 40000]] }),
+    });
+    const err = await res.json();
+    assert.equal(res.status, 400, JSON.stringify(err));
+    assert.match(err.error.message, /outside the vocabulary/);
+
+    // Without a preference the page times both on a probe batch and says
+    // so (which wins depends on the machine).
+    await page.goto(page.url().replace('embed_backend=webgpu', 'embed_backend='));
+    await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
+    const auto = await page.evaluate(() => window.tabnode.embedder);
+    assert.equal(auto.status, 'ready', auto.error ?? '');
+    assert.match(auto.ready.reason, /^faster on this machine: webgpu \d+\.\d ms\/text, cpu \d+\.\d ms\/text$/);
+    process.stderr.write(`tab embedder placement: ${auto.ready.backend}, ${auto.ready.reason}\n`);
   } finally {
     await page.context().close();
   }

@@ -204,7 +204,8 @@ export async function launchBrowser() {
 export async function openTab(browser, url, context, { model = false, embed = false, backend = null, threads = null, kernels = null, memory = null } = {}) {
   // model: false (none), true (the default model, SmolLM2), 'auto' (the
   // page's own choice by memory, `memory` MiB if given), or a file name;
-  // embed: also the relay's sentence-embedding model.
+  // embed: also the relay's sentence-embedding model (true: where the page
+  // chooses; 'cpu' or 'webgpu': there).
   context ??= await browser.newContext();
   const page = await context.newPage();
   page.logs = [];
@@ -220,6 +221,7 @@ export async function openTab(browser, url, context, { model = false, embed = fa
   else if (model !== 'auto') query.set('model', model);
   // The embedding model too only when the test asks (`embed: true`).
   query.set('embed', embed ? 'on' : 'off');
+  if (typeof embed === 'string') query.set('embed_backend', embed);
   if (memory) query.set('memory', String(memory));
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));

@@ -21,7 +21,7 @@ const state = {
   model: { status: 'off', phase: null, done: 0, total: 0, ready: null, error: null },
   // The sentence-embedding model beside it (status as the model's) and the
   // texts it embedded for the network.
-  embedder: { status: 'off', id: null, ready: null, error: null, batches: 0, texts: 0, ms: 0 },
+  embedder: { status: 'off', id: null, ready: null, error: null, batches: 0, texts: 0, ms: 0, device: null },
   // Network generations this tab serves: the last `serving` event.
   serving: null,
   // This tab's account in the relay's ledger.
@@ -124,6 +124,7 @@ function onEvent(ev) {
         state.embedder.batches += 1;
         state.embedder.texts += Number(embedded[1]);
         state.embedder.ms += ev.elapsed_ms;
+        state.embedder.device = ev.device;
         showEmbedder();
         refreshPoints();
       }
@@ -371,14 +372,16 @@ function showEmbedder() {
   const e = state.embedder;
   if (e.status !== 'ready') return;
   const r = e.ready;
-  $('embed-status').textContent = `${r.id} · ${r.dimensions} dimensions · on the CPU · ready in ${(r.load_ms / 1000).toFixed(1)} s ${r.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(r.downloaded_bytes)})`} · ${e.texts} texts embedded for the network in ${e.batches} batches`;
+  $('embed-status').title = r.reason;
+  $('embed-status').textContent = `${r.id} · ${r.dimensions} dimensions · on ${r.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} · ready in ${(r.load_ms / 1000).toFixed(1)} s ${r.from_cache ? '(from the browser cache)' : `(downloaded ${fmtBytes(r.downloaded_bytes)})`} · ${e.texts} texts embedded for the network in ${e.batches} batches`;
 }
 
 /**
  * Loads the relay's sentence-embedding model beside the chat model, so
  * the tab also answers the network's embedding batches: unless the page
  * says `?embed=off` (or `?model=off`, which serves nothing, without
- * `?embed=on`).
+ * `?embed=on`). `?embed_backend=cpu|webgpu` says where it embeds (else the
+ * faster on a probe batch).
  */
 async function loadEmbedder(node) {
   const params = new URLSearchParams(location.search);
@@ -397,7 +400,7 @@ async function loadEmbedder(node) {
   Object.assign(state.embedder, { status: 'loading', id: m.id });
   $('embed-status').textContent = `loading ${m.title} (${fmtBytes(m.bytes)})…`;
   try {
-    await node.loadEmbedder(m.id, m.url, m.files);
+    await node.loadEmbedder(m.id, m.url, m.files, params.get('embed_backend') ?? undefined);
   } catch (e) {
     // Reported through the embedder_failed event as well.
     state.embedder.error = e.message;

@@ -77,6 +77,10 @@ pub enum ToWorker {
         /// The catalog's files with their pins, in the order of
         /// `tabnode_infer::embedder::FILES`.
         files: Vec<EmbedderFile>,
+        /// Where to run it; `None`: on WebGPU when the tab has it and it
+        /// embeds a probe batch faster than the CPU, else the CPU.
+        #[serde(default)]
+        backend: Option<Backend>,
     },
 }
 
@@ -214,6 +218,11 @@ pub enum FromWorker {
         downloaded_bytes: u64,
         /// Milliseconds from the request to ready.
         load_ms: f64,
+        /// Where it embeds.
+        backend: Backend,
+        /// Why there: asked for, the only one, or the faster on a probe
+        /// batch (with both times).
+        reason: String,
     },
     /// The embedding model could not be loaded (the worker keeps running).
     EmbedderFailed {

@@ -65,6 +65,12 @@ impl Embedder {
         Ok(())
     }
 
+    /// Answers from now on on the CPU (the GPU's copy dropped).
+    #[cfg(feature = "gpu")]
+    pub fn use_cpu(&mut self) {
+        self.gpu = None;
+    }
+
     /// The encoder on the GPU, when [`Embedder::use_gpu`] put it there.
     #[cfg(feature = "gpu")]
     pub fn gpu(&self) -> Option<&crate::gpu::GpuBert> {

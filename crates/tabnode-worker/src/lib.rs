@@ -37,6 +37,10 @@ pub enum WorkerError {
     /// `?backend=webgpu` in a browser without a WebGPU adapter.
     #[error("the webgpu backend was asked for, but this browser has no WebGPU adapter")]
     NoWebGpu,
+    /// The embedding model's layers could not go onto WebGPU.
+    #[cfg(target_arch = "wasm32")]
+    #[error("the embedding model on WebGPU: {0}")]
+    EmbedderGpu(#[from] tabnode_infer::gpu::GpuBertError),
     /// A message from the page could not be decoded.
     #[error("bad message from the page: {0}")]
     BadMessage(String),

@@ -174,7 +174,8 @@ pub fn start() {
                 id,
                 base_url,
                 files,
-            }) => spawn_local(crate::embed::load(id, base_url, files)),
+                backend,
+            }) => spawn_local(crate::embed::load(id, base_url, files, backend)),
             Err(e) => post(&FromWorker::Error {
                 message: WorkerError::BadMessage(e.to_string()).to_string(),
             }),
@@ -212,7 +213,7 @@ impl Matmul for ChallengeMatmul {
 /// computed.
 async fn handle(request: Request) -> (Response, &'static str) {
     if let Request::Embed(batch) = &request {
-        return (crate::embed::answer(batch).await, "cpu");
+        return (crate::embed::answer(batch).await, crate::embed::device());
     }
     let gpu = gpu_settled().await;
     let device = match (&request, &gpu) {

@@ -316,17 +316,31 @@ impl TabNode {
     /// `/models/<id>/`): `files` is the catalog's list, `[{ file, bytes,
     /// sha256 }]`, as `/api/embedding-models` gives it; every file is
     /// checked against its pin, from the browser's cache or downloaded.
-    /// Progress arrives as `embedder_progress` events; resolves to `{ id,
-    /// dimensions, from_cache, downloaded_bytes, load_ms }`, and from then
-    /// the tab registers the model and answers the network's embedding
-    /// batches (`handled` events with `answer: "embedded N"`).
+    /// `backend` (`cpu` or `webgpu`; absent: the faster on a probe batch)
+    /// is where it embeds. Progress arrives as `embedder_progress` events;
+    /// resolves to `{ id, dimensions, from_cache, downloaded_bytes,
+    /// load_ms, backend, reason }`, and from then the tab registers the
+    /// model and answers the network's embedding batches (`handled` events
+    /// with `answer: "embedded N"` and the `device`).
     ///
     /// # Errors
-    /// `files` that are not that list (the promise rejects).
+    /// `files` that are not that list, a `backend` other than `cpu` or
+    /// `webgpu`, `webgpu` in a tab without it (the promise rejects).
     #[wasm_bindgen(js_name = loadEmbedder)]
-    pub fn load_embedder(&self, id: String, base_url: String, files: JsValue) -> js_sys::Promise {
+    pub fn load_embedder(
+        &self,
+        id: String,
+        base_url: String,
+        files: JsValue,
+        backend: Option<String>,
+    ) -> js_sys::Promise {
         let shared = self.shared.clone();
         future_to_promise(async move {
+            let backend = backend
+                .filter(|b| !b.is_empty())
+                .map(|b| b.parse::<Backend>())
+                .transpose()
+                .map_err(|e| JsError::new(&e.to_string()))?;
             let listed: Vec<ListedFile> = serde_wasm_bindgen::from_value(files)
                 .map_err(|e| JsError::new(&format!("files: {e}")))?;
             let files = listed
@@ -346,6 +360,7 @@ impl TabNode {
                     id,
                     base_url,
                     files,
+                    backend,
                 })
                 .map_err(JsError::from)?;
             loaded(rx).await
