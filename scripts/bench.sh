@@ -68,7 +68,20 @@ cargo build -q -p tabnode-infer --example embed_bench
 for round in 1 2; do
   "$ST/bin/python" scripts/bench/embed.py "$TABNODE_MODELS_DIR/all-minilm-l6-v2" "${EMBED_TEXTS:-512}" 3
 done
-echo "== embeddings in Chromium: a tab serving all-MiniLM-L6-v2 vs the native encoder, one thread and all cores (e2e/bench/embed.mjs)"
+echo "== embeddings: the GPU encoder natively vs the CPU encoder on all cores, same texts (embed_bench gpu: lavapipe, then Chromium's SwiftShader; a real GPU where the machine has one)"
+python3 - "${EMBED_TEXTS:-512}" > "$TABNODE_CACHE/embed-bench-texts.json" <<'PY'
+import json, sys
+sys.path.insert(0, "scripts/bench")
+from embed import texts
+print(json.dumps(texts(int(sys.argv[1]))))
+PY
+for icd in /usr/share/vulkan/icd.d/lvp_icd.x86_64.json /usr/lib/chromium/vk_swiftshader_icd.json; do
+  if [ -f "$icd" ]; then
+    VK_ICD_FILENAMES=$icd cargo run -q -p tabnode-infer --features gpu --example embed_bench -- \
+      "$TABNODE_MODELS_DIR/all-minilm-l6-v2" "$TABNODE_CACHE/embed-bench-texts.json" 2 gpu
+  fi
+done
+echo "== embeddings in Chromium: tabs serving all-MiniLM-L6-v2 on the CPU and on WebGPU vs the native encoder, one thread and all cores (e2e/bench/embed.mjs)"
 node e2e/bench/embed.mjs "${TAB_EMBED_TEXTS:-256}" 2
 echo "== vector store: HNSW vs the exact scan (the reference) at 100,000 points: latency, recall@10, reopen (vector_bench)"
 cargo run -q -p tabnode-vectors --example vector_bench -- "${VECTORS:-100000}" "${VECTOR_QUERIES:-1000}"

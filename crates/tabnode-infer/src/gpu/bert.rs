@@ -2,7 +2,8 @@
 //! weights uploaded once, a batch of texts packed token after token (no
 //! padding: the attention kernel keeps each token to its own text) and run
 //! in one submission of WGSL dispatches (`bert_*.wgsl`), the sentence
-//! vectors read back. No `shader-f16`, no workgroup memory, no barriers:
+//! vectors read back. The dense layers' weights go up transposed (see
+//! `bert_linear.wgsl`). No `shader-f16`, no workgroup memory, no barriers:
 //! the same kernels on a GPU and on a software adapter (SwiftShader in
 //! headless Chromium, lavapipe natively).
 //!
@@ -42,7 +43,7 @@ pub const BATCH_TOKENS: usize = 2048;
 /// How many workgroups a dispatch takes for a batch.
 #[derive(Debug, Clone, Copy)]
 enum Grid {
-    /// `bert_linear.wgsl`: 32 rows by 32 tokens a workgroup.
+    /// `bert_linear.wgsl`: 256 rows by 4 tokens a workgroup.
     Linear { rows: u32 },
     /// `per` invocations per token, 64 a workgroup.
     Tokens { per: u32 },
@@ -55,7 +56,7 @@ enum Grid {
 impl Grid {
     fn groups(self, tokens: u32, texts: u32) -> (u32, u32) {
         match self {
-            Grid::Linear { rows } => (rows.div_ceil(32), tokens.div_ceil(32)),
+            Grid::Linear { rows } => (rows.div_ceil(256), tokens.div_ceil(4)),
             Grid::Tokens { per } => ((tokens * per).div_ceil(64), 1),
             Grid::Gelu { width4 } => ((tokens * width4).div_ceil(256), 1),
             Grid::Texts { per } => ((texts * per).div_ceil(64), 1),
@@ -234,9 +235,16 @@ impl GpuBert {
                               input: &wgpu::Buffer,
                               output: &wgpu::Buffer,
                               acc: bool| {
-                let (w, b) = (upload(&l.w), upload(&l.b));
+                // Transposed: column k's values of every row together.
+                let mut wt = vec![0f32; l.w.len()];
+                for (r, row) in l.w.chunks_exact(l.cols).enumerate() {
+                    for (k, v) in row.iter().enumerate() {
+                        wt[k * l.rows + r] = *v;
+                    }
+                }
+                let (w, b) = (upload(&wt), upload(&l.b));
                 let dims = uniform(&words(&[
-                    l.rows as u32,
+                    (l.rows / 4) as u32,
                     (l.cols / 4) as u32,
                     u32::from(acc),
                     0,
