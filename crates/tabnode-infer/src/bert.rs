@@ -333,7 +333,10 @@ impl BertModel {
                 self.max_tokens
             )));
         }
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(BertError::Input(format!(
                 "token id {bad} is outside the vocabulary of {}",
                 self.config.vocab_size

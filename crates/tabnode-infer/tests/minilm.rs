@@ -204,8 +204,8 @@ fn gpu_device() -> Gpu {
 fn an_embedder_on_the_gpu_answers_as_on_the_cpu() {
     let [config, weights, tokenizer] = minilm_files();
     let limits = br#"{"max_seq_length": 256, "do_lower_case": false}"#;
-    let mut e = Embedder::from_files("minilm", [&config, &weights, &tokenizer, limits])
-        .expect("embedder");
+    let mut e =
+        Embedder::from_files("minilm", [&config, &weights, &tokenizer, limits]).expect("embedder");
     let f = fixture();
     let cases = f["cases"].as_array().expect("cases");
     let mut inputs: Vec<EmbedInput> = cases
@@ -243,10 +243,16 @@ fn an_embedder_on_the_gpu_answers_as_on_the_cpu() {
     };
     assert!(matches!(
         block_on(e.answer_on_gpu(&other)),
-        Some(Response::Error { code: ErrorCode::UnknownModel, .. })
+        Some(Response::Error {
+            code: ErrorCode::UnknownModel,
+            ..
+        })
     ));
     let bad = EmbedRequest {
-        inputs: vec![EmbedInput::Text("fine".into()), EmbedInput::Tokens(vec![40_000])],
+        inputs: vec![
+            EmbedInput::Text("fine".into()),
+            EmbedInput::Tokens(vec![40_000]),
+        ],
         ..request
     };
     let Some(Response::Error { code, message }) = block_on(e.answer_on_gpu(&bad)) else {

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
-use tabnode_core::{Capabilities, ErrorCode, NodeKind, Request, Response};
+use tabnode_core::{ErrorCode, Request, Response};
 use tabnode_infer::Engine;
 use tabnode_node::prover::RequestHandler;
 use tabnode_node::serve::InferServer;
-use tabnode_node::{spawn, NodeConfig, NodeHandle};
+use tabnode_node::NodeHandle;
 use tabnode_relay::{InferConfig, RelayConfig, RelayHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,42 +23,10 @@ mod http_client;
 use http_client::{dechunk, http, tokens_of, HttpResponse};
 #[path = "common/process.rs"]
 mod process;
+#[path = "common/serving.rs"]
+mod serving;
 use process::start_relay_process;
-
-const WAIT: Duration = Duration::from_secs(60);
-/// The catalog id of a model the relay routes (what requests name).
-fn catalog_id(name: &str) -> String {
-    tabnode_relay::catalog::Catalog::builtin()
-        .find(name)
-        .unwrap_or_else(|| panic!("{name} in the relay's catalog"))
-        .id
-        .clone()
-}
-
-/// The default model's network id.
-fn model() -> String {
-    catalog_id(&engine().info.name)
-}
-
-fn model_path() -> PathBuf {
-    match std::env::var_os("TABNODE_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-            .join(".cache/tabnode/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    }
-}
-
-/// One engine for every node of every test (the quantized CPU engine nodes
-/// serve with by default).
-fn engine() -> Arc<Engine> {
-    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let bytes = std::fs::read(model_path()).expect("the model (scripts/setup.sh)");
-            Arc::new(Engine::load_quantized(bytes).expect("engine"))
-        })
-        .clone()
-}
+use serving::*;
 
 /// What the model says to `prompt` locally, greedy.
 fn local_answer(prompt: &str, max_tokens: u32) -> (String, usize) {
@@ -75,56 +43,6 @@ fn chat(prompt: &str) -> Prompt {
         role: "user".into(),
         content: prompt.into(),
     }])
-}
-
-async fn relay_with(dir: &tempfile::TempDir, infer: InferConfig) -> RelayHandle {
-    let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
-    cfg.infer = infer;
-    tabnode_relay::start(cfg).await.expect("relay starts")
-}
-
-fn test_config() -> InferConfig {
-    InferConfig {
-        stall_timeout: Duration::from_secs(10),
-        queue_timeout: Duration::from_secs(60),
-        ..InferConfig::default()
-    }
-}
-
-fn honest_prover() -> Arc<dyn RequestHandler> {
-    Arc::new(tabnode_node::prover::PofProver::new(
-        tabnode_node::prover::Backend::Cpu,
-    ))
-}
-
-fn serving_node(relay: libp2p::Multiaddr, slots: usize) -> NodeHandle {
-    serving_node_with(relay, slots, honest_prover(), engine())
-}
-
-fn serving_node_with(
-    relay: libp2p::Multiaddr,
-    slots: usize,
-    handler: Arc<dyn RequestHandler>,
-    model: Arc<dyn tabnode_node::serve::ServedModel>,
-) -> NodeHandle {
-    node_serving(relay, handler, Arc::new(InferServer::new(model, slots)))
-}
-
-fn node_serving(
-    relay: libp2p::Multiaddr,
-    handler: Arc<dyn RequestHandler>,
-    server: Arc<InferServer>,
-) -> NodeHandle {
-    spawn(NodeConfig {
-        relay,
-        key: None,
-        capabilities: Capabilities::new(NodeKind::Native, "inference-test"),
-        max_backoff: Duration::from_millis(500),
-        handler,
-        server: Some(server),
-        embedder: None,
-    })
-    .expect("node starts")
 }
 
 /// A prover that never answers: its node stays unverified.
@@ -239,39 +157,6 @@ fn read_answer(r: &HttpResponse, stream: bool) -> Answer {
     }
     assert!(finished, "no finish_reason: {}", r.body);
     a
-}
-
-/// Waits until `nodes` nodes serve the model and have passed a proof (only
-/// verified nodes earn points).
-async fn wait_for_model(addr: std::net::SocketAddr, nodes: usize) {
-    wait_for(addr, &model(), nodes).await;
-}
-
-/// [`wait_for_model`] for the model `id`.
-async fn wait_for(addr: std::net::SocketAddr, id: &str, nodes: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        let serving = v["data"]
-            .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == id))
-            .and_then(|m| m["tabnode"]["nodes"].as_u64())
-            .unwrap_or(0);
-        let net = http(addr, "GET", "/api/network", None, &[]).await.json();
-        let verified = net["nodes"].as_array().map_or(0, |n| {
-            n.iter()
-                .filter(|n| n["pof"]["last"]["passed"] == true)
-                .count()
-        });
-        if serving as usize >= nodes && verified >= nodes {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nodes never registered and proved: {v} {net}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn ledger(addr: std::net::SocketAddr) -> Value {

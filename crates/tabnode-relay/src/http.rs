@@ -63,6 +63,7 @@ pub(crate) fn router(
     boot: Bootstrap,
     infer: InferContext,
     store: Arc<tabnode_vectors::VectorStore>,
+    runs: Arc<crate::flows::RunStore>,
 ) -> Router {
     use crate::vectors as vx;
     let root = &config.site_root;
@@ -86,8 +87,23 @@ pub(crate) fn router(
         .layer(DefaultBodyLimit::max(vx::MAX_BODY_BYTES))
         .with_state(vx::Vectors {
             api: api.clone(),
-            store,
+            store: store.clone(),
         });
+    let flows = Router::new()
+        .route("/v1/flows/run", post(crate::flows::run))
+        .route(
+            "/v1/flows/runs/{id}",
+            get(crate::flows::get_run).delete(crate::flows::cancel_run),
+        )
+        .method_not_allowed_fallback(openai::wrong_method)
+        .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
+        .with_state(crate::flows::Flows::new(
+            vx::Vectors {
+                api: api.clone(),
+                store: store.clone(),
+            },
+            runs,
+        ));
     // Jobs take up to 50,000 inputs.
     let jobs = Router::new()
         .route("/v1/embeddings/jobs", post(crate::jobs::create))
@@ -109,7 +125,8 @@ pub(crate) fn router(
         .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
         .with_state(api)
         .merge(vectors)
-        .merge(jobs);
+        .merge(jobs)
+        .merge(flows);
     let api = Router::new()
         .route("/api/ledger", get(ledger))
         .route("/api/ledger/{peer_id}", get(ledger_of))

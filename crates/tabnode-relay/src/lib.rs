@@ -16,6 +16,7 @@
 pub mod catalog;
 mod client;
 mod embeddings;
+pub mod flows;
 mod http;
 pub mod inference;
 mod jobs;
@@ -78,6 +79,9 @@ pub enum RelayError {
     /// The vector store cannot be opened.
     #[error(transparent)]
     Vectors(#[from] tabnode_vectors::VectorError),
+    /// The flow runs' database cannot be opened.
+    #[error(transparent)]
+    FlowRuns(#[from] flows::RunStoreError),
     /// The model catalog cannot be used.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
@@ -254,6 +258,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         &config.data_dir.join("vectors.redb"),
         config.vectors.clone(),
     )?);
+    let runs = Arc::new(flows::RunStore::open(&config.data_dir.join("flows.redb"))?);
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
@@ -295,6 +300,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         bootstrap.clone(),
         infer,
         vectors.clone(),
+        runs,
     );
     let http_task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -180,7 +180,7 @@ impl Vectors {
     }
 
     /// Embeds `texts` on the network.
-    async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Embedded, Refusal> {
+    pub(crate) async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Embedded, Refusal> {
         let Some(model) = self.model(model).cloned() else {
             return Err(Refusal::ModelGone(model.to_owned()));
         };
@@ -199,14 +199,14 @@ impl Vectors {
 
 /// Texts embedded by the network.
 #[derive(Default)]
-struct Embedded {
-    vectors: Vec<Vec<f32>>,
+pub(crate) struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
     /// Tokens in all.
-    tokens: u64,
+    pub tokens: u64,
     /// Per text: whether it was cut to the model's length.
-    truncated: Vec<bool>,
+    pub truncated: Vec<bool>,
     /// The nodes that served.
-    nodes: Vec<String>,
+    pub nodes: Vec<String>,
 }
 
 /// `GET /v1/vectors`.

@@ -33,7 +33,10 @@ mod store;
 pub use filter::Filter;
 pub use index::{Exact, Hit, Hnsw, HnswParams, VectorIndex};
 pub use point::{NewPoint, PointId, MAX_ID_BYTES};
-pub use store::{CollectionInfo, Found, IndexKind, Query, StoreConfig, VectorStore, MAX_LIMIT};
+pub use store::{
+    open_when_free, CollectionInfo, Found, IndexKind, Query, StoreConfig, VectorStore, MAX_LIMIT,
+    RELEASE_WAIT,
+};
 
 use std::path::PathBuf;
 

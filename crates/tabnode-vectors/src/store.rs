@@ -511,14 +511,17 @@ fn valid_name(name: &str) -> Result<(), VectorError> {
     Ok(())
 }
 
-/// How long [`VectorStore::open`] waits for another owner of the file to
-/// let it go: a relay restarted in the same process opens it while the old
-/// one's tasks are still being dropped.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long [`VectorStore::open`] (and [`open_when_free`]) waits for
+/// another owner of the file to let it go: a relay restarted in the same
+/// process opens it while the old one's tasks are still being dropped.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `Database::create`, waiting up to [`RELEASE_WAIT`] while the file is
-/// open elsewhere.
-fn open_when_free(path: &Path) -> Result<Database, redb::DatabaseError> {
+/// open elsewhere (the relay's other databases open through it too).
+///
+/// # Errors
+/// What `Database::create` reports, `DatabaseAlreadyOpen` after the wait.
+pub fn open_when_free(path: &Path) -> Result<Database, redb::DatabaseError> {
     let deadline = std::time::Instant::now() + RELEASE_WAIT;
     loop {
         match Database::create(path) {

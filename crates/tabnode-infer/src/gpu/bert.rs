@@ -161,10 +161,10 @@ impl GpuBert {
         let linear_p = pipeline(include_str!("bert_linear.wgsl"));
         let norm_p = pipeline(include_str!("bert_norm.wgsl"));
         let gelu_p = pipeline(include_str!("bert_gelu.wgsl"));
-        let attention_p = pipeline(
-            &include_str!("bert_attention.wgsl")
-                .replace("const HD4: u32 = 8u;", &format!("const HD4: u32 = {}u;", hd / 4)),
-        );
+        let attention_p = pipeline(&include_str!("bert_attention.wgsl").replace(
+            "const HD4: u32 = 8u;",
+            &format!("const HD4: u32 = {}u;", hd / 4),
+        ));
         let pool_p = pipeline(include_str!("bert_pool.wgsl"));
         let unit_p = pipeline(include_str!("bert_unit.wgsl"));
 
@@ -231,10 +231,10 @@ impl GpuBert {
         let gelu_dims = uniform(&words(&[(f / 4) as u32, 0, 0, 0]));
         for layer in &model.layers {
             let linear = |ops: &mut Vec<Op>,
-                              l: &Linear,
-                              input: &wgpu::Buffer,
-                              output: &wgpu::Buffer,
-                              acc: bool| {
+                          l: &Linear,
+                          input: &wgpu::Buffer,
+                          output: &wgpu::Buffer,
+                          acc: bool| {
                 // Transposed: column k's values of every row together.
                 let mut wt = vec![0f32; l.w.len()];
                 for (r, row) in l.w.chunks_exact(l.cols).enumerate() {

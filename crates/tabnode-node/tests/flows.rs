@@ -1,0 +1,384 @@
+//! Flows on the network (issue #15): `POST /v1/flows/run` with native
+//! nodes serving the real model. Every node's status streamed and recorded;
+//! a `map` over four chunks runs its llm steps on both nodes at once, each
+//! answer the model's own; a failed node skips only its descendants; the
+//! limits, cancellation and bad input.
+
+use serde_json::{json, Value};
+use tabnode_core::infer::GenerateRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/http.rs"]
+mod http_client;
+use http_client::{http, json_call};
+#[path = "common/serving.rs"]
+mod serving;
+use serving::*;
+
+/// What the model answers to `prompt` as a chat, greedy.
+fn local(prompt: &str, max_tokens: u32) -> String {
+    let mut r = GenerateRequest::new(tabnode_core::infer::Prompt::Chat(vec![
+        tabnode_core::infer::ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        },
+    ]));
+    r.max_tokens = max_tokens;
+    engine()
+        .generate(&r, &|| false, &mut |_, _| {})
+        .expect("local generation")
+        .text
+}
+
+/// The `data:` events of a flow's stream, as JSON.
+fn events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
+async fn run(addr: std::net::SocketAddr, body: &Value) -> (u16, String) {
+    let r = http(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&body.to_string()),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    (r.status, r.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flow_runs_on_the_network_in_parallel_and_is_recorded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let nodes = [serving_node(tcp.clone(), 1), serving_node(tcp, 1)];
+    wait_for_model(addr, 2).await;
+    let peers: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+
+    // Four short paragraphs, split into four chunks, each asked of the
+    // model at once (one slot per node: two nodes, two at a time); a
+    // second branch asks one question; both merged.
+    let facts = [
+        "Paris is the capital of France.",
+        "The Nile is a long river in Africa.",
+        "Bees make honey from flower nectar.",
+        "Mount Everest is the highest mountain.",
+    ];
+    let text = facts
+        .map(|f| format!("{f}{}", " ".repeat(120 - f.len())))
+        .join("");
+    let flow = json!({
+        "version": 1,
+        "nodes": {
+            "in": {"type": "input", "params": {"names": ["text", "question"]}},
+            "parts": {"type": "split", "params": {"chunk_chars": 120}, "inputs": {"text": ["in", "text"]}},
+            "ask": {"type": "map",
+                    "params": {"step": {"type": "template", "params": {"text": "Repeat this sentence: {{item}}"}}},
+                    "inputs": {"items": ["parts", "chunks"]}},
+            "each": {"type": "map",
+                     "params": {"step": {"type": "llm", "params": {"model": model(), "max_tokens": 12}}, "max_parallel": 4},
+                     "inputs": {"items": ["ask", "texts"]}},
+            "q": {"type": "llm", "params": {"model": model(), "max_tokens": 10},
+                  "inputs": {"prompt": ["in", "question"]}},
+            "all": {"type": "merge", "params": {"separator": "\n"},
+                    "inputs": {"a": ["each", "texts"], "b": ["q", "text"]}},
+            "unused": {"type": "llm", "params": {"model": model()}, "inputs": {"prompt": ["in", "question"]}},
+            "out": {"type": "output", "inputs": {"answers": ["each", "texts"], "summary": ["all", "text"]}}
+        },
+        "ui": {"q": {"x": 10, "y": 20}}
+    });
+    let question = "What is the capital of Italy?";
+    let (status, body) = run(
+        addr,
+        &json!({"flow": flow, "inputs": {"text": text, "question": question}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    let done = ev.last().expect("events");
+    assert_eq!(done["type"], "done", "{body}");
+    assert_eq!(done["status"], "done", "{body}");
+    // Each map item is the model's own answer to its chunk's prompt.
+    let want: Vec<String> = facts
+        .iter()
+        .map(|f| local(&format!("Repeat this sentence: {f}"), 12))
+        .collect();
+    assert_eq!(done["outputs"]["answers"], json!(want));
+    let q = local(question, 10);
+    assert_eq!(
+        done["outputs"]["summary"],
+        json!(format!("{}\n{q}", want.join("\n")))
+    );
+    // Per-node events: each needed node ran and finished; the unused one
+    // never ran; the llm node's tokens were streamed and add up to its text.
+    for id in ["in", "parts", "ask", "each", "q", "all", "out"] {
+        assert!(
+            ev.iter().any(|e| e["type"] == "node"
+                && e["id"] == id
+                && e["status"] == "done"
+                && e["ms"].is_u64()),
+            "{id} done: {body}"
+        );
+    }
+    assert!(!ev.iter().any(|e| e["id"] == "unused"), "{body}");
+    let streamed: String = ev
+        .iter()
+        .filter(|e| e["type"] == "token" && e["id"] == "q")
+        .map(|e| e["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(streamed, q);
+    assert!(ev.iter().any(|e| e["type"] == "node"
+        && e["id"] == "q"
+        && peers.contains(&e["peer"].as_str().unwrap_or_default().to_owned())));
+
+    // The record, read back after the fact.
+    let run_id = done["run"].as_str().expect("run id");
+    let (s, record) = json_call(addr, "GET", &format!("/v1/flows/runs/{run_id}"), None).await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "done");
+    assert_eq!(record["inputs"]["question"], question);
+    assert_eq!(record["flow"]["ui"], json!({"q": {"x": 10, "y": 20}}));
+    assert_eq!(record["nodes"]["unused"]["status"], "skipped");
+    assert_eq!(record["outputs"], done["outputs"]);
+    let each = &record["nodes"]["each"];
+    assert_eq!(each["status"], "done");
+    let items = each["items"].as_array().expect("items");
+    assert_eq!(items.len(), 4, "{each}");
+    // Both nodes served the map, and items ran at the same time.
+    let mut served: Vec<&str> = each["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    served.sort_unstable();
+    let mut all: Vec<&str> = peers.iter().map(String::as_str).collect();
+    all.sort_unstable();
+    assert_eq!(served, all, "{each}");
+    let spans: Vec<(u64, u64)> = items
+        .iter()
+        .map(|i| {
+            let s = i["started_ms"].as_u64().expect("start");
+            (s, s + i["ms"].as_u64().expect("ms"))
+        })
+        .collect();
+    let overlapping = spans
+        .iter()
+        .enumerate()
+        .any(|(i, a)| spans.iter().skip(i + 1).any(|b| a.0 < b.1 && b.0 < a.1));
+    assert!(overlapping, "the items ran one after another: {spans:?}");
+    drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_node_skips_its_descendants_while_the_others_finish() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+    let flow = json!({
+        "version": 1,
+        "nodes": {
+            "in": {"type": "input"},
+            "bad": {"type": "llm", "params": {"model": "no-such-model"}, "inputs": {"prompt": ["in", "q"]}},
+            "after": {"type": "template", "params": {"text": "got {{x}}"}, "inputs": {"x": ["bad", "text"]}},
+            "good": {"type": "template", "params": {"text": "fine: {{q}}"}, "inputs": {"q": ["in", "q"]}},
+            "out": {"type": "output", "inputs": {"a": ["after", "text"]}},
+            "out2": {"type": "output", "inputs": {"b": ["good", "text"]}}
+        }
+    });
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"flow": flow, "inputs": {"q": "hi"}, "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "failed", "{record}");
+    let n = &record["nodes"];
+    assert_eq!(n["bad"]["status"], "failed");
+    assert!(
+        n["bad"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-model")),
+        "{n}"
+    );
+    assert_eq!(
+        [&n["after"]["status"], &n["out"]["status"]],
+        ["skipped", "skipped"]
+    );
+    assert_eq!(
+        [&n["good"]["status"], &n["out2"]["status"]],
+        ["done", "done"]
+    );
+    assert_eq!(record["outputs"], json!({"b": "fine: hi"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_and_cancellation_stop_a_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 2);
+    wait_for_model(addr, 1).await;
+    // A long completion (counting goes on) under a node limit of a second.
+    let long = |ms: Option<u64>| {
+        let mut b = json!({
+            "flow": {"version": 1, "nodes": {
+                "in": {"type": "input"},
+                "count": {"type": "llm", "params": {"model": model(), "mode": "completion", "max_tokens": 4096},
+                          "inputs": {"prompt": ["in", "p"]}},
+                "out": {"type": "output", "inputs": {"x": ["count", "text"]}}
+            }},
+            "inputs": {"p": "1, 2, 3, 4, 5, 6, 7, 8,"},
+            "stream": false
+        });
+        if let Some(ms) = ms {
+            b["node_timeout_ms"] = json!(ms);
+        }
+        b
+    };
+    let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&long(Some(1000)))).await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "failed");
+    assert_eq!(
+        record["nodes"]["count"]["error"],
+        "the node's time limit (1000 ms) passed"
+    );
+    assert_eq!(record["nodes"]["out"]["status"], "skipped");
+
+    // Cancelled while its llm node runs: the stream's first event names
+    // the run; DELETE it once the node has a peer; the stream ends with
+    // `cancelled` and so does the record.
+    let mut body = long(None);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /v1/flows/run HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let seen = |raw: &[u8], what: &str| String::from_utf8_lossy(raw).contains(what);
+    while !seen(&raw, "\"peer\"") {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut chunk))
+            .await
+            .expect("the llm node starts in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let at = text.find("\"id\":\"run-").expect("the run event") + 6;
+    let run_id = text[at..at + 20].to_owned();
+    let (s, v) = json_call(addr, "DELETE", &format!("/v1/flows/runs/{run_id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut raw))
+        .await
+        .expect("the stream ends")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&raw).into_owned();
+    assert!(rest.contains("\"status\":\"cancelled\""), "{rest}");
+    let (s, record) = json_call(addr, "GET", &format!("/v1/flows/runs/{run_id}"), None).await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "cancelled");
+    assert_eq!(record["nodes"]["count"]["status"], "failed");
+    assert_eq!(record["nodes"]["count"]["error"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_flows_and_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let ok_flow = json!({"version": 1, "nodes": {
+        "in": {"type": "input"},
+        "t": {"type": "template", "params": {"text": "{{q}}"}, "inputs": {"q": ["in", "q"]}},
+        "out": {"type": "output", "inputs": {"x": ["t", "text"]}}
+    }});
+    let cases = [
+        (json!([1]), 400, "invalid_json", "not a JSON object"),
+        (
+            json!({"inputs": {}}),
+            400,
+            "invalid_flow",
+            "give the flow to run",
+        ),
+        (
+            json!({"flow": {"version": 1, "nodes": {"a": {"type": "merge", "inputs": {"x": ["a", "text"]}}, "o": {"type": "output", "inputs": {"x": ["a", "text"]}}}}}),
+            400,
+            "invalid_flow",
+            "the flow has a cycle: a → a",
+        ),
+        (
+            json!({"flow": {"version": 1, "nodes": {"o": {"type": "output", "inputs": {"x": ["nope", "text"]}}}}}),
+            400,
+            "invalid_flow",
+            "names node \"nope\", which is not in the flow",
+        ),
+        (
+            json!({"flow": ok_flow, "inputs": {}}),
+            400,
+            "invalid_inputs",
+            "inputs.q: the flow reads it and it is not given",
+        ),
+        (
+            json!({"flow": ok_flow, "inputs": {"q": 5}}),
+            400,
+            "invalid_inputs",
+            "inputs.q: a string",
+        ),
+        (
+            json!({"flow": ok_flow, "inputs": {"q": "x"}, "timeout_ms": 10}),
+            400,
+            "invalid_limit",
+            "timeout_ms: 10 is not an integer from 1000 to 600000",
+        ),
+        (
+            json!({"flow": {"version": 1, "nodes": {
+            "in": {"type": "input"},
+            "py": {"type": "python", "params": {"code": "print(1)"}, "inputs": {"n": ["in", "n"]}},
+            "o": {"type": "output", "inputs": {"x": ["py", "text"]}}}}, "inputs": {"n": "1"}}),
+            501,
+            "unsupported_node",
+            "node py: python nodes do not run on this relay yet",
+        ),
+    ];
+    for (body, status, code, says) in cases {
+        let (s, v) = json_call(addr, "POST", "/v1/flows/run", Some(&body)).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(says), "{m}\nwanted: {says}");
+    }
+    // A run of templates only needs no node; its record is kept.
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"flow": ok_flow, "inputs": {"q": "<b>kept as text</b>"}, "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["outputs"], json!({"x": "<b>kept as text</b>"}));
+    let id = record["id"].as_str().expect("id");
+    let (s, v) = json_call(addr, "DELETE", &format!("/v1/flows/runs/{id}"), None).await;
+    assert_eq!((s, &v["error"]["code"]), (409, &json!("run_finished")));
+    let (s, v) = json_call(addr, "GET", "/v1/flows/runs/run-0000000000000000", None).await;
+    assert_eq!((s, &v["error"]["code"]), (404, &json!("run_not_found")));
+    let (s, _) = json_call(addr, "DELETE", "/v1/flows/runs/run-0000000000000000", None).await;
+    assert_eq!(s, 404);
+}

@@ -1,0 +1,1028 @@
+//! `/v1/flows` (issue #15): a flow ([`tabnode_flows`]) run on the network.
+//!
+//! `POST /v1/flows/run` validates the flow and the run's inputs, starts the
+//! run in a task of its own and streams its events as server-sent events
+//! (`run` with its id first, then `node`, `token`, `error` and `done`), or,
+//! with `"stream": false`, answers the finished run record. The run
+//! computes the outputs' ancestors only; every node whose inputs are done
+//! starts at once ([`Schedule`]); `llm` nodes go through matchmaking like
+//! any chat request (their tokens streamed), `embed` and `retrieve` through
+//! the network's embedding batches and the vector store; a failed node
+//! skips its descendants while other branches finish. Limits: the run's
+//! (`timeout_ms`) and each node's (`node_timeout_ms`). The requester
+//! leaving, or `DELETE /v1/flows/runs/{id}`, cancels the run. Every run's
+//! record (the flow, its inputs, each node's status, serving peers, times
+//! and outputs, the run's outputs) is written to `flows.redb` when it
+//! starts and when it ends, and read back by `GET /v1/flows/runs/{id}`.
+//!
+//! `scrape` and `python` nodes are refused before a run starts: this relay
+//! does not run them yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, ConnectInfo, Path, State},
+    http::StatusCode,
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    Json,
+};
+use futures::{FutureExt, StreamExt};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde_json::{json, Map, Value};
+use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
+use tabnode_flows::{fill, Flow, LlmMode, Schedule, Status, Step};
+use tabnode_vectors::Query;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+
+use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest};
+use crate::openai::{admit, error, Api};
+use crate::vectors::Vectors;
+
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+
+/// Longest a run may take (`timeout_ms` may only lower it).
+pub const MAX_RUN_MS: u64 = 600_000;
+/// A node's limit unless `node_timeout_ms` says less.
+pub const DEFAULT_NODE_MS: u64 = 120_000;
+
+/// Errors of the run store.
+#[derive(Debug, thiserror::Error)]
+pub enum RunStoreError {
+    /// The database file cannot be opened, read or written.
+    #[error("flow runs database {path}: {source}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What redb reported.
+        source: redb::Error,
+    },
+}
+
+/// Run records in `flows.redb`: id → the record's JSON.
+#[derive(Debug)]
+pub struct RunStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RunStore {
+    /// Opens (or creates) the store.
+    ///
+    /// # Errors
+    /// [`RunStoreError::Database`].
+    pub fn open(path: &FsPath) -> Result<Self, RunStoreError> {
+        let bad = |e: redb::Error| RunStoreError::Database {
+            path: path.to_owned(),
+            source: e,
+        };
+        // A relay restarted in the same process may still be letting go.
+        let db = tabnode_vectors::open_when_free(path).map_err(|e| bad(e.into()))?;
+        let tx = db.begin_write().map_err(|e| bad(e.into()))?;
+        tx.open_table(RUNS).map_err(|e| bad(e.into()))?;
+        tx.commit().map_err(|e| bad(e.into()))?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    fn bad(&self, e: impl Into<redb::Error>) -> RunStoreError {
+        RunStoreError::Database {
+            path: self.path.clone(),
+            source: e.into(),
+        }
+    }
+
+    /// Writes `record` under its id (durable when it returns).
+    ///
+    /// # Errors
+    /// [`RunStoreError::Database`].
+    pub fn save(&self, id: &str, record: &Value) -> Result<(), RunStoreError> {
+        let bytes = record.to_string();
+        let tx = self.db.begin_write().map_err(|e| self.bad(e))?;
+        {
+            let mut t = tx.open_table(RUNS).map_err(|e| self.bad(e))?;
+            t.insert(id, bytes.as_bytes()).map_err(|e| self.bad(e))?;
+        }
+        tx.commit().map_err(|e| self.bad(e))
+    }
+
+    /// The record of run `id`, if there is one.
+    ///
+    /// # Errors
+    /// [`RunStoreError::Database`].
+    pub fn load(&self, id: &str) -> Result<Option<Value>, RunStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.bad(e))?;
+        let t = tx.open_table(RUNS).map_err(|e| self.bad(e))?;
+        Ok(t.get(id)
+            .map_err(|e| self.bad(e))?
+            .and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+}
+
+/// A run in progress.
+#[derive(Debug)]
+struct Live {
+    record: Mutex<Value>,
+    cancel: Notify,
+}
+
+/// What the flow routes share.
+#[derive(Clone)]
+pub(crate) struct Flows {
+    pub vectors: Vectors,
+    pub runs: Arc<RunStore>,
+    live: Arc<Mutex<HashMap<String, Arc<Live>>>>,
+}
+
+impl Flows {
+    pub fn new(vectors: Vectors, runs: Arc<RunStore>) -> Self {
+        Self {
+            vectors,
+            runs,
+            live: Arc::default(),
+        }
+    }
+
+    fn api(&self) -> &Api {
+        &self.vectors.api
+    }
+
+    async fn save(&self, id: &str, record: Value) {
+        let runs = self.runs.clone();
+        let id = id.to_owned();
+        match tokio::task::spawn_blocking(move || runs.save(&id, &record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("saving a flow run: {e}"),
+            Err(e) => tracing::error!("saving a flow run: {e}"),
+        }
+    }
+}
+
+fn invalid(code: &str, message: impl Into<String>) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some(code),
+        None,
+        message,
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A value on a connection.
+#[derive(Debug, Clone)]
+enum Val {
+    Text(String),
+    List(Vec<String>),
+    Vector(Vec<f32>),
+    Json(Value),
+}
+
+impl Val {
+    fn json(&self) -> Value {
+        match self {
+            Val::Text(t) => json!(t),
+            Val::List(l) => json!(l),
+            Val::Vector(v) => json!(v),
+            Val::Json(j) => j.clone(),
+        }
+    }
+
+    /// As text: a list joined by `sep`, anything else as JSON.
+    fn text(&self, sep: &str) -> String {
+        match self {
+            Val::Text(t) => t.clone(),
+            Val::List(l) => l.join(sep),
+            other => other.json().to_string(),
+        }
+    }
+}
+
+/// A node's outputs, by name.
+type Outputs = BTreeMap<String, Val>;
+
+/// Why a node failed (its message is what the run record and the events
+/// say).
+#[derive(Debug, thiserror::Error)]
+enum NodeError {
+    /// Its limit passed.
+    #[error("the node's time limit ({0} ms) passed")]
+    TimeLimit(u128),
+    /// The model request failed.
+    #[error("{0}")]
+    Model(String),
+    /// No node serves the model.
+    #[error("no node serves the model {0}")]
+    UnknownModel(String),
+    /// The relay's catalog has no embedding model.
+    #[error("this relay serves no embedding model")]
+    NoEmbeddingModel,
+    /// Embedding or the vector store refused.
+    #[error(transparent)]
+    Vectors(#[from] crate::vectors::Refusal),
+    /// The vector store failed.
+    #[error(transparent)]
+    Store(#[from] tabnode_vectors::VectorError),
+    /// A blocking task died.
+    #[error("a task of the relay failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A step this relay does not run.
+    #[error("{0} steps do not run on this relay yet")]
+    Unsupported(&'static str),
+    /// The request's stream ended without an answer.
+    #[error("the request ended without an answer")]
+    NoAnswer,
+    /// An item of a map.
+    #[error("item {index}: {source}")]
+    Item {
+        /// Its place in the list.
+        index: usize,
+        /// Why.
+        source: Box<NodeError>,
+    },
+}
+
+impl From<ApiFailure> for NodeError {
+    fn from(f: ApiFailure) -> Self {
+        match f {
+            ApiFailure::BadRequest(m) | ApiFailure::TooLarge(m) | ApiFailure::NoNode(m) => {
+                NodeError::Model(m)
+            }
+            ApiFailure::UnknownModel(m) => NodeError::UnknownModel(m),
+        }
+    }
+}
+
+/// From a node's task to the run.
+enum Msg {
+    /// A node serves (part of) it.
+    Peer { id: String, peer: String },
+    /// A map item ran.
+    Item {
+        id: String,
+        index: usize,
+        peers: Vec<String>,
+        started_ms: u64,
+        ms: u64,
+    },
+    /// Generated text.
+    Token { id: String, text: String },
+}
+
+/// Messages of a run's node to the run.
+#[derive(Clone)]
+struct Report {
+    id: String,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Report {
+    fn peer(&self, peer: &str) {
+        let _ = self.tx.send(Msg::Peer {
+            id: self.id.clone(),
+            peer: peer.to_owned(),
+        });
+    }
+}
+
+/// `POST /v1/flows/run`.
+pub(crate) async fn run(
+    State(f): State<Flows>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match admit(f.api(), addr, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("invalid_json", "the body is not a JSON object");
+    };
+    let Some(doc) = o.remove("flow") else {
+        return invalid("invalid_flow", "give the flow to run as \"flow\"");
+    };
+    let flow = match serde_json::from_value(doc)
+        .map_err(|e| tabnode_flows::FlowError::Json(e.to_string()))
+        .and_then(Flow::parse)
+    {
+        Ok(flow) => flow,
+        Err(e) => return invalid("invalid_flow", e.to_string()),
+    };
+    let needed = flow.needed();
+    if let Some((id, n)) = flow
+        .nodes
+        .iter()
+        .filter(|(id, _)| needed.contains(*id))
+        .find(|(_, n)| {
+            matches!(
+                n.step,
+                Step::Scrape { .. } | Step::Python { .. }
+            ) || matches!(&n.step, Step::Map { step, .. } if matches!(**step, Step::Scrape { .. } | Step::Python { .. }))
+        })
+    {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            Some("unsupported_node"),
+            None,
+            format!(
+                "node {id}: {} nodes do not run on this relay yet",
+                match &n.step {
+                    Step::Map { step, .. } => step.kind(),
+                    s => s.kind(),
+                }
+            ),
+        );
+    }
+    let inputs = match o.remove("inputs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return invalid("invalid_inputs", "inputs: an object of strings"),
+    };
+    let mut given = BTreeMap::new();
+    for (k, v) in inputs {
+        let Value::String(s) = v else {
+            return invalid("invalid_inputs", format!("inputs.{k}: a string"));
+        };
+        given.insert(k, s);
+    }
+    if let Some(missing) = flow
+        .input_names()
+        .into_iter()
+        .find(|n| !given.contains_key(n))
+    {
+        return invalid(
+            "invalid_inputs",
+            format!("inputs.{missing}: the flow reads it and it is not given"),
+        );
+    }
+    // A limit's value, or why not.
+    let limit = |name: &str, default: u64, hi: u64| -> Result<u64, String> {
+        match o.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1000..=hi).contains(&n) => Ok(n),
+                _ => Err(format!("{name}: {v} is not an integer from 1000 to {hi}")),
+            },
+        }
+    };
+    let limits = limit("timeout_ms", MAX_RUN_MS, MAX_RUN_MS).and_then(|run| {
+        limit("node_timeout_ms", DEFAULT_NODE_MS.min(run), run).map(|node| (run, node))
+    });
+    let (run_ms, node_ms) = match limits {
+        Ok(l) => l,
+        Err(why) => return invalid("invalid_limit", why),
+    };
+    let stream = !matches!(o.get("stream"), Some(Value::Bool(false)));
+
+    let id = format!("run-{:016x}", rand::random::<u64>());
+    let record = json!({
+        "id": id,
+        "status": "running",
+        "created_ms": now_ms(),
+        "flow": flow.doc,
+        "inputs": given,
+        "nodes": flow.nodes.keys().map(|n| {
+            let s = if needed.contains(n) { "queued" } else { "skipped" };
+            (n.clone(), json!({ "status": s }))
+        }).collect::<Map<String, Value>>(),
+        "outputs": {},
+    });
+    let live = Arc::new(Live {
+        record: Mutex::new(record.clone()),
+        cancel: Notify::new(),
+    });
+    f.live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id.clone(), live.clone());
+    f.save(&id, record).await;
+    let (tx, mut rx) = mpsc::channel::<Value>(1024);
+    // The first event names the run (to cancel it, or read it later).
+    let _ = tx.try_send(json!({ "type": "run", "id": id }));
+    tokio::spawn(execute(
+        f.clone(),
+        id.clone(),
+        live,
+        flow,
+        given,
+        (
+            Duration::from_millis(run_ms),
+            Duration::from_millis(node_ms),
+        ),
+        tx,
+    ));
+    if stream {
+        let body = futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|e| e.map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string()))))
+        });
+        return Sse::new(body)
+            .keep_alive(KeepAlive::default())
+            .into_response();
+    }
+    // The whole run, then its record.
+    while let Some(event) = rx.recv().await {
+        if event["type"] == "done" {
+            break;
+        }
+    }
+    record_of(&f, &id).await.map_or_else(
+        || {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+                "the run's record is lost",
+            )
+        },
+        |r| Json(r).into_response(),
+    )
+}
+
+async fn record_of(f: &Flows, id: &str) -> Option<Value> {
+    let live = f
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(id)
+        .cloned();
+    if let Some(l) = live {
+        return Some(
+            l.record
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        );
+    }
+    let runs = f.runs.clone();
+    let id = id.to_owned();
+    match tokio::task::spawn_blocking(move || runs.load(&id)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!("reading a flow run: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// `GET /v1/flows/runs/{id}`.
+pub(crate) async fn get_run(State(f): State<Flows>, Path(id): Path<String>) -> Response {
+    match record_of(&f, &id).await {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("run_not_found"),
+            None,
+            format!("no flow run {id}"),
+        ),
+    }
+}
+
+/// `DELETE /v1/flows/runs/{id}`: cancels a run in progress.
+pub(crate) async fn cancel_run(State(f): State<Flows>, Path(id): Path<String>) -> Response {
+    let live = f
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .cloned();
+    match live {
+        Some(l) => {
+            l.cancel.notify_one();
+            Json(json!({ "id": id, "cancelling": true })).into_response()
+        }
+        None if record_of(&f, &id).await.is_some() => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            Some("run_finished"),
+            None,
+            format!("flow run {id} has finished"),
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("run_not_found"),
+            None,
+            format!("no flow run {id}"),
+        ),
+    }
+}
+
+/// How a run ended.
+enum End {
+    Finished,
+    TimedOut,
+    Cancelled,
+}
+
+/// Runs `flow` to its end, keeping `live`'s record and sending events on
+/// `events`; saves the record and forgets the live run at the end.
+async fn execute(
+    f: Flows,
+    run_id: String,
+    live: Arc<Live>,
+    flow: Flow,
+    inputs: BTreeMap<String, String>,
+    (run_limit, node_limit): (Duration, Duration),
+    events: mpsc::Sender<Value>,
+) {
+    let started = Instant::now();
+    let update = |change: &dyn Fn(&mut Value)| {
+        let mut r = live.record.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut r);
+    };
+    // Events to a requester who left are dropped (the run is cancelled
+    // below when it notices).
+    let emit = |v: Value| {
+        let _ = events.try_send(v);
+    };
+    let (msg_tx, mut msgs) = mpsc::unbounded_channel::<Msg>();
+    let mut schedule = Schedule::new(&flow);
+    let mut values: HashMap<(String, String), Val> = HashMap::new();
+    let mut tasks: JoinSet<(String, Result<Outputs, NodeError>)> = JoinSet::new();
+    let mut node_started: HashMap<String, Instant> = HashMap::new();
+    let deadline = tokio::time::sleep(run_limit);
+    tokio::pin!(deadline);
+    let end = loop {
+        for id in schedule.ready() {
+            let Some(node) = flow.nodes.get(&id) else {
+                continue;
+            };
+            let mut given = BTreeMap::new();
+            for (name, src) in &node.inputs {
+                if let Some(v) = values.get(&(src.0.clone(), src.1.clone())) {
+                    given.insert(name.clone(), v.clone());
+                }
+            }
+            let at = now_ms();
+            update(&|r| {
+                r["nodes"][&id] = json!({ "status": "running", "started_ms": at, "peers": [] })
+            });
+            emit(json!({ "type": "node", "id": id, "status": "running" }));
+            node_started.insert(id.clone(), Instant::now());
+            let report = Report {
+                id: id.clone(),
+                tx: msg_tx.clone(),
+            };
+            let step = node.step.clone();
+            let (f, run_inputs) = (f.clone(), inputs.clone());
+            tasks.spawn(async move {
+                let r = tokio::time::timeout(
+                    node_limit,
+                    node_outputs(&f, &step, given, &run_inputs, &report),
+                )
+                .await
+                .unwrap_or_else(|_| Err(NodeError::TimeLimit(node_limit.as_millis())));
+                (report.id, r)
+            });
+        }
+        if schedule.finished() {
+            break End::Finished;
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next() => {
+                let (id, result) = match joined {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("flow node task: {e}");
+                        continue;
+                    }
+                };
+                let ms = node_started.get(&id).map_or(0, |t| t.elapsed().as_millis() as u64);
+                match result {
+                    Ok(outs) => {
+                        schedule.done(&id);
+                        let shown: Map<String, Value> = outs.iter().map(|(k, v)| (k.clone(), v.json())).collect();
+                        update(&|r| {
+                            let n = &mut r["nodes"][&id];
+                            n["status"] = json!("done");
+                            n["ms"] = json!(ms);
+                            n["output"] = Value::Object(shown.clone());
+                        });
+                        emit(json!({ "type": "node", "id": id, "status": "done", "ms": ms, "output": shown }));
+                        if matches!(flow.nodes.get(&id).map(|n| &n.step), Some(Step::Output)) {
+                            update(&|r| {
+                                for (k, v) in &shown {
+                                    r["outputs"][k] = v.clone();
+                                }
+                            });
+                        }
+                        for (k, v) in outs {
+                            values.insert((id.clone(), k), v);
+                        }
+                    }
+                    Err(why) => {
+                        let why = why.to_string();
+                        let skipped = schedule.failed(&id);
+                        update(&|r| {
+                            let n = &mut r["nodes"][&id];
+                            n["status"] = json!("failed");
+                            n["ms"] = json!(ms);
+                            n["error"] = json!(why);
+                            for s in &skipped {
+                                r["nodes"][s]["status"] = json!("skipped");
+                            }
+                        });
+                        emit(json!({ "type": "node", "id": id, "status": "failed", "ms": ms, "error": why }));
+                        for s in skipped {
+                            emit(json!({ "type": "node", "id": s, "status": "skipped" }));
+                        }
+                    }
+                }
+            }
+            Some(msg) = msgs.recv() => match msg {
+                Msg::Peer { id, peer } => {
+                    update(&|r| {
+                        if let Some(p) = r["nodes"][&id]["peers"].as_array_mut() {
+                            if !p.iter().any(|x| x == &json!(peer)) {
+                                p.push(json!(peer));
+                            }
+                        }
+                    });
+                    emit(json!({ "type": "node", "id": id, "status": "running", "peer": peer }));
+                }
+                Msg::Item { id, index, peers, started_ms, ms } => {
+                    update(&|r| {
+                        let n = &mut r["nodes"][&id];
+                        if !n["items"].is_array() {
+                            n["items"] = json!([]);
+                        }
+                        if let Some(items) = n["items"].as_array_mut() {
+                            items.push(json!({ "index": index, "peers": peers, "started_ms": started_ms, "ms": ms }));
+                        }
+                        if let Some(p) = n["peers"].as_array_mut() {
+                            for peer in &peers {
+                                if !p.iter().any(|x| x == &json!(peer)) {
+                                    p.push(json!(peer));
+                                }
+                            }
+                        }
+                    });
+                }
+                Msg::Token { id, text } => emit(json!({ "type": "token", "id": id, "text": text })),
+            },
+            () = &mut deadline => break End::TimedOut,
+            () = live.cancel.notified() => break End::Cancelled,
+            () = events.closed() => break End::Cancelled,
+        }
+    };
+    tasks.abort_all();
+    let (status, why) = match end {
+        End::Finished => {
+            let failed = flow
+                .nodes
+                .keys()
+                .any(|id| schedule.status(id) == Some(Status::Failed));
+            (if failed { "failed" } else { "done" }, None)
+        }
+        End::TimedOut => (
+            "failed",
+            Some(format!(
+                "the run's time limit ({} ms) passed",
+                run_limit.as_millis()
+            )),
+        ),
+        End::Cancelled => ("cancelled", Some("cancelled".to_owned())),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    update(&|r| {
+        r["status"] = json!(status);
+        r["ms"] = json!(ms);
+        if let (Some(why), Some(nodes)) = (&why, r["nodes"].as_object_mut()) {
+            for n in nodes.values_mut() {
+                match n["status"].as_str() {
+                    Some("running") => {
+                        n["status"] = json!("failed");
+                        n["error"] = json!(why);
+                    }
+                    Some("queued") => n["status"] = json!("skipped"),
+                    _ => {}
+                }
+            }
+        }
+    });
+    let record = live
+        .record
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    f.save(&run_id, record.clone()).await;
+    f.live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&run_id);
+    if let Some(why) = why {
+        emit(json!({ "type": "error", "run": run_id, "message": why }));
+    }
+    emit(
+        json!({ "type": "done", "run": run_id, "status": status, "ms": ms, "outputs": record["outputs"] }),
+    );
+}
+
+/// A node's outputs from its inputs.
+async fn node_outputs(
+    f: &Flows,
+    step: &Step,
+    mut inputs: BTreeMap<String, Val>,
+    run_inputs: &BTreeMap<String, String>,
+    report: &Report,
+) -> Result<Outputs, NodeError> {
+    let text = |inputs: &BTreeMap<String, Val>, name: &str| {
+        inputs.get(name).map(|v| v.text("\n\n")).unwrap_or_default()
+    };
+    let one = |name: &str, v: Val| Ok(BTreeMap::from([(name.to_owned(), v)]));
+    match step {
+        Step::Input { .. } => Ok(run_inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), Val::Text(v.clone())))
+            .collect()),
+        Step::Output => Ok(inputs),
+        Step::Template { text: t, .. } => {
+            let values = inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.text("\n\n")))
+                .collect();
+            one("text", Val::Text(fill(t, &values)))
+        }
+        Step::Merge { separator } => {
+            let parts: Vec<String> = inputs.values().map(|v| v.text(separator)).collect();
+            one("text", Val::Text(parts.join(separator)))
+        }
+        Step::Split {
+            chunk_chars,
+            overlap,
+        } => one(
+            "chunks",
+            Val::List(split(
+                &text(&inputs, "text"),
+                *chunk_chars as usize,
+                *overlap as usize,
+            )),
+        ),
+        Step::Llm(_) => {
+            let (t, _) = llm(f, step, text(&inputs, "prompt"), Some(report)).await?;
+            one("text", Val::Text(t))
+        }
+        Step::Embed { model } => {
+            let model = match model {
+                Some(m) => m.clone(),
+                None => f
+                    .api()
+                    .infer
+                    .state
+                    .catalog
+                    .embeddings
+                    .first()
+                    .map(|m| m.id.clone())
+                    .ok_or(NodeError::NoEmbeddingModel)?,
+            };
+            let mut e = f.vectors.embed(&model, vec![text(&inputs, "text")]).await?;
+            for n in &e.nodes {
+                report.peer(n);
+            }
+            one("vector", Val::Vector(e.vectors.pop().unwrap_or_default()))
+        }
+        Step::Retrieve { collection, limit } => {
+            let store = f.vectors.store.clone();
+            let info = store.info(collection)?;
+            let mut e = f
+                .vectors
+                .embed(&info.model, vec![text(&inputs, "query")])
+                .await?;
+            for n in &e.nodes {
+                report.peer(n);
+            }
+            let vector = e.vectors.pop().unwrap_or_default();
+            let (name, limit) = (collection.clone(), *limit as usize);
+            let found = tokio::task::spawn_blocking(move || {
+                store.query(
+                    &name,
+                    &Query {
+                        vector,
+                        limit,
+                        filter: None,
+                        exact: false,
+                        effort: 0,
+                    },
+                )
+            })
+            .await??;
+            let texts: Vec<&str> = found.iter().filter_map(|p| p.text.as_deref()).collect();
+            Ok(BTreeMap::from([
+                ("text".to_owned(), Val::Text(texts.join("\n\n"))),
+                ("points".to_owned(), Val::Json(json!(found))),
+            ]))
+        }
+        Step::Map {
+            step: inner,
+            port,
+            max_parallel,
+        } => {
+            let items = match inputs.remove("items") {
+                Some(Val::List(l)) => l,
+                _ => Vec::new(),
+            };
+            let runs = items.into_iter().enumerate().map(|(index, item)| {
+                let (inner, port) = (inner.as_ref(), port.as_str());
+                async move {
+                    let started_ms = now_ms();
+                    let t = Instant::now();
+                    let (text, peers) = match inner {
+                        Step::Llm(_) => llm(f, inner, item, None).await?,
+                        Step::Template { text: tpl, .. } => (
+                            fill(tpl, &BTreeMap::from([(port.to_owned(), item)])),
+                            Vec::new(),
+                        ),
+                        other => return Err(NodeError::Unsupported(other.kind())),
+                    };
+                    let _ = report.tx.send(Msg::Item {
+                        id: report.id.clone(),
+                        index,
+                        peers: peers.clone(),
+                        started_ms,
+                        ms: t.elapsed().as_millis() as u64,
+                    });
+                    Ok::<_, NodeError>(text)
+                }
+                .map(move |r| {
+                    r.map_err(|e| NodeError::Item {
+                        index,
+                        source: Box::new(e),
+                    })
+                })
+            });
+            let texts: Vec<String> = futures::stream::iter(runs)
+                .buffered(*max_parallel as usize)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            Ok(BTreeMap::from([
+                ("text".to_owned(), Val::Text(texts.join("\n\n"))),
+                ("texts".to_owned(), Val::List(texts)),
+            ]))
+        }
+        Step::Scrape { .. } | Step::Python { .. } => Err(NodeError::Unsupported(step.kind())),
+    }
+}
+
+/// An `llm` step's answer to `prompt` and the nodes that served it; its
+/// tokens reported as they come when `report` is given.
+async fn llm(
+    f: &Flows,
+    step: &Step,
+    prompt: String,
+    report: Option<&Report>,
+) -> Result<(String, Vec<String>), NodeError> {
+    let Step::Llm(p) = step else {
+        return Err(NodeError::Unsupported(step.kind()));
+    };
+    let prompt = match p.mode {
+        LlmMode::Completion => Prompt::Text(prompt),
+        LlmMode::Chat => {
+            let mut messages = Vec::new();
+            if let Some(system) = &p.system {
+                messages.push(ChatMessage {
+                    role: "system".into(),
+                    content: system.clone(),
+                });
+            }
+            messages.push(ChatMessage {
+                role: "user".into(),
+                content: prompt,
+            });
+            Prompt::Chat(messages)
+        }
+    };
+    let mut request = GenerateRequest::new(prompt);
+    request.max_tokens = p.max_tokens;
+    request.temperature = p.temperature;
+    let (tx, mut rx) = mpsc::channel(256);
+    tokio::spawn(run_request(
+        f.api().infer.clone(),
+        ApiRequest {
+            model: p.model.clone(),
+            request,
+        },
+        tx,
+    ));
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            ApiEvent::Started { node, .. } => {
+                if let Some(r) = report {
+                    r.peer(&node);
+                }
+            }
+            ApiEvent::Text { text: t, node, .. } => {
+                if let Some(r) = report {
+                    r.peer(&node);
+                    let _ = r.tx.send(Msg::Token {
+                        id: r.id.clone(),
+                        text: t.clone(),
+                    });
+                }
+                text.push_str(&t);
+            }
+            ApiEvent::Done { usage, .. } => return Ok((text, usage.nodes)),
+            ApiEvent::Failed(f) => return Err(f.into()),
+        }
+    }
+    Err(NodeError::NoAnswer)
+}
+
+/// `text` cut into chunks of at most `size` characters, each starting
+/// `size - overlap` characters after the last, cut at a space where one
+/// lies in the chunk's last fifth.
+fn split(text: &str, size: usize, overlap: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < chars.len() {
+        let mut end = (at + size).min(chars.len());
+        if end < chars.len() {
+            if let Some(space) = (at + size * 4 / 5..end)
+                .rev()
+                .find(|&i| chars[i].is_whitespace())
+            {
+                end = space + 1;
+            }
+        }
+        out.push(chars[at..end].iter().collect::<String>().trim().to_owned());
+        if end == chars.len() {
+            break;
+        }
+        at = (end.saturating_sub(overlap)).max(at + 1);
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cuts_at_spaces_with_overlap() {
+        let text = "alpha beta gamma delta epsilon zeta eta theta iota kappa ".repeat(10);
+        let chunks = split(&text, 100, 20);
+        assert!(chunks.len() > 5);
+        for c in &chunks {
+            assert!(c.chars().count() <= 100, "{c}");
+            assert!(!c.starts_with(' ') && !c.ends_with(' '));
+        }
+        // Every word of the text is in some chunk, in order.
+        let joined = chunks.join(" ");
+        for w in text.split_whitespace() {
+            assert!(joined.contains(w));
+        }
+        assert_eq!(split("", 100, 0), Vec::<String>::new());
+        assert_eq!(split("short", 100, 0), ["short"]);
+        // No space: cut at the size.
+        let long = "x".repeat(250);
+        assert_eq!(
+            split(&long, 100, 0)
+                .iter()
+                .map(String::len)
+                .collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+    }
+
+    #[test]
+    fn runs_are_kept_across_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("flows.redb");
+        {
+            let s = RunStore::open(&path).expect("open");
+            s.save("run-1", &json!({"id": "run-1", "status": "done"}))
+                .expect("save");
+        }
+        let s = RunStore::open(&path).expect("reopen");
+        assert_eq!(
+            s.load("run-1").expect("load"),
+            Some(json!({"id": "run-1", "status": "done"}))
+        );
+        assert_eq!(s.load("run-2").expect("load"), None);
+    }
+}
