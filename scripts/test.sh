@@ -15,7 +15,7 @@ cargo fmt --all --check
 
 echo "== cargo clippy (native, then wasm32)"
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --target wasm32-unknown-unknown -p tabnode-core -p tabnode-pof -p tabnode-infer -p tabnode-web -p tabnode-worker -- -D warnings
+cargo clippy --target wasm32-unknown-unknown -p tabnode-core -p tabnode-pof -p tabnode-infer -p tabnode-flows -p tabnode-web -p tabnode-worker -- -D warnings
 
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

@@ -4,7 +4,8 @@
 //! the order a run takes ([`Flow::needed`], [`Flow::order`], [`Schedule`]:
 //! only the outputs' ancestors run, every ready node at once, a failure
 //! skips its descendants while other branches finish). The relay runs
-//! flows; the editor page checks them with the same code in wasm.
+//! flows; the crate builds for wasm32 too, for the editor page to check
+//! flows with the same code (not wired yet).
 //!
 //! The format, with an example per node type (each one validated by this
 //! crate's tests), is in `FORMAT.md`:
