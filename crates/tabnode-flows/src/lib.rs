@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod plan;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

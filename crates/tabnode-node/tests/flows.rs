@@ -219,6 +219,30 @@ async fn a_failed_node_skips_its_descendants_while_the_others_finish() {
         ["done", "done"]
     );
     assert_eq!(record["outputs"], json!({"b": "fine: hi"}));
+
+    // A query planned into the `answer` template, which then runs as a
+    // template by name: the model's own answer.
+    let question = "What is the capital of France?";
+    let (s, p) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/plan",
+        Some(&json!({"query": question})),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["template"], "answer");
+    assert_eq!(p["inputs"], json!({"question": question}));
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"template": "answer", "inputs": p["inputs"], "model": model(), "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "done", "{record}");
+    assert_eq!(record["outputs"]["answer"], json!(local(question, 256)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -357,6 +381,32 @@ async fn bad_flows_and_inputs_are_clear_errors() {
             "node py: python nodes do not run on this relay yet",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            json!({"template": "nope"}),
+            400,
+            "unknown_template",
+            "template \"nope\": one of answer, rag, summarize-url, compare-urls, python-calc",
+        ),
+        (
+            json!({"template": "answer", "flow": ok_flow}),
+            400,
+            "invalid_flow",
+            "not both",
+        ),
+        (
+            json!({"template": "answer", "model": 3, "inputs": {"question": "q"}}),
+            400,
+            "invalid_request",
+            "model: a name, not 3",
+        ),
+        (
+            json!({"template": "python-calc", "inputs": {"expression": "2**100"}}),
+            501,
+            "unsupported_node",
+            "node calc: python nodes",
+        ),
+    ]);
     for (body, status, code, says) in cases {
         let (s, v) = json_call(addr, "POST", "/v1/flows/run", Some(&body)).await;
         assert_eq!(s, status, "{body}: {v}");
@@ -381,4 +431,41 @@ async fn bad_flows_and_inputs_are_clear_errors() {
     assert_eq!((s, &v["error"]["code"]), (404, &json!("run_not_found")));
     let (s, _) = json_call(addr, "DELETE", "/v1/flows/runs/run-0000000000000000", None).await;
     assert_eq!(s, 404);
+    // Planning: the shipped templates, chosen by rules.
+    let (s, t) = json_call(addr, "GET", "/v1/flows/templates", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(t["templates"].as_array().map(Vec::len), Some(5), "{t}");
+    for (query, extra, template) in [
+        ("What is 2**100?", json!({}), "python-calc"),
+        (
+            "Summarize http://127.0.0.1:9/page.html",
+            json!({}),
+            "summarize-url",
+        ),
+        (
+            "What does the manual say about fuses?",
+            json!({"collection": "manuals"}),
+            "rag",
+        ),
+    ] {
+        let mut body = json!({"query": query});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (s, p) = json_call(addr, "POST", "/v1/flows/plan", Some(&body)).await;
+        assert_eq!((s, p["template"].as_str()), (200, Some(template)), "{p}");
+    }
+    let (_, p) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/plan",
+        Some(&json!({"query": "Q?", "collection": "manuals"})),
+    )
+    .await;
+    assert_eq!(
+        p["flow"]["nodes"]["hits"]["params"]["collection"],
+        "manuals"
+    );
+    let (s, v) = json_call(addr, "POST", "/v1/flows/plan", Some(&json!({"query": " "}))).await;
+    assert_eq!((s, &v["error"]["code"]), (400, &json!("invalid_request")));
 }

@@ -39,7 +39,7 @@ use futures::{FutureExt, StreamExt};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde_json::{json, Map, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
-use tabnode_flows::{fill, Flow, LlmMode, Schedule, Status, Step};
+use tabnode_flows::{fill, plan, Flow, FlowDoc, LlmMode, Schedule, Status, Step};
 use tabnode_vectors::Query;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -314,11 +314,27 @@ pub(crate) async fn run(
     let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(&body) else {
         return invalid("invalid_json", "the body is not a JSON object");
     };
-    let Some(doc) = o.remove("flow") else {
-        return invalid("invalid_flow", "give the flow to run as \"flow\"");
+    let doc = match (o.remove("flow"), o.get("template")) {
+        (Some(_), Some(_)) => {
+            return invalid(
+                "invalid_flow",
+                "give a \"flow\" or a \"template\", not both",
+            )
+        }
+        (Some(doc), None) => serde_json::from_value(doc).map_err(|e| e.to_string()),
+        (None, Some(name)) => match from_template(name, &o) {
+            Ok(doc) => Ok(doc),
+            Err(r) => return r,
+        },
+        (None, None) => {
+            return invalid(
+                "invalid_flow",
+                "give the flow to run as \"flow\", or a \"template\" by name",
+            )
+        }
     };
-    let flow = match serde_json::from_value(doc)
-        .map_err(|e| tabnode_flows::FlowError::Json(e.to_string()))
+    let flow = match doc
+        .map_err(tabnode_flows::FlowError::Json)
         .and_then(Flow::parse)
     {
         Ok(flow) => flow,
@@ -455,6 +471,96 @@ pub(crate) async fn run(
         },
         |r| Json(r).into_response(),
     )
+}
+
+/// The flow of template `name`, with the body's `model` and `collection`
+/// set in it.
+fn from_template(name: &Value, body: &Map<String, Value>) -> Result<FlowDoc, Response> {
+    let names = || {
+        plan::TEMPLATES
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(t) = name.as_str().and_then(plan::template) else {
+        return Err(invalid(
+            "unknown_template",
+            format!("template {name}: one of {}", names()),
+        ));
+    };
+    let mut doc = t
+        .doc()
+        .map_err(|e| invalid("invalid_flow", e.to_string()))?;
+    for (field, set) in [
+        ("model", plan::set_model as fn(&mut FlowDoc, &str)),
+        ("collection", plan::set_collection),
+    ] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if !v.is_empty() => set(&mut doc, v),
+            Some(other) => {
+                return Err(invalid(
+                    "invalid_request",
+                    format!("{field}: a name, not {other}"),
+                ))
+            }
+        }
+    }
+    Ok(doc)
+}
+
+/// `GET /v1/flows/templates`: the shipped flows.
+pub(crate) async fn templates() -> Response {
+    let list: Vec<Value> = plan::TEMPLATES
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "about": t.about,
+                "inputs": t.inputs,
+                "flow": t.doc().ok(),
+            })
+        })
+        .collect();
+    Json(json!({ "templates": list })).into_response()
+}
+
+/// `POST /v1/flows/plan`: a template for `{"query", "collection"?,
+/// "model"?}`, chosen by rules, with its inputs and its flow (the model
+/// and collection set in it).
+pub(crate) async fn plan_query(
+    State(f): State<Flows>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match admit(f.api(), addr, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("invalid_json", "the body is not a JSON object");
+    };
+    let Some(query) = o
+        .get("query")
+        .and_then(Value::as_str)
+        .filter(|q| !q.trim().is_empty())
+    else {
+        return invalid("invalid_request", "query: the question or task, a string");
+    };
+    let collection = o.get("collection").and_then(Value::as_str);
+    let p = plan::plan(query, collection);
+    let doc = match from_template(&json!(p.template), &o) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    Json(json!({
+        "template": p.template,
+        "why": p.why,
+        "inputs": p.inputs,
+        "flow": doc,
+    }))
+    .into_response()
 }
 
 async fn record_of(f: &Flows, id: &str) -> Option<Value> {
