@@ -324,7 +324,7 @@ pub(crate) async fn run(
         (Some(doc), None) => serde_json::from_value(doc).map_err(|e| e.to_string()),
         (None, Some(name)) => match from_template(name, &o) {
             Ok(doc) => Ok(doc),
-            Err(r) => return r,
+            Err(r) => return *r,
         },
         (None, None) => {
             return invalid(
@@ -475,7 +475,7 @@ pub(crate) async fn run(
 
 /// The flow of template `name`, with the body's `model` and `collection`
 /// set in it.
-fn from_template(name: &Value, body: &Map<String, Value>) -> Result<FlowDoc, Response> {
+fn from_template(name: &Value, body: &Map<String, Value>) -> Result<FlowDoc, Box<Response>> {
     let names = || {
         plan::TEMPLATES
             .iter()
@@ -484,14 +484,14 @@ fn from_template(name: &Value, body: &Map<String, Value>) -> Result<FlowDoc, Res
             .join(", ")
     };
     let Some(t) = name.as_str().and_then(plan::template) else {
-        return Err(invalid(
+        return Err(Box::new(invalid(
             "unknown_template",
             format!("template {name}: one of {}", names()),
-        ));
+        )));
     };
     let mut doc = t
         .doc()
-        .map_err(|e| invalid("invalid_flow", e.to_string()))?;
+        .map_err(|e| Box::new(invalid("invalid_flow", e.to_string())))?;
     for (field, set) in [
         ("model", plan::set_model as fn(&mut FlowDoc, &str)),
         ("collection", plan::set_collection),
@@ -500,10 +500,10 @@ fn from_template(name: &Value, body: &Map<String, Value>) -> Result<FlowDoc, Res
             None | Some(Value::Null) => {}
             Some(Value::String(v)) if !v.is_empty() => set(&mut doc, v),
             Some(other) => {
-                return Err(invalid(
+                return Err(Box::new(invalid(
                     "invalid_request",
                     format!("{field}: a name, not {other}"),
-                ))
+                )))
             }
         }
     }
@@ -552,7 +552,7 @@ pub(crate) async fn plan_query(
     let p = plan::plan(query, collection);
     let doc = match from_template(&json!(p.template), &o) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     Json(json!({
         "template": p.template,
