@@ -88,5 +88,7 @@ cargo run -q -p tabnode-vectors --example vector_bench -- "${VECTORS:-100000}" "
 echo "== network inference: time to first token through the relay vs local (net_bench overhead)"
 cargo build -q -p tabnode-node --example net_bench
 "$CARGO_TARGET_DIR/debug/examples/net_bench" overhead "${OVERHEAD_ROUNDS:-40}"
+echo "== flows: orchestration overhead per node, and a parallel map against the same steps one after another (net_bench flows)"
+"$CARGO_TARGET_DIR/debug/examples/net_bench" flows "${FLOW_ROUNDS:-20}"
 echo "== relay routing throughput with simulated native nodes (net_bench routing)"
 "$CARGO_TARGET_DIR/debug/examples/net_bench" routing ${ROUTING_NODES:-10 100 1000}

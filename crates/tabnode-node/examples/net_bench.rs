@@ -9,6 +9,12 @@
 //!   to simulated native nodes (real libp2p nodes whose model answers at
 //!   once with fixed tokens), for each node count, with 64 concurrent
 //!   clients for 5 s each; p50/p99 latency.
+//! * `net_bench flows [ROUNDS]`: a flow's orchestration overhead per node
+//!   (chains of 1 and 64 no-op template nodes, `/v1/flows/run`, against
+//!   the relay's plainest request, `GET /v1/flows/templates`, in the same
+//!   run), and a `map` of 4 llm steps over two nodes serving the real
+//!   model, in parallel against one after another (`max_parallel` 4
+//!   against 1).
 
 #[path = "../tests/common/http.rs"]
 mod http_client;
@@ -184,7 +190,7 @@ async fn overhead(n: usize) {
     // The same path with a model that answers at once: its local time to
     // first token is a function call, so the network's time is the
     // overhead alone, without the prefill's noise.
-    let _sim = node(&relay, Arc::new(Simulated), 1);
+    let _sim = node(&relay, Arc::new(Simulated(None)), 1);
     wait_nodes_of(relay.http_addr, "simulated-1t").await;
     network_ttft(relay.http_addr, "simulated-1t", 2).await;
     let mut sim = Vec::new();
@@ -217,8 +223,10 @@ async fn wait_nodes_of(addr: std::net::SocketAddr, model: &str) {
     }
 }
 
-/// A stand-in model: answers at once with `max_tokens` fixed tokens.
-struct Simulated;
+/// A stand-in model: answers with `max_tokens` fixed tokens, at once or
+/// one per `.0` (a pace: a volunteer machine of its own, whose generation
+/// takes time without taking this machine's cores).
+struct Simulated(Option<Duration>);
 
 /// Its name.
 const SIMULATED: &str = "Simulated 1T";
@@ -243,6 +251,9 @@ impl ServedModel for Simulated {
             .max_tokens
             .saturating_sub(request.resume.len() as u32);
         for i in 0..n {
+            if let Some(pace) = self.0 {
+                std::thread::sleep(pace);
+            }
             on_piece(&[100 + i], " x");
         }
         Ok(GenerateResult {
@@ -265,7 +276,7 @@ async fn routing(counts: &[usize]) {
         let relay = relay(dir.path()).await;
         let t0 = Instant::now();
         let nodes: Vec<NodeHandle> = (0..k)
-            .map(|_| node(&relay, Arc::new(Simulated), 4))
+            .map(|_| node(&relay, Arc::new(Simulated(None)), 4))
             .collect();
         wait_nodes(relay.http_addr, k as u64).await;
         // Each node is challenged once when it registers: let the proofs
@@ -334,6 +345,163 @@ async fn routing(counts: &[usize]) {
     }
 }
 
+/// A chain of `n` template nodes passing the input on.
+fn chain(n: usize) -> serde_json::Value {
+    let mut nodes = serde_json::Map::new();
+    nodes.insert("in".into(), json!({"type": "input"}));
+    let mut prev = ("in".to_owned(), "q".to_owned());
+    for i in 0..n {
+        let id = format!("t{i}");
+        nodes.insert(
+            id.clone(),
+            json!({"type": "template", "params": {"text": "{{x}}"}, "inputs": {"x": [prev.0, prev.1]}}),
+        );
+        prev = (id, "text".into());
+    }
+    nodes.insert(
+        "out".into(),
+        json!({"type": "output", "inputs": {"x": [prev.0, prev.1]}}),
+    );
+    json!({"version": 1, "nodes": nodes})
+}
+
+/// Milliseconds of one whole (not streamed) flow run.
+async fn run_ms(addr: std::net::SocketAddr, body: &serde_json::Value) -> f64 {
+    let t0 = Instant::now();
+    let r = http(addr, "POST", "/v1/flows/run", Some(&body.to_string()), &[]).await;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "done", "{}", r.body);
+    ms
+}
+
+async fn flows(rounds: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(dir.path()).await;
+    let addr = relay.http_addr;
+    let (mut one, mut long, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    let body = |n| json!({"flow": chain(n), "inputs": {"q": "x"}, "stream": false});
+    run_ms(addr, &body(64)).await;
+    for _ in 0..rounds {
+        one.push(run_ms(addr, &body(1)).await);
+        long.push(run_ms(addr, &body(64)).await);
+        let t0 = Instant::now();
+        let r = http(addr, "GET", "/v1/flows/templates", None, &[]).await;
+        assert_eq!(r.status, 200);
+        plain.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let (one, long, plain) = (
+        pct(&mut one, 0.5),
+        pct(&mut long, 0.5),
+        pct(&mut plain, 0.5),
+    );
+    let per_node = (long - one) / 63.0;
+    println!(
+        "{}",
+        json!({
+            "bench": "flow_overhead", "rounds": rounds,
+            "chain_1_ms_p50": one, "chain_64_ms_p50": long,
+            "per_node_ms": per_node,
+            "plain_request_ms_p50": plain,
+            "per_node_over_plain_request": per_node / plain,
+        })
+    );
+
+    // A map of 4 llm steps over two nodes (one slot each) serving the real
+    // model: all at once against one after another.
+    let path = std::env::var_os("TABNODE_MODEL").expect("TABNODE_MODEL (scripts/env.sh)");
+    let bytes = std::fs::read(path).expect("model");
+    // An engine each: one engine runs one generation at a time.
+    let engines = [0, 1].map(|_| Arc::new(Engine::load_quantized(bytes.clone()).expect("engine")));
+    let model = tabnode_core::model_id(&engines[0].info.name);
+    let _nodes = engines.map(|e| node(&relay, e, 1));
+    wait_nodes(addr, 2).await;
+    let text = [
+        "Name three colours of the rainbow.",
+        "Write one sentence about the sea.",
+        "What do bees make from nectar?",
+        "Give a synonym for happy.",
+    ]
+    .map(|s| format!("{s:<100}"))
+    .join("");
+    let map = |parallel: u32| {
+        json!({
+            "flow": {"version": 1, "nodes": {
+                "in": {"type": "input"},
+                "parts": {"type": "split", "params": {"chunk_chars": 100}, "inputs": {"text": ["in", "text"]}},
+                "each": {"type": "map",
+                         "params": {"step": {"type": "llm", "params": {"model": model, "max_tokens": 32}},
+                                    "max_parallel": parallel},
+                         "inputs": {"items": ["parts", "chunks"]}},
+                "out": {"type": "output", "inputs": {"x": ["each", "texts"]}}
+            }},
+            "inputs": {"text": text},
+            "stream": false,
+        })
+    };
+    run_ms(addr, &map(4)).await;
+    let (mut par, mut seq) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.clamp(1, 5) {
+        par.push(run_ms(addr, &map(4)).await);
+        seq.push(run_ms(addr, &map(1)).await);
+    }
+    let (par, seq) = (pct(&mut par, 0.5), pct(&mut seq, 0.5));
+    println!(
+        "{}",
+        json!({
+            "bench": "flow_map", "model": model, "items": 4, "nodes": 2, "max_tokens": 32,
+            "parallel_ms_p50": par, "sequential_ms_p50": seq, "speedup": seq / par,
+        })
+    );
+    // The same map over four stand-in nodes generating 100 tokens/s each
+    // (machines of their own), so that the map's parallelism is not bound
+    // by this machine's cores.
+    let _paced: Vec<NodeHandle> = (0..4)
+        .map(|_| {
+            node(
+                &relay,
+                Arc::new(Simulated(Some(Duration::from_millis(10)))),
+                1,
+            )
+        })
+        .collect();
+    wait_nodes_of(addr, "simulated-1t").await;
+    let sim = |parallel: u32| {
+        let mut b = map(parallel);
+        b["flow"]["nodes"]["each"]["params"]["step"]["params"]["model"] = json!("simulated-1t");
+        b
+    };
+    // Every paced node registered: one request each at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
+        let n = v["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == "simulated-1t"))
+            .and_then(|m| m["tabnode"]["nodes"].as_u64())
+            .unwrap_or(0);
+        if n >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run_ms(addr, &sim(4)).await;
+    let (mut par, mut seq) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.clamp(1, 5) {
+        par.push(run_ms(addr, &sim(4)).await);
+        seq.push(run_ms(addr, &sim(1)).await);
+    }
+    let (par, seq) = (pct(&mut par, 0.5), pct(&mut seq, 0.5));
+    println!(
+        "{}",
+        json!({
+            "bench": "flow_map", "model": "simulated-1t (100 tokens/s a node)", "items": 4, "nodes": 4, "max_tokens": 32,
+            "parallel_ms_p50": par, "sequential_ms_p50": seq, "speedup": seq / par,
+        })
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -348,6 +516,7 @@ async fn main() {
             })
             .await;
         }
-        _ => eprintln!("usage: net_bench overhead [N] | routing [NODES...]"),
+        Some("flows") => flows(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20)).await,
+        _ => eprintln!("usage: net_bench overhead [N] | routing [NODES...] | flows [ROUNDS]"),
     }
 }
