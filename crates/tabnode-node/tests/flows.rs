@@ -56,13 +56,15 @@ async fn a_flow_runs_on_the_network_in_parallel_and_is_recorded() {
     let relay = relay_with(&dir, test_config()).await;
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
-    let nodes = [serving_node(tcp.clone(), 1), serving_node(tcp, 1)];
+    // Two slots each: the `q` branch takes one while the map's four items
+    // arrive, so each node holds at least one of them whatever finishes
+    // first.
+    let nodes = [serving_node(tcp.clone(), 2), serving_node(tcp, 2)];
     wait_for_model(addr, 2).await;
     let peers: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
 
     // Four short paragraphs, split into four chunks, each asked of the
-    // model at once (one slot per node: two nodes, two at a time); a
-    // second branch asks one question; both merged.
+    // model at once; a second branch asks one question; both merged.
     let facts = [
         "Paris is the capital of France.",
         "The Nile is a long river in Africa.",
@@ -468,4 +470,111 @@ async fn bad_flows_and_inputs_are_clear_errors() {
     );
     let (s, v) = json_call(addr, "POST", "/v1/flows/plan", Some(&json!({"query": " "}))).await;
     assert_eq!((s, &v["error"]["code"]), (400, &json!("invalid_request")));
+}
+
+/// A loopback HTTP server answering `/page.html` with `html` (every other
+/// path 404).
+async fn page_server(html: String) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let found = String::from_utf8_lossy(&req).starts_with("GET /page.html ");
+                let (status, body) = if found {
+                    ("200 OK", html.as_str())
+                } else {
+                    ("404 Not Found", "")
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn summarize_url_scrapes_a_page_and_summarizes_it_on_the_network() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = tabnode_relay::RelayConfig::ephemeral(dir.path().join("relay"), ".".into());
+    cfg.infer = test_config();
+    // The test's page is on loopback: the explicit test allowance.
+    cfg.scrape.allow_loopback = true;
+    let relay = tabnode_relay::start(cfg).await.expect("relay");
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+    let para =
+        "The honey bee collects nectar from flowers and turns it into honey inside the hive. ";
+    let html = format!(
+        "<html><head><title>Honey bees</title></head><body><article><h1>Honey bees</h1><p>{}</p><p>{}</p></article></body></html>",
+        para.repeat(4),
+        "Bees also pollinate crops, which helps farmers grow fruit. ".repeat(4)
+    );
+    let site = page_server(html).await;
+    let url = format!("http://{site}/page.html");
+    let (s, p) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/plan",
+        Some(&json!({"query": format!("Summarize {url}")})),
+    )
+    .await;
+    assert_eq!((s, &p["template"]), (200, &json!("summarize-url")), "{p}");
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"template": "summarize-url", "inputs": p["inputs"], "model": model(), "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "done", "{record}");
+    let out = &record["outputs"];
+    assert_eq!(out["title"], "Honey bees");
+    let text = out["text"].as_str().expect("scraped text");
+    assert!(
+        text.contains("turns it into honey") && text.contains("pollinate crops"),
+        "{text}"
+    );
+    // The summary is the model's own, step by step: the one chunk's notes,
+    // then the notes summarized.
+    let notes = local(&format!("Summarize in two sentences:\n{}", text.trim()), 96);
+    let summary = local(
+        &format!("Summarize these notes in one paragraph:\n{notes}"),
+        192,
+    );
+    assert_eq!(out["summary"], json!(summary));
+
+    // The guard holds inside a flow: a page on the metadata address fails
+    // its node, with the reason.
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"template": "summarize-url", "inputs": {"url": "http://169.254.169.254/latest/meta-data/"}, "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "failed");
+    assert!(
+        record["nodes"]["page"]["error"].as_str().is_some_and(|e| e.contains("169.254.169.254 is 169.254.169.254, not a public address")),
+        "{record}"
+    );
+    assert_eq!(record["nodes"]["summary"]["status"], "skipped");
 }

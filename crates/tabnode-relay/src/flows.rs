@@ -15,8 +15,9 @@
 //! and outputs, the run's outputs) is written to `flows.redb` when it
 //! starts and when it ends, and read back by `GET /v1/flows/runs/{id}`.
 //!
-//! `scrape` and `python` nodes are refused before a run starts: this relay
-//! does not run them yet.
+//! `scrape` nodes fetch through the relay's guarded scraper
+//! ([`crate::scrape`]). `python` nodes and rendered scrapes are refused
+//! before a run starts: this relay does not run them yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -46,6 +47,7 @@ use tokio::task::JoinSet;
 
 use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest};
 use crate::openai::{admit, error, Api};
+use crate::scrape::Scraper;
 use crate::vectors::Vectors;
 
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -142,14 +144,16 @@ struct Live {
 pub(crate) struct Flows {
     pub vectors: Vectors,
     pub runs: Arc<RunStore>,
+    pub scraper: Arc<Scraper>,
     live: Arc<Mutex<HashMap<String, Arc<Live>>>>,
 }
 
 impl Flows {
-    pub fn new(vectors: Vectors, runs: Arc<RunStore>) -> Self {
+    pub fn new(vectors: Vectors, runs: Arc<RunStore>, scraper: Arc<Scraper>) -> Self {
         Self {
             vectors,
             runs,
+            scraper,
             live: Arc::default(),
         }
     }
@@ -236,6 +240,9 @@ enum NodeError {
     /// Embedding or the vector store refused.
     #[error(transparent)]
     Vectors(#[from] crate::vectors::Refusal),
+    /// The page could not be scraped.
+    #[error(transparent)]
+    Scrape(#[from] crate::scrape::ScrapeError),
     /// The vector store failed.
     #[error(transparent)]
     Store(#[from] tabnode_vectors::VectorError),
@@ -341,29 +348,33 @@ pub(crate) async fn run(
         Err(e) => return invalid("invalid_flow", e.to_string()),
     };
     let needed = flow.needed();
-    if let Some((id, n)) = flow
+    // What this relay does not run yet: Python, and pages rendered in a
+    // headless browser.
+    let unsupported = |step: &Step| match step {
+        Step::Python { .. } => Some("python nodes do not run on this relay yet"),
+        Step::Scrape { render: true, .. } => {
+            Some("scrape with render (a headless browser) does not run on this relay yet")
+        }
+        _ => None,
+    };
+    let refused = flow
         .nodes
         .iter()
         .filter(|(id, _)| needed.contains(*id))
-        .find(|(_, n)| {
-            matches!(
-                n.step,
-                Step::Scrape { .. } | Step::Python { .. }
-            ) || matches!(&n.step, Step::Map { step, .. } if matches!(**step, Step::Scrape { .. } | Step::Python { .. }))
-        })
-    {
+        .find_map(|(id, n)| {
+            let step = match &n.step {
+                Step::Map { step, .. } => step.as_ref(),
+                s => s,
+            };
+            unsupported(step).map(|why| format!("node {id}: {why}"))
+        });
+    if let Some(why) = refused {
         return error(
             StatusCode::NOT_IMPLEMENTED,
             "invalid_request_error",
             Some("unsupported_node"),
             None,
-            format!(
-                "node {id}: {} nodes do not run on this relay yet",
-                match &n.step {
-                    Step::Map { step, .. } => step.kind(),
-                    s => s.kind(),
-                }
-            ),
+            why,
         );
     }
     let inputs = match o.remove("inputs") {
@@ -955,6 +966,9 @@ async fn node_outputs(
                     let t = Instant::now();
                     let (text, peers) = match inner {
                         Step::Llm(_) => llm(f, inner, item, None).await?,
+                        Step::Scrape { max_bytes, .. } => {
+                            (f.scraper.scrape(&item, *max_bytes).await?.text, Vec::new())
+                        }
                         Step::Template { text: tpl, .. } => (
                             fill(tpl, &BTreeMap::from([(port.to_owned(), item)])),
                             Vec::new(),
@@ -988,7 +1002,18 @@ async fn node_outputs(
                 ("texts".to_owned(), Val::List(texts)),
             ]))
         }
-        Step::Scrape { .. } | Step::Python { .. } => Err(NodeError::Unsupported(step.kind())),
+        Step::Scrape { max_bytes, .. } => {
+            let page = f
+                .scraper
+                .scrape(text(&inputs, "url").trim(), *max_bytes)
+                .await?;
+            Ok(BTreeMap::from([
+                ("text".to_owned(), Val::Text(page.text)),
+                ("title".to_owned(), Val::Text(page.title)),
+                ("links".to_owned(), Val::List(page.links)),
+            ]))
+        }
+        Step::Python { .. } => Err(NodeError::Unsupported(step.kind())),
     }
 }
 

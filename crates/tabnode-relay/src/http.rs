@@ -64,6 +64,7 @@ pub(crate) fn router(
     infer: InferContext,
     store: Arc<tabnode_vectors::VectorStore>,
     runs: Arc<crate::flows::RunStore>,
+    scraper: Arc<crate::scrape::Scraper>,
 ) -> Router {
     use crate::vectors as vx;
     let root = &config.site_root;
@@ -105,6 +106,7 @@ pub(crate) fn router(
                 store: store.clone(),
             },
             runs,
+            scraper,
         ));
     // Jobs take up to 50,000 inputs.
     let jobs = Router::new()

@@ -25,6 +25,7 @@ pub mod metrics;
 mod openai;
 mod pof;
 pub mod registry;
+pub mod scrape;
 pub mod sessions;
 mod state;
 mod swarm;
@@ -79,6 +80,9 @@ pub enum RelayError {
     /// The vector store cannot be opened.
     #[error(transparent)]
     Vectors(#[from] tabnode_vectors::VectorError),
+    /// The scraper's HTTP client cannot be built.
+    #[error(transparent)]
+    Scraper(#[from] scrape::ScrapeError),
     /// The flow runs' database cannot be opened.
     #[error(transparent)]
     FlowRuns(#[from] flows::RunStoreError),
@@ -159,6 +163,8 @@ pub struct RelayConfig {
     pub catalog: catalog::Catalog,
     /// The vector store's limits and index settings.
     pub vectors: tabnode_vectors::StoreConfig,
+    /// How flows' `scrape` nodes fetch pages.
+    pub scrape: scrape::ScrapeConfig,
 }
 
 impl RelayConfig {
@@ -178,6 +184,7 @@ impl RelayConfig {
             infer: InferConfig::default(),
             catalog: catalog::Catalog::builtin(),
             vectors: tabnode_vectors::StoreConfig::default(),
+            scrape: scrape::ScrapeConfig::default(),
         }
     }
 }
@@ -259,6 +266,10 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         config.vectors.clone(),
     )?);
     let runs = Arc::new(flows::RunStore::open(&config.data_dir.join("flows.redb"))?);
+    let scraper = Arc::new(scrape::Scraper::new(
+        config.scrape.clone(),
+        Arc::new(scrape::SystemResolver),
+    )?);
     let codec =
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
@@ -301,6 +312,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         infer,
         vectors.clone(),
         runs,
+        scraper,
     );
     let http_task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();

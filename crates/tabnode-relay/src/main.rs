@@ -128,6 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_points: args.max_vector_points,
             ..tabnode_vectors::StoreConfig::default()
         },
+        scrape: tabnode_relay::scrape::ScrapeConfig::default(),
     };
     let relay = start(config).await?;
     let json = serde_json::to_string_pretty(&relay.bootstrap)?;
