@@ -18,7 +18,7 @@ use tabnode_core::infer::{EmbedInput, EmbedRequest};
 use tabnode_core::{ErrorCode, Response};
 use tabnode_infer::bert::{BertError, BertModel};
 use tabnode_infer::embedder::Embedder;
-use tabnode_infer::gpu::{self, Gpu, GpuBert, GpuBertError, BATCH_TOKENS};
+use tabnode_infer::gpu::{GpuBert, GpuBertError, BATCH_TOKENS};
 
 fn fixture() -> Json {
     serde_json::from_str(include_str!("fixtures/minilm.json")).expect("fixture")
@@ -125,7 +125,7 @@ fn bad_ids_and_files_are_clear_errors() {
 }
 
 fn gpu_encoder(m: BertModel) -> GpuBert {
-    GpuBert::new(gpu_device(), Arc::new(m)).expect("encoder")
+    GpuBert::new(common::gpu(), Arc::new(m)).expect("encoder")
 }
 
 #[test]
@@ -194,12 +194,6 @@ fn gpu_encoder_refuses_bad_ids_before_running() {
     assert!(block_on(enc.embed(&[])).expect("none").is_empty());
 }
 
-fn gpu_device() -> Gpu {
-    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN))
-        .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup.sh --test)");
-    block_on(Gpu::new(&adapter)).expect("device")
-}
-
 #[test]
 fn an_embedder_on_the_gpu_answers_as_on_the_cpu() {
     let [config, weights, tokenizer] = minilm_files();
@@ -224,7 +218,7 @@ fn an_embedder_on_the_gpu_answers_as_on_the_cpu() {
         panic!("the CPU answers")
     };
     assert!(block_on(e.answer_on_gpu(&request)).is_none(), "no GPU yet");
-    e.use_gpu(gpu_device()).expect("upload");
+    e.use_gpu(common::gpu()).expect("upload");
     let Some(Response::Embedded(gpu)) = block_on(e.answer_on_gpu(&request)) else {
         panic!("the GPU answers")
     };

@@ -4,18 +4,12 @@
 
 mod common;
 
-use common::model_bytes;
+use common::{gpu, model_bytes};
 use futures::executor::block_on;
 use tabnode_infer::generate::{Sampler, Sampling, Top};
 use tabnode_infer::gguf::Gguf;
 use tabnode_infer::gpu::{self, Gpu, GpuModel, Variant};
 use tabnode_infer::reference::{argmax, ReferenceModel};
-
-fn gpu() -> Gpu {
-    let adapter = block_on(gpu::adapter(wgpu::Backends::VULKAN))
-        .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup.sh --test)");
-    block_on(Gpu::new(&adapter)).expect("device")
-}
 
 #[test]
 fn logits_and_greedy_tokens_equal_the_f32_reference() {

@@ -191,7 +191,7 @@ async fn overhead(n: usize) {
     // first token is a function call, so the network's time is the
     // overhead alone, without the prefill's noise.
     let _sim = node(&relay, Arc::new(Simulated(None)), 1);
-    wait_nodes_of(relay.http_addr, "simulated-1t").await;
+    wait_nodes_of(relay.http_addr, "simulated-1t", 1).await;
     network_ttft(relay.http_addr, "simulated-1t", 2).await;
     let mut sim = Vec::new();
     for _ in 0..n * 5 {
@@ -208,17 +208,22 @@ async fn overhead(n: usize) {
     );
 }
 
-async fn wait_nodes_of(addr: std::net::SocketAddr, model: &str) {
+async fn wait_nodes_of(addr: std::net::SocketAddr, model: &str, nodes: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        let found = v["data"]
+        let serving = v["data"]
             .as_array()
-            .is_some_and(|d| d.iter().any(|m| m["id"] == model));
-        if found {
+            .and_then(|d| d.iter().find(|m| m["id"] == model))
+            .and_then(|m| m["tabnode"]["nodes"].as_u64())
+            .unwrap_or(0);
+        if serving >= nodes {
             return;
         }
-        assert!(Instant::now() < deadline, "{model} never registered: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "{model} never had {nodes} nodes: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -465,27 +470,12 @@ async fn flows(rounds: usize) {
             )
         })
         .collect();
-    wait_nodes_of(addr, "simulated-1t").await;
+    wait_nodes_of(addr, "simulated-1t", 4).await;
     let sim = |parallel: u32| {
         let mut b = map(parallel);
         b["flow"]["nodes"]["each"]["params"]["step"]["params"]["model"] = json!("simulated-1t");
         b
     };
-    // Every paced node registered: one request each at once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        let n = v["data"]
-            .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == "simulated-1t"))
-            .and_then(|m| m["tabnode"]["nodes"].as_u64())
-            .unwrap_or(0);
-        if n >= 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     run_ms(addr, &sim(4)).await;
     let (mut par, mut seq) = (Vec::new(), Vec::new());
     for _ in 0..rounds.clamp(1, 5) {

@@ -162,6 +162,15 @@ impl Flows {
         &self.vectors.api
     }
 
+    /// Run `id`, while it runs.
+    fn live_run(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
     async fn save(&self, id: &str, record: Value) {
         let runs = self.runs.clone();
         let id = id.to_owned();
@@ -575,13 +584,7 @@ pub(crate) async fn plan_query(
 }
 
 async fn record_of(f: &Flows, id: &str) -> Option<Value> {
-    let live = f
-        .live
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(id)
-        .cloned();
-    if let Some(l) = live {
+    if let Some(l) = f.live_run(id) {
         return Some(
             l.record
                 .lock()
@@ -617,13 +620,7 @@ pub(crate) async fn get_run(State(f): State<Flows>, Path(id): Path<String>) -> R
 
 /// `DELETE /v1/flows/runs/{id}`: cancels a run in progress.
 pub(crate) async fn cancel_run(State(f): State<Flows>, Path(id): Path<String>) -> Response {
-    let live = f
-        .live
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&id)
-        .cloned();
-    match live {
+    match f.live_run(&id) {
         Some(l) => {
             l.cancel.notify_one();
             Json(json!({ "id": id, "cancelling": true })).into_response()

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use wgpu::util::DeviceExt;
 
-use super::{Gpu, GpuError};
+use super::{bind_buffers, compute_pipeline, Gpu, GpuError};
 use crate::bert::{BertError, BertModel, Linear, Norm};
 
 /// Why the GPU encoder cannot be built or cannot answer.
@@ -144,20 +144,8 @@ impl GpuBert {
                 usage: wgpu::BufferUsages::UNIFORM,
             })
         };
-        let pipeline = |src: &str| {
-            let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("bert"),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("bert"),
-                layout: None,
-                module: &m,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
+        let pipeline =
+            |src: &str| compute_pipeline(dev, &format!("{}{src}", include_str!("bert_batch.wgsl")));
         let linear_p = pipeline(include_str!("bert_linear.wgsl"));
         let norm_p = pipeline(include_str!("bert_norm.wgsl"));
         let gelu_p = pipeline(include_str!("bert_gelu.wgsl"));
@@ -186,24 +174,10 @@ impl GpuBert {
             mapped_at_creation: false,
         });
 
-        let op = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], grid| {
-            let entries: Vec<_> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            Op {
-                bind: dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("bert"),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                }),
-                pipeline: pipeline.clone(),
-                grid,
-            }
+        let op = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], grid| Op {
+            bind: bind_buffers(dev, pipeline, buffers),
+            pipeline: pipeline.clone(),
+            grid,
         };
         let eps = c.layer_norm_eps as f32;
         let norm_dims = {

@@ -13,13 +13,6 @@ struct Dims {
     _a: u32,
 }
 
-struct Batch {
-    tokens: u32,
-    seqs: u32,
-    _a: u32,
-    _b: u32,
-}
-
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> v: array<vec4<f32>>;

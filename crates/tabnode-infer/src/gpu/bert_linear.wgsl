@@ -15,13 +15,6 @@ struct Dims {
     _pad: u32,
 }
 
-struct Batch {
-    tokens: u32,
-    seqs: u32,
-    _a: u32,
-    _b: u32,
-}
-
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;

@@ -9,13 +9,6 @@ struct Dims {
     _b: u32,
 }
 
-struct Batch {
-    tokens: u32,
-    seqs: u32,
-    _a: u32,
-    _b: u32,
-}
-
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read> g: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;

@@ -8,13 +8,6 @@ struct Dims {
     _c: u32,
 }
 
-struct Batch {
-    tokens: u32,
-    seqs: u32,
-    _a: u32,
-    _b: u32,
-}
-
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> dims: Dims;
 @group(0) @binding(2) var<uniform> batch: Batch;

@@ -223,6 +223,43 @@ fn dims(rows: u32, blocks: u32, row_words: u32, x_at: u32, y_at: u32, acc: bool)
     out
 }
 
+/// A compute pipeline of WGSL `src`'s `main`, its layout from the shader.
+fn compute_pipeline(dev: &wgpu::Device, src: &str) -> wgpu::ComputePipeline {
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// A bind group of `pipeline`'s group 0 with `buffers` at bindings 0, 1, …
+fn bind_buffers(
+    dev: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<_> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    dev.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
 /// The highest-performance adapter of `backends`.
 ///
 /// # Errors

@@ -294,20 +294,7 @@ impl GpuModel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let module = |src: &str| {
-            let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: None,
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: None,
-                layout: None,
-                module: &m,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
+        let module = |src: &str| super::compute_pipeline(&dev, src);
         // The reductions' workgroup: one SIMD group on a software adapter
         // (a barrier between the invocations of one CPU thread's lanes
         // switches nothing), 64 invocations on a GPU.
@@ -322,25 +309,12 @@ impl GpuModel {
         let head_norm_p = module(&wg(include_str!("head_norm.wgsl")));
         let argmax_p = module(&wg(include_str!("argmax.wgsl")));
         let top_p = module(include_str!("top.wgsl"));
-        let kernel = |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| {
-            let entries: Vec<_> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            Op::Kernel {
-                bind: dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                }),
+        let kernel =
+            |pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], groups: u32| Op::Kernel {
+                bind: super::bind_buffers(&dev, pipeline, buffers),
                 pipeline: pipeline.clone(),
                 groups,
-            }
-        };
+            };
         // RMSNorm of `input` with the weights at `at` into `out`, or added
         // to it (`acc`).
         let norm_at = |input: &wgpu::Buffer, out: &wgpu::Buffer, at: usize, acc: bool| {

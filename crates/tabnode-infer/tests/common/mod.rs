@@ -161,3 +161,12 @@ pub fn relative_diff(got: &[f32], want: &[f32]) -> f32 {
         .fold(0f32, f32::max);
     diff / spread
 }
+
+/// A device on the first Vulkan adapter (Mesa lavapipe here and on CI).
+#[allow(dead_code)] // not every test file uses the GPU
+pub fn gpu() -> tabnode_infer::gpu::Gpu {
+    use futures::executor::block_on;
+    let adapter = block_on(tabnode_infer::gpu::adapter(wgpu::Backends::VULKAN))
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers: scripts/setup.sh --test)");
+    block_on(tabnode_infer::gpu::Gpu::new(&adapter)).expect("device")
+}
