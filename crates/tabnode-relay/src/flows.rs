@@ -37,7 +37,7 @@ use axum::{
     Json,
 };
 use futures::{FutureExt, StreamExt};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{json, Map, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
 use tabnode_flows::{fill, plan, Flow, FlowDoc, LlmMode, Schedule, Status, Step};
@@ -90,7 +90,28 @@ impl RunStore {
         // A relay restarted in the same process may still be letting go.
         let db = tabnode_vectors::open_when_free(path).map_err(|e| bad(e.into()))?;
         let tx = db.begin_write().map_err(|e| bad(e.into()))?;
-        tx.open_table(RUNS).map_err(|e| bad(e.into()))?;
+        {
+            // Runs the last relay left running (it stopped, or was killed,
+            // during them) are over: say so.
+            let mut t = tx.open_table(RUNS).map_err(|e| bad(e.into()))?;
+            let mut ended = Vec::new();
+            for entry in t.iter().map_err(|e| bad(e.into()))? {
+                let (k, v) = entry.map_err(|e| bad(e.into()))?;
+                let Ok(mut r) = serde_json::from_slice::<Value>(v.value()) else {
+                    continue;
+                };
+                if r["status"] == "running" {
+                    r["status"] = json!("failed");
+                    r["error"] = json!(INTERRUPTED);
+                    end_nodes(&mut r, INTERRUPTED);
+                    ended.push((k.value().to_owned(), r.to_string()));
+                }
+            }
+            for (k, v) in ended {
+                t.insert(k.as_str(), v.as_bytes())
+                    .map_err(|e| bad(e.into()))?;
+            }
+        }
         tx.commit().map_err(|e| bad(e.into()))?;
         Ok(Self {
             db,
@@ -129,6 +150,26 @@ impl RunStore {
         Ok(t.get(id)
             .map_err(|e| self.bad(e))?
             .and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+}
+
+/// Why a run the relay did not finish ended.
+const INTERRUPTED: &str = "the relay stopped during the run";
+
+/// A run record's nodes at its end: those running failed for `why`, those
+/// queued skipped.
+fn end_nodes(record: &mut Value, why: &str) {
+    if let Some(nodes) = record["nodes"].as_object_mut() {
+        for n in nodes.values_mut() {
+            match n["status"].as_str() {
+                Some("running") => {
+                    n["status"] = json!("failed");
+                    n["error"] = json!(why);
+                }
+                Some("queued") => n["status"] = json!("skipped"),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -822,17 +863,8 @@ async fn execute(
     update(&|r| {
         r["status"] = json!(status);
         r["ms"] = json!(ms);
-        if let (Some(why), Some(nodes)) = (&why, r["nodes"].as_object_mut()) {
-            for n in nodes.values_mut() {
-                match n["status"].as_str() {
-                    Some("running") => {
-                        n["status"] = json!("failed");
-                        n["error"] = json!(why);
-                    }
-                    Some("queued") => n["status"] = json!("skipped"),
-                    _ => {}
-                }
-            }
+        if let Some(why) = &why {
+            end_nodes(r, why);
         }
     });
     let record = live
@@ -1152,5 +1184,28 @@ mod tests {
             Some(json!({"id": "run-1", "status": "done"}))
         );
         assert_eq!(s.load("run-2").expect("load"), None);
+        // A run left running (the relay was killed) reads as failed after a
+        // restart, its running node failed and its queued one skipped.
+        s.save(
+            "run-3",
+            &json!({"id": "run-3", "status": "running", "nodes": {
+                "a": {"status": "done"}, "b": {"status": "running"}, "c": {"status": "queued"}}}),
+        )
+        .expect("save");
+        drop(s);
+        let s = RunStore::open(&path).expect("reopen");
+        let r = s.load("run-3").expect("load").expect("kept");
+        assert_eq!(r["status"], "failed");
+        assert_eq!(r["error"], INTERRUPTED);
+        let status = |n: &str| r["nodes"][n]["status"].clone();
+        assert_eq!(
+            [status("a"), status("b"), status("c")],
+            ["done", "failed", "skipped"]
+        );
+        assert_eq!(r["nodes"]["b"]["error"], INTERRUPTED);
+        assert_eq!(
+            s.load("run-1").expect("load").expect("kept")["status"],
+            "done"
+        );
     }
 }
