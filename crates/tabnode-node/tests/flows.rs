@@ -427,6 +427,12 @@ async fn bad_flows_and_inputs_are_clear_errors() {
     assert_eq!(s, 200, "{record}");
     assert_eq!(record["outputs"], json!({"x": "<b>kept as text</b>"}));
     let id = record["id"].as_str().expect("id");
+    let (s, list) = json_call(addr, "GET", "/v1/flows/runs?limit=5", None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["runs"][0]["id"], id, "the newest first: {list}");
+    assert_eq!(list["runs"][0]["status"], "done");
+    let (s, v) = json_call(addr, "GET", "/v1/flows/runs?limit=0", None).await;
+    assert_eq!((s, &v["error"]["code"]), (400, &json!("invalid_limit")));
     let (s, v) = json_call(addr, "DELETE", &format!("/v1/flows/runs/{id}"), None).await;
     assert_eq!((s, &v["error"]["code"]), (409, &json!("run_finished")));
     let (s, v) = json_call(addr, "GET", "/v1/flows/runs/run-0000000000000000", None).await;

@@ -51,6 +51,8 @@ use crate::scrape::Scraper;
 use crate::vectors::Vectors;
 
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+/// (created at, id) of every run: the newest found without reading all.
+const BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("runs_by_time");
 
 /// Longest a run may take (`timeout_ms` may only lower it).
 pub const MAX_RUN_MS: u64 = 600_000;
@@ -90,6 +92,7 @@ impl RunStore {
         // A relay restarted in the same process may still be letting go.
         let db = tabnode_vectors::open_when_free(path).map_err(|e| bad(e.into()))?;
         let tx = db.begin_write().map_err(|e| bad(e.into()))?;
+        tx.open_table(BY_TIME).map_err(|e| bad(e.into()))?;
         {
             // Runs the last relay left running (it stopped, or was killed,
             // during them) are over: say so.
@@ -136,8 +139,37 @@ impl RunStore {
         {
             let mut t = tx.open_table(RUNS).map_err(|e| self.bad(e))?;
             t.insert(id, bytes.as_bytes()).map_err(|e| self.bad(e))?;
+            let mut by_time = tx.open_table(BY_TIME).map_err(|e| self.bad(e))?;
+            let at = record["created_ms"].as_u64().unwrap_or(0);
+            by_time.insert((at, id), ()).map_err(|e| self.bad(e))?;
         }
         tx.commit().map_err(|e| self.bad(e))
+    }
+
+    /// The newest `limit` runs, newest first: id, status, when, how long.
+    ///
+    /// # Errors
+    /// [`RunStoreError::Database`].
+    pub fn recent(&self, limit: usize) -> Result<Vec<Value>, RunStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.bad(e))?;
+        let by_time = tx.open_table(BY_TIME).map_err(|e| self.bad(e))?;
+        let runs = tx.open_table(RUNS).map_err(|e| self.bad(e))?;
+        let mut out = Vec::new();
+        for entry in by_time.iter().map_err(|e| self.bad(e))?.rev().take(limit) {
+            let (key, _) = entry.map_err(|e| self.bad(e))?;
+            let (_, id) = key.value();
+            let Some(r) = runs
+                .get(id)
+                .map_err(|e| self.bad(e))?
+                .and_then(|v| serde_json::from_slice::<Value>(v.value()).ok())
+            else {
+                continue;
+            };
+            out.push(json!({
+                "id": r["id"], "status": r["status"], "created_ms": r["created_ms"], "ms": r["ms"],
+            }));
+        }
+        Ok(out)
     }
 
     /// The record of run `id`, if there is one.
@@ -656,6 +688,34 @@ pub(crate) async fn get_run(State(f): State<Flows>, Path(id): Path<String>) -> R
             None,
             format!("no flow run {id}"),
         ),
+    }
+}
+
+/// `GET /v1/flows/runs?limit=`: the newest runs (20, at most 100), newest
+/// first.
+pub(crate) async fn list_runs(
+    State(f): State<Flows>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return invalid("invalid_limit", "limit: an integer from 1 to 100"),
+    };
+    let runs = f.runs.clone();
+    let failed = |why: String| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            None,
+            why,
+        )
+    };
+    match tokio::task::spawn_blocking(move || runs.recent(limit)).await {
+        Ok(Ok(list)) => Json(json!({ "runs": list })).into_response(),
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(e) => failed(e.to_string()),
     }
 }
 
@@ -1206,6 +1266,24 @@ mod tests {
         assert_eq!(
             s.load("run-1").expect("load").expect("kept")["status"],
             "done"
+        );
+        // Newest first, each once (a run saved twice is listed once).
+        for (id, at) in [("run-a", 10), ("run-b", 30), ("run-c", 20)] {
+            let r = json!({"id": id, "status": "done", "created_ms": at, "ms": 1});
+            s.save(id, &r).expect("save");
+            s.save(id, &r).expect("save again");
+        }
+        let ids: Vec<Value> = s
+            .recent(3)
+            .expect("recent")
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect();
+        assert_eq!(ids, ["run-b", "run-c", "run-a"]);
+        assert_eq!(
+            s.recent(100).expect("recent").len(),
+            5,
+            "run-1, run-3 and these"
         );
     }
 }

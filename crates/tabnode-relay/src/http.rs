@@ -94,6 +94,7 @@ pub(crate) fn router(
         .route("/v1/flows/run", post(crate::flows::run))
         .route("/v1/flows/plan", post(crate::flows::plan_query))
         .route("/v1/flows/templates", get(crate::flows::templates))
+        .route("/v1/flows/runs", get(crate::flows::list_runs))
         .route(
             "/v1/flows/runs/{id}",
             get(crate::flows::get_run).delete(crate::flows::cancel_run),
