@@ -766,11 +766,16 @@ async fn execute(
         let mut r = live.record.lock().unwrap_or_else(PoisonError::into_inner);
         change(&mut r);
     };
-    // Events to a requester who left are dropped (the run is cancelled
-    // below when it notices).
+    // Events wait here and are sent (in order, at the requester's pace)
+    // at each turn of the loop.
+    let pending: Mutex<Vec<Value>> = Mutex::new(Vec::new());
     let emit = |v: Value| {
-        let _ = events.try_send(v);
+        pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(v)
     };
+    let take = || std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
     let (msg_tx, mut msgs) = mpsc::unbounded_channel::<Msg>();
     let mut schedule = Schedule::new(&flow);
     let mut values: HashMap<(String, String), Val> = HashMap::new();
@@ -778,7 +783,13 @@ async fn execute(
     let mut node_started: HashMap<String, Instant> = HashMap::new();
     let deadline = tokio::time::sleep(run_limit);
     tokio::pin!(deadline);
-    let end = loop {
+    let end = 'run: loop {
+        for v in take() {
+            if events.send(v).await.is_err() {
+                // The requester left.
+                break 'run End::Cancelled;
+            }
+        }
         for id in schedule.ready() {
             let Some(node) = flow.nodes.get(&id) else {
                 continue;
@@ -943,6 +954,11 @@ async fn execute(
     emit(
         json!({ "type": "done", "run": run_id, "status": status, "ms": ms, "outputs": record["outputs"] }),
     );
+    for v in take() {
+        if events.send(v).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// A node's outputs from its inputs.
