@@ -2,8 +2,8 @@
 //! relay's [`EmbedRequest`] batches: the same checks and rows natively
 //! (the batch's inputs on all cores) and in a tab's worker (one input at a
 //! time, yielding between them so a generation keeps its pace), or, with
-//! [`Embedder::use_gpu`], a whole batch in one GPU submission (the WGSL
-//! encoder, [`crate::gpu::GpuBert`]).
+//! `Embedder::use_gpu` (feature `gpu`), a whole batch in one GPU submission
+//! (the WGSL encoder, `gpu::GpuBert`).
 
 pub use tabnode_core::infer::EMBEDDER_FILES as FILES;
 use tabnode_core::infer::{EmbedInput, EmbedRequest, EmbedResult, MAX_EMBED_INPUTS};
