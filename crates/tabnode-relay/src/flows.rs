@@ -390,18 +390,31 @@ impl Report {
     }
 }
 
+/// A request's body admitted (rate limit, size) and read as a JSON object.
+fn object(
+    f: &Flows,
+    addr: SocketAddr,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, Box<Response>> {
+    let body = admit(f.api(), addr, body)?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => Ok(o),
+        _ => Err(Box::new(invalid(
+            "invalid_json",
+            "the body is not a JSON object",
+        ))),
+    }
+}
+
 /// `POST /v1/flows/run`.
 pub(crate) async fn run(
     State(f): State<Flows>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit(f.api(), addr, body) {
-        Ok(b) => b,
+    let mut o = match object(&f, addr, body) {
+        Ok(o) => o,
         Err(r) => return *r,
-    };
-    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(&body) else {
-        return invalid("invalid_json", "the body is not a JSON object");
     };
     let doc = match (o.remove("flow"), o.get("template")) {
         (Some(_), Some(_)) => {
@@ -627,12 +640,9 @@ pub(crate) async fn plan_query(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match admit(f.api(), addr, body) {
-        Ok(b) => b,
+    let o = match object(&f, addr, body) {
+        Ok(o) => o,
         Err(r) => return *r,
-    };
-    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(&body) else {
-        return invalid("invalid_json", "the body is not a JSON object");
     };
     let Some(query) = o
         .get("query")

@@ -136,6 +136,17 @@ pub fn tokens_of(ledger: &Value, peer: &str) -> u64 {
         .map_or(0, |b| b["tokens"].as_u64().expect("tokens"))
 }
 
+/// The requests (or embedding batches) credited to `peer` in a
+/// `/api/ledger` answer.
+pub fn requests_of(ledger: &Value, peer: &str) -> u64 {
+    ledger["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .find(|b| b["peer_id"] == peer)
+        .map_or(0, |b| b["requests"].as_u64().expect("requests"))
+}
+
 /// A JSON request: the status and the body as JSON (`null` when it is not).
 pub async fn json_call(
     addr: std::net::SocketAddr,
