@@ -687,17 +687,22 @@ async fn record_of(f: &Flows, id: &str) -> Option<Value> {
     }
 }
 
+/// The answer for a run id the relay does not know.
+fn no_run(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("run_not_found"),
+        None,
+        format!("no flow run {id}"),
+    )
+}
+
 /// `GET /v1/flows/runs/{id}`.
 pub(crate) async fn get_run(State(f): State<Flows>, Path(id): Path<String>) -> Response {
     match record_of(&f, &id).await {
         Some(r) => Json(r).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("run_not_found"),
-            None,
-            format!("no flow run {id}"),
-        ),
+        None => no_run(&id),
     }
 }
 
@@ -743,13 +748,7 @@ pub(crate) async fn cancel_run(State(f): State<Flows>, Path(id): Path<String>) -
             None,
             format!("flow run {id} has finished"),
         ),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("run_not_found"),
-            None,
-            format!("no flow run {id}"),
-        ),
+        None => no_run(&id),
     }
 }
 
