@@ -44,11 +44,16 @@ if [ ! -s "$TABNODE_MODELS_DIR/all-minilm-l6-v2/model.safetensors" ]; then
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" all-minilm-l6-v2
 fi
 
-# The site's browser libraries (the chat page's Markdown: marked, DOMPurify,
-# highlight.js), from npm, served as ES modules from www/node_modules.
+# The site's browser libraries, from npm (never a CDN), served from
+# www/node_modules: the chat page's Markdown (marked, DOMPurify,
+# highlight.js), the flow editor (Drawflow, MIT: its LICENSE comes with it)
+# and Python for flows (Pyodide: the relay serves its wasm and stdlib to the
+# sandbox). `npm ci` checks each package against the sha512 in package-lock.json.
 if [ ! -d "$TABNODE_ROOT/www/node_modules/marked" ] || [ ! -d "$TABNODE_ROOT/www/node_modules/dompurify" ] \
-  || [ ! -d "$TABNODE_ROOT/www/node_modules/@highlightjs/cdn-assets" ]; then
-  step "npm ci (www: marked, dompurify, highlight.js)"
+  || [ ! -d "$TABNODE_ROOT/www/node_modules/@highlightjs/cdn-assets" ] \
+  || [ ! -s "$TABNODE_ROOT/www/node_modules/drawflow/dist/drawflow.min.js" ] \
+  || [ ! -s "$TABNODE_ROOT/www/node_modules/pyodide/pyodide.asm.wasm" ]; then
+  step "npm ci (www: marked, dompurify, highlight.js, drawflow, pyodide)"
   (cd "$TABNODE_ROOT/www" && npm ci --no-audit --no-fund)
 fi
 

@@ -2,7 +2,8 @@
 //! nodes serving the real model. Every node's status streamed and recorded;
 //! a `map` over four chunks runs its llm steps on both nodes at once, each
 //! answer the model's own; a failed node skips only its descendants; the
-//! limits, cancellation and bad input.
+//! limits, cancellation and bad input; Python jobs handed to the requester
+//! and their answers.
 
 use serde_json::{json, Value};
 use tabnode_core::infer::GenerateRequest;
@@ -10,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "common/http.rs"]
 mod http_client;
-use http_client::{http, json_call};
+use http_client::{http, json_call, EventStream};
 #[path = "common/serving.rs"]
 mod serving;
 use serving::*;
@@ -380,7 +381,19 @@ async fn bad_flows_and_inputs_are_clear_errors() {
             "o": {"type": "output", "inputs": {"x": ["py", "text"]}}}}, "inputs": {"n": "1"}}),
             501,
             "unsupported_node",
-            "node py: python nodes do not run on this relay yet",
+            "node py: python steps run in the requester's tab: ask with \"python\": \"requester\"",
+        ),
+        (
+            json!({"flow": ok_flow, "inputs": {"q": "x"}, "python": "requester", "stream": false}),
+            400,
+            "invalid_request",
+            "it needs \"stream\": true",
+        ),
+        (
+            json!({"flow": ok_flow, "inputs": {"q": "x"}, "python": "anyone"}),
+            400,
+            "invalid_request",
+            "python: \"requester\" (the requester runs the python steps), not \"anyone\"",
         ),
     ];
     let cases = cases.into_iter().chain([
@@ -406,7 +419,7 @@ async fn bad_flows_and_inputs_are_clear_errors() {
             json!({"template": "python-calc", "inputs": {"expression": "2**100"}}),
             501,
             "unsupported_node",
-            "node calc: python nodes",
+            "node calc: python steps run in the requester's tab",
         ),
     ]);
     for (body, status, code, says) in cases {
@@ -583,4 +596,187 @@ async fn summarize_url_scrapes_a_page_and_summarizes_it_on_the_network() {
         "{record}"
     );
     assert_eq!(record["nodes"]["summary"]["status"], "skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_steps_are_handed_to_the_requester_and_its_answers_used() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    // One python node, and a map of a python step over three chunks: the
+    // requester (this test) is the runner.
+    let flow = json!({"version": 1, "nodes": {
+        "in": {"type": "input", "params": {"names": ["n", "text"]}},
+        "py": {"type": "python", "params": {"code": "print(2 ** int(n))", "timeout_ms": 2000},
+               "inputs": {"n": ["in", "n"]}},
+        "parts": {"type": "split", "params": {"chunk_chars": 100}, "inputs": {"text": ["in", "text"]}},
+        "each": {"type": "map", "params": {"step": {"type": "python", "params": {"code": "print(item.upper())"}}, "port": "item"},
+                 "inputs": {"items": ["parts", "chunks"]}},
+        "out": {"type": "output", "inputs": {"power": ["py", "text"], "loud": ["each", "texts"]}}
+    }});
+    let text = ["alpha ".repeat(16), "beta ".repeat(19), "gamma ".repeat(16)].concat();
+    let mut stream = EventStream::post(
+        addr,
+        "/v1/flows/run",
+        &json!({"flow": flow, "inputs": {"n": "100", "text": text}, "python": "requester"}),
+    )
+    .await;
+    let first = stream.next().await.expect("the run event");
+    assert_eq!(stream.status, 200);
+    let run_id = first["id"].as_str().expect("run id").to_owned();
+    let answer_path = format!("/v1/flows/runs/{run_id}/python");
+    let mut jobs = Vec::new();
+    while jobs.len() < 4 {
+        let e = stream
+            .until(|e| e["type"] == "python")
+            .await
+            .pop()
+            .expect("an event");
+        jobs.push(e);
+    }
+    let mut answered = None;
+    for job in &jobs {
+        let id = job["job"].as_str().expect("job id");
+        assert_eq!(id.len(), 32, "128 random bits: {job}");
+        let answer = match job["id"].as_str() {
+            Some("py") => {
+                assert_eq!(job["code"], "print(2 ** int(n))");
+                assert_eq!(job["inputs"], json!({"n": "100"}));
+                assert_eq!(job["timeout_ms"], 2000);
+                (1u128 << 100).to_string()
+            }
+            Some("each") => {
+                assert_eq!(job["timeout_ms"], 10000, "the format's default");
+                let item = job["inputs"]["item"].as_str().expect("an item");
+                assert!(job["item"].as_u64().is_some_and(|i| i < 3), "{job}");
+                item.to_uppercase()
+            }
+            other => panic!("a python job for {other:?}"),
+        };
+        let (s, v) = json_call(
+            addr,
+            "POST",
+            &answer_path,
+            Some(&json!({"job": id, "text": answer})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        answered = Some(id.to_owned());
+    }
+    let job = answered.expect("a job");
+    // An answer is taken once; a job id is only good for its own run; a
+    // bad body says what to give.
+    for (path, body, status, code) in [
+        (
+            answer_path.clone(),
+            json!({"job": job, "text": "again"}),
+            404,
+            "job_not_found",
+        ),
+        (
+            "/v1/flows/runs/run-0000000000000000/python".to_owned(),
+            json!({"job": job, "text": "x"}),
+            404,
+            "run_not_found",
+        ),
+        (
+            answer_path.clone(),
+            json!({"job": job, "text": 7}),
+            400,
+            "invalid_request",
+        ),
+        (
+            answer_path.clone(),
+            json!({"job": job, "text": "a", "error": "b"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            answer_path.clone(),
+            json!({"text": "a"}),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let (s, v) = json_call(addr, "POST", &path, Some(&body)).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let done = stream
+        .until(|e| e["type"] == "done")
+        .await
+        .pop()
+        .expect("done");
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["outputs"]["power"], "1267650600228229401496703205376");
+    assert_eq!(
+        done["outputs"]["loud"],
+        json!([
+            "ALPHA ".repeat(16).trim(),
+            "BETA ".repeat(19).trim(),
+            "GAMMA ".repeat(16).trim()
+        ])
+    );
+
+    // The runner's error fails the node and skips what depends on it; a
+    // runner that never answers meets the node's limit.
+    for (answer, says) in [
+        (
+            Some(json!({"error": "ZeroDivisionError: division by zero"})),
+            "python: ZeroDivisionError: division by zero",
+        ),
+        (None, "the node's time limit (1000 ms) passed"),
+    ] {
+        let mut stream = EventStream::post(
+            addr,
+            "/v1/flows/run",
+            &json!({"flow": {"version": 1, "nodes": {
+                "py": {"type": "python", "params": {"code": "print(1 / 0)"}},
+                "out": {"type": "output", "inputs": {"x": ["py", "text"]}}
+            }}, "python": "requester", "node_timeout_ms": 1000}),
+        )
+        .await;
+        let job = stream
+            .until(|e| e["type"] == "python")
+            .await
+            .pop()
+            .expect("a job");
+        let run_id = stream.run_id.clone().expect("the run event came first");
+        if let Some(mut a) = answer {
+            a["job"] = job["job"].clone();
+            let (s, v) = json_call(
+                addr,
+                "POST",
+                &format!("/v1/flows/runs/{run_id}/python"),
+                Some(&a),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let events = stream.until(|e| e["type"] == "done").await;
+        let failed = events
+            .iter()
+            .find(|e| e["id"] == "py" && e["status"] == "failed")
+            .unwrap_or_else(|| panic!("py fails: {events:?}"));
+        assert_eq!(failed["error"], says);
+        assert!(events
+            .iter()
+            .any(|e| e["id"] == "out" && e["status"] == "skipped"));
+        assert_eq!(
+            events.last().map(|e| e["status"].clone()),
+            Some(json!("failed"))
+        );
+        // The job is forgotten with its node.
+        let (s, _) = json_call(
+            addr,
+            "POST",
+            &format!("/v1/flows/runs/{run_id}/python"),
+            Some(&json!({"job": job["job"], "text": "late"})),
+        )
+        .await;
+        assert_eq!(s, 404);
+    }
 }

@@ -16,8 +16,17 @@
 //! starts and when it ends, and read back by `GET /v1/flows/runs/{id}`.
 //!
 //! `scrape` nodes fetch through the relay's guarded scraper
-//! ([`crate::scrape`]). `python` nodes and rendered scrapes are refused
-//! before a run starts: this relay does not run them yet.
+//! ([`crate::scrape`]); rendered scrapes are refused before a run starts
+//! (no headless browser on this relay yet).
+//!
+//! `python` nodes run in the requester's own tab: a run asked with
+//! `"python": "requester"` sends each Python job as a `python` event (node,
+//! job id, code, inputs, time limit) and waits for its answer at
+//! `POST /v1/flows/runs/{id}/python` (`{"job", "text"}` or `{"job",
+//! "error"}`). The job id (128 random bits) is the capability: only the
+//! stream's reader has it. The flow editor runs the code in Pyodide inside
+//! an opaque-origin sandbox (`www/python.js`). Without a runner, a flow
+//! with Python is refused before it starts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -42,7 +51,7 @@ use serde_json::{json, Map, Value};
 use tabnode_core::infer::{ChatMessage, GenerateRequest, Prompt};
 use tabnode_flows::{fill, plan, Flow, FlowDoc, LlmMode, Schedule, Status, Step};
 use tabnode_vectors::Query;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest};
@@ -205,11 +214,17 @@ fn end_nodes(record: &mut Value, why: &str) {
     }
 }
 
+/// A Python job's answer from its runner: what the code printed, or why
+/// it failed.
+type PythonAnswer = Result<String, String>;
+
 /// A run in progress.
 #[derive(Debug)]
 struct Live {
     record: Mutex<Value>,
     cancel: Notify,
+    /// Python jobs sent to the requester, by job id, until answered.
+    python: Mutex<HashMap<String, oneshot::Sender<PythonAnswer>>>,
 }
 
 /// What the flow routes share.
@@ -334,6 +349,13 @@ enum NodeError {
     /// A step this relay does not run.
     #[error("{0} steps do not run on this relay yet")]
     Unsupported(&'static str),
+    /// The Python code failed in its sandbox (the runner's message).
+    #[error("python: {0}")]
+    Python(String),
+    /// The run has no Python runner (it was not asked with `"python":
+    /// "requester"`).
+    #[error("no runner for python steps")]
+    NoPythonRunner,
     /// The request's stream ended without an answer.
     #[error("the request ended without an answer")]
     NoAnswer,
@@ -372,6 +394,8 @@ enum Msg {
     },
     /// Generated text.
     Token { id: String, text: String },
+    /// A Python job for the requester's runner.
+    Python { id: String, job: Value },
 }
 
 /// Messages of a run's node to the run.
@@ -379,6 +403,9 @@ enum Msg {
 struct Report {
     id: String,
     tx: mpsc::UnboundedSender<Msg>,
+    /// Where Python jobs wait for their answers; `None` when the run has
+    /// no Python runner.
+    python: Option<Arc<Live>>,
 }
 
 impl Report {
@@ -387,6 +414,48 @@ impl Report {
             id: self.id.clone(),
             peer: peer.to_owned(),
         });
+    }
+
+    /// Runs `code` with `inputs` as its variables in the requester's
+    /// sandbox: what it printed.
+    async fn python(
+        &self,
+        code: &str,
+        inputs: Map<String, Value>,
+        timeout_ms: u64,
+        item: Option<usize>,
+    ) -> Result<String, NodeError> {
+        let live = self.python.as_ref().ok_or(NodeError::NoPythonRunner)?;
+        let job = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = oneshot::channel();
+        live.python
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job.clone(), tx);
+        // Forgotten when answered or when this node ends (time limit,
+        // cancellation).
+        struct Forget<'a>(&'a Live, &'a str);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .python
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(self.1);
+            }
+        }
+        let _forget = Forget(live, &job);
+        let _ = self.tx.send(Msg::Python {
+            id: self.id.clone(),
+            job: json!({
+                "job": job, "code": code, "inputs": inputs, "timeout_ms": timeout_ms, "item": item,
+            }),
+        });
+        match rx.await {
+            Ok(Ok(text)) => Ok(text),
+            Ok(Err(why)) => Err(NodeError::Python(why)),
+            Err(_) => Err(NodeError::NoAnswer),
+        }
     }
 }
 
@@ -443,14 +512,33 @@ pub(crate) async fn run(
         Err(e) => return invalid("invalid_flow", e.to_string()),
     };
     let needed = flow.needed();
-    // What this relay does not run yet: Python, and pages rendered in a
-    // headless browser.
-    let unsupported = |step: &Step| match step {
-        Step::Python { .. } => Some("python nodes do not run on this relay yet"),
+    let stream = !matches!(o.get("stream"), Some(Value::Bool(false)));
+    let python_runner = match o.get("python") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "requester" && stream => true,
+        Some(Value::String(s)) if s == "requester" => return invalid(
+            "invalid_request",
+            "python: \"requester\" answers the stream's python events; it needs \"stream\": true",
+        ),
+        Some(other) => {
+            return invalid(
+                "invalid_request",
+                format!("python: \"requester\" (the requester runs the python steps), not {other}"),
+            )
+        }
+    };
+    // What this relay does not run: Python without a runner, and pages
+    // rendered in a headless browser.
+    let unsupported = |step: &Step| {
+        match step {
+        Step::Python { .. } if !python_runner => Some(
+            "python steps run in the requester's tab: ask with \"python\": \"requester\" and answer the python events (the flow editor does)",
+        ),
         Step::Scrape { render: true, .. } => {
             Some("scrape with render (a headless browser) does not run on this relay yet")
         }
         _ => None,
+    }
     };
     let refused = flow
         .nodes
@@ -511,7 +599,6 @@ pub(crate) async fn run(
         Ok(l) => l,
         Err(why) => return invalid("invalid_limit", why),
     };
-    let stream = !matches!(o.get("stream"), Some(Value::Bool(false)));
 
     let id = format!("run-{:016x}", rand::random::<u64>());
     let record = json!({
@@ -529,6 +616,7 @@ pub(crate) async fn run(
     let live = Arc::new(Live {
         record: Mutex::new(record.clone()),
         cancel: Notify::new(),
+        python: Mutex::default(),
     });
     f.live
         .lock()
@@ -542,12 +630,13 @@ pub(crate) async fn run(
         f.clone(),
         id.clone(),
         live,
-        flow,
-        given,
-        (
-            Duration::from_millis(run_ms),
-            Duration::from_millis(node_ms),
-        ),
+        RunSpec {
+            flow,
+            inputs: given,
+            run_limit: Duration::from_millis(run_ms),
+            node_limit: Duration::from_millis(node_ms),
+            python_runner,
+        },
         tx,
     ));
     if stream {
@@ -752,6 +841,60 @@ pub(crate) async fn cancel_run(State(f): State<Flows>, Path(id): Path<String>) -
     }
 }
 
+/// The longest answer a Python job may give (what it printed).
+pub const MAX_PYTHON_ANSWER_BYTES: usize = 1 << 20;
+
+/// `POST /v1/flows/runs/{id}/python`: a Python job's answer from the
+/// requester's runner, `{"job", "text"}` or `{"job", "error"}`.
+pub(crate) async fn python_answer(
+    State(f): State<Flows>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let o = match object(&f, addr, body) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let answer = match (o.get("text"), o.get("error")) {
+        (Some(Value::String(t)), None) => Ok(t.clone()),
+        (None, Some(Value::String(e))) => Err(e.clone()),
+        _ => {
+            return invalid(
+                "invalid_request",
+                "give the job's \"text\" (what it printed) or its \"error\", a string",
+            )
+        }
+    };
+    if answer.as_ref().map_or_else(String::len, String::len) > MAX_PYTHON_ANSWER_BYTES {
+        return invalid(
+            "invalid_request",
+            format!("an answer is at most {MAX_PYTHON_ANSWER_BYTES} bytes"),
+        );
+    }
+    let Some(job) = o.get("job").and_then(Value::as_str) else {
+        return invalid("invalid_request", "job: the python event's job id");
+    };
+    let Some(live) = f.live_run(&id) else {
+        return no_run(&id);
+    };
+    let waiting = live
+        .python
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(job);
+    match waiting.map(|tx| tx.send(answer)) {
+        Some(Ok(())) => Json(json!({ "accepted": true })).into_response(),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("job_not_found"),
+            None,
+            format!("run {id} waits for no python job {job}"),
+        ),
+    }
+}
+
 /// How a run ended.
 enum End {
     Finished,
@@ -759,17 +902,33 @@ enum End {
     Cancelled,
 }
 
-/// Runs `flow` to its end, keeping `live`'s record and sending events on
-/// `events`; saves the record and forgets the live run at the end.
+/// What a run runs, and how.
+struct RunSpec {
+    flow: Flow,
+    inputs: BTreeMap<String, String>,
+    run_limit: Duration,
+    node_limit: Duration,
+    /// The requester answers the run's Python jobs.
+    python_runner: bool,
+}
+
+/// Runs the spec's flow to its end, keeping `live`'s record and sending
+/// events on `events`; saves the record and forgets the live run at the
+/// end.
 async fn execute(
     f: Flows,
     run_id: String,
     live: Arc<Live>,
-    flow: Flow,
-    inputs: BTreeMap<String, String>,
-    (run_limit, node_limit): (Duration, Duration),
+    spec: RunSpec,
     events: mpsc::Sender<Value>,
 ) {
+    let RunSpec {
+        flow,
+        inputs,
+        run_limit,
+        node_limit,
+        python_runner,
+    } = spec;
     let started = Instant::now();
     let update = |change: &dyn Fn(&mut Value)| {
         let mut r = live.record.lock().unwrap_or_else(PoisonError::into_inner);
@@ -818,6 +977,7 @@ async fn execute(
             let report = Report {
                 id: id.clone(),
                 tx: msg_tx.clone(),
+                python: python_runner.then(|| live.clone()),
             };
             let step = node.step.clone();
             let (f, run_inputs) = (f.clone(), inputs.clone());
@@ -915,6 +1075,11 @@ async fn execute(
                     });
                 }
                 Msg::Token { id, text } => emit(json!({ "type": "token", "id": id, "text": text })),
+                Msg::Python { id, mut job } => {
+                    job["type"] = json!("python");
+                    job["id"] = json!(id);
+                    emit(job);
+                }
             },
             () = &mut deadline => break End::TimedOut,
             () = live.cancel.notified() => break End::Cancelled,
@@ -1087,6 +1252,13 @@ async fn node_outputs(
                             fill(tpl, &BTreeMap::from([(port.to_owned(), item)])),
                             Vec::new(),
                         ),
+                        Step::Python { code, timeout_ms } => {
+                            let vars = Map::from_iter([(port.to_owned(), json!(item))]);
+                            (
+                                report.python(code, vars, *timeout_ms, Some(index)).await?,
+                                Vec::new(),
+                            )
+                        }
                         other => return Err(NodeError::Unsupported(other.kind())),
                     };
                     let _ = report.tx.send(Msg::Item {
@@ -1127,7 +1299,13 @@ async fn node_outputs(
                 ("links".to_owned(), Val::List(page.links)),
             ]))
         }
-        Step::Python { .. } => Err(NodeError::Unsupported(step.kind())),
+        Step::Python { code, timeout_ms } => {
+            let vars = inputs.iter().map(|(k, v)| (k.clone(), v.json())).collect();
+            one(
+                "text",
+                Val::Text(report.python(code, vars, *timeout_ms, None).await?),
+            )
+        }
     }
 }
 

@@ -25,6 +25,7 @@ struct AppState {
     relay: Arc<RelayState>,
     bootstrap: Arc<Bootstrap>,
     models_dir: Arc<std::path::PathBuf>,
+    www: Arc<std::path::PathBuf>,
 }
 
 /// One model file the relay serves.
@@ -99,6 +100,10 @@ pub(crate) fn router(
             "/v1/flows/runs/{id}",
             get(crate::flows::get_run).delete(crate::flows::cancel_run),
         )
+        .route(
+            "/v1/flows/runs/{id}/python",
+            post(crate::flows::python_answer),
+        )
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(config.infer.max_body_bytes))
         .with_state(crate::flows::Flows::new(
@@ -141,10 +146,12 @@ pub(crate) fn router(
         .route("/api/embedding-models", get(embedding_models))
         .route("/api/pof/{peer_id}", get(pof_history))
         .route("/metrics", get(metrics))
+        .route("/python-sandbox.html", get(python_sandbox))
         .with_state(AppState {
             relay,
             bootstrap: Arc::new(boot),
             models_dir: Arc::new(config.models_dir.clone()),
+            www: Arc::new(www.clone()),
         })
         .merge(v1);
     // Development server: always revalidate, so a rebuilt wasm is picked up.
@@ -179,6 +186,58 @@ pub(crate) fn router(
         // Open to every origin: third-party pages call the API and load the
         // embed widget's modules.
         .layer(CorsLayer::permissive())
+}
+
+/// The policy of the Python sandbox page: its own opaque origin (CSP
+/// `sandbox` without `allow-same-origin`, so even opened on its own it
+/// cannot reach this origin's storage), scripts only from itself, Pyodide's
+/// files and the worker it makes, and no connection but to Pyodide's files
+/// (the code gets its inputs by message, never from the network).
+fn sandbox_policy(host: Option<&str>) -> String {
+    // A scheme-less source matches this page's own scheme; `'self'` where
+    // the host is not a plain name or IPv4 address (CSP has no IPv6
+    // literals).
+    let plain = host.filter(|h| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    });
+    let (page, pyodide) = match plain {
+        Some(h) => (
+            format!("{h}/python-sandbox.js"),
+            format!("{h}/node_modules/pyodide/"),
+        ),
+        None => ("'self'".to_owned(), "'self'".to_owned()),
+    };
+    format!(
+        "sandbox allow-scripts; default-src 'none'; script-src {page} {pyodide} blob: 'wasm-unsafe-eval' 'unsafe-eval'; \
+         worker-src blob:; connect-src {pyodide}; base-uri 'none'; form-action 'none'"
+    )
+}
+
+/// `/python-sandbox.html` with [`sandbox_policy`].
+async fn python_sandbox(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let Ok(page) = tokio::fs::read(s.www.join("python-sandbox.html")).await else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(policy) = HeaderValue::from_str(&sandbox_policy(host)) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CONTENT_SECURITY_POLICY, policy),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 async fn bootstrap(State(s): State<AppState>) -> Json<Bootstrap> {
@@ -352,5 +411,29 @@ async fn ledger_of(
     match ledger.balance(&peer_id) {
         Ok(b) => Json(b).into_response(),
         Err(e) => ledger_unavailable(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_policy;
+
+    #[test]
+    fn the_sandbox_policy_names_only_its_host_and_refuses_odd_ones() {
+        let p = sandbox_policy(Some("127.0.0.1:8080"));
+        assert!(p.starts_with("sandbox allow-scripts;"), "{p}");
+        assert!(!p.contains("allow-same-origin"));
+        assert!(
+            p.contains("connect-src 127.0.0.1:8080/node_modules/pyodide/;"),
+            "{p}"
+        );
+        assert!(p.contains("script-src 127.0.0.1:8080/python-sandbox.js 127.0.0.1:8080/node_modules/pyodide/ blob:"), "{p}");
+        // A host that could break out of the header's grammar, an IPv6
+        // literal or none: 'self'.
+        for odd in [Some("a; script-src *"), Some("[::1]:8080"), Some(""), None] {
+            let p = sandbox_policy(odd);
+            assert!(p.contains("connect-src 'self';"), "{odd:?}: {p}");
+            assert!(!p.contains('*'), "{p}");
+        }
     }
 }

@@ -166,3 +166,107 @@ pub async fn json_call(
     let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     (r.status, v)
 }
+
+/// A server-sent event stream read as it comes: POSTs `body` to `path` and
+/// hands out each `data:` event as JSON once whole.
+pub struct EventStream {
+    conn: tokio::net::TcpStream,
+    raw: Vec<u8>,
+    /// Where the chunked body starts in `raw` (after the headers).
+    body_at: Option<usize>,
+    /// The body decoded so far, whole events taken from its front.
+    body: String,
+    pub status: u16,
+    /// The id in the `run` event, once read.
+    pub run_id: Option<String>,
+}
+
+impl EventStream {
+    pub async fn post(addr: std::net::SocketAddr, path: &str, body: &Value) -> Self {
+        let body = body.to_string();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(req.as_bytes()).await.expect("write");
+        Self {
+            conn,
+            raw: Vec::new(),
+            body_at: None,
+            body: String::new(),
+            status: 0,
+            run_id: None,
+        }
+    }
+
+    /// Moves whole chunks from `raw` into `body`.
+    fn decode(&mut self) {
+        if self.body_at.is_none() {
+            let text = String::from_utf8_lossy(&self.raw);
+            if let Some(end) = text.find("\r\n\r\n") {
+                self.status = text[9..12].parse().expect("status");
+                self.body_at = Some(end + 4);
+            }
+        }
+        let Some(mut at) = self.body_at else { return };
+        loop {
+            let rest = &self.raw[at..];
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size = std::str::from_utf8(&rest[..eol]).expect("chunk size line");
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if rest.len() < eol + 2 + n + 2 {
+                break;
+            }
+            self.body
+                .push_str(std::str::from_utf8(&rest[eol + 2..eol + 2 + n]).expect("utf-8 chunk"));
+            at += eol + 2 + n + 2;
+            if n == 0 {
+                break;
+            }
+        }
+        self.body_at = Some(at);
+    }
+
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            self.decode();
+            if let Some(end) = self.body.find("\n\n") {
+                let event: String = self.body.drain(..end + 2).collect();
+                if let Some(d) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+                    if v["type"] == "run" {
+                        self.run_id = v["id"].as_str().map(str::to_owned);
+                    }
+                    return Some(v);
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(60), self.conn.read(&mut chunk))
+                .await
+                .expect("the stream goes on in time")
+                .expect("read");
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Events until one `what` says true (returned last).
+    pub async fn until(&mut self, what: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(e) = self.next().await {
+            let stop = what(&e);
+            seen.push(e);
+            if stop {
+                return seen;
+            }
+        }
+        panic!("the stream ended first: {seen:?}");
+    }
+}
