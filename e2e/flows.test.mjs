@@ -3,11 +3,12 @@
 // between their ports, a parameter set) runs on the network and every box
 // reaches `done` with its output; Python runs in the tab's opaque-origin
 // sandbox: `python-calc` computes 2**100 exactly, the code cannot open the
-// tab's IndexedDB, and code past its time limit is stopped.
+// tab's IndexedDB, and code past its time limit is stopped; and a node tab
+// whose visitor opted in runs an API client's Python step.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startNode, launchBrowser, waitFor, localAnswer,
+  startRelay, startNode, launchBrowser, waitFor, localAnswer, openTab,
 } from './harness.mjs';
 
 let relay;
@@ -69,6 +70,14 @@ async function runAndWait(page) {
   return status.match(/run (run-[0-9a-f]+)/)?.[1];
 }
 
+/** Opens `flow` with the page's "Open JSON" and waits until it is drawn. */
+async function openFlow(page, flow, name = 'flow.json') {
+  const loads = await page.evaluate(() => Number(document.body.dataset.loads ?? 0));
+  await page.setInputFiles('#open', { name, mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(flow)) });
+  await page.waitForFunction((n) => Number(document.body.dataset.loads) > n, loads);
+  assert.deepEqual(Object.keys(await statuses(page)).sort(), Object.keys(flow.nodes).sort());
+}
+
 const statuses = (page) => page.$$eval('.fnode', (nodes) => Object.fromEntries(nodes.map((n) => [n.dataset.flowId, n.dataset.status])));
 
 test('a flow built in the editor runs on the network and every box reaches done', async () => {
@@ -125,8 +134,7 @@ test('a flow built in the editor runs on the network and every box reaches done'
   const saved = JSON.parse(await (await download.createReadStream()).toArray().then((c) => Buffer.concat(c).toString()));
   assert.deepEqual(saved.nodes, record.flow.nodes);
   await page.click('#clear');
-  await page.setInputFiles('#open', { name: 'flow.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(saved)) });
-  assert.deepEqual(Object.keys(await statuses(page)).sort(), ['input1', 'llm1', 'output1', 'template1']);
+  await openFlow(page, saved);
   assert.equal(await page.locator('#canvas svg.connection').count(), 3, 'the three wires are drawn again');
   // Model output is text, never HTML.
   assert.equal(await page.$$eval('.fnode-out *', (e) => e.length), 0);
@@ -178,7 +186,7 @@ test('python runs in the opaque-origin sandbox: exact, walled off from the tab, 
       out: { type: 'output', inputs: { said: ['py', 'text'] } },
     },
   };
-  await page.setInputFiles('#open', { name: 'probe.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(flow)) });
+  await openFlow(page, flow, 'probe.json');
   await page.fill('#run-inputs [data-input="x"]', 'passed in');
   await runAndWait(page);
   const said = await page.textContent('#outputs [data-output="said"]');
@@ -200,7 +208,7 @@ test('python runs in the opaque-origin sandbox: exact, walled off from the tab, 
   // Past its limit, the code is stopped and its node fails; the next job
   // runs in a fresh worker.
   flow.nodes.py.params = { code: 'while True:\n    pass', timeout_ms: 1500 };
-  await page.setInputFiles('#open', { name: 'loop.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(flow)) });
+  await openFlow(page, flow, 'loop.json');
   await page.fill('#run-inputs [data-input="x"]', 'x');
   await runAndWait(page);
   assert.match(await page.textContent('#run-status'), /: failed in/);
@@ -213,4 +221,40 @@ test('python runs in the opaque-origin sandbox: exact, walled off from the tab, 
   assert.equal(await page.textContent('#outputs [data-output="result"]'), '42');
   assert.deepEqual(page.errors, []);
   await page.close();
+});
+
+test('a tab that opted in runs the Python step of an API request', async () => {
+  const { page, context } = await openTab(browser, relay.url, null, { python: true });
+  const peer = await page.evaluate(() => window.tabnode.peerId);
+  await waitFor('the tab registered as a Python runner', async () => {
+    const net = await relay.network();
+    return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === true);
+  }, 30_000, 100);
+  // An API client (this test), no tab of its own: python-calc on the network.
+  const r = await fetch(`${relay.url}/v1/flows/run`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ template: 'python-calc', inputs: { expression: '2**100' }, stream: false }),
+  });
+  const record = await r.json();
+  assert.equal(r.status, 200, JSON.stringify(record));
+  assert.equal(record.status, 'done', JSON.stringify(record));
+  assert.equal(record.outputs.result, '1267650600228229401496703205376');
+  assert.deepEqual(record.nodes.calc.peers, [peer]);
+  await page.waitForFunction(() => window.tabnode.python.done === 1);
+  assert.match(await page.textContent('#python-status'), /^on · 1 steps run/);
+  // Unticked, the tab registers without it and gets no more Python.
+  await page.uncheck('#python-optin');
+  await waitFor('the tab registered without Python', async () => {
+    const net = await relay.network();
+    return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === false);
+  }, 30_000, 100);
+  const again = await (await fetch(`${relay.url}/v1/flows/run`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ template: 'python-calc', inputs: { expression: '1+1' }, stream: false }),
+  })).json();
+  assert.equal(again.status, 'failed');
+  assert.match(again.nodes.calc.error, /^no tab runs Python for others now/);
+  await context.close();
 });

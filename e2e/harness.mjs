@@ -201,7 +201,7 @@ export async function launchBrowser() {
  * identity, like a separate browser) and waits until the tab's node holds a
  * circuit reservation. With `{ model: true }` the page also loads the model.
  */
-export async function openTab(browser, url, context, { model = false, embed = false, backend = null, threads = null, kernels = null, memory = null } = {}) {
+export async function openTab(browser, url, context, { model = false, embed = false, backend = null, threads = null, kernels = null, memory = null, python = false } = {}) {
   // model: false (none), true (the default model, SmolLM2), 'auto' (the
   // page's own choice by memory, `memory` MiB if given), or a file name;
   // embed: also the relay's sentence-embedding model (true: where the page
@@ -226,6 +226,8 @@ export async function openTab(browser, url, context, { model = false, embed = fa
   if (backend) query.set('backend', backend);
   if (threads) query.set('threads', String(threads));
   if (kernels) query.set('kernels', kernels);
+  // python: the tab runs other people's flows' Python steps.
+  query.set('python', python ? 'on' : 'off');
   if (process.env.TABNODE_E2E_LOG) query.set('log', process.env.TABNODE_E2E_LOG);
   await page.goto(`${url}/?${query}`);
   await waitForReachable(page);

@@ -4,6 +4,7 @@
 // (used by the end-to-end tests and handy in the console).
 import init, { TabNode } from '/pkg/tabnode_web.js';
 import { loadIdentity } from '/identity.js';
+import { PythonSandbox } from '/python.js';
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -26,6 +27,9 @@ const state = {
   serving: null,
   // This tab's account in the relay's ledger.
   points: null,
+  // Flows' Python steps this tab runs for others (opted in): on, and the
+  // jobs done and failed.
+  python: { on: false, done: 0, failed: 0 },
 };
 window.tabnode = state;
 
@@ -180,6 +184,11 @@ function onEvent(ev) {
       break;
     case 'error':
       log(`worker error: ${ev.message}`);
+      break;
+    case 'python':
+      if (ev.state === 'done') state.python.done += 1;
+      else if (ev.state !== 'started') state.python.failed += 1;
+      showPython(ev.state === 'started' ? 'running a Python step…' : '');
       break;
     case 'serving':
       state.serving = ev;
@@ -436,6 +445,38 @@ function wireTry(node) {
   $('try-stop').addEventListener('click', () => running?.cancel());
 }
 
+/** The Python opt-in's line. */
+function showPython(now = '') {
+  const p = state.python;
+  $('python-status').textContent = p.on
+    ? now || `on · ${p.done} steps run${p.failed ? `, ${p.failed} failed` : ''}`
+    : 'off';
+}
+
+/**
+ * The opt-in to run other people's flows' Python steps in this tab: a
+ * stored choice, `?python=on|off` over it. The code runs in Pyodide inside
+ * an opaque-origin sandbox (python.js), never with this page's storage,
+ * keys or network.
+ */
+function wirePython(node) {
+  const box = $('python-optin');
+  const asked = new URLSearchParams(location.search).get('python');
+  let sandbox = null;
+  const set = (on) => {
+    state.python.on = on;
+    box.checked = on;
+    if (on) sandbox ??= new PythonSandbox();
+    node.setPythonRunner(on ? (job) => sandbox.run(job) : null);
+    showPython();
+  };
+  box.addEventListener('change', () => {
+    localStorage.setItem('tabnode-python', box.checked ? 'on' : 'off');
+    set(box.checked);
+  });
+  set((asked ?? localStorage.getItem('tabnode-python')) === 'on');
+}
+
 async function bootstrap() {
   for (let attempt = 0; ; attempt++) {
     try {
@@ -485,6 +526,7 @@ async function main() {
   refreshPoints();
   setInterval(refreshPoints, 5000);
   wireTry(node);
+  wirePython(node);
   if (new URLSearchParams(location.search).get('model') === 'off') {
     $('model-status').textContent = 'off (?model=off)';
     fetch('/api/models', { cache: 'no-store' })

@@ -332,6 +332,8 @@ function load(flow) {
     }
   }
   refreshRunInputs();
+  // Flows drawn so far (tests wait for the next).
+  document.body.dataset.loads = String(Number(document.body.dataset.loads ?? 0) + 1);
 }
 
 // The run's inputs: a field per name of the input boxes, values kept.

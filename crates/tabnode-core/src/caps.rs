@@ -85,6 +85,10 @@ pub struct Capabilities {
     /// device hold); the relay never challenges above it, the node refuses
     /// anything larger.
     pub max_pof_n: u32,
+    /// Runs flows' Python steps for others ([`crate::Request::Python`]): a
+    /// tab whose visitor opted in (Pyodide in an opaque-origin sandbox).
+    #[serde(default)]
+    pub python: bool,
 }
 
 impl Capabilities {
@@ -109,6 +113,7 @@ impl Capabilities {
             engine: None,
             slots: 1,
             max_pof_n: crate::pof::DEFAULT_MAX_N,
+            python: false,
         }
     }
 }

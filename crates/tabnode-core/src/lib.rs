@@ -35,5 +35,6 @@ pub use infer::{
     InferEnd, InferRequest,
 };
 pub use protocol::{
-    ErrorCode, PeerSummary, PofChallenge, PofRecord, PofStanding, Request, Response, PROTOCOL,
+    ErrorCode, PeerSummary, PofChallenge, PofRecord, PofStanding, PythonJob, PythonOutcome,
+    Request, Response, PROTOCOL,
 };

@@ -108,7 +108,8 @@ pub fn answer(peer: PeerId, relay: PeerId, request: &Request) -> Option<Response
         | Request::PofOpen { .. }
         | Request::Infer(_)
         | Request::InferCancel { .. }
-        | Request::Embed(_) => {
+        | Request::Embed(_)
+        | Request::Python(_) => {
             if peer == relay {
                 None
             } else {
@@ -182,6 +183,12 @@ mod tests {
                 request_id: 1,
                 model: "all-minilm-l6-v2".into(),
                 inputs: vec![crate::infer::EmbedInput::Text("hi".into())],
+            })),
+            Request::Python(Box::new(crate::protocol::PythonJob {
+                job: "j".into(),
+                code: "print(1)".into(),
+                inputs_json: "{}".into(),
+                timeout_ms: 1000,
             })),
         ];
         for request in &commands {

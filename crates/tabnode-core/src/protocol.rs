@@ -53,6 +53,10 @@ pub enum Request {
     /// Relay → node: embed a batch of inputs; answered with
     /// [`Response::Embedded`] or an error.
     Embed(Box<crate::infer::EmbedRequest>),
+    /// Relay → tab: run a flow's Python step in the tab's sandbox (a tab
+    /// whose visitor opted in, [`Capabilities::python`]); answered with
+    /// [`Response::Python`] or an error.
+    Python(Box<PythonJob>),
 }
 
 impl Request {
@@ -68,6 +72,7 @@ impl Request {
             Request::InferChunk(_) => "InferChunk",
             Request::InferCancel { .. } => "InferCancel",
             Request::Embed(_) => "Embed",
+            Request::Python(_) => "Python",
         }
     }
 }
@@ -83,6 +88,28 @@ pub struct PofChallenge {
     pub seed: [u8; 32],
     /// Milliseconds the node has to commit.
     pub deadline_ms: u64,
+}
+
+/// A flow's Python step for a tab's sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonJob {
+    /// The job's id (the run's, for the tab's log).
+    pub job: String,
+    /// The code.
+    pub code: String,
+    /// Its variables, as a JSON object (names → values).
+    pub inputs_json: String,
+    /// Milliseconds the code may run (Pyodide's loading not counted).
+    pub timeout_ms: u64,
+}
+
+/// How a [`PythonJob`] ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PythonOutcome {
+    /// What the code printed (stdout and stderr, capped by the sandbox).
+    Printed(String),
+    /// The code failed: the exception's last line, or the time limit.
+    Failed(String),
 }
 
 /// The answer to a [`Request`].
@@ -110,6 +137,8 @@ pub enum Response {
     },
     /// The vectors of a [`Request::Embed`].
     Embedded(Box<crate::infer::EmbedResult>),
+    /// The outcome of a [`Request::Python`].
+    Python(PythonOutcome),
     /// The request was understood but refused.
     Error {
         /// What kind of failure.

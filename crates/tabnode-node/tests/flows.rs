@@ -375,15 +375,6 @@ async fn bad_flows_and_inputs_are_clear_errors() {
             "timeout_ms: 10 is not an integer from 1000 to 600000",
         ),
         (
-            json!({"flow": {"version": 1, "nodes": {
-            "in": {"type": "input"},
-            "py": {"type": "python", "params": {"code": "print(1)"}, "inputs": {"n": ["in", "n"]}},
-            "o": {"type": "output", "inputs": {"x": ["py", "text"]}}}}, "inputs": {"n": "1"}}),
-            501,
-            "unsupported_node",
-            "node py: python steps run in the requester's tab: ask with \"python\": \"requester\"",
-        ),
-        (
             json!({"flow": ok_flow, "inputs": {"q": "x"}, "python": "requester", "stream": false}),
             400,
             "invalid_request",
@@ -414,12 +405,6 @@ async fn bad_flows_and_inputs_are_clear_errors() {
             400,
             "invalid_request",
             "model: a name, not 3",
-        ),
-        (
-            json!({"template": "python-calc", "inputs": {"expression": "2**100"}}),
-            501,
-            "unsupported_node",
-            "node calc: python steps run in the requester's tab",
         ),
     ]);
     for (body, status, code, says) in cases {
@@ -721,6 +706,26 @@ async fn python_steps_are_handed_to_the_requester_and_its_answers_used() {
         ])
     );
 
+    // Without the requester as runner, the job goes to a tab that runs
+    // Python for others; with none, the node fails saying how to run it.
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"template": "python-calc", "inputs": {"expression": "2**100"}, "stream": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "failed");
+    let why = record["nodes"]["calc"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.starts_with("no tab runs Python for others now (none opted in); run it in your own tab with \"python\": \"requester\""),
+        "{why}"
+    );
+    assert_eq!(record["nodes"]["out"]["status"], "skipped");
+
     // The runner's error fails the node and skips what depends on it; a
     // runner that never answers meets the node's limit.
     for (answer, says) in [
@@ -778,5 +783,122 @@ async fn python_steps_are_handed_to_the_requester_and_its_answers_used() {
         )
         .await;
         assert_eq!(s, 404);
+    }
+}
+
+/// A node that says it runs Python for others, as an opted-in tab does:
+/// `honest` answers as a sandbox would (here: the code and its inputs, so
+/// the test sees what arrived), otherwise its runner is broken (Busy).
+struct PythonTab {
+    honest: bool,
+    prover: std::sync::Arc<dyn tabnode_node::prover::RequestHandler>,
+}
+
+impl tabnode_node::prover::RequestHandler for PythonTab {
+    fn handle(&self, peer: &str, request: tabnode_core::Request) -> tabnode_core::Response {
+        use tabnode_core::{ErrorCode, PythonOutcome, Request, Response};
+        match request {
+            Request::Python(job) if self.honest => {
+                Response::Python(PythonOutcome::Printed(format!(
+                    "{} <- {} within {} ms",
+                    job.code, job.inputs_json, job.timeout_ms
+                )))
+            }
+            Request::Python(_) => Response::Error {
+                code: ErrorCode::Busy,
+                message: "the page's Python runner failed".into(),
+            },
+            other => self.prover.handle(peer, other),
+        }
+    }
+}
+
+fn python_tab(relay: libp2p::Multiaddr, honest: bool) -> tabnode_node::NodeHandle {
+    let mut capabilities =
+        tabnode_core::Capabilities::new(tabnode_core::NodeKind::Browser, "python-tab-test");
+    capabilities.python = true;
+    tabnode_node::spawn(tabnode_node::NodeConfig {
+        relay,
+        key: None,
+        capabilities,
+        max_backoff: std::time::Duration::from_millis(500),
+        handler: std::sync::Arc::new(PythonTab {
+            honest,
+            prover: honest_prover(),
+        }),
+        server: None,
+        embedder: None,
+    })
+    .expect("node starts")
+}
+
+/// Waits until `n` nodes have registered `python: true`.
+async fn wait_for_python_tabs(addr: std::net::SocketAddr, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let net = http(addr, "GET", "/api/network", None, &[]).await.json();
+        let tabs = net["nodes"].as_array().map_or(0, |nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["capabilities"]["python"] == true)
+                .count()
+        });
+        if tabs >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{net}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_steps_go_to_tabs_that_opted_in_and_move_past_a_broken_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let calc =
+        json!({"template": "python-calc", "inputs": {"expression": "2**100"}, "stream": false});
+    // Only a broken runner: the step fails, saying why.
+    let broken = python_tab(tcp.clone(), false);
+    wait_for_python_tabs(addr, 1).await;
+    let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&calc)).await;
+    assert_eq!(s, 200, "{record}");
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(
+        record["nodes"]["calc"]["error"],
+        "no tab ran the python step (Error { code: Busy, message: \"the page's Python runner failed\" })"
+    );
+    assert_eq!(
+        record["nodes"]["calc"]["peers"],
+        json!([broken.peer_id.to_string()])
+    );
+    // With an honest one too, every run gets there, through the broken
+    // one or not; the job carries the code, its inputs and its limit.
+    let honest = python_tab(tcp, true);
+    wait_for_python_tabs(addr, 2).await;
+    let (_, templates) = json_call(addr, "GET", "/v1/flows/templates", None).await;
+    let code = templates["templates"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "python-calc"))
+        .map(|t| t["flow"]["nodes"]["calc"]["params"]["code"].clone())
+        .expect("the template's code");
+    for _ in 0..3 {
+        let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&calc)).await;
+        assert_eq!(s, 200, "{record}");
+        assert_eq!(record["status"], "done", "{record}");
+        assert_eq!(
+            record["outputs"]["result"],
+            format!(
+                "{} <- {{\"expression\":\"2**100\"}} within 5000 ms",
+                code.as_str().expect("code")
+            )
+        );
+        let peers = record["nodes"]["calc"]["peers"].as_array().expect("peers");
+        assert_eq!(
+            peers.last(),
+            Some(&json!(honest.peer_id.to_string())),
+            "{record}"
+        );
     }
 }

@@ -19,14 +19,17 @@
 //! ([`crate::scrape`]); rendered scrapes are refused before a run starts
 //! (no headless browser on this relay yet).
 //!
-//! `python` nodes run in the requester's own tab: a run asked with
+//! `python` nodes run in the requester's own tab, or else in a tab whose
+//! visitor opted in to run Python for others (registered `python: true`;
+//! the job goes to it as `Request::Python`, least loaded first, the next
+//! one if it fails to answer). A run asked with
 //! `"python": "requester"` sends each Python job as a `python` event (node,
 //! job id, code, inputs, time limit) and waits for its answer at
 //! `POST /v1/flows/runs/{id}/python` (`{"job", "text"}` or `{"job",
 //! "error"}`). The job id (128 random bits) is the capability: only the
 //! stream's reader has it. The flow editor runs the code in Pyodide inside
-//! an opaque-origin sandbox (`www/python.js`). Without a runner, a flow
-//! with Python is refused before it starts.
+//! an opaque-origin sandbox (`www/python.js`), as do the node pages that
+//! opted in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -352,10 +355,13 @@ enum NodeError {
     /// The Python code failed in its sandbox (the runner's message).
     #[error("python: {0}")]
     Python(String),
-    /// The run has no Python runner (it was not asked with `"python":
-    /// "requester"`).
-    #[error("no runner for python steps")]
+    /// No tab runs Python for others now, and the requester does not run
+    /// it either.
+    #[error("no tab runs Python for others now (none opted in); run it in your own tab with \"python\": \"requester\" (the flow editor does)")]
     NoPythonRunner,
+    /// The tabs that run Python did not answer.
+    #[error("no tab ran the python step ({0})")]
+    PythonNodes(String),
     /// The request's stream ended without an answer.
     #[error("the request ended without an answer")]
     NoAnswer,
@@ -417,15 +423,19 @@ impl Report {
     }
 
     /// Runs `code` with `inputs` as its variables in the requester's
-    /// sandbox: what it printed.
+    /// sandbox, or else in a tab that runs Python for others: what it
+    /// printed.
     async fn python(
         &self,
+        f: &Flows,
         code: &str,
         inputs: Map<String, Value>,
         timeout_ms: u64,
         item: Option<usize>,
     ) -> Result<String, NodeError> {
-        let live = self.python.as_ref().ok_or(NodeError::NoPythonRunner)?;
+        let Some(live) = self.python.as_ref() else {
+            return self.python_on_network(f, code, inputs, timeout_ms).await;
+        };
         let job = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
         live.python
@@ -457,7 +467,75 @@ impl Report {
             Err(_) => Err(NodeError::NoAnswer),
         }
     }
+
+    /// Runs a Python job in a tab that runs Python for others (registered
+    /// `python: true`), least loaded first; a tab that fails to answer
+    /// (gone, busy, its runner broke) hands the job to the next, a failure
+    /// of the code itself ends it.
+    async fn python_on_network(
+        &self,
+        f: &Flows,
+        code: &str,
+        inputs: Map<String, Value>,
+        timeout_ms: u64,
+    ) -> Result<String, NodeError> {
+        use crate::registry::{NoNode, PYTHON};
+        use tabnode_core::{PythonJob, PythonOutcome, Request, Response};
+        let ctx = &f.api().infer;
+        let registry = &ctx.state.registry;
+        let job = PythonJob {
+            job: format!("{}/{}", self.id, rand::random::<u32>()),
+            code: code.to_owned(),
+            inputs_json: Value::Object(inputs).to_string(),
+            timeout_ms,
+        };
+        // The code's limit, and Pyodide's loading in a tab that has not
+        // run Python yet.
+        let wait = Duration::from_millis(timeout_ms) + PYTHON_LOAD_ALLOWANCE;
+        let mut exclude = std::collections::HashSet::new();
+        let mut last = String::from("none was free");
+        for _ in 0..ctx.config.max_attempts.max(1) {
+            // Every such tab tried: waiting for one to free up is no use.
+            if !exclude.is_empty() && registry.serving(PYTHON).iter().all(|p| exclude.contains(p)) {
+                break;
+            }
+            let peer = match crate::inference::acquire(ctx, PYTHON, &exclude).await {
+                Ok(p) => p,
+                Err(NoNode::UnknownModel) => return Err(NodeError::NoPythonRunner),
+                Err(NoNode::Unavailable) => break,
+            };
+            self.peer(&peer.to_string());
+            let answer = ctx
+                .client
+                .request(peer, Request::Python(Box::new(job.clone())), wait)
+                .await;
+            match answer {
+                Ok(Response::Python(PythonOutcome::Printed(text))) => {
+                    registry.release(peer, true);
+                    return Ok(text);
+                }
+                Ok(Response::Python(PythonOutcome::Failed(why))) => {
+                    registry.release(peer, true);
+                    return Err(NodeError::Python(why));
+                }
+                Ok(other) => {
+                    registry.release(peer, false);
+                    last = format!("{other:?}");
+                }
+                Err(e) => {
+                    registry.release(peer, false);
+                    last = e.to_string();
+                }
+            }
+            tracing::warn!(%peer, "python job {} leaves its tab: {last}", job.job);
+            exclude.insert(peer);
+        }
+        Err(NodeError::PythonNodes(last))
+    }
 }
+
+/// How long a tab may take to load Pyodide before a job's own limit starts.
+const PYTHON_LOAD_ALLOWANCE: Duration = Duration::from_secs(30);
 
 /// A request's body admitted (rate limit, size) and read as a JSON object.
 fn object(
@@ -527,18 +605,12 @@ pub(crate) async fn run(
             )
         }
     };
-    // What this relay does not run: Python without a runner, and pages
-    // rendered in a headless browser.
-    let unsupported = |step: &Step| {
-        match step {
-        Step::Python { .. } if !python_runner => Some(
-            "python steps run in the requester's tab: ask with \"python\": \"requester\" and answer the python events (the flow editor does)",
-        ),
+    // What this relay does not run: pages rendered in a headless browser.
+    let unsupported = |step: &Step| match step {
         Step::Scrape { render: true, .. } => {
             Some("scrape with render (a headless browser) does not run on this relay yet")
         }
         _ => None,
-    }
     };
     let refused = flow
         .nodes
@@ -1255,7 +1327,9 @@ async fn node_outputs(
                         Step::Python { code, timeout_ms } => {
                             let vars = Map::from_iter([(port.to_owned(), json!(item))]);
                             (
-                                report.python(code, vars, *timeout_ms, Some(index)).await?,
+                                report
+                                    .python(f, code, vars, *timeout_ms, Some(index))
+                                    .await?,
                                 Vec::new(),
                             )
                         }
@@ -1303,7 +1377,7 @@ async fn node_outputs(
             let vars = inputs.iter().map(|(k, v)| (k.clone(), v.json())).collect();
             one(
                 "text",
-                Val::Text(report.python(code, vars, *timeout_ms, None).await?),
+                Val::Text(report.python(f, code, vars, *timeout_ms, None).await?),
             )
         }
     }

@@ -194,7 +194,12 @@ impl Inner {
     fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
         self.nodes.iter().filter_map(move |(peer, e)| {
             let caps = e.capabilities.as_ref()?;
-            if !e.model_ids.iter().any(|m| m == model_id) {
+            let serves = if model_id == PYTHON {
+                caps.python
+            } else {
+                e.model_ids.iter().any(|m| m == model_id)
+            };
+            if !serves {
                 return None;
             }
             let standing = self.pof.get(peer).map(|h| &h.standing);
@@ -211,6 +216,11 @@ impl Inner {
         })
     }
 }
+
+/// What [`Registry::reserve`] takes for "a tab that runs flows' Python
+/// steps for others" (registered `python: true`) in place of a model id:
+/// the same ranking, slots and waiting as a model's nodes.
+pub const PYTHON: &str = "python";
 
 /// The registry: one lock, one wake-up for whoever waits for a node.
 #[derive(Debug, Default)]

@@ -127,6 +127,7 @@ impl TabNode {
             generations: RefCell::new(HashMap::new()),
             next_generation: Cell::new(1),
             served: RefCell::new(HashMap::new()),
+            python_runner: RefCell::new(None),
         });
         let config = DriverConfig {
             relay,
@@ -142,6 +143,11 @@ impl TabNode {
                         request: Request::Infer(infer),
                         ..
                     } => serve(&for_driver, *id, infer),
+                    NodeEvent::Request {
+                        id,
+                        request: Request::Python(job),
+                        ..
+                    } => run_python(&for_driver, *id, job),
                     NodeEvent::Request {
                         id,
                         request: Request::InferCancel { request_id },
@@ -194,6 +200,26 @@ impl TabNode {
             &*self.shared.capabilities.borrow(),
             &serializer,
         )?)
+    }
+
+    /// Lets this tab run flows' Python steps for others (the visitor opted
+    /// in): `runner({ job, code, inputs, timeout_ms })` returns a promise of
+    /// `{ text }` (what the code printed) or `{ error }`, and runs the code
+    /// in a sandbox of its own (the page's `python.js`). The tab registers
+    /// `python: true` and the relay sends it `python` steps; `null` stops
+    /// that (registered again without it).
+    #[wasm_bindgen(js_name = setPythonRunner)]
+    pub fn set_python_runner(&self, runner: Option<js_sys::Function>) -> Result<(), JsError> {
+        let on = runner.is_some();
+        *self.shared.python_runner.borrow_mut() = runner;
+        let caps = {
+            let mut c = self.shared.capabilities.borrow_mut();
+            c.python = on;
+            c.clone()
+        };
+        self.shared
+            .command(Command::SetCapabilities(caps))
+            .map_err(JsError::from)
     }
 
     /// Sends `data` to `peer` (`null`: the relay) and resolves to the echoed

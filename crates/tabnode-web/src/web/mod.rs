@@ -22,15 +22,15 @@ use tabnode_core::{
     model_id,
     node::NodeBehaviour,
     worker::{FromWorker, ToWorker},
-    Capabilities, ChunkStreamer, ErrorCode, InferDone, InferEnd, NodeKind, Request, Response,
-    TabnodeCodec, MAX_FRAME,
+    Capabilities, ChunkStreamer, ErrorCode, InferDone, InferEnd, NodeKind, PythonJob,
+    PythonOutcome, Request, Response, TabnodeCodec, MAX_FRAME,
 };
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use crate::{StartOptions, WebError};
-use serving::{cancel_served, pump, serve, Served, ServingEvent};
+use serving::{cancel_served, pump, run_python, serve, Served, ServingEvent};
 use worker::{post, start_worker, HandledEvent};
 
 /// Everything the page's `onEvent` callback receives, as a plain object
@@ -98,6 +98,9 @@ struct Shared {
     next_generation: Cell<u64>,
     /// Network generations by worker generation id.
     served: RefCell<HashMap<u64, Served>>,
+    /// The page's Python runner, while its visitor lets this tab run
+    /// flows' Python steps for others (`setPythonRunner`).
+    python_runner: RefCell<Option<js_sys::Function>>,
 }
 
 impl Shared {

@@ -1,5 +1,6 @@
-//! Generations this tab serves for the network: taken from the relay's
-//! `Infer`, run by the worker, streamed back in acknowledged chunks.
+//! Work this tab serves for the network: generations (taken from the
+//! relay's `Infer`, run by the worker, streamed back in acknowledged
+//! chunks) and flows' Python steps (handed to the page's sandbox).
 
 use super::*;
 
@@ -136,4 +137,113 @@ pub(super) fn pump(shared: &Rc<Shared>, id: u64) {
             None => pump(&shared, id),
         }
     });
+}
+
+/// The most of what a Python step printed that goes back to the relay
+/// (the relay takes no more from a requester's tab either).
+const MAX_PYTHON_ANSWER_BYTES: usize = 1 << 20;
+
+/// Runs a flow's Python step in the page's sandbox (the relay asked; the
+/// driver has checked that): answers [`PythonOutcome`], or refuses when
+/// the visitor has not opted in.
+pub(super) fn run_python(shared: &Rc<Shared>, answer: u64, job: &PythonJob) {
+    let respond = {
+        let shared = shared.clone();
+        move |response: Response| {
+            let _ = shared.command(Command::Respond {
+                id: answer,
+                response,
+            });
+        }
+    };
+    let Some(runner) = shared.python_runner.borrow().clone() else {
+        return respond(Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "this tab does not run Python for others".into(),
+        });
+    };
+    let Ok(inputs) = js_sys::JSON::parse(&job.inputs_json) else {
+        return respond(Response::Error {
+            code: ErrorCode::Invalid,
+            message: "the job's inputs are not JSON".into(),
+        });
+    };
+    let call = js_sys::Object::new();
+    let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&call, &k.into(), v).is_ok();
+    let made = set("job", &job.job.as_str().into())
+        && set("code", &job.code.as_str().into())
+        && set("inputs", &inputs)
+        && set("timeout_ms", &(job.timeout_ms as f64).into());
+    let promise = match runner.call1(&JsValue::NULL, &call) {
+        Ok(p) if made => js_sys::Promise::resolve(&p),
+        Ok(_) | Err(_) => {
+            return respond(Response::Error {
+                code: ErrorCode::Busy,
+                message: "the page's Python runner failed".into(),
+            })
+        }
+    };
+    js_event(
+        &shared.on_event,
+        &PageEvent::Serving(ServingEvent {
+            kind: "python",
+            request_id: 0,
+            state: "started",
+            tokens: 0,
+        }),
+    );
+    let shared = shared.clone();
+    spawn_local(async move {
+        let result = wasm_bindgen_futures::JsFuture::from(promise).await;
+        let field = |v: &JsValue, k: &str| {
+            js_sys::Reflect::get(v, &k.into())
+                .ok()
+                .and_then(|x| x.as_string())
+        };
+        let (response, state) = match result {
+            Ok(v) => match (field(&v, "text"), field(&v, "error")) {
+                (_, Some(error)) => (
+                    Response::Python(PythonOutcome::Failed(cap(error))),
+                    "failed",
+                ),
+                (Some(text), None) => (Response::Python(PythonOutcome::Printed(cap(text))), "done"),
+                (None, None) => (
+                    Response::Error {
+                        code: ErrorCode::Busy,
+                        message: "the page's Python runner answered neither text nor error".into(),
+                    },
+                    "stopped",
+                ),
+            },
+            Err(_) => (
+                Response::Error {
+                    code: ErrorCode::Busy,
+                    message: "the page's Python runner failed".into(),
+                },
+                "stopped",
+            ),
+        };
+        respond(response);
+        js_event(
+            &shared.on_event,
+            &PageEvent::Serving(ServingEvent {
+                kind: "python",
+                request_id: 0,
+                state,
+                tokens: 0,
+            }),
+        );
+    });
+}
+
+/// `text` cut to [`MAX_PYTHON_ANSWER_BYTES`] at a character boundary.
+fn cap(mut text: String) -> String {
+    if text.len() > MAX_PYTHON_ANSWER_BYTES {
+        let mut end = MAX_PYTHON_ANSWER_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
