@@ -425,14 +425,14 @@ $("load-template").addEventListener("click", guarded(() => {
 $("plan").addEventListener("click", guarded(async () => {
   const query = $("query").value.trim();
   if (!query) throw new Error("write a query to plan");
-  const body = { query };
+  const body = { query, planner: $("planner").value };
   if (models[0]) body.model = models[0];
   const r = await fetch("/v1/flows/plan", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   const p = await r.json();
   if (!r.ok) throw new Error(p.error?.message ?? `planning failed (${r.status})`);
   load(p.flow);
   setInputs(p.inputs ?? {});
-  $("run-status").textContent = `planned: ${p.template} (${p.why})`;
+  $("run-status").textContent = `planned ${p.template ? `with the template ${p.template}` : "freely"}: ${p.why}`;
 }));
 $("save").addEventListener("click", guarded(() => {
   const blob = new Blob([JSON.stringify(toFlow(), null, 2)], { type: "application/json" });

@@ -1,13 +1,17 @@
 //! Planning: the shipped templates (`templates/*.json`, each a flow of the
-//! format) and the rules that pick one for a query, with its inputs.
-//! (Scoring the templates with a model and a free-form planner are to
-//! come.)
+//! format) and three ways to turn a query into a flow: the rules that pick
+//! a template with its inputs ([`plan`]); a model choosing the template
+//! ([`choice_prompt`], its answer checked by [`read_choice`]); and a model
+//! writing the whole flow ([`flow_prompt`], its answer validated by
+//! [`read_flow`], one repair asked with [`repair_prompt`], else refused).
+//! The prompts and the checks are here, without I/O; the relay asks the
+//! model.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::{FlowDoc, FlowError};
+use crate::{Flow, FlowDoc, FlowError};
 
 /// A shipped flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,4 +201,179 @@ pub fn plan(query: &str, collection: Option<&str>) -> Plan {
         inputs: input(&[("question", query.to_owned())]),
         why: "no rule matched: a model answers".into(),
     }
+}
+
+/// The inputs `t` gets from `query`, or why the query cannot fill them (a
+/// page's template with no URL in the query, a calculation with no
+/// arithmetic).
+///
+/// # Errors
+/// What the query lacks.
+pub fn inputs_for(t: &Template, query: &str) -> Result<BTreeMap<String, String>, String> {
+    let found = urls(query);
+    let mut inputs = BTreeMap::new();
+    for name in t.inputs {
+        let value = match (t.name, *name) {
+            (_, "question") => query.to_owned(),
+            ("summarize-url", "url") => found
+                .first()
+                .cloned()
+                .ok_or("the query names no URL to summarize")?,
+            ("compare-urls", "url_a" | "url_b") => {
+                let [a, b, ..] = found.as_slice() else {
+                    return Err("the query does not name two URLs to compare".into());
+                };
+                if *name == "url_a" {
+                    a.clone()
+                } else {
+                    b.clone()
+                }
+            }
+            ("python-calc", "expression") => {
+                arithmetic(query).ok_or("the query is not an arithmetic expression")?
+            }
+            (_, other) => return Err(format!("no rule fills the input {other}")),
+        };
+        inputs.insert((*name).to_owned(), value);
+    }
+    Ok(inputs)
+}
+
+/// The prompt asking a model which template suits `query`.
+pub fn choice_prompt(query: &str) -> String {
+    let mut p = String::from("Choose the flow that best does the task. The flows:\n");
+    for t in &TEMPLATES {
+        p.push_str(&format!("- {}: {}\n", t.name, t.about));
+    }
+    p.push_str(&format!(
+        "\nTask: {query}\n\nReply with the flow's name only, one of: {}.",
+        TEMPLATES.map(|t| t.name).join(", ")
+    ));
+    p
+}
+
+/// A model's answer to [`choice_prompt`], checked: the template it names
+/// first (a name the answer does not contain is no choice) with the inputs
+/// the query fills.
+///
+/// # Errors
+/// No template named, or the query cannot fill the chosen one's inputs.
+pub fn read_choice(answer: &str, query: &str) -> Result<Plan, String> {
+    let lower = answer.to_lowercase();
+    let named = |name: &str| {
+        lower.match_indices(name).find(|(at, _)| {
+            // A whole name: `answer` inside `answers` is not one.
+            let before = lower[..*at].chars().next_back();
+            let after = lower[at + name.len()..].chars().next();
+            let part =
+                |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_');
+            !part(before) && !part(after)
+        })
+    };
+    let chosen = TEMPLATES
+        .iter()
+        .filter_map(|t| named(t.name).map(|(at, _)| (at, t)))
+        .min_by_key(|(at, _)| *at)
+        .map(|(_, t)| t)
+        .ok_or_else(|| {
+            format!(
+                "the answer names none of {}",
+                TEMPLATES.map(|t| t.name).join(", ")
+            )
+        })?;
+    let inputs = inputs_for(chosen, query).map_err(|why| format!("{}: {why}", chosen.name))?;
+    Ok(Plan {
+        template: chosen.name,
+        inputs,
+        why: "the model chose it".into(),
+    })
+}
+
+/// The one input a model-written flow reads: the query.
+pub const FREE_INPUT: &str = "query";
+
+/// The prompt asking a model to write a flow for `query`, its `llm` nodes
+/// on `model`.
+pub fn flow_prompt(query: &str, model: &str) -> String {
+    format!(
+        r#"Write a tabnode flow (JSON) that does the task below. A flow is {{"version": 1, "nodes": {{id: node}}}}; each node has a "type", "params" and "inputs" (input name -> [other node id, its output name]). Node types:
+- input: outputs the run's inputs; this flow reads one, "{FREE_INPUT}": {{"type": "input", "params": {{"names": ["{FREE_INPUT}"]}}}}
+- template: params "text" with {{{{name}}}} placeholders, one input per placeholder; output "text"
+- llm: params "model" ("{model}"), "max_tokens"; input "prompt"; output "text"
+- scrape: input "url" (one URL); outputs "text", "title", "links"
+- python: params "code" (prints its result); inputs become variables; output "text"
+- split: input "text"; output "chunks"; map: params "step" ({{"type": "llm", "params": {{...}}}}), input "items"; outputs "texts", "text"
+- merge: any inputs; output "text"
+- output: its inputs are the results
+Example: {{"version": 1, "nodes": {{"in": {{"type": "input", "params": {{"names": ["{FREE_INPUT}"]}}}}, "p": {{"type": "template", "params": {{"text": "Answer briefly: {{{{q}}}}"}}, "inputs": {{"q": ["in", "{FREE_INPUT}"]}}}}, "a": {{"type": "llm", "params": {{"model": "{model}", "max_tokens": 128}}, "inputs": {{"prompt": ["p", "text"]}}}}, "out": {{"type": "output", "inputs": {{"answer": ["a", "text"]}}}}}}}}
+
+Task: {query}
+
+Reply with the JSON flow only."#
+    )
+}
+
+/// The prompt asking a model to fix the flow it wrote.
+pub fn repair_prompt(query: &str, model: &str, previous: &str, error: &str) -> String {
+    format!(
+        "{}\n\nYour previous answer was:\n{previous}\n\nIt is not a valid flow: {error}\nReply with the corrected JSON flow only.",
+        flow_prompt(query, model)
+    )
+}
+
+/// Why a model's flow is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// The answer holds no JSON object.
+    #[error("the answer holds no JSON object")]
+    NoJson,
+    /// The JSON is not a valid flow.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    /// The flow reads inputs the run will not give.
+    #[error("the flow reads the inputs {0:?}; it may read only \"query\"")]
+    Inputs(Vec<String>),
+}
+
+/// The first JSON object in `text` (braces balanced outside strings), if
+/// any: a model's answer, with or without a code fence or words around it.
+pub fn first_object(text: &str) -> Option<&str> {
+    let start = text.find('{')?;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            '{' if !in_string => depth += 1,
+            '}' if !in_string => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start..=start + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A model's answer to [`flow_prompt`] or [`repair_prompt`], validated:
+/// the flow, reading [`FREE_INPUT`] at most.
+///
+/// # Errors
+/// [`PlanError`].
+pub fn read_flow(answer: &str) -> Result<FlowDoc, PlanError> {
+    let json = first_object(answer).ok_or(PlanError::NoJson)?;
+    let doc: FlowDoc = serde_json::from_str(json).map_err(|e| FlowError::Json(e.to_string()))?;
+    let flow = Flow::parse(doc.clone())?;
+    let others: Vec<String> = flow
+        .input_names()
+        .into_iter()
+        .filter(|n| n != FREE_INPUT)
+        .collect();
+    if !others.is_empty() {
+        return Err(PlanError::Inputs(others));
+    }
+    Ok(doc)
 }

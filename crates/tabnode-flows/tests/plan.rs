@@ -74,3 +74,93 @@ fn rules_pick_a_template_and_its_inputs() {
     );
     assert!(urls("ftp://x.test and https:// alone").is_empty());
 }
+
+#[test]
+fn a_models_choice_is_read_and_checked() {
+    use tabnode_flows::plan::{choice_prompt, inputs_for, read_choice};
+    let q = "Summarize https://example.com/a for me";
+    let p = choice_prompt(q);
+    for t in TEMPLATES {
+        assert!(p.contains(&format!("- {}: {}", t.name, t.about)), "{p}");
+    }
+    assert!(p.contains(q));
+    // The first whole name the answer gives, with the inputs the query
+    // fills.
+    let c = read_choice("summarize-url (then answer)", q).expect("a choice");
+    assert_eq!(c.template, "summarize-url");
+    assert_eq!(c.inputs["url"], "https://example.com/a");
+    assert_eq!(
+        read_choice("The flow: answer.", q)
+            .expect("a choice")
+            .inputs["question"],
+        q
+    );
+    // Not a whole name, no name, or a template the query cannot fill.
+    assert_eq!(
+        read_choice("answers", q),
+        Err(
+            "the answer names none of answer, rag, summarize-url, compare-urls, python-calc".into()
+        )
+    );
+    assert_eq!(
+        read_choice("python-calc", q),
+        Err("python-calc: the query is not an arithmetic expression".into())
+    );
+    assert_eq!(
+        read_choice("compare-urls", q),
+        Err("compare-urls: the query does not name two URLs to compare".into())
+    );
+    let t = template("python-calc").expect("t");
+    assert_eq!(
+        inputs_for(t, "What is 3 * 7?").expect("inputs")["expression"],
+        "3 * 7"
+    );
+}
+
+#[test]
+fn a_model_written_flow_is_validated_or_refused() {
+    use tabnode_flows::plan::{first_object, flow_prompt, read_flow, repair_prompt, PlanError};
+    use tabnode_flows::FlowError;
+    let prompt = flow_prompt("What is the tallest mountain?", "smollm2-135m-instruct");
+    // The prompt's own example is a valid flow.
+    let example = prompt
+        .lines()
+        .find_map(|l| l.strip_prefix("Example: "))
+        .expect("an example");
+    read_flow(example).expect("the example is valid");
+    // Found inside a fence and words, braces in strings not counted.
+    let answer = format!("Here it is:\n```json\n{example}\n```\nDone {{not json}}.");
+    assert_eq!(first_object(&answer), Some(example));
+    assert_eq!(
+        first_object(r#"x {"a": "}{", "b": {"c": 1}} y"#),
+        Some(r#"{"a": "}{", "b": {"c": 1}}"#)
+    );
+    assert_eq!(first_object("{ unclosed"), None);
+    read_flow(&answer).expect("valid");
+    // No JSON, JSON that is no flow, a flow with an unknown node type, a
+    // flow reading other inputs.
+    assert_eq!(read_flow("I cannot."), Err(PlanError::NoJson));
+    assert!(matches!(
+        read_flow(r#"{"nodes": 3}"#),
+        Err(PlanError::Flow(FlowError::Json(_)))
+    ));
+    let bad = example.replace("\"template\"", "\"tmpl\"");
+    let e = read_flow(&bad).expect_err("unknown type");
+    assert!(e.to_string().contains("tmpl"), "{e}");
+    let other = example
+        .replace(
+            r#"{"type": "input", "params": {"names": ["query"]}}"#,
+            r#"{"type": "input"}"#,
+        )
+        .replace(r#"["in", "query"]"#, r#"["in", "question"]"#);
+    assert_eq!(
+        read_flow(&other),
+        Err(PlanError::Inputs(vec!["question".into()]))
+    );
+    let repair = repair_prompt("Q?", "m", "{bad}", &e.to_string());
+    assert!(
+        repair.contains("{bad}")
+            && repair.contains(&e.to_string())
+            && repair.ends_with("Reply with the corrected JSON flow only.")
+    );
+}

@@ -902,3 +902,102 @@ async fn python_steps_go_to_tabs_that_opted_in_and_move_past_a_broken_one() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planners_ask_the_model_and_check_what_it_answers() {
+    use tabnode_flows::plan::{choice_prompt, flow_prompt, plan, read_choice, read_flow};
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let _node = serving_node(relay.tcp_addr().expect("tcp"), 2);
+    wait_for_model(addr, 1).await;
+    let plan_of =
+        |body: Value| async move { json_call(addr, "POST", "/v1/flows/plan", Some(&body)).await };
+    // The model chooses the template: its answer is the model's own
+    // (greedy), and the choice is what checking it gives (the rules' plan
+    // where the model's is refused).
+    let q = "Tell me three facts about honey bees.";
+    let (s, p) = plan_of(json!({"query": q, "planner": "model"})).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["planner"], "model");
+    let answer = local(&choice_prompt(q), 16);
+    assert_eq!(p["answers"], json!([answer]));
+    let want = read_choice(&answer, q).unwrap_or_else(|_| plan(q, None));
+    assert_eq!(p["template"], want.template, "{p}");
+    assert_eq!(p["inputs"], json!(want.inputs));
+    // The model writes the flow: valid (and then it runs), or refused
+    // after one repair with the validation error.
+    let q = "What is the capital of France?";
+    let (s, p) = plan_of(json!({"query": q, "planner": "free"})).await;
+    let first = local(
+        &flow_prompt(q, &model()),
+        tabnode_relay::flows::FREE_PLAN_TOKENS,
+    );
+    assert_eq!(p["answers"][0], first, "{p}");
+    match s {
+        200 => {
+            let n = p["answers"].as_array().map_or(0, Vec::len);
+            let last = p["answers"][n - 1].as_str().expect("answer");
+            read_flow(last).expect("a flow the relay accepted is valid");
+            let (s, record) = json_call(
+                addr,
+                "POST",
+                "/v1/flows/run",
+                Some(&json!({"flow": p["flow"], "inputs": p["inputs"], "stream": false})),
+            )
+            .await;
+            assert_eq!(s, 200, "{record}");
+        }
+        422 => {
+            assert_eq!(p["error"]["code"], "plan_refused");
+            assert_eq!(p["answers"].as_array().map(Vec::len), Some(2), "{p}");
+            let e = read_flow(p["answers"][1].as_str().expect("answer")).expect_err("refused");
+            assert_eq!(
+                p["error"]["message"],
+                format!("the model's flow is not valid after a repair: {e}")
+            );
+        }
+        other => panic!("{other}: {p}"),
+    }
+    // Qwen2.5-Coder writes a valid flow for this query (greedy: measured,
+    // and the same bits every run); the relay accepts it, its llm nodes on
+    // the planning model, and it runs.
+    let _qwen = serving_node_with(relay.tcp_addr().expect("tcp"), 1, honest_prover(), qwen());
+    let coder = catalog_id(&qwen().info.name);
+    wait_for(addr, &coder, 1).await;
+    let (s, p) = plan_of(json!({"query": q, "planner": "free", "model": coder})).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (&p["planner"], &p["inputs"]),
+        (&json!("free"), &json!({"query": q}))
+    );
+    let flow = tabnode_flows::Flow::parse(serde_json::from_value(p["flow"].clone()).expect("doc"))
+        .expect("valid");
+    for n in flow.nodes.values() {
+        if let tabnode_flows::Step::Llm(l) = &n.step {
+            assert_eq!(l.model, coder);
+        }
+    }
+    let (s, record) = json_call(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&json!({"flow": p["flow"], "inputs": p["inputs"], "stream": false})),
+    )
+    .await;
+    assert_eq!((s, &record["status"]), (200, &json!("done")), "{record}");
+
+    // Bad planners and models are clear errors.
+    let (s, p) = plan_of(json!({"query": q, "planner": "magic"})).await;
+    assert_eq!(
+        (s, &p["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{p}"
+    );
+    let (s, p) = plan_of(json!({"query": q, "planner": "model", "model": "nope"})).await;
+    assert_eq!(
+        (s, &p["error"]["code"]),
+        (404, &json!("model_not_found")),
+        "{p}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -163,27 +163,6 @@ async fn ledger(addr: std::net::SocketAddr) -> Value {
     let r = http(addr, "GET", "/api/ledger", None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
-}
-
-/// A file of the models directory on the quantized engine (fetched by
-/// `scripts/setup.sh`).
-fn models_dir_engine(file: &str) -> Arc<Engine> {
-    let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
-        }
-    };
-    let bytes =
-        std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e} (scripts/setup.sh)"));
-    Arc::new(Engine::load_quantized(bytes).expect("engine"))
-}
-
-/// Qwen2.5-Coder-0.5B-Instruct on the quantized engine.
-fn qwen() -> Arc<Engine> {
-    static QWEN: OnceLock<Arc<Engine>> = OnceLock::new();
-    QWEN.get_or_init(|| models_dir_engine("Qwen2.5-Coder-0.5B-Instruct.gguf"))
-        .clone()
 }
 
 /// One node serving two models: the relay lists both with that node and

@@ -793,9 +793,14 @@ pub(crate) async fn templates() -> Response {
     Json(json!({ "templates": list })).into_response()
 }
 
-/// `POST /v1/flows/plan`: a template for `{"query", "collection"?,
-/// "model"?}`, chosen by rules, with its inputs and its flow (the model
-/// and collection set in it).
+/// `POST /v1/flows/plan`: a flow for `{"query", "collection"?, "model"?,
+/// "planner"?}`. `planner` `rules` (the default) picks a template by rules;
+/// `model` asks a model which template (its choice checked: a template the
+/// query cannot fill falls back to the rules, saying why); `free` has the
+/// model write the flow, validated, one repair asked with the error, then
+/// refused (422 `plan_refused`). The answer: the planner, the template (or
+/// none), why, the inputs, the flow (the model and collection set in it),
+/// and the model's own answers.
 pub(crate) async fn plan_query(
     State(f): State<Flows>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -813,18 +818,167 @@ pub(crate) async fn plan_query(
         return invalid("invalid_request", "query: the question or task, a string");
     };
     let collection = o.get("collection").and_then(Value::as_str);
-    let p = plan::plan(query, collection);
-    let doc = match from_template(&json!(p.template), &o) {
+    let planner = match o.get("planner") {
+        None | Some(Value::Null) => "rules",
+        Some(Value::String(p)) if ["rules", "model", "free"].contains(&p.as_str()) => p.as_str(),
+        Some(other) => {
+            return invalid(
+                "invalid_request",
+                format!("planner: rules, model or free, not {other}"),
+            )
+        }
+    };
+    let rules = plan::plan(query, collection);
+    if planner == "rules" {
+        return planned(&o, "rules", rules, Vec::new());
+    }
+    let model = match planning_model(&f, &o) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    if planner == "model" {
+        let answer = match ask(&f, &model, plan::choice_prompt(query), 16).await {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        let chosen = plan::read_choice(&answer, query).unwrap_or_else(|why| plan::Plan {
+            why: format!(
+                "the model's choice was refused ({why}); by rules: {}",
+                rules.why
+            ),
+            ..rules
+        });
+        return planned(&o, "model", chosen, vec![answer]);
+    }
+    // Free: the model writes the flow; one repair, then refused.
+    let mut answers = Vec::new();
+    let mut prompt = plan::flow_prompt(query, &model);
+    loop {
+        let answer = match ask(&f, &model, prompt, FREE_PLAN_TOKENS).await {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        answers.push(answer.clone());
+        match plan::read_flow(&answer) {
+            Ok(mut doc) => {
+                plan::set_model(&mut doc, &model);
+                if let Some(c) = collection {
+                    plan::set_collection(&mut doc, c);
+                }
+                return Json(json!({
+                    "planner": "free",
+                    "template": null,
+                    "why": format!("{model} wrote it ({} attempts)", answers.len()),
+                    "inputs": { plan::FREE_INPUT: query },
+                    "flow": doc,
+                    "answers": answers,
+                }))
+                .into_response();
+            }
+            Err(e) if answers.len() < 2 => {
+                prompt = plan::repair_prompt(query, &model, &answer, &e.to_string());
+            }
+            Err(e) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({
+                        "error": {
+                            "message": format!("the model's flow is not valid after a repair: {e}"),
+                            "type": "invalid_request_error",
+                            "param": null,
+                            "code": "plan_refused",
+                        },
+                        "answers": answers,
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    }
+}
+
+/// The most tokens a model may write a flow in (a flow of a dozen nodes
+/// takes about 400).
+pub const FREE_PLAN_TOKENS: u32 = 512;
+
+/// The answer for a chosen template.
+fn planned(
+    body: &Map<String, Value>,
+    planner: &str,
+    p: plan::Plan,
+    answers: Vec<String>,
+) -> Response {
+    let doc = match from_template(&json!(p.template), body) {
         Ok(d) => d,
         Err(r) => return *r,
     };
     Json(json!({
+        "planner": planner,
         "template": p.template,
         "why": p.why,
         "inputs": p.inputs,
         "flow": doc,
+        "answers": answers,
     }))
     .into_response()
+}
+
+/// The model a planner asks: the body's, else the first chat model a node
+/// serves now.
+fn planning_model(f: &Flows, body: &Map<String, Value>) -> Result<String, Box<Response>> {
+    if let Some(m) = body.get("model").and_then(Value::as_str) {
+        return Ok(m.to_owned());
+    }
+    let state = &f.api().infer.state;
+    let served = state.registry.served_models();
+    state
+        .catalog
+        .models
+        .iter()
+        .find(|m| m.chat && served.iter().any(|(id, _, _)| id == &m.id))
+        .map(|m| m.id.clone())
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("no_planner"),
+                None,
+                "no node serves a chat model to plan with",
+            ))
+        })
+}
+
+/// `prompt` asked of `model` as a greedy chat: its answer.
+async fn ask(
+    f: &Flows,
+    model: &str,
+    prompt: String,
+    max_tokens: u32,
+) -> Result<String, Box<Response>> {
+    let step = Step::Llm(tabnode_flows::Llm {
+        model: model.to_owned(),
+        mode: LlmMode::Chat,
+        max_tokens,
+        temperature: 0.0,
+        system: None,
+    });
+    match llm(f, &step, prompt, None).await {
+        Ok((text, _)) => Ok(text),
+        Err(NodeError::UnknownModel(m)) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model"),
+            format!("no node serves the model {m}"),
+        ))),
+        Err(e) => Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("no_planner"),
+            None,
+            format!("the planning model did not answer: {e}"),
+        ))),
+    }
 }
 
 async fn record_of(f: &Flows, id: &str) -> Option<Value> {

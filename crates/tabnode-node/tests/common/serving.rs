@@ -52,6 +52,27 @@ pub fn engine() -> Arc<Engine> {
         .clone()
 }
 
+/// A file of the models directory on the quantized engine (fetched by
+/// `scripts/setup.sh`).
+pub fn models_dir_engine(file: &str) -> Arc<Engine> {
+    let dir = match std::env::var_os("TABNODE_MODELS_DIR") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabnode/models")
+        }
+    };
+    let bytes =
+        std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e} (scripts/setup.sh)"));
+    Arc::new(Engine::load_quantized(bytes).expect("engine"))
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct on the quantized engine.
+pub fn qwen() -> Arc<Engine> {
+    static QWEN: OnceLock<Arc<Engine>> = OnceLock::new();
+    QWEN.get_or_init(|| models_dir_engine("Qwen2.5-Coder-0.5B-Instruct.gguf"))
+        .clone()
+}
+
 pub async fn relay_with(dir: &tempfile::TempDir, infer: InferConfig) -> RelayHandle {
     let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
     cfg.infer = infer;
