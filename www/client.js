@@ -2,6 +2,27 @@
 // chat page and the embeddable widget (and shipped in the npm package).
 
 /**
+ * The `data` of each server-sent event of the response `r`, as the stream
+ * delivers them (several `data:` lines of an event joined by newlines).
+ */
+export async function* serverEvents(r) {
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf('\n\n')) >= 0) {
+      const event = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+      if (data) yield data;
+    }
+  }
+}
+
+/**
  * Streams a chat completion from `relay` (an origin, '' for this one).
  * `onText(piece, node)` receives the answer as it arrives. Resolves to
  * `{ text, tokens, nodes, node, failovers, ttft_ms, client_ttft_ms,
@@ -27,34 +48,23 @@ export async function streamChat({ relay = '', model, messages, maxTokens = 128,
     throw new Error(body.error?.message ?? `HTTP ${r.status}`);
   }
   const out = { text: '', tokens: 0, nodes: [], node: null, failovers: 0, client_ttft_ms: null };
-  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += value;
-    let cut;
-    while ((cut = buf.indexOf('\n\n')) >= 0) {
-      const event = buf.slice(0, cut);
-      buf = buf.slice(cut + 2);
-      const data = event.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
-      if (!data || data === '[DONE]') continue;
-      const chunk = JSON.parse(data);
-      if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.tabnode?.node) out.node = chunk.tabnode.node;
-      const choice = chunk.choices?.[0];
-      const piece = choice?.delta?.content;
-      if (piece) {
-        if (out.client_ttft_ms === null) out.client_ttft_ms = performance.now() - t0;
-        out.text += piece;
-        onText(piece, out.node);
-      }
-      if (choice?.finish_reason) {
-        Object.assign(out, chunk.tabnode ?? {});
-        out.finish = choice.finish_reason;
-      }
-      if (chunk.usage) out.tokens = chunk.usage.completion_tokens;
+  for await (const data of serverEvents(r)) {
+    if (data === '[DONE]') continue;
+    const chunk = JSON.parse(data);
+    if (chunk.error) throw new Error(chunk.error.message);
+    if (chunk.tabnode?.node) out.node = chunk.tabnode.node;
+    const choice = chunk.choices?.[0];
+    const piece = choice?.delta?.content;
+    if (piece) {
+      if (out.client_ttft_ms === null) out.client_ttft_ms = performance.now() - t0;
+      out.text += piece;
+      onText(piece, out.node);
     }
+    if (choice?.finish_reason) {
+      Object.assign(out, chunk.tabnode ?? {});
+      out.finish = choice.finish_reason;
+    }
+    if (chunk.usage) out.tokens = chunk.usage.completion_tokens;
   }
   if (!out.finish) throw new Error('the stream ended before the answer was complete');
   return out;

@@ -7,6 +7,7 @@
 // (textContent), never as HTML.
 
 import { PythonSandbox } from "/python.js";
+import { serverEvents } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
 const list = (s) => String(s ?? "").split(",").map((x) => x.trim()).filter(Boolean);
@@ -574,21 +575,7 @@ $("run-form").addEventListener("submit", async (ev) => {
       const body = await r.json().catch(() => null);
       throw new Error(body?.error?.message ?? `the run was refused (${r.status})`);
     }
-    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += value;
-      let end;
-      while ((end = buffered.indexOf("\n\n")) >= 0) {
-        const raw = buffered.slice(0, end);
-        buffered = buffered.slice(end + 2);
-        for (const line of raw.split("\n")) {
-          if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
-        }
-      }
-    }
+    for await (const data of serverEvents(r)) onEvent(JSON.parse(data));
   } catch (e) {
     if (e.name !== "AbortError") $("run-error").textContent = e.message;
     $("run-status").textContent = "";

@@ -39,6 +39,13 @@ fn events(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The record of the run of `body` (`"stream": false`), which must start.
+async fn finished_run(addr: std::net::SocketAddr, body: &Value) -> Value {
+    let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(body)).await;
+    assert_eq!(s, 200, "{record}");
+    record
+}
+
 async fn run(addr: std::net::SocketAddr, body: &Value) -> (u16, String) {
     let r = http(
         addr,
@@ -196,14 +203,11 @@ async fn a_failed_node_skips_its_descendants_while_the_others_finish() {
             "out2": {"type": "output", "inputs": {"b": ["good", "text"]}}
         }
     });
-    let (s, record) = json_call(
+    let record = finished_run(
         addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"flow": flow, "inputs": {"q": "hi"}, "stream": false})),
+        &json!({"flow": flow, "inputs": {"q": "hi"}, "stream": false}),
     )
     .await;
-    assert_eq!(s, 200, "{record}");
     assert_eq!(record["status"], "failed", "{record}");
     let n = &record["nodes"];
     assert_eq!(n["bad"]["status"], "failed");
@@ -236,14 +240,11 @@ async fn a_failed_node_skips_its_descendants_while_the_others_finish() {
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["template"], "answer");
     assert_eq!(p["inputs"], json!({"question": question}));
-    let (s, record) = json_call(
+    let record = finished_run(
         addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"template": "answer", "inputs": p["inputs"], "model": model(), "stream": false})),
+        &json!({"template": "answer", "inputs": p["inputs"], "model": model(), "stream": false}),
     )
     .await;
-    assert_eq!(s, 200, "{record}");
     assert_eq!(record["status"], "done", "{record}");
     assert_eq!(record["outputs"]["answer"], json!(local(question, 256)));
 }
@@ -272,8 +273,7 @@ async fn limits_and_cancellation_stop_a_run() {
         }
         b
     };
-    let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&long(Some(1000)))).await;
-    assert_eq!(s, 200, "{record}");
+    let record = finished_run(addr, &long(Some(1000))).await;
     assert_eq!(record["status"], "failed");
     assert_eq!(
         record["nodes"]["count"]["error"],
@@ -286,39 +286,17 @@ async fn limits_and_cancellation_stop_a_run() {
     // `cancelled` and so does the record.
     let mut body = long(None);
     body["stream"] = json!(true);
-    let body = body.to_string();
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "POST /v1/flows/run HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let seen = |raw: &[u8], what: &str| String::from_utf8_lossy(raw).contains(what);
-    while !seen(&raw, "\"peer\"") {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut chunk))
-            .await
-            .expect("the llm node starts in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "the stream ended early: {}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let at = text.find("\"id\":\"run-").expect("the run event") + 6;
-    let run_id = text[at..at + 20].to_owned();
+    let mut stream = EventStream::post(addr, "/v1/flows/run", &body).await;
+    stream.until(|e| e.get("peer").is_some()).await;
+    let run_id = stream.run_id.clone().expect("the run event came first");
     let (s, v) = json_call(addr, "DELETE", &format!("/v1/flows/runs/{run_id}"), None).await;
     assert_eq!(s, 200, "{v}");
-    tokio::time::timeout(WAIT, conn.read_to_end(&mut raw))
+    let done = stream
+        .until(|e| e["type"] == "done")
         .await
-        .expect("the stream ends")
-        .expect("read");
-    let rest = String::from_utf8_lossy(&raw).into_owned();
-    assert!(rest.contains("\"status\":\"cancelled\""), "{rest}");
+        .pop()
+        .expect("done");
+    assert_eq!(done["status"], "cancelled", "{done}");
     let (s, record) = json_call(addr, "GET", &format!("/v1/flows/runs/{run_id}"), None).await;
     assert_eq!(s, 200, "{record}");
     assert_eq!(record["status"], "cancelled");
@@ -415,14 +393,11 @@ async fn bad_flows_and_inputs_are_clear_errors() {
         assert!(m.contains(says), "{m}\nwanted: {says}");
     }
     // A run of templates only needs no node; its record is kept.
-    let (s, record) = json_call(
+    let record = finished_run(
         addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"flow": ok_flow, "inputs": {"q": "<b>kept as text</b>"}, "stream": false})),
+        &json!({"flow": ok_flow, "inputs": {"q": "<b>kept as text</b>"}, "stream": false}),
     )
     .await;
-    assert_eq!(s, 200, "{record}");
     assert_eq!(record["outputs"], json!({"x": "<b>kept as text</b>"}));
     let id = record["id"].as_str().expect("id");
     let (s, list) = json_call(addr, "GET", "/v1/flows/runs?limit=5", None).await;
@@ -540,14 +515,7 @@ async fn summarize_url_scrapes_a_page_and_summarizes_it_on_the_network() {
     )
     .await;
     assert_eq!((s, &p["template"]), (200, &json!("summarize-url")), "{p}");
-    let (s, record) = json_call(
-        addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"template": "summarize-url", "inputs": p["inputs"], "model": model(), "stream": false})),
-    )
-    .await;
-    assert_eq!(s, 200, "{record}");
+    let record = finished_run(addr, &json!({"template": "summarize-url", "inputs": p["inputs"], "model": model(), "stream": false})).await;
     assert_eq!(record["status"], "done", "{record}");
     let out = &record["outputs"];
     assert_eq!(out["title"], "Honey bees");
@@ -567,14 +535,7 @@ async fn summarize_url_scrapes_a_page_and_summarizes_it_on_the_network() {
 
     // The guard holds inside a flow: a page on the metadata address fails
     // its node, with the reason.
-    let (s, record) = json_call(
-        addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"template": "summarize-url", "inputs": {"url": "http://169.254.169.254/latest/meta-data/"}, "stream": false})),
-    )
-    .await;
-    assert_eq!(s, 200, "{record}");
+    let record = finished_run(addr, &json!({"template": "summarize-url", "inputs": {"url": "http://169.254.169.254/latest/meta-data/"}, "stream": false})).await;
     assert_eq!(record["status"], "failed");
     assert!(
         record["nodes"]["page"]["error"].as_str().is_some_and(|e| e.contains("169.254.169.254 is 169.254.169.254, not a public address")),
@@ -708,14 +669,11 @@ async fn python_steps_are_handed_to_the_requester_and_its_answers_used() {
 
     // Without the requester as runner, the job goes to a tab that runs
     // Python for others; with none, the node fails saying how to run it.
-    let (s, record) = json_call(
+    let record = finished_run(
         addr,
-        "POST",
-        "/v1/flows/run",
-        Some(&json!({"template": "python-calc", "inputs": {"expression": "2**100"}, "stream": false})),
+        &json!({"template": "python-calc", "inputs": {"expression": "2**100"}, "stream": false}),
     )
     .await;
-    assert_eq!(s, 200, "{record}");
     assert_eq!(record["status"], "failed");
     let why = record["nodes"]["calc"]["error"]
         .as_str()
@@ -862,8 +820,7 @@ async fn python_steps_go_to_tabs_that_opted_in_and_move_past_a_broken_one() {
     // Only a broken runner: the step fails, saying why.
     let broken = python_tab(tcp.clone(), false);
     wait_for_python_tabs(addr, 1).await;
-    let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&calc)).await;
-    assert_eq!(s, 200, "{record}");
+    let record = finished_run(addr, &calc).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(
         record["nodes"]["calc"]["error"],
@@ -884,8 +841,7 @@ async fn python_steps_go_to_tabs_that_opted_in_and_move_past_a_broken_one() {
         .map(|t| t["flow"]["nodes"]["calc"]["params"]["code"].clone())
         .expect("the template's code");
     for _ in 0..3 {
-        let (s, record) = json_call(addr, "POST", "/v1/flows/run", Some(&calc)).await;
-        assert_eq!(s, 200, "{record}");
+        let record = finished_run(addr, &calc).await;
         assert_eq!(record["status"], "done", "{record}");
         assert_eq!(
             record["outputs"]["result"],
@@ -939,14 +895,11 @@ async fn planners_ask_the_model_and_check_what_it_answers() {
             let n = p["answers"].as_array().map_or(0, Vec::len);
             let last = p["answers"][n - 1].as_str().expect("answer");
             read_flow(last).expect("a flow the relay accepted is valid");
-            let (s, record) = json_call(
+            finished_run(
                 addr,
-                "POST",
-                "/v1/flows/run",
-                Some(&json!({"flow": p["flow"], "inputs": p["inputs"], "stream": false})),
+                &json!({"flow": p["flow"], "inputs": p["inputs"], "stream": false}),
             )
             .await;
-            assert_eq!(s, 200, "{record}");
         }
         422 => {
             assert_eq!(p["error"]["code"], "plan_refused");
