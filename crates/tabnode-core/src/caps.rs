@@ -89,6 +89,10 @@ pub struct Capabilities {
     /// tab whose visitor opted in (Pyodide in an opaque-origin sandbox).
     #[serde(default)]
     pub python: bool,
+    /// Scores delivered tokens for spot checks ([`crate::Request::Score`]):
+    /// a node whose engine reads a completion in one pass.
+    #[serde(default)]
+    pub scores: bool,
 }
 
 impl Capabilities {
@@ -114,6 +118,7 @@ impl Capabilities {
             slots: 1,
             max_pof_n: crate::pof::DEFAULT_MAX_N,
             python: false,
+            scores: false,
         }
     }
 }

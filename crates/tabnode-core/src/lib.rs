@@ -16,6 +16,7 @@
 //! `wasm32-unknown-unknown` and natively.
 
 pub mod caps;
+pub mod check;
 pub mod chunked;
 pub mod codec;
 pub mod download;

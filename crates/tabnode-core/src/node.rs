@@ -109,7 +109,8 @@ pub fn answer(peer: PeerId, relay: PeerId, request: &Request) -> Option<Response
         | Request::Infer(_)
         | Request::InferCancel { .. }
         | Request::Embed(_)
-        | Request::Python(_) => {
+        | Request::Python(_)
+        | Request::Score(_) => {
             if peer == relay {
                 None
             } else {

@@ -57,6 +57,10 @@ pub enum Request {
     /// whose visitor opted in, [`Capabilities::python`]); answered with
     /// [`Response::Python`] or an error.
     Python(Box<PythonJob>),
+    /// Relay → node: score the tokens another node delivered (a spot
+    /// check, [`crate::check`]); answered with [`Response::Scored`] or an
+    /// error.
+    Score(Box<crate::check::ScoreRequest>),
 }
 
 impl Request {
@@ -73,6 +77,7 @@ impl Request {
             Request::InferCancel { .. } => "InferCancel",
             Request::Embed(_) => "Embed",
             Request::Python(_) => "Python",
+            Request::Score(_) => "Score",
         }
     }
 }
@@ -139,6 +144,8 @@ pub enum Response {
     Embedded(Box<crate::infer::EmbedResult>),
     /// The outcome of a [`Request::Python`].
     Python(PythonOutcome),
+    /// One score per token of a [`Request::Score`].
+    Scored(Vec<crate::check::TokenScore>),
     /// The request was understood but refused.
     Error {
         /// What kind of failure.

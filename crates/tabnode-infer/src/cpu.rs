@@ -992,13 +992,70 @@ impl CpuSession<'_> {
         Ok(logits)
     }
 
+    /// Reads `context` (a prompt and all but the last of a completion's
+    /// tokens) in one pass and scores each of `delivered` (the completion)
+    /// at its position: what a spot check reads. The same bits as stepping
+    /// through the tokens one by one, so an honest completion of this
+    /// engine scores every token as the first choice.
+    ///
+    /// # Errors
+    /// [`GenerateError::Device`] for a split model (its forwards run with
+    /// other workers) or `delivered` longer than `context` allows.
+    pub fn score(
+        &mut self,
+        context: &[u32],
+        delivered: &[u32],
+        temperature: f32,
+    ) -> Result<Vec<tabnode_core::check::TokenScore>, GenerateError> {
+        if self.model.shards.is_some() {
+            return Err(GenerateError::Device(
+                "a model split over workers does not score".into(),
+            ));
+        }
+        let keep = delivered.len();
+        if keep > context.len() {
+            return Err(GenerateError::Device(format!(
+                "{keep} tokens to score after {} of context",
+                context.len()
+            )));
+        }
+        on_pool(|| {
+            let mut out = Vec::with_capacity(keep);
+            self.forward_keep(context, context.len(), keep, &mut |logits| {
+                let token = delivered.get(out.len()).copied().unwrap_or(0);
+                out.push(tabnode_core::check::TokenScore::of(
+                    &logits,
+                    token,
+                    temperature,
+                ));
+            })
+            .map(|()| out)
+        })
+        .map_err(|e| GenerateError::Device(format!("quantized CPU model: {e}")))
+    }
+
     /// One forward of `t` tokens: `tokens` on shard 0 (or a whole model),
     /// empty on the other shards, which get the embedded tokens from it.
     fn forward(&mut self, tokens: &[u32], t: usize) -> Result<Vec<f32>, CpuError> {
+        let mut last = Vec::new();
+        self.forward_keep(tokens, t, 1, &mut |logits| last = logits)?;
+        Ok(last)
+    }
+
+    /// [`Self::forward`], handing `each` the logits after each of the last
+    /// `keep` tokens, in order.
+    fn forward_keep(
+        &mut self,
+        tokens: &[u32],
+        t: usize,
+        keep: usize,
+        each: &mut dyn FnMut(Vec<f32>),
+    ) -> Result<(), CpuError> {
         let m = self.model;
         let c = &m.config;
         if t == 0 {
-            return Ok(Vec::new());
+            each(Vec::new());
+            return Ok(());
         }
         let (dim, hidden) = (c.dim, c.hidden);
         let hd = c.head_dim;
@@ -1156,19 +1213,23 @@ impl CpuSession<'_> {
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
-        // Logits for the last token only.
-        let last = &x[(t - 1) * dim..];
-        let mut normed = vec![0f32; dim];
-        rmsnorm(last, &m.norm, c.eps, &mut normed);
-        let mut logits = vec![0f32; c.vocab];
-        let mut last_act = Acts::new(1, c.arch.residual_activations()).refined(REFINE_MARGIN);
-        last_act.quantize(&normed, &[&m.head])?;
-        let t0 = clock();
-        m.project(&last_act, &[&m.head], &mut [&mut logits])?;
-        matmul += since(t0);
+        // Logits for the last `keep` tokens, each as a decode step makes
+        // them.
+        for i in t - keep.clamp(1, t)..t {
+            let last = &x[i * dim..(i + 1) * dim];
+            let mut normed = vec![0f32; dim];
+            rmsnorm(last, &m.norm, c.eps, &mut normed);
+            let mut logits = vec![0f32; c.vocab];
+            let mut last_act = Acts::new(1, c.arch.residual_activations()).refined(REFINE_MARGIN);
+            last_act.quantize(&normed, &[&m.head])?;
+            let t0 = clock();
+            m.project(&last_act, &[&m.head], &mut [&mut logits])?;
+            matmul += since(t0);
+            each(logits);
+        }
         self.matmul += matmul;
         self.pos += t;
-        Ok(logits)
+        Ok(())
     }
 }
 

@@ -261,6 +261,46 @@ impl Engine {
         futures::executor::block_on(self.generate_async(request, cancelled, on_piece, &no_pause))
     }
 
+    /// Scores `tokens`, a completion delivered for `request` (by another
+    /// node), in one teacher-forced pass over the prompt and the tokens: a
+    /// spot check's reading ([`tabnode_core::check`]). Runs on the quantized
+    /// CPU engine (where an honest completion of the same engine scores
+    /// every greedy token first).
+    ///
+    /// # Errors
+    /// Another runner, a prompt and completion past the context, a bad
+    /// chat template.
+    pub fn score(
+        &self,
+        request: &GenerateRequest,
+        tokens: &[u32],
+    ) -> Result<Vec<tabnode_core::check::TokenScore>, EngineError> {
+        let Some((_, head)) = tokens.split_last() else {
+            return Ok(Vec::new());
+        };
+        let mut context = self.prompt_ids(&request.prompt)?;
+        if context.len() + tokens.len() > self.runner.context() {
+            return Err(GenerateError::Device(format!(
+                "{} prompt and {} completion tokens exceed the context of {}",
+                context.len(),
+                tokens.len(),
+                self.runner.context()
+            ))
+            .into());
+        }
+        context.extend_from_slice(head);
+        match &self.runner {
+            Runner::Cpu(model) => {
+                Ok(model
+                    .session()
+                    .score(&context, tokens, request.temperature)?)
+            }
+            _ => Err(
+                GenerateError::Device("spot checks run on the quantized CPU engine".into()).into(),
+            ),
+        }
+    }
+
     /// Checks `request` without running the model: the prompt's token
     /// count, or why it cannot run (what a node answers before accepting).
     ///

@@ -270,6 +270,7 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         capabilities.models = s.model_names();
         capabilities.engine = s.engine();
         capabilities.slots = u32::try_from(s.slots()).unwrap_or(u32::MAX);
+        capabilities.scores = s.scores();
     }
     let embedder = config.embedder;
     if let Some(e) = &embedder {
@@ -342,6 +343,29 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                             None => Response::Error {
                                 code: tabnode_core::ErrorCode::UnknownModel,
                                 message: "this node serves no embedding model".into(),
+                            },
+                        };
+                        let _ = respond.send(Command::Respond { id, response }).await;
+                    });
+                }
+                NodeEvent::Request {
+                    id,
+                    request: Request::Score(job),
+                    ..
+                } => {
+                    let server = server.clone();
+                    let mut respond = respond.clone();
+                    tokio::spawn(async move {
+                        let response = match server {
+                            Some(s) => tokio::task::spawn_blocking(move || s.score(&job))
+                                .await
+                                .unwrap_or_else(|e| Response::Error {
+                                    code: tabnode_core::ErrorCode::Invalid,
+                                    message: format!("the scoring task failed: {e}"),
+                                }),
+                            None => Response::Error {
+                                code: tabnode_core::ErrorCode::UnknownModel,
+                                message: "this node serves no model".into(),
                             },
                         };
                         let _ = respond.send(Command::Respond { id, response }).await;

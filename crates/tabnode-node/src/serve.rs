@@ -44,6 +44,22 @@ pub trait ServedModel: Send + Sync + 'static {
     fn engine(&self) -> Option<EngineChoice> {
         None
     }
+    /// Scores a completion for a spot check ([`Engine::score`]).
+    ///
+    /// # Errors
+    /// This model does not score, or the request is bad.
+    fn score(
+        &self,
+        request: &GenerateRequest,
+        tokens: &[u32],
+    ) -> Result<Vec<tabnode_core::check::TokenScore>, EngineError> {
+        let _ = (request, tokens);
+        Err(GenerateError::Device("this model does not score".into()).into())
+    }
+    /// Whether [`ServedModel::score`] works.
+    fn scores(&self) -> bool {
+        false
+    }
 }
 
 impl ServedModel for Engine {
@@ -68,6 +84,16 @@ impl ServedModel for Engine {
     }
     fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
         Engine::check(self, request)
+    }
+    fn score(
+        &self,
+        request: &GenerateRequest,
+        tokens: &[u32],
+    ) -> Result<Vec<tabnode_core::check::TokenScore>, EngineError> {
+        Engine::score(self, request, tokens)
+    }
+    fn scores(&self) -> bool {
+        matches!(self.runner, tabnode_infer::engine::Runner::Cpu(_))
     }
     fn generate(
         &self,
@@ -207,6 +233,33 @@ impl InferServer {
         }
         running.insert(request.request_id);
         Response::InferAccepted { prompt_tokens }
+    }
+
+    /// Whether one of its models scores completions for spot checks.
+    pub fn scores(&self) -> bool {
+        self.models.iter().any(|(_, m)| m.scores())
+    }
+
+    /// Scores a completion for a spot check (blocking: run it off the
+    /// event loop): the answer to send back.
+    pub fn score(&self, job: &tabnode_core::check::ScoreRequest) -> Response {
+        let refuse = |code, message: String| Response::Error { code, message };
+        let Some(engine) = self.model(&job.model) else {
+            return refuse(
+                ErrorCode::UnknownModel,
+                format!("this node does not serve {}", job.model),
+            );
+        };
+        if job.tokens.len() > tabnode_core::check::MAX_SCORED_TOKENS {
+            return refuse(
+                ErrorCode::TooLarge,
+                format!("{} tokens to score", job.tokens.len()),
+            );
+        }
+        match engine.score(&job.request, &job.tokens) {
+            Ok(scores) => Response::Scored(scores),
+            Err(e) => refuse(ErrorCode::Invalid, e.to_string()),
+        }
     }
 
     /// Stops generation `request_id` after the token in flight.

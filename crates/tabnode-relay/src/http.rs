@@ -145,6 +145,7 @@ pub(crate) fn router(
         .route("/api/models", get(models))
         .route("/api/embedding-models", get(embedding_models))
         .route("/api/pof/{peer_id}", get(pof_history))
+        .route("/api/checks", get(checks))
         .route("/metrics", get(metrics))
         .route("/python-sandbox.html", get(python_sandbox))
         .with_state(AppState {
@@ -238,6 +239,16 @@ async fn python_sandbox(
         page,
     )
         .into_response()
+}
+
+/// `/api/checks`: the newest spot checks (at most 100) and each node's
+/// record.
+async fn checks(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let c = &s.relay.checks;
+    Json(serde_json::json!({
+        "checks": c.recent(100),
+        "nodes": c.standings(),
+    }))
 }
 
 async fn bootstrap(State(s): State<AppState>) -> Json<Bootstrap> {

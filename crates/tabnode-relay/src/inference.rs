@@ -48,6 +48,8 @@ pub struct InferConfig {
     pub rate_limit_per_minute: u32,
     /// Largest request body on the HTTP API.
     pub max_body_bytes: usize,
+    /// Spot checks of served tokens.
+    pub checks: crate::checks::CheckConfig,
 }
 
 impl Default for InferConfig {
@@ -60,6 +62,7 @@ impl Default for InferConfig {
             max_attempts: 3,
             rate_limit_per_minute: 600,
             max_body_bytes: 1 << 20,
+            checks: crate::checks::CheckConfig::default(),
         }
     }
 }
@@ -394,6 +397,22 @@ pub(crate) async fn run_request(
         let secs = first.elapsed().as_secs_f64();
         usage.tokens_per_s = if secs > 0.0 { after / secs } else { 0.0 };
     }
+    // A request one node served whole may be spot-checked.
+    let checkable = match (&outcome, usage.nodes.as_slice()) {
+        (Ok(_), [node]) => node
+            .parse::<PeerId>()
+            .ok()
+            .map(|peer| crate::checks::Served {
+                request_id,
+                model_id: model.clone(),
+                model_name: entry.name.clone(),
+                peer,
+                request: api.request.clone(),
+                tokens: delivered.clone(),
+                credit: credits.first().map(|c| (c.id.clone(), c.amount)),
+            }),
+        _ => None,
+    };
     // Durable before the requester hears "done".
     if !credits.is_empty() {
         if let Some(ledger) = ctx.state.ledger() {
@@ -401,6 +420,9 @@ pub(crate) async fn run_request(
                 tracing::error!("crediting request {request_id}: {e}");
             }
         }
+    }
+    if let Some(served) = checkable {
+        crate::checks::after_request(&ctx, served);
     }
     let last = match outcome {
         Ok(finish) => {

@@ -24,6 +24,9 @@ pub const POINTS_PER_TOKEN: u64 = 1;
 pub const POINTS_PER_PROOF_GFLOP: u64 = 1;
 /// Points for one minute online with a valid proof.
 pub const POINTS_PER_UPTIME_MINUTE: u64 = 1;
+/// Tokens a checker reads (in one teacher-forced pass) per point it earns:
+/// a prefill costs a fraction of the decode it checks.
+pub const CHECKED_TOKENS_PER_POINT: u64 = 4;
 
 const CREDITS: TableDefinition<&str, &[u8]> = TableDefinition::new("credits");
 const BALANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("balances");
@@ -77,6 +80,11 @@ pub enum CreditKind {
     Proof,
     /// Minutes online (`amount` = minutes).
     Uptime,
+    /// A spot check run for the network (`amount` = tokens checked).
+    Check,
+    /// A debit: the tokens of a request that failed its spot check
+    /// (`amount` = tokens, `points` = what their credit gave).
+    Clawback,
 }
 
 /// One credit.
@@ -98,6 +106,29 @@ pub struct Credit {
 }
 
 impl Credit {
+    /// A spot check of `tokens` tokens.
+    pub fn check(id: String, peer_id: String, tokens: u64) -> Self {
+        Self {
+            id,
+            peer_id,
+            kind: CreditKind::Check,
+            amount: tokens,
+            points: tokens.div_ceil(CHECKED_TOKENS_PER_POINT),
+        }
+    }
+
+    /// The debit of a [`Credit::tokens`] whose tokens failed a spot check
+    /// (its id derived from the credit's: applied once).
+    pub fn clawback(credit_id: &str, peer_id: String, tokens: u64) -> Self {
+        Self {
+            id: format!("clawback:{credit_id}"),
+            peer_id,
+            kind: CreditKind::Clawback,
+            amount: tokens,
+            points: tokens.saturating_mul(POINTS_PER_TOKEN),
+        }
+    }
+
     /// A credit for `tokens` delivered to a requester.
     pub fn tokens(id: String, peer_id: String, tokens: u64) -> Self {
         Self {
@@ -125,12 +156,41 @@ pub struct Balance {
     pub proofs: u64,
     /// Minutes of uptime credited.
     pub uptime_minutes: u64,
+    /// Spot checks run for the network.
+    #[serde(default)]
+    pub checks: u64,
+    /// Tokens checked in them.
+    #[serde(default)]
+    pub checked_tokens: u64,
+    /// Requests whose tokens failed a spot check (their credit taken
+    /// back).
+    #[serde(default)]
+    pub clawed_back_requests: u64,
+    /// Tokens taken back.
+    #[serde(default)]
+    pub clawed_back_tokens: u64,
+    /// Points taken back.
+    #[serde(default)]
+    pub clawed_back_points: u64,
 }
 
 impl Balance {
     fn add(&mut self, c: &Credit) {
-        self.points = self.points.saturating_add(c.points);
+        if c.kind == CreditKind::Clawback {
+            self.points = self.points.saturating_sub(c.points);
+        } else {
+            self.points = self.points.saturating_add(c.points);
+        }
         match c.kind {
+            CreditKind::Check => {
+                self.checks += 1;
+                self.checked_tokens = self.checked_tokens.saturating_add(c.amount);
+            }
+            CreditKind::Clawback => {
+                self.clawed_back_requests += 1;
+                self.clawed_back_tokens = self.clawed_back_tokens.saturating_add(c.amount);
+                self.clawed_back_points = self.clawed_back_points.saturating_add(c.points);
+            }
             CreditKind::Tokens => {
                 self.tokens = self.tokens.saturating_add(c.amount);
                 self.requests += 1;
@@ -426,6 +486,50 @@ mod tests {
         assert_eq!(all[0].peer_id, "a", "most points first");
         assert_eq!(totals.tokens, 10);
         assert_eq!(l.balance("nobody").expect("zero").points, 0);
+    }
+
+    #[tokio::test]
+    async fn a_clawback_takes_a_credit_back_once_and_checks_earn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("ledger.redb")).expect("open");
+        let served = Credit::tokens("tokens:e-9:0".into(), "cheat".into(), 12);
+        l.apply(vec![
+            served.clone(),
+            Credit::tokens("tokens:e-8:0".into(), "cheat".into(), 5),
+        ])
+        .await
+        .expect("apply");
+        let back = Credit::clawback(&served.id, "cheat".into(), 12);
+        assert_eq!(back.id, "clawback:tokens:e-9:0");
+        let check = Credit::check("check:9:cheat".into(), "checker".into(), 10);
+        assert_eq!(check.points, 3, "10 tokens checked, 4 a point, rounded up");
+        for _ in 0..2 {
+            // Applied twice (a retried check): taken once.
+            l.apply(vec![back.clone(), check.clone()])
+                .await
+                .expect("apply");
+        }
+        let c = l.balance("cheat").expect("cheat");
+        assert_eq!(
+            (c.points, c.tokens, c.requests),
+            (5, 17, 2),
+            "the points of the failed request are gone; what it served stays on record"
+        );
+        assert_eq!(
+            (
+                c.clawed_back_requests,
+                c.clawed_back_tokens,
+                c.clawed_back_points
+            ),
+            (1, 12, 12)
+        );
+        let k = l.balance("checker").expect("checker");
+        assert_eq!((k.points, k.checks, k.checked_tokens), (3, 1, 10));
+        // A clawback past the balance leaves zero, not a wrapped number.
+        l.apply(vec![Credit::clawback("tokens:x", "checker".into(), 100)])
+            .await
+            .expect("apply");
+        assert_eq!(l.balance("checker").expect("checker").points, 0);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //! thin wrapper around it, and integration tests start relays the same way.
 
 pub mod catalog;
+pub mod checks;
 mod client;
 mod embeddings;
 pub mod flows;

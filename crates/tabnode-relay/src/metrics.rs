@@ -84,6 +84,8 @@ pub struct Metrics {
     pub failovers: Counter,
     /// Generated tokens delivered to requesters.
     pub tokens: Counter,
+    /// Spot checks: `passed`, `failed`, `inconclusive`.
+    pub spot_checks: Family<Outcome, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -129,6 +131,7 @@ impl Default for Metrics {
             inference_requests: Family::default(),
             failovers: Counter::default(),
             tokens: Counter::default(),
+            spot_checks: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -198,11 +201,26 @@ impl Default for Metrics {
             "Generated tokens delivered to requesters.",
             m.tokens.clone(),
         );
+        r.register(
+            "tabnode_spot_checks",
+            "Spot checks of served tokens by outcome.",
+            m.spot_checks.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts a spot check's outcome.
+    pub fn record_check(&self, outcome: crate::checks::Outcome) {
+        let outcome = match outcome {
+            crate::checks::Outcome::Passed => "passed",
+            crate::checks::Outcome::Failed => "failed",
+            crate::checks::Outcome::Inconclusive => "inconclusive",
+        };
+        self.spot_checks.get_or_create(&Outcome { outcome }).inc();
+    }
+
     /// Records a libp2p event (swarm, identify, ping or relay) with
     /// libp2p's own recorders.
     pub fn record<E>(&self, event: &E)

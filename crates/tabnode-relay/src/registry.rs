@@ -188,6 +188,9 @@ struct Inner {
     pof: HashMap<PeerId, PofHistory>,
     /// Uptime minutes counted and not yet written: first minute, minutes.
     uptime: HashMap<PeerId, (u64, u64)>,
+    /// Nodes that failed too many spot checks: never given work or points
+    /// again (by peer id, across reconnections).
+    excluded: HashSet<PeerId>,
 }
 
 impl Inner {
@@ -199,7 +202,7 @@ impl Inner {
             } else {
                 e.model_ids.iter().any(|m| m == model_id)
             };
-            if !serves {
+            if !serves || self.excluded.contains(peer) {
                 return None;
             }
             let standing = self.pof.get(peer).map(|h| &h.standing);
@@ -404,7 +407,67 @@ impl Registry {
 
     /// Whether `peer`'s last proof passed: what earning points requires.
     pub fn proof_valid(&self, peer: &PeerId) -> bool {
-        self.lock().pof.get(peer).is_some_and(|h| h.standing.valid)
+        let g = self.lock();
+        !g.excluded.contains(peer) && g.pof.get(peer).is_some_and(|h| h.standing.valid)
+    }
+
+    /// Excludes `peer` from work and points for good (it failed too many
+    /// spot checks).
+    pub fn exclude(&self, peer: PeerId) {
+        self.lock().excluded.insert(peer);
+        self.wake();
+    }
+
+    /// Whether `peer` is excluded.
+    pub fn is_excluded(&self, peer: &PeerId) -> bool {
+        self.lock().excluded.contains(peer)
+    }
+
+    /// Takes a slot of the best node to spot-check `served`'s tokens of
+    /// the catalog model `model_id`: usable, scoring
+    /// ([`Capabilities::scores`]), not `served` itself and, unless
+    /// `same_address` allows it, not at its IP address.
+    ///
+    /// # Errors
+    /// [`NoNode::UnknownModel`] when no such node is connected,
+    /// [`NoNode::Unavailable`] when they are all busy.
+    pub fn reserve_checker(
+        &self,
+        model_id: &str,
+        served: &PeerId,
+        same_address: bool,
+    ) -> Result<PeerId, NoNode> {
+        let mut g = self.lock();
+        let ip_of = |g: &Inner, p: &PeerId| g.nodes.get(p).and_then(|e| e.ip);
+        let served_ip = ip_of(&g, served);
+        let mut any = false;
+        let best = g
+            .candidates(model_id)
+            .filter(|c| c.peer != *served && c.last_proof != Some(false))
+            .filter(|c| {
+                let e = g.nodes.get(&c.peer);
+                let scores = e
+                    .and_then(|e| e.capabilities.as_ref())
+                    .is_some_and(|caps| caps.scores);
+                let apart = same_address
+                    || matches!((served_ip, ip_of(&g, &c.peer)), (Some(a), Some(b)) if a != b);
+                scores && apart
+            })
+            .inspect(|_| any = true)
+            .filter(|c| c.usable(&HashSet::new()))
+            .min_by_key(Candidate::rank)
+            .map(|c| c.peer);
+        let Some(best) = best else {
+            return Err(if any {
+                NoNode::Unavailable
+            } else {
+                NoNode::UnknownModel
+            });
+        };
+        if let Some(e) = g.nodes.get_mut(&best) {
+            e.load.active += 1;
+        }
+        Ok(best)
     }
 
     /// The Proof-of-FLOPS history of `peer`.
@@ -469,14 +532,18 @@ impl Registry {
         out
     }
 
-    /// Per catalog model id served now: nodes and slots, sorted by id.
+    /// Per catalog model id served now: nodes and slots, sorted by id
+    /// (excluded nodes left out).
     pub fn served_models(&self) -> Vec<(String, usize, u64)> {
         let g = self.lock();
         let mut out: Vec<(String, usize, u64)> = Vec::new();
-        for e in g.nodes.values() {
+        for (peer, e) in &g.nodes {
             let Some(caps) = e.capabilities.as_ref() else {
                 continue;
             };
+            if g.excluded.contains(peer) {
+                continue;
+            }
             for id in &e.model_ids {
                 match out.iter_mut().find(|(m, _, _)| m == id) {
                     Some((_, nodes, slots)) => {
@@ -499,7 +566,9 @@ impl Registry {
     /// period, not a row per node and minute.
     pub fn count_uptime(&self, minute: u64, period: u64) -> Vec<UptimeSpan> {
         let mut g = self.lock();
-        let Inner { nodes, pof, uptime } = &mut *g;
+        let Inner {
+            nodes, pof, uptime, ..
+        } = &mut *g;
         for (peer, e) in nodes.iter() {
             let eligible = e.capabilities.is_some()
                 && e.reachable

@@ -36,6 +36,9 @@ pub struct RelayState {
     ledger: Option<Weak<Ledger>>,
     /// The models requests may name and nodes are credited for.
     pub catalog: Catalog,
+    /// Spot checks of served tokens: each node's record, the recent
+    /// checks.
+    pub checks: crate::checks::Checks,
 }
 
 /// A model available on the network now.

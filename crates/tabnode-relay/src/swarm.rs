@@ -361,6 +361,10 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
             code: ErrorCode::Unsupported,
             message: "ask the relay's HTTP API (/v1/embeddings) for embeddings".into(),
         },
+        Request::Score(_) => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "the relay asks for spot checks; it does not run them".into(),
+        },
         Request::Python(_) => Response::Error {
             code: ErrorCode::Unsupported,
             message: "ask the relay's HTTP API (/v1/flows/run) to run Python".into(),

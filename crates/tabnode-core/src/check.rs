@@ -1,0 +1,242 @@
+//! Spot checks of served tokens (issue #16): the relay has another node
+//! read a finished request's prompt and delivered tokens in one
+//! teacher-forced pass ([`crate::Request::Score`]); the checker answers
+//! each delivered token's standing under its own model ([`TokenScore`]),
+//! and [`judge`] decides. A greedy request's token must be the checker's
+//! first choice or within [`CheckPolicy::greedy_margin`] logits of it (two
+//! honest backends can rank near ties differently); a sampled one's must
+//! not lie in the checker's least likely tokens that together hold less
+//! than [`CheckPolicy::min_tail`] of the probability at the request's
+//! temperature: an honest sampler draws from that tail with at most that
+//! probability per token, whatever the distribution's shape, while a
+//! token chosen without the model usually falls there. Portable: the
+//! checker's engine and the relay's judgement share it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::infer::GenerateRequest;
+
+/// Relay → node: score `tokens`, delivered for `request` by another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRequest {
+    /// The checked request's id (for logs).
+    pub request_id: u64,
+    /// The catalog model (or its GGUF name) it was served with.
+    pub model: String,
+    /// The request as the serving node got it, without resume tokens.
+    pub request: GenerateRequest,
+    /// The completion's token ids, as delivered (resumed ones included).
+    pub tokens: Vec<u32>,
+}
+
+/// Most tokens one [`ScoreRequest`] may carry (a completion's longest).
+pub const MAX_SCORED_TOKENS: usize = 4096;
+
+/// One delivered token under the checker's model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenScore {
+    /// The delivered token's logit.
+    pub logit: f32,
+    /// The checker's first choice at that position.
+    pub top_token: u32,
+    /// Its logit.
+    pub top_logit: f32,
+    /// The delivered token's log-probability at the request's temperature
+    /// (1 for a greedy request).
+    pub logprob: f32,
+    /// The probability, at that temperature, of all the tokens no more
+    /// likely than the delivered one (itself included).
+    pub tail: f32,
+}
+
+impl TokenScore {
+    /// The standing of `token` in `logits` (a position's), its
+    /// log-probability at `temperature` (1 when 0: greedy).
+    pub fn of(logits: &[f32], token: u32, temperature: f32) -> Self {
+        let t = if temperature > 0.0 { temperature } else { 1.0 };
+        let (mut top_token, mut top_logit) = (0u32, f32::NEG_INFINITY);
+        for (i, &l) in logits.iter().enumerate() {
+            if l > top_logit {
+                (top_token, top_logit) = (i as u32, l);
+            }
+        }
+        let logit = logits
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        // Σ exp((l - max) / t), and the part of it no more likely than the
+        // token, in f64 for the long sums.
+        let (mut sum, mut below) = (0f64, 0f64);
+        for &l in logits {
+            let e = f64::from((l - top_logit) / t).exp();
+            sum += e;
+            if l <= logit {
+                below += e;
+            }
+        }
+        let logprob = f64::from((logit - top_logit) / t) - sum.ln();
+        Self {
+            logit,
+            top_token,
+            top_logit,
+            logprob: logprob as f32,
+            tail: (below / sum) as f32,
+        }
+    }
+}
+
+/// What a check accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CheckPolicy {
+    /// A greedy request's token may trail the checker's first choice by
+    /// this many logits.
+    pub greedy_margin: f32,
+    /// A sampled request's token may not lie in a tail of the checker's
+    /// distribution (at the request's temperature) holding less than this
+    /// probability: the chance of a false strike per honest token.
+    pub min_tail: f32,
+}
+
+impl Default for CheckPolicy {
+    fn default() -> Self {
+        Self {
+            greedy_margin: 0.5,
+            min_tail: 1e-7,
+        }
+    }
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Every token is plausible.
+    Pass,
+    /// The first implausible token.
+    Fail {
+        /// Its place in the completion.
+        position: usize,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Whether a sampled token's tail holds enough probability (NaN: no).
+fn plausible(s: &TokenScore, policy: &CheckPolicy) -> bool {
+    s.tail >= policy.min_tail
+}
+
+/// Judges `delivered` for `request` by the checker's `scores` (one per
+/// delivered token; a checker that answers another count fails the check
+/// of nothing: the caller treats that as the checker's fault).
+pub fn judge(
+    request: &GenerateRequest,
+    delivered: &[u32],
+    scores: &[TokenScore],
+    policy: &CheckPolicy,
+) -> Verdict {
+    let greedy = request.temperature <= 0.0;
+    for (position, (token, s)) in delivered.iter().zip(scores).enumerate() {
+        if greedy {
+            let behind = s.top_logit - s.logit;
+            // Written so that NaN fails.
+            let near = behind <= policy.greedy_margin;
+            if *token != s.top_token && !near {
+                return Verdict::Fail {
+                    position,
+                    reason: format!(
+                        "greedy token {token} trails the checker's {} by {behind:.3} logits (at most {} allowed)",
+                        s.top_token, policy.greedy_margin
+                    ),
+                };
+            }
+        } else if !plausible(s, policy) {
+            return Verdict::Fail {
+                position,
+                reason: format!(
+                    "sampled token {token} lies in a tail of probability {:.3e} at temperature {} (at least {:e} allowed; its log-probability {:.2})",
+                    s.tail, request.temperature, policy.min_tail, s.logprob
+                ),
+            };
+        }
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::Prompt;
+
+    #[test]
+    fn scores_read_the_logits() {
+        let logits = [1.0, 3.0, 2.0, -1.0];
+        let s = TokenScore::of(&logits, 2, 0.0);
+        assert_eq!((s.top_token, s.top_logit, s.logit), (1, 3.0, 2.0));
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        assert!((f64::from(s.logprob) - (2.0 - z.ln())).abs() < 1e-5);
+        // A lower temperature sharpens: the runner-up gets less likely.
+        assert!(TokenScore::of(&logits, 2, 0.5).logprob < s.logprob);
+        // Its tail: itself and the two less likely tokens.
+        let want = (1f64.exp() + 2f64.exp() + (-1f64).exp()) / z;
+        assert!((f64::from(s.tail) - want).abs() < 1e-6, "{s:?}");
+        assert!((TokenScore::of(&logits, 1, 1.0).tail - 1.0).abs() < 1e-6);
+        // A token outside the vocabulary is impossible.
+        let out = TokenScore::of(&logits, 9, 1.0);
+        assert_eq!((out.logprob, out.tail), (f32::NEG_INFINITY, 0.0));
+    }
+
+    #[test]
+    fn greedy_tokens_must_be_first_or_a_near_tie() {
+        let r = GenerateRequest::new(Prompt::Text("x".into()));
+        let policy = CheckPolicy::default();
+        let logits = [0.0, 5.0, 4.8, 1.0];
+        let scores: Vec<TokenScore> = [1, 2, 3]
+            .iter()
+            .map(|&t| TokenScore::of(&logits, t, 0.0))
+            .collect();
+        assert_eq!(judge(&r, &[1, 2], &scores[..2], &policy), Verdict::Pass);
+        match judge(&r, &[1, 2, 3], &scores, &policy) {
+            Verdict::Fail { position, reason } => {
+                assert_eq!(position, 2);
+                assert!(
+                    reason.contains("trails the checker's 1 by 4.000"),
+                    "{reason}"
+                );
+            }
+            v => panic!("{v:?}"),
+        }
+        // NaN scores never pass.
+        let nan = TokenScore {
+            logit: f32::NAN,
+            top_token: 0,
+            top_logit: 1.0,
+            logprob: f32::NAN,
+            tail: f32::NAN,
+        };
+        assert!(matches!(
+            judge(&r, &[5], &[nan], &policy),
+            Verdict::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn sampled_tokens_must_be_plausible() {
+        let mut r = GenerateRequest::new(Prompt::Text("x".into()));
+        r.temperature = 0.8;
+        let policy = CheckPolicy::default();
+        let mut logits = vec![0.0f32; 1000];
+        logits[7] = 10.0;
+        logits[8] = -20.0;
+        // One of the 999 flat tokens: unlikely alone, but together they
+        // hold a fair share; the one far below them is implausible.
+        let ok = TokenScore::of(&logits, 3, r.temperature);
+        assert!(ok.logprob < -12.0 && ok.tail > 1e-3, "{ok:?}");
+        assert_eq!(judge(&r, &[3], &[ok], &policy), Verdict::Pass, "{ok:?}");
+        let bad = TokenScore::of(&logits, 8, r.temperature);
+        assert!(bad.tail < 1e-15, "{bad:?}");
+        assert!(matches!(
+            judge(&r, &[8], &[bad], &policy),
+            Verdict::Fail { position: 0, .. }
+        ));
+    }
+}

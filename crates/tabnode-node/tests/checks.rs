@@ -1,0 +1,201 @@
+//! Spot-checked inference (issue #16): with every (greedy) request
+//! checked, a node that returns random tokens for half of its requests is
+//! caught by the
+//! honest nodes' checks, its credits for the bad requests are taken back
+//! (once each), and after three strikes it gets no more work; the honest
+//! nodes are never struck and earn points for the checks they run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tabnode_core::infer::{GenerateRequest, GenerateResult};
+use tabnode_infer::EngineError;
+use tabnode_node::serve::ServedModel;
+
+#[path = "common/http.rs"]
+mod http_client;
+use http_client::json_call;
+#[path = "common/serving.rs"]
+mod serving;
+use serving::*;
+
+/// Serves the real model honestly for odd requests and random tokens (with
+/// the honest text, so only the tokens lie) for even ones.
+struct Cheater {
+    inner: Arc<tabnode_infer::Engine>,
+    served: AtomicU64,
+}
+
+impl ServedModel for Cheater {
+    fn name(&self) -> &str {
+        &self.inner.info.name
+    }
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        self.inner.check(request)
+    }
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError> {
+        let n = self.served.fetch_add(1, Ordering::Relaxed);
+        if n % 2 == 1 {
+            return self.inner.generate(request, cancelled, on_piece);
+        }
+        let mut x = n.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let mut lie = |tokens: &[u32], text: &str| {
+            let random: Vec<u32> = tokens
+                .iter()
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    1000 + (x >> 33) as u32 % 40_000
+                })
+                .collect();
+            on_piece(&random, text);
+        };
+        self.inner.generate(request, cancelled, &mut lie)
+    }
+}
+
+async fn checks(addr: std::net::SocketAddr) -> Value {
+    json_call(addr, "GET", "/api/checks", None).await.1
+}
+
+async fn chat(addr: std::net::SocketAddr, i: usize) -> Value {
+    let (s, v) = json_call(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&json!({
+            "model": model(),
+            "messages": [{"role": "user", "content": format!("Count to {}.", i + 3)}],
+            "max_tokens": 8,
+            "temperature": 0,
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config();
+    config.checks.rate = 1.0;
+    config.checks.new_node_rate = 1.0;
+    // All nodes of a test share 127.0.0.1.
+    config.checks.same_address = true;
+    let relay = relay_with(&dir, config).await;
+    let addr = relay.http_addr;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let honest = [serving_node(tcp.clone(), 2), serving_node(tcp.clone(), 2)];
+    let cheater = serving_node_with(
+        tcp,
+        2,
+        honest_prover(),
+        Arc::new(Cheater {
+            inner: engine(),
+            served: AtomicU64::new(0),
+        }),
+    );
+    wait_for_model(addr, 3).await;
+    let cheat = cheater.peer_id.to_string();
+    let honest_ids: Vec<String> = honest.iter().map(|n| n.peer_id.to_string()).collect();
+
+    // Three requests at once (one for each node: matchmaking spreads them
+    // by load), each batch checked before the next, until the cheater is
+    // excluded (three strikes: six of its requests at most).
+    let mut sent = 0;
+    loop {
+        assert!(
+            sent < 60,
+            "the cheater was never excluded: {}",
+            checks(addr).await
+        );
+        futures::future::join_all((0..3).map(|i| chat(addr, sent + i))).await;
+        sent += 3;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let c = loop {
+            let c = checks(addr).await;
+            if c["checks"].as_array().map_or(0, Vec::len) >= sent {
+                break c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {sent} never checked: {c}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        if c["nodes"][&cheat]["excluded"] == true {
+            break;
+        }
+    }
+    let c = checks(addr).await;
+    let list = c["checks"].as_array().expect("checks").clone();
+    let of = |peer: &str, outcome: &str| {
+        list.iter()
+            .filter(|r| r["served_by"] == peer && r["outcome"] == outcome)
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let failed = of(&cheat, "failed");
+    assert_eq!(failed.len(), 3, "{c}");
+    assert_eq!(c["nodes"][&cheat]["failed"], 3);
+    for r in &failed {
+        assert_ne!(r["checker"], cheat, "a node never checks itself");
+        assert!(
+            r["reason"]
+                .as_str()
+                .is_some_and(|w| w.contains("trails the checker's")),
+            "{r}"
+        );
+    }
+    for h in &honest_ids {
+        assert_eq!(c["nodes"][h]["failed"], 0, "an honest node was struck: {c}");
+        assert!(of(h, "failed").is_empty());
+        assert_eq!(c["nodes"][h]["excluded"], false);
+    }
+    assert!(list.iter().all(|r| r["outcome"] != "inconclusive"), "{c}");
+
+    // The cheater's credits for the failed requests are taken back, once
+    // each; the checkers earned points for their checks.
+    let ledger = |peer: String| async move {
+        json_call(addr, "GET", &format!("/api/ledger/{peer}"), None)
+            .await
+            .1
+    };
+    let b = ledger(cheat.clone()).await;
+    let failed_tokens: u64 = failed.iter().filter_map(|r| r["tokens"].as_u64()).sum();
+    assert_eq!(b["clawed_back_requests"], 3, "{b}");
+    // What was credited (at most the delivered tokens: the relay caps a
+    // batch at the rate the node's proof makes plausible) is what is taken.
+    let clawed = b["clawed_back_tokens"].as_u64().unwrap_or(0);
+    assert!(clawed > 0 && clawed <= failed_tokens, "{b}");
+    assert_eq!(b["clawed_back_points"], clawed, "{b}");
+    let checks_run: u64 = {
+        let mut n = 0;
+        for h in &honest_ids {
+            let hb = ledger(h.clone()).await;
+            assert_eq!(hb["clawed_back_requests"], 0, "{hb}");
+            n += hb["checks"].as_u64().unwrap_or(0);
+        }
+        n
+    };
+    assert_eq!(checks_run, list.len() as u64, "every check credited once");
+
+    // Excluded: no more work, and the model lists two nodes.
+    for i in 0..4 {
+        let v = chat(addr, 100 + i).await;
+        let nodes = v["tabnode"]["nodes"].as_array().expect("nodes").clone();
+        assert!(!nodes.contains(&json!(cheat)), "{v}");
+    }
+    let (_, models) = json_call(addr, "GET", "/v1/models", None).await;
+    let serving = models["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == model()))
+        .map(|m| m["tabnode"]["nodes"].clone());
+    assert_eq!(serving, Some(json!(2)), "{models}");
+}

@@ -1,0 +1,354 @@
+//! Spot-checked inference (issue #16): after a request completes, the
+//! relay draws whether to check it (`CheckConfig::rate`, more for a node
+//! with few requests behind it, every request of a node with a strike) and
+//! has another node (one that scores, never the node itself nor, unless a
+//! test allows it, one at the same address) read the prompt and the
+//! delivered tokens in one teacher-forced pass
+//! ([`tabnode_core::check`]). A failed check is a strike: the request's
+//! credit is taken back (an idempotent debit in the ledger) and, at
+//! `CheckConfig::strikes_to_exclude`, the node is excluded from work and
+//! points (`Registry::exclude`). A conclusive check earns the checker
+//! points. Each check is recorded (`GET /api/checks`).
+//!
+//! Only requests served whole by one node are checked (a failover's
+//! segments would need the blame split).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tabnode_core::check::{judge, CheckPolicy, ScoreRequest, Verdict};
+use tabnode_core::infer::GenerateRequest;
+use tabnode_core::{Request, Response};
+
+use crate::inference::InferContext;
+use crate::ledger::Credit;
+use crate::registry::NoNode;
+
+/// How requests are spot-checked.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// The share of an established node's requests checked.
+    pub rate: f64,
+    /// The share checked while a node has served fewer than
+    /// `new_node_requests`.
+    pub new_node_rate: f64,
+    /// Requests after which a node is established.
+    pub new_node_requests: u64,
+    /// Failed checks after which a node is excluded.
+    pub strikes_to_exclude: u32,
+    /// What a check accepts.
+    pub policy: CheckPolicy,
+    /// How long a checker may take.
+    pub timeout: Duration,
+    /// Lets a node at the served node's address check it (tests on one
+    /// machine only: otherwise one person's two nodes could vouch for each
+    /// other).
+    pub same_address: bool,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            rate: 0.03,
+            new_node_rate: 0.25,
+            new_node_requests: 20,
+            strikes_to_exclude: 3,
+            policy: CheckPolicy::default(),
+            timeout: Duration::from_secs(60),
+            same_address: false,
+        }
+    }
+}
+
+/// A node's spot-check record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckStanding {
+    /// Its completed single-node requests seen.
+    pub requests: u64,
+    /// Checks of its tokens passed.
+    pub passed: u32,
+    /// Checks failed (strikes).
+    pub failed: u32,
+    /// Whether it is excluded from work and points.
+    pub excluded: bool,
+    /// Checks it ran for others.
+    pub checked_for_others: u32,
+}
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every token plausible.
+    Passed,
+    /// A token implausible: a strike.
+    Failed,
+    /// The checker did not answer properly (not the served node's fault).
+    Inconclusive,
+}
+
+/// One check, as `/api/checks` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckRecord {
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The checked request.
+    pub request_id: u64,
+    /// Its catalog model.
+    pub model: String,
+    /// The node that served it.
+    pub served_by: String,
+    /// The node that checked it.
+    pub checker: String,
+    /// Tokens checked.
+    pub tokens: usize,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The first implausible token's place, for a failed check.
+    pub position: Option<usize>,
+    /// Why it failed or was inconclusive.
+    pub reason: Option<String>,
+    /// Milliseconds the checker took.
+    pub ms: u64,
+}
+
+/// How many checks `/api/checks` keeps.
+const RECENT: usize = 1000;
+
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: HashMap<PeerId, CheckStanding>,
+    recent: VecDeque<CheckRecord>,
+}
+
+/// The relay's spot checks: each node's record and the recent checks.
+#[derive(Debug, Default)]
+pub struct Checks {
+    inner: Mutex<Inner>,
+}
+
+impl Checks {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a completed request of `peer` and draws whether to check it.
+    fn draw(&self, peer: PeerId, config: &CheckConfig) -> bool {
+        let mut g = self.lock();
+        let s = g.nodes.entry(peer).or_default();
+        s.requests += 1;
+        let rate = if s.failed > 0 {
+            1.0
+        } else if s.requests <= config.new_node_requests {
+            config.new_node_rate
+        } else {
+            config.rate
+        };
+        rand::random::<f64>() < rate
+    }
+
+    /// Records `r`; for a failed check, the served node's strike count
+    /// after it.
+    fn record(&self, served: PeerId, checker: PeerId, r: CheckRecord) -> u32 {
+        let mut g = self.lock();
+        let strikes = {
+            let s = g.nodes.entry(served).or_default();
+            match r.outcome {
+                Outcome::Passed => s.passed += 1,
+                Outcome::Failed => s.failed += 1,
+                Outcome::Inconclusive => {}
+            }
+            s.failed
+        };
+        if r.outcome != Outcome::Inconclusive {
+            g.nodes.entry(checker).or_default().checked_for_others += 1;
+        }
+        g.recent.push_back(r);
+        while g.recent.len() > RECENT {
+            g.recent.pop_front();
+        }
+        strikes
+    }
+
+    fn mark_excluded(&self, peer: PeerId) {
+        self.lock().nodes.entry(peer).or_default().excluded = true;
+    }
+
+    /// Every node's record, by peer id.
+    pub fn standings(&self) -> HashMap<String, CheckStanding> {
+        self.lock()
+            .nodes
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.clone()))
+            .collect()
+    }
+
+    /// The newest `limit` checks, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<CheckRecord> {
+        self.lock()
+            .recent
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A completed request served whole by one node, as a check needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    pub request_id: u64,
+    /// The catalog id and the name nodes know the model by.
+    pub model_id: String,
+    pub model_name: String,
+    pub peer: PeerId,
+    /// The request as the node got it.
+    pub request: GenerateRequest,
+    /// What it delivered.
+    pub tokens: Vec<u32>,
+    /// Its credit (id and tokens credited), if it earned one.
+    pub credit: Option<(String, u64)>,
+}
+
+/// Draws whether to check `served` and, if so, checks it in a task of its
+/// own.
+pub(crate) fn after_request(ctx: &InferContext, served: Served) {
+    if served.tokens.is_empty() || !ctx.state.checks.draw(served.peer, &ctx.config.checks) {
+        return;
+    }
+    tokio::spawn(check(ctx.clone(), served));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks `served` on another node, and acts on the verdict.
+async fn check(ctx: InferContext, served: Served) {
+    let config = &ctx.config.checks;
+    let state = &ctx.state;
+    // A checker, waiting (at most the check's time limit) for one to be
+    // free.
+    let deadline = Instant::now() + config.timeout;
+    let checker = loop {
+        let woken = state.registry.changed();
+        match state
+            .registry
+            .reserve_checker(&served.model_id, &served.peer, config.same_address)
+        {
+            Ok(peer) => break peer,
+            Err(NoNode::UnknownModel) => {
+                tracing::info!(
+                    "request {} not checked: no other node scores {}",
+                    served.request_id,
+                    served.model_id
+                );
+                return;
+            }
+            Err(NoNode::Unavailable) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::info!(
+                        "request {} not checked: no checker was free",
+                        served.request_id
+                    );
+                    return;
+                }
+                let _ = tokio::time::timeout(deadline - now, woken).await;
+            }
+        }
+    };
+    let started = Instant::now();
+    let request = Request::Score(Box::new(ScoreRequest {
+        request_id: served.request_id,
+        model: served.model_name.clone(),
+        request: served.request.clone(),
+        tokens: served.tokens.clone(),
+    }));
+    let answer = ctx.client.request(checker, request, config.timeout).await;
+    let verdict = match answer {
+        Ok(Response::Scored(scores)) if scores.len() == served.tokens.len() => {
+            state.registry.release(checker, true);
+            Ok(judge(
+                &served.request,
+                &served.tokens,
+                &scores,
+                &config.policy,
+            ))
+        }
+        Ok(Response::Scored(scores)) => {
+            state.registry.release(checker, false);
+            Err(format!(
+                "the checker scored {} of {} tokens",
+                scores.len(),
+                served.tokens.len()
+            ))
+        }
+        Ok(other) => {
+            state.registry.release(checker, false);
+            Err(format!("the checker answered {other:?}"))
+        }
+        Err(e) => {
+            state.registry.release(checker, false);
+            Err(format!("the checker did not answer: {e}"))
+        }
+    };
+    let (outcome, position, reason) = match &verdict {
+        Ok(Verdict::Pass) => (Outcome::Passed, None, None),
+        Ok(Verdict::Fail { position, reason }) => {
+            (Outcome::Failed, Some(*position), Some(reason.clone()))
+        }
+        Err(why) => (Outcome::Inconclusive, None, Some(why.clone())),
+    };
+    let record = CheckRecord {
+        at_ms: now_ms(),
+        request_id: served.request_id,
+        model: served.model_id.clone(),
+        served_by: served.peer.to_string(),
+        checker: checker.to_string(),
+        tokens: served.tokens.len(),
+        outcome,
+        position,
+        reason: reason.clone(),
+        ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let strikes = state.checks.record(served.peer, checker, record);
+    state.metrics.record_check(outcome);
+    let mut credits = Vec::new();
+    if outcome != Outcome::Inconclusive && state.proof_valid(&checker) {
+        credits.push(Credit::check(
+            format!("check:{}:{}", served.request_id, served.peer),
+            checker.to_string(),
+            served.tokens.len() as u64,
+        ));
+    }
+    if outcome == Outcome::Failed {
+        tracing::warn!(
+            peer = %served.peer,
+            "request {} failed its spot check (strike {strikes}): {}",
+            served.request_id,
+            reason.unwrap_or_default()
+        );
+        if let Some((id, tokens)) = &served.credit {
+            credits.push(Credit::clawback(id, served.peer.to_string(), *tokens));
+        }
+        if strikes >= config.strikes_to_exclude {
+            tracing::warn!(peer = %served.peer, "excluded after {strikes} failed spot checks");
+            state.registry.exclude(served.peer);
+            state.checks.mark_excluded(served.peer);
+        }
+    }
+    if !credits.is_empty() {
+        if let Some(ledger) = state.ledger() {
+            if let Err(e) = ledger.apply(credits).await {
+                tracing::error!("recording the check of request {}: {e}", served.request_id);
+            }
+        }
+    }
+}
