@@ -55,6 +55,9 @@ for icd in /usr/share/vulkan/icd.d/lvp_icd.x86_64.json /usr/lib/chromium/vk_swif
     VK_ICD_FILENAMES=$icd cargo run -q -p tabnode-infer --features gpu --example gpu_bench -- "$TABNODE_MODEL" "${GPU_TOKENS:-32}"
   fi
 done
+echo "== spot checks: a checker's scoring pass against serving the same request (check_bench), and the detection curve of simulated cheaters against the exact expectation (detection_bench)"
+cargo run -q -p tabnode-infer --example check_bench -- "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}" 3
+cargo run -q -p tabnode-relay --example detection_bench -- "${CHEATERS:-2000}"
 echo "== embeddings: the CPU encoder vs sentence-transformers on the same texts (scripts/bench/embed.py)"
 # The reference: torch and sentence-transformers from PyPI (about 3 GB with
 # torch's CUDA libraries, once).

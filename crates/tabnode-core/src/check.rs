@@ -4,13 +4,20 @@
 //! each delivered token's standing under its own model ([`TokenScore`]),
 //! and [`judge`] decides. A greedy request's token must be the checker's
 //! first choice or within [`CheckPolicy::greedy_margin`] logits of it (two
-//! honest backends can rank near ties differently); a sampled one's must
-//! not lie in the checker's least likely tokens that together hold less
-//! than [`CheckPolicy::min_tail`] of the probability at the request's
-//! temperature: an honest sampler draws from that tail with at most that
-//! probability per token, whatever the distribution's shape, while a
-//! token chosen without the model usually falls there. Portable: the
-//! checker's engine and the relay's judgement share it.
+//! honest backends can rank near ties differently). A sampled request is
+//! judged twice. Per token: it may not lie in the checker's least likely
+//! tokens that together hold less than [`CheckPolicy::min_tail`] of the
+//! probability (an honest sampler draws from that tail with at most that
+//! probability, whatever the distribution's shape). Over the sequence: the
+//! evidence `Σ_t (−ln p_t(x_t))/2 − ln E[p_t^−1/2]` (the second term from
+//! the checker's distribution after the request's temperature, top-k and
+//! top-p) may not reach `ln(1/δ)`, `δ` =
+//! [`CheckPolicy::sequence_false_rate`]: under honest sampling
+//! `exp(evidence)` is a martingale of mean 1, so by Ville's inequality the
+//! running evidence ever reaches `ln(1/δ)` with probability at most `δ`,
+//! while tokens chosen without the model (each far less likely than the
+//! distribution's typical token) pile it up in a few positions. Portable:
+//! the checker's engine and the relay's judgement share it.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,13 +54,40 @@ pub struct TokenScore {
     /// The probability, at that temperature, of all the tokens no more
     /// likely than the delivered one (itself included).
     pub tail: f32,
+    /// `ln E[p^−1/2]` of the honest sampler at this position: `ln Σ_K
+    /// √p_i − ln Σ_K p_i` over the tokens `K` its top-k and top-p keep
+    /// (the sequence test's compensator; 0 for a greedy request).
+    pub log_mgf: f32,
+}
+
+/// The sampling a checked request asked for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0: greedy.
+    pub temperature: f32,
+    /// 0: all tokens.
+    pub top_k: u32,
+    /// 1: off.
+    pub top_p: f32,
+}
+
+impl Sampling {
+    /// `request`'s.
+    pub fn of(request: &GenerateRequest) -> Self {
+        Self {
+            temperature: request.temperature,
+            top_k: request.top_k,
+            top_p: request.top_p,
+        }
+    }
 }
 
 impl TokenScore {
-    /// The standing of `token` in `logits` (a position's), its
-    /// log-probability at `temperature` (1 when 0: greedy).
-    pub fn of(logits: &[f32], token: u32, temperature: f32) -> Self {
-        let t = if temperature > 0.0 { temperature } else { 1.0 };
+    /// The standing of `token` in `logits` (a position's) under
+    /// `sampling` (its log-probability at temperature 1 when greedy).
+    pub fn of(logits: &[f32], token: u32, sampling: Sampling) -> Self {
+        let greedy = sampling.temperature <= 0.0;
+        let t = if greedy { 1.0 } else { sampling.temperature };
         let (mut top_token, mut top_logit) = (0u32, f32::NEG_INFINITY);
         for (i, &l) in logits.iter().enumerate() {
             if l > top_logit {
@@ -75,14 +109,46 @@ impl TokenScore {
             }
         }
         let logprob = f64::from((logit - top_logit) / t) - sum.ln();
+        let log_mgf = if greedy {
+            0.0
+        } else {
+            kept_log_mgf(logits, top_logit, t, sum, sampling)
+        };
         Self {
             logit,
             top_token,
             top_logit,
             logprob: logprob as f32,
             tail: (below / sum) as f32,
+            log_mgf: log_mgf as f32,
         }
     }
+}
+
+/// `ln Σ_K √p_i − ln Σ_K p_i` over the tokens `K` that top-k and top-p
+/// keep (all of them when neither is set), `p` the softmax at `t` whose
+/// normaliser (with `top` subtracted) is `sum`.
+fn kept_log_mgf(logits: &[f32], top: f32, t: f32, sum: f64, s: Sampling) -> f64 {
+    let p = |l: f32| f64::from((l - top) / t).exp() / sum;
+    let truncated = (s.top_k > 0 && (s.top_k as usize) < logits.len()) || s.top_p < 1.0;
+    if !truncated {
+        return logits.iter().map(|&l| p(l).sqrt()).sum::<f64>().ln();
+    }
+    let mut probs: Vec<f64> = logits.iter().map(|&l| p(l)).collect();
+    probs.sort_unstable_by(|a, b| b.total_cmp(a));
+    if s.top_k > 0 {
+        probs.truncate(s.top_k as usize);
+    }
+    let (mut mass, mut roots, mut kept) = (0f64, 0f64, 0usize);
+    for &q in &probs {
+        if kept > 0 && mass >= f64::from(s.top_p) {
+            break;
+        }
+        mass += q;
+        roots += q.sqrt();
+        kept += 1;
+    }
+    roots.ln() - mass.ln()
 }
 
 /// What a check accepts.
@@ -95,6 +161,9 @@ pub struct CheckPolicy {
     /// distribution (at the request's temperature) holding less than this
     /// probability: the chance of a false strike per honest token.
     pub min_tail: f32,
+    /// The sequence test's `δ`: the chance that an honest sampled
+    /// completion fails it.
+    pub sequence_false_rate: f64,
 }
 
 impl Default for CheckPolicy {
@@ -102,6 +171,7 @@ impl Default for CheckPolicy {
         Self {
             greedy_margin: 0.5,
             min_tail: 1e-7,
+            sequence_false_rate: 1e-7,
         }
     }
 }
@@ -135,6 +205,8 @@ pub fn judge(
     policy: &CheckPolicy,
 ) -> Verdict {
     let greedy = request.temperature <= 0.0;
+    let bound = (1.0 / policy.sequence_false_rate).ln();
+    let mut evidence = 0f64;
     for (position, (token, s)) in delivered.iter().zip(scores).enumerate() {
         if greedy {
             let behind = s.top_logit - s.logit;
@@ -149,14 +221,28 @@ pub fn judge(
                     ),
                 };
             }
-        } else if !plausible(s, policy) {
-            return Verdict::Fail {
-                position,
-                reason: format!(
-                    "sampled token {token} lies in a tail of probability {:.3e} at temperature {} (at least {:e} allowed; its log-probability {:.2})",
-                    s.tail, request.temperature, policy.min_tail, s.logprob
-                ),
-            };
+        } else {
+            if !plausible(s, policy) {
+                return Verdict::Fail {
+                    position,
+                    reason: format!(
+                        "sampled token {token} lies in a tail of probability {:.3e} at temperature {} (at least {:e} allowed; its log-probability {:.2})",
+                        s.tail, request.temperature, policy.min_tail, s.logprob
+                    ),
+                };
+            }
+            evidence += f64::from(-s.logprob) / 2.0 - f64::from(s.log_mgf);
+            // Written so that NaN fails.
+            let within = evidence < bound;
+            if !within {
+                return Verdict::Fail {
+                    position,
+                    reason: format!(
+                        "the sampled tokens up to here are too unlikely together: evidence {evidence:.1} reaches ln(1/{:e}) = {bound:.1}",
+                        policy.sequence_false_rate
+                    ),
+                };
+            }
         }
     }
     Verdict::Pass
@@ -167,21 +253,109 @@ mod tests {
     use super::*;
     use crate::infer::Prompt;
 
+    fn greedy() -> Sampling {
+        at(0.0)
+    }
+
+    fn at(temperature: f32) -> Sampling {
+        Sampling {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_sequence_test_bounds_honest_failures_and_catches_unlikely_runs() {
+        // A distribution with a long flat tail, sampled honestly: the
+        // share of completions failing stays under δ; the same number of
+        // tokens drawn uniformly from the vocabulary fails.
+        let mut logits = vec![0f32; 2000];
+        for (i, l) in logits.iter_mut().enumerate().take(20) {
+            *l = 12.0 - i as f32 * 0.5;
+        }
+        let mut r = GenerateRequest::new(Prompt::Text("x".into()));
+        r.temperature = 1.0;
+        let policy = CheckPolicy {
+            sequence_false_rate: 1e-3,
+            ..CheckPolicy::default()
+        };
+        let p: Vec<f64> = {
+            let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+            logits.iter().map(|&l| f64::from(l).exp() / z).collect()
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let draw = |u: f64| {
+            let mut acc = 0.0;
+            p.iter()
+                .position(|&q| {
+                    acc += q;
+                    acc >= u
+                })
+                .unwrap_or(p.len() - 1) as u32
+        };
+        let (mut honest_failed, trials) = (0, 2000);
+        for _ in 0..trials {
+            let tokens: Vec<u32> = (0..32).map(|_| draw(uniform())).collect();
+            let scores: Vec<TokenScore> = tokens
+                .iter()
+                .map(|&t| TokenScore::of(&logits, t, Sampling::of(&r)))
+                .collect();
+            if judge(&r, &tokens, &scores, &policy) != Verdict::Pass {
+                honest_failed += 1;
+            }
+        }
+        assert!(
+            honest_failed <= 2,
+            "{honest_failed} of {trials} honest completions failed"
+        );
+        let random: Vec<u32> = (0..32).map(|_| (uniform() * 2000.0) as u32).collect();
+        let scores: Vec<TokenScore> = random
+            .iter()
+            .map(|&t| TokenScore::of(&logits, t, Sampling::of(&r)))
+            .collect();
+        match judge(&r, &random, &scores, &policy) {
+            Verdict::Fail { reason, .. } => {
+                assert!(reason.contains("too unlikely together"), "{reason}")
+            }
+            Verdict::Pass => panic!("random tokens passed"),
+        }
+        // Top-k changes the compensator: with one token kept, the sampler
+        // always gives it, and E[p^-1/2] is its own p^-1/2.
+        let top = TokenScore::of(
+            &logits,
+            0,
+            Sampling {
+                temperature: 1.0,
+                top_k: 1,
+                top_p: 1.0,
+            },
+        );
+        let want = -0.5 * f64::from(top.logprob);
+        assert!((f64::from(top.log_mgf) - want).abs() < 1e-5, "{top:?}");
+    }
+
     #[test]
     fn scores_read_the_logits() {
         let logits = [1.0, 3.0, 2.0, -1.0];
-        let s = TokenScore::of(&logits, 2, 0.0);
+        let s = TokenScore::of(&logits, 2, greedy());
         assert_eq!((s.top_token, s.top_logit, s.logit), (1, 3.0, 2.0));
         let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
         assert!((f64::from(s.logprob) - (2.0 - z.ln())).abs() < 1e-5);
         // A lower temperature sharpens: the runner-up gets less likely.
-        assert!(TokenScore::of(&logits, 2, 0.5).logprob < s.logprob);
+        assert!(TokenScore::of(&logits, 2, at(0.5)).logprob < s.logprob);
         // Its tail: itself and the two less likely tokens.
         let want = (1f64.exp() + 2f64.exp() + (-1f64).exp()) / z;
         assert!((f64::from(s.tail) - want).abs() < 1e-6, "{s:?}");
-        assert!((TokenScore::of(&logits, 1, 1.0).tail - 1.0).abs() < 1e-6);
+        assert!((TokenScore::of(&logits, 1, at(1.0)).tail - 1.0).abs() < 1e-6);
         // A token outside the vocabulary is impossible.
-        let out = TokenScore::of(&logits, 9, 1.0);
+        let out = TokenScore::of(&logits, 9, at(1.0));
         assert_eq!((out.logprob, out.tail), (f32::NEG_INFINITY, 0.0));
     }
 
@@ -192,7 +366,7 @@ mod tests {
         let logits = [0.0, 5.0, 4.8, 1.0];
         let scores: Vec<TokenScore> = [1, 2, 3]
             .iter()
-            .map(|&t| TokenScore::of(&logits, t, 0.0))
+            .map(|&t| TokenScore::of(&logits, t, greedy()))
             .collect();
         assert_eq!(judge(&r, &[1, 2], &scores[..2], &policy), Verdict::Pass);
         match judge(&r, &[1, 2, 3], &scores, &policy) {
@@ -212,6 +386,7 @@ mod tests {
             top_logit: 1.0,
             logprob: f32::NAN,
             tail: f32::NAN,
+            log_mgf: f32::NAN,
         };
         assert!(matches!(
             judge(&r, &[5], &[nan], &policy),
@@ -229,10 +404,10 @@ mod tests {
         logits[8] = -20.0;
         // One of the 999 flat tokens: unlikely alone, but together they
         // hold a fair share; the one far below them is implausible.
-        let ok = TokenScore::of(&logits, 3, r.temperature);
+        let ok = TokenScore::of(&logits, 3, Sampling::of(&r));
         assert!(ok.logprob < -12.0 && ok.tail > 1e-3, "{ok:?}");
         assert_eq!(judge(&r, &[3], &[ok], &policy), Verdict::Pass, "{ok:?}");
-        let bad = TokenScore::of(&logits, 8, r.temperature);
+        let bad = TokenScore::of(&logits, 8, Sampling::of(&r));
         assert!(bad.tail < 1e-15, "{bad:?}");
         assert!(matches!(
             judge(&r, &[8], &[bad], &policy),

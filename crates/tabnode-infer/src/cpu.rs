@@ -744,6 +744,10 @@ fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], halves: bool) 
 /// the top one, or near it, is refined.
 const REFINE_MARGIN: f32 = 2.0;
 
+/// Tokens whose logits one pass of the head computes when a forward keeps
+/// several (a spot check's scoring): a batch's logits are held at once.
+const HEAD_BATCH: usize = 16;
+
 /// The activations of a batch of tokens, quantized once per activation
 /// type the matrices reading them pair with (q/k/v share one input, gate/up
 /// another). With `residual` ([`Arch::residual_activations`]), each
@@ -1005,7 +1009,7 @@ impl CpuSession<'_> {
         &mut self,
         context: &[u32],
         delivered: &[u32],
-        temperature: f32,
+        sampling: tabnode_core::check::Sampling,
     ) -> Result<Vec<tabnode_core::check::TokenScore>, GenerateError> {
         if self.model.shards.is_some() {
             return Err(GenerateError::Device(
@@ -1024,9 +1028,7 @@ impl CpuSession<'_> {
             self.forward_keep(context, context.len(), keep, &mut |logits| {
                 let token = delivered.get(out.len()).copied().unwrap_or(0);
                 out.push(tabnode_core::check::TokenScore::of(
-                    &logits,
-                    token,
-                    temperature,
+                    &logits, token, sampling,
                 ));
             })
             .map(|()| out)
@@ -1213,19 +1215,25 @@ impl CpuSession<'_> {
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
-        // Logits for the last `keep` tokens, each as a decode step makes
-        // them.
-        for i in t - keep.clamp(1, t)..t {
-            let last = &x[i * dim..(i + 1) * dim];
-            let mut normed = vec![0f32; dim];
-            rmsnorm(last, &m.norm, c.eps, &mut normed);
-            let mut logits = vec![0f32; c.vocab];
-            let mut last_act = Acts::new(1, c.arch.residual_activations()).refined(REFINE_MARGIN);
-            last_act.quantize(&normed, &[&m.head])?;
+        // Logits for the last `keep` tokens, as a decode step makes them
+        // (the head's rows read once for up to `HEAD_BATCH` tokens: the
+        // batched kernels give each token the single kernel's bits).
+        let rows: Vec<usize> = (t - keep.clamp(1, t)..t).collect();
+        for batch in rows.chunks(HEAD_BATCH) {
+            let mut normed = vec![0f32; batch.len() * dim];
+            for (&i, out) in batch.iter().zip(normed.chunks_exact_mut(dim)) {
+                rmsnorm(&x[i * dim..(i + 1) * dim], &m.norm, c.eps, out);
+            }
+            let mut logits = vec![0f32; batch.len() * c.vocab];
+            let mut acts =
+                Acts::new(batch.len(), c.arch.residual_activations()).refined(REFINE_MARGIN);
+            acts.quantize(&normed, &[&m.head])?;
             let t0 = clock();
-            m.project(&last_act, &[&m.head], &mut [&mut logits])?;
+            m.project(&acts, &[&m.head], &mut [&mut logits])?;
             matmul += since(t0);
-            each(logits);
+            for row in logits.chunks_exact(c.vocab) {
+                each(row.to_vec());
+            }
         }
         self.matmul += matmul;
         self.pos += t;

@@ -290,11 +290,11 @@ impl Engine {
         }
         context.extend_from_slice(head);
         match &self.runner {
-            Runner::Cpu(model) => {
-                Ok(model
-                    .session()
-                    .score(&context, tokens, request.temperature)?)
-            }
+            Runner::Cpu(model) => Ok(model.session().score(
+                &context,
+                tokens,
+                tabnode_core::check::Sampling::of(request),
+            )?),
             _ => Err(
                 GenerateError::Device("spot checks run on the quantized CPU engine".into()).into(),
             ),

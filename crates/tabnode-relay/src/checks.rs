@@ -135,8 +135,10 @@ impl Checks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a completed request of `peer` and draws whether to check it.
-    fn draw(&self, peer: PeerId, config: &CheckConfig) -> bool {
+    /// Counts a completed request of `peer` and draws whether to check it
+    /// (public for the detection benchmark, which runs the relay's own
+    /// draws).
+    pub fn draw(&self, peer: PeerId, config: &CheckConfig) -> bool {
         let mut g = self.lock();
         let s = g.nodes.entry(peer).or_default();
         s.requests += 1;
@@ -150,9 +152,8 @@ impl Checks {
         rand::random::<f64>() < rate
     }
 
-    /// Records `r`; for a failed check, the served node's strike count
-    /// after it.
-    fn record(&self, served: PeerId, checker: PeerId, r: CheckRecord) -> u32 {
+    /// Records `r`: the served node's strike count after it.
+    pub fn record(&self, served: PeerId, checker: PeerId, r: CheckRecord) -> u32 {
         let mut g = self.lock();
         let strikes = {
             let s = g.nodes.entry(served).or_default();
