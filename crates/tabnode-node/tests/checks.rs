@@ -2,8 +2,9 @@
 //! checked, a node that returns random tokens for half of its requests is
 //! caught by the
 //! honest nodes' checks, its credits for the bad requests are taken back
-//! (once each), and after three strikes it gets no more work; the honest
-//! nodes are never struck and earn points for the checks they run.
+//! (once each), each failure confirmed by a second checker, and after
+//! three strikes it gets no more work, also after a relay restart; the
+//! honest nodes are never struck and earn points for the checks they run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -146,6 +147,12 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
     assert_eq!(c["nodes"][&cheat]["failed"], 3);
     for r in &failed {
         assert_ne!(r["checker"], cheat, "a node never checks itself");
+        // Confirmed by the other honest node before it counted.
+        let (first, second) = (r["checker"].clone(), r["confirmed_by"].clone());
+        assert!(
+            honest_ids.iter().any(|h| *h == second) && second != first,
+            "{r}"
+        );
         assert!(
             r["reason"]
                 .as_str()
@@ -198,4 +205,15 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
         .and_then(|d| d.iter().find(|m| m["id"] == model()))
         .map(|m| m["tabnode"]["nodes"].clone());
     assert_eq!(serving, Some(json!(2)), "{models}");
+
+    // A restarted relay (same data directory) still counts the strikes,
+    // from the ledger's clawbacks, and still excludes the cheater.
+    drop(relay);
+    let relay = relay_with(&dir, test_config()).await;
+    let c = checks(relay.http_addr).await;
+    assert_eq!(c["nodes"][&cheat]["failed"], 3, "{c}");
+    assert_eq!(c["nodes"][&cheat]["excluded"], true, "{c}");
+    for h in &honest_ids {
+        assert!(c["nodes"].get(h).is_none(), "no strike to restore: {c}");
+    }
 }

@@ -41,6 +41,7 @@ fn simulate(f: f64, config: &CheckConfig) -> u64 {
                 outcome,
                 position: None,
                 reason: None,
+                confirmed_by: None,
                 ms: 0,
             },
         );

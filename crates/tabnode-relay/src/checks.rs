@@ -7,8 +7,12 @@
 //! ([`tabnode_core::check`]). A failed check is a strike: the request's
 //! credit is taken back (an idempotent debit in the ledger) and, at
 //! `CheckConfig::strikes_to_exclude`, the node is excluded from work and
-//! points (`Registry::exclude`). A conclusive check earns the checker
-//! points. Each check is recorded (`GET /api/checks`).
+//! points (`Registry::exclude`). A failure is confirmed by a second
+//! checker where one exists (one that passes the tokens makes the check
+//! disputed, not a strike). A conclusive check earns the checker points.
+//! Each check is recorded (`GET /api/checks`); strikes are durable as the
+//! ledger's clawbacks (one per strike, zero points for a request that
+//! earned none), from which a restarted relay restores them.
 //!
 //! Only requests served whole by one node are checked (a failover's
 //! segments would need the blame split).
@@ -111,7 +115,10 @@ pub struct CheckRecord {
     pub position: Option<usize>,
     /// Why it failed or was inconclusive.
     pub reason: Option<String>,
-    /// Milliseconds the checker took.
+    /// The second checker that confirmed a failure (none where no other
+    /// node could).
+    pub confirmed_by: Option<String>,
+    /// Milliseconds the checkers took.
     pub ms: u64,
 }
 
@@ -178,6 +185,15 @@ impl Checks {
         self.lock().nodes.entry(peer).or_default().excluded = true;
     }
 
+    /// A node's strikes as a previous run of the relay left them (the
+    /// ledger's clawbacks), excluded at `strikes_to_exclude`.
+    pub fn restore(&self, peer: PeerId, strikes: u32, strikes_to_exclude: u32) {
+        let mut g = self.lock();
+        let s = g.nodes.entry(peer).or_default();
+        s.failed = s.failed.max(strikes);
+        s.excluded |= s.failed >= strikes_to_exclude;
+    }
+
     /// Every node's record, by peer id.
     pub fn standings(&self) -> HashMap<String, CheckStanding> {
         self.lock()
@@ -230,8 +246,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Checks `served` on another node, and acts on the verdict.
-async fn check(ctx: InferContext, served: Served) {
+/// A checker's reading of `served`: who, its verdict (or why it gave
+/// none), and how long it took; `None` when no checker other than
+/// `others` could be had within the check's time limit.
+async fn score_on(
+    ctx: &InferContext,
+    served: &Served,
+    others: &[PeerId],
+) -> Option<(PeerId, Result<Verdict, String>, u64)> {
     let config = &ctx.config.checks;
     let state = &ctx.state;
     // A checker, waiting (at most the check's time limit) for one to be
@@ -239,27 +261,18 @@ async fn check(ctx: InferContext, served: Served) {
     let deadline = Instant::now() + config.timeout;
     let checker = loop {
         let woken = state.registry.changed();
-        match state
-            .registry
-            .reserve_checker(&served.model_id, &served.peer, config.same_address)
-        {
+        match state.registry.reserve_checker(
+            &served.model_id,
+            &served.peer,
+            others,
+            config.same_address,
+        ) {
             Ok(peer) => break peer,
-            Err(NoNode::UnknownModel) => {
-                tracing::info!(
-                    "request {} not checked: no other node scores {}",
-                    served.request_id,
-                    served.model_id
-                );
-                return;
-            }
+            Err(NoNode::UnknownModel) => return None,
             Err(NoNode::Unavailable) => {
                 let now = Instant::now();
                 if now >= deadline {
-                    tracing::info!(
-                        "request {} not checked: no checker was free",
-                        served.request_id
-                    );
-                    return;
+                    return None;
                 }
                 let _ = tokio::time::timeout(deadline - now, woken).await;
             }
@@ -300,6 +313,42 @@ async fn check(ctx: InferContext, served: Served) {
             Err(format!("the checker did not answer: {e}"))
         }
     };
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Some((checker, verdict, ms))
+}
+
+/// Checks `served` on another node, and acts on the verdict. A failure is
+/// confirmed by a second checker where there is one (a checker that lies
+/// cannot strike an honest node alone); where the second passes the
+/// tokens, the check is disputed and counts as inconclusive.
+async fn check(ctx: InferContext, served: Served) {
+    let config = &ctx.config.checks;
+    let state = &ctx.state;
+    let Some((checker, verdict, mut ms)) = score_on(&ctx, &served, &[]).await else {
+        tracing::info!(
+            "request {} not checked: no other node scored {} in time",
+            served.request_id,
+            served.model_id
+        );
+        return;
+    };
+    let mut confirmed_by = None;
+    let mut verdict = verdict;
+    if let Ok(Verdict::Fail { .. }) = &verdict {
+        if let Some((second, again, more)) = score_on(&ctx, &served, &[checker]).await {
+            ms += more;
+            match again {
+                Ok(Verdict::Fail { .. }) => confirmed_by = Some(second.to_string()),
+                Ok(Verdict::Pass) => {
+                    verdict = Err(format!(
+                        "disputed: {second} passed the tokens {checker} failed"
+                    ));
+                }
+                // The second checker broke down: the first's word stands.
+                Err(_) => {}
+            }
+        }
+    }
     let (outcome, position, reason) = match &verdict {
         Ok(Verdict::Pass) => (Outcome::Passed, None, None),
         Ok(Verdict::Fail { position, reason }) => {
@@ -317,7 +366,8 @@ async fn check(ctx: InferContext, served: Served) {
         outcome,
         position,
         reason: reason.clone(),
-        ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        confirmed_by,
+        ms,
     };
     let strikes = state.checks.record(served.peer, checker, record);
     state.metrics.record_check(outcome);
@@ -336,9 +386,16 @@ async fn check(ctx: InferContext, served: Served) {
             served.request_id,
             reason.unwrap_or_default()
         );
-        if let Some((id, tokens)) = &served.credit {
-            credits.push(Credit::clawback(id, served.peer.to_string(), *tokens));
-        }
+        // The strike is recorded in the ledger either way (a request that
+        // earned nothing is debited nothing): a restarted relay counts the
+        // node's strikes from there.
+        let (id, tokens) = served.credit.clone().unwrap_or_else(|| {
+            (
+                format!("uncredited:{}:{}", served.request_id, served.peer),
+                0,
+            )
+        });
+        credits.push(Credit::clawback(&id, served.peer.to_string(), tokens));
         if strikes >= config.strikes_to_exclude {
             tracing::warn!(peer = %served.peer, "excluded after {strikes} failed spot checks");
             state.registry.exclude(served.peer);

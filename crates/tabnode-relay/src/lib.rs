@@ -262,6 +262,20 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
     })?;
     let ledger = Arc::new(ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?);
     let state = Arc::new(RelayState::new(&ledger, config.catalog.clone()));
+    // Strikes a previous run recorded (as clawbacks) still count.
+    let k = config.infer.checks.strikes_to_exclude;
+    for b in ledger.balances()?.0 {
+        let Ok(peer) = b.peer_id.parse::<libp2p::PeerId>() else {
+            continue;
+        };
+        let strikes = u32::try_from(b.clawed_back_requests).unwrap_or(u32::MAX);
+        if strikes > 0 {
+            state.checks.restore(peer, strikes, k);
+            if strikes >= k {
+                state.registry.exclude(peer);
+            }
+        }
+    }
     let vectors = Arc::new(tabnode_vectors::VectorStore::open(
         &config.data_dir.join("vectors.redb"),
         config.vectors.clone(),

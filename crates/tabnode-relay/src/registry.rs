@@ -425,8 +425,9 @@ impl Registry {
 
     /// Takes a slot of the best node to spot-check `served`'s tokens of
     /// the catalog model `model_id`: usable, scoring
-    /// ([`Capabilities::scores`]), not `served` itself and, unless
-    /// `same_address` allows it, not at its IP address.
+    /// ([`Capabilities::scores`]), not `served` itself nor one of `others`
+    /// (a first checker) and, unless `same_address` allows it, not at its IP
+    /// address.
     ///
     /// # Errors
     /// [`NoNode::UnknownModel`] when no such node is connected,
@@ -435,6 +436,7 @@ impl Registry {
         &self,
         model_id: &str,
         served: &PeerId,
+        others: &[PeerId],
         same_address: bool,
     ) -> Result<PeerId, NoNode> {
         let mut g = self.lock();
@@ -443,7 +445,9 @@ impl Registry {
         let mut any = false;
         let best = g
             .candidates(model_id)
-            .filter(|c| c.peer != *served && c.last_proof != Some(false))
+            .filter(|c| {
+                c.peer != *served && !others.contains(&c.peer) && c.last_proof != Some(false)
+            })
             .filter(|c| {
                 let e = g.nodes.get(&c.peer);
                 let scores = e
