@@ -36,6 +36,6 @@ pub use infer::{
     InferEnd, InferRequest,
 };
 pub use protocol::{
-    ErrorCode, PeerSummary, PofChallenge, PofRecord, PofStanding, PythonJob, PythonOutcome,
-    Request, Response, PROTOCOL,
+    ApiKeyCommand, ApiKeyInfo, ApiKeyList, ErrorCode, PeerSummary, PofChallenge, PofRecord,
+    PofStanding, PythonJob, PythonOutcome, Request, Response, PROTOCOL,
 };

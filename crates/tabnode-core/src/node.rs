@@ -96,9 +96,9 @@ pub fn rpc_behaviour(codec: TabnodeCodec) -> request_response::Behaviour<Tabnode
 pub fn answer(peer: PeerId, relay: PeerId, request: &Request) -> Option<Response> {
     match request {
         Request::Echo(payload) => Some(Response::Echo(payload.clone())),
-        Request::Register(_) | Request::ListPeers => Some(Response::Error {
+        Request::Register(_) | Request::ListPeers | Request::ApiKeys(_) => Some(Response::Error {
             code: ErrorCode::Unsupported,
-            message: "only the relay keeps the node registry".into(),
+            message: "only the relay keeps the node registry and the accounts".into(),
         }),
         Request::InferChunk(_) => Some(Response::Error {
             code: ErrorCode::Unsupported,

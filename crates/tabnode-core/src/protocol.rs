@@ -61,6 +61,10 @@ pub enum Request {
     /// check, [`crate::check`]); answered with [`Response::Scored`] or an
     /// error.
     Score(Box<crate::check::ScoreRequest>),
+    /// Node → relay: manage the API keys of this node's account (the
+    /// account is the peer id the connection authenticates); answered
+    /// with [`Response::ApiKeys`].
+    ApiKeys(ApiKeyCommand),
 }
 
 impl Request {
@@ -78,6 +82,7 @@ impl Request {
             Request::Embed(_) => "Embed",
             Request::Python(_) => "Python",
             Request::Score(_) => "Score",
+            Request::ApiKeys(_) => "ApiKeys",
         }
     }
 }
@@ -117,6 +122,45 @@ pub enum PythonOutcome {
     Failed(String),
 }
 
+/// What to do with an account's API keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiKeyCommand {
+    /// Make a key (its secret is answered once, never again).
+    Create {
+        /// A name for people (at most 64 characters).
+        label: String,
+    },
+    /// Revoke the key with this id: it stops working at once.
+    Revoke {
+        /// [`ApiKeyInfo::id`].
+        id: String,
+    },
+    /// List the keys.
+    List,
+}
+
+/// An API key as its account sees it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    /// Its id (the start of its hash).
+    pub id: String,
+    /// Its label.
+    pub label: String,
+    /// When it was made, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// The answer to a [`Request::ApiKeys`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    /// The secret of a key just made (shown once).
+    pub created: Option<String>,
+    /// The account's keys, oldest first.
+    pub keys: Vec<ApiKeyInfo>,
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -146,6 +190,8 @@ pub enum Response {
     Python(PythonOutcome),
     /// One score per token of a [`Request::Score`].
     Scored(Vec<crate::check::TokenScore>),
+    /// The account's API keys after a [`Request::ApiKeys`].
+    ApiKeys(ApiKeyList),
     /// The request was understood but refused.
     Error {
         /// What kind of failure.

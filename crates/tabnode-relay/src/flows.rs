@@ -378,9 +378,10 @@ enum NodeError {
 impl From<ApiFailure> for NodeError {
     fn from(f: ApiFailure) -> Self {
         match f {
-            ApiFailure::BadRequest(m) | ApiFailure::TooLarge(m) | ApiFailure::NoNode(m) => {
-                NodeError::Model(m)
-            }
+            ApiFailure::BadRequest(m)
+            | ApiFailure::TooLarge(m)
+            | ApiFailure::NoNode(m)
+            | ApiFailure::NoPoints(m) => NodeError::Model(m),
             ApiFailure::UnknownModel(m) => NodeError::UnknownModel(m),
         }
     }
@@ -1574,6 +1575,7 @@ async fn llm(
         ApiRequest {
             model: p.model.clone(),
             request,
+            account: None,
         },
         tx,
     ));

@@ -136,7 +136,11 @@ pub(crate) fn router(
         .with_state(api)
         .merge(vectors)
         .merge(jobs)
-        .merge(flows);
+        .merge(flows)
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            openai::authenticate,
+        ));
     let api = Router::new()
         .route("/api/ledger", get(ledger))
         .route("/api/ledger/{peer_id}", get(ledger_of))

@@ -50,6 +50,10 @@ pub struct InferConfig {
     pub max_body_bytes: usize,
     /// Spot checks of served tokens.
     pub checks: crate::checks::CheckConfig,
+    /// Points an account pays per token (prompt and completion) of a
+    /// request made with its API key: at least what serving a token earns,
+    /// so consuming your own node's tokens does not pay.
+    pub points_per_token: u64,
 }
 
 impl Default for InferConfig {
@@ -63,6 +67,7 @@ impl Default for InferConfig {
             rate_limit_per_minute: 600,
             max_body_bytes: 1 << 20,
             checks: crate::checks::CheckConfig::default(),
+            points_per_token: crate::ledger::POINTS_PER_TOKEN,
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct ApiRequest {
     pub model: String,
     /// What to generate.
     pub request: GenerateRequest,
+    /// The account paying (a request made with its API key); none for an
+    /// anonymous request.
+    pub account: Option<String>,
 }
 
 /// Why a request failed.
@@ -87,6 +95,8 @@ pub enum ApiFailure {
     UnknownModel(String),
     /// No node could take or finish the request.
     NoNode(String),
+    /// The paying account has no points left.
+    NoPoints(String),
 }
 
 /// Figures of a finished request.
@@ -224,6 +234,19 @@ pub(crate) async fn run_request(
         return;
     };
     let model = entry.id.clone();
+    // A paying account needs points to start (it may end a little below
+    // zero: the charge is known at the end; the balance stops at zero).
+    if let (Some(account), Some(ledger)) = (&api.account, ctx.state.ledger()) {
+        let points = ledger.balance(account).map_or(0, |b| b.points);
+        if points == 0 {
+            let _ = events
+                .send(ApiEvent::Failed(ApiFailure::NoPoints(format!(
+                    "The account {account} has no points left: contribute compute from a tab or a node to earn them."
+                ))))
+                .await;
+            return;
+        }
+    }
     let started = Instant::now();
     let max_tokens = api.request.max_tokens;
     let mut delivered: Vec<u32> = Vec::new();
@@ -413,6 +436,15 @@ pub(crate) async fn run_request(
             }),
         _ => None,
     };
+    // The paying account is charged what it got.
+    if let (Some(account), Ok(_)) = (&api.account, &outcome) {
+        credits.push(Credit::spend(
+            format!("spend:{}-{request_id}", sessions.epoch),
+            account.clone(),
+            u64::from(usage.prompt_tokens) + delivered.len() as u64,
+            ctx.config.points_per_token,
+        ));
+    }
     // Durable before the requester hears "done".
     if !credits.is_empty() {
         if let Some(ledger) = ctx.state.ledger() {

@@ -85,6 +85,9 @@ pub enum CreditKind {
     /// A debit: the tokens of a request that failed its spot check
     /// (`amount` = tokens, `points` = what their credit gave).
     Clawback,
+    /// A debit: tokens the account consumed through the API with one of
+    /// its keys (`amount` = prompt + completion tokens).
+    Spend,
 }
 
 /// One credit.
@@ -126,6 +129,17 @@ impl Credit {
             kind: CreditKind::Clawback,
             amount: tokens,
             points: tokens.saturating_mul(POINTS_PER_TOKEN),
+        }
+    }
+
+    /// The charge for a request an account made with its API key.
+    pub fn spend(id: String, peer_id: String, tokens: u64, points_per_token: u64) -> Self {
+        Self {
+            id,
+            peer_id,
+            kind: CreditKind::Spend,
+            amount: tokens,
+            points: tokens.saturating_mul(points_per_token),
         }
     }
 
@@ -172,11 +186,20 @@ pub struct Balance {
     /// Points taken back.
     #[serde(default)]
     pub clawed_back_points: u64,
+    /// Requests the account made with its API keys.
+    #[serde(default)]
+    pub spent_requests: u64,
+    /// Tokens they consumed (prompt and completion).
+    #[serde(default)]
+    pub spent_tokens: u64,
+    /// Points they cost.
+    #[serde(default)]
+    pub spent_points: u64,
 }
 
 impl Balance {
     fn add(&mut self, c: &Credit) {
-        if c.kind == CreditKind::Clawback {
+        if matches!(c.kind, CreditKind::Clawback | CreditKind::Spend) {
             self.points = self.points.saturating_sub(c.points);
         } else {
             self.points = self.points.saturating_add(c.points);
@@ -185,6 +208,11 @@ impl Balance {
             CreditKind::Check => {
                 self.checks += 1;
                 self.checked_tokens = self.checked_tokens.saturating_add(c.amount);
+            }
+            CreditKind::Spend => {
+                self.spent_requests += 1;
+                self.spent_tokens = self.spent_tokens.saturating_add(c.amount);
+                self.spent_points = self.spent_points.saturating_add(c.points);
             }
             CreditKind::Clawback => {
                 self.clawed_back_requests += 1;

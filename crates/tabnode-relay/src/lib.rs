@@ -13,6 +13,7 @@
 //! [`start`] brings it all up and returns a [`RelayHandle`]; the binary is a
 //! thin wrapper around it, and integration tests start relays the same way.
 
+pub mod accounts;
 pub mod catalog;
 pub mod checks;
 mod client;
@@ -87,6 +88,9 @@ pub enum RelayError {
     /// The flow runs' database cannot be opened.
     #[error(transparent)]
     FlowRuns(#[from] flows::RunStoreError),
+    /// The API keys' database cannot be opened.
+    #[error(transparent)]
+    Accounts(#[from] accounts::AccountError),
     /// The model catalog cannot be used.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
@@ -261,7 +265,10 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         source,
     })?;
     let ledger = Arc::new(ledger::Ledger::open(&config.data_dir.join("ledger.redb"))?);
-    let state = Arc::new(RelayState::new(&ledger, config.catalog.clone()));
+    let keys = Arc::new(accounts::KeyStore::open(
+        &config.data_dir.join("keys.redb"),
+    )?);
+    let state = Arc::new(RelayState::new(&ledger, config.catalog.clone()).with_accounts(keys));
     // Strikes a previous run recorded (as clawbacks) still count.
     let k = config.infer.checks.strikes_to_exclude;
     for b in ledger.balances()?.0 {

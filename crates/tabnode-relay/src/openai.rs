@@ -153,6 +153,13 @@ fn failure(f: &ApiFailure) -> Response {
             None,
             m.clone(),
         ),
+        ApiFailure::NoPoints(m) => error(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_quota",
+            Some("insufficient_points"),
+            None,
+            m.clone(),
+        ),
     }
 }
 
@@ -170,6 +177,7 @@ fn failure_json(f: &ApiFailure) -> Value {
             format!("unknown model {m}"),
         ),
         ApiFailure::NoNode(m) => ("server_error", Some("no_node_available"), m.clone()),
+        ApiFailure::NoPoints(m) => ("insufficient_quota", Some("insufficient_points"), m.clone()),
     };
     json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
 }
@@ -363,7 +371,11 @@ fn common(model: String, prompt: Prompt, b: Common, default_max: u32) -> Result<
     request.seed = b.seed.map_or_else(rand::random, |s| s as u64);
     request.stop = stop;
     Ok(Parsed {
-        api: ApiRequest { model, request },
+        api: ApiRequest {
+            model,
+            request,
+            account: None,
+        },
         stream: b.stream,
         include_usage: b.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -536,13 +548,79 @@ async fn start(api: &Api, request: ApiRequest) -> Result<Started, Box<Response>>
     }
 }
 
+/// Who makes a `/v1` request: the account of its API key, if it gave one
+/// ([`authenticate`] puts it in the request's extensions).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    /// The paying account.
+    pub account: Option<String>,
+}
+
+/// Reads `Authorization: Bearer <key>`: a live tabnode key (`tn-…`) makes
+/// the request its account's ([`Caller`]); an unknown or revoked one is
+/// refused with OpenAI's 401 `invalid_api_key`. Any other bearer value
+/// (OpenAI clients insist on sending one) leaves the request anonymous.
+pub(crate) async fn authenticate(
+    State(state): State<std::sync::Arc<crate::state::RelayState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| k.starts_with(crate::accounts::KEY_PREFIX))
+        .map(str::to_owned);
+    let mut caller = Caller::default();
+    if let Some(key) = key {
+        let found = match &state.accounts {
+            Some(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.account_of(&key))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            None => Ok(None),
+        };
+        match found {
+            Ok(Some(account)) => caller.account = Some(account),
+            Ok(None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    Some("invalid_api_key"),
+                    None,
+                    "Incorrect API key provided: it is unknown or revoked. Create a key on the node page (/), under API keys.",
+                )
+            }
+            Err(e) => {
+                tracing::error!("reading API keys: {e}");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    None,
+                    None,
+                    "the relay could not read its API keys",
+                );
+            }
+        }
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(api): State<Api>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(&api, addr, body, "chatcmpl", |b| {
+    let account = caller.and_then(|c| c.0.account);
+    serve(&api, addr, body, "chatcmpl", account, |b| {
         Ok((parse(b)?, Kind::Chat))
     })
     .await
@@ -554,9 +632,11 @@ pub(crate) async fn chat_completions(
 pub(crate) async fn completions(
     State(api): State<Api>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(&api, addr, body, "cmpl", |b| {
+    let account = caller.and_then(|c| c.0.account);
+    serve(&api, addr, body, "cmpl", account, |b| {
         let ParsedCompletion { parsed, echo } = parse_completion(b)?;
         Ok((parsed, Kind::Text { echo }))
     })
@@ -571,16 +651,18 @@ async fn serve(
     addr: SocketAddr,
     body: Result<Bytes, BytesRejection>,
     prefix: &str,
+    account: Option<String>,
     parse: impl FnOnce(&[u8]) -> Result<(Parsed, Kind), Invalid>,
 ) -> Response {
     let body = match admit(api, addr, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let (parsed, kind) = match parse(&body) {
+    let (mut parsed, kind) = match parse(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    parsed.api.account = account;
     let catalog = &api.infer.state.catalog;
     let entry = catalog.find(&parsed.api.model);
     if let (Kind::Chat, Some(m)) = (&kind, entry) {

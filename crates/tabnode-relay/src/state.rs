@@ -39,6 +39,8 @@ pub struct RelayState {
     /// Spot checks of served tokens: each node's record, the recent
     /// checks.
     pub checks: crate::checks::Checks,
+    /// Accounts' API keys (absent in unit tests).
+    pub accounts: Option<Arc<crate::accounts::KeyStore>>,
 }
 
 /// A model available on the network now.
@@ -80,6 +82,14 @@ impl RelayState {
             ledger: Some(Arc::downgrade(ledger)),
             catalog,
             ..Self::default()
+        }
+    }
+
+    /// This state with the accounts' API keys kept in `keys`.
+    pub fn with_accounts(self, keys: Arc<crate::accounts::KeyStore>) -> Self {
+        Self {
+            accounts: Some(keys),
+            ..self
         }
     }
 

@@ -361,6 +361,26 @@ fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
             code: ErrorCode::Unsupported,
             message: "ask the relay's HTTP API (/v1/embeddings) for embeddings".into(),
         },
+        Request::ApiKeys(command) => match &state.accounts {
+            Some(store) => match store.apply(&peer.to_string(), &command) {
+                Ok(list) => Response::ApiKeys(list),
+                Err(crate::accounts::AccountError::Invalid(message)) => Response::Error {
+                    code: ErrorCode::Invalid,
+                    message,
+                },
+                Err(e) => {
+                    tracing::error!("API keys of {peer}: {e}");
+                    Response::Error {
+                        code: ErrorCode::Busy,
+                        message: "the relay could not read or write its keys".into(),
+                    }
+                }
+            },
+            None => Response::Error {
+                code: ErrorCode::Unsupported,
+                message: "this relay keeps no accounts".into(),
+            },
+        },
         Request::Score(_) => Response::Error {
             code: ErrorCode::Unsupported,
             message: "the relay asks for spot checks; it does not run them".into(),

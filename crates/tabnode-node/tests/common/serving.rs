@@ -123,6 +123,20 @@ pub fn node_serving(
     .expect("node starts")
 }
 
+/// A node that serves nothing (an account, a client).
+pub fn node_serving_nothing(relay: libp2p::Multiaddr) -> NodeHandle {
+    spawn(NodeConfig {
+        relay,
+        key: None,
+        capabilities: Capabilities::new(NodeKind::Native, "client-test"),
+        max_backoff: Duration::from_millis(500),
+        handler: honest_prover(),
+        server: None,
+        embedder: None,
+    })
+    .expect("node starts")
+}
+
 /// Waits until `nodes` nodes serve the model and have passed a proof (only
 /// verified nodes earn points).
 pub async fn wait_for_model(addr: std::net::SocketAddr, nodes: usize) {

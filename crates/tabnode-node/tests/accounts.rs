@@ -1,0 +1,157 @@
+//! Accounts and API keys (issue #16): a node's identity is its account; it
+//! makes, lists and revokes keys over its connection to the relay; a
+//! request with a key is charged to the account in points, exactly its
+//! tokens; an account without points is refused (402); a revoked or
+//! unknown key stops working at once (401); consuming your own node's
+//! tokens does not pay.
+
+use serde_json::{json, Value};
+use tabnode_core::{ApiKeyCommand, ApiKeyList, ErrorCode, Request, Response};
+
+#[path = "common/http.rs"]
+mod http_client;
+use http_client::http;
+#[path = "common/serving.rs"]
+mod serving;
+use serving::*;
+
+async fn keys(node: &tabnode_node::NodeHandle, command: ApiKeyCommand) -> ApiKeyList {
+    match node.request(None, Request::ApiKeys(command)).await {
+        Ok(Response::ApiKeys(list)) => list,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A chat request with `key` (if any): status and body.
+async fn chat(addr: std::net::SocketAddr, key: Option<&str>) -> (u16, Value) {
+    let body = json!({
+        "model": model(),
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 6,
+        "temperature": 0,
+    })
+    .to_string();
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let r = http(addr, "POST", "/v1/chat/completions", Some(&body), &headers).await;
+    (r.status, r.json())
+}
+
+async fn balance(addr: std::net::SocketAddr, peer: &str) -> Value {
+    http(addr, "GET", &format!("/api/ledger/{peer}"), None, &[])
+        .await
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_charge_their_account_and_stop_when_revoked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let addr = relay.http_addr;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let server = serving_node(tcp.clone(), 2);
+    let client = node_serving_nothing(tcp);
+    wait_for_model(addr, 1).await;
+    client.wait_reachable(WAIT).await.expect("the client joins");
+    // The server earns points with anonymous requests (an OpenAI client's
+    // placeholder key is no tabnode key: anonymous).
+    for key in [None, Some("unused")] {
+        let (s, v) = chat(addr, key).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let server_id = server.peer_id.to_string();
+    let earned = balance(addr, &server_id).await;
+    assert!(earned["points"].as_u64().unwrap_or(0) > 0, "{earned}");
+
+    // A client account (its points: a proof) spends them; once at zero
+    // it is refused.
+    let made = keys(
+        &client,
+        ApiKeyCommand::Create {
+            label: "laptop".into(),
+        },
+    )
+    .await;
+    let poor = made.created.expect("the secret, once");
+    let client_id = client.peer_id.to_string();
+    assert!(balance(addr, &client_id).await["points"].as_u64() > Some(0));
+    let mut refused = None;
+    for _ in 0..6 {
+        let (s, v) = chat(addr, Some(&poor)).await;
+        if s == 402 {
+            refused = Some(v);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+    }
+    let v = refused.expect("refused once its points ran out");
+    let spent = balance(addr, &client_id).await;
+    assert_eq!(spent["points"], 0, "the balance stops at zero: {spent}");
+    assert_eq!(spent["spent_points"], spent["spent_tokens"], "{spent}");
+    assert_eq!(v["error"]["code"], "insufficient_points", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("earn")),
+        "{v}"
+    );
+    let again = balance(addr, &client_id).await;
+    assert_eq!(
+        again["spent_requests"], spent["spent_requests"],
+        "a refused request costs nothing"
+    );
+
+    // The server's own key: the request is charged exactly its tokens, and
+    // consuming its own tokens earns it nothing.
+    let made = keys(
+        &server,
+        ApiKeyCommand::Create {
+            label: "scripts".into(),
+        },
+    )
+    .await;
+    let key = made.created.expect("secret");
+    assert_eq!(made.keys.len(), 1);
+    let before = balance(addr, &server_id).await;
+    let (s, v) = chat(addr, Some(&key)).await;
+    assert_eq!(s, 200, "{v}");
+    let tokens = v["usage"]["prompt_tokens"].as_u64().expect("prompt")
+        + v["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("completion");
+    let after = balance(addr, &server_id).await;
+    assert_eq!(after["spent_requests"], 1, "{after}");
+    assert_eq!(after["spent_tokens"], tokens, "{after}");
+    assert_eq!(after["spent_points"], tokens, "one point a token: {after}");
+    assert!(
+        after["points"].as_u64() <= before["points"].as_u64(),
+        "self-dealing paid: {before} → {after}"
+    );
+
+    // Revoked: refused at once; an unknown tabnode key too.
+    let id = made.keys[0].id.clone();
+    let listed = keys(&server, ApiKeyCommand::Revoke { id: id.clone() }).await;
+    assert!(listed.keys[0].revoked && listed.created.is_none());
+    for k in [key.as_str(), "tn-0123456789abcdef"] {
+        let (s, v) = chat(addr, Some(k)).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (401, &json!("invalid_api_key")),
+            "{v}"
+        );
+    }
+    // Another account cannot revoke it, nor see it.
+    match client
+        .request(None, Request::ApiKeys(ApiKeyCommand::Revoke { id }))
+        .await
+    {
+        Ok(Response::Error { code, .. }) => assert_eq!(code, ErrorCode::Invalid),
+        other => panic!("{other:?}"),
+    }
+    let theirs = keys(&client, ApiKeyCommand::List).await;
+    assert_eq!(theirs.keys.len(), 1, "only the client's own key");
+    assert_eq!(theirs.keys[0].label, "laptop");
+}
