@@ -30,6 +30,10 @@ const state = {
   // Flows' Python steps this tab runs for others (opted in): on, and the
   // jobs done and failed.
   python: { on: false, done: 0, failed: 0 },
+  // This account's API keys (never their secrets, but for the one just
+  // made: `createdKey`).
+  keys: [],
+  createdKey: null,
 };
 window.tabnode = state;
 
@@ -211,8 +215,11 @@ async function refreshPoints() {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const b = await r.json();
     state.points = b;
+    const spent = b.spent_requests ? `, spent ${b.spent_points} on ${b.spent_requests} requests` : '';
+    const back = b.clawed_back_requests ? `, ${b.clawed_back_points} clawed back for ${b.clawed_back_requests} failed spot checks` : '';
+    const checks = b.checks ? `, ${b.checks} spot checks run` : '';
     $('points').textContent =
-      `${b.points} (${b.tokens} tokens served in ${b.requests} requests, ${b.proofs} proofs, ${b.uptime_minutes} min uptime)`;
+      `${b.points} (${b.tokens} tokens served in ${b.requests} requests, ${b.proofs} proofs, ${b.uptime_minutes} min uptime${checks}${spent}${back})`;
   } catch (e) {
     $('points').textContent = `unavailable (${e.message})`;
   }
@@ -445,6 +452,55 @@ function wireTry(node) {
   $('try-stop').addEventListener('click', () => running?.cancel());
 }
 
+/** The account's API keys: made, listed and revoked over the tab's own
+ * connection to the relay (its identity is the account). Shown as text. */
+function showKeys(list) {
+  state.keys = list.keys;
+  const rows = list.keys.map((k) => {
+    const tr = document.createElement('tr');
+    const cells = [k.id, k.label || '—', new Date(k.created_ms).toLocaleString(), k.revoked ? 'revoked' : 'active'];
+    for (const text of cells) {
+      const td = document.createElement('td');
+      td.textContent = text;
+      tr.append(td);
+    }
+    const td = document.createElement('td');
+    if (!k.revoked) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.textContent = 'Revoke';
+      b.dataset.revoke = k.id;
+      b.addEventListener('click', () => keyAction(null, k.id));
+      td.append(b);
+    }
+    tr.append(td);
+    return tr;
+  });
+  $('keys').querySelector('tbody').replaceChildren(...rows);
+}
+
+async function keyAction(create, revoke) {
+  $('key-error').textContent = '';
+  try {
+    const list = await state.node.apiKeys(create ?? undefined, revoke ?? undefined);
+    if (list.created) {
+      $('key-secret').textContent = list.created;
+      $('key-new').hidden = false;
+      state.createdKey = list.created;
+    }
+    showKeys(list);
+  } catch (e) {
+    $('key-error').textContent = e.message;
+  }
+}
+
+function wireKeys() {
+  $('key-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    keyAction($('key-label').value.trim(), null);
+  });
+}
+
 /** The Python opt-in's line. */
 function showPython(now = '') {
   const p = state.python;
@@ -527,6 +583,7 @@ async function main() {
   setInterval(refreshPoints, 5000);
   wireTry(node);
   wirePython(node);
+  wireKeys();
   if (new URLSearchParams(location.search).get('model') === 'off') {
     $('model-status').textContent = 'off (?model=off)';
     fetch('/api/models', { cache: 'no-store' })

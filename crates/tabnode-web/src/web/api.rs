@@ -4,6 +4,7 @@ use super::*;
 use tabnode_core::download::FileCheck;
 use tabnode_core::infer::{Backend, GpuKernels};
 use tabnode_core::worker::EmbedderFile;
+use tabnode_core::ApiKeyCommand;
 
 /// What a load the worker reports on (`*_ready` / `*_failed`) resolves
 /// to.
@@ -220,6 +221,37 @@ impl TabNode {
         self.shared
             .command(Command::SetCapabilities(caps))
             .map_err(JsError::from)
+    }
+
+    /// Manages this tab's account's API keys (the account is the tab's
+    /// identity): `create` is a label (makes a key), else `revoke` a key id,
+    /// else the keys are listed. Resolves to `{ created, keys: [{ id,
+    /// label, created_ms, revoked }] }`, `created` the new key's secret
+    /// (shown once) or null.
+    ///
+    /// # Errors
+    /// The relay refused (a bad label, too many keys, an unknown id) or
+    /// could not be reached (the promise rejects).
+    #[wasm_bindgen(js_name = apiKeys)]
+    pub fn api_keys(&self, create: Option<String>, revoke: Option<String>) -> js_sys::Promise {
+        let shared = self.shared.clone();
+        future_to_promise(async move {
+            let command = match (create, revoke) {
+                (Some(label), _) => ApiKeyCommand::Create { label },
+                (None, Some(id)) => ApiKeyCommand::Revoke { id },
+                (None, None) => ApiKeyCommand::List,
+            };
+            match shared.request(None, Request::ApiKeys(command)).await {
+                Ok(Response::ApiKeys(list)) => {
+                    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+                    serde::Serialize::serialize(&list, &serializer)
+                        .map_err(|e| JsError::from(e).into())
+                }
+                Ok(Response::Error { message, .. }) => Err(JsError::new(&message).into()),
+                Ok(other) => Err(JsError::new(&format!("unexpected answer {other:?}")).into()),
+                Err(e) => Err(JsError::from(e).into()),
+            }
+        })
     }
 
     /// Sends `data` to `peer` (`null`: the relay) and resolves to the echoed
