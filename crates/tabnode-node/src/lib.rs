@@ -199,6 +199,35 @@ impl std::fmt::Debug for dyn prover::RequestHandler {
     }
 }
 
+/// Answers request `id` with `work` run on a blocking thread, or, with no
+/// work (nothing here to do it), refuses it as `missing`.
+fn answer_off_thread<F>(
+    respond: &mpsc::Sender<Command>,
+    id: u64,
+    task: &'static str,
+    work: Option<F>,
+    missing: &'static str,
+) where
+    F: FnOnce() -> Response + Send + 'static,
+{
+    let mut respond = respond.clone();
+    tokio::spawn(async move {
+        let response = match work {
+            Some(f) => tokio::task::spawn_blocking(f)
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    code: tabnode_core::ErrorCode::Invalid,
+                    message: format!("the {task} task failed: {e}"),
+                }),
+            None => Response::Error {
+                code: tabnode_core::ErrorCode::UnknownModel,
+                message: missing.into(),
+            },
+        };
+        let _ = respond.send(Command::Respond { id, response }).await;
+    });
+}
+
 /// Loads an identity from `path`, creating it if missing.
 ///
 /// # Errors
@@ -329,48 +358,24 @@ pub fn spawn(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                     id,
                     request: Request::Embed(batch),
                     ..
-                } => {
-                    let embedder = embedder.clone();
-                    let mut respond = respond.clone();
-                    tokio::spawn(async move {
-                        let response = match embedder {
-                            Some(e) => tokio::task::spawn_blocking(move || e.answer(&batch))
-                                .await
-                                .unwrap_or_else(|e| Response::Error {
-                                    code: tabnode_core::ErrorCode::Invalid,
-                                    message: format!("the embedding task failed: {e}"),
-                                }),
-                            None => Response::Error {
-                                code: tabnode_core::ErrorCode::UnknownModel,
-                                message: "this node serves no embedding model".into(),
-                            },
-                        };
-                        let _ = respond.send(Command::Respond { id, response }).await;
-                    });
-                }
+                } => answer_off_thread(
+                    &respond,
+                    id,
+                    "embedding",
+                    embedder.clone().map(|e| move || e.answer(&batch)),
+                    "this node serves no embedding model",
+                ),
                 NodeEvent::Request {
                     id,
                     request: Request::Score(job),
                     ..
-                } => {
-                    let server = server.clone();
-                    let mut respond = respond.clone();
-                    tokio::spawn(async move {
-                        let response = match server {
-                            Some(s) => tokio::task::spawn_blocking(move || s.score(&job))
-                                .await
-                                .unwrap_or_else(|e| Response::Error {
-                                    code: tabnode_core::ErrorCode::Invalid,
-                                    message: format!("the scoring task failed: {e}"),
-                                }),
-                            None => Response::Error {
-                                code: tabnode_core::ErrorCode::UnknownModel,
-                                message: "this node serves no model".into(),
-                            },
-                        };
-                        let _ = respond.send(Command::Respond { id, response }).await;
-                    });
-                }
+                } => answer_off_thread(
+                    &respond,
+                    id,
+                    "scoring",
+                    server.clone().map(|s| move || s.score(&job)),
+                    "this node serves no model",
+                ),
                 NodeEvent::Request {
                     id,
                     request: Request::InferCancel { request_id },
