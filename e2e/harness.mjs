@@ -69,6 +69,9 @@ export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
     '--bootstrap-file', bootFile,
     // Small proofs: SwiftShader would spend seconds of each test on n = 2048.
     '--pof-max-n', '256',
+    // Every request of the tests comes from 127.0.0.1: no hourly
+    // allowance for anonymous requests (tests/accounts.rs covers it).
+    '--anonymous-per-hour', '0',
     ...args,
   ]);
   const url = await waitFor('the relay to be ready', () => {

@@ -46,6 +46,8 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
     cfg.infer = InferConfig {
         rate_limit_per_minute: 0,
         queue_timeout: Duration::from_secs(30),
+        // One address sends them all: no anonymous allowance.
+        anonymous_per_hour: 0,
         ..InferConfig::default()
     };
     // One small proof per node, at registration: the bench measures

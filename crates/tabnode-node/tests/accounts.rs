@@ -3,7 +3,8 @@
 //! request with a key is charged to the account in points, exactly its
 //! tokens; an account without points is refused (402); a revoked or
 //! unknown key stops working at once (401); consuming your own node's
-//! tokens does not pay.
+//! tokens does not pay; requests without a key stop at the free allowance
+//! (429) while keyed ones go on.
 
 use serde_json::{json, Value};
 use tabnode_core::{ApiKeyCommand, ApiKeyList, ErrorCode, Request, Response};
@@ -49,7 +50,15 @@ async fn balance(addr: std::net::SocketAddr, peer: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_charge_their_account_and_stop_when_revoked() {
     let dir = tempfile::tempdir().expect("dir");
-    let relay = relay_with(&dir, test_config()).await;
+    // Three requests an hour without a key, from this (the only) address.
+    let relay = relay_with(
+        &dir,
+        tabnode_relay::InferConfig {
+            anonymous_per_hour: 3,
+            ..test_config()
+        },
+    )
+    .await;
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
     let server = serving_node(tcp.clone(), 2);
@@ -62,6 +71,22 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
         let (s, v) = chat(addr, key).await;
         assert_eq!(s, 200, "{v}");
     }
+    // The third anonymous request is the last one this hour; past it, a
+    // 429 that says how to get a key.
+    let (s, v) = chat(addr, None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = chat(addr, Some("unused")).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (429, &json!("anonymous_limit_exceeded")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("create an API key")),
+        "{v}"
+    );
     let server_id = server.peer_id.to_string();
     let earned = balance(addr, &server_id).await;
     assert!(earned["points"].as_u64().unwrap_or(0) > 0, "{earned}");

@@ -32,6 +32,8 @@ async fn relay(dir: &tempfile::TempDir) -> RelayHandle {
     cfg.infer = InferConfig {
         stall_timeout: Duration::from_secs(30),
         queue_timeout: Duration::from_secs(60),
+        // One address sends them all: no anonymous allowance.
+        anonymous_per_hour: 0,
         ..InferConfig::default()
     };
     // Proofs at the size the relay picks for the device (not the small

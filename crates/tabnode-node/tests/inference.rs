@@ -921,6 +921,8 @@ async fn quick_relay(dir: &tempfile::TempDir) -> RelayHandle {
         // Long enough for the replacement node to join and prove first.
         stall_timeout: Duration::from_secs(5),
         queue_timeout: Duration::from_secs(60),
+        // One address sends them all: no anonymous allowance.
+        anonymous_per_hour: 0,
         ..InferConfig::default()
     };
     cfg.pof.max_n = 256;

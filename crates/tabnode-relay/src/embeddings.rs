@@ -410,12 +410,16 @@ fn vector_json(v: &[f32], encoding: Encoding) -> Value {
 pub(crate) async fn embeddings(
     State(api): State<Api>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match admit(&api, addr, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
+    if let Err(r) = crate::openai::within_allowance(&api, addr, caller.as_ref()) {
+        return *r;
+    }
     let parsed = match parse(&body, &api.infer.state.catalog.embeddings) {
         Ok(p) => p,
         Err(e) => return e.into_response(),

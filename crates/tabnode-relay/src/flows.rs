@@ -558,12 +558,16 @@ fn object(
 pub(crate) async fn run(
     State(f): State<Flows>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut o = match object(&f, addr, body) {
         Ok(o) => o,
         Err(r) => return *r,
     };
+    if let Err(r) = crate::openai::within_allowance(f.api(), addr, caller.as_ref()) {
+        return *r;
+    }
     let doc = match (o.remove("flow"), o.get("template")) {
         (Some(_), Some(_)) => {
             return invalid(

@@ -46,6 +46,9 @@ pub struct InferConfig {
     pub max_attempts: u32,
     /// Requests per minute per client address on the HTTP API (0: no limit).
     pub rate_limit_per_minute: u32,
+    /// Generation, embedding and flow requests an hour per address without
+    /// an API key (0: no limit).
+    pub anonymous_per_hour: u32,
     /// Largest request body on the HTTP API.
     pub max_body_bytes: usize,
     /// Spot checks of served tokens.
@@ -65,6 +68,7 @@ impl Default for InferConfig {
             queue_timeout: Duration::from_secs(30),
             max_attempts: 3,
             rate_limit_per_minute: 600,
+            anonymous_per_hour: 100,
             max_body_bytes: 1 << 20,
             checks: crate::checks::CheckConfig::default(),
             points_per_token: crate::ledger::POINTS_PER_TOKEN,

@@ -137,12 +137,16 @@ fn no_job(id: &str) -> Response {
 pub(crate) async fn create(
     State(api): State<Api>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match admit_within(&api, addr, body, MAX_JOB_BODY_BYTES) {
         Ok(b) => b,
         Err(r) => return *r,
     };
+    if let Err(r) = crate::openai::within_allowance(&api, addr, caller.as_ref()) {
+        return *r;
+    }
     let parsed =
         match embeddings::parse_up_to(&body, &api.infer.state.catalog.embeddings, MAX_JOB_INPUTS) {
             Ok(p) => p,

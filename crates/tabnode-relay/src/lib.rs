@@ -186,7 +186,12 @@ impl RelayConfig {
             site_root,
             limits: Limits::default(),
             pof: PofConfig::default(),
-            infer: InferConfig::default(),
+            // Tests send many requests from one address; the anonymous
+            // allowance has tests of its own.
+            infer: InferConfig {
+                anonymous_per_hour: 0,
+                ..InferConfig::default()
+            },
             catalog: catalog::Catalog::builtin(),
             vectors: tabnode_vectors::StoreConfig::default(),
             scrape: scrape::ScrapeConfig::default(),

@@ -61,6 +61,10 @@ struct Args {
     /// Chat requests per minute per client address (0: no limit).
     #[arg(long, env = "TABNODE_RATE_LIMIT", default_value_t = 600)]
     rate_limit: u32,
+    /// Generation, embedding and flow requests an hour per client address
+    /// without an API key (0: no limit); past it a 429 says how to get a key.
+    #[arg(long, env = "TABNODE_ANONYMOUS_PER_HOUR", default_value_t = 100)]
+    anonymous_per_hour: u32,
     /// Node identities connected at once from one IP address (raise it for
     /// networks where many tabs share an address).
     #[arg(long, env = "TABNODE_MAX_PEERS_PER_IP", default_value_t = 64)]
@@ -120,6 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             first_token_timeout: secs(args.first_token_timeout),
             queue_timeout: secs(args.queue_timeout),
             rate_limit_per_minute: args.rate_limit,
+            anonymous_per_hour: args.anonymous_per_hour,
             ..InferConfig::default()
         },
         catalog,

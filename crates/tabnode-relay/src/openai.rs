@@ -44,46 +44,84 @@ pub(crate) struct Api {
     /// Embedding jobs in progress and finished.
     pub jobs: Arc<crate::jobs::Jobs>,
     limiter: Arc<RateLimiter>,
+    /// Anonymous requests' free allowance per address.
+    anonymous: Arc<RateLimiter>,
 }
 
 impl Api {
     pub fn new(infer: InferContext) -> Self {
         let per_minute = infer.config.rate_limit_per_minute;
+        let per_hour = infer.config.anonymous_per_hour;
         Self {
             infer,
             jobs: Arc::default(),
-            limiter: Arc::new(RateLimiter::new(per_minute)),
+            limiter: Arc::new(RateLimiter::new(per_minute, 60)),
+            anonymous: Arc::new(RateLimiter::new(per_hour, 3600)),
         }
     }
 }
 
-/// A token bucket per client address: `per_minute` requests a minute, in
-/// bursts of up to `per_minute`.
+/// Refuses an anonymous request (no API key) past its address's free
+/// allowance (`InferConfig::anonymous_per_hour`), with a 429 that says how
+/// to get a key.
+pub(crate) fn within_allowance(
+    api: &Api,
+    addr: SocketAddr,
+    caller: Option<&axum::Extension<Caller>>,
+) -> Result<(), Box<Response>> {
+    if caller.is_some_and(|c| c.0.account.is_some()) {
+        return Ok(());
+    }
+    let Err(retry) = api.anonymous.check(addr.ip()) else {
+        return Ok(());
+    };
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "requests",
+        Some("anonymous_limit_exceeded"),
+        None,
+        format!(
+            "The free allowance of {} requests an hour without an API key is used up for {}: try again in {retry} s, or open the node page (/), create an API key under API keys and send it as `Authorization: Bearer tn-…` (its requests are paid with the points your tab or node earns).",
+            api.infer.config.anonymous_per_hour,
+            addr.ip()
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Err(Box::new(r))
+}
+
+/// A token bucket per client address: `count` requests a `period_secs`,
+/// in bursts of up to `count` (0: no limit).
 #[derive(Debug)]
 struct RateLimiter {
-    per_minute: u32,
+    count: u32,
+    period_secs: u64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
 impl RateLimiter {
-    fn new(per_minute: u32) -> Self {
+    fn new(count: u32, period_secs: u64) -> Self {
         Self {
-            per_minute,
+            count,
+            period_secs: period_secs.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// `Ok` to go ahead, or the seconds until a request is allowed.
     fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        if self.per_minute == 0 {
+        if self.count == 0 {
             return Ok(());
         }
-        let cap = f64::from(self.per_minute);
-        let rate = cap / 60.0;
+        let cap = f64::from(self.count);
+        let rate = cap / self.period_secs as f64;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > 100_000 {
-            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+            let period = self.period_secs;
+            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs() < period);
         }
         let (tokens, last) = buckets.entry(ip).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
@@ -658,6 +696,12 @@ async fn serve(
         Ok(b) => b,
         Err(r) => return *r,
     };
+    let caller = axum::Extension(Caller {
+        account: account.clone(),
+    });
+    if let Err(r) = within_allowance(api, addr, Some(&caller)) {
+        return *r;
+    }
     let (mut parsed, kind) = match parse(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -1091,12 +1135,17 @@ mod tests {
 
     #[test]
     fn the_rate_limiter_lets_a_burst_through_then_refuses() {
-        let l = RateLimiter::new(3);
+        let l = RateLimiter::new(3, 60);
         let ip = IpAddr::from([10, 0, 0, 1]);
         assert!((0..3).all(|_| l.check(ip).is_ok()));
         let retry = l.check(ip).expect_err("limited");
         assert!((1..=20).contains(&retry), "{retry}");
         assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
-        assert!(RateLimiter::new(0).check(ip).is_ok(), "0 = unlimited");
+        assert!(RateLimiter::new(0, 60).check(ip).is_ok(), "0 = unlimited");
+        // An hour's allowance: the next request in 36 s (100 an hour).
+        let hourly = RateLimiter::new(100, 3600);
+        assert!((0..100).all(|_| hourly.check(ip).is_ok()));
+        let retry = hourly.check(ip).expect_err("used up");
+        assert!((1..=36).contains(&retry), "{retry}");
     }
 }

@@ -83,6 +83,8 @@ pub fn test_config() -> InferConfig {
     InferConfig {
         stall_timeout: Duration::from_secs(10),
         queue_timeout: Duration::from_secs(60),
+        // One address sends them all: no anonymous allowance.
+        anonymous_per_hour: 0,
         ..InferConfig::default()
     }
 }
