@@ -417,7 +417,11 @@ pub(crate) async fn embeddings(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    if let Err(r) = crate::openai::within_allowance(&api, addr, caller.as_ref()) {
+    if let Err(r) = crate::openai::within_allowance(
+        &api,
+        addr,
+        caller.as_ref().and_then(|c| c.0.account.as_deref()),
+    ) {
         return *r;
     }
     let parsed = match parse(&body, &api.infer.state.catalog.embeddings) {

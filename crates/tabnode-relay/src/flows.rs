@@ -565,7 +565,11 @@ pub(crate) async fn run(
         Ok(o) => o,
         Err(r) => return *r,
     };
-    if let Err(r) = crate::openai::within_allowance(f.api(), addr, caller.as_ref()) {
+    if let Err(r) = crate::openai::within_allowance(
+        f.api(),
+        addr,
+        caller.as_ref().and_then(|c| c.0.account.as_deref()),
+    ) {
         return *r;
     }
     let doc = match (o.remove("flow"), o.get("template")) {

@@ -67,9 +67,9 @@ impl Api {
 pub(crate) fn within_allowance(
     api: &Api,
     addr: SocketAddr,
-    caller: Option<&axum::Extension<Caller>>,
+    account: Option<&str>,
 ) -> Result<(), Box<Response>> {
-    if caller.is_some_and(|c| c.0.account.is_some()) {
+    if account.is_some() {
         return Ok(());
     }
     let Err(retry) = api.anonymous.check(addr.ip()) else {
@@ -696,10 +696,7 @@ async fn serve(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let caller = axum::Extension(Caller {
-        account: account.clone(),
-    });
-    if let Err(r) = within_allowance(api, addr, Some(&caller)) {
+    if let Err(r) = within_allowance(api, addr, account.as_deref()) {
         return *r;
     }
     let (mut parsed, kind) = match parse(&body) {
