@@ -245,12 +245,23 @@ async fn python_sandbox(
         .into_response()
 }
 
-/// `/api/checks`: the newest spot checks (at most 100) and each node's
-/// record.
-async fn checks(State(s): State<AppState>) -> Json<serde_json::Value> {
+/// `GET /api/checks?limit=N`.
+#[derive(Debug, serde::Deserialize)]
+struct ChecksQuery {
+    /// How many of the newest checks to list (default 100, at most the
+    /// 1,000 the relay keeps).
+    limit: Option<usize>,
+}
+
+/// `/api/checks`: the newest spot checks (`limit`, default 100, newest
+/// first) and each node's record.
+async fn checks(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ChecksQuery>,
+) -> Json<serde_json::Value> {
     let c = &s.relay.checks;
     Json(serde_json::json!({
-        "checks": c.recent(100),
+        "checks": c.recent(q.limit.unwrap_or(100)),
         "nodes": c.standings(),
     }))
 }
