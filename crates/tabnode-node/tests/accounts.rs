@@ -180,3 +180,83 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
     assert_eq!(theirs.keys.len(), 1, "only the client's own key");
     assert_eq!(theirs.keys[0].label, "laptop");
 }
+
+/// An anonymous request naming no served model, from `forwarded` (an
+/// `X-Forwarded-For` or `Forwarded` header) if given: 404 while the
+/// allowance lasts (it is counted before the model is looked up), then 429.
+async fn anonymous(addr: std::net::SocketAddr, forwarded: Option<(&str, &str)>) -> (u16, Value) {
+    let body = json!({"model": "no-such-model", "prompt": "hi", "max_tokens": 1}).to_string();
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(forwarded);
+    let r = http(addr, "POST", "/v1/completions", Some(&body), &headers).await;
+    (r.status, r.json())
+}
+
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let start = |trusted: &[&str]| {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut cfg = tabnode_relay::RelayConfig::ephemeral(
+            dir.path().join("relay"),
+            std::path::PathBuf::from("."),
+        );
+        cfg.infer = tabnode_relay::InferConfig {
+            anonymous_per_hour: 1,
+            ..test_config()
+        };
+        cfg.trusted_proxies =
+            tabnode_relay::proxies::TrustedProxies::parse(trusted).expect("proxies");
+        async move { (tabnode_relay::start(cfg).await.expect("relay"), dir) }
+    };
+    let code = |v: &Value| v["error"]["code"].clone();
+
+    // No trusted proxy: a client naming another address in each request
+    // still has one allowance (its connection's).
+    let (relay, _dir) = start(&[]).await;
+    let a = relay.http_addr;
+    assert_eq!(
+        anonymous(a, Some(("x-forwarded-for", "192.0.2.1"))).await.0,
+        404
+    );
+    let (s, v) = anonymous(a, Some(("x-forwarded-for", "192.0.2.2"))).await;
+    assert_eq!(
+        (s, code(&v)),
+        (429, json!("anonymous_limit_exceeded")),
+        "{v}"
+    );
+    drop(relay);
+
+    // Behind a trusted proxy (this test's loopback address): one allowance
+    // per client the proxy names.
+    let (relay, _dir) = start(&["127.0.0.0/8"]).await;
+    let a = relay.http_addr;
+    assert_eq!(
+        anonymous(a, Some(("x-forwarded-for", "192.0.2.1"))).await.0,
+        404
+    );
+    let (s, v) = anonymous(a, Some(("x-forwarded-for", "192.0.2.1"))).await;
+    assert_eq!(s, 429, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("192.0.2.1")),
+        "{v}"
+    );
+    assert_eq!(
+        anonymous(a, Some(("x-forwarded-for", "192.0.2.2"))).await.0,
+        404
+    );
+    assert_eq!(
+        anonymous(a, Some(("forwarded", "for=\"[2001:db8::3]:4711\"")))
+            .await
+            .0,
+        404
+    );
+    // A client cannot forge its way to a fresh allowance by prepending an
+    // address: the proxy's own hop (the rightmost) names it.
+    let (s, _) = anonymous(a, Some(("x-forwarded-for", "203.0.113.9, 192.0.2.1"))).await;
+    assert_eq!(s, 429);
+    // The proxy's own requests (no header) are the proxy's.
+    assert_eq!(anonymous(a, None).await.0, 404);
+    assert_eq!(anonymous(a, None).await.0, 429);
+}

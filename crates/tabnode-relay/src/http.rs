@@ -191,6 +191,11 @@ pub(crate) fn router(
         // Open to every origin: third-party pages call the API and load the
         // embed widget's modules.
         .layer(CorsLayer::permissive())
+        // Outermost: every handler sees the client behind trusted proxies.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.trusted_proxies.clone()),
+            crate::proxies::real_client,
+        ))
 }
 
 /// The policy of the Python sandbox page: its own opaque origin (CSP

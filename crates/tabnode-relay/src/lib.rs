@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod metrics;
 mod openai;
 mod pof;
+pub mod proxies;
 pub mod registry;
 pub mod scrape;
 pub mod sessions;
@@ -170,6 +171,9 @@ pub struct RelayConfig {
     pub vectors: tabnode_vectors::StoreConfig,
     /// How flows' `scrape` nodes fetch pages.
     pub scrape: scrape::ScrapeConfig,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` the relay
+    /// believes (none by default: the connection's address is the client).
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 impl RelayConfig {
@@ -195,6 +199,7 @@ impl RelayConfig {
             catalog: catalog::Catalog::builtin(),
             vectors: tabnode_vectors::StoreConfig::default(),
             scrape: scrape::ScrapeConfig::default(),
+            trusted_proxies: proxies::TrustedProxies::default(),
         }
     }
 }

@@ -83,6 +83,11 @@ struct Args {
     /// Write the bootstrap addresses (JSON) to this file once listening.
     #[arg(long)]
     bootstrap_file: Option<PathBuf>,
+    /// A reverse proxy (address or network, e.g. 10.0.0.0/8) whose
+    /// `Forwarded`/`X-Forwarded-For` names the client; repeat for several.
+    /// From any other address those headers are ignored.
+    #[arg(long, env = "TABNODE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxy: Vec<String>,
 }
 
 #[tokio::main]
@@ -98,7 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => tabnode_relay::catalog::Catalog::load(path)?,
         None => tabnode_relay::catalog::Catalog::builtin(),
     };
+    let trusted_proxies = tabnode_relay::proxies::TrustedProxies::parse(&args.trusted_proxy)?;
     let config = RelayConfig {
+        trusted_proxies,
         models_dir: args
             .models_dir
             .unwrap_or_else(|| args.site_root.join("models")),
