@@ -41,6 +41,12 @@ async fn chat(addr: std::net::SocketAddr, key: Option<&str>) -> (u16, Value) {
     (r.status, r.json())
 }
 
+/// What a request's usage costs at `price`.
+fn charge(v: &Value, price: tabnode_relay::catalog::Price) -> u64 {
+    let used = |k: &str| v["usage"][k].as_u64().expect("usage");
+    price.of(used("prompt_tokens"), used("completion_tokens"))
+}
+
 async fn balance(addr: std::net::SocketAddr, peer: &str) -> Value {
     http(addr, "GET", &format!("/api/ledger/{peer}"), None, &[])
         .await
@@ -50,15 +56,24 @@ async fn balance(addr: std::net::SocketAddr, peer: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_charge_their_account_and_stop_when_revoked() {
     let dir = tempfile::tempdir().expect("dir");
-    // Three requests an hour without a key, from this (the only) address.
-    let relay = relay_with(
-        &dir,
-        tabnode_relay::InferConfig {
-            anonymous_per_hour: 3,
-            ..test_config()
-        },
-    )
-    .await;
+    // Three requests an hour without a key, from this (the only) address;
+    // the model priced 2 points a prompt token and 3 a completion token.
+    let mut cfg = tabnode_relay::RelayConfig::ephemeral(
+        dir.path().join("relay"),
+        std::path::PathBuf::from("."),
+    );
+    cfg.infer = tabnode_relay::InferConfig {
+        anonymous_per_hour: 3,
+        ..test_config()
+    };
+    let price = tabnode_relay::catalog::Price {
+        prompt: 2,
+        completion: 3,
+    };
+    for m in cfg.catalog.models.iter_mut().filter(|m| m.id == model()) {
+        m.price = price;
+    }
+    let relay = tabnode_relay::start(cfg).await.expect("relay");
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
     let server = serving_node(tcp.clone(), 2);
@@ -103,7 +118,7 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
     let poor = made.created.expect("the secret, once");
     let client_id = client.peer_id.to_string();
     assert!(balance(addr, &client_id).await["points"].as_u64() > Some(0));
-    let mut refused = None;
+    let (mut refused, mut charged) = (None, 0);
     for _ in 0..6 {
         let (s, v) = chat(addr, Some(&poor)).await;
         if s == 402 {
@@ -111,11 +126,12 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
             break;
         }
         assert_eq!(s, 200, "{v}");
+        charged += charge(&v, price);
     }
     let v = refused.expect("refused once its points ran out");
     let spent = balance(addr, &client_id).await;
     assert_eq!(spent["points"], 0, "the balance stops at zero: {spent}");
-    assert_eq!(spent["spent_points"], spent["spent_tokens"], "{spent}");
+    assert_eq!(spent["spent_points"], charged, "{spent}");
     assert_eq!(v["error"]["code"], "insufficient_points", "{v}");
     assert!(
         v["error"]["message"]
@@ -127,6 +143,44 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
     assert_eq!(
         again["spent_requests"], spent["spent_requests"],
         "a refused request costs nothing"
+    );
+    // A flow run with the key is the account's too: its model step is
+    // refused at zero points, and nothing is charged.
+    let flow = json!({
+        "flow": {"version": 1, "nodes": {
+            "in": {"type": "input", "params": {"names": ["q"]}},
+            "ask": {"type": "llm", "params": {"model": model(), "max_tokens": 4},
+                    "inputs": {"prompt": ["in", "q"]}},
+            "out": {"type": "output", "inputs": {"a": ["ask", "text"]}}
+        }},
+        "inputs": {"q": "Say hi."},
+        "stream": false,
+    })
+    .to_string();
+    let auth = format!("Bearer {poor}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/flows/run",
+        Some(&flow),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run = r.json();
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["nodes"]["ask"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no points left")),
+        "{run}"
+    );
+    assert_eq!(
+        balance(addr, &client_id).await["spent_requests"],
+        spent["spent_requests"]
     );
 
     // The server's own key: the request is charged exactly its tokens, and
@@ -150,7 +204,11 @@ async fn keys_charge_their_account_and_stop_when_revoked() {
     let after = balance(addr, &server_id).await;
     assert_eq!(after["spent_requests"], 1, "{after}");
     assert_eq!(after["spent_tokens"], tokens, "{after}");
-    assert_eq!(after["spent_points"], tokens, "one point a token: {after}");
+    assert_eq!(
+        after["spent_points"],
+        charge(&v, price),
+        "the model's prices: {after}"
+    );
     assert!(
         after["points"].as_u64() <= before["points"].as_u64(),
         "self-dealing paid: {before} → {after}"

@@ -3,7 +3,9 @@
 //! batch is spread over the nodes and comes back in order, equal to the
 //! local encoder's vectors, as floats and as base64; token-array inputs
 //! give a text's vector; the ledger credits exactly the tokens embedded;
-//! bad requests are clear 4xx errors in OpenAI's format.
+//! bad requests are clear 4xx errors in OpenAI's format; with an API key the
+//! account pays the model's price per embedded token, until it is refused at
+//! zero points.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -451,4 +453,142 @@ async fn a_job_reports_its_progress_and_pages_its_vectors() {
     assert_eq!(s, 404);
     let (s, _) = job(&relay, "DELETE", &format!("/v1/embeddings/jobs/{id}"), None).await;
     assert_eq!(s, 200, "a finished job is forgotten on request");
+}
+
+/// A keyed request: status and body.
+async fn keyed(relay: &RelayHandle, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let r = http(
+        relay.http_addr,
+        "POST",
+        path,
+        Some(&body.to_string()),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+    )
+    .await;
+    (r.status, r.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embeddings_with_a_key_are_charged_at_the_models_price() {
+    use tabnode_core::{ApiKeyCommand, Request, Response};
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    cfg.infer = InferConfig {
+        anonymous_per_hour: 0,
+        ..InferConfig::default()
+    };
+    for m in cfg.catalog.embeddings.iter_mut() {
+        m.price = 2;
+    }
+    let relay = tabnode_relay::start(cfg).await.expect("relay");
+    let a = node(&relay);
+    wait_serving(&relay, &[&a]).await;
+    // The node's own account (its proof earned it points) makes a key.
+    let key = match a
+        .request(
+            None,
+            Request::ApiKeys(ApiKeyCommand::Create {
+                label: "embedder".into(),
+            }),
+        )
+        .await
+    {
+        Ok(Response::ApiKeys(list)) => list.created.expect("the secret"),
+        other => panic!("{other:?}"),
+    };
+    let peer = a.peer_id.to_string();
+    let spent = |b: &Value| {
+        (
+            b["spent_tokens"].as_u64().unwrap_or(0),
+            b["spent_points"].as_u64().unwrap_or(0),
+        )
+    };
+    let ledger = || async {
+        json_call(relay.http_addr, "GET", &format!("/api/ledger/{peer}"), None)
+            .await
+            .1
+    };
+    assert_eq!(spent(&ledger().await), (0, 0));
+    // It earns with anonymous requests (free within the allowance).
+    let (s, _) = json_call(
+        relay.http_addr,
+        "POST",
+        "/v1/embeddings",
+        Some(&json!({"model": ID, "input": texts(64)})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(ledger().await["points"].as_u64() > Some(100));
+
+    let (s, v) = keyed(
+        &relay,
+        "/v1/embeddings",
+        &key,
+        &json!({"model": ID, "input": texts(3)}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let t = v["usage"]["total_tokens"].as_u64().expect("tokens");
+    assert!(t > 0);
+    assert_eq!(spent(&ledger().await), (t, 2 * t), "2 points a token");
+
+    // A job is charged when it ends, the same way.
+    let (s, v) = keyed(
+        &relay,
+        "/v1/embeddings/jobs",
+        &key,
+        &json!({"model": ID, "input": texts(5)}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let job_tokens = loop {
+        let (_, v) = job(&relay, "GET", &format!("/v1/embeddings/jobs/{id}"), None).await;
+        if v["status"] == "completed" {
+            break v["usage"]["total_tokens"].as_u64().expect("tokens");
+        }
+        assert_eq!(v["status"], "running", "{v}");
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        spent(&ledger().await),
+        (t + job_tokens, 2 * (t + job_tokens))
+    );
+    // Spent down (its own tokens earn it less than they cost), the
+    // account is refused with OpenAI's quota error, charged nothing more.
+    let mut refused = None;
+    for _ in 0..100 {
+        let (s, v) = keyed(
+            &relay,
+            "/v1/embeddings",
+            &key,
+            &json!({"model": ID, "input": texts(16)}),
+        )
+        .await;
+        if s == 402 {
+            refused = Some(v);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+    }
+    let v = refused.expect("refused at zero points");
+    assert_eq!(v["error"]["code"], "insufficient_points", "{v}");
+    let b = ledger().await;
+    assert_eq!(b["points"], 0, "{b}");
+    let (s, _) = keyed(
+        &relay,
+        "/v1/embeddings",
+        &key,
+        &json!({"model": ID, "input": texts(1)}),
+    )
+    .await;
+    assert_eq!(s, 402);
+    assert_eq!(spent(&ledger().await), spent(&b));
 }

@@ -215,6 +215,37 @@ impl KeyStore {
     }
 }
 
+/// Why a paying account may not start a request: it has no points left
+/// (it may end a request a little below zero: a charge is known at the
+/// end; the balance stops at zero). `None` when it may.
+pub(crate) fn broke(state: &crate::state::RelayState, account: &str) -> Option<String> {
+    let ledger = state.ledger()?;
+    let points = ledger.balance(account).map_or(0, |b| b.points);
+    (points == 0).then(|| {
+        format!(
+            "The account {account} has no points left: contribute compute from a tab or a node to earn them."
+        )
+    })
+}
+
+/// Charges `account` `points` for `tokens` (once: `id` names the work),
+/// durably before the caller answers.
+pub(crate) async fn charge(
+    state: &crate::state::RelayState,
+    id: String,
+    account: &str,
+    tokens: u64,
+    points: u64,
+) {
+    let Some(ledger) = state.ledger() else {
+        return;
+    };
+    let spend = crate::ledger::Credit::spend(id.clone(), account.to_owned(), tokens, points);
+    if let Err(e) = ledger.apply(vec![spend]).await {
+        tracing::error!("charging {account} for {id}: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

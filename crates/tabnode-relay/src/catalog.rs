@@ -68,6 +68,43 @@ pub struct CatalogModel {
     pub params: u64,
     /// Memory it needs, by backend.
     pub memory: Memory,
+    /// What an account pays for it (absent: a point a token).
+    #[serde(default)]
+    pub price: Price,
+}
+
+/// Points an account pays per token of a generation model. The completion
+/// price is at least what the serving node earns a token
+/// ([`crate::ledger::POINTS_PER_TOKEN`]), so consuming your own node's
+/// tokens never mints points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    /// Per prompt token.
+    pub prompt: u64,
+    /// Per generated token.
+    pub completion: u64,
+}
+
+impl Default for Price {
+    fn default() -> Self {
+        Self {
+            prompt: crate::ledger::POINTS_PER_TOKEN,
+            completion: crate::ledger::POINTS_PER_TOKEN,
+        }
+    }
+}
+
+impl Price {
+    /// The charge for a request's tokens.
+    pub fn of(&self, prompt: u64, completion: u64) -> u64 {
+        prompt
+            .saturating_mul(self.prompt)
+            .saturating_add(completion.saturating_mul(self.completion))
+    }
+}
+
+fn one_point() -> u64 {
+    crate::ledger::POINTS_PER_TOKEN
 }
 
 /// Bytes of memory a model needs with a KV cache of 2,048 positions (the
@@ -139,6 +176,10 @@ pub struct EmbeddingModel {
     /// plausible rate of a node's tokens follows from it and the node's
     /// proven matmul rate.
     pub flops_per_token: u64,
+    /// Points an account pays per embedded token (absent: one; at least
+    /// what the embedding node earns a token).
+    #[serde(default = "one_point")]
+    pub price: u64,
 }
 
 /// A file of an [`EmbeddingModel`].
@@ -229,6 +270,14 @@ impl Catalog {
             {
                 return Err(invalid(format!("{}: the id is taken", e.id)));
             }
+            if e.price < crate::ledger::POINTS_PER_TOKEN {
+                return Err(invalid(format!(
+                    "{}: price {} is below the {} point a node earns for a token (self-dealing would pay)",
+                    e.id,
+                    e.price,
+                    crate::ledger::POINTS_PER_TOKEN
+                )));
+            }
             if !e.package.contains("==")
                 || e.files.is_empty()
                 || e.dimensions == 0
@@ -288,6 +337,14 @@ impl Catalog {
                 return Err(invalid(format!(
                     "{}: source must list pinned packages (name==version)",
                     m.id
+                )));
+            }
+            if m.price.completion < crate::ledger::POINTS_PER_TOKEN {
+                return Err(invalid(format!(
+                    "{}: completion price {} is below the {} point a node earns for a token (self-dealing would pay)",
+                    m.id,
+                    m.price.completion,
+                    crate::ledger::POINTS_PER_TOKEN
                 )));
             }
             if m.params == 0 || m.context == 0 {
@@ -442,6 +499,10 @@ mod tests {
                 "a pinned package",
             ),
             (|e: &mut EmbeddingModel| e.files.swap(0, 1), "in that order"),
+            (
+                |e: &mut EmbeddingModel| e.price = 0,
+                "self-dealing would pay",
+            ),
         ] {
             let mut bad = Catalog::builtin();
             change(&mut bad.embeddings[0]);
@@ -456,5 +517,27 @@ mod tests {
             .expect_err("memory")
             .to_string()
             .contains("memory"));
+        // A completion price below what a node earns a token would let a
+        // node mint points on its own requests.
+        let mut free = Catalog::builtin();
+        free.models[0].price.completion = 0;
+        std::fs::write(&path, serde_json::to_string(&free).expect("json")).expect("write");
+        let e = Catalog::load(&path).expect_err("price");
+        assert!(e.to_string().contains("self-dealing would pay"), "{e}");
+    }
+
+    #[test]
+    fn prices_default_to_a_point_a_token_and_charge_both_sides() {
+        let c = Catalog::builtin();
+        let m = c.find("smollm2-135m-instruct").expect("smollm2");
+        assert_eq!(m.price, Price::default());
+        assert_eq!(m.price.of(10, 5), 15);
+        let p = Price {
+            prompt: 2,
+            completion: 3,
+        };
+        assert_eq!(p.of(10, 5), 35);
+        assert_eq!(p.of(u64::MAX, 1), u64::MAX, "saturates");
+        assert!(c.embeddings.iter().all(|e| e.price == 1));
     }
 }

@@ -221,6 +221,8 @@ pub(crate) enum Failure {
     NoNode(String),
     /// The nodes refused an input (an id outside the vocabulary).
     BadInput(String),
+    /// The paying account has no points left.
+    NoPoints(String),
 }
 
 /// Runs one batch on the network: a node, then another on failure.
@@ -339,8 +341,9 @@ pub(crate) async fn embed(
     ctx: &InferContext,
     model: &EmbeddingModel,
     inputs: Vec<EmbedInput>,
+    account: Option<&str>,
 ) -> Result<(EmbedResult, Vec<String>), Failure> {
-    embed_with_progress(ctx, model, inputs, &|_| {}).await
+    embed_with_progress(ctx, model, inputs, account, &|_| {}).await
 }
 
 /// [`embed`], calling `progress(n)` as each batch of `n` inputs comes back.
@@ -355,8 +358,13 @@ pub(crate) async fn embed_with_progress(
     ctx: &InferContext,
     model: &EmbeddingModel,
     inputs: Vec<EmbedInput>,
+    account: Option<&str>,
     progress: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<(EmbedResult, Vec<String>), Failure> {
+    // A paying account needs points to start.
+    if let Some(why) = account.and_then(|a| crate::accounts::broke(&ctx.state, a)) {
+        return Err(Failure::NoPoints(why));
+    }
     let request_id = ctx.state.sessions.next_request_id();
     let nodes_now = ctx.state.registry.serving(&model.id).len();
     let width = (2 * nodes_now).clamp(2, MAX_IN_FLIGHT);
@@ -393,6 +401,14 @@ pub(crate) async fn embed_with_progress(
             nodes.push(b.node);
         }
     }
+    // The paying account is charged every embedded token, at the model's
+    // price.
+    if let Some(account) = account {
+        let tokens: u64 = out.tokens.iter().map(|&t| u64::from(t)).sum();
+        let id = format!("spend:embed:{}-{request_id}", ctx.state.sessions.epoch);
+        let points = tokens.saturating_mul(model.price);
+        crate::accounts::charge(&ctx.state, id, account, tokens, points).await;
+    }
     Ok((out, nodes))
 }
 
@@ -428,7 +444,8 @@ pub(crate) async fn embeddings(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    match embed(&api.infer, &parsed.model, parsed.inputs).await {
+    let account = caller.as_ref().and_then(|c| c.0.account.as_deref());
+    match embed(&api.infer, &parsed.model, parsed.inputs, account).await {
         Ok((r, nodes)) => Json(answer(
             &parsed.model.id,
             parsed.encoding,
@@ -483,7 +500,7 @@ impl Failure {
             Failure::NoModel(m) => {
                 format!("The model `{m}` is not served by any node on the network now.")
             }
-            Failure::NoNode(m) | Failure::BadInput(m) => m.clone(),
+            Failure::NoNode(m) | Failure::BadInput(m) | Failure::NoPoints(m) => m.clone(),
         }
     }
 }
@@ -509,6 +526,13 @@ impl IntoResponse for Failure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 Some("no_node_available"),
+                None,
+                m,
+            ),
+            Failure::NoPoints(m) => error(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                Some("insufficient_points"),
                 None,
                 m,
             ),

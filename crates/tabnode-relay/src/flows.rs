@@ -413,6 +413,9 @@ struct Report {
     /// Where Python jobs wait for their answers; `None` when the run has
     /// no Python runner.
     python: Option<Arc<Live>>,
+    /// The account paying for the run's model and embedding work (its
+    /// API key), if any.
+    account: Option<String>,
 }
 
 impl Report {
@@ -717,6 +720,7 @@ pub(crate) async fn run(
             run_limit: Duration::from_millis(run_ms),
             node_limit: Duration::from_millis(node_ms),
             python_runner,
+            account: caller.and_then(|c| c.0.account.clone()),
         },
         tx,
     ));
@@ -813,12 +817,14 @@ pub(crate) async fn templates() -> Response {
 pub(crate) async fn plan_query(
     State(f): State<Flows>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let o = match object(&f, addr, body) {
         Ok(o) => o,
         Err(r) => return *r,
     };
+    let account = caller.and_then(|c| c.0.account);
     let Some(query) = o
         .get("query")
         .and_then(Value::as_str)
@@ -841,12 +847,25 @@ pub(crate) async fn plan_query(
     if planner == "rules" {
         return planned(&o, "rules", rules, Vec::new());
     }
+    // Asking the model is work on the network: a key pays for it, else
+    // the address's free allowance.
+    if let Err(r) = crate::openai::within_allowance(f.api(), addr, account.as_deref()) {
+        return *r;
+    }
     let model = match planning_model(&f, &o) {
         Ok(m) => m,
         Err(r) => return *r,
     };
     if planner == "model" {
-        let answer = match ask(&f, &model, plan::choice_prompt(query), 16).await {
+        let answer = match ask(
+            &f,
+            &model,
+            plan::choice_prompt(query),
+            16,
+            account.as_deref(),
+        )
+        .await
+        {
             Ok(a) => a,
             Err(r) => return *r,
         };
@@ -863,7 +882,7 @@ pub(crate) async fn plan_query(
     let mut answers = Vec::new();
     let mut prompt = plan::flow_prompt(query, &model);
     loop {
-        let answer = match ask(&f, &model, prompt, FREE_PLAN_TOKENS).await {
+        let answer = match ask(&f, &model, prompt, FREE_PLAN_TOKENS, account.as_deref()).await {
             Ok(a) => a,
             Err(r) => return *r,
         };
@@ -963,6 +982,7 @@ async fn ask(
     model: &str,
     prompt: String,
     max_tokens: u32,
+    account: Option<&str>,
 ) -> Result<String, Box<Response>> {
     let step = Step::Llm(tabnode_flows::Llm {
         model: model.to_owned(),
@@ -971,7 +991,7 @@ async fn ask(
         temperature: 0.0,
         system: None,
     });
-    match llm(f, &step, prompt, None).await {
+    match llm(f, &step, prompt, None, account).await {
         Ok((text, _)) => Ok(text),
         Err(NodeError::UnknownModel(m)) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
@@ -1145,6 +1165,8 @@ struct RunSpec {
     node_limit: Duration,
     /// The requester answers the run's Python jobs.
     python_runner: bool,
+    /// The account the run's work is charged to.
+    account: Option<String>,
 }
 
 /// Runs the spec's flow to its end, keeping `live`'s record and sending
@@ -1163,6 +1185,7 @@ async fn execute(
         run_limit,
         node_limit,
         python_runner,
+        account,
     } = spec;
     let started = Instant::now();
     let update = |change: &dyn Fn(&mut Value)| {
@@ -1213,6 +1236,7 @@ async fn execute(
                 id: id.clone(),
                 tx: msg_tx.clone(),
                 python: python_runner.then(|| live.clone()),
+                account: account.clone(),
             };
             let step = node.step.clone();
             let (f, run_inputs) = (f.clone(), inputs.clone());
@@ -1411,7 +1435,8 @@ async fn node_outputs(
             )),
         ),
         Step::Llm(_) => {
-            let (t, _) = llm(f, step, text(&inputs, "prompt"), Some(report)).await?;
+            let account = report.account.as_deref();
+            let (t, _) = llm(f, step, text(&inputs, "prompt"), Some(report), account).await?;
             one("text", Val::Text(t))
         }
         Step::Embed { model } => {
@@ -1427,7 +1452,14 @@ async fn node_outputs(
                     .map(|m| m.id.clone())
                     .ok_or(NodeError::NoEmbeddingModel)?,
             };
-            let mut e = f.vectors.embed(&model, vec![text(&inputs, "text")]).await?;
+            let mut e = f
+                .vectors
+                .embed(
+                    &model,
+                    vec![text(&inputs, "text")],
+                    report.account.as_deref(),
+                )
+                .await?;
             for n in &e.nodes {
                 report.peer(n);
             }
@@ -1438,7 +1470,11 @@ async fn node_outputs(
             let info = store.info(collection)?;
             let mut e = f
                 .vectors
-                .embed(&info.model, vec![text(&inputs, "query")])
+                .embed(
+                    &info.model,
+                    vec![text(&inputs, "query")],
+                    report.account.as_deref(),
+                )
                 .await?;
             for n in &e.nodes {
                 report.peer(n);
@@ -1479,7 +1515,9 @@ async fn node_outputs(
                     let started_ms = now_ms();
                     let t = Instant::now();
                     let (text, peers) = match inner {
-                        Step::Llm(_) => llm(f, inner, item, None).await?,
+                        Step::Llm(_) => {
+                            llm(f, inner, item, None, report.account.as_deref()).await?
+                        }
                         Step::Scrape { max_bytes, .. } => {
                             (f.scraper.scrape(&item, *max_bytes).await?.text, Vec::new())
                         }
@@ -1553,6 +1591,7 @@ async fn llm(
     step: &Step,
     prompt: String,
     report: Option<&Report>,
+    account: Option<&str>,
 ) -> Result<(String, Vec<String>), NodeError> {
     let Step::Llm(p) = step else {
         return Err(NodeError::Unsupported(step.kind()));
@@ -1583,7 +1622,7 @@ async fn llm(
         ApiRequest {
             model: p.model.clone(),
             request,
-            account: None,
+            account: account.map(str::to_owned),
         },
         tx,
     ));

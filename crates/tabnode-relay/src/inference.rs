@@ -53,10 +53,6 @@ pub struct InferConfig {
     pub max_body_bytes: usize,
     /// Spot checks of served tokens.
     pub checks: crate::checks::CheckConfig,
-    /// Points an account pays per token (prompt and completion) of a
-    /// request made with its API key: at least what serving a token earns,
-    /// so consuming your own node's tokens does not pay.
-    pub points_per_token: u64,
 }
 
 impl Default for InferConfig {
@@ -71,7 +67,6 @@ impl Default for InferConfig {
             anonymous_per_hour: 100,
             max_body_bytes: 1 << 20,
             checks: crate::checks::CheckConfig::default(),
-            points_per_token: crate::ledger::POINTS_PER_TOKEN,
         }
     }
 }
@@ -238,18 +233,16 @@ pub(crate) async fn run_request(
         return;
     };
     let model = entry.id.clone();
-    // A paying account needs points to start (it may end a little below
-    // zero: the charge is known at the end; the balance stops at zero).
-    if let (Some(account), Some(ledger)) = (&api.account, ctx.state.ledger()) {
-        let points = ledger.balance(account).map_or(0, |b| b.points);
-        if points == 0 {
-            let _ = events
-                .send(ApiEvent::Failed(ApiFailure::NoPoints(format!(
-                    "The account {account} has no points left: contribute compute from a tab or a node to earn them."
-                ))))
-                .await;
-            return;
-        }
+    // A paying account needs points to start.
+    if let Some(why) = api
+        .account
+        .as_deref()
+        .and_then(|a| crate::accounts::broke(&ctx.state, a))
+    {
+        let _ = events
+            .send(ApiEvent::Failed(ApiFailure::NoPoints(why)))
+            .await;
+        return;
     }
     let started = Instant::now();
     let max_tokens = api.request.max_tokens;
@@ -446,7 +439,9 @@ pub(crate) async fn run_request(
             format!("spend:{}-{request_id}", sessions.epoch),
             account.clone(),
             u64::from(usage.prompt_tokens) + delivered.len() as u64,
-            ctx.config.points_per_token,
+            entry
+                .price
+                .of(u64::from(usage.prompt_tokens), delivered.len() as u64),
         ));
     }
     // Durable before the requester hears "done".

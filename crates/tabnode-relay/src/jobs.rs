@@ -185,16 +185,24 @@ pub(crate) async fn create(
         all.insert(job.id.clone(), job.clone());
     }
     let infer = api.infer.clone();
+    let account = caller.and_then(|c| c.0.account);
     let j = job.clone();
     let task = tokio::spawn(async move {
         let done = |n: usize| {
             j.done.fetch_add(n, Ordering::SeqCst);
         };
-        let outcome =
-            match embeddings::embed_with_progress(&infer, &j.model, parsed.inputs, &done).await {
-                Ok((result, nodes)) => Outcome::Completed { result, nodes },
-                Err(f) => Outcome::Failed(f),
-            };
+        let outcome = match embeddings::embed_with_progress(
+            &infer,
+            &j.model,
+            parsed.inputs,
+            account.as_deref(),
+            &done,
+        )
+        .await
+        {
+            Ok((result, nodes)) => Outcome::Completed { result, nodes },
+            Err(f) => Outcome::Failed(f),
+        };
         finish(&j, outcome);
     });
     *job.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());

@@ -132,14 +132,15 @@ impl Credit {
         }
     }
 
-    /// The charge for a request an account made with its API key.
-    pub fn spend(id: String, peer_id: String, tokens: u64, points_per_token: u64) -> Self {
+    /// The charge of `points` for `tokens` an account used with its API
+    /// key (the price is the catalog's: [`crate::catalog::Price`]).
+    pub fn spend(id: String, peer_id: String, tokens: u64, points: u64) -> Self {
         Self {
             id,
             peer_id,
             kind: CreditKind::Spend,
             amount: tokens,
-            points: tokens.saturating_mul(points_per_token),
+            points,
         }
     }
 

@@ -179,13 +179,18 @@ impl Vectors {
         self.models().iter().find(|m| m.id == id)
     }
 
-    /// Embeds `texts` on the network.
-    pub(crate) async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Embedded, Refusal> {
+    /// Embeds `texts` on the network, charged to `account` if one pays.
+    pub(crate) async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        account: Option<&str>,
+    ) -> Result<Embedded, Refusal> {
         let Some(model) = self.model(model).cloned() else {
             return Err(Refusal::ModelGone(model.to_owned()));
         };
         let inputs = texts.into_iter().map(EmbedInput::Text).collect();
-        let (r, nodes) = crate::embeddings::embed(&self.api.infer, &model, inputs)
+        let (r, nodes) = crate::embeddings::embed(&self.api.infer, &model, inputs, account)
             .await
             .map_err(Refusal::Embed)?;
         Ok(Embedded {
@@ -401,8 +406,10 @@ pub(crate) async fn upsert(
     State(v): State<Vectors>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let account = caller.and_then(|c| c.0.account);
     let (info, o) = match admitted(&v, addr, &name, body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -439,7 +446,7 @@ pub(crate) async fn upsert(
     let embedded = if to_embed.is_empty() {
         Embedded::default()
     } else {
-        match v.embed(&info.model, to_embed).await {
+        match v.embed(&info.model, to_embed, account.as_deref()).await {
             Ok(r) => r,
             Err(r) => return r.into_response(),
         }
@@ -545,8 +552,10 @@ pub(crate) async fn query(
     State(v): State<Vectors>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    caller: Option<axum::Extension<crate::openai::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let account = caller.and_then(|c| c.0.account);
     let (info, o) = match admitted(&v, addr, &name, body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -604,7 +613,10 @@ pub(crate) async fn query(
             let Some(text) = text.as_str() else {
                 return invalid("text", "the text is a string").into_response();
             };
-            match v.embed(&info.model, vec![text.to_owned()]).await {
+            match v
+                .embed(&info.model, vec![text.to_owned()], account.as_deref())
+                .await
+            {
                 Ok(mut e) => (e.vectors.pop().unwrap_or_default(), e.tokens),
                 Err(r) => return r.into_response(),
             }
