@@ -20,19 +20,25 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// Relay multiaddr (TCP or QUIC, ending in /p2p/<id>).
-    #[arg(long, env = "TABNODE_RELAY", conflicts_with = "bootstrap_file")]
+    #[arg(
+        long,
+        env = "TABNODE_RELAY",
+        conflicts_with = "bootstrap_file",
+        global = true
+    )]
     relay: Option<Multiaddr>,
     /// Read the relay address from the relay's --bootstrap-file JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     bootstrap_file: Option<PathBuf>,
     /// Prefer QUIC over TCP when reading the bootstrap file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     quic: bool,
     /// Identity key file (created if missing), so the peer id is stable.
     #[arg(
         long,
         env = "TABNODE_NODE_KEY",
-        default_value = ".data/node/identity.key"
+        default_value = ".data/node/identity.key",
+        global = true
     )]
     key_file: PathBuf,
     /// VRAM pledged to the network, in MiB.
@@ -68,6 +74,30 @@ struct Args {
 enum Command {
     /// Generate text from a prompt with a GGUF model, streaming to stdout.
     Generate(generate::GenerateArgs),
+    /// The API keys of this node's account (its identity, `--key-file`),
+    /// made, listed and revoked over its connection to the relay; prints
+    /// the account's keys as JSON (a new key's secret once, as `created`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysAction {
+    /// Make a key (its secret is printed once).
+    Create {
+        /// What the key is for (shown in the list).
+        #[arg(long, default_value = "cli")]
+        label: String,
+    },
+    /// List the account's keys.
+    List,
+    /// Revoke a key by its id (from `list`): refused at once.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 mod generate;
@@ -87,6 +117,48 @@ fn relay_from_bootstrap(
     Ok(addr.parse()?)
 }
 
+fn relay_of(args: &Args) -> Result<Multiaddr, Box<dyn std::error::Error>> {
+    match (&args.relay, &args.bootstrap_file) {
+        (Some(r), _) => Ok(r.clone()),
+        (None, Some(f)) => relay_from_bootstrap(f, args.quic),
+        (None, None) => Err("give --relay or --bootstrap-file".into()),
+    }
+}
+
+/// `tabnode-node keys …`: joins the relay as this identity (serving
+/// nothing), asks, prints the answer, leaves.
+async fn keys(args: &Args, action: KeysAction) -> Result<(), Box<dyn std::error::Error>> {
+    use tabnode_core::{ApiKeyCommand, Request, Response};
+    let command = match action {
+        KeysAction::Create { label } => ApiKeyCommand::Create { label },
+        KeysAction::List => ApiKeyCommand::List,
+        KeysAction::Revoke { id } => ApiKeyCommand::Revoke { id },
+    };
+    let node = spawn(NodeConfig {
+        relay: relay_of(args)?,
+        key: Some(load_or_create_key(&args.key_file)?),
+        capabilities: Capabilities::new(
+            NodeKind::Native,
+            format!("tabnode-node/{} keys", env!("CARGO_PKG_VERSION")),
+        ),
+        max_backoff: Duration::from_secs(2),
+        handler: Arc::new(PofProver::new(Backend::Cpu)),
+        server: None,
+        embedder: None,
+    })?;
+    node.wait_reachable(Duration::from_secs(30)).await?;
+    match node.request(None, Request::ApiKeys(command)).await? {
+        Response::ApiKeys(list) => {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
+        }
+        Response::Error { code, message } => {
+            Err(format!("the relay refused ({code:?}): {message}").into())
+        }
+        other => Err(format!("the relay answered out of protocol: {other:?}").into()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Logs go to stderr: stdout is the answer of `generate`.
@@ -96,9 +168,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
-    if let Some(Command::Generate(g)) = args.command {
-        return generate::run(g);
+    let mut args = Args::parse();
+    match args.command.take() {
+        Some(Command::Generate(g)) => return generate::run(g),
+        Some(Command::Keys { action }) => return keys(&args, action).await,
+        None => {}
     }
     if !args.model.is_empty() && args.device == generate::DeviceArg::Flex {
         return Err(
@@ -116,11 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let relay = match (&args.relay, &args.bootstrap_file) {
-        (Some(r), _) => r.clone(),
-        (None, Some(f)) => relay_from_bootstrap(f, args.quic)?,
-        (None, None) => return Err("give --relay or --bootstrap-file".into()),
-    };
+    let relay = relay_of(&args)?;
     let key = load_or_create_key(&args.key_file)?;
     let mut caps = Capabilities::new(
         NodeKind::Native,

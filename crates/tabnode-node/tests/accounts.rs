@@ -318,3 +318,90 @@ async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
     assert_eq!(anonymous(a, None).await.0, 404);
     assert_eq!(anonymous(a, None).await.0, 429);
 }
+
+/// `tabnode-node … keys ARGS` as this identity: exit success, stdout,
+/// stderr.
+async fn keys_cli(
+    relay: &libp2p::Multiaddr,
+    key_file: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tabnode-node"))
+        .arg("--relay")
+        .arg(relay.to_string())
+        .arg("--key-file")
+        .arg(key_file)
+        .arg("keys")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("tabnode-node runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_makes_lists_and_revokes_a_native_identitys_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = relay_with(&dir, test_config()).await;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let identity = dir.path().join("node.key");
+    let (ok, out, err) = keys_cli(&tcp, &identity, &["create", "--label", "ci"]).await;
+    assert!(ok, "{err}");
+    let made: Value = serde_json::from_str(&out).expect("JSON");
+    let secret = made["created"]
+        .as_str()
+        .expect("the secret, once")
+        .to_owned();
+    assert!(secret.starts_with("tn-"), "{made}");
+    assert_eq!(made["keys"][0]["label"], "ci");
+    let id = made["keys"][0]["id"].as_str().expect("id").to_owned();
+
+    // The key is the identity's: a request with it is the account's (it
+    // gets past authentication; no node serves the model it names).
+    let body = json!({"model": "no-such-model", "prompt": "hi"}).to_string();
+    let auth = format!("Bearer {secret}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let ask = || {
+        http(
+            relay.http_addr,
+            "POST",
+            "/v1/completions",
+            Some(&body),
+            &headers,
+        )
+    };
+    assert_eq!(ask().await.status, 404);
+
+    // Listed again by the same identity (the key file kept it), without
+    // the secret.
+    let (ok, out, err) = keys_cli(&tcp, &identity, &["list"]).await;
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed["created"], Value::Null, "{listed}");
+    assert_eq!(listed["keys"].as_array().map(Vec::len), Some(1), "{listed}");
+    // Another identity sees none of them and cannot revoke it.
+    let other = dir.path().join("other.key");
+    let (ok, out, _) = keys_cli(&tcp, &other, &["list"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("JSON")["keys"],
+        json!([])
+    );
+    let (ok, _, err) = keys_cli(&tcp, &other, &["revoke", &id]).await;
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(ask().await.status, 404);
+
+    let (ok, out, err) = keys_cli(&tcp, &identity, &["revoke", &id]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"revoked\": true"), "{out}");
+    let r = ask().await;
+    assert_eq!(r.status, 401, "{}", r.body);
+}
