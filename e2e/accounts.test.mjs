@@ -75,6 +75,13 @@ test('a key made on the node page pays with the tab\'s points, and stops when re
   const tokens = after.spent_tokens - before.spent_tokens;
   assert.ok(tokens > 8, `prompt and completion tokens charged: ${tokens}`);
   assert.equal(after.spent_points - before.spent_points, tokens, 'one point a token');
+  // The node page's account line shows the same charge (and no strikes).
+  const line = `spent ${after.spent_points} on ${after.spent_requests} requests`;
+  await page.waitForFunction((want) => document.querySelector('#account').textContent.includes(want), line, { timeout: 30_000 });
+  const account = await page.textContent('#account');
+  assert.match(account, /earned \d+ for \d+ tokens served/);
+  assert.match(account, /strikes 0/);
+  assert.equal(await page.locator('#strikes').isHidden(), true);
 
   // Revoked on the page: the next request is refused at once.
   await page.click('#keys [data-revoke]');

@@ -215,13 +215,29 @@ async function refreshPoints() {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const b = await r.json();
     state.points = b;
-    const spent = b.spent_requests ? `, spent ${b.spent_points} on ${b.spent_requests} requests` : '';
-    const back = b.clawed_back_requests ? `, ${b.clawed_back_points} clawed back for ${b.clawed_back_requests} failed spot checks` : '';
-    const checks = b.checks ? `, ${b.checks} spot checks run` : '';
-    $('points').textContent =
-      `${b.points} (${b.tokens} tokens served in ${b.requests} requests, ${b.proofs} proofs, ${b.uptime_minutes} min uptime${checks}${spent}${back})`;
+    $('points').textContent = String(b.points);
+    const e = b.earned || {};
+    const parts = [
+      `earned ${e.tokens ?? 0} for ${b.tokens} tokens served in ${b.requests} requests`,
+      `${e.proofs ?? 0} for ${b.proofs} proofs`,
+      `${e.uptime ?? 0} for ${b.uptime_minutes} min uptime`,
+      `${e.checks ?? 0} for ${b.checks} spot checks run`,
+      `spent ${b.spent_points} on ${b.spent_requests} requests (${b.spent_tokens} tokens)`,
+      `clawed back ${b.clawed_back_points} for ${b.clawed_back_requests} failed checks`,
+    ];
+    const s = b.standing;
+    const strikes = s ? `strikes ${s.failed}${s.excluded ? ' (excluded from work and points)' : ''}, ${s.passed} checks passed` : 'strikes 0';
+    $('account').textContent = `${parts.join(' · ')} · ${strikes}`;
+    const list = $('strikes');
+    list.replaceChildren(...(b.strikes || []).map((r) => {
+      const li = document.createElement('li');
+      li.textContent = `${new Date(r.at_ms).toLocaleString()}: request ${r.request_id} (${r.model}, ${r.tokens} tokens), checker ${String(r.checker).slice(-8)}${r.confirmed_by ? ` confirmed by ${String(r.confirmed_by).slice(-8)}` : ''}: ${r.reason ?? 'failed'}`;
+      return li;
+    }));
+    list.hidden = list.children.length === 0;
   } catch (e) {
     $('points').textContent = `unavailable (${e.message})`;
+    $('account').textContent = '';
   }
 }
 

@@ -74,6 +74,7 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
         context: 8192,
         params: 1,
         memory: tabnode_relay::catalog::Memory { cpu: 1, webgpu: 1 },
+        price: tabnode_relay::catalog::Price::default(),
     });
     tabnode_relay::start(cfg).await.expect("relay starts")
 }

@@ -182,11 +182,23 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
     let clawed = b["clawed_back_tokens"].as_u64().unwrap_or(0);
     assert!(clawed > 0 && clawed <= failed_tokens, "{b}");
     assert_eq!(b["clawed_back_points"], clawed, "{b}");
+    // The account's view lists its strikes and its record; what it
+    // earned serving is kept apart from what was taken back.
+    assert_eq!(b["standing"]["failed"], 3, "{b}");
+    assert_eq!(b["standing"]["excluded"], true, "{b}");
+    let strikes = b["strikes"].as_array().expect("strikes");
+    assert_eq!(strikes.len(), 3, "{b}");
+    assert!(strikes
+        .iter()
+        .all(|r| r["served_by"] == cheat.as_str() && r["outcome"] == "failed"));
+    assert!(b["earned"]["tokens"].as_u64() >= Some(clawed), "{b}");
     let checks_run: u64 = {
         let mut n = 0;
         for h in &honest_ids {
             let hb = ledger(h.clone()).await;
             assert_eq!(hb["clawed_back_requests"], 0, "{hb}");
+            assert_eq!(hb["strikes"], json!([]), "{hb}");
+            assert!(hb["earned"]["checks"].as_u64() > Some(0), "{hb}");
             n += hb["checks"].as_u64().unwrap_or(0);
         }
         n

@@ -203,6 +203,22 @@ impl Checks {
             .collect()
     }
 
+    /// One node's record (if it has one) and its failed checks among the
+    /// recent ones, newest first: its strikes as `/api/ledger/{peer}`
+    /// shows them.
+    pub fn of(&self, peer: &PeerId) -> (Option<CheckStanding>, Vec<CheckRecord>) {
+        let g = self.lock();
+        let id = peer.to_string();
+        let strikes = g
+            .recent
+            .iter()
+            .rev()
+            .filter(|r| r.served_by == id && r.outcome == Outcome::Failed)
+            .cloned()
+            .collect();
+        (g.nodes.get(peer).cloned(), strikes)
+    }
+
     /// The newest `limit` checks, newest first.
     pub fn recent(&self, limit: usize) -> Vec<CheckRecord> {
         self.lock()

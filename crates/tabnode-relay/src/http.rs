@@ -429,20 +429,41 @@ async fn ledger_of(
     State(s): State<AppState>,
     axum::extract::Path(peer_id): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    if peer_id.parse::<libp2p::PeerId>().is_err() {
+    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
         return (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
         )
             .into_response();
-    }
+    };
     let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");
     };
     match ledger.balance(&peer_id) {
-        Ok(b) => Json(b).into_response(),
+        Ok(balance) => {
+            let (standing, strikes) = s.relay.checks.of(&peer);
+            Json(AccountView {
+                balance,
+                standing,
+                strikes,
+            })
+            .into_response()
+        }
         Err(e) => ledger_unavailable(&e),
     }
+}
+
+/// `/api/ledger/{peer}`: the account's balance (earned by kind, spent,
+/// clawed back), its spot-check record and its strikes (failed checks
+/// this relay still lists; the count survives restarts as clawbacks).
+#[derive(serde::Serialize)]
+struct AccountView {
+    #[serde(flatten)]
+    balance: crate::ledger::Balance,
+    /// Its spot-check record, if its tokens were ever drawn or checked.
+    standing: Option<crate::checks::CheckStanding>,
+    /// Its failed checks, newest first.
+    strikes: Vec<crate::checks::CheckRecord>,
 }
 
 #[cfg(test)]

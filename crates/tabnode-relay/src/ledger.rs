@@ -196,6 +196,23 @@ pub struct Balance {
     /// Points they cost.
     #[serde(default)]
     pub spent_points: u64,
+    /// Points earned, by what earned them (before spending and
+    /// clawbacks).
+    #[serde(default)]
+    pub earned: Earned,
+}
+
+/// Points an account earned, by kind of work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earned {
+    /// For tokens served (generated and embedded).
+    pub tokens: u64,
+    /// For Proof-of-FLOPS proofs passed.
+    pub proofs: u64,
+    /// For uptime.
+    pub uptime: u64,
+    /// For spot checks run for the network.
+    pub checks: u64,
 }
 
 impl Balance {
@@ -204,6 +221,16 @@ impl Balance {
             self.points = self.points.saturating_sub(c.points);
         } else {
             self.points = self.points.saturating_add(c.points);
+        }
+        let earned = match c.kind {
+            CreditKind::Tokens => Some(&mut self.earned.tokens),
+            CreditKind::Proof => Some(&mut self.earned.proofs),
+            CreditKind::Uptime => Some(&mut self.earned.uptime),
+            CreditKind::Check => Some(&mut self.earned.checks),
+            CreditKind::Spend | CreditKind::Clawback => None,
+        };
+        if let Some(e) = earned {
+            *e = e.saturating_add(c.points);
         }
         match c.kind {
             CreditKind::Check => {
@@ -552,8 +579,16 @@ mod tests {
             ),
             (1, 12, 12)
         );
+        assert_eq!(c.earned.tokens, 17, "earned stays what was earned");
         let k = l.balance("checker").expect("checker");
         assert_eq!((k.points, k.checks, k.checked_tokens), (3, 1, 10));
+        assert_eq!(
+            k.earned,
+            Earned {
+                checks: 3,
+                ..Earned::default()
+            }
+        );
         // A clawback past the balance leaves zero, not a wrapped number.
         l.apply(vec![Credit::clawback("tokens:x", "checker".into(), 100)])
             .await
