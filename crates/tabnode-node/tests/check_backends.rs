@@ -154,3 +154,29 @@ async fn honest_cpu_and_gpu_nodes_are_never_struck() {
         served_by(&cpu_ids[1])
     );
 }
+
+#[path = "common/process.rs"]
+mod process;
+
+#[test]
+fn bad_check_settings_are_refused_at_start_up() {
+    for (flag, value, want) in [
+        ("--check-rate", "1.5", "not a share from 0 to 1"),
+        ("--check-new-node-rate", "-0.1", "not a share from 0 to 1"),
+        ("--check-rate", "often", "not a share from 0 to 1"),
+        ("--strikes-to-exclude", "0", "--strikes-to-exclude"),
+        (
+            "--trusted-proxy",
+            "the-proxy",
+            "not an IP address or network",
+        ),
+    ] {
+        let out = std::process::Command::new(process::relay_binary())
+            .args([format!("{flag}={value}").as_str(), "--http", "127.0.0.1:0"])
+            .output()
+            .expect("the relay runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+}

@@ -86,8 +86,43 @@ struct Args {
     /// A reverse proxy (address or network, e.g. 10.0.0.0/8) whose
     /// `Forwarded`/`X-Forwarded-For` names the client; repeat for several.
     /// From any other address those headers are ignored.
-    #[arg(long, env = "TABNODE_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(long, env = "TABNODE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = proxy)]
     trusted_proxy: Vec<String>,
+    /// The share of an established node's requests spot-checked (0 to 1).
+    #[arg(long, env = "TABNODE_CHECK_RATE", default_value_t = 0.03, value_parser = share)]
+    check_rate: f64,
+    /// The share checked of a new node's requests (its first
+    /// --check-new-node-requests).
+    #[arg(long, env = "TABNODE_CHECK_NEW_NODE_RATE", default_value_t = 0.25, value_parser = share)]
+    check_new_node_rate: f64,
+    /// Requests after which a node is established.
+    #[arg(long, env = "TABNODE_CHECK_NEW_NODE_REQUESTS", default_value_t = 20)]
+    check_new_node_requests: u64,
+    /// Failed spot checks after which a node is excluded from work and
+    /// points (at least 1).
+    #[arg(long, env = "TABNODE_STRIKES_TO_EXCLUDE", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    strikes_to_exclude: u32,
+    /// Let a node at the served node's IP address check it (one-machine
+    /// test networks only: otherwise one person's nodes vouch for each
+    /// other).
+    #[arg(long)]
+    check_same_address: bool,
+}
+
+/// A trusted proxy as `TrustedProxies` reads it (checked here, so a bad
+/// one is clap's clear error).
+fn proxy(s: &str) -> Result<String, String> {
+    tabnode_relay::proxies::TrustedProxies::parse(&[s])
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A share: a number from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a share from 0 to 1")),
+    }
 }
 
 #[tokio::main]
@@ -132,6 +167,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             queue_timeout: secs(args.queue_timeout),
             rate_limit_per_minute: args.rate_limit,
             anonymous_per_hour: args.anonymous_per_hour,
+            checks: tabnode_relay::checks::CheckConfig {
+                rate: args.check_rate,
+                new_node_rate: args.check_new_node_rate,
+                new_node_requests: args.check_new_node_requests,
+                strikes_to_exclude: args.strikes_to_exclude,
+                same_address: args.check_same_address,
+                ..Default::default()
+            },
             ..InferConfig::default()
         },
         catalog,
