@@ -84,6 +84,16 @@ test('a tab\'s WebGPU completions pass the CPU checkers, and nobody is struck', 
   for (const peer of [tab, ...natives]) {
     assert.equal(c.nodes[peer]?.failed ?? 0, 0, `${peer} struck: ${JSON.stringify(c.nodes[peer])}`);
   }
-  console.log(`${c.checks.length} checked requests, ${onTab(c).length} served by the WebGPU tab, all passed`);
+  // The tab's margins on live traffic, as the relay recorded them.
+  const tabGreedy = onTab(c).filter((r) => typeof r.closeness?.greedy_gap === 'number');
+  const tabSampled = onTab(c).filter((r) => typeof r.closeness?.smallest_tail === 'number');
+  assert.ok(tabGreedy.length > 0 && tabSampled.length > 0, JSON.stringify(onTab(c)));
+  const gap = Math.max(...tabGreedy.map((r) => r.closeness.greedy_gap));
+  const notFirst = tabGreedy.reduce((n, r) => n + r.closeness.not_first, 0);
+  const tail = Math.min(...tabSampled.map((r) => r.closeness.smallest_tail));
+  assert.ok(gap <= 1, String(gap));
+  console.log(`${c.checks.length} checked requests, ${onTab(c).length} served by the WebGPU tab, all passed; ` +
+    `tab greedy tokens not the CPU checker's first choice: ${notFirst} of ${tabGreedy.reduce((n, r) => n + r.tokens, 0)}, largest gap ${gap.toFixed(4)} logits; ` +
+    `smallest tail of a tab's sampled token ${tail.toExponential(3)}`);
   await context.close();
 });

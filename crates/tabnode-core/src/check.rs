@@ -194,6 +194,45 @@ pub enum Verdict {
     },
 }
 
+/// How close a completion came to the check's limits, whatever the
+/// verdict: what the relay records so the margins between backends are
+/// measured on live traffic, not guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Closeness {
+    /// Delivered tokens that were not the checker's first choice.
+    pub not_first: usize,
+    /// Greedy: the most logits a delivered token trailed the checker's
+    /// first choice by (0 when every token was its first choice).
+    pub greedy_gap: Option<f32>,
+    /// Sampled: the smallest tail probability of a delivered token.
+    pub smallest_tail: Option<f32>,
+}
+
+impl Closeness {
+    /// The figures of `delivered` for `request` by the checker's `scores`.
+    pub fn of(request: &GenerateRequest, delivered: &[u32], scores: &[TokenScore]) -> Self {
+        let pairs = || delivered.iter().zip(scores);
+        let not_first = pairs().filter(|(t, s)| **t != s.top_token).count();
+        if request.temperature <= 0.0 {
+            let gap = pairs()
+                .filter(|(t, s)| **t != s.top_token)
+                .map(|(_, s)| s.top_logit - s.logit)
+                .fold(0f32, f32::max);
+            Self {
+                not_first,
+                greedy_gap: Some(gap),
+                smallest_tail: None,
+            }
+        } else {
+            Self {
+                not_first,
+                greedy_gap: None,
+                smallest_tail: scores.iter().map(|s| s.tail).reduce(f32::min),
+            }
+        }
+    }
+}
+
 /// Whether a sampled token's tail holds enough probability (NaN: no).
 fn plausible(s: &TokenScore, policy: &CheckPolicy) -> bool {
     s.tail >= policy.min_tail
@@ -396,6 +435,30 @@ mod tests {
             judge(&r, &[5], &[nan], &policy),
             Verdict::Fail { .. }
         ));
+    }
+
+    #[test]
+    fn closeness_measures_the_gap_and_the_tail() {
+        let logits = [0.0, 5.0, 4.8, 1.0];
+        let r = GenerateRequest::new(Prompt::Text("x".into()));
+        let scores: Vec<TokenScore> = [1, 2, 3]
+            .iter()
+            .map(|&t| TokenScore::of(&logits, t, greedy()))
+            .collect();
+        let c = Closeness::of(&r, &[1, 2], &scores[..2]);
+        assert_eq!(c.not_first, 1);
+        assert!((c.greedy_gap.expect("greedy") - 0.2).abs() < 1e-5, "{c:?}");
+        assert_eq!(c.smallest_tail, None);
+        assert_eq!(Closeness::of(&r, &[1], &scores[..1]).greedy_gap, Some(0.0));
+        let mut sampled = r.clone();
+        sampled.temperature = 1.0;
+        let scores: Vec<TokenScore> = [1, 3]
+            .iter()
+            .map(|&t| TokenScore::of(&logits, t, at(1.0)))
+            .collect();
+        let c = Closeness::of(&sampled, &[1, 3], &scores);
+        assert_eq!((c.not_first, c.greedy_gap), (1, None));
+        assert_eq!(c.smallest_tail, Some(scores[1].tail));
     }
 
     #[test]

@@ -146,8 +146,40 @@ async fn honest_cpu_and_gpu_nodes_are_never_struck() {
     // A bad limit is a clear error, not the default list.
     let (status, _) = json_call(addr, "GET", "/api/checks?limit=many", None).await;
     assert_eq!(status, 400);
+    // The margins on live traffic: the GPU's greedy tokens within the
+    // allowed gap of the CPU checker's first choice, its sampled tokens
+    // far from the tail limit; a CPU node's greedy tokens are the CPU
+    // checker's own (the same engine: no gap at all).
+    let figures = |peer: &str, key: &str| -> Vec<f64> {
+        list.iter()
+            .filter(|r| r["served_by"] == peer)
+            .filter_map(|r| r["closeness"][key].as_f64())
+            .collect()
+    };
+    let gpu_gaps = figures(&gpu_id, "greedy_gap");
+    let gpu_tails = figures(&gpu_id, "smallest_tail");
+    assert!(
+        gpu_gaps.len() >= 25 && gpu_tails.len() >= 25,
+        "{gpu_gaps:?} {gpu_tails:?}"
+    );
+    let worst_gap = gpu_gaps.iter().copied().fold(0.0, f64::max);
+    let smallest_tail = gpu_tails.iter().copied().fold(1.0, f64::min);
+    assert!(worst_gap <= 1.0, "{worst_gap}");
+    for cpu in &cpu_ids {
+        assert!(
+            figures(cpu, "greedy_gap").iter().all(|g| *g == 0.0),
+            "{cpu}"
+        );
+    }
+    let gpu_not_first: u64 = list
+        .iter()
+        .filter(|r| r["served_by"] == gpu_id.as_str() && r["closeness"]["greedy_gap"].is_number())
+        .filter_map(|r| r["closeness"]["not_first"].as_u64())
+        .sum();
     println!(
-        "{} checked requests: {} served on the GPU engine, {} and {} on the CPU engines, all passed",
+        "{} checked requests: {} served on the GPU engine, {} and {} on the CPU engines, all passed; \
+         GPU greedy tokens not the CPU checker's first choice: {gpu_not_first}, largest gap {worst_gap:.4} logits; \
+         smallest tail of a GPU sampled token {smallest_tail:.3e}",
         list.len(),
         on_gpu,
         served_by(&cpu_ids[0]),

@@ -40,6 +40,7 @@ fn simulate(f: f64, config: &CheckConfig) -> u64 {
                 tokens: 0,
                 outcome,
                 position: None,
+                closeness: None,
                 reason: None,
                 confirmed_by: None,
                 ms: 0,

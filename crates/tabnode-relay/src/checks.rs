@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::check::{judge, CheckPolicy, ScoreRequest, Verdict};
+use tabnode_core::check::{judge, CheckPolicy, Closeness, ScoreRequest, Verdict};
 use tabnode_core::infer::GenerateRequest;
 use tabnode_core::{Request, Response};
 
@@ -113,6 +113,9 @@ pub struct CheckRecord {
     pub outcome: Outcome,
     /// The first implausible token's place, for a failed check.
     pub position: Option<usize>,
+    /// How near the completion came to the limits (the first checker's
+    /// scores; none for an inconclusive check).
+    pub closeness: Option<Closeness>,
     /// Why it failed or was inconclusive.
     pub reason: Option<String>,
     /// The second checker that confirmed a failure (none where no other
@@ -269,7 +272,7 @@ async fn score_on(
     ctx: &InferContext,
     served: &Served,
     others: &[PeerId],
-) -> Option<(PeerId, Result<Verdict, String>, u64)> {
+) -> Option<(PeerId, Result<(Verdict, Closeness), String>, u64)> {
     let config = &ctx.config.checks;
     let state = &ctx.state;
     // A checker, waiting (at most the check's time limit) for one to be
@@ -305,11 +308,9 @@ async fn score_on(
     let verdict = match answer {
         Ok(Response::Scored(scores)) if scores.len() == served.tokens.len() => {
             state.registry.release(checker, true);
-            Ok(judge(
-                &served.request,
-                &served.tokens,
-                &scores,
-                &config.policy,
+            Ok((
+                judge(&served.request, &served.tokens, &scores, &config.policy),
+                Closeness::of(&served.request, &served.tokens, &scores),
             ))
         }
         Ok(Response::Scored(scores)) => {
@@ -349,11 +350,12 @@ async fn check(ctx: InferContext, served: Served) {
         return;
     };
     let mut confirmed_by = None;
-    let mut verdict = verdict;
+    let closeness = verdict.as_ref().ok().map(|(_, c)| *c);
+    let mut verdict = verdict.map(|(v, _)| v);
     if let Ok(Verdict::Fail { .. }) = &verdict {
         if let Some((second, again, more)) = score_on(&ctx, &served, &[checker]).await {
             ms += more;
-            match again {
+            match again.map(|(v, _)| v) {
                 Ok(Verdict::Fail { .. }) => confirmed_by = Some(second.to_string()),
                 Ok(Verdict::Pass) => {
                     verdict = Err(format!(
@@ -381,6 +383,7 @@ async fn check(ctx: InferContext, served: Served) {
         tokens: served.tokens.len(),
         outcome,
         position,
+        closeness: closeness.filter(|_| outcome != Outcome::Inconclusive),
         reason: reason.clone(),
         confirmed_by,
         ms,
