@@ -60,6 +60,48 @@ impl ServedModel for Cheater {
     }
 }
 
+/// Delivers two pieces of random tokens, then reports a failure: its
+/// requests move to another node, which continues after its tokens.
+struct LiarThenFail {
+    inner: Arc<tabnode_infer::Engine>,
+}
+
+impl ServedModel for LiarThenFail {
+    fn name(&self) -> &str {
+        &self.inner.info.name
+    }
+    fn check(&self, request: &GenerateRequest) -> Result<u32, EngineError> {
+        self.inner.check(request)
+    }
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        _cancelled: &dyn Fn() -> bool,
+        on_piece: &mut dyn FnMut(&[u32], &str),
+    ) -> Result<GenerateResult, EngineError> {
+        let pieces = std::cell::Cell::new(0);
+        let mut x = 0x9e37_79b9_u64;
+        let mut lie = |tokens: &[u32], text: &str| {
+            let random: Vec<u32> = tokens
+                .iter()
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    1000 + (x >> 33) as u32 % 40_000
+                })
+                .collect();
+            on_piece(&random, text);
+            pieces.set(pieces.get() + 1);
+        };
+        let _ = self
+            .inner
+            .generate(request, &|| pieces.get() >= 2, &mut lie);
+        Err(tabnode_infer::generate::GenerateError::Device("failed on purpose".into()).into())
+    }
+}
+
+/// One test at a time: each wants every node of its relay to itself.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn checks(addr: std::net::SocketAddr) -> Value {
     json_call(addr, "GET", "/api/checks", None).await.1
 }
@@ -83,6 +125,7 @@ async fn chat(addr: std::net::SocketAddr, i: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let mut config = test_config();
     config.checks.rate = 1.0;
@@ -228,4 +271,82 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
     for h in &honest_ids {
         assert!(c["nodes"].get(h).is_none(), "no strike to restore: {c}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_lies_then_fails_is_blamed_after_the_failover() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config();
+    config.checks.rate = 1.0;
+    config.checks.new_node_rate = 1.0;
+    config.checks.same_address = true;
+    let relay = relay_with(&dir, config).await;
+    let addr = relay.http_addr;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let honest = [serving_node(tcp.clone(), 1), serving_node(tcp.clone(), 1)];
+    let liar = serving_node_with(
+        tcp,
+        1,
+        honest_prover(),
+        Arc::new(LiarThenFail { inner: engine() }),
+    );
+    wait_for_model(addr, 3).await;
+    let liar_id = liar.peer_id.to_string();
+    let honest_ids: Vec<String> = honest.iter().map(|n| n.peer_id.to_string()).collect();
+
+    // Rounds of three until the liar has started one (its part then moves
+    // to an honest node) and that request's check is in.
+    let mut sent = 0;
+    let failed = loop {
+        assert!(sent < 30, "the liar never served: {}", checks(addr).await);
+        let answers = futures::future::join_all((0..3).map(|i| chat(addr, sent + i))).await;
+        sent += 3;
+        let moved: Vec<u64> = answers
+            .iter()
+            .filter(|v| v["tabnode"]["nodes"][0] == liar_id.as_str())
+            // The answer's id is `chatcmpl-<request id in hex>`.
+            .filter_map(|v| v["id"].as_str()?.rsplit('-').next())
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let c = loop {
+            let c = checks(addr).await;
+            if c["checks"].as_array().map_or(0, Vec::len) >= sent {
+                break c;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not checked: {c}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        if let Some(r) = c["checks"].as_array().and_then(|l| {
+            l.iter()
+                .find(|r| moved.iter().any(|id| r["request_id"] == *id))
+        }) {
+            break r.clone();
+        }
+    };
+    // Checked whole, with the honest node's continuation; the strike is
+    // the liar's alone, found in its part, by a node that served neither.
+    assert_eq!(failed["outcome"], "failed", "{failed}");
+    assert_eq!(failed["served_by"], liar_id.as_str(), "{failed}");
+    let nodes = failed["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{failed}");
+    assert_eq!(nodes[0], liar_id.as_str());
+    assert!(
+        honest_ids.iter().any(|h| nodes[1] == h.as_str()),
+        "{failed}"
+    );
+    assert!(!nodes.contains(&failed["checker"]), "{failed}");
+    assert!(failed["position"].as_u64().is_some(), "{failed}");
+    let c = checks(addr).await;
+    assert!(c["nodes"][&liar_id]["failed"].as_u64() >= Some(1), "{c}");
+    for h in &honest_ids {
+        assert_eq!(c["nodes"][h]["failed"], 0, "an honest node was struck: {c}");
+    }
+    // Its part earned nothing (a reported failure), so the clawback is of
+    // nothing; it still counts as a strike in the ledger.
+    let b = json_call(addr, "GET", &format!("/api/ledger/{liar_id}"), None)
+        .await
+        .1;
+    assert!(b["clawed_back_requests"].as_u64() >= Some(1), "{b}");
 }

@@ -29,13 +29,14 @@ fn simulate(f: f64, config: &CheckConfig) -> u64 {
             Outcome::Passed
         };
         let strikes = checks.record(
-            peer,
+            &[peer],
             checker,
             CheckRecord {
                 at_ms: 0,
                 request_id: n,
                 model: String::new(),
                 served_by: String::new(),
+                nodes: Vec::new(),
                 checker: String::new(),
                 tokens: 0,
                 outcome,

@@ -103,8 +103,12 @@ pub struct CheckRecord {
     pub request_id: u64,
     /// Its catalog model.
     pub model: String,
-    /// The node that served it.
+    /// The node it counts for: the one that delivered the first
+    /// implausible token of a failed request, else the first that served.
     pub served_by: String,
+    /// Every node that delivered a part of it, in order (more than one
+    /// after a failover).
+    pub nodes: Vec<String>,
     /// The node that checked it.
     pub checker: String,
     /// Tokens checked.
@@ -162,18 +166,21 @@ impl Checks {
         rand::random::<f64>() < rate
     }
 
-    /// Records `r`: the served node's strike count after it.
-    pub fn record(&self, served: PeerId, checker: PeerId, r: CheckRecord) -> u32 {
+    /// Records `r` for the nodes it counts for (`served`: every node that
+    /// delivered a part of a passed request; the blamed node of a failed
+    /// one): the most strikes one of them has after it.
+    pub fn record(&self, served: &[PeerId], checker: PeerId, r: CheckRecord) -> u32 {
         let mut g = self.lock();
-        let strikes = {
-            let s = g.nodes.entry(served).or_default();
+        let mut strikes = 0;
+        for peer in served {
+            let s = g.nodes.entry(*peer).or_default();
             match r.outcome {
                 Outcome::Passed => s.passed += 1,
                 Outcome::Failed => s.failed += 1,
                 Outcome::Inconclusive => {}
             }
-            s.failed
-        };
+            strikes = strikes.max(s.failed);
+        }
         if r.outcome != Outcome::Inconclusive {
             g.nodes.entry(checker).or_default().checked_for_others += 1;
         }
@@ -234,29 +241,66 @@ impl Checks {
     }
 }
 
-/// A completed request served whole by one node, as a check needs it.
+/// A completed request as a check needs it: the whole completion and
+/// which node delivered which part (more than one after a failover).
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
     pub request_id: u64,
     /// The catalog id and the name nodes know the model by.
     pub model_id: String,
     pub model_name: String,
-    pub peer: PeerId,
-    /// The request as the node got it.
+    /// The request as the first node got it.
     pub request: GenerateRequest,
-    /// What it delivered.
+    /// What the nodes delivered, in order.
     pub tokens: Vec<u32>,
+    /// Who delivered them: parts in order, each from its first token on.
+    pub parts: Vec<Part>,
+}
+
+/// The tokens one node delivered of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Part {
+    pub peer: PeerId,
+    /// The place of its first token in the completion.
+    pub from: usize,
     /// Its credit (id and tokens credited), if it earned one.
     pub credit: Option<(String, u64)>,
 }
 
+impl Served {
+    /// The nodes that delivered tokens, each once, in order.
+    fn peers(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = Vec::new();
+        for p in &self.parts {
+            if !peers.contains(&p.peer) {
+                peers.push(p.peer);
+            }
+        }
+        peers
+    }
+
+    /// The part that delivered the token at `position`.
+    fn part_at(&self, position: usize) -> Option<&Part> {
+        self.parts.iter().rev().find(|p| p.from <= position)
+    }
+}
+
 /// Draws whether to check `served` and, if so, checks it in a task of its
-/// own.
+/// own. Every node that delivered part of it counts the request; it is
+/// checked if any of their draws says so (a node under suspicion is
+/// checked every time, alone or with others).
 pub(crate) fn after_request(ctx: &InferContext, served: Served) {
-    if served.tokens.is_empty() || !ctx.state.checks.draw(served.peer, &ctx.config.checks) {
+    if served.tokens.is_empty() || served.parts.is_empty() {
         return;
     }
-    tokio::spawn(check(ctx.clone(), served));
+    let drawn = served
+        .peers()
+        .into_iter()
+        .map(|p| ctx.state.checks.draw(p, &ctx.config.checks))
+        .fold(false, |any, d| any || d);
+    if drawn {
+        tokio::spawn(check(ctx.clone(), served));
+    }
 }
 
 fn now_ms() -> u64 {
@@ -282,7 +326,7 @@ async fn score_on(
         let woken = state.registry.changed();
         match state.registry.reserve_checker(
             &served.model_id,
-            &served.peer,
+            &served.peers(),
             others,
             config.same_address,
         ) {
@@ -374,11 +418,23 @@ async fn check(ctx: InferContext, served: Served) {
         }
         Err(why) => (Outcome::Inconclusive, None, Some(why.clone())),
     };
+    // A failure is the fault of the node that delivered the first
+    // implausible token; a pass clears every node that delivered a part.
+    let peers = served.peers();
+    let blamed = position.and_then(|p| served.part_at(p)).cloned();
+    let counted: Vec<PeerId> = match (&blamed, outcome) {
+        (Some(part), Outcome::Failed) => vec![part.peer],
+        _ => peers.clone(),
+    };
+    let Some(&served_by) = counted.first() else {
+        return;
+    };
     let record = CheckRecord {
         at_ms: now_ms(),
         request_id: served.request_id,
         model: served.model_id.clone(),
-        served_by: served.peer.to_string(),
+        served_by: served_by.to_string(),
+        nodes: peers.iter().map(PeerId::to_string).collect(),
         checker: checker.to_string(),
         tokens: served.tokens.len(),
         outcome,
@@ -388,44 +444,53 @@ async fn check(ctx: InferContext, served: Served) {
         confirmed_by,
         ms,
     };
-    let strikes = state.checks.record(served.peer, checker, record);
-    state.metrics.record_check(outcome);
+    // The ledger first (the checker's credit, the clawback), then the
+    // record: what `/api/checks` lists is already paid and taken back.
     let mut credits = Vec::new();
     if outcome != Outcome::Inconclusive && state.proof_valid(&checker) {
         credits.push(Credit::check(
-            format!("check:{}:{}", served.request_id, served.peer),
+            format!("check:{}:{served_by}", served.request_id),
             checker.to_string(),
             served.tokens.len() as u64,
         ));
     }
-    if outcome == Outcome::Failed {
-        tracing::warn!(
-            peer = %served.peer,
-            "request {} failed its spot check (strike {strikes}): {}",
-            served.request_id,
-            reason.unwrap_or_default()
-        );
+    let struck = blamed.filter(|_| outcome == Outcome::Failed);
+    if let Some(part) = &struck {
         // The strike is recorded in the ledger either way (a request that
         // earned nothing is debited nothing): a restarted relay counts the
         // node's strikes from there.
-        let (id, tokens) = served.credit.clone().unwrap_or_else(|| {
+        let (id, tokens) = part.credit.clone().unwrap_or_else(|| {
             (
-                format!("uncredited:{}:{}", served.request_id, served.peer),
+                format!(
+                    "uncredited:{}:{}:{}",
+                    served.request_id, part.peer, part.from
+                ),
                 0,
             )
         });
-        credits.push(Credit::clawback(&id, served.peer.to_string(), tokens));
-        if strikes >= config.strikes_to_exclude {
-            tracing::warn!(peer = %served.peer, "excluded after {strikes} failed spot checks");
-            state.registry.exclude(served.peer);
-            state.checks.mark_excluded(served.peer);
-        }
+        credits.push(Credit::clawback(&id, part.peer.to_string(), tokens));
     }
     if !credits.is_empty() {
         if let Some(ledger) = state.ledger() {
             if let Err(e) = ledger.apply(credits).await {
                 tracing::error!("recording the check of request {}: {e}", served.request_id);
             }
+        }
+    }
+    let strikes = state.checks.record(&counted, checker, record);
+    state.metrics.record_check(outcome);
+    if let Some(part) = struck {
+        let peer = part.peer;
+        tracing::warn!(
+            %peer,
+            "request {} failed its spot check (strike {strikes}): {}",
+            served.request_id,
+            reason.unwrap_or_default()
+        );
+        if strikes >= config.strikes_to_exclude {
+            tracing::warn!(%peer, "excluded after {strikes} failed spot checks");
+            state.registry.exclude(peer);
+            state.checks.mark_excluded(peer);
         }
     }
 }

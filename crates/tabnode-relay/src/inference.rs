@@ -249,6 +249,9 @@ pub(crate) async fn run_request(
     let mut delivered: Vec<u32> = Vec::new();
     let mut exclude = HashSet::new();
     let mut credits = Vec::new();
+    // Who delivered which tokens (and the credit each part earned), for a
+    // spot check of the whole completion.
+    let mut parts: Vec<crate::checks::Part> = Vec::new();
     let mut usage = Usage::default();
     let mut first_token: Option<Instant> = None;
     let mut told_started = false;
@@ -356,6 +359,13 @@ pub(crate) async fn run_request(
         .await;
         sessions.untrack(request_id);
         let served = delivered.len() - from;
+        if served > 0 {
+            parts.push(crate::checks::Part {
+                peer,
+                from,
+                credit: None,
+            });
+        }
         // Stalls, reported failures and protocol violations earn nothing.
         let honest = !matches!(segment, Segment::Cheated(_) | Segment::Failed(_));
         // Only a node whose last proof passed earns points for tokens.
@@ -378,11 +388,11 @@ pub(crate) async fn run_request(
                     "{served} tokens in {secs:.3} s exceed the plausible rate at {gflops:.2} GFLOP/s; crediting {creditable}"
                 );
             }
-            credits.push(Credit::tokens(
-                format!("tokens:{}-{request_id}:{attempt}", sessions.epoch),
-                node.clone(),
-                creditable,
-            ));
+            let id = format!("tokens:{}-{request_id}:{attempt}", sessions.epoch);
+            if let Some(part) = parts.last_mut() {
+                part.credit = Some((id.clone(), creditable));
+            }
+            credits.push(Credit::tokens(id, node.clone(), creditable));
         }
         match segment {
             Segment::Done(finish) => {
@@ -417,22 +427,16 @@ pub(crate) async fn run_request(
         let secs = first.elapsed().as_secs_f64();
         usage.tokens_per_s = if secs > 0.0 { after / secs } else { 0.0 };
     }
-    // A request one node served whole may be spot-checked.
-    let checkable = match (&outcome, usage.nodes.as_slice()) {
-        (Ok(_), [node]) => node
-            .parse::<PeerId>()
-            .ok()
-            .map(|peer| crate::checks::Served {
-                request_id,
-                model_id: model.clone(),
-                model_name: entry.name.clone(),
-                peer,
-                request: api.request.clone(),
-                tokens: delivered.clone(),
-                credit: credits.first().map(|c| (c.id.clone(), c.amount)),
-            }),
-        _ => None,
-    };
+    // A completed request may be spot-checked, failed over or not (a node
+    // that fails on purpose after lying is checked all the same).
+    let checkable = outcome.is_ok().then(|| crate::checks::Served {
+        request_id,
+        model_id: model.clone(),
+        model_name: entry.name.clone(),
+        request: api.request.clone(),
+        tokens: delivered.clone(),
+        parts,
+    });
     // The paying account is charged what it got.
     if let (Some(account), Ok(_)) = (&api.account, &outcome) {
         credits.push(Credit::spend(

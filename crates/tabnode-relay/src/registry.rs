@@ -423,11 +423,11 @@ impl Registry {
         self.lock().excluded.contains(peer)
     }
 
-    /// Takes a slot of the best node to spot-check `served`'s tokens of
-    /// the catalog model `model_id`: usable, scoring
-    /// ([`Capabilities::scores`]), not `served` itself nor one of `others`
-    /// (a first checker) and, unless `same_address` allows it, not at its IP
-    /// address.
+    /// Takes a slot of the best node to spot-check the tokens the nodes
+    /// `served` delivered of the catalog model `model_id`: usable, scoring
+    /// ([`Capabilities::scores`]), none of `served` nor of `others` (a
+    /// first checker) and, unless `same_address` allows it, at none of
+    /// their IP addresses.
     ///
     /// # Errors
     /// [`NoNode::UnknownModel`] when no such node is connected,
@@ -435,26 +435,31 @@ impl Registry {
     pub fn reserve_checker(
         &self,
         model_id: &str,
-        served: &PeerId,
+        served: &[PeerId],
         others: &[PeerId],
         same_address: bool,
     ) -> Result<PeerId, NoNode> {
         let mut g = self.lock();
         let ip_of = |g: &Inner, p: &PeerId| g.nodes.get(p).and_then(|e| e.ip);
-        let served_ip = ip_of(&g, served);
+        let served_ips: Vec<_> = served.iter().map(|p| ip_of(&g, p)).collect();
         let mut any = false;
         let best = g
             .candidates(model_id)
             .filter(|c| {
-                c.peer != *served && !others.contains(&c.peer) && c.last_proof != Some(false)
+                !served.contains(&c.peer)
+                    && !others.contains(&c.peer)
+                    && c.last_proof != Some(false)
             })
             .filter(|c| {
                 let e = g.nodes.get(&c.peer);
                 let scores = e
                     .and_then(|e| e.capabilities.as_ref())
                     .is_some_and(|caps| caps.scores);
+                let ip = ip_of(&g, &c.peer);
                 let apart = same_address
-                    || matches!((served_ip, ip_of(&g, &c.peer)), (Some(a), Some(b)) if a != b);
+                    || served_ips
+                        .iter()
+                        .all(|s| matches!((s, ip), (Some(a), Some(b)) if *a != b));
                 scores && apart
             })
             .inspect(|_| any = true)
