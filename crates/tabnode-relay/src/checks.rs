@@ -293,11 +293,12 @@ pub(crate) fn after_request(ctx: &InferContext, served: Served) {
     if served.tokens.is_empty() || served.parts.is_empty() {
         return;
     }
-    let drawn = served
-        .peers()
-        .into_iter()
-        .map(|p| ctx.state.checks.draw(p, &ctx.config.checks))
-        .fold(false, |any, d| any || d);
+    // Every node draws (each counts the request), not only up to the
+    // first that says yes.
+    let mut drawn = false;
+    for p in served.peers() {
+        drawn |= ctx.state.checks.draw(p, &ctx.config.checks);
+    }
     if drawn {
         tokio::spawn(check(ctx.clone(), served));
     }
