@@ -76,12 +76,7 @@ async fn complete(addr: std::net::SocketAddr, i: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn honest_cpu_and_gpu_nodes_are_never_struck() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = test_config();
-    config.checks.rate = 1.0;
-    config.checks.new_node_rate = 1.0;
-    // All nodes of a test share 127.0.0.1.
-    config.checks.same_address = true;
-    let relay = relay_with(&dir, config).await;
+    let relay = relay_with(&dir, checking_config()).await;
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
     let cpu = [serving_node(tcp.clone(), 1), serving_node(tcp.clone(), 1)];
@@ -96,20 +91,7 @@ async fn honest_cpu_and_gpu_nodes_are_never_struck() {
         sent += 3;
         // Each round's checks end before the next round (a node's one slot
         // either serves or checks).
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let c = json_call(addr, "GET", "/api/checks?limit=1000", None)
-                .await
-                .1;
-            if c["checks"].as_array().map_or(0, Vec::len) >= sent {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {sent} never checked: {c}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        checks_after(addr, sent).await;
     }
 
     let c = json_call(addr, "GET", "/api/checks?limit=1000", None)

@@ -21,6 +21,17 @@ use http_client::json_call;
 mod serving;
 use serving::*;
 
+/// `n` tokens from the generator state `x` (a linear congruential step
+/// each), in the middle of the vocabulary.
+fn random_tokens(x: &mut u64, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            *x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            1000 + (*x >> 33) as u32 % 40_000
+        })
+        .collect()
+}
+
 /// Serves the real model honestly for odd requests and random tokens (with
 /// the honest text, so only the tokens lie) for even ones.
 struct Cheater {
@@ -46,16 +57,8 @@ impl ServedModel for Cheater {
             return self.inner.generate(request, cancelled, on_piece);
         }
         let mut x = n.wrapping_mul(2_654_435_761).wrapping_add(1);
-        let mut lie = |tokens: &[u32], text: &str| {
-            let random: Vec<u32> = tokens
-                .iter()
-                .map(|_| {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                    1000 + (x >> 33) as u32 % 40_000
-                })
-                .collect();
-            on_piece(&random, text);
-        };
+        let mut lie =
+            |tokens: &[u32], text: &str| on_piece(&random_tokens(&mut x, tokens.len()), text);
         self.inner.generate(request, cancelled, &mut lie)
     }
 }
@@ -82,14 +85,7 @@ impl ServedModel for LiarThenFail {
         let pieces = std::cell::Cell::new(0);
         let mut x = 0x9e37_79b9_u64;
         let mut lie = |tokens: &[u32], text: &str| {
-            let random: Vec<u32> = tokens
-                .iter()
-                .map(|_| {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                    1000 + (x >> 33) as u32 % 40_000
-                })
-                .collect();
-            on_piece(&random, text);
+            on_piece(&random_tokens(&mut x, tokens.len()), text);
             pieces.set(pieces.get() + 1);
         };
         let _ = self
@@ -127,12 +123,7 @@ async fn chat(addr: std::net::SocketAddr, i: usize) -> Value {
 async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = test_config();
-    config.checks.rate = 1.0;
-    config.checks.new_node_rate = 1.0;
-    // All nodes of a test share 127.0.0.1.
-    config.checks.same_address = true;
-    let relay = relay_with(&dir, config).await;
+    let relay = relay_with(&dir, checking_config()).await;
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
     let honest = [serving_node(tcp.clone(), 2), serving_node(tcp.clone(), 2)];
@@ -161,18 +152,7 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
         );
         futures::future::join_all((0..3).map(|i| chat(addr, sent + i))).await;
         sent += 3;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let c = loop {
-            let c = checks(addr).await;
-            if c["checks"].as_array().map_or(0, Vec::len) >= sent {
-                break c;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "request {sent} never checked: {c}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        let c = checks_after(addr, sent).await;
         if c["nodes"][&cheat]["excluded"] == true {
             break;
         }
@@ -277,11 +257,7 @@ async fn a_cheating_node_is_caught_clawed_back_and_excluded() {
 async fn a_node_that_lies_then_fails_is_blamed_after_the_failover() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = test_config();
-    config.checks.rate = 1.0;
-    config.checks.new_node_rate = 1.0;
-    config.checks.same_address = true;
-    let relay = relay_with(&dir, config).await;
+    let relay = relay_with(&dir, checking_config()).await;
     let addr = relay.http_addr;
     let tcp = relay.tcp_addr().expect("tcp");
     let honest = [serving_node(tcp.clone(), 1), serving_node(tcp.clone(), 1)];
@@ -309,15 +285,7 @@ async fn a_node_that_lies_then_fails_is_blamed_after_the_failover() {
             .filter_map(|v| v["id"].as_str()?.rsplit('-').next())
             .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
             .collect();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let c = loop {
-            let c = checks(addr).await;
-            if c["checks"].as_array().map_or(0, Vec::len) >= sent {
-                break c;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "not checked: {c}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+        let c = checks_after(addr, sent).await;
         if let Some(r) = c["checks"].as_array().and_then(|l| {
             l.iter()
                 .find(|r| moved.iter().any(|id| r["request_id"] == *id))

@@ -89,6 +89,34 @@ pub fn test_config() -> InferConfig {
     }
 }
 
+/// [`test_config`] with every request spot-checked, by nodes at the same
+/// address (all nodes of a test share 127.0.0.1).
+pub fn checking_config() -> InferConfig {
+    let mut config = test_config();
+    config.checks.rate = 1.0;
+    config.checks.new_node_rate = 1.0;
+    config.checks.same_address = true;
+    config
+}
+
+/// `/api/checks` (all it keeps) once it lists at least `n` checks.
+pub async fn checks_after(addr: std::net::SocketAddr, n: usize) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let c = http(addr, "GET", "/api/checks?limit=1000", None, &[])
+            .await
+            .json();
+        if c["checks"].as_array().map_or(0, Vec::len) >= n {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} checks never listed: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn honest_prover() -> Arc<dyn RequestHandler> {
     Arc::new(tabnode_node::prover::PofProver::new(
         tabnode_node::prover::Backend::Cpu,
