@@ -3,7 +3,7 @@
 //! Every per-address decision of the relay (the rate limit, the anonymous
 //! allowance, the flow and vector limits) reads the connection's address
 //! from axum's `ConnectInfo`. Behind a reverse proxy that is the proxy's
-//! address for everyone, so [`real_client`] replaces it, before any handler
+//! address for everyone, so `real_client` replaces it, before any handler
 //! runs, with the address the proxies report: `Forwarded` (RFC 7239) or
 //! else `X-Forwarded-For`. Only a connection from a configured proxy is
 //! believed (anyone else could name any address and get a fresh
