@@ -401,6 +401,10 @@ pub(crate) async fn embed_with_progress(
             nodes.push(b.node);
         }
     }
+    ctx.state
+        .metrics
+        .embeddings
+        .inc_by(out.vectors.len() as u64);
     // The paying account is charged every embedded token, at the model's
     // price.
     if let Some(account) = account {

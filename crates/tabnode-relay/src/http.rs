@@ -150,6 +150,8 @@ pub(crate) fn router(
         .route("/api/embedding-models", get(embedding_models))
         .route("/api/pof/{peer_id}", get(pof_history))
         .route("/api/checks", get(checks))
+        .route("/api/stats", get(stats))
+        .route("/api/stats/stream", get(stats_stream))
         .route("/metrics", get(metrics))
         .route("/python-sandbox.html", get(python_sandbox))
         .with_state(AppState {
@@ -247,6 +249,49 @@ async fn python_sandbox(
         ],
         page,
     )
+        .into_response()
+}
+
+/// `GET /api/stats?history=false`.
+#[derive(Debug, serde::Deserialize)]
+struct StatsQuery {
+    /// With the rings (default), or the latest sample alone.
+    history: Option<bool>,
+}
+
+/// `/api/stats`: the latest sample and the last hour and day (see
+/// `stats.rs`).
+async fn stats(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<StatsQuery>,
+) -> Json<crate::stats::History> {
+    Json(s.relay.stats.history(q.history.unwrap_or(true)))
+}
+
+/// `/api/stats/stream`: server-sent events, a `history` event (what
+/// `/api/stats` answers) and then a `sample` event each interval.
+async fn stats_stream(State(s): State<AppState>) -> axum::response::Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    // Subscribed before the history is read: no sample falls between.
+    let rx = s.relay.stats.subscribe();
+    let history = s.relay.stats.history(true);
+    let first = Event::default().event("history").json_data(&history);
+    let samples = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(sample) => {
+                    return Some((Event::default().event("sample").json_data(&*sample), rx))
+                }
+                // A slow reader skips what it missed.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let events = futures::stream::once(async move { first }).chain(samples);
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
         .into_response()
 }
 

@@ -427,6 +427,15 @@ pub(crate) async fn run_request(
         let secs = first.elapsed().as_secs_f64();
         usage.tokens_per_s = if secs > 0.0 { after / secs } else { 0.0 };
     }
+    if outcome.is_ok() {
+        ctx.state.stats.observe(
+            &ctx.state.metrics,
+            &model,
+            first_token.map(|_| usage.ttft_ms),
+            started.elapsed().as_secs_f64() * 1e3,
+            delivered.len() as u64,
+        );
+    }
     // A completed request may be spot-checked, failed over or not (a node
     // that fails on purpose after lying is checked all the same).
     let checkable = outcome.is_ok().then(|| crate::checks::Served {

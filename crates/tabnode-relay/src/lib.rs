@@ -31,6 +31,7 @@ pub mod registry;
 pub mod scrape;
 pub mod sessions;
 mod state;
+pub mod stats;
 mod swarm;
 mod vectors;
 
@@ -174,6 +175,8 @@ pub struct RelayConfig {
     /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` the relay
     /// believes (none by default: the connection's address is the client).
     pub trusted_proxies: proxies::TrustedProxies,
+    /// How often `/api/stats` closes a sample ([`stats::INTERVAL`]).
+    pub stats_interval: Duration,
 }
 
 impl RelayConfig {
@@ -200,6 +203,7 @@ impl RelayConfig {
             vectors: tabnode_vectors::StoreConfig::default(),
             scrape: scrape::ScrapeConfig::default(),
             trusted_proxies: proxies::TrustedProxies::default(),
+            stats_interval: stats::INTERVAL,
         }
     }
 }
@@ -322,6 +326,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         joined_rx,
     ));
     let uptime_task = tokio::spawn(uptime(state.clone()));
+    let stats_task = tokio::spawn(stats::run(state.clone(), config.stats_interval));
     let infer = inference::InferContext {
         state: state.clone(),
         client,
@@ -357,7 +362,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         bootstrap,
         http_addr,
         state,
-        tasks: vec![swarm_task, pof_task, uptime_task, http_task],
+        tasks: vec![swarm_task, pof_task, uptime_task, stats_task, http_task],
         vectors,
         _ledger: ledger,
     })

@@ -141,6 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trusted_proxies = tabnode_relay::proxies::TrustedProxies::parse(&args.trusted_proxy)?;
     let config = RelayConfig {
         trusted_proxies,
+        stats_interval: tabnode_relay::stats::INTERVAL,
         models_dir: args
             .models_dir
             .unwrap_or_else(|| args.site_root.join("models")),

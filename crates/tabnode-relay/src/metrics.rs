@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tabnode_core::codec::CodecStats;
 
@@ -44,6 +45,25 @@ pub struct Outcome {
 pub struct Direction {
     /// The value.
     pub direction: &'static str,
+}
+
+/// A `backend` label (`cpu`, `webgpu`, `none`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// The value.
+    pub backend: &'static str,
+}
+
+/// A `model` label (a catalog id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The value.
+    pub model: String,
+}
+
+/// Request durations' buckets: 10 ms to about 80 s, doubling.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
 }
 
 /// `outcome = name`.
@@ -84,6 +104,21 @@ pub struct Metrics {
     pub failovers: Counter,
     /// Generated tokens delivered to requesters.
     pub tokens: Counter,
+    /// Texts embedded for requesters.
+    pub embeddings: Counter,
+    /// Nodes connected now by the backend of their engine (set at each
+    /// stats sample).
+    pub nodes_by_backend: Family<BackendLabel, Gauge>,
+    /// Different nodes seen in the last 24 hours (set at each sample).
+    pub unique_nodes_24h: Gauge,
+    /// Nodes serving each catalog model (set at each sample).
+    pub model_nodes: Family<ModelLabel, Gauge>,
+    /// Generated tokens of completed requests, by model.
+    pub model_tokens: Family<ModelLabel, Counter>,
+    /// Time to the first token of completed requests, seconds.
+    pub ttft_seconds: Histogram,
+    /// Whole time of completed requests, seconds.
+    pub request_seconds: Histogram,
     /// Spot checks: `passed`, `failed`, `inconclusive`.
     pub spot_checks: Family<Outcome, Counter>,
 }
@@ -131,6 +166,13 @@ impl Default for Metrics {
             inference_requests: Family::default(),
             failovers: Counter::default(),
             tokens: Counter::default(),
+            embeddings: Counter::default(),
+            nodes_by_backend: Family::default(),
+            unique_nodes_24h: Gauge::default(),
+            model_nodes: Family::default(),
+            model_tokens: Family::default(),
+            ttft_seconds: seconds_histogram(),
+            request_seconds: seconds_histogram(),
             spot_checks: Family::default(),
             registry: Registry::default(),
         };
@@ -202,9 +244,44 @@ impl Default for Metrics {
             m.tokens.clone(),
         );
         r.register(
+            "tabnode_embeddings",
+            "Texts embedded for requesters.",
+            m.embeddings.clone(),
+        );
+        r.register(
             "tabnode_spot_checks",
             "Spot checks of served tokens by outcome.",
             m.spot_checks.clone(),
+        );
+        r.register(
+            "tabnode_nodes_by_backend",
+            "Nodes connected by the backend of their engine.",
+            m.nodes_by_backend.clone(),
+        );
+        r.register(
+            "tabnode_unique_nodes_24h",
+            "Different nodes seen in the last 24 hours.",
+            m.unique_nodes_24h.clone(),
+        );
+        r.register(
+            "tabnode_model_nodes",
+            "Nodes serving each catalog model.",
+            m.model_nodes.clone(),
+        );
+        r.register(
+            "tabnode_model_tokens",
+            "Generated tokens of completed requests by model.",
+            m.model_tokens.clone(),
+        );
+        r.register(
+            "tabnode_request_ttft_seconds",
+            "Time to the first token of completed generation requests.",
+            m.ttft_seconds.clone(),
+        );
+        r.register(
+            "tabnode_request_seconds",
+            "Whole time of completed generation requests.",
+            m.request_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -41,6 +41,8 @@ pub struct RelayState {
     pub checks: crate::checks::Checks,
     /// Accounts' API keys (absent in unit tests).
     pub accounts: Option<Arc<crate::accounts::KeyStore>>,
+    /// Live figures and their history (`/api/stats`).
+    pub stats: crate::stats::Stats,
 }
 
 /// A model available on the network now.

@@ -1,0 +1,218 @@
+//! The live figures (issue #17): `/api/stats` counts the nodes online by
+//! kind and backend and the unique nodes of the day, turns a served
+//! request into requests, tokens and latency in its samples, and
+//! `/api/stats/stream` sends the history then a sample each interval;
+//! neither names a node's address.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/http.rs"]
+mod http_client;
+use http_client::json_call;
+#[path = "common/serving.rs"]
+mod serving;
+use serving::*;
+
+async fn stats(addr: std::net::SocketAddr) -> Value {
+    let (s, v) = json_call(addr, "GET", "/api/stats", None).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Waits until `/api/stats` satisfies `ok`.
+async fn stats_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = stats(addr).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum over the fine samples of `rate × seconds`.
+fn total(v: &Value, rate: &str) -> f64 {
+    v["fine"].as_array().map_or(0.0, |s| {
+        s.iter()
+            .map(|x| x[rate].as_f64().unwrap_or(0.0) * x["seconds"].as_f64().unwrap_or(0.0))
+            .sum()
+    })
+}
+
+/// The server-sent events of `/api/stats/stream` until `events` of them
+/// came: (event name, data) each.
+async fn stream(addr: std::net::SocketAddr, events: usize) -> Vec<(String, Value)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /api/stats/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut text = String::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let parsed: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((name.to_owned(), serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        if parsed.len() >= events {
+            return parsed;
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("events in time")
+            .expect("read");
+        assert!(n > 0, "the stream ended: {text}");
+        // Chunked framing lines are not `event:`/`data:` lines: harmless.
+        text.push_str(&String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_count_nodes_and_requests_and_name_no_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg =
+        tabnode_relay::RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    cfg.infer = test_config();
+    cfg.stats_interval = Duration::from_millis(200);
+    let relay = tabnode_relay::start(cfg).await.expect("relay");
+    let addr = relay.http_addr;
+    let node = serving_node(relay.tcp_addr().expect("tcp"), 1);
+    wait_for_model(addr, 1).await;
+
+    let v = stats_until(addr, "the node in a sample", |v| {
+        v["latest"]["nodes"]["online"] == 1
+    })
+    .await;
+    let nodes = &v["latest"]["nodes"];
+    assert_eq!(nodes["by_kind"], json!({"native": 1}), "{v}");
+    assert_eq!(nodes["unique_24h"], 1, "{v}");
+    let backends: u64 = nodes["by_backend"]
+        .as_object()
+        .map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
+    assert_eq!(backends, 1, "{v}");
+    let model_row = v["latest"]["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == model()).cloned())
+        .expect("the model's row");
+    assert_eq!(model_row["nodes"], 1);
+    assert_eq!(
+        v["interval_s"], 2.0,
+        "the default interval is documented, not the test's"
+    );
+
+    // A served request shows in the samples: one request, its tokens, its
+    // latency.
+    let (s, answer) = json_call(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&json!({
+            "model": model(),
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let tokens = answer["usage"]["completion_tokens"]
+        .as_f64()
+        .expect("tokens");
+    let v = stats_until(addr, "the request in the samples", |v| {
+        (total(v, "requests_per_s") - 1.0).abs() < 1e-6
+    })
+    .await;
+    assert!((total(&v, "tokens_per_s") - tokens).abs() < 1e-6, "{v}");
+    let with = v["fine"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["latency_ms"]["n"] == 1).cloned())
+        .expect("the sample that saw it");
+    let (ttft, whole) = (
+        with["ttft_ms"]["p50"].as_f64().expect("ttft"),
+        with["latency_ms"]["p95"].as_f64().expect("latency"),
+    );
+    assert!(ttft > 0.0 && ttft <= whole, "{with}");
+    let m = with["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == model()).cloned())
+        .expect("model");
+    assert!(m["tokens_per_s"].as_f64() > Some(0.0), "{with}");
+    // Samples are a fine ring, oldest first, at the interval.
+    let times: Vec<u64> = v["fine"]
+        .as_array()
+        .expect("fine")
+        .iter()
+        .filter_map(|x| x["at_ms"].as_u64())
+        .collect();
+    assert!(
+        times.len() >= 2 && times.windows(2).all(|w| w[0] <= w[1]),
+        "{times:?}"
+    );
+
+    // The same figures in /metrics, from prometheus-client's registry.
+    let metrics = http_client::http(addr, "GET", "/metrics", None, &[])
+        .await
+        .body;
+    for line in [
+        "tabnode_request_seconds_count 1".to_owned(),
+        "tabnode_request_ttft_seconds_count 1".to_owned(),
+        "tabnode_unique_nodes_24h 1".to_owned(),
+        format!("tabnode_model_nodes{{model=\"{}\"}} 1", model()),
+        format!(
+            "tabnode_model_tokens_total{{model=\"{}\"}} {tokens}",
+            model()
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
+
+    // The stream: the history, then samples as they close.
+    let events = stream(addr, 3).await;
+    assert_eq!(events[0].0, "history");
+    assert!(events[0].1["fine"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty()));
+    assert!(events[1..].iter().all(|(name, _)| name == "sample"));
+    assert!(events[2].1["at_ms"].as_u64() > events[1].1["at_ms"].as_u64());
+    assert_eq!(events[2].1["nodes"]["online"], 1);
+
+    // No address of anyone: the nodes here are all at 127.0.0.1.
+    for text in [
+        stats(addr).await.to_string(),
+        json!(events.iter().map(|e| &e.1).collect::<Vec<_>>()).to_string(),
+    ] {
+        assert!(!text.contains("127.0.0.1"), "an address leaked: {text}");
+        assert!(
+            !text.contains(&node.peer_id.to_string()),
+            "a node is named: {text}"
+        );
+    }
+    // Bad input is a clear error.
+    let (s, _) = json_call(addr, "GET", "/api/stats?history=maybe", None).await;
+    assert_eq!(s, 400);
+    // Gone from the next sample once it leaves.
+    drop(node);
+    stats_until(addr, "the node gone", |v| {
+        v["latest"]["nodes"]["online"] == 0
+    })
+    .await;
+    assert_eq!(
+        stats(addr).await["latest"]["nodes"]["unique_24h"],
+        1,
+        "seen today still"
+    );
+}
