@@ -26,6 +26,11 @@ use crate::client::{SendError, SwarmCommand};
 use crate::metrics::{outcome, Direction};
 use crate::{state::RelayState, Bootstrap, RelayConfig, RelayError};
 
+/// How often the relay pings each connection.
+const PING_INTERVAL: Duration = Duration::from_secs(4);
+/// A ping unanswered this long closes the connection.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The relay's behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct RelayBehaviour {
@@ -131,7 +136,11 @@ pub(crate) async fn build(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("tabnode-relay/{}", env!("CARGO_PKG_VERSION"))),
             ),
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             rpc: rpc_behaviour(codec),
         })
         .map_err(|e| lp(&e))?
@@ -274,7 +283,18 @@ pub(crate) async fn run(
                 on_relay_event(&state, e);
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(e)) => m.record(&e),
-            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(e)) => m.record(&e),
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(e)) => {
+                m.record(&e);
+                // A peer that stopped answering (a closed or crashed tab,
+                // a machine gone from the network) is dropped now, not
+                // when the transport notices: it leaves matchmaking and
+                // the dashboard within seconds. A peer without ping keeps
+                // its connection.
+                if let Err(ping::Failure::Timeout | ping::Failure::Other { .. }) = &e.result {
+                    tracing::info!(peer = %e.peer, "ping failed ({:?}); closing the connection", e.result);
+                    swarm.close_connection(e.connection);
+                }
+            }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Rpc(e)) => match e {
                 request_response::Event::Message {
                     peer,
