@@ -58,6 +58,8 @@ done
 echo "== spot checks: a checker's scoring pass against serving the same request (check_bench), and the detection curve of simulated cheaters against the exact expectation (detection_bench)"
 cargo run -q -p tabnode-infer --example check_bench -- "$TABNODE_MODEL" "${PROMPT_TOKENS:-128}" "${DECODE_TOKENS:-128}" 3
 cargo run -q -p tabnode-relay --example detection_bench -- "${CHEATERS:-2000}"
+echo "== live figures: the stats sampler and its stream at 1,000 nodes against /api/network's JSON (stats_bench)"
+cargo run -q -p tabnode-relay --example stats_bench -- "${STATS_NODES:-1000}" "${STATS_SUBSCRIBERS:-10}"
 echo "== embeddings: the CPU encoder vs sentence-transformers on the same texts (scripts/bench/embed.py)"
 # The reference: torch and sentence-transformers from PyPI (about 3 GB with
 # torch's CUDA libraries, once).

@@ -48,12 +48,14 @@ fi
 # www/node_modules: the chat page's Markdown (marked, DOMPurify,
 # highlight.js), the flow editor (Drawflow, MIT: its LICENSE comes with it)
 # and Python for flows (Pyodide: the relay serves its wasm and stdlib to the
-# sandbox). `npm ci` checks each package against the sha512 in package-lock.json.
+# sandbox), the network dashboard's charts (uPlot, MIT). `npm ci` checks
+# each package against the sha512 in package-lock.json.
 if [ ! -d "$TABNODE_ROOT/www/node_modules/marked" ] || [ ! -d "$TABNODE_ROOT/www/node_modules/dompurify" ] \
   || [ ! -d "$TABNODE_ROOT/www/node_modules/@highlightjs/cdn-assets" ] \
   || [ ! -s "$TABNODE_ROOT/www/node_modules/drawflow/dist/drawflow.min.js" ] \
-  || [ ! -s "$TABNODE_ROOT/www/node_modules/pyodide/pyodide.asm.wasm" ]; then
-  step "npm ci (www: marked, dompurify, highlight.js, drawflow, pyodide)"
+  || [ ! -s "$TABNODE_ROOT/www/node_modules/pyodide/pyodide.asm.wasm" ] \
+  || [ ! -s "$TABNODE_ROOT/www/node_modules/uplot/dist/uPlot.esm.js" ]; then
+  step "npm ci (www: marked, dompurify, highlight.js, drawflow, pyodide, uplot)"
   (cd "$TABNODE_ROOT/www" && npm ci --no-audit --no-fund)
 fi
 
