@@ -37,5 +37,5 @@ node=$!
 
 echo
 echo "tabnode network is up. Open: http://${TABNODE_HTTP:-127.0.0.1:8080}/"
-echo "(chat: /chat.html — OpenAI API: /v1/chat/completions, /v1/completions, /v1/models — /api/network /api/ledger /metrics — Ctrl-C to stop)"
+echo "(chat: /chat.html — flows: /flows.html — the network live: /network.html — OpenAI API: /v1/chat/completions, /v1/completions, /v1/models — /api/network /api/stats /api/ledger /metrics — Ctrl-C to stop)"
 wait $relay
