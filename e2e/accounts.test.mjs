@@ -2,52 +2,41 @@
 // points; on its node page it creates an API key, which works with the
 // official OpenAI Python client and is charged to the tab's account, token
 // for token; revoked on the page, the key stops working at once.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, startRelay, launchBrowser, openTab, waitFor,
+  useNetwork, ROOT, openTab, waitFor,
 } from './harness.mjs';
 
 const PYTHON = join(process.env.TABNODE_CACHE || join(homedir(), '.cache/tabnode'), 'venv-openai/bin/python');
 const MODEL = 'smollm2-135m-instruct';
 
-let relay;
-let browser;
-
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
-});
+const net = useNetwork();
 
 async function ledger(peer) {
-  return (await fetch(`${relay.url}/api/ledger/${peer}`)).json();
+  return (await fetch(`${net.relay.url}/api/ledger/${peer}`)).json();
 }
 
 async function python(key) {
   const { stdout } = await promisify(execFile)(PYTHON, [
-    join(ROOT, 'e2e', 'openai_client.py'), `${relay.url}/v1`, MODEL, 'Say hello.', '8', key,
+    join(ROOT, 'e2e', 'openai_client.py'), `${net.relay.url}/v1`, MODEL, 'Say hello.', '8', key,
   ], { encoding: 'utf8' });
   return JSON.parse(stdout);
 }
 
 test('a key made on the node page pays with the tab\'s points, and stops when revoked', { timeout: 600_000 }, async () => {
-  const { page, context } = await openTab(browser, relay.url, null, { model: true, backend: 'cpu' });
+  const { page, context } = await openTab(net.browser, net.relay.url, null, { model: true, backend: 'cpu' });
   const peer = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the tab serving the model', async () => {
-    const body = await (await fetch(`${relay.url}/v1/models`)).json();
+    const body = await (await fetch(`${net.relay.url}/v1/models`)).json();
     return body.data?.some((m) => m.id === MODEL);
   }, 300_000, 500);
   // The tab earns by serving an anonymous request.
-  const r = await fetch(`${relay.url}/v1/chat/completions`, {
+  const r = await fetch(`${net.relay.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'Count to five.' }], max_tokens: 16, temperature: 0 }),

@@ -2,46 +2,37 @@
 // OpenAI-compatible API streams an answer from a node through the relay,
 // the page shows who served it, and the same API works for an OpenAI client
 // library, unmodified.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import {
-  startRelay, startNode, launchBrowser, waitFor, localAnswer,
+  useNetwork, startNode, waitFor, localAnswer,
 } from './harness.mjs';
 
-let relay;
 let node;
-let browser;
-
 
 async function modelId() {
   return waitFor('a model on the network', async () => {
-    const r = await fetch(`${relay.url}/v1/models`);
+    const r = await fetch(`${net.relay.url}/v1/models`);
     const body = await r.json();
     return body.data?.[0]?.id;
   }, 60_000, 200);
 }
 
-before(async () => {
-  relay = await startRelay();
-  node = await startNode(relay, { serve: true });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await node?.kill();
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async (net) => {
+    node = net.own(await startNode(net.relay, { serve: true }));
+  },
 });
 
 test('the chat page streams an answer served by a node, and says which', async () => {
   const model = await modelId();
   const prompt = 'What is the capital of France?';
   const want = localAnswer(prompt, 12);
-  const page = await browser.newPage();
+  const page = await net.browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${relay.url}/chat.html?max_tokens=12`);
+  await page.goto(`${net.relay.url}/chat.html?max_tokens=12`);
   await page.waitForFunction((m) => window.tabnodeChat?.models?.some((x) => x.id === m), model, { timeout: 30_000 });
   await page.fill('#prompt', prompt);
   await page.click('#send');
@@ -58,17 +49,17 @@ test('the chat page streams an answer served by a node, and says which', async (
   assert.ok(stats.includes(node.peerId.slice(-8)) && stats.includes('tokens/s'), stats);
   assert.deepEqual(errors, []);
   // The node's points rose by exactly the tokens it served.
-  const bal = await (await fetch(`${relay.url}/api/ledger/${node.peerId}`)).json();
+  const bal = await (await fetch(`${net.relay.url}/api/ledger/${node.peerId}`)).json();
   assert.equal(bal.tokens, want.tokens.length);
   await page.close();
 });
 
 test('answers render as sanitised Markdown with highlighted code; Enter sends, Shift+Enter adds a line', async () => {
   const model = await modelId();
-  const page = await browser.newPage();
+  const page = await net.browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${relay.url}/chat.html?max_tokens=8`);
+  await page.goto(`${net.relay.url}/chat.html?max_tokens=8`);
   await page.waitForFunction((m) => window.tabnodeChat?.models?.some((x) => x.id === m), model, { timeout: 30_000 });
   // The renderer on hostile and on ordinary Markdown, in the page itself.
   const r = await page.evaluate(() => {
@@ -122,7 +113,7 @@ test('answers render as sanitised Markdown with highlighted code; Enter sends, S
 
 test('the official OpenAI client library works against the relay unmodified', async () => {
   const model = await modelId();
-  const client = new OpenAI({ baseURL: `${relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const client = new OpenAI({ baseURL: `${net.relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const list = await client.models.list();
   assert.ok(list.data.some((m) => m.id === model));
   const prompt = 'Name a colour.';

@@ -4,35 +4,24 @@
 // here). Rounds of three requests at once, greedy and sampled, give the tab
 // its share; every check of the tab's completions is run by a native node
 // and passes, and no node is struck.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor,
+  useNetwork, startNode, openTab, waitFor,
 } from './harness.mjs';
 
 const MODEL = 'smollm2-135m-instruct';
 /** Tab completions checked before the test ends. */
 const TAB_CHECKS = 16;
 
-let relay;
-let browser;
 const nodes = [];
 
-before(async () => {
-  relay = await startRelay({
-    args: ['--check-rate', '1', '--check-new-node-rate', '1', '--check-same-address'],
-  });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  for (const n of nodes) await n.kill();
-  await relay?.kill();
+const net = useNetwork({
+  relay: { args: ['--check-rate', '1', '--check-new-node-rate', '1', '--check-same-address'] },
 });
 
 async function checks() {
-  return (await fetch(`${relay.url}/api/checks?limit=1000`)).json();
+  return (await fetch(`${net.relay.url}/api/checks?limit=1000`)).json();
 }
 
 async function complete(i) {
@@ -44,7 +33,7 @@ async function complete(i) {
     temperature: sampled ? 0.8 : 0,
     ...(sampled ? { top_p: 0.95, seed: i } : {}),
   };
-  const r = await fetch(`${relay.url}/v1/completions`, {
+  const r = await fetch(`${net.relay.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(body),
@@ -53,14 +42,14 @@ async function complete(i) {
 }
 
 test('a tab\'s WebGPU completions pass the CPU checkers, and nobody is struck', { timeout: 600_000 }, async () => {
-  nodes.push(await startNode(relay, { serve: true }), await startNode(relay, { serve: true }));
-  const { page, context } = await openTab(browser, relay.url, null, { model: true, backend: 'webgpu' });
+  nodes.push(net.own(await startNode(net.relay, { serve: true })), net.own(await startNode(net.relay, { serve: true })));
+  const { page, context } = await openTab(net.browser, net.relay.url, null, { model: true, backend: 'webgpu' });
   const tab = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('three nodes serving the model', async () => {
-    const body = await (await fetch(`${relay.url}/v1/models`)).json();
+    const body = await (await fetch(`${net.relay.url}/v1/models`)).json();
     return body.data?.find((m) => m.id === MODEL)?.tabnode?.nodes === 3;
   }, 300_000, 500);
-  const net = await relay.network();
+  const net = await net.relay.network();
   assert.equal(net.nodes.find((n) => n.peer_id === tab)?.capabilities?.engine?.backend, 'webgpu', JSON.stringify(net));
 
   let sent = 0;

@@ -5,30 +5,19 @@
 // survives a relay restart (its event stream reconnects and samples flow
 // again); its frame time with 1,000 nodes is measured; a screenshot is
 // saved to e2e/test-results/network.png.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  ROOT, startRelay, startNode, launchBrowser, openTab, waitFor,
+  useNetwork, startRelay, ROOT, startNode, openTab, waitFor,
 } from './harness.mjs';
 
 const MODEL = 'smollm2-135m-instruct';
 
-let relay;
-let browser;
 let node;
 
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await node?.kill();
-  await relay?.kill();
-});
+const net = useNetwork();
 
 /** What the dashboard holds (`window.tabnodeNetwork`). */
 function held(page, f) {
@@ -36,13 +25,13 @@ function held(page, f) {
 }
 
 test('the dashboard shows the network live and survives a relay restart', { timeout: 600_000 }, async () => {
-  node = await startNode(relay, { serve: true });
-  const tabs = [await openTab(browser, relay.url, null), await openTab(browser, relay.url, null)];
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  node = net.own(await startNode(net.relay, { serve: true }));
+  const tabs = [await openTab(net.browser, net.relay.url, null), await openTab(net.browser, net.relay.url, null)];
+  const context = await net.browser.newContext({ viewport: { width: 390, height: 844 } });
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${relay.url}/network.html`);
+  await page.goto(`${net.relay.url}/network.html`);
 
   // Three nodes in the graph and in the table.
   await waitFor('three nodes drawn', () => held(page, () => window.tabnodeNetwork.drawn === 3), 60_000, 200);
@@ -54,7 +43,7 @@ test('the dashboard shows the network live and survives a relay restart', { time
   assert.equal(await page.getAttribute('#stream-state', 'data-state'), 'connected');
 
   // A chat request moves the request and token charts.
-  const r = await fetch(`${relay.url}/v1/chat/completions`, {
+  const r = await fetch(`${net.relay.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'Name a colour.' }], max_tokens: 8, temperature: 0 }),
@@ -88,11 +77,11 @@ test('the dashboard shows the network live and survives a relay restart', { time
 
   // The relay restarts on the same ports: the stream reconnects, samples
   // flow again, the nodes come back.
-  const { ports, dataDir } = relay;
+  const { ports, dataDir } = net.relay;
   const before = await held(page, () => window.tabnodeNetwork.samples.at(-1)?.at_ms ?? 0);
-  await relay.kill();
+  await net.relay.kill();
   await waitFor('the page to see the stream drop', async () => (await page.getAttribute('#stream-state', 'data-state')) !== 'connected', 30_000, 100);
-  relay = await startRelay({ dataDir, ports });
+  net.relay = await startRelay({ dataDir, ports });
   await waitFor('the stream back', async () => (await page.getAttribute('#stream-state', 'data-state')) === 'connected', 60_000, 200);
   await waitFor('new samples', () => page.evaluate((t) => (window.tabnodeNetwork.samples.at(-1)?.at_ms ?? 0) > t + 2000, before), 30_000, 200);
   await waitFor('the nodes back', () => held(page, () => window.tabnodeNetwork.drawn === 2), 60_000, 200);

@@ -4,29 +4,18 @@
 // and nothing of it is kept), and the page's picker of what the tab serves.
 // The breaks are real: a proxy between the tab and the relay cuts the TCP
 // connection in the middle of the file's body.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startRelay, launchBrowser, openTab, MODEL_FILE, MODELS_DIR } from './harness.mjs';
+import { useNetwork, openTab, MODEL_FILE, MODELS_DIR } from './harness.mjs';
 
 // The worker's saved part size (tabnode_core::download::PART).
 const PART = 16 << 20;
 
-let relay;
-let browser;
-
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
-});
+const net = useNetwork();
 
 /**
  * An HTTP proxy to the relay that logs every model request and, while
@@ -98,15 +87,15 @@ function stored(page, file) {
 }
 
 test('a broken model download resumes where it stopped, in the same visit', { timeout: 300_000 }, async () => {
-  const listed = (await (await fetch(`${relay.url}/api/models`)).json()).find((m) => m.file === MODEL_FILE);
+  const listed = (await (await fetch(`${net.relay.url}/api/models`)).json()).find((m) => m.file === MODEL_FILE);
   const size = listed.bytes;
   // The page learns the catalog's pin of the file here.
   const file = readFileSync(join(MODELS_DIR, MODEL_FILE));
   assert.deepEqual([listed.catalog.bytes, listed.catalog.sha256], [file.length, createHash('sha256').update(file).digest('hex')]);
-  const proxy = await startProxy(relay.url, { cutAfter: 40 << 20 });
+  const proxy = await startProxy(net.relay.url, { cutAfter: 40 << 20 });
   try {
     proxy.cuts = 1;
-    const { page, context } = await openTab(browser, proxy.url, null, { model: true });
+    const { page, context } = await openTab(net.browser, proxy.url, null, { model: true });
     const model = await modelState(page);
     assert.equal(model.status, 'ready', `${model.error}\n${page.logs.slice(-20).join('\n')}`);
     assert.equal(model.resumes, 1, 'one resume');
@@ -129,7 +118,7 @@ test('a broken model download resumes where it stopped, in the same visit', { ti
 });
 
 test('the next visit takes up the parts a broken download saved', { timeout: 300_000 }, async () => {
-  const proxy = await startProxy(relay.url, { cutAfter: 40 << 20 });
+  const proxy = await startProxy(net.relay.url, { cutAfter: 40 << 20 });
   try {
     // The break, then the relay out of reach: the load fails, and the
     // whole parts that arrived before the break stay saved (the browser
@@ -137,7 +126,7 @@ test('the next visit takes up the parts a broken download saved', { timeout: 300
     // connection broke: at least the first part of the 40 MiB).
     proxy.cuts = 1;
     proxy.refuseAfterCut = true;
-    const { page, context } = await openTab(browser, proxy.url, null, { model: true });
+    const { page, context } = await openTab(net.browser, proxy.url, null, { model: true });
     const failed = await modelState(page);
     assert.equal(failed.status, 'failed');
     assert.match(failed.error, /HTTP 404/);
@@ -161,7 +150,7 @@ test('the next visit takes up the parts a broken download saved', { timeout: 300
 });
 
 test('a download that is not the catalog\'s file is refused with a clear error, and nothing of it kept', { timeout: 300_000 }, async () => {
-  const context = await browser.newContext();
+  const context = await net.browser.newContext();
   // The page learns the pin from /api/models: give it another hash.
   const wrong = 'ab'.repeat(32);
   await context.route('**/api/models', async (route) => {
@@ -170,7 +159,7 @@ test('a download that is not the catalog\'s file is refused with a clear error, 
     for (const m of models) if (m.catalog) m.catalog.sha256 = wrong;
     await route.fulfill({ response: res, json: models });
   });
-  const { page } = await openTab(browser, relay.url, context, { model: true });
+  const { page } = await openTab(net.browser, net.relay.url, context, { model: true });
   const model = await modelState(page);
   assert.equal(model.status, 'failed');
   assert.match(model.error, new RegExp(`sha256 [0-9a-f]{64}, the catalog pins ${wrong}; the file is not used`));
@@ -182,8 +171,8 @@ test('a download that is not the catalog\'s file is refused with a clear error, 
 });
 
 test('the page\'s picker lists what the relay serves and reloads with the visitor\'s choice', { timeout: 120_000 }, async () => {
-  const models = await (await fetch(`${relay.url}/api/models`)).json();
-  const { page, context } = await openTab(browser, relay.url, null, { model: false });
+  const models = await (await fetch(`${net.relay.url}/api/models`)).json();
+  const { page, context } = await openTab(net.browser, net.relay.url, null, { model: false });
   await page.waitForFunction((n) => document.querySelectorAll('#model-pick option').length === n + 2, models.length);
   const options = await page.$$eval('#model-pick option', (os) => os.map((o) => [o.value, o.textContent]));
   assert.equal(options[0][0], '');

@@ -7,34 +7,23 @@
 // inputs (the fixture's ids) give the same vectors as the texts, the page
 // shows what it embedded, the tab earns points for it, and the next visit
 // loads the model from the browser's cache.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startRelay, launchBrowser, openTab, waitFor, ROOT } from './harness.mjs';
+import { useNetwork, openTab, waitFor, ROOT } from './harness.mjs';
 
 const ID = 'all-minilm-l6-v2';
 const FIXTURES = JSON.parse(readFileSync(join(ROOT, 'crates/tabnode-infer/tests/fixtures/minilm.json'), 'utf8'));
 const CLS = 101;
 const SEP = 102;
 
-let relay;
-let browser;
-
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
-});
+const net = useNetwork();
 
 const cosine = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.sqrt(a.reduce((s, x) => s + x * x, 0) * b.reduce((s, x) => s + x * x, 0));
 
 async function embeddings(input) {
-  const res = await fetch(`${relay.url}/v1/embeddings`, {
+  const res = await fetch(`${net.relay.url}/v1/embeddings`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: ID, input }),
@@ -45,16 +34,16 @@ async function embeddings(input) {
 }
 
 test('a tab embeds for the network with the reference\'s vectors and tokens', { timeout: 300_000 }, async () => {
-  const listed = await (await fetch(`${relay.url}/api/embedding-models`)).json();
+  const listed = await (await fetch(`${net.relay.url}/api/embedding-models`)).json();
   assert.deepEqual(listed.map((m) => [m.id, m.url, m.dimensions, m.files.length]), [[ID, `/models/${ID}/`, 384, 4]]);
-  const { page } = await openTab(browser, relay.url, null, { embed: 'cpu' });
+  const { page } = await openTab(net.browser, net.relay.url, null, { embed: 'cpu' });
   try {
     await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
     const loaded = await page.evaluate(() => window.tabnode.embedder);
     assert.equal(loaded.status, 'ready', loaded.error ?? '');
     assert.deepEqual([loaded.ready.id, loaded.ready.dimensions, loaded.ready.backend], [ID, 384, 'cpu']);
     await waitFor('the relay to list the tab as serving the embedding model', async () => {
-      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      const list = await (await fetch(`${net.relay.url}/v1/models`)).json();
       return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
     }, 60_000, 200);
     const peer = await page.evaluate(() => window.tabnode.peerId);
@@ -88,7 +77,7 @@ test('a tab embeds for the network with the reference\'s vectors and tokens', { 
     assert.match(shown.line, new RegExp(`${shown.texts} texts embedded for the network`));
     const usage = byText.usage.prompt_tokens + byIds.usage.prompt_tokens;
     const credited = await waitFor('the tab to be credited', async () => {
-      const r = await fetch(`${relay.url}/api/ledger/${peer}`);
+      const r = await fetch(`${net.relay.url}/api/ledger/${peer}`);
       const b = r.ok ? await r.json() : null;
       return b?.tokens > 0 ? b.tokens : null;
     }, 30_000, 200);
@@ -110,7 +99,7 @@ test('a tab embeds for the network with the reference\'s vectors and tokens', { 
 test('a tab embeds on WebGPU with the reference\'s vectors, and chooses its backend by a probe', { timeout: 300_000 }, async () => {
   // The WGSL encoder on the tab's WebGPU device (SwiftShader here: no
   // shader-f16), a batch in one submission.
-  const { page } = await openTab(browser, relay.url, null, { embed: 'webgpu' });
+  const { page } = await openTab(net.browser, net.relay.url, null, { embed: 'webgpu' });
   try {
     await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode.embedder.status), null, { timeout: 180_000 });
     const loaded = await page.evaluate(() => window.tabnode.embedder);
@@ -118,7 +107,7 @@ test('a tab embeds on WebGPU with the reference\'s vectors, and chooses its back
     assert.deepEqual([loaded.ready.backend, loaded.ready.reason], ['webgpu', 'asked for (embed_backend=webgpu)']);
     const peer = await page.evaluate(() => window.tabnode.peerId);
     await waitFor('the relay to list the tab as serving the embedding model', async () => {
-      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      const list = await (await fetch(`${net.relay.url}/v1/models`)).json();
       return (list.data?.find((m) => m.id === ID)?.tabnode?.nodes ?? 0) >= 1;
     }, 60_000, 200);
     const texts = FIXTURES.cases.map((c) => c.text);
@@ -137,7 +126,7 @@ test('a tab embeds on WebGPU with the reference\'s vectors, and chooses its back
     assert.match(shown.line, /on WebGPU/);
     // Bad token ids are the caller's fault, answered as such (not sent to
     // another node as if the tab had failed).
-    const res = await fetch(`${relay.url}/v1/embeddings`, {
+    const res = await fetch(`${net.relay.url}/v1/embeddings`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: ID, input: [[7592, 40000]] }),
@@ -162,9 +151,9 @@ test('a tab embeds on WebGPU with the reference\'s vectors, and chooses its back
 test('a tab whose embedding files fail their pins does not serve them', { timeout: 120_000 }, async () => {
   // The page loads with a wrong hash for one file: the load fails with
   // the catalog's reason and the tab does not register the model.
-  const { page } = await openTab(browser, relay.url, null);
+  const { page } = await openTab(net.browser, net.relay.url, null);
   try {
-    const listed = await (await fetch(`${relay.url}/api/embedding-models`)).json();
+    const listed = await (await fetch(`${net.relay.url}/api/embedding-models`)).json();
     const files = listed[0].files.map((f) => ({ ...f }));
     files[0].sha256 = '0'.repeat(64);
     const err = await page.evaluate(async ({ id, url, files }) => {
@@ -179,7 +168,7 @@ test('a tab whose embedding files fail their pins does not serve them', { timeou
     const bad = await page.evaluate(async ({ id, url }) => window.tabnode.node.loadEmbedder(id, url, [{ file: 'x', bytes: 1, sha256: 'nothex' }]).then(() => null, (e) => e.message), { id: ID, url: listed[0].url });
     assert.match(bad ?? 'loaded', /files: x: not a sha256/);
     const peer = await page.evaluate(() => window.tabnode.peerId);
-    const network = await (await fetch(`${relay.url}/api/network`)).json();
+    const network = await (await fetch(`${net.relay.url}/api/network`)).json();
     const me = network.nodes.find((n) => n.peer_id === peer);
     assert.ok(me, `the tab is registered: ${JSON.stringify(network)}`);
     assert.ok(!(me.capabilities?.models ?? []).includes(ID), JSON.stringify(me));

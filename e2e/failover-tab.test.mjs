@@ -5,10 +5,10 @@
 // the tab's worker continues from the delivered tokens. The requester gets
 // the same text as one uninterrupted generation (a lost or doubled byte
 // would show as U+FFFD or garble), and the failed attempt earns nothing.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startFailingNode, launchBrowser, openTab, waitFor, localAnswer,
+  useNetwork, startFailingNode, openTab, waitFor, localAnswer,
 } from './harness.mjs';
 
 // Generous bounds for a loaded CI machine (the tab loads the model while
@@ -17,22 +17,11 @@ const SLOW = 12 * 60_000;
 const PROMPT = 'Translate hello to Japanese.';
 const MAX_TOKENS = 8;
 
-let relay;
-let browser;
 let failing;
 
-before(async () => {
-  // The request waits for the tab to load the model; a stall is much
-  // longer than a token takes anywhere.
-  relay = await startRelay({ args: ['--queue-timeout', '600', '--stall-timeout', '45'] });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await failing?.kill();
-  await relay?.kill();
-});
+// The request waits for the tab to load the model; a stall is much longer
+// than a token takes anywhere.
+const net = useNetwork({ relay: { args: ['--queue-timeout', '600', '--stall-timeout', '45'] } });
 
 /** Reads an SSE chat completion: the text, usage, the nodes and failovers. */
 async function readStream(response) {
@@ -56,12 +45,12 @@ async function readStream(response) {
 test('native node fails inside a character, a tab continues: no byte lost or repeated', { timeout: SLOW }, async () => {
   const want = localAnswer(PROMPT, MAX_TOKENS);
   assert.ok(!/^[\x00-\x7f]*$/.test(want.text), `the answer is not multi-byte: ${JSON.stringify(want.text)}`);
-  failing = await startFailingNode(relay, 'inside-char');
+  failing = net.own(await startFailingNode(net.relay, 'inside-char'));
   const model = await waitFor('the failing node to serve the model', async () => {
-    const m = (await (await fetch(`${relay.url}/v1/models`)).json()).data?.[0];
+    const m = (await (await fetch(`${net.relay.url}/v1/models`)).json()).data?.[0];
     return m?.tabnode?.nodes === 1 ? m.id : null;
   }, 120_000, 200);
-  const request = fetch(`${relay.url}/v1/chat/completions`, {
+  const request = fetch(`${net.relay.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
@@ -75,10 +64,10 @@ test('native node fails inside a character, a tab continues: no byte lost or rep
   });
   // The failing node has failed: the request waits for another node.
   await waitFor('the failing node\'s attempt to fail', async () => {
-    const metrics = await (await fetch(`${relay.url}/metrics`)).text();
+    const metrics = await (await fetch(`${net.relay.url}/metrics`)).text();
     return /tabnode_inference_failovers_total [1-9]/.test(metrics);
   }, 120_000, 200);
-  const { page: tab } = await openTab(browser, relay.url, null, { model: true });
+  const { page: tab } = await openTab(net.browser, net.relay.url, null, { model: true });
   const peer = await tab.evaluate(() => window.tabnode.peerId);
   const answer = await readStream(await request);
   assert.equal(answer.error, null, JSON.stringify(answer.error));
@@ -86,6 +75,6 @@ test('native node fails inside a character, a tab continues: no byte lost or rep
   assert.equal(answer.usage.completion_tokens, want.tokens.length);
   assert.deepEqual(answer.tabnode?.nodes, [failing.peerId, peer]);
   assert.equal(answer.tabnode?.failovers, 1);
-  const ledger = await (await fetch(`${relay.url}/api/ledger/${failing.peerId}`)).json();
+  const ledger = await (await fetch(`${net.relay.url}/api/ledger/${failing.peerId}`)).json();
   assert.equal(ledger.tokens ?? 0, 0, 'the failed attempt earned nothing');
 });

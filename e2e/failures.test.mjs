@@ -2,40 +2,32 @@
 // failure after two tokens) ends in an error that every client raises: the
 // page's own client (chat page), and the official OpenAI client, streaming
 // and not. Nothing is credited for the failed attempts.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { startRelay, startFailingNode, launchBrowser, waitFor } from './harness.mjs';
+import { useNetwork, startFailingNode, waitFor } from './harness.mjs';
 
-let relay;
 let nodes = [];
-let browser;
 let model;
 
-before(async () => {
-  relay = await startRelay();
-  nodes = await Promise.all([0, 1, 2].map(() => startFailingNode(relay, 2)));
-  browser = await launchBrowser();
-  // Every node serves the model and has passed a proof.
-  model = await waitFor('three proven nodes serving the model', async () => {
-    const models = await (await fetch(`${relay.url}/v1/models`)).json();
-    const m = models.data?.[0];
-    const net = await relay.network();
-    const proven = net.nodes.filter((n) => nodes.some((f) => f.peerId === n.peer_id) && n.pof?.last?.passed);
-    return m?.tabnode?.nodes === 3 && proven.length === 3 ? m.id : null;
-  }, 120_000, 200);
-});
-
-after(async () => {
-  await browser?.close();
-  await Promise.all(nodes.map((n) => n.kill()));
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async (net) => {
+    nodes = await Promise.all([0, 1, 2].map(async () => net.own(await startFailingNode(net.relay, 2))));
+    // Every node serves the model and has passed a proof.
+    model = await waitFor('three proven nodes serving the model', async () => {
+      const models = await (await fetch(`${net.relay.url}/v1/models`)).json();
+      const m = models.data?.[0];
+      const network = await net.relay.network();
+      const proven = network.nodes.filter((n) => nodes.some((f) => f.peerId === n.peer_id) && n.pof?.last?.passed);
+      return m?.tabnode?.nodes === 3 && proven.length === 3 ? m.id : null;
+    }, 120_000, 200);
+  },
 });
 
 const failedAfterAttempts = (message) => /failed after \d+ tokens: .*scripted failure/.test(message);
 
 test('three failed attempts: the official OpenAI client raises, streaming and not', async () => {
-  const client = new OpenAI({ baseURL: `${relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const client = new OpenAI({ baseURL: `${net.relay.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const messages = [{ role: 'user', content: 'Name three colours.' }];
   const stream = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0, stream: true });
   let text = '';
@@ -60,10 +52,10 @@ test('three failed attempts: the official OpenAI client raises, streaming and no
 });
 
 test('three failed attempts: the chat page shows the error, and no node is credited', async () => {
-  const page = await browser.newPage();
+  const page = await net.browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${relay.url}/chat.html?max_tokens=12`);
+  await page.goto(`${net.relay.url}/chat.html?max_tokens=12`);
   await page.waitForFunction((m) => window.tabnodeChat?.models?.some((x) => x.id === m), model, { timeout: 30_000 });
   await page.fill('#prompt', 'Name a fruit.');
   await page.click('#send');
@@ -73,6 +65,6 @@ test('three failed attempts: the chat page shows the error, and no node is credi
   assert.equal(await page.textContent('#error'), s.error);
   assert.deepEqual(errors, []);
   await page.close();
-  const ledger = await (await fetch(`${relay.url}/api/ledger`)).json();
+  const ledger = await (await fetch(`${net.relay.url}/api/ledger`)).json();
   assert.equal(ledger.totals.tokens ?? 0, 0, JSON.stringify(ledger));
 });

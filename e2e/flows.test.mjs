@@ -5,37 +5,29 @@
 // sandbox: `python-calc` computes 2**100 exactly, the code cannot open the
 // tab's IndexedDB, and code past its time limit is stopped; and a node tab
 // whose visitor opted in runs an API client's Python step.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startNode, launchBrowser, waitFor, localAnswer, openTab,
+  useNetwork, startNode, waitFor, localAnswer, openTab,
 } from './harness.mjs';
 
-let relay;
 let node;
-let browser;
 
-before(async () => {
-  relay = await startRelay();
-  node = await startNode(relay, { serve: true });
-  browser = await launchBrowser();
-  await waitFor('a model on the network', async () => {
-    const body = await (await fetch(`${relay.url}/v1/models`)).json();
-    return body.data?.length > 0;
-  }, 60_000, 200);
-});
-
-after(async () => {
-  await browser?.close();
-  await node?.kill();
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async (net) => {
+    node = net.own(await startNode(net.relay, { serve: true }));
+    await waitFor('a model on the network', async () => {
+      const body = await (await fetch(`${net.relay.url}/v1/models`)).json();
+      return body.data?.length > 0;
+    }, 60_000, 200);
+  },
 });
 
 async function openEditor() {
-  const page = await browser.newPage();
+  const page = await net.browser.newPage();
   page.errors = [];
   page.on('pageerror', (e) => page.errors.push(String(e)));
-  await page.goto(`${relay.url}/flows.html`);
+  await page.goto(`${net.relay.url}/flows.html`);
   await page.waitForSelector('body[data-ready="true"]');
   return page;
 }
@@ -124,7 +116,7 @@ test('a flow built in the editor runs on the network and every box reaches done'
   assert.ok(llmStatus.includes(node.peerId.slice(-4)), llmStatus);
   assert.equal(await page.textContent('#outputs [data-output="answer"]'), want);
   // The relay kept the same run.
-  const record = await (await fetch(`${relay.url}/v1/flows/runs/${runId}`)).json();
+  const record = await (await fetch(`${net.relay.url}/v1/flows/runs/${runId}`)).json();
   assert.equal(record.status, 'done');
   assert.deepEqual(record.nodes.llm1.peers, [node.peerId]);
   assert.deepEqual(record.flow.nodes.llm1.inputs, { prompt: ['template1', 'text'] });
@@ -224,14 +216,14 @@ test('python runs in the opaque-origin sandbox: exact, walled off from the tab, 
 });
 
 test('a tab that opted in runs the Python step of an API request', async () => {
-  const { page, context } = await openTab(browser, relay.url, null, { python: true });
+  const { page, context } = await openTab(net.browser, net.relay.url, null, { python: true });
   const peer = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the tab registered as a Python runner', async () => {
-    const net = await relay.network();
+    const net = await net.relay.network();
     return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === true);
   }, 30_000, 100);
   // An API client (this test), no tab of its own: python-calc on the network.
-  const r = await fetch(`${relay.url}/v1/flows/run`, {
+  const r = await fetch(`${net.relay.url}/v1/flows/run`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ template: 'python-calc', inputs: { expression: '2**100' }, stream: false }),
@@ -246,10 +238,10 @@ test('a tab that opted in runs the Python step of an API request', async () => {
   // Unticked, the tab registers without it and gets no more Python.
   await page.uncheck('#python-optin');
   await waitFor('the tab registered without Python', async () => {
-    const net = await relay.network();
+    const net = await net.relay.network();
     return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === false);
   }, 30_000, 100);
-  const again = await (await fetch(`${relay.url}/v1/flows/run`, {
+  const again = await (await fetch(`${net.relay.url}/v1/flows/run`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ template: 'python-calc', inputs: { expression: '1+1' }, stream: false }),

@@ -6,6 +6,7 @@ import { tmpdir, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { before, after } from 'node:test';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TARGET = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache/tabnode/target');
@@ -262,4 +263,35 @@ export async function echoFromTab(page, peer, size) {
     for (let i = 0; same && i < size; i++) same = back[i] === data[i];
     return { same, length: back.length, ms };
   }, { peer, size });
+}
+
+/**
+ * Registers the file's `before`/`after` hooks for a relay (started with
+ * `relay` = startRelay's options) and, with `browser`, a headless Chromium.
+ * Returns the live handles as `net.relay` and `net.browser` (a test that
+ * restarts the relay assigns `net.relay`); `net.own(x)` makes `after` kill
+ * or close `x` (a node, a server: anything with `kill()` or `close()`), and
+ * `setUp(net)` runs after the relay and browser are up.
+ */
+export function useNetwork({ relay = {}, browser = true, setUp = null } = {}) {
+  const owned = [];
+  const net = {
+    relay: null,
+    browser: null,
+    own(x) {
+      owned.push(x);
+      return x;
+    },
+  };
+  before(async () => {
+    net.relay = await startRelay(relay);
+    if (browser) net.browser = await launchBrowser();
+    if (setUp) await setUp(net);
+  });
+  after(async () => {
+    await net.browser?.close();
+    for (const x of owned.reverse()) await (x.kill ? x.kill() : x.close());
+    await net.relay?.kill();
+  });
+  return net;
 }

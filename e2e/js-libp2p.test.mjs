@@ -4,46 +4,39 @@
 // took 4-10 s each or failed with TooManyOutboundProtocolStreamsError, every
 // stream close waited for a FIN_ACK that never came, and in about one
 // connection in ten its first streams were lost.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { startRelay, launchBrowser } from './harness.mjs';
+import { useNetwork } from './harness.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ORIGIN = 'http://js-peer.test';
 const SECONDS = 60;
 
-let relay;
-let browser;
 let bundle;
 
-before(async () => {
-  const out = join(mkdtempSync(join(tmpdir(), 'tabnode-js-peer-')), 'peer.js');
-  await build({
-    entryPoints: [join(HERE, 'js-libp2p', 'peer.js')],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    outfile: out,
-    logLevel: 'warning',
-  });
-  bundle = readFileSync(out);
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'tabnode-js-peer-')), 'peer.js');
+    await build({
+      entryPoints: [join(HERE, 'js-libp2p', 'peer.js')],
+      bundle: true,
+      format: 'esm',
+      platform: 'browser',
+      target: 'es2022',
+      outfile: out,
+      logLevel: 'warning',
+    });
+    bundle = readFileSync(out);
+  },
 });
 
 test('a js-libp2p browser peer keeps one WebRTC connection busy for a minute: every ping, identify and close succeeds promptly', { timeout: (SECONDS + 60) * 1000 }, async (t) => {
-  const page = await browser.newPage();
+  const page = await net.browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   await page.route(`${ORIGIN}/**`, (route) => {
@@ -53,7 +46,7 @@ test('a js-libp2p browser peer keeps one WebRTC connection busy for a minute: ev
   });
   await page.goto(`${ORIGIN}/`);
   await page.waitForFunction(() => window.peerReady === true, null, { timeout: 30_000 });
-  const addr = relay.bootstrap.webrtc_direct[0];
+  const addr = net.relay.bootstrap.webrtc_direct[0];
   const r = await page.evaluate(([a, s]) => window.runPeer(a, s), [addr, SECONDS]);
   const summary = JSON.stringify(r);
   const max = (xs) => Math.round(Math.max(...xs));
@@ -79,6 +72,6 @@ test('a js-libp2p browser peer keeps one WebRTC connection busy for a minute: ev
     assert.notEqual(c.status, 'aborted', `close ${i}: ${JSON.stringify(c)}`);
   }
   assert.deepEqual(errors, []);
-  assert.equal(relay.proc.exitCode, null, 'the relay is still running');
+  assert.equal(net.relay.proc.exitCode, null, 'the relay is still running');
   await page.close();
 });

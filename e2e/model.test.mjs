@@ -3,13 +3,13 @@
 // SwiftShader, a software adapter), greedy tokens equal to the native
 // engine's bit for bit, cancellation and bad requests, a reload that loads
 // from the cache without downloading, and WebGPU when asked for.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  startRelay, launchBrowser, openTab, waitFor, BIN, MODELS_DIR, MODEL_FILE,
+  useNetwork, openTab, waitFor, BIN, MODELS_DIR, MODEL_FILE,
 } from './harness.mjs';
 
 const MODEL = join(MODELS_DIR, MODEL_FILE);
@@ -19,8 +19,6 @@ const TOKENS = 8;
 // and each token take seconds.
 const LOAD_TIMEOUT = 10 * 60_000;
 
-let relay;
-let browser;
 let context;
 let page;
 const modelRequests = [];
@@ -55,19 +53,14 @@ function generateInTab(p, request, cancelAfterTokens = null) {
   }, { request, cancelAfterTokens });
 }
 
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-  context = await browser.newContext();
-  context.on('request', (r) => {
-    if (r.url().includes('/models/')) modelRequests.push(r.url());
-  });
-  ({ page } = await openTab(browser, relay.url, context, { model: true }));
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async (net) => {
+    context = await net.browser.newContext();
+    context.on('request', (r) => {
+      if (r.url().includes('/models/')) modelRequests.push(r.url());
+    });
+    ({ page } = await openTab(net.browser, net.relay.url, context, { model: true }));
+  },
 });
 
 test('the worker downloads the model with progress, caches it and runs it on the CPU kernels', async () => {
@@ -109,10 +102,10 @@ test('the worker downloads the model with progress, caches it and runs it on the
   const name = ready.model.name;
   const peerId = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the relay to list the model', async () => {
-    const net = await relay.network();
+    const net = await net.relay.network();
     return net.nodes.find((n) => n.peer_id === peerId)?.capabilities?.models?.includes(name);
   });
-  const net = await relay.network();
+  const net = await net.relay.network();
   assert.deepEqual(net.nodes.find((n) => n.peer_id === peerId).capabilities.engine, engine);
 });
 
@@ -145,7 +138,7 @@ test(`greedy tokens on the tab's CPU kernels equal the native ones bit for bit (
 for (const threads of [1, 3]) {
   test(`?threads=${threads} computes in ${threads} worker(s), with the same tokens`, async () => {
     const native = nativeGenerate('cpu', TOKENS);
-    const { page: tab } = await openTab(browser, relay.url, context, { model: true, threads });
+    const { page: tab } = await openTab(net.browser, net.relay.url, context, { model: true, threads });
     try {
       const ready = await waitForModel(tab);
       assert.equal(ready.engine.threads, threads, `engine: ${JSON.stringify(ready.engine)}`);
@@ -205,7 +198,7 @@ test('a backend other than cpu or webgpu is refused with a clear error', async (
 
 test('?backend=webgpu runs the quantized WebGPU kernels, with the f32 reference engine\'s tokens', async () => {
   const few = 16;
-  const { page: gpuPage } = await openTab(browser, relay.url, context, { model: true, backend: 'webgpu' });
+  const { page: gpuPage } = await openTab(net.browser, net.relay.url, context, { model: true, backend: 'webgpu' });
   try {
     const ready = await waitForModel(gpuPage);
     console.log(`webgpu engine: ${JSON.stringify(ready.engine)}`);

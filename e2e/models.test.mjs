@@ -9,14 +9,14 @@
 // picks Gemma 3 270M (gemma3, SentencePiece, a base model), times both
 // engines, and continues a /v1/completions prompt with the native engine's
 // tokens.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor, localAnswer, MODEL_FILE, ROOT,
+  useNetwork, startNode, openTab, waitFor, localAnswer, MODEL_FILE, ROOT,
 } from './harness.mjs';
 
 // The official OpenAI Python client (scripts/setup.sh --test installs it).
@@ -30,23 +30,12 @@ const MAX_TOKENS = 6;
 // A 491 MB file into the browser cache and two workers, then the timing.
 const SLOW = 10 * 60_000;
 
-let relay;
-let browser;
-
-before(async () => {
-  relay = await startRelay();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await relay?.kill();
-});
+const net = useNetwork();
 
 test('a tab with ?model= serves Qwen2.5-Coder to a chat request, with the native tokens', { timeout: SLOW }, async () => {
   const want = localAnswer(PROMPT, MAX_TOKENS, QWEN);
   assert.match(want.text, /Paris/, `the native answer: ${JSON.stringify(want.text)}`);
-  const { page } = await openTab(browser, relay.url, null, { model: QWEN });
+  const { page } = await openTab(net.browser, net.relay.url, null, { model: QWEN });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
   const model = await page.evaluate(() => window.tabnode.model);
   assert.equal(model.status, 'ready', `${model.error}\n${page.logs.slice(-20).join('\n')}`);
@@ -55,10 +44,10 @@ test('a tab with ?model= serves Qwen2.5-Coder to a chat request, with the native
   console.log(`tab: ${JSON.stringify(model.ready.engine)}, load ${(model.ready.load_ms / 1000).toFixed(1)} s`);
   const peer = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the relay to list the tab\'s model', async () => {
-    const list = await (await fetch(`${relay.url}/v1/models`)).json();
+    const list = await (await fetch(`${net.relay.url}/v1/models`)).json();
     return list.data?.some((m) => m.id === ID && m.tabnode?.nodes === 1);
   }, 120_000, 200);
-  const res = await fetch(`${relay.url}/v1/chat/completions`, {
+  const res = await fetch(`${net.relay.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: ID, messages: [{ role: 'user', content: PROMPT }], max_tokens: MAX_TOKENS, temperature: 0 }),
@@ -73,17 +62,17 @@ test('a tab with ?model= serves Qwen2.5-Coder to a chat request, with the native
 });
 
 test('one native node serves SmolLM2 and Qwen; the OpenAI Python client streams Qwen\'s answer', { timeout: SLOW }, async () => {
-  const node = await startNode(relay, { serve: [MODEL_FILE, QWEN] });
+  const node = await startNode(net.relay, { serve: [MODEL_FILE, QWEN] });
   try {
     const prompt = 'What is the capital of France?';
     const want = localAnswer(prompt, 16, QWEN);
     await waitFor('the relay to list both models of the node', async () => {
-      const list = await (await fetch(`${relay.url}/v1/models`)).json();
+      const list = await (await fetch(`${net.relay.url}/v1/models`)).json();
       const nodes = (id) => list.data?.find((m) => m.id === id)?.tabnode?.nodes ?? 0;
       return nodes(ID) >= 1 && nodes('smollm2-135m-instruct') >= 1;
     }, 120_000, 200);
     const { stdout } = await promisify(execFile)(PYTHON, [
-      join(ROOT, 'e2e', 'openai_client.py'), `${relay.url}/v1`, ID, prompt, '16',
+      join(ROOT, 'e2e', 'openai_client.py'), `${net.relay.url}/v1`, ID, prompt, '16',
     ], { encoding: 'utf8' });
     const got = JSON.parse(stdout);
     assert.ok(got.models.includes(ID) && got.models.includes('smollm2-135m-instruct'), stdout);
@@ -102,7 +91,7 @@ test('a tab serves Gemma 3 270M, a base model, to /v1/completions on its CPU eng
   const prompt = 'The three primary colors are';
   const want = localAnswer(prompt, MAX_TOKENS, GEMMA, { chat: false });
   assert.match(want.text, /red/, `the native answer: ${JSON.stringify(want.text)}`);
-  const { page } = await openTab(browser, relay.url, null, { model: GEMMA });
+  const { page } = await openTab(net.browser, net.relay.url, null, { model: GEMMA });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
   const model = await page.evaluate(() => window.tabnode.model);
   assert.equal(model.status, 'ready', `${model.error}\n${page.logs.slice(-20).join('\n')}`);
@@ -114,10 +103,10 @@ test('a tab serves Gemma 3 270M, a base model, to /v1/completions on its CPU eng
   console.log(`tab: ${JSON.stringify(model.ready.engine)}, load ${(model.ready.load_ms / 1000).toFixed(1)} s`);
   const peer = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the relay to list the tab\'s Gemma', async () => {
-    const list = await (await fetch(`${relay.url}/v1/models`)).json();
+    const list = await (await fetch(`${net.relay.url}/v1/models`)).json();
     return list.data?.some((m) => m.id === 'gemma-3-270m' && m.tabnode?.nodes === 1 && m.tabnode?.chat === false);
   }, 120_000, 200);
-  const res = await fetch(`${relay.url}/v1/completions`, {
+  const res = await fetch(`${net.relay.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'gemma-3-270m', prompt, max_tokens: MAX_TOKENS, temperature: 0 }),
@@ -131,11 +120,11 @@ test('a tab serves Gemma 3 270M, a base model, to /v1/completions on its CPU eng
 });
 
 test('a tab without ?model picks the largest chat model that fits its memory', async () => {
-  const models = await (await fetch(`${relay.url}/api/models`)).json();
+  const models = await (await fetch(`${net.relay.url}/api/models`)).json();
   const chat = models.filter((m) => m.catalog?.chat);
   assert.ok(chat.length >= 2, JSON.stringify(models));
   const choice = async (memory) => {
-    const { page } = await openTab(browser, relay.url, null, { model: 'auto', memory });
+    const { page } = await openTab(net.browser, net.relay.url, null, { model: 'auto', memory });
     await page.waitForFunction(() => window.tabnode?.model?.choice, null, { timeout: 60_000 });
     const c = await page.evaluate(() => window.tabnode.model.choice);
     await page.close();
@@ -148,7 +137,7 @@ test('a tab without ?model picks the largest chat model that fits its memory', a
   // The browser's own budget (a quarter of navigator.deviceMemory, at
   // most 2 GiB): the largest chat model of the catalog within it.
   const budget = await (async () => {
-    const { page } = await openTab(browser, relay.url, null, { model: false });
+    const { page } = await openTab(net.browser, net.relay.url, null, { model: false });
     const gib = await page.evaluate(() => navigator.deviceMemory ?? 4);
     await page.close();
     return Math.min(gib * 1024 / 4, 2048) * 2 ** 20;
@@ -164,7 +153,7 @@ test('a tab without ?model picks the largest chat model that fits its memory', a
 });
 
 test('a ?model= the relay does not serve fails with a clear error', async () => {
-  const { page } = await openTab(browser, relay.url, null, { model: 'no-such-model' });
+  const { page } = await openTab(net.browser, net.relay.url, null, { model: 'no-such-model' });
   await page.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: 60_000 });
   const model = await page.evaluate(() => window.tabnode.model);
   assert.equal(model.status, 'failed');

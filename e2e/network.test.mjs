@@ -1,40 +1,32 @@
 // The foundation end to end: real relay, real native node, real Chromium
 // tabs with WebGPU, libp2p over WebRTC.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor, waitForReachable, echoFromTab, probe,
+  useNetwork, startRelay, startNode, openTab, waitFor, waitForReachable, echoFromTab, probe,
 } from './harness.mjs';
 
 const MIB = 1 << 20;
-let relay;
 let node;
-let browser;
 let tabA;
 let tabB;
 let idA;
 let idB;
 
-before(async () => {
-  relay = await startRelay();
-  node = await startNode(relay);
-  browser = await launchBrowser();
-  tabA = await openTab(browser, relay.url);
-  tabB = await openTab(browser, relay.url);
-  idA = await tabA.page.evaluate(() => window.tabnode.peerId);
-  idB = await tabB.page.evaluate(() => window.tabnode.peerId);
-});
-
-after(async () => {
-  await browser?.close();
-  await node?.kill();
-  await relay?.kill();
+const net = useNetwork({
+  setUp: async (net) => {
+    node = net.own(await startNode(net.relay));
+    tabA = await openTab(net.browser, net.relay.url);
+    tabB = await openTab(net.browser, net.relay.url);
+    idA = await tabA.page.evaluate(() => window.tabnode.peerId);
+    idB = await tabB.page.evaluate(() => window.tabnode.peerId);
+  },
 });
 
 test('two tabs and the native node appear in /api/network with the tabs\' WebGPU adapters', async () => {
   assert.notEqual(idA, idB, 'each tab has its own identity');
   const net = await waitFor('both tabs to register their GPU', async () => {
-    const n = await relay.network();
+    const n = await net.relay.network();
     const tabs = n.nodes.filter((p) => p.kind === 'browser' && p.capabilities?.gpu);
     return tabs.length === 2 ? n : null;
   });
@@ -70,7 +62,7 @@ test('the worker reports a WebGPU adapter to the page', async () => {
 test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a pass', async () => {
   // The relay challenges every node when it registers.
   const net = await waitFor('both tabs to pass a proof', async () => {
-    const n = await relay.network();
+    const n = await net.relay.network();
     const tabs = n.nodes.filter((p) => [idA, idB].includes(p.peer_id) && p.pof.passed >= 1);
     return tabs.length === 2 ? n : null;
   }, 90_000);
@@ -84,9 +76,9 @@ test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a 
     assert.ok(pof.last.rtt_ms >= 0 && pof.last.deadline_ms > 0, JSON.stringify(pof.last));
     assert.ok(pof.last.n >= 256);
   }
-  const history = await (await fetch(`${relay.url}/api/pof/${idA}`)).json();
+  const history = await (await fetch(`${net.relay.url}/api/pof/${idA}`)).json();
   assert.equal(history.records[0].passed, true);
-  assert.equal((await fetch(`${relay.url}/api/pof/not-a-peer`)).status, 400);
+  assert.equal((await fetch(`${net.relay.url}/api/pof/not-a-peer`)).status, 400);
   // The worker did the work (on WebGPU), and the page shows the result.
   const handled = await tabA.page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'handled'));
   assert.deepEqual(handled.slice(0, 2).map((e) => e.answer), ['pof_commit', 'pof_opening']);
@@ -97,20 +89,20 @@ test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a 
 test('a tab obeys commands only from its relay: challenges, openings and generations from another peer are refused', async () => {
   // 65536 is the size whose n*n wraps to 0 on wasm32.
   for (const spec of ['pof-challenge:8', 'pof-challenge:65536', 'pof-open', 'infer', 'infer-cancel']) {
-    const answer = await probe(relay, idB, spec);
+    const answer = await probe(net.relay, idB, spec);
     assert.equal(answer.kind, 'error', `${spec}: ${JSON.stringify(answer)}`);
     assert.equal(answer.code, 'Forbidden', `${spec}: ${JSON.stringify(answer)}`);
     assert.match(answer.message, /only from this node's relay/);
   }
   // Messages meant for peers still work.
-  assert.deepEqual(await probe(relay, idB, 'echo'), { kind: 'echo', bytes: 5 });
+  assert.deepEqual(await probe(net.relay, idB, 'echo'), { kind: 'echo', bytes: 5 });
   // Nothing reached the worker or the serving code: every command the page
   // handed over came from the relay, and the worker did not panic.
   const requests = await tabB.page.evaluate(() => window.tabnode.events.filter((e) => e.type === 'request'));
   assert.ok(requests.length >= 2, 'the relay\'s own challenge was handled');
-  assert.deepEqual([...new Set(requests.map((e) => e.peer))], [relay.peerId]);
+  assert.deepEqual([...new Set(requests.map((e) => e.peer))], [net.relay.peerId]);
   assert.deepEqual(tabB.page.logs.filter((l) => l.startsWith('pageerror') || /panicked/.test(l)), []);
-  const { pof } = (await relay.network()).nodes.find((p) => p.peer_id === idB);
+  const { pof } = (await net.relay.network()).nodes.find((p) => p.peer_id === idB);
   assert.equal(pof.failed, 0);
 });
 
@@ -156,23 +148,23 @@ test('the identity survives a reload', async () => {
 });
 
 test('relay killed and restarted: tabs reconnect on their own with the same peer ids', async () => {
-  const { ports, dataDir, peerId } = relay;
-  const oldWebrtc = relay.bootstrap.webrtc_direct[0];
+  const { ports, dataDir, peerId } = net.relay;
+  const oldWebrtc = net.relay.bootstrap.webrtc_direct[0];
   const before = await Promise.all([tabA, tabB].map((t) => t.page.evaluate(() => window.tabnode.connects)));
-  await relay.kill();
+  await net.relay.kill();
   for (const tab of [tabA, tabB]) {
     await waitFor('the tab to notice the relay is gone', () => tab.page.evaluate(() => window.tabnode.status !== 'reachable'));
   }
-  relay = await startRelay({ dataDir, ports });
-  assert.equal(relay.peerId, peerId, 'relay identity persisted');
-  assert.equal(relay.bootstrap.webrtc_direct[0], oldWebrtc, 'same certhash and port after the restart');
+  net.relay = await startRelay({ dataDir, ports });
+  assert.equal(net.relay.peerId, peerId, 'relay identity persisted');
+  assert.equal(net.relay.bootstrap.webrtc_direct[0], oldWebrtc, 'same certhash and port after the restart');
   for (const [i, [tab, id]] of [[tabA, idA], [tabB, idB]].entries()) {
     await waitFor('the tab to reconnect on its own', () => tab.page.evaluate(
       (n) => window.tabnode.status === 'reachable' && window.tabnode.connects > n, before[i]));
     assert.equal(await tab.page.evaluate(() => window.tabnode.peerId), id, 'same peer id');
   }
   await waitFor('both tabs listed again', async () => {
-    const n = await relay.network();
+    const n = await net.relay.network();
     const ids = new Set(n.nodes.map((p) => p.peer_id));
     return ids.has(idA) && ids.has(idB);
   });

@@ -6,27 +6,24 @@
 // page asks again, B's tab is closed mid-stream, and the answer completes on
 // another node with nothing lost or repeated. B's points rise by exactly
 // the tokens it served.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import {
-  startRelay, startNode, launchBrowser, openTab, waitFor, localAnswer,
+  useNetwork, startNode, openTab, waitFor, localAnswer,
 } from './harness.mjs';
 
 // Generous bounds for a loaded CI machine; the tab decodes several tokens
 // a second.
 const SLOW = 10 * 60_000;
 
-let relay;
-let browser;
 let tabB;
 let peerB;
 let host;
 let native;
 
-
 async function ledgerTokens(peer) {
-  const r = await fetch(`${relay.url}/api/ledger/${peer}`);
+  const r = await fetch(`${net.relay.url}/api/ledger/${peer}`);
   assert.equal(r.status, 200);
   return (await r.json()).tokens;
 }
@@ -38,7 +35,7 @@ function startHost() {
     </style></head><body>
     <p id="own">The host page's own text.</p>
     <div id="chat"></div>
-    <script src="${relay.url}/embed.js" data-target="#chat" data-max-tokens="3" data-contribute async></script>
+    <script src="${net.relay.url}/embed.js" data-target="#chat" data-max-tokens="3" data-contribute async></script>
     </body></html>`;
   const server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/html' });
@@ -49,37 +46,32 @@ function startHost() {
   }));
 }
 
-before(async () => {
-  // A stall is much longer than a token takes anywhere; a request waits
-  // long enough for a node that is still starting (and proving).
-  relay = await startRelay({ args: ['--stall-timeout', '45', '--queue-timeout', '120'] });
-  browser = await launchBrowser();
-  ({ page: tabB } = await openTab(browser, relay.url, null, { model: true }));
-  peerB = await tabB.evaluate(() => window.tabnode.peerId);
-  await tabB.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
-  assert.equal(await tabB.evaluate(() => window.tabnode.model.status), 'ready');
-  await waitFor('tab B to serve the model', async () => {
-    const body = await (await fetch(`${relay.url}/v1/models`)).json();
-    return body.data?.[0]?.tabnode?.nodes === 1;
-  }, 60_000, 200);
-  host = await startHost();
-});
-
-after(async () => {
-  await browser?.close();
-  await native?.kill();
-  host?.server.close();
-  await relay?.kill();
+// A stall is much longer than a token takes anywhere; a request waits long
+// enough for a node that is still starting (and proving).
+const net = useNetwork({
+  relay: { args: ['--stall-timeout', '45', '--queue-timeout', '120'] },
+  setUp: async (net) => {
+    ({ page: tabB } = await openTab(net.browser, net.relay.url, null, { model: true }));
+    peerB = await tabB.evaluate(() => window.tabnode.peerId);
+    await tabB.waitForFunction(() => ['ready', 'failed'].includes(window.tabnode?.model?.status), null, { timeout: SLOW });
+    assert.equal(await tabB.evaluate(() => window.tabnode.model.status), 'ready');
+    await waitFor('tab B to serve the model', async () => {
+      const body = await (await fetch(`${net.relay.url}/v1/models`)).json();
+      return body.data?.[0]?.tabnode?.nodes === 1;
+    }, 60_000, 200);
+    host = await startHost();
+    net.own(host.server);
+  },
 });
 
 test('the zero-install chat page (tab A, no node) gets its answer from tab B\'s worker', { timeout: SLOW }, async () => {
   const prompt = 'Name a colour.';
   const want = localAnswer(prompt, 3);
   const before = await ledgerTokens(peerB);
-  const page = await (await browser.newContext()).newPage();
+  const page = await (await net.browser.newContext()).newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${relay.url}/chat.html?max_tokens=3`);
+  await page.goto(`${net.relay.url}/chat.html?max_tokens=3`);
   await page.waitForFunction(() => window.tabnodeChat?.models?.length > 0, null, { timeout: 30_000 });
   await page.fill('#prompt', prompt);
   await page.click('#send');
@@ -102,7 +94,7 @@ test('a widget embedded on another origin gets its answer from tab B\'s worker',
   const prompt = 'What is the capital of France?';
   const want = localAnswer(prompt, 3);
   const before = await ledgerTokens(peerB);
-  const page = await (await browser.newContext()).newPage();
+  const page = await (await net.browser.newContext()).newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(`${host.url}/`);
@@ -137,8 +129,8 @@ test('a widget embedded on another origin gets its answer from tab B\'s worker',
   // "Contribute" runs the node in the relay's origin: the host cannot
   // reach into it, but hears its status.
   await page.check('tabnode-chat input[type=checkbox]');
-  const frame = await waitFor('the node iframe', () => page.frames().find((f) => f.url().startsWith(relay.url)), 30_000);
-  assert.equal(new URL(frame.url()).origin, new URL(relay.url).origin);
+  const frame = await waitFor('the node iframe', () => page.frames().find((f) => f.url().startsWith(net.relay.url)), 30_000);
+  assert.equal(new URL(frame.url()).origin, new URL(net.relay.url).origin);
   const crossOrigin = await page.evaluate(() => {
     try {
       return String(document.querySelector('tabnode-chat').shadowRoot.querySelector('iframe').contentWindow.localStorage);
@@ -161,8 +153,8 @@ test('tab B closed mid-stream: the answer completes on another node, nothing los
   const want = localAnswer(prompt, maxTokens);
   assert.equal(want.tokens.length, maxTokens, 'the answer runs to max_tokens');
   const before = await ledgerTokens(peerB);
-  const page = await (await browser.newContext()).newPage();
-  await page.goto(`${relay.url}/chat.html?max_tokens=${maxTokens}`);
+  const page = await (await net.browser.newContext()).newPage();
+  await page.goto(`${net.relay.url}/chat.html?max_tokens=${maxTokens}`);
   await page.waitForFunction(() => window.tabnodeChat?.models?.length > 0, null, { timeout: 30_000 });
   await page.fill('#prompt', prompt);
   await page.click('#send');
@@ -170,7 +162,7 @@ test('tab B closed mid-stream: the answer completes on another node, nothing los
   // only then does another node join (the request waits for it).
   await page.waitForFunction(() => window.tabnodeChat.last?.text?.length > 0, null, { timeout: SLOW, polling: 20 });
   await tabB.context().close();
-  native = await startNode(relay, { serve: true });
+  native = net.own(await startNode(net.relay, { serve: true }));
   await page.waitForFunction(() => window.tabnodeChat.last?.done || window.tabnodeChat.error, null, { timeout: SLOW });
   const s = await page.evaluate(() => window.tabnodeChat);
   assert.equal(s.error, null);
