@@ -590,6 +590,13 @@ async function main() {
     node = TabNode.start({ relay, workerUrl: '/worker/worker.js', maxBackoffMs: 4000 }, onEvent);
   }
   await identity.save(node.identity);
+  // Closing (or leaving) the page: a signed goodbye makes the relay drop
+  // this node at once, instead of when its pings fail on the dead
+  // connection. A beacon is the one request a page may still send then.
+  addEventListener('pagehide', () => {
+    const goodbye = node.goodbye();
+    if (goodbye) navigator.sendBeacon('/api/goodbye', JSON.stringify(goodbye));
+  });
   state.node = node;
   state.peerId = node.peerId;
   state.slot = identity.slot;

@@ -9,6 +9,7 @@
 //! * [`worker`]: the typed messages between the page and its compute worker,
 //! * [`node`]: the libp2p behaviour every node (tab or native) runs, and the
 //!   sans-I/O handling of its events (only the relay may command a node),
+//! * [`goodbye`]: the signed goodbye a closing tab sends the relay,
 //! * [`pof`]: the node's side of Proof-of-FLOPS (size checks, one commitment
 //!   per round); backends supply the matmul.
 //!
@@ -21,6 +22,7 @@ pub mod chunked;
 pub mod codec;
 pub mod download;
 pub mod driver;
+pub mod goodbye;
 pub mod infer;
 // The `NetworkBehaviour` derive generates an event enum without docs.
 #[allow(missing_docs)]

@@ -216,3 +216,112 @@ async fn stats_count_nodes_and_requests_and_name_no_address() {
         "seen today still"
     );
 }
+
+/// When `peer`'s connection started, as `/api/network` says (None: not
+/// connected).
+async fn connected_since(addr: std::net::SocketAddr, peer: &libp2p::PeerId) -> Option<u64> {
+    let (s, v) = json_call(addr, "GET", "/api/network", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["nodes"].as_array()?.iter().find_map(|n| {
+        (n["peer_id"] == peer.to_string())
+            .then(|| n["connected_since_ms"].as_u64())
+            .flatten()
+    })
+}
+
+/// Posts `body` to `/api/goodbye`: the status and the error's code.
+async fn goodbye(addr: std::net::SocketAddr, body: &str) -> (u16, Value) {
+    let r = http_client::http(addr, "POST", "/api/goodbye", Some(body), &[]).await;
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, v["code"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_goodbye_closes_the_connection_now_and_forged_stale_or_replayed_ones_do_not() {
+    use tabnode_core::goodbye::{Goodbye, MAX_SKEW_MS};
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = tabnode_relay::RelayConfig::ephemeral(dir.path().join("relay"), PathBuf::from("."));
+    let relay = tabnode_relay::start(cfg).await.expect("relay");
+    let addr = relay.http_addr;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let node = tabnode_node::spawn(tabnode_node::NodeConfig {
+        key: Some(key.clone()),
+        ..node_config(relay.tcp_addr().expect("tcp"))
+    })
+    .expect("node");
+    let peer = node.peer_id;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let since = loop {
+        if let Some(t) = connected_since(addr, &peer).await {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    // The node's clock runs three minutes ahead of the relay's.
+    let skew = 3 * 60_000;
+    let signed = |key: &libp2p::identity::Keypair, connected_at: u64| {
+        Goodbye::sign(key, connected_at + skew, now() + skew).expect("sign")
+    };
+    let json = |g: &Goodbye| serde_json::to_string(g).expect("json");
+
+    // Refused, and the connection stays: garbage, someone else's signature,
+    // a stale goodbye, another connection's start, a node not connected.
+    let stranger = libp2p::identity::Keypair::generate_ed25519();
+    let forged = Goodbye {
+        signature: signed(&stranger, since).signature,
+        ..signed(&key, since)
+    };
+    let stale = Goodbye::sign(
+        &key,
+        since - MAX_SKEW_MS - 2_000,
+        now() - MAX_SKEW_MS - 1_000,
+    )
+    .expect("sign");
+    for (body, status, code) in [
+        ("{\"peer\": 1}".to_owned(), 400, "invalid_goodbye"),
+        (json(&forged), 401, "bad_signature"),
+        (json(&stale), 400, "invalid_goodbye"),
+        (json(&signed(&key, since - 30_000)), 409, "other_connection"),
+        (json(&signed(&stranger, since)), 404, "not_connected"),
+    ] {
+        assert_eq!(goodbye(addr, &body).await, (status, json!(code)), "{body}");
+    }
+    assert_eq!(
+        connected_since(addr, &peer).await,
+        Some(since),
+        "still the same connection"
+    );
+
+    // The node's own goodbye closes its connection at once (the test's
+    // node then connects again, as a reloaded tab would).
+    let farewell = json(&signed(&key, since));
+    let t0 = std::time::Instant::now();
+    assert_eq!(goodbye(addr, &farewell).await.0, 204);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let again = loop {
+        match connected_since(addr, &peer).await {
+            Some(t) if t != since => break t,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("dropped and back in {} ms", t0.elapsed().as_millis());
+    // Replayed on the new connection, the same goodbye is refused (the
+    // two connections started within the tolerance: it is refused as used).
+    assert_eq!(goodbye(addr, &farewell).await, (409, json!("already_used")));
+    assert_eq!(connected_since(addr, &peer).await, Some(again));
+}

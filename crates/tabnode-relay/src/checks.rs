@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::Serialize;
@@ -29,6 +29,7 @@ use tabnode_core::{Request, Response};
 
 use crate::inference::InferContext;
 use crate::ledger::Credit;
+use crate::now_ms;
 use crate::registry::NoNode;
 
 /// How requests are spot-checked.
@@ -302,12 +303,6 @@ pub(crate) fn after_request(ctx: &InferContext, served: Served) {
     if drawn {
         tokio::spawn(check(ctx.clone(), served));
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A checker's reading of `served`: who, its verdict (or why it gave

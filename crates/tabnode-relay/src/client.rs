@@ -34,6 +34,8 @@ pub(crate) enum SwarmCommand {
         request: Request,
         reply: oneshot::Sender<Result<Response, SendError>>,
     },
+    /// Close every connection of `peer` (it said goodbye).
+    Disconnect { peer: PeerId },
 }
 
 /// A cloneable handle to the swarm task.
@@ -70,6 +72,17 @@ impl SwarmClient {
             Ok(Err(_)) => Err(SendError::Stopped),
             Ok(Ok(r)) => r,
         }
+    }
+
+    /// Closes every connection of `peer`.
+    ///
+    /// # Errors
+    /// [`SendError::Stopped`] when the swarm task has stopped.
+    pub(crate) async fn disconnect(&self, peer: PeerId) -> Result<(), SendError> {
+        self.commands
+            .send(SwarmCommand::Disconnect { peer })
+            .await
+            .map_err(|_| SendError::Stopped)
     }
 
     /// Sends `request` to `peer` without waiting for (or reading) the

@@ -36,7 +36,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::{
     body::Bytes,
@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest};
+use crate::now_ms;
 use crate::openai::{admit, error, Api};
 use crate::scrape::Scraper;
 use crate::vectors::Vectors;
@@ -281,12 +282,6 @@ fn invalid(code: &str, message: impl Into<String>) -> Response {
         None,
         message,
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A value on a connection.

@@ -70,6 +70,12 @@ pub(crate) fn router(
     use crate::vectors as vx;
     let root = &config.site_root;
     let www = root.join("www");
+    let goodbye = Router::new()
+        .route("/api/goodbye", post(crate::goodbye::goodbye))
+        .with_state(crate::goodbye::Desk::new(
+            relay.clone(),
+            infer.client.clone(),
+        ));
     let api = openai::Api::new(infer);
     // The vector routes take larger bodies (vectors as JSON).
     let vectors = Router::new()
@@ -160,7 +166,8 @@ pub(crate) fn router(
             models_dir: Arc::new(config.models_dir.clone()),
             www: Arc::new(www.clone()),
         })
-        .merge(v1);
+        .merge(v1)
+        .merge(goodbye);
     // Development server: always revalidate, so a rebuilt wasm is picked up.
     let no_cache = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,

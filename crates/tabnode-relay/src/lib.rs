@@ -19,6 +19,7 @@ pub mod checks;
 mod client;
 mod embeddings;
 pub mod flows;
+mod goodbye;
 mod http;
 pub mod inference;
 mod jobs;
@@ -47,6 +48,13 @@ pub use inference::InferConfig;
 pub use pof::{PofConfig, PofConfigError};
 pub use registry::{NodeEntry, PofHistory};
 pub use state::{NetworkModel, NetworkView, RelayState};
+
+/// Now, in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Errors of the relay.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use rand::{Rng, RngCore};
@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::{SendError, SwarmClient};
+use crate::now_ms;
 use crate::state::RelayState;
 
 /// Why a proof failed: its record's `reason`.
@@ -243,13 +244,6 @@ fn class_name(class: DeviceClass) -> &'static str {
         DeviceClass::SoftwareGpu => "software_gpu",
         DeviceClass::Gpu => "gpu",
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Challenger {

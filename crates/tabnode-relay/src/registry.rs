@@ -514,6 +514,11 @@ impl Registry {
             .collect()
     }
 
+    /// When `peer`'s connection started (ms since the epoch), if connected.
+    pub fn connected_since(&self, peer: &PeerId) -> Option<u64> {
+        self.lock().nodes.get(peer).map(|e| e.connected_since_ms)
+    }
+
     /// Every connected node, oldest first.
     pub fn summaries(&self) -> Vec<PeerSummary> {
         let g = self.lock();

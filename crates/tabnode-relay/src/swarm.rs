@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{
@@ -24,6 +24,7 @@ use tabnode_core::{
 
 use crate::client::{SendError, SwarmCommand};
 use crate::metrics::{outcome, Direction};
+use crate::now_ms;
 use crate::{state::RelayState, Bootstrap, RelayConfig, RelayError};
 
 /// How often the relay pings each connection.
@@ -199,13 +200,6 @@ pub(crate) async fn build(
     Ok((swarm, boot))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The IP address an address starts with.
 fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     addr.iter().find_map(|p| match p {
@@ -236,6 +230,10 @@ pub(crate) async fn run(
                     Some(SwarmCommand::Request { peer, request, reply }) => {
                         let id = swarm.behaviour_mut().rpc.send_request(&peer, request);
                         pending.insert(id, reply);
+                    }
+                    Some(SwarmCommand::Disconnect { peer }) => {
+                        // Not connected (any more): nothing to close.
+                        let _ = swarm.disconnect_peer_id(peer);
                     }
                     None => break,
                 }

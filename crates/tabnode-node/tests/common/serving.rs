@@ -142,27 +142,32 @@ pub fn node_serving(
     server: Arc<InferServer>,
 ) -> NodeHandle {
     spawn(NodeConfig {
+        handler,
+        server: Some(server),
+        ..node_config(relay)
+    })
+    .expect("node starts")
+}
+
+/// A native node's settings for the tests: a fresh identity, an honest
+/// prover, nothing served.
+pub fn node_config(relay: libp2p::Multiaddr) -> NodeConfig {
+    NodeConfig {
         relay,
         key: None,
         capabilities: Capabilities::new(NodeKind::Native, "inference-test"),
         max_backoff: Duration::from_millis(500),
-        handler,
-        server: Some(server),
+        handler: honest_prover(),
+        server: None,
         embedder: None,
-    })
-    .expect("node starts")
+    }
 }
 
 /// A node that serves nothing (an account, a client).
 pub fn node_serving_nothing(relay: libp2p::Multiaddr) -> NodeHandle {
     spawn(NodeConfig {
-        relay,
-        key: None,
         capabilities: Capabilities::new(NodeKind::Native, "client-test"),
-        max_backoff: Duration::from_millis(500),
-        handler: honest_prover(),
-        server: None,
-        embedder: None,
+        ..node_config(relay)
     })
     .expect("node starts")
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use tabnode_core::download::FileCheck;
+use tabnode_core::goodbye::Goodbye;
 use tabnode_core::infer::{Backend, GpuKernels};
 use tabnode_core::worker::EmbedderFile;
 use tabnode_core::ApiKeyCommand;
@@ -129,6 +130,7 @@ impl TabNode {
             next_generation: Cell::new(1),
             served: RefCell::new(HashMap::new()),
             python_runner: RefCell::new(None),
+            relay_connected_at: Cell::new(None),
         });
         let config = DriverConfig {
             relay,
@@ -163,6 +165,10 @@ impl TabNode {
                     NodeEvent::Request { id, request, .. } => {
                         for_driver.to_worker(*id, request.clone());
                     }
+                    NodeEvent::RelayConnected { .. } => {
+                        for_driver.relay_connected_at.set(Some(epoch_ms()));
+                    }
+                    NodeEvent::RelayDisconnected { .. } => for_driver.relay_connected_at.set(None),
                     _ => {}
                 }
                 js_event(&on_event, &PageEvent::Node(&event));
@@ -191,6 +197,24 @@ impl TabNode {
     #[wasm_bindgen(getter)]
     pub fn identity(&self) -> Vec<u8> {
         self.identity.clone()
+    }
+
+    /// A goodbye for the relay, signed with this node's key (a plain object
+    /// to post as JSON to the relay's `/api/goodbye`; `null` while not
+    /// connected). The page sends it with `navigator.sendBeacon` as it is
+    /// closed, so the relay drops this node at once.
+    ///
+    /// # Errors
+    /// A corrupt identity (it decoded at start).
+    pub fn goodbye(&self) -> Result<JsValue, JsError> {
+        let Some(connected_at) = self.shared.relay_connected_at.get() else {
+            return Ok(JsValue::NULL);
+        };
+        let key = Keypair::from_protobuf_encoding(&self.identity)
+            .map_err(|e| WebError::Identity(e.to_string()))?;
+        let goodbye = Goodbye::sign(&key, connected_at, epoch_ms().max(connected_at))?;
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        Ok(serde::Serialize::serialize(&goodbye, &serializer)?)
     }
 
     /// The capabilities registered with the relay (plain object).

@@ -76,6 +76,12 @@ struct PendingGeneration {
 
 /// What the page's parts share: the driver's command channel, the
 /// capabilities it registers, the worker and the generations in flight.
+/// Now, in milliseconds since the epoch (this page's clock).
+fn epoch_ms() -> u64 {
+    // A positive whole number of milliseconds, far below 2^53.
+    js_sys::Date::now() as u64
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
     capabilities: RefCell<Capabilities>,
@@ -101,6 +107,9 @@ struct Shared {
     /// The page's Python runner, while its visitor lets this tab run
     /// flows' Python steps for others (`setPythonRunner`).
     python_runner: RefCell<Option<js_sys::Function>>,
+    /// When the relay connection up now started (ms since the epoch, this
+    /// page's clock): what a goodbye names.
+    relay_connected_at: Cell<Option<u64>>,
 }
 
 impl Shared {
