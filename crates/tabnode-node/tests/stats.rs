@@ -180,36 +180,96 @@ async fn stats_count_nodes_and_requests_and_name_no_address() {
         );
     }
 
-    // The stream: the history, then samples as they close.
-    let events = stream(addr, 3).await;
+    // The node's row: its measured speed and credited tokens; its detail
+    // lists the request.
+    let peer = node.peer_id.to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let row = loop {
+        let (s, v) = json_call(addr, "GET", "/api/nodes", None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["full"], true);
+        let row = v["rows"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["peer_id"] == peer).cloned());
+        if let Some(row) = row.filter(|r| r["tokens"].as_f64() == Some(tokens)) {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the credited row: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row["kind"], "native", "{row}");
+    assert_eq!(row["backend"], "cpu", "{row}");
+    assert!(row["tok_s"].as_f64() > Some(0.0), "{row}");
+    assert!(row["points"].as_u64() >= Some(tokens as u64), "{row}");
+    assert_eq!(row["models"][0], model(), "{row}");
+    let (s, detail) = json_call(addr, "GET", &format!("/api/nodes/{peer}"), None).await;
+    assert_eq!(s, 200, "{detail}");
+    let recent = &detail["recent"][0];
+    assert_eq!(recent["outcome"], "completed", "{detail}");
+    assert_eq!(recent["tokens"].as_f64(), Some(tokens), "{detail}");
+    assert_eq!(recent["model"], model(), "{detail}");
+    assert_eq!(
+        json_call(addr, "GET", "/api/nodes/nobody", None).await.0,
+        400
+    );
+    let stranger = libp2p::PeerId::random();
+    assert_eq!(
+        json_call(addr, "GET", &format!("/api/nodes/{stranger}"), None)
+            .await
+            .0,
+        404
+    );
+
+    // The stream: the history and every node's row, then samples as they
+    // close (and the rows that changed, when any did).
+    let events = stream(addr, 4).await;
     assert_eq!(events[0].0, "history");
     assert!(events[0].1["fine"]
         .as_array()
         .is_some_and(|f| !f.is_empty()));
-    assert!(events[1..].iter().all(|(name, _)| name == "sample"));
-    assert!(events[2].1["at_ms"].as_u64() > events[1].1["at_ms"].as_u64());
-    assert_eq!(events[2].1["nodes"]["online"], 1);
+    assert_eq!(events[1].0, "nodes");
+    assert_eq!(events[1].1["full"], true);
+    assert_eq!(events[1].1["rows"][0]["peer_id"], peer);
+    let samples: Vec<&Value> = events[2..]
+        .iter()
+        .filter(|(name, _)| name == "sample")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(samples.len() >= 2, "{events:?}");
+    assert!(samples[1]["at_ms"].as_u64() > samples[0]["at_ms"].as_u64());
+    assert_eq!(samples[1]["nodes"]["online"], 1);
 
-    // No address of anyone: the nodes here are all at 127.0.0.1.
+    // No address of anyone anywhere (the nodes here are all at 127.0.0.1);
+    // the samples count nodes without naming them (only the roster does).
+    let (_, listed) = json_call(addr, "GET", "/api/nodes", None).await;
     for text in [
         stats(addr).await.to_string(),
+        json!(samples).to_string(),
         json!(events.iter().map(|e| &e.1).collect::<Vec<_>>()).to_string(),
+        listed.to_string(),
+        detail.to_string(),
     ] {
         assert!(!text.contains("127.0.0.1"), "an address leaked: {text}");
-        assert!(
-            !text.contains(&node.peer_id.to_string()),
-            "a node is named: {text}"
-        );
+    }
+    for text in [stats(addr).await.to_string(), json!(samples).to_string()] {
+        assert!(!text.contains(&peer), "a node is named: {text}");
     }
     // Bad input is a clear error.
     let (s, _) = json_call(addr, "GET", "/api/stats?history=maybe", None).await;
     assert_eq!(s, 400);
-    // Gone from the next sample once it leaves.
+    // Gone from the next sample (and the roster) once it leaves.
     drop(node);
     stats_until(addr, "the node gone", |v| {
         v["latest"]["nodes"]["online"] == 0
     })
     .await;
+    assert_eq!(
+        json_call(addr, "GET", "/api/nodes", None).await.1["rows"],
+        json!([])
+    );
     assert_eq!(
         stats(addr).await["latest"]["nodes"]["unique_24h"],
         1,

@@ -158,6 +158,8 @@ pub(crate) fn router(
         .route("/api/checks", get(checks))
         .route("/api/stats", get(stats))
         .route("/api/stats/stream", get(stats_stream))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{peer_id}", get(node_detail))
         .route("/metrics", get(metrics))
         .route("/python-sandbox.html", get(python_sandbox))
         .with_state(AppState {
@@ -280,26 +282,69 @@ async fn stats(
 async fn stats_stream(State(s): State<AppState>) -> axum::response::Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
-    // Subscribed before the history is read: no sample falls between.
-    let rx = s.relay.stats.subscribe();
-    let history = s.relay.stats.history(true);
-    let first = Event::default().event("history").json_data(&history);
-    let samples = futures::stream::unfold(rx, |mut rx| async move {
+    use tokio::sync::broadcast::{error::RecvError, Receiver};
+    /// The next message of `rx`; a slow reader skips what it missed.
+    async fn next<T: Clone>(mut rx: Receiver<T>) -> Option<(T, Receiver<T>)> {
         loop {
             match rx.recv().await {
-                Ok(sample) => {
-                    return Some((Event::default().event("sample").json_data(&*sample), rx))
-                }
-                // A slow reader skips what it missed.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Ok(m) => return Some((m, rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
             }
         }
+    }
+    // Subscribed before the history and the roster are read: nothing falls
+    // between.
+    let samples = s.relay.stats.subscribe();
+    let deltas = s.relay.roster.subscribe();
+    let history = s.relay.stats.history(true);
+    let first = [
+        Event::default().event("history").json_data(&history),
+        Event::default()
+            .event("nodes")
+            .json_data(s.relay.roster.full(crate::now_ms())),
+    ];
+    let samples = futures::stream::unfold(samples, next).flat_map(|closed| {
+        let sample = Event::default().event("sample").json_data(&*closed.sample);
+        let minute = closed
+            .minute
+            .map(|m| Event::default().event("minute").json_data(&*m));
+        futures::stream::iter(std::iter::once(sample).chain(minute))
     });
-    let events = futures::stream::once(async move { first }).chain(samples);
+    // The roster's deltas come serialised once for every subscriber.
+    let nodes = futures::stream::unfold(deltas, next)
+        .map(|json| Ok(Event::default().event("nodes").data(&*json)));
+    let events = futures::stream::iter(first).chain(futures::stream::select(samples, nodes));
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// `GET /api/nodes`: every connected node's row (what the dashboard lists).
+async fn nodes(State(s): State<AppState>) -> Json<crate::roster::NodesDelta> {
+    Json(s.relay.roster.full(crate::now_ms()))
+}
+
+/// `GET /api/nodes/{peer_id}`: a node's row and its recent requests.
+async fn node_detail(
+    State(s): State<AppState>,
+    axum::extract::Path(peer_id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
+        )
+            .into_response();
+    };
+    match s.relay.roster.detail(&peer) {
+        Some(d) => Json(d).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("{peer_id} is not connected") })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /api/checks?limit=N`.
@@ -457,21 +502,35 @@ fn ledger_unavailable(e: &dyn std::fmt::Display) -> axum::response::Response {
 }
 
 /// `GET /api/ledger`: every account, most points first, and the totals.
-async fn ledger(State(s): State<AppState>) -> axum::response::Response {
+/// `GET /api/ledger?limit=N`.
+#[derive(Debug, serde::Deserialize)]
+struct LedgerQuery {
+    /// List only the `limit` accounts with the most points (the totals
+    /// still count every account).
+    limit: Option<usize>,
+}
+
+async fn ledger(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<LedgerQuery>,
+) -> axum::response::Response {
     let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");
     };
     match ledger.balances() {
-        Ok((balances, totals)) => Json(serde_json::json!({
-            "points": {
-                "per_token": crate::ledger::POINTS_PER_TOKEN,
-                "per_proof_gflop": crate::ledger::POINTS_PER_PROOF_GFLOP,
-                "per_uptime_minute": crate::ledger::POINTS_PER_UPTIME_MINUTE,
-            },
-            "totals": totals,
-            "balances": balances,
-        }))
-        .into_response(),
+        Ok((mut balances, totals)) => {
+            balances.truncate(q.limit.unwrap_or(usize::MAX));
+            Json(serde_json::json!({
+                "points": {
+                    "per_token": crate::ledger::POINTS_PER_TOKEN,
+                    "per_proof_gflop": crate::ledger::POINTS_PER_PROOF_GFLOP,
+                    "per_uptime_minute": crate::ledger::POINTS_PER_UPTIME_MINUTE,
+                },
+                "totals": totals,
+                "balances": balances,
+            }))
+            .into_response()
+        }
         Err(e) => ledger_unavailable(&e),
     }
 }

@@ -394,6 +394,21 @@ pub(crate) async fn run_request(
             }
             credits.push(Credit::tokens(id, node.clone(), creditable));
         }
+        ctx.state.roster.served(
+            peer,
+            crate::roster::ServedRequest {
+                at_ms: crate::now_ms(),
+                request_id,
+                model: model.clone(),
+                tokens: served as u64,
+                seconds: segment_started.elapsed().as_secs_f64(),
+                outcome: match segment {
+                    Segment::Done(_) => "completed",
+                    Segment::Abandoned => "abandoned",
+                    Segment::Left(_) | Segment::Failed(_) | Segment::Cheated(_) => "failed",
+                },
+            },
+        );
         match segment {
             Segment::Done(finish) => {
                 registry.release(peer, true);

@@ -10,8 +10,9 @@
 //! acknowledged. [`Ledger::submit`] batches concurrent credits into one
 //! transaction (group commit) on a dedicated thread.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -287,6 +288,9 @@ pub struct Ledger {
     path: PathBuf,
     writes: Option<mpsc::UnboundedSender<Batch>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Accounts whose balance changed since [`Ledger::take_changed`] was
+    /// last called.
+    changed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Drop for Ledger {
@@ -337,15 +341,18 @@ impl Ledger {
         let (writes, rx) = mpsc::unbounded_channel();
         let writer_db = db.clone();
         let writer_path = path.to_path_buf();
+        let changed = Arc::<Mutex<HashSet<String>>>::default();
+        let writer_changed = changed.clone();
         let writer = std::thread::Builder::new()
             .name("ledger".into())
-            .spawn(move || writer(&writer_db, &writer_path, rx))
+            .spawn(move || writer(&writer_db, &writer_path, rx, &writer_changed))
             .map_err(LedgerError::Thread)?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
             writes: Some(writes),
             writer: Some(writer),
+            changed,
         })
     }
 
@@ -372,6 +379,12 @@ impl Ledger {
         if !matches!(queued, Some(Ok(()))) {
             tracing::error!("the ledger writer has stopped; credits lost");
         }
+    }
+
+    /// The accounts whose balance changed since the last call (the
+    /// dashboard's roster re-reads only these each sample; one reader).
+    pub fn take_changed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Every credit applied, in id order.
@@ -401,6 +414,15 @@ impl Ledger {
     pub fn balance(&self, peer_id: &str) -> Result<Balance, LedgerError> {
         let r = self.db.begin_read().map_err(db_err(&self.path))?;
         let t = r.open_table(BALANCES).map_err(db_err(&self.path))?;
+        self.read_balance(&t, peer_id)
+    }
+
+    /// `peer_id`'s account in `t` (zeros if it has none).
+    fn read_balance(
+        &self,
+        t: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        peer_id: &str,
+    ) -> Result<Balance, LedgerError> {
         match t.get(peer_id).map_err(db_err(&self.path))? {
             Some(v) => decode(peer_id, v.value()),
             None => Ok(Balance {
@@ -408,6 +430,20 @@ impl Ledger {
                 ..Balance::default()
             }),
         }
+    }
+
+    /// The accounts of `peer_ids`, in order (zeros for one without), read
+    /// in one transaction.
+    ///
+    /// # Errors
+    /// The database failed or a record is corrupt.
+    pub fn balances_of(&self, peer_ids: &[String]) -> Result<Vec<Balance>, LedgerError> {
+        let r = self.db.begin_read().map_err(db_err(&self.path))?;
+        let t = r.open_table(BALANCES).map_err(db_err(&self.path))?;
+        peer_ids
+            .iter()
+            .map(|peer_id| self.read_balance(&t, peer_id))
+            .collect()
     }
 
     /// Every account, most points first, and the totals.
@@ -479,7 +515,12 @@ fn commit(db: &Database, path: &Path, credits: &[Credit]) -> Result<usize, Ledge
 
 /// The group-commit loop: everything queued while a commit runs goes into
 /// the next one.
-fn writer(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>) {
+fn writer(
+    db: &Database,
+    path: &Path,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    changed: &Mutex<HashSet<String>>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -487,8 +528,12 @@ fn writer(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>) {
         }
         let credits: Vec<Credit> = batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
         let result = commit(db, path, &credits).map(|_| ()).map_err(Arc::new);
-        if let Err(e) = &result {
-            tracing::error!("ledger {}: commit failed: {e}", path.display());
+        match &result {
+            Err(e) => tracing::error!("ledger {}: commit failed: {e}", path.display()),
+            Ok(()) => changed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(credits.iter().map(|c| c.peer_id.clone())),
         }
         for (_, reply) in batch {
             if let Some(reply) = reply {
@@ -535,6 +580,17 @@ mod tests {
                 (70 + 10, 7, 1, 1)
             );
             assert!(l.has_credit("tokens:1:1").expect("lookup"));
+            // The accounts changed, once; read together in order.
+            assert_eq!(l.take_changed(), HashSet::from(["a".into(), "b".into()]));
+            assert!(l.take_changed().is_empty());
+            let both = l
+                .balances_of(&["b".into(), "nobody".into(), "a".into()])
+                .expect("read");
+            let tokens: Vec<_> = both
+                .iter()
+                .map(|b| (b.peer_id.as_str(), b.tokens))
+                .collect();
+            assert_eq!(tokens, [("b", 3), ("nobody", 0), ("a", 7)]);
         }
         let l = Ledger::open(&path).expect("reopen");
         let (all, totals) = l.balances().expect("balances");

@@ -29,6 +29,7 @@ mod openai;
 mod pof;
 pub mod proxies;
 pub mod registry;
+pub mod roster;
 pub mod scrape;
 pub mod sessions;
 mod state;

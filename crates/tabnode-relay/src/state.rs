@@ -43,6 +43,8 @@ pub struct RelayState {
     pub accounts: Option<Arc<crate::accounts::KeyStore>>,
     /// Live figures and their history (`/api/stats`).
     pub stats: crate::stats::Stats,
+    /// The dashboard's node rows, measured speeds and recent requests.
+    pub roster: crate::roster::Roster,
 }
 
 /// A model available on the network now.

@@ -15,10 +15,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::Serialize;
+use tabnode_core::PeerSummary;
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
@@ -271,11 +272,21 @@ struct Inner {
     seen: HashMap<PeerId, Instant>,
 }
 
+/// What subscribers receive as the sampler closes a sample: the sample,
+/// and the minute's when that closed with it.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    /// The fine sample.
+    pub sample: Arc<Sample>,
+    /// The coarse (minute) sample, when one closed.
+    pub minute: Option<Arc<Sample>>,
+}
+
 /// The relay's live figures and their history.
 #[derive(Debug)]
 pub struct Stats {
     inner: Mutex<Inner>,
-    samples: broadcast::Sender<Arc<Sample>>,
+    samples: broadcast::Sender<Closed>,
 }
 
 impl Default for Stats {
@@ -340,7 +351,7 @@ impl Stats {
     }
 
     /// Samples as they close (the stream's source).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Sample>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Closed> {
         self.samples.subscribe()
     }
 
@@ -364,14 +375,11 @@ impl Stats {
     }
 
     /// Closes the fine span (and the coarse one when a minute has passed)
-    /// with the relay's state now, and sends the sample to subscribers.
-    pub fn sample(&self, state: &RelayState) -> Arc<Sample> {
+    /// with the relay's state now (`summaries`: its nodes now), and sends
+    /// the sample to subscribers.
+    pub fn sample(&self, state: &RelayState, summaries: &[PeerSummary], at_ms: u64) -> Arc<Sample> {
         let now = Instant::now();
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let counters = Counters::read(&state.metrics);
-        let summaries = state.summaries();
         let serving: Vec<(String, u32)> = state
             .models()
             .into_iter()
@@ -381,7 +389,7 @@ impl Stats {
             online: u32::try_from(summaries.len()).unwrap_or(u32::MAX),
             ..NodeCounts::default()
         };
-        for s in &summaries {
+        for s in summaries {
             let kind = match s.kind {
                 tabnode_core::NodeKind::Browser => "browser",
                 tabnode_core::NodeKind::Native => "native",
@@ -395,7 +403,7 @@ impl Stats {
             *nodes.by_backend.entry(backend.into()).or_default() += 1;
         }
         let mut g = self.lock();
-        for s in &summaries {
+        for s in summaries {
             if let Ok(peer) = s.peer_id.parse::<PeerId>() {
                 g.seen.insert(peer, now);
             }
@@ -427,17 +435,22 @@ impl Stats {
         while g.fine.len() > FINE {
             g.fine.pop_front();
         }
+        let mut minute = None;
         if now.duration_since(g.coarse_span.started) >= COARSE_SPAN {
             let coarse = std::mem::replace(&mut g.coarse_span, Span::new(counters, now));
-            let minute = coarse.close(counters, now, at_ms, nodes, &serving);
-            g.coarse.push_back(Arc::new(minute));
+            let closed = Arc::new(coarse.close(counters, now, at_ms, nodes, &serving));
+            g.coarse.push_back(closed.clone());
             while g.coarse.len() > COARSE {
                 g.coarse.pop_front();
             }
+            minute = Some(closed);
         }
         drop(g);
         // No subscriber is not an error.
-        let _ = self.samples.send(sample.clone());
+        let _ = self.samples.send(Closed {
+            sample: sample.clone(),
+            minute,
+        });
         sample
     }
 
@@ -452,6 +465,16 @@ impl Stats {
     }
 }
 
+/// Closes a sample of the relay now and updates the node roster (both read
+/// one listing of the nodes).
+pub fn tick(state: &RelayState) -> (Arc<Sample>, crate::roster::NodesDelta) {
+    let at_ms = crate::now_ms();
+    let summaries = state.summaries();
+    let sample = state.stats.sample(state, &summaries, at_ms);
+    let delta = state.roster.tick(state, &summaries, at_ms);
+    (sample, delta)
+}
+
 /// Samples the relay every `interval` (a task of the relay's, stopped with
 /// it).
 pub async fn run(state: Arc<RelayState>, interval: Duration) {
@@ -462,7 +485,7 @@ pub async fn run(state: Arc<RelayState>, interval: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        state.stats.sample(&state);
+        self::tick(&state);
     }
 }
 
