@@ -54,13 +54,26 @@ test('the dashboard shows the network live and survives a relay restart', { time
     return c['c-requests'].plot.data[1].some((x) => x > 0) && c['c-tokens'].plot.data[1].some((x) => x > 0);
   }), 30_000, 200);
   await waitFor('the model row', async () => (await page.locator('#models tbody tr').allTextContents()).some((t) => t.startsWith(MODEL)), 30_000, 200);
-  const leaders = await page.locator('#leaders tbody tr').count();
-  assert.ok(leaders >= 1, 'the leaderboard lists the nodes with points');
+  await waitFor('the leaderboard', async () => (await page.locator('#leaders tbody tr').count()) >= 1, 30_000, 200);
+  // The node's row: its measured speed and its points (from the rows that
+  // changed, on the stream).
+  const nativeRow = `#nodes tbody tr[data-peer="${node.peerId}"]`;
+  await waitFor('its measured speed', async () => Number(await page.textContent(`${nativeRow} td:nth-child(5)`)) > 0, 30_000, 200);
+  await waitFor('its points', async () => Number(await page.textContent(`${nativeRow} td:nth-child(9)`)) > 0, 30_000, 200);
 
-  // The detail view of the native node: its proofs.
-  await page.locator(`#nodes tbody tr[data-peer="${node.peerId}"]`).click();
+  // The detail view of the native node: its proofs and the request.
+  await page.locator(nativeRow).click();
   await waitFor('its proofs', async () => (await page.locator('#detail-proofs tbody tr').count()) >= 1, 30_000, 200);
+  await waitFor('its request', async () => (await page.locator('#detail-requests tbody tr td:nth-child(6)').allTextContents()).includes('completed'), 30_000, 200);
   assert.ok((await page.textContent('#detail-h')).includes(node.peerId));
+  assert.match(await page.textContent('#detail-facts'), /Measured speed[\d.]+ tokens\/s/);
+
+  // The charts show the last 24 hours (a minute each) on request.
+  await page.click('#range-day');
+  assert.equal(await page.getAttribute('#range-day', 'aria-pressed'), 'true');
+  assert.ok(await held(page, () => window.tabnodeNetwork.charts['c-requests'].plot.data[0].length === window.tabnodeNetwork.minutes.length));
+  await page.click('#range-hour');
+  assert.ok(await held(page, () => window.tabnodeNetwork.charts['c-requests'].plot.data[0].length === window.tabnodeNetwork.samples.length));
 
   mkdirSync(join(ROOT, 'e2e', 'test-results'), { recursive: true });
   await page.screenshot({ path: join(ROOT, 'e2e', 'test-results', 'network.png'), fullPage: true });
@@ -87,31 +100,55 @@ test('the dashboard shows the network live and survives a relay restart', { time
   await waitFor('new samples', () => page.evaluate((t) => (window.tabnodeNetwork.samples.at(-1)?.at_ms ?? 0) > t + 2000, before), 30_000, 200);
   await waitFor('the nodes back', () => held(page, () => window.tabnodeNetwork.drawn === 2), 60_000, 200);
 
-  // Frame time with 1,000 nodes (the page's own drawing, the nodes
-  // injected where /api/network's list goes, every link glowing so each
-  // frame draws the next: the page's worst case).
+  // 1,000 nodes, through the page's own path (the `nodes` events): every
+  // row at once, then a sample where a tenth of them changed; then the
+  // frame time with every link glowing, so each frame draws the next (the
+  // page's worst case).
   const frame = await held(page, async () => {
     const s = window.tabnodeNetwork;
     // No more updates from the relay while it is measured.
     s.stream.close();
-    s.nodes = Array.from({ length: 1000 }, (_, i) => ({
+    const row = (i, tokens) => ({
       peer_id: `12D3KooSimulated${String(i).padStart(6, '0')}`,
       kind: i % 3 ? 'browser' : 'native',
+      backend: i % 2 ? 'webgpu' : 'cpu',
+      models: ['smollm2-135m-instruct'],
       reachable: true,
-      pof: { matmul_gflops: (i % 50) + 1, standing: 1, valid: true, last: { passed: true } },
-    }));
+      since_ms: Date.now() - i * 1000,
+      gflops: (i % 50) + 1,
+      standing: 1,
+      valid: true,
+      proof_failed: false,
+      tok_s: 10 + (i % 7),
+      active: 0,
+      tokens,
+      points: tokens,
+    });
+    const rows = Array.from({ length: 1000 }, (_, i) => row(i, 10));
+    let t0 = performance.now();
+    s.applyNodes({ at_ms: Date.now(), full: true, rows, gone: [] });
+    const fullMs = performance.now() - t0;
+    const changed = rows.filter((_, i) => i % 10 === 0).map((r, i) => ({ ...r, tokens: 20 + i, active: 1 }));
+    t0 = performance.now();
+    s.applyNodes({ at_ms: Date.now(), full: false, rows: changed, gone: [] });
+    const deltaMs = performance.now() - t0;
+    const listed = document.querySelectorAll('#nodes tbody tr').length;
     for (const n of s.nodes) s.glow.set(n.peer_id, performance.now() + 60_000);
     s.frameTimes.length = 0;
     s.redraw();
     await new Promise((done) => {
-      const t0 = performance.now();
-      const tick = () => (performance.now() - t0 > 2000 ? done() : requestAnimationFrame(tick));
+      const start = performance.now();
+      const tick = () => (performance.now() - start > 2000 ? done() : requestAnimationFrame(tick));
       requestAnimationFrame(tick);
     });
     const times = s.frameTimes.slice().sort((a, b) => a - b);
     s.glow.clear();
-    return { frames: times.length, p50: times[Math.floor(times.length / 2)], max: times.at(-1), drawn: s.drawn };
+    return { frames: times.length, p50: times[Math.floor(times.length / 2)], max: times.at(-1), drawn: s.drawn, listed, fullMs, deltaMs };
   });
+  console.log(`1,000 nodes: all rows applied in ${frame.fullMs.toFixed(1)} ms, 100 changed in ${frame.deltaMs.toFixed(1)} ms`);
+  assert.equal(frame.listed, 1000);
+  assert.equal(frame.drawn, 1000);
+  assert.ok(frame.deltaMs < 50, `a sample's changed rows take ${frame.deltaMs} ms`);
   console.log(`1,000 nodes: ${frame.frames} frames in 2 s, draw p50 ${frame.p50.toFixed(2)} ms, max ${frame.max.toFixed(2)} ms`);
   assert.ok(frame.frames >= 10, JSON.stringify(frame));
   assert.ok(frame.p50 < 16, `a frame's drawing takes ${frame.p50} ms at 1,000 nodes`);

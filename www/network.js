@@ -1,19 +1,27 @@
-// The live network dashboard (issue #17): `/api/stats/stream` (the history,
-// then a sample every interval; EventSource reconnects by itself when the
-// relay restarts), `/api/network` for the nodes and `/api/ledger` for the
-// points, refreshed at each sample. Charts are uPlot's (vendored from npm);
-// the graph is a canvas of our own: the relay in the middle, the nodes on
-// rings around it. Everything shown is text set with textContent.
+// The live network dashboard (issue #17), all from `/api/stats/stream`: the
+// history and every node's row first, then a sample every interval, the
+// rows that changed (`nodes`) and a minute's sample each minute;
+// EventSource reconnects by itself when the relay restarts. The
+// leaderboard is `/api/ledger?limit=10` every few samples, a node's detail
+// `/api/nodes/{peer}` with its proofs and spot checks. Charts are uPlot's
+// (vendored from npm); the graph is a canvas of our own: the relay in the
+// middle, the nodes on rings around it. Everything shown is text set with
+// textContent.
 import uPlot from '/node_modules/uplot/dist/uPlot.esm.js';
 
 const $ = (id) => document.getElementById(id);
-/** Samples kept for the charts: an hour at 2 s. */
+/** Samples kept for the charts: an hour at 2 s; a day of minutes. */
 const KEEP = 1800;
+const KEEP_MINUTES = 1440;
 
 const state = {
   samples: [],
+  minutes: [],
+  /** What the charts show: `hour` (the samples) or `day` (the minutes). */
+  range: 'hour',
+  /** Peer id → its row; `nodes` the rows sorted by peer id. */
+  rows: new Map(),
   nodes: [],
-  ledger: new Map(),
   /** Peer id → the time until which its link glows (it earned). */
   glow: new Map(),
   selected: null,
@@ -52,10 +60,18 @@ function chart(id, series) {
 }
 
 function drawCharts() {
-  const t = state.samples.map((s) => s.at_ms / 1000);
+  const samples = state.range === 'day' ? state.minutes : state.samples;
+  const t = samples.map((s) => s.at_ms / 1000);
   for (const { plot, pick } of Object.values(charts)) {
-    plot.setData([t, ...pick.map((f) => state.samples.map(f))]);
+    plot.setData([t, ...pick.map((f) => samples.map(f))]);
   }
+}
+
+function setRange(range) {
+  state.range = range;
+  $('range-hour').setAttribute('aria-pressed', String(range === 'hour'));
+  $('range-day').setAttribute('aria-pressed', String(range === 'day'));
+  drawCharts();
 }
 
 function sizeCharts() {
@@ -113,38 +129,82 @@ function uptime(sinceMs) {
   return `${(s / 3600).toFixed(1)} h`;
 }
 
+/** The table row of node `n`. */
+function nodeRow(n) {
+  const tr = document.createElement('tr');
+  tr.dataset.peer = n.peer_id;
+  tr.tabIndex = 0;
+  tr.className = 'pick';
+  cell(tr, short(n.peer_id)).title = n.peer_id;
+  cell(tr, n.kind);
+  cell(tr, n.backend ?? '–');
+  cell(tr, n.models.join(', ') || '–');
+  cell(tr, n.tok_s == null ? '–' : num(n.tok_s));
+  cell(tr, num(n.gflops));
+  cell(tr, `${n.standing}${n.valid ? '' : ' (no valid proof)'}`);
+  cell(tr, uptime(n.since_ms));
+  cell(tr, String(n.points));
+  const open = () => showDetail(n.peer_id);
+  tr.addEventListener('click', open);
+  tr.addEventListener('keydown', (e) => { if (e.key === 'Enter') open(); });
+  return tr;
+}
+
+/** The whole table (nodes came or went). */
 function showNodes() {
-  const rows = state.nodes.map((n) => {
-    const tr = document.createElement('tr');
-    tr.dataset.peer = n.peer_id;
-    tr.tabIndex = 0;
-    tr.className = 'pick';
-    cell(tr, short(n.peer_id)).title = n.peer_id;
-    cell(tr, n.kind);
-    cell(tr, n.capabilities?.engine?.backend ?? '–');
-    cell(tr, (n.capabilities?.models ?? []).join(', ') || '–');
-    cell(tr, num(n.pof.matmul_gflops));
-    cell(tr, `${n.pof.standing}${n.pof.valid ? '' : ' (no valid proof)'}`);
-    cell(tr, uptime(n.connected_since_ms));
-    cell(tr, String(state.ledger.get(n.peer_id)?.points ?? 0));
-    const open = () => showDetail(n.peer_id);
-    tr.addEventListener('click', open);
-    tr.addEventListener('keydown', (e) => { if (e.key === 'Enter') open(); });
-    return tr;
-  });
+  const rows = state.nodes.map(nodeRow);
+  state.rowEls = new Map(rows.map((tr) => [tr.dataset.peer, tr]));
   $('nodes').tBodies[0].replaceChildren(...rows);
 }
 
-async function showDetail(peer) {
-  state.selected = peer;
-  const node = state.nodes.find((n) => n.peer_id === peer);
-  $('detail').hidden = false;
-  $('detail-h').textContent = `Node ${peer}`;
+/** Only the rows of `changed` (the same nodes, new figures). */
+function updateNodes(changed) {
+  for (const n of changed) {
+    const old = state.rowEls?.get(n.peer_id);
+    if (!old) continue;
+    const tr = nodeRow(n);
+    old.replaceWith(tr);
+    state.rowEls.set(n.peer_id, tr);
+  }
+}
+
+/** A `nodes` event: every row (`full`), or those that changed and who left. */
+function applyNodes(d) {
+  const until = performance.now() + 2500;
+  if (d.full) state.rows.clear();
+  let reordered = d.full || d.gone.length > 0;
+  for (const r of d.rows) {
+    const before = state.rows.get(r.peer_id);
+    if (!before) reordered = true;
+    // A node serving now, or credited since: its link glows.
+    if (r.active > 0 || (before && r.tokens > before.tokens)) state.glow.set(r.peer_id, until);
+    state.rows.set(r.peer_id, r);
+  }
+  for (const id of d.gone) {
+    state.rows.delete(id);
+    state.glow.delete(id);
+  }
+  state.nodes = [...state.rows.values()].sort((a, b) => (a.peer_id < b.peer_id ? -1 : 1));
+  if (reordered) showNodes();
+  else updateNodes(d.rows);
+  if (state.selected && d.rows.some((r) => r.peer_id === state.selected)) showFacts(state.selected);
+  queueDraw();
+}
+state.applyNodes = applyNodes;
+
+function showFacts(peer, extra = state.extra) {
+  const n = state.rows.get(peer);
   const facts = [
-    ['Kind', node?.kind ?? 'gone'],
-    ['Agent', node?.capabilities?.agent ?? '–'],
-    ['Engine', node?.capabilities?.engine ? `${node.capabilities.engine.device} (${node.capabilities.engine.reason})` : '–'],
-    ['Points', String(state.ledger.get(peer)?.points ?? 0)],
+    ['Kind', n?.kind ?? 'gone'],
+    ['Agent', extra?.agent ?? '–'],
+    ['Engine', extra?.device ?? '–'],
+    ['Models', n?.models.join(', ') || '–'],
+    ['Measured speed', n?.tok_s == null ? '–' : `${num(n.tok_s)} tokens/s`],
+    ['Serving now', String(n?.active ?? 0)],
+    ['Proof', n ? `${num(n.gflops)} GFLOP/s, standing ${n.standing}${n.valid ? '' : ' (no valid proof)'}` : '–'],
+    ['Up', n ? uptime(n.since_ms) : '–'],
+    ['Tokens served', String(n?.tokens ?? 0)],
+    ['Points', String(n?.points ?? 0)],
   ];
   $('detail-facts').replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement('dt');
@@ -153,11 +213,31 @@ async function showDetail(peer) {
     dd.textContent = v;
     return [dt, dd];
   }));
-  const [pof, checks] = await Promise.all([
+}
+
+async function showDetail(peer) {
+  state.selected = peer;
+  $('detail').hidden = false;
+  $('detail-h').textContent = `Node ${peer}`;
+  showFacts(peer, null);
+  const [detail, pof, checks] = await Promise.all([
+    fetch(`/api/nodes/${peer}`).then((r) => (r.ok ? r.json() : { recent: [] })),
     fetch(`/api/pof/${peer}`).then((r) => (r.ok ? r.json() : { records: [] })),
     fetch('/api/checks?limit=1000').then((r) => r.json()),
   ]);
   if (state.selected !== peer) return;
+  state.extra = detail;
+  showFacts(peer, detail);
+  $('detail-requests').tBodies[0].replaceChildren(...(detail.recent ?? []).map((q) => {
+    const tr = document.createElement('tr');
+    cell(tr, new Date(q.at_ms).toLocaleTimeString());
+    cell(tr, String(q.request_id));
+    cell(tr, q.model);
+    cell(tr, String(q.tokens));
+    cell(tr, q.seconds > 0 ? num(q.tokens / q.seconds) : '–');
+    cell(tr, q.outcome);
+    return tr;
+  }));
   $('detail-proofs').tBodies[0].replaceChildren(...(pof.records ?? []).slice(-20).reverse().map((p) => {
     const tr = document.createElement('tr');
     cell(tr, new Date(p.at_ms).toLocaleTimeString());
@@ -190,7 +270,7 @@ function angleOf(peer) {
 }
 
 function colourOf(n) {
-  if (n.pof.last && n.pof.last.passed === false) return '#cf222e';
+  if (n.proof_failed) return '#cf222e';
   if (!n.reachable) return '#8d96a0';
   return n.kind === 'browser' ? '#0969da' : '#1a7f37';
 }
@@ -219,14 +299,14 @@ function draw() {
     const band = n.kind === 'native' ? 0.45 : 0.8;
     const jitter = state.nodes.length > 60 ? ((a * 997) % 1) * 0.18 - 0.09 : 0;
     const rr = r * (band + jitter);
-    const size = 3 + 2.2 * Math.log2(1 + (n.pof.matmul_gflops ?? 0));
+    const size = 3 + 2.2 * Math.log2(1 + (n.gflops ?? 0));
     return { n, x: cx + Math.cos(a) * rr, y: cy + Math.sin(a) * rr, size: Math.min(size, 18) };
   });
   // Links: faint, or bright while the node earns.
   ctx.lineWidth = 1;
   for (const p of placed) {
-    const until = state.glow.get(p.n.peer_id) ?? 0;
-    const on = until > now;
+    // Lit while it serves, and a moment after it was credited.
+    const on = p.n.active > 0 || (state.glow.get(p.n.peer_id) ?? 0) > now;
     glowing ||= on;
     ctx.strokeStyle = on ? `rgba(250, 160, 20, ${0.4 + 0.6 * Math.abs(Math.sin(now / 180))})` : 'rgba(127, 127, 127, 0.25)';
     ctx.lineWidth = on ? 2.5 : 1;
@@ -264,35 +344,17 @@ state.redraw = queueDraw;
 
 // ---- data ----
 
-let refreshing = false;
 let samplesSeen = 0;
 
-/** The nodes and the points, once per sample (never two at once); past
- * 100 nodes every fifth sample (the list is then hundreds of KB). */
-async function refresh() {
+/** The leaderboard: at the start and every fifth sample. */
+async function refreshLeaders() {
   samplesSeen += 1;
-  if (refreshing || (state.nodes.length > 100 && samplesSeen % 5 !== 1)) return;
-  refreshing = true;
+  if (samplesSeen % 5 !== 1) return;
   try {
-    const [net, ledger] = await Promise.all([
-      fetch('/api/network').then((r) => r.json()),
-      fetch('/api/ledger').then((r) => (r.ok ? r.json() : { balances: [] })),
-    ]);
-    const until = performance.now() + 2500;
-    for (const b of ledger.balances ?? []) {
-      const before = state.ledger.get(b.peer_id);
-      // A node whose served tokens grew: its link glows.
-      if (before && b.tokens > before.tokens) state.glow.set(b.peer_id, until);
-      state.ledger.set(b.peer_id, b);
-    }
-    state.nodes = (net.nodes ?? []).slice().sort((a, b) => a.peer_id.localeCompare(b.peer_id));
-    showNodes();
+    const ledger = await fetch('/api/ledger?limit=10').then((r) => (r.ok ? r.json() : { balances: [] }));
     showLeaders(ledger.balances ?? []);
-    queueDraw();
   } catch (e) {
     // The relay is restarting: the stream's reconnection brings us back.
-  } finally {
-    refreshing = false;
   }
 }
 
@@ -305,17 +367,25 @@ function connect() {
   es.addEventListener('history', (e) => {
     const h = JSON.parse(e.data);
     state.samples = h.fine.slice(-KEEP);
+    state.minutes = h.coarse.slice(-KEEP_MINUTES);
+    samplesSeen = 0;
     drawCharts();
     showTiles();
-    refresh();
+    refreshLeaders();
   });
   es.addEventListener('sample', (e) => {
     state.samples.push(JSON.parse(e.data));
     if (state.samples.length > KEEP) state.samples.splice(0, state.samples.length - KEEP);
-    drawCharts();
+    if (state.range === 'hour') drawCharts();
     showTiles();
-    refresh();
+    refreshLeaders();
   });
+  es.addEventListener('minute', (e) => {
+    state.minutes.push(JSON.parse(e.data));
+    if (state.minutes.length > KEEP_MINUTES) state.minutes.splice(0, state.minutes.length - KEEP_MINUTES);
+    if (state.range === 'day') drawCharts();
+  });
+  es.addEventListener('nodes', (e) => applyNodes(JSON.parse(e.data)));
   state.stream = es;
 }
 
@@ -338,6 +408,8 @@ chart('c-latency', [
   ['request p50', '#8250df', (s) => s.latency_ms.p50],
   ['request p95', '#c297ff', (s) => s.latency_ms.p95],
 ]);
+$('range-hour').addEventListener('click', () => setRange('hour'));
+$('range-day').addEventListener('click', () => setRange('day'));
 window.addEventListener('resize', () => { sizeCharts(); queueDraw(); });
 connect();
 queueDraw();

@@ -337,7 +337,7 @@ async fn node_detail(
         )
             .into_response();
     };
-    match s.relay.roster.detail(&peer) {
+    match s.relay.roster.detail(&s.relay, &peer) {
         Some(d) => Json(d).into_response(),
         None => (
             StatusCode::NOT_FOUND,

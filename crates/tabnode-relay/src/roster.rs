@@ -88,11 +88,16 @@ pub struct ServedRequest {
     pub outcome: &'static str,
 }
 
-/// A node's detail: its row (none once gone) and its recent requests.
+/// A node's detail: its row (none once gone), what it runs on, and its
+/// recent requests.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeDetail {
     /// Its row, while connected.
     pub row: Option<NodeRow>,
+    /// Its software (a tab: the browser's user agent), while connected.
+    pub agent: Option<String>,
+    /// The device its engine runs on and why it was chosen.
+    pub device: Option<String>,
     /// Its newest requests first.
     pub recent: Vec<ServedRequest>,
 }
@@ -277,7 +282,12 @@ impl Roster {
     }
 
     /// `peer`'s row and recent requests (none for a node it never listed).
-    pub fn detail(&self, peer: &PeerId) -> Option<NodeDetail> {
+    pub fn detail(&self, state: &RelayState, peer: &PeerId) -> Option<NodeDetail> {
+        let caps = state.registry.capabilities(peer);
+        let agent = caps.as_ref().map(|c| c.agent.clone());
+        let device = caps
+            .and_then(|c| c.engine)
+            .map(|e| format!("{} ({})", e.device, e.reason));
         let peer = peer.to_string();
         let g = self.lock();
         let row = g.rows.get(&peer).cloned();
@@ -286,7 +296,12 @@ impl Roster {
             .get(&peer)
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default();
-        (row.is_some() || !recent.is_empty()).then_some(NodeDetail { row, recent })
+        (row.is_some() || !recent.is_empty()).then_some(NodeDetail {
+            row,
+            agent,
+            device,
+            recent,
+        })
     }
 
     /// The deltas as they are sent (JSON).
@@ -361,14 +376,14 @@ mod tests {
         for _ in 0..RECENT {
             roster.served(a, served(10, 1.0));
         }
-        let d = roster.detail(&a).expect("detail");
+        let d = roster.detail(&state, &a).expect("detail");
         assert_eq!(d.recent.len(), RECENT);
         let speed = roster.lock().speed[&a.to_string()];
         let expected = (0..RECENT).fold(10.0 + 0.3 * 10.0, |s, _| s + 0.3 * (10.0 - s));
         assert!((speed - expected).abs() < 1e-9, "{speed} vs {expected}");
         // Gone: forgotten.
         roster.tick(&state, &[], 2);
-        assert!(roster.detail(&a).is_none());
-        assert!(roster.detail(&PeerId::random()).is_none());
+        assert!(roster.detail(&state, &a).is_none());
+        assert!(roster.detail(&state, &PeerId::random()).is_none());
     }
 }
