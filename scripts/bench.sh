@@ -97,3 +97,6 @@ echo "== flows: orchestration overhead per node, and a parallel map against the 
 "$CARGO_TARGET_DIR/debug/examples/net_bench" flows "${FLOW_ROUNDS:-20}"
 echo "== relay routing throughput with simulated native nodes (net_bench routing)"
 "$CARGO_TARGET_DIR/debug/examples/net_bench" routing ${ROUTING_NODES:-10 100 1000}
+echo "== the dashboard's stream with 1,000 nodes connected to a relay process (net_bench dashboard)"
+cargo build -q -p tabnode-relay --bin tabnode-relay
+"$CARGO_TARGET_DIR/debug/examples/net_bench" dashboard "${STATS_NODES:-1000}" "${STATS_SUBSCRIBERS:-10}" "${DASHBOARD_WINDOW_S:-30}"

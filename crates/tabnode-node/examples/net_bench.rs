@@ -15,6 +15,16 @@
 //!   run), and a `map` of 4 llm steps over two nodes serving the real
 //!   model, in parallel against one after another (`max_parallel` 4
 //!   against 1).
+//! * `net_bench dashboard [NODES] [SUBSCRIBERS] [SECONDS]`: what the live
+//!   dashboard's stream costs a relay with NODES simulated nodes connected
+//!   over libp2p: the relay binary runs in its own process, the nodes in
+//!   this one, a light load of requests flows all along (so node rows
+//!   change); the relay process's CPU time is read from `/proc` over
+//!   windows of SECONDS without and with SUBSCRIBERS clients of
+//!   `/api/stats/stream`, alternating (the difference: what subscribers
+//!   cost, sending included), and the relay's own account of the time it
+//!   spends sampling and writing events (`tabnode_stats_*_seconds` in
+//!   `/metrics`): the sampler runs whether anyone watches or not.
 
 #[path = "../tests/common/http.rs"]
 mod http_client;
@@ -59,29 +69,42 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
     };
     // A thousand simulated nodes share this machine's address.
     cfg.limits.max_peers_per_ip = 100_000;
-    // The stand-in model joins the catalog (an instant "1T" model: no rate
-    // cap applies at its size).
-    cfg.catalog.models.push(CatalogModel {
+    cfg.catalog.models.push(simulated_entry());
+    tabnode_relay::start(cfg).await.expect("relay starts")
+}
+
+/// The stand-in model's catalog entry (an instant "1T" model: no rate cap
+/// applies at its size).
+fn simulated_entry() -> CatalogModel {
+    CatalogModel {
         id: tabnode_core::model_id(SIMULATED),
         name: SIMULATED.into(),
         title: "stand-in for routing benchmarks".into(),
         license: "none".into(),
         chat: true,
-        source: Vec::new(),
-        file: "none".into(),
+        // Never downloaded; a pinned source all the same, as a catalog
+        // file must list one.
+        source: vec![tabnode_relay::catalog::SourcePart {
+            package: "simulated-1t==0.0.0".into(),
+            member: "simulated-1t.gguf".into(),
+        }],
+        file: "simulated-1t.gguf".into(),
         bytes: 0,
         sha256: "0".repeat(64),
         context: 8192,
         params: 1,
         memory: tabnode_relay::catalog::Memory { cpu: 1, webgpu: 1 },
         price: tabnode_relay::catalog::Price::default(),
-    });
-    tabnode_relay::start(cfg).await.expect("relay starts")
+    }
 }
 
 fn node(relay: &RelayHandle, model: Arc<dyn ServedModel>, slots: usize) -> NodeHandle {
+    node_at(relay.tcp_addr().expect("tcp"), model, slots)
+}
+
+fn node_at(relay: libp2p::Multiaddr, model: Arc<dyn ServedModel>, slots: usize) -> NodeHandle {
     spawn(NodeConfig {
-        relay: relay.tcp_addr().expect("tcp"),
+        relay,
         key: None,
         capabilities: Capabilities::new(NodeKind::Native, "net-bench"),
         max_backoff: Duration::from_secs(2),
@@ -495,6 +518,249 @@ async fn flows(rounds: usize) {
     );
 }
 
+/// A relay binary running in a process of its own.
+struct RelayProcess {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    tcp: libp2p::Multiaddr,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RelayProcess {
+    /// Starts `tabnode-relay` (beside this example's directory, or
+    /// `TABNODE_RELAY_BIN`) with the stand-in model in its catalog, room
+    /// for a thousand nodes at one address and no request limits.
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let bin = std::env::var_os("TABNODE_RELAY_BIN").map_or_else(
+            || {
+                let exe = std::env::current_exe().expect("this example's path");
+                // target/<profile>/examples/net_bench -> target/<profile>/tabnode-relay
+                exe.parent()
+                    .and_then(std::path::Path::parent)
+                    .expect("target dir")
+                    .join("tabnode-relay")
+            },
+            std::path::PathBuf::from,
+        );
+        let mut catalog = tabnode_relay::catalog::Catalog::builtin();
+        catalog.models.push(simulated_entry());
+        let catalog_file = dir.join("catalog.json");
+        std::fs::write(&catalog_file, serde_json::to_vec(&catalog).expect("json"))
+            .expect("catalog");
+        let boot = dir.join("bootstrap.json");
+        let mut child = std::process::Command::new(&bin)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--tcp-port",
+                "0",
+                "--quic-port",
+                "0",
+                "--webrtc-port",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("relay"))
+            .arg("--bootstrap-file")
+            .arg(&boot)
+            .arg("--catalog")
+            .arg(&catalog_file)
+            .args([
+                "--max-peers-per-ip",
+                "100000",
+                "--anonymous-per-hour",
+                "0",
+                "--rate-limit",
+                "0",
+            ])
+            .args(["--pof-max-n", "256", "--pof-interval", "3600"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tabnode-relay)", bin.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the relay's ready line")
+                .expect("stdout");
+            if let Some(rest) = line.split("tabnode relay ready: open http://").nth(1) {
+                break rest.trim_end_matches('/').to_owned();
+            }
+        };
+        // Keep reading its output so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let b: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&boot).expect("bootstrap file")).expect("json");
+        Self {
+            http: url
+                .split('/')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("http address"),
+            tcp: b["tcp"][0]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .expect("tcp address"),
+            child,
+        }
+    }
+
+    /// CPU seconds the process has used (user + system, every thread).
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("/proc");
+        // Fields after the command's closing parenthesis: utime is the 12th,
+        // stime the 13th (14th and 15th of the line).
+        let rest = stat.rsplit_once(')').expect("stat").1;
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (f[11] + f[12]) / clock_ticks()
+    }
+}
+
+/// The kernel's clock ticks a second (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A client of `/api/stats/stream` reading everything it sends (counted
+/// into `bytes`) until it is aborted or the stream ends.
+async fn subscriber(addr: std::net::SocketAddr, bytes: Arc<std::sync::atomic::AtomicU64>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /api/stats/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The value of the counter `name` in the relay's `/metrics`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = http(addr, "GET", "/metrics", None, &[]).await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
+    const LOAD_PER_S: f64 = 5.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = RelayProcess::start(dir.path(), &[]);
+    let addr = relay.http;
+    let t0 = Instant::now();
+    let _nodes: Vec<NodeHandle> = (0..nodes)
+        .map(|_| node_at(relay.tcp.clone(), Arc::new(Simulated(None)), 4))
+        .collect();
+    wait_nodes(addr, nodes as u64).await;
+    // Every node proved once at registration: wait until the proofs end.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let v = http(addr, "GET", "/api/nodes", None, &[]).await.json();
+        let proven = v["rows"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|r| r["valid"] == true).count());
+        if proven >= nodes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proven} of {nodes} nodes proved"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let joined_s = t0.elapsed().as_secs_f64();
+    // A light load all along: a request every 200 ms, so rows change.
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = served.clone();
+    let load = tokio::spawn(async move {
+        let body = json!({
+            "model": "simulated-1t",
+            "messages": [{ "role": "user", "content": "hello there" }],
+            "max_tokens": 8,
+        })
+        .to_string();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / LOAD_PER_S));
+        loop {
+            tick.tick().await;
+            let r = http(addr, "POST", "/v1/chat/completions", Some(&body), &[]).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let window = Duration::from_secs(seconds);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut stream_bytes = 0u64;
+    const SAMPLE: &str = "tabnode_stats_sample_seconds_total";
+    const STREAM: &str = "tabnode_stats_stream_seconds_total";
+    let (sample0, started) = (metric(addr, SAMPLE).await, Instant::now());
+    let mut stream_s = 0.0;
+    for _ in 0..2 {
+        let c0 = relay.cpu_seconds();
+        tokio::time::sleep(window).await;
+        without.push((relay.cpu_seconds() - c0) / window.as_secs_f64());
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let subs: Vec<_> = (0..subscribers)
+            .map(|_| tokio::spawn(subscriber(addr, bytes.clone())))
+            .collect();
+        // The first events (the history and every row) are a connection's
+        // start, not its running cost: let them pass.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let b0 = bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let c0 = relay.cpu_seconds();
+        let w0 = metric(addr, STREAM).await;
+        tokio::time::sleep(window).await;
+        with.push((relay.cpu_seconds() - c0) / window.as_secs_f64());
+        stream_s += metric(addr, STREAM).await - w0;
+        stream_bytes += bytes.load(std::sync::atomic::Ordering::Relaxed) - b0;
+        for s in subs {
+            s.abort();
+        }
+    }
+    let sampling = (metric(addr, SAMPLE).await - sample0) / started.elapsed().as_secs_f64();
+    load.abort();
+    let served = served.load(std::sync::atomic::Ordering::Relaxed);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "{}",
+        json!({
+            "bench": "dashboard", "nodes": nodes, "subscribers": subscribers,
+            "window_s": seconds, "load_requests_per_s": LOAD_PER_S, "load_requests": served,
+            "join_s": joined_s,
+            "relay_core_share_without": without, "relay_core_share_with": with,
+            "subscribers_core_share": mean(&with) - mean(&without),
+            "sampler_core_share": sampling,
+            "stream_events_core_share": stream_s / (2.0 * window.as_secs_f64()),
+            "stream_bytes_per_subscriber_per_s":
+                stream_bytes as f64 / (2.0 * window.as_secs_f64() * subscribers.max(1) as f64),
+        })
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -510,6 +776,12 @@ async fn main() {
             .await;
         }
         Some("flows") => flows(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20)).await,
-        _ => eprintln!("usage: net_bench overhead [N] | routing [NODES...] | flows [ROUNDS]"),
+        Some("dashboard") => {
+            let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+            dashboard(arg(1, 1000), arg(2, 10), arg(3, 30) as u64).await;
+        }
+        _ => eprintln!(
+            "usage: net_bench overhead [N] | routing [NODES...] | flows [ROUNDS] | dashboard [NODES] [SUBSCRIBERS] [SECONDS]"
+        ),
     }
 }

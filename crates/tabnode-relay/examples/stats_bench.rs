@@ -129,28 +129,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let t = Instant::now();
         for _ in 0..20 {
-            state.summaries();
+            state.registry.views();
         }
-        eprintln!("summaries {:.2} ms", t.elapsed().as_secs_f64() * 1e3 / 20.0);
-        let sums = state.summaries();
-        let t = Instant::now();
-        for _ in 0..20 {
-            for s in &sums {
-                std::hint::black_box(s.peer_id.parse::<PeerId>()?);
-            }
-        }
-        eprintln!("parse ids {:.2} ms", t.elapsed().as_secs_f64() * 1e3 / 20.0);
-        let t = Instant::now();
-        for _ in 0..20 {
-            for p in &peers {
-                std::hint::black_box(p.to_string());
-                std::hint::black_box(state.load_of(p));
-            }
-        }
-        eprintln!(
-            "encode ids + load_of {:.2} ms",
-            t.elapsed().as_secs_f64() * 1e3 / 20.0
-        );
+        eprintln!("views {:.2} ms", t.elapsed().as_secs_f64() * 1e3 / 20.0);
+        let sums = state.registry.views();
         let t = Instant::now();
         for _ in 0..20 {
             state.roster.tick(&state, &sums, 0);

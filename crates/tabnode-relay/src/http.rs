@@ -304,11 +304,17 @@ async fn stats_stream(State(s): State<AppState>) -> axum::response::Response {
             .event("nodes")
             .json_data(s.relay.roster.full(crate::now_ms())),
     ];
-    let samples = futures::stream::unfold(samples, next).flat_map(|closed| {
+    let relay = s.relay.clone();
+    let samples = futures::stream::unfold(samples, next).flat_map(move |closed| {
+        let started = std::time::Instant::now();
         let sample = Event::default().event("sample").json_data(&*closed.sample);
         let minute = closed
             .minute
             .map(|m| Event::default().event("minute").json_data(&*m));
+        relay
+            .metrics
+            .stats_stream_seconds
+            .inc_by(started.elapsed().as_secs_f64());
         futures::stream::iter(std::iter::once(sample).chain(minute))
     });
     // The roster's deltas come serialised once for every subscriber.

@@ -121,6 +121,10 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// Spot checks: `passed`, `failed`, `inconclusive`.
     pub spot_checks: Family<Outcome, Counter>,
+    /// Seconds spent closing stats samples and updating the node roster.
+    pub stats_sample_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds spent writing the stats stream's events for subscribers.
+    pub stats_stream_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for Metrics {
@@ -167,6 +171,8 @@ impl Default for Metrics {
             failovers: Counter::default(),
             tokens: Counter::default(),
             embeddings: Counter::default(),
+            stats_sample_seconds: Counter::default(),
+            stats_stream_seconds: Counter::default(),
             nodes_by_backend: Family::default(),
             unique_nodes_24h: Gauge::default(),
             model_nodes: Family::default(),
@@ -247,6 +253,16 @@ impl Default for Metrics {
             "tabnode_embeddings",
             "Texts embedded for requesters.",
             m.embeddings.clone(),
+        );
+        r.register(
+            "tabnode_stats_sample_seconds",
+            "Seconds spent closing live-figure samples and updating the node roster.",
+            m.stats_sample_seconds.clone(),
+        );
+        r.register(
+            "tabnode_stats_stream_seconds",
+            "Seconds spent writing the stats stream's events for its subscribers.",
+            m.stats_stream_seconds.clone(),
         );
         r.register(
             "tabnode_spot_checks",

@@ -57,7 +57,34 @@ pub struct NodeEntry {
     pub model_ids: Vec<String>,
     /// The IP address of its first connection.
     pub ip: Option<IpAddr>,
+    /// Its peer id as text, encoded once (the live figures list every node
+    /// every sample).
+    pub id: std::sync::Arc<str>,
     load: Load,
+}
+
+/// What the live figures and the dashboard read of a connected node: its
+/// registration's gist, without copying its capabilities.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The node.
+    pub peer: PeerId,
+    /// Its peer id as text.
+    pub id: std::sync::Arc<str>,
+    /// Browser or native.
+    pub kind: NodeKind,
+    /// The backend its engine runs on, if it serves a model.
+    pub backend: Option<&'static str>,
+    /// The catalog ids it serves.
+    pub model_ids: Vec<String>,
+    /// Holds a circuit reservation.
+    pub reachable: bool,
+    /// When it connected, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// Its Proof-of-FLOPS standing.
+    pub pof: PofStanding,
+    /// Generations it runs now.
+    pub active: u32,
 }
 
 impl NodeEntry {
@@ -279,6 +306,7 @@ impl Registry {
                 capabilities: None,
                 model_ids: Vec::new(),
                 ip,
+                id: peer.to_string().into(),
                 load: Load::default(),
             },
         );
@@ -517,6 +545,33 @@ impl Registry {
     /// When `peer`'s connection started (ms since the epoch), if connected.
     pub fn connected_since(&self, peer: &PeerId) -> Option<u64> {
         self.lock().nodes.get(peer).map(|e| e.connected_since_ms)
+    }
+
+    /// Every connected node's view, in no particular order (one lock).
+    pub fn views(&self) -> Vec<NodeView> {
+        let g = self.lock();
+        g.nodes
+            .iter()
+            .map(|(peer, e)| NodeView {
+                peer: *peer,
+                id: e.id.clone(),
+                kind: e.kind(),
+                backend: e
+                    .capabilities
+                    .as_ref()
+                    .and_then(|c| c.engine.as_ref())
+                    .map(|engine| engine.backend.name()),
+                model_ids: e.model_ids.clone(),
+                reachable: e.reachable,
+                since_ms: e.connected_since_ms,
+                pof: g
+                    .pof
+                    .get(peer)
+                    .map(|h| h.standing.clone())
+                    .unwrap_or_default(),
+                active: e.load.active,
+            })
+            .collect()
     }
 
     /// Every connected node, oldest first.

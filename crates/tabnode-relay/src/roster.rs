@@ -8,14 +8,15 @@
 //! Peer ids are public (the network's listing names them); addresses are
 //! never in a row.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::{NodeKind, PeerSummary};
+use tabnode_core::NodeKind;
 use tokio::sync::broadcast;
 
+use crate::registry::NodeView;
 use crate::state::RelayState;
 
 /// Requests kept per node for its detail view.
@@ -27,7 +28,7 @@ const SPEED_WEIGHT: f64 = 0.3;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeRow {
     /// Its peer id.
-    pub peer_id: String,
+    pub peer_id: Arc<str>,
     /// Browser or native.
     pub kind: NodeKind,
     /// The backend its engine runs on (`cpu`, `webgpu`), if it serves.
@@ -67,7 +68,7 @@ pub struct NodesDelta {
     /// New and changed rows (every row when `full`).
     pub rows: Vec<NodeRow>,
     /// Peer ids no longer connected.
-    pub gone: Vec<String>,
+    pub gone: Vec<Arc<str>>,
 }
 
 /// A request a node served (part of it, when the request failed over).
@@ -106,7 +107,7 @@ pub struct NodeDetail {
 /// encoding a thousand ids every sample would cost more than the rest.
 #[derive(Debug, Default)]
 struct Inner {
-    rows: BTreeMap<String, NodeRow>,
+    rows: BTreeMap<Arc<str>, NodeRow>,
     /// Measured speed per node (exponentially weighted).
     speed: HashMap<String, f64>,
     recent: HashMap<String, VecDeque<ServedRequest>>,
@@ -151,27 +152,22 @@ impl Roster {
         list.truncate(RECENT);
     }
 
-    /// Tokens and points of the nodes in `summaries`: those of accounts the
+    /// Tokens and points of the nodes in `views`: those of accounts the
     /// ledger changed and of new nodes read again (in one transaction),
     /// the rest as last read. A ledger that fails (or none) shows zeros
     /// rather than no roster.
-    fn balances(
-        &self,
-        state: &RelayState,
-        summaries: &[PeerSummary],
-    ) -> HashMap<String, (u64, u64)> {
+    fn balances(&self, state: &RelayState, views: &[NodeView]) -> HashMap<String, (u64, u64)> {
         let mut known = std::mem::take(&mut self.lock().balances);
-        let now: std::collections::HashSet<&str> =
-            summaries.iter().map(|s| s.peer_id.as_str()).collect();
+        let now: HashSet<&str> = views.iter().map(|v| &*v.id).collect();
         known.retain(|id, _| now.contains(id.as_str()));
         let Some(ledger) = state.ledger() else {
             return known;
         };
         let changed = ledger.take_changed();
-        let read: Vec<String> = summaries
+        let read: Vec<String> = views
             .iter()
-            .filter(|s| changed.contains(&s.peer_id) || !known.contains_key(&s.peer_id))
-            .map(|s| s.peer_id.clone())
+            .filter(|v| changed.contains(&*v.id) || !known.contains_key(&*v.id))
+            .map(|v| v.id.to_string())
             .collect();
         if !read.is_empty() {
             match ledger.balances_of(&read) {
@@ -182,66 +178,44 @@ impl Roster {
         known
     }
 
-    /// The rows of the nodes in `summaries` now.
-    fn rows<'a>(
-        &self,
-        state: &'a RelayState,
-        summaries: &'a [PeerSummary],
-    ) -> BTreeMap<String, NodeRow> {
-        let balances = self.balances(state, summaries);
-        // Registered names to catalog ids (a few names among many nodes).
-        let mut ids: HashMap<&'a str, String> = HashMap::new();
-        let mut id_of = |name: &'a str| -> String {
-            ids.entry(name)
-                .or_insert_with(|| {
-                    state
-                        .catalog
-                        .find(name)
-                        .map_or_else(|| tabnode_core::model_id(name), |m| m.id.clone())
-                })
-                .clone()
-        };
+    /// The rows of the nodes in `views` now.
+    fn rows(&self, state: &RelayState, views: &[NodeView]) -> BTreeMap<Arc<str>, NodeRow> {
+        let balances = self.balances(state, views);
         let mut g = self.lock();
-        let rows = summaries
+        let rows = views
             .iter()
-            .map(|s| {
-                let peer = s.peer_id.parse::<PeerId>().ok();
-                let (active, _) = peer.map_or((0, 0.0), |p| state.load_of(&p));
-                let caps = s.capabilities.as_ref();
-                let (tokens, points) = balances.get(&s.peer_id).copied().unwrap_or_default();
+            .map(|v| {
+                let (tokens, points) = balances.get(&*v.id).copied().unwrap_or_default();
                 let row = NodeRow {
-                    peer_id: s.peer_id.clone(),
-                    kind: s.kind,
-                    backend: caps
-                        .and_then(|c| c.engine.as_ref())
-                        .map(|e| e.backend.name()),
-                    models: caps
-                        .map_or_else(Vec::new, |c| c.models.iter().map(|m| id_of(m)).collect()),
-                    reachable: s.reachable,
-                    since_ms: s.connected_since_ms,
-                    gflops: s.pof.matmul_gflops,
-                    standing: s.pof.standing,
-                    valid: s.pof.valid,
-                    proof_failed: s.pof.last.as_ref().is_some_and(|l| !l.passed),
-                    tok_s: g.speed.get(&s.peer_id).copied(),
-                    active,
+                    peer_id: v.id.clone(),
+                    kind: v.kind,
+                    backend: v.backend,
+                    models: v.model_ids.clone(),
+                    reachable: v.reachable,
+                    since_ms: v.since_ms,
+                    gflops: v.pof.matmul_gflops,
+                    standing: v.pof.standing,
+                    valid: v.pof.valid,
+                    proof_failed: v.pof.last.as_ref().is_some_and(|l| !l.passed),
+                    tok_s: g.speed.get(&*v.id).copied(),
+                    active: v.active,
                     tokens,
                     points,
                 };
-                (s.peer_id.clone(), row)
+                (v.id.clone(), row)
             })
             .collect();
         g.balances = balances;
         rows
     }
 
-    /// Takes the nodes of `summaries` as the roster now and sends
-    /// subscribers what changed (nothing when nothing did). Speeds and
-    /// recent requests of nodes gone are forgotten.
-    pub fn tick(&self, state: &RelayState, summaries: &[PeerSummary], at_ms: u64) -> NodesDelta {
-        let rows = self.rows(state, summaries);
+    /// Takes the nodes of `views` as the roster now and sends subscribers
+    /// what changed (nothing when nothing did). Speeds and recent requests
+    /// of nodes gone are forgotten.
+    pub fn tick(&self, state: &RelayState, views: &[NodeView], at_ms: u64) -> NodesDelta {
+        let rows = self.rows(state, views);
         let mut g = self.lock();
-        let gone: Vec<String> = g
+        let gone: Vec<Arc<str>> = g
             .rows
             .keys()
             .filter(|id| !rows.contains_key(*id))
@@ -252,8 +226,8 @@ impl Roster {
             .filter(|r| g.rows.get(&r.peer_id) != Some(*r))
             .cloned()
             .collect();
-        g.speed.retain(|p, _| rows.contains_key(p));
-        g.recent.retain(|p, _| rows.contains_key(p));
+        g.speed.retain(|p, _| rows.contains_key(p.as_str()));
+        g.recent.retain(|p, _| rows.contains_key(p.as_str()));
         g.rows = rows;
         drop(g);
         let delta = NodesDelta {
@@ -290,7 +264,7 @@ impl Roster {
             .map(|e| format!("{} ({})", e.device, e.reason));
         let peer = peer.to_string();
         let g = self.lock();
-        let row = g.rows.get(&peer).cloned();
+        let row = g.rows.get(peer.as_str()).cloned();
         let recent: Vec<ServedRequest> = g
             .recent
             .get(&peer)
@@ -313,17 +287,19 @@ impl Roster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tabnode_core::{Capabilities, PofStanding};
+    use tabnode_core::PofStanding;
 
-    fn summary(peer: &PeerId, since: u64) -> PeerSummary {
-        PeerSummary {
-            peer_id: peer.to_string(),
+    fn view(peer: &PeerId, since: u64) -> NodeView {
+        NodeView {
+            peer: *peer,
+            id: peer.to_string().into(),
             kind: NodeKind::Native,
-            transport: "tcp".into(),
-            connected_since_ms: since,
+            backend: Some("cpu"),
+            model_ids: vec!["m".into()],
             reachable: true,
-            capabilities: Some(Capabilities::new(NodeKind::Native, "test")),
+            since_ms: since,
             pof: PofStanding::default(),
+            active: 0,
         }
     }
 
@@ -344,17 +320,17 @@ mod tests {
         let roster = Roster::default();
         let mut rx = roster.subscribe();
         let (a, b) = (PeerId::random(), PeerId::random());
-        let first = roster.tick(&state, &[summary(&a, 1), summary(&b, 2)], 10);
+        let first = roster.tick(&state, &[view(&a, 1), view(&b, 2)], 10);
         assert_eq!(first.rows.len(), 2);
         assert!(rx.try_recv().is_ok());
         // Nothing changed: nothing sent.
-        let same = roster.tick(&state, &[summary(&a, 1), summary(&b, 2)], 20);
+        let same = roster.tick(&state, &[view(&a, 1), view(&b, 2)], 20);
         assert!(same.rows.is_empty() && same.gone.is_empty());
         assert!(rx.try_recv().is_err());
         // `a` served a request (its speed changes); `b` left.
         roster.served(a, served(10, 2.0));
-        let d = roster.tick(&state, &[summary(&a, 1)], 30);
-        assert_eq!(d.gone, vec![b.to_string()]);
+        let d = roster.tick(&state, &[view(&a, 1)], 30);
+        assert_eq!(d.gone, vec![Arc::from(b.to_string())]);
         assert_eq!(d.rows.len(), 1);
         assert_eq!(d.rows[0].tok_s, Some(5.0));
         let json: serde_json::Value =
@@ -368,7 +344,7 @@ mod tests {
         let state = RelayState::default();
         let roster = Roster::default();
         let a = PeerId::random();
-        roster.tick(&state, &[summary(&a, 1)], 1);
+        roster.tick(&state, &[view(&a, 1)], 1);
         roster.served(a, served(10, 1.0));
         roster.served(a, served(20, 1.0));
         // A request without tokens does not move the speed.

@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::registry::NodeView;
 use libp2p::PeerId;
 use serde::Serialize;
-use tabnode_core::PeerSummary;
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
@@ -375,9 +375,9 @@ impl Stats {
     }
 
     /// Closes the fine span (and the coarse one when a minute has passed)
-    /// with the relay's state now (`summaries`: its nodes now), and sends
-    /// the sample to subscribers.
-    pub fn sample(&self, state: &RelayState, summaries: &[PeerSummary], at_ms: u64) -> Arc<Sample> {
+    /// with the relay's state now (`nodes`: its nodes now), and sends the
+    /// sample to subscribers.
+    pub fn sample(&self, state: &RelayState, views: &[NodeView], at_ms: u64) -> Arc<Sample> {
         let now = Instant::now();
         let counters = Counters::read(&state.metrics);
         let serving: Vec<(String, u32)> = state
@@ -386,27 +386,23 @@ impl Stats {
             .map(|m| (m.id, u32::try_from(m.nodes).unwrap_or(u32::MAX)))
             .collect();
         let mut nodes = NodeCounts {
-            online: u32::try_from(summaries.len()).unwrap_or(u32::MAX),
+            online: u32::try_from(views.len()).unwrap_or(u32::MAX),
             ..NodeCounts::default()
         };
-        for s in summaries {
-            let kind = match s.kind {
+        for v in views {
+            let kind = match v.kind {
                 tabnode_core::NodeKind::Browser => "browser",
                 tabnode_core::NodeKind::Native => "native",
             };
             *nodes.by_kind.entry(kind.into()).or_default() += 1;
-            let backend = s
-                .capabilities
-                .as_ref()
-                .and_then(|c| c.engine.as_ref())
-                .map_or("none", |e| e.backend.name());
-            *nodes.by_backend.entry(backend.into()).or_default() += 1;
+            *nodes
+                .by_backend
+                .entry(v.backend.unwrap_or("none").into())
+                .or_default() += 1;
         }
         let mut g = self.lock();
-        for s in summaries {
-            if let Ok(peer) = s.peer_id.parse::<PeerId>() {
-                g.seen.insert(peer, now);
-            }
+        for v in views {
+            g.seen.insert(v.peer, now);
         }
         g.seen.retain(|_, t| now.duration_since(*t) < DAY);
         nodes.unique_24h = u32::try_from(g.seen.len()).unwrap_or(u32::MAX);
@@ -468,10 +464,15 @@ impl Stats {
 /// Closes a sample of the relay now and updates the node roster (both read
 /// one listing of the nodes).
 pub fn tick(state: &RelayState) -> (Arc<Sample>, crate::roster::NodesDelta) {
+    let started = Instant::now();
     let at_ms = crate::now_ms();
-    let summaries = state.summaries();
-    let sample = state.stats.sample(state, &summaries, at_ms);
-    let delta = state.roster.tick(state, &summaries, at_ms);
+    let views = state.registry.views();
+    let sample = state.stats.sample(state, &views, at_ms);
+    let delta = state.roster.tick(state, &views, at_ms);
+    state
+        .metrics
+        .stats_sample_seconds
+        .inc_by(started.elapsed().as_secs_f64());
     (sample, delta)
 }
 
