@@ -168,25 +168,31 @@ mod tests {
     #[test]
     fn a_signed_goodbye_verifies_and_maps_the_start_onto_the_verifiers_clock() {
         let key = Keypair::generate_ed25519();
-        let g = Goodbye::sign(&key, T0, T0 + 60_000).unwrap();
+        let g = Goodbye::sign(&key, T0, T0 + 60_000).expect("sign");
         // The verifier's clock runs 2 s ahead of the node's.
-        let v = g.verify(T0 + 62_000).unwrap();
+        let v = g.verify(T0 + 62_000).expect("verify");
         assert_eq!(v.peer, key.public().to_peer_id());
         assert_eq!(v.connected_at_ms, T0 + 2_000);
         // And survives JSON.
-        let back: Goodbye = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
-        assert_eq!(back.verify(T0 + 60_000).unwrap().connected_at_ms, T0);
+        let back: Goodbye =
+            serde_json::from_str(&serde_json::to_string(&g).expect("json")).expect("parse");
+        assert_eq!(
+            back.verify(T0 + 60_000).expect("verify").connected_at_ms,
+            T0
+        );
     }
 
     #[test]
     fn another_key_altered_fields_and_garbage_are_refused() {
         let key = Keypair::generate_ed25519();
         let other = Keypair::generate_ed25519();
-        let g = Goodbye::sign(&key, T0, T0 + 1_000).unwrap();
+        let g = Goodbye::sign(&key, T0, T0 + 1_000).expect("valid");
         let now = T0 + 1_000;
         // Someone else's signature under this peer's name.
         let forged = Goodbye {
-            signature: Goodbye::sign(&other, T0, T0 + 1_000).unwrap().signature,
+            signature: Goodbye::sign(&other, T0, T0 + 1_000)
+                .expect("valid")
+                .signature,
             ..g.clone()
         };
         assert_eq!(
@@ -231,7 +237,7 @@ mod tests {
     #[test]
     fn a_stale_goodbye_and_a_start_after_signing_are_refused() {
         let key = Keypair::generate_ed25519();
-        let g = Goodbye::sign(&key, T0, T0 + 1_000).unwrap();
+        let g = Goodbye::sign(&key, T0, T0 + 1_000).expect("valid");
         assert_eq!(
             g.verify(T0 + 1_000 + MAX_SKEW_MS + 1),
             Err(GoodbyeError::Stale {
@@ -249,9 +255,10 @@ mod tests {
     #[test]
     fn a_peer_id_without_its_key_is_refused() {
         // A SHA-256 peer id (what RSA keys get) does not carry the key.
-        let hashed =
-            PeerId::from_multihash(libp2p::multihash::Multihash::wrap(0x12, &[7; 32]).unwrap())
-                .unwrap();
+        let hashed = PeerId::from_multihash(
+            libp2p::multihash::Multihash::wrap(0x12, &[7; 32]).expect("valid"),
+        )
+        .expect("valid");
         let g = Goodbye {
             peer: hashed.to_string(),
             connected_at_ms: T0,
