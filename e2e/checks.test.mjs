@@ -49,8 +49,8 @@ test('a tab\'s WebGPU completions pass the CPU checkers, and nobody is struck', 
     const body = await (await fetch(`${net.relay.url}/v1/models`)).json();
     return body.data?.find((m) => m.id === MODEL)?.tabnode?.nodes === 3;
   }, 300_000, 500);
-  const net = await net.relay.network();
-  assert.equal(net.nodes.find((n) => n.peer_id === tab)?.capabilities?.engine?.backend, 'webgpu', JSON.stringify(net));
+  const listing = await net.relay.network();
+  assert.equal(listing.nodes.find((n) => n.peer_id === tab)?.capabilities?.engine?.backend, 'webgpu', JSON.stringify(listing));
 
   let sent = 0;
   const onTab = (c) => c.checks.filter((r) => r.served_by === tab);

@@ -219,8 +219,8 @@ test('a tab that opted in runs the Python step of an API request', async () => {
   const { page, context } = await openTab(net.browser, net.relay.url, null, { python: true });
   const peer = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the tab registered as a Python runner', async () => {
-    const net = await net.relay.network();
-    return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === true);
+    const listing = await net.relay.network();
+    return listing.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === true);
   }, 30_000, 100);
   // An API client (this test), no tab of its own: python-calc on the network.
   const r = await fetch(`${net.relay.url}/v1/flows/run`, {
@@ -238,8 +238,8 @@ test('a tab that opted in runs the Python step of an API request', async () => {
   // Unticked, the tab registers without it and gets no more Python.
   await page.uncheck('#python-optin');
   await waitFor('the tab registered without Python', async () => {
-    const net = await net.relay.network();
-    return net.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === false);
+    const listing = await net.relay.network();
+    return listing.nodes.some((n) => n.peer_id === peer && n.capabilities?.python === false);
   }, 30_000, 100);
   const again = await (await fetch(`${net.relay.url}/v1/flows/run`, {
     method: 'POST',

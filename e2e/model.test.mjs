@@ -102,11 +102,11 @@ test('the worker downloads the model with progress, caches it and runs it on the
   const name = ready.model.name;
   const peerId = await page.evaluate(() => window.tabnode.peerId);
   await waitFor('the relay to list the model', async () => {
-    const net = await net.relay.network();
-    return net.nodes.find((n) => n.peer_id === peerId)?.capabilities?.models?.includes(name);
+    const listing = await net.relay.network();
+    return listing.nodes.find((n) => n.peer_id === peerId)?.capabilities?.models?.includes(name);
   });
-  const net = await net.relay.network();
-  assert.deepEqual(net.nodes.find((n) => n.peer_id === peerId).capabilities.engine, engine);
+  const listing = await net.relay.network();
+  assert.deepEqual(listing.nodes.find((n) => n.peer_id === peerId).capabilities.engine, engine);
 });
 
 /** The native engine's greedy answer on `device` (cpu: the quantized one). */

@@ -25,12 +25,12 @@ const net = useNetwork({
 
 test('two tabs and the native node appear in /api/network with the tabs\' WebGPU adapters', async () => {
   assert.notEqual(idA, idB, 'each tab has its own identity');
-  const net = await waitFor('both tabs to register their GPU', async () => {
+  const listing = await waitFor('both tabs to register their GPU', async () => {
     const n = await net.relay.network();
     const tabs = n.nodes.filter((p) => p.kind === 'browser' && p.capabilities?.gpu);
     return tabs.length === 2 ? n : null;
   });
-  const byId = Object.fromEntries(net.nodes.map((p) => [p.peer_id, p]));
+  const byId = Object.fromEntries(listing.nodes.map((p) => [p.peer_id, p]));
   for (const id of [idA, idB]) {
     const tab = byId[id];
     assert.ok(tab, `tab ${id} is listed`);
@@ -61,13 +61,13 @@ test('the worker reports a WebGPU adapter to the page', async () => {
 
 test('a tab proves a Proof-of-FLOPS challenge on WebGPU and the relay records a pass', async () => {
   // The relay challenges every node when it registers.
-  const net = await waitFor('both tabs to pass a proof', async () => {
+  const listing = await waitFor('both tabs to pass a proof', async () => {
     const n = await net.relay.network();
     const tabs = n.nodes.filter((p) => [idA, idB].includes(p.peer_id) && p.pof.passed >= 1);
     return tabs.length === 2 ? n : null;
   }, 90_000);
   for (const id of [idA, idB]) {
-    const { pof } = net.nodes.find((p) => p.peer_id === id);
+    const { pof } = listing.nodes.find((p) => p.peer_id === id);
     assert.equal(pof.last.passed, true, JSON.stringify(pof.last));
     assert.equal(pof.failed, 0);
     assert.ok(pof.matmul_gflops > 0, JSON.stringify(pof));

@@ -70,6 +70,7 @@ pub(crate) fn router(
     use crate::vectors as vx;
     let root = &config.site_root;
     let www = root.join("www");
+    let relay_for_stop = relay.clone();
     let goodbye = Router::new()
         .route("/api/goodbye", post(crate::goodbye::goodbye))
         .with_state(crate::goodbye::Desk::new(
@@ -159,6 +160,8 @@ pub(crate) fn router(
         .route("/api/stats", get(stats))
         .route("/api/stats/stream", get(stats_stream))
         .route("/api/nodes", get(nodes))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/nodes/{peer_id}", get(node_detail))
         .route("/metrics", get(metrics))
         .route("/python-sandbox.html", get(python_sandbox))
@@ -202,6 +205,10 @@ pub(crate) fn router(
         // Open to every origin: third-party pages call the API and load the
         // embed widget's modules.
         .layer(CorsLayer::permissive())
+        .layer(axum::middleware::from_fn_with_state(
+            relay_for_stop,
+            refuse_when_stopping,
+        ))
         // Outermost: every handler sees the client behind trusted proxies.
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(config.trusted_proxies.clone()),
@@ -320,10 +327,61 @@ async fn stats_stream(State(s): State<AppState>) -> axum::response::Response {
     // The roster's deltas come serialised once for every subscriber.
     let nodes = futures::stream::unfold(deltas, next)
         .map(|json| Ok(Event::default().event("nodes").data(&*json)));
-    let events = futures::stream::iter(first).chain(futures::stream::select(samples, nodes));
+    // The stream ends when the relay stops (it would hold the HTTP server's
+    // graceful shutdown open); the browser reconnects to the next relay.
+    let events = futures::stream::iter(first)
+        .chain(futures::stream::select(samples, nodes))
+        .take_until(s.relay.stopped());
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// `GET /healthz`: the process serves HTTP (liveness).
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: whether the relay takes requests (503 while it stops, or
+/// when its ledger is gone), with its node count.
+async fn readyz(State(s): State<AppState>) -> axum::response::Response {
+    let stopping = s.relay.is_stopping();
+    let ledger = s.relay.ledger().is_some();
+    let ready = !stopping && ledger;
+    let counts = s.relay.registry.counts();
+    let body = Json(serde_json::json!({
+        "ready": ready,
+        "stopping": stopping,
+        "ledger": ledger,
+        "nodes": counts.browsers + counts.natives,
+    }));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Refuses new API requests while the relay stops (on connections kept
+/// alive: new connections are not accepted any more).
+async fn refuse_when_stopping(
+    State(relay): State<Arc<RelayState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if relay.is_stopping() && request.uri().path().starts_with("/v1/") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(serde_json::json!({ "error": {
+                "message": "the relay is stopping: retry in a moment",
+                "type": "server_error",
+                "code": "stopping",
+            }})),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// `GET /api/nodes`: every connected node's row (what the dashboard lists).

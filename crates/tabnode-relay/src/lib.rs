@@ -14,6 +14,7 @@
 //! thin wrapper around it, and integration tests start relays the same way.
 
 pub mod accounts;
+pub mod addresses;
 pub mod catalog;
 pub mod checks;
 mod client;
@@ -32,6 +33,7 @@ pub mod registry;
 pub mod roster;
 pub mod scrape;
 pub mod sessions;
+pub mod settings;
 mod state;
 pub mod stats;
 mod swarm;
@@ -154,8 +156,13 @@ impl Default for Limits {
 pub struct RelayConfig {
     /// Where the identity key and WebRTC certificate live.
     pub data_dir: PathBuf,
-    /// The IP the libp2p listeners bind to (and advertise).
-    pub listen_ip: IpAddr,
+    /// The IPs the libp2p listeners bind to (`0.0.0.0` and `::` for every
+    /// interface); announced as they are unless `external_addresses` says
+    /// otherwise.
+    pub listen_ips: Vec<IpAddr>,
+    /// The addresses announced to browsers and nodes instead of the listen
+    /// addresses (a public IP, a NAT's forwarded ports).
+    pub external_addresses: Vec<addresses::ExternalAddress>,
     /// TCP port (0 = any).
     pub tcp_port: u16,
     /// QUIC port, UDP (0 = any).
@@ -194,7 +201,8 @@ impl RelayConfig {
         Self {
             models_dir: site_root.join("models"),
             data_dir,
-            listen_ip: IpAddr::from([127, 0, 0, 1]),
+            listen_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            external_addresses: Vec::new(),
             tcp_port: 0,
             quic_port: 0,
             webrtc_port: 0,
@@ -264,6 +272,39 @@ impl RelayHandle {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+    }
+
+    /// Resolves when one of the relay's tasks has ended (a failure: they
+    /// run until the relay stops).
+    pub async fn failed(&mut self) {
+        if !self.tasks.is_empty() {
+            let _ = futures::future::select_all(self.tasks.iter_mut()).await;
+        }
+    }
+
+    /// Stops the relay gracefully: `/readyz` says 503 and new API requests
+    /// are refused at once, the HTTP server takes no new connections, the
+    /// requests in progress get up to `grace` to finish (their nodes keep
+    /// serving them: the swarm runs until the end), then everything stops
+    /// and the ledger's queued credits are written before this returns.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.state.stop();
+        // The HTTP server's task is the last; it ends once its connections
+        // have.
+        if let Some(http) = self.tasks.pop() {
+            let abort = http.abort_handle();
+            if tokio::time::timeout(grace, http).await.is_err() {
+                tracing::warn!("requests still running after {grace:?}: closing them");
+                abort.abort();
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        // Dropping the last handle of the ledger joins its writer.
     }
 }
 
@@ -360,9 +401,15 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         runs,
         scraper,
     );
+    let stopped = state.stopped();
     let http_task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
+        // Once stopping: no new connections, idle ones closed, requests in
+        // progress (streams included) finish.
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!("HTTP server stopped: {e}");
         }
     });

@@ -45,6 +45,10 @@ pub struct RelayState {
     pub stats: crate::stats::Stats,
     /// The dashboard's node rows, measured speeds and recent requests.
     pub roster: crate::roster::Roster,
+    /// Set when the relay is told to stop: `/readyz` turns 503, new API
+    /// requests are refused, event streams end, and the requests in
+    /// progress finish.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A model available on the network now.
@@ -94,6 +98,25 @@ impl RelayState {
         Self {
             accounts: Some(keys),
             ..self
+        }
+    }
+
+    /// Starts stopping (see `stopping`).
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether the relay is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the relay is stopping.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            // An error: the state is gone, which is stopping too.
+            let _ = rx.wait_for(|stopping| *stopping).await;
         }
     }
 

@@ -148,21 +148,22 @@ pub(crate) async fn build(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
 
-    let ip = match config.listen_ip {
-        std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
-        std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),
-    };
-    let base = Multiaddr::empty().with(ip);
-    let listens = [
-        base.clone().with(Protocol::Tcp(config.tcp_port)),
-        base.clone()
-            .with(Protocol::Udp(config.quic_port))
-            .with(Protocol::QuicV1),
-        base.with(Protocol::Udp(config.webrtc_port))
-            .with(Protocol::WebRTCDirect),
-    ];
-    for addr in listens {
-        swarm.listen_on(addr).map_err(|e| lp(&e))?;
+    for ip in &config.listen_ips {
+        let base = Multiaddr::empty().with(match ip {
+            std::net::IpAddr::V4(ip) => Protocol::Ip4(*ip),
+            std::net::IpAddr::V6(ip) => Protocol::Ip6(*ip),
+        });
+        let listens = [
+            base.clone().with(Protocol::Tcp(config.tcp_port)),
+            base.clone()
+                .with(Protocol::Udp(config.quic_port))
+                .with(Protocol::QuicV1),
+            base.with(Protocol::Udp(config.webrtc_port))
+                .with(Protocol::WebRTCDirect),
+        ];
+        for addr in listens {
+            swarm.listen_on(addr).map_err(|e| lp(&e))?;
+        }
     }
 
     let peer_id = *swarm.local_peer_id();
@@ -173,6 +174,7 @@ pub(crate) async fn build(
         quic: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut listening: Vec<Multiaddr> = Vec::new();
     while boot.tcp.is_empty() || boot.quic.is_empty() || boot.webrtc_direct.is_empty() {
         let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
             .await
@@ -186,13 +188,43 @@ pub(crate) async fn build(
                 })
             })?;
         if let SwarmEvent::NewListenAddr { address, .. } = event {
-            swarm.add_external_address(address.clone());
             let full = address.clone().with(Protocol::P2p(peer_id)).to_string();
             tracing::info!("listening on {full}");
             match transport_name(&address) {
                 "tcp" => boot.tcp.push(full),
                 "quic" => boot.quic.push(full),
                 "webrtc-direct" => boot.webrtc_direct.push(full),
+                _ => {}
+            }
+            listening.push(address);
+        }
+    }
+    // What peers are told: the external addresses when there are any (they
+    // go first in the bootstrap, before the listen addresses that local
+    // nodes may still use), else the listen addresses.
+    if config.external_addresses.is_empty() {
+        for address in listening {
+            swarm.add_external_address(address);
+        }
+    } else {
+        let mut announced: Vec<Multiaddr> = Vec::new();
+        for ext in &config.external_addresses {
+            for listen in &listening {
+                if let Some(addr) = ext.announce(listen) {
+                    if !announced.contains(&addr) {
+                        announced.push(addr);
+                    }
+                }
+            }
+        }
+        for address in announced.into_iter().rev() {
+            tracing::info!("announcing {address}");
+            swarm.add_external_address(address.clone());
+            let full = address.clone().with(Protocol::P2p(peer_id)).to_string();
+            match transport_name(&address) {
+                "tcp" => boot.tcp.insert(0, full),
+                "quic" => boot.quic.insert(0, full),
+                "webrtc-direct" => boot.webrtc_direct.insert(0, full),
                 _ => {}
             }
         }

@@ -1,0 +1,224 @@
+//! The relay's settings (issue #18): a config file covering every flag,
+//! flags and environment variables over it, `--print-config`, and clear
+//! errors for bad files and values. Runs the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_tabnode-relay");
+
+/// Every setting, none at its default.
+const EVERY: &str = r#"
+http = "127.0.0.1:9191"
+listen-ip = ["0.0.0.0", "::"]
+external-address = ["203.0.113.7", "/ip4/203.0.113.7/udp/443/webrtc-direct"]
+tcp-port = 5001
+quic-port = 5002
+webrtc-port = 5003
+data-dir = "/var/lib/tabnode"
+site-root = "/usr/share/tabnode"
+models-dir = "/srv/models"
+pof-interval = 1800.0
+pof-max-n = 1024
+pof-min-n = 128
+stall-timeout = 30.0
+first-token-timeout = 120.0
+queue-timeout = 10.0
+rate-limit = 60
+anonymous-per-hour = 10
+max-peers-per-ip = 512
+catalog = "/etc/tabnode/catalog.json"
+hnsw-threshold = 1000
+max-vector-points = 5000
+bootstrap-file = "/run/tabnode/bootstrap.json"
+trusted-proxy = ["10.0.0.0/8", "::1"]
+check-rate = 0.1
+check-new-node-rate = 0.5
+check-new-node-requests = 40
+strikes-to-exclude = 5
+check-same-address = true
+shutdown-grace = 12.5
+log-format = "json"
+"#;
+
+/// The relay with `args` and `env` (and no TABNODE_* from this process).
+fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(RELAY);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TABNODE_") {
+            c.env_remove(k);
+        }
+    }
+    c.args(args).envs(env.iter().copied());
+    c.output().expect("the relay runs")
+}
+
+fn printed(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
+    let out = relay(args, env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .expect("--print-config writes TOML")
+}
+
+fn file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+/// The error of a relay that must not start: exit status 2, the message.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = relay(args, env);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_file_sets_every_setting_and_print_config_shows_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let every = file(dir.path(), "every.toml", EVERY);
+    let want: toml::Table = EVERY.parse().expect("toml");
+    let got = printed(&["--config", &every, "--print-config"], &[]);
+    assert_eq!(got, want);
+    // And the file covers every setting there is: the defaults print no
+    // key it lacks.
+    let defaults = printed(&["--print-config"], &[]);
+    for key in defaults.keys() {
+        assert!(want.contains_key(key), "the test's file lacks `{key}`");
+    }
+    // The printed settings are themselves a valid file.
+    let again = file(
+        dir.path(),
+        "again.toml",
+        &toml::to_string(&got).expect("toml"),
+    );
+    assert_eq!(printed(&["--config", &again, "--print-config"], &[]), want);
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let every = file(dir.path(), "every.toml", EVERY);
+    let base = ["--config", every.as_str(), "--print-config"];
+    // The environment over the file.
+    let v = printed(
+        &base,
+        &[("TABNODE_RATE_LIMIT", "7"), ("TABNODE_LOG_FORMAT", "text")],
+    );
+    assert_eq!(v["rate-limit"].as_integer(), Some(7));
+    assert_eq!(v["log-format"].as_str(), Some("text"));
+    assert_eq!(
+        v["pof-max-n"].as_integer(),
+        Some(1024),
+        "the rest from the file"
+    );
+    // A flag over both.
+    let v = printed(
+        &[&base[..], &["--rate-limit", "9", "--pof-max-n", "512"]].concat(),
+        &[("TABNODE_RATE_LIMIT", "7")],
+    );
+    assert_eq!(v["rate-limit"].as_integer(), Some(9));
+    assert_eq!(v["pof-max-n"].as_integer(), Some(512));
+    // A repeatable flag adds to the file's list.
+    let v = printed(
+        &[&base[..], &["--trusted-proxy", "192.0.2.1"]].concat(),
+        &[],
+    );
+    let proxies: Vec<_> = v["trusted-proxy"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "::1", "192.0.2.1"]);
+    // The file named by the environment.
+    let v = printed(&["--print-config"], &[("TABNODE_CONFIG", &every)]);
+    assert_eq!(v["http"].as_str(), Some("127.0.0.1:9191"));
+}
+
+#[test]
+fn bad_files_and_values_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, text, says) in [
+        (
+            "unknown.toml",
+            "rate-limitt = 5\n",
+            "unknown setting `rate-limitt`",
+        ),
+        ("notoml.toml", "rate-limit = \n", "not TOML"),
+        (
+            "range.toml",
+            "check-rate = 2.5\n",
+            "is not a share from 0 to 1",
+        ),
+        (
+            "type.toml",
+            "tcp-port = \"many\"\n",
+            "invalid value 'many' for '--tcp-port",
+        ),
+        (
+            "list.toml",
+            "http = [\"127.0.0.1:1\"]\n",
+            "`http` takes one value, not a list",
+        ),
+        (
+            "switch.toml",
+            "check-same-address = \"yes\"\n",
+            "`check-same-address` is a switch",
+        ),
+        (
+            "table.toml",
+            "[http]\nport = 1\n",
+            "`http` must be a string, a number or a boolean",
+        ),
+        (
+            "external.toml",
+            "external-address = [\"0.0.0.0\"]\n",
+            "cannot be reached from anywhere",
+        ),
+        (
+            "seconds.toml",
+            "shutdown-grace = -1\n",
+            "not a number of seconds",
+        ),
+        (
+            "config.toml",
+            "config = \"other.toml\"\n",
+            "unknown setting `config`",
+        ),
+    ] {
+        let path = file(dir.path(), name, text);
+        let err = refused(&["--config", &path, "--print-config"], &[]);
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(
+            err.contains(&path),
+            "{name}: the error names the file: {err}"
+        );
+    }
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let err = refused(&["--config", &missing], &[]);
+    assert!(
+        err.contains(&missing) && err.contains("No such file"),
+        "{err}"
+    );
+    // Bad flags and environment values are clap's errors, which name them.
+    let err = refused(&["--check-rate", "7"], &[]);
+    assert!(
+        err.contains("--check-rate") && err.contains("share"),
+        "{err}"
+    );
+    let err = refused(
+        &["--print-config"],
+        &[("TABNODE_EXTERNAL_ADDRESSES", "relay.example.com")],
+    );
+    assert!(
+        err.contains("neither an IP address nor a multiaddr"),
+        "{err}"
+    );
+}
