@@ -1,12 +1,79 @@
-// Operating a relay (issue #18): it announces the external addresses it is
-// given instead of its listen addresses, and SIGTERM stops it gracefully:
-// a streamed chat in progress completes, new requests are refused, and the
+// Operating a relay (issue #18): it serves the site over HTTPS itself (a
+// tab on a name that is not localhost is a secure context there, gets
+// WebGPU and joins), it announces the external addresses it is given
+// instead of its listen addresses, and SIGTERM stops it gracefully: a
+// streamed chat in progress completes, new requests are refused, and the
 // node's credit for the tokens is in the ledger when the relay comes back.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { useNetwork, startRelay, startNode, waitFor } from './harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  useNetwork, startRelay, startNode, waitFor, launchBrowser, openTab,
+} from './harness.mjs';
 
 const net = useNetwork({ browser: false });
+
+/** A self-signed certificate for `tabnode.test` and 127.0.0.1 (openssl),
+ * and its public key's SHA-256 as Chromium's SPKI list takes it. */
+function testCertificate() {
+  const dir = mkdtempSync(join(tmpdir(), 'tabnode-tls-'));
+  const cert = join(dir, 'cert.pem');
+  const key = join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=tabnode.test',
+    '-addext', 'subjectAltName=DNS:tabnode.test,IP:127.0.0.1',
+  ], { stdio: 'ignore' });
+  const pub = execFileSync('openssl', ['x509', '-in', cert, '-pubkey', '-noout']);
+  const der = execFileSync('openssl', ['pkey', '-pubin', '-outform', 'der'], { input: pub });
+  const spki = execFileSync('openssl', ['dgst', '-sha256', '-binary'], { input: der }).toString('base64');
+  return { cert, key, spki };
+}
+
+test('over HTTPS (its own certificate) a tab on a non-local name is a secure context, gets WebGPU and joins; plain HTTP redirects', { timeout: 300_000 }, async () => {
+  const { cert, key, spki } = testCertificate();
+  const relay = await startRelay({
+    args: ['--tls-cert', cert, '--tls-key', key, '--http-redirect', '127.0.0.1:0'],
+  });
+  // Chromium trusts this certificate alone and finds tabnode.test here.
+  const browser = await launchBrowser([
+    `--ignore-certificate-errors-spki-list=${spki}`,
+    '--host-resolver-rules=MAP tabnode.test 127.0.0.1',
+  ]);
+  try {
+    assert.match(relay.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const origin = `https://tabnode.test:${relay.ports.http}`;
+    const { page } = await openTab(browser, origin);
+    const seen = await page.evaluate(async () => ({
+      secure: window.isSecureContext,
+      adapter: !!(await navigator.gpu?.requestAdapter()),
+      status: window.tabnode.status,
+      protocol: location.protocol,
+    }));
+    assert.deepEqual(seen, { secure: true, adapter: true, status: 'reachable', protocol: 'https:' });
+    // The relay lists the tab that joined over the HTTPS origin.
+    const peer = await page.evaluate(() => window.tabnode.peerId);
+    const listed = await page.evaluate(async () => (await (await fetch('/api/network')).json()).nodes.map((n) => n.peer_id));
+    assert.ok(listed.includes(peer), JSON.stringify(listed));
+    // HSTS and the site's content security policy.
+    const res = await page.goto(`${origin}/chat.html`);
+    const headers = res.headers();
+    assert.equal(headers['strict-transport-security'], 'max-age=31536000');
+    assert.match(headers['content-security-policy'], /script-src 'self' 'wasm-unsafe-eval'/);
+    // Plain HTTP on the redirect address: a permanent redirect to HTTPS.
+    const redirect = relay.proc.output.match(/plain HTTP on (\S+) redirects to HTTPS/)?.[1];
+    assert.ok(redirect, relay.proc.output.slice(-2000));
+    const r = await fetch(`http://${redirect}/chat.html?x=1`, { redirect: 'manual' });
+    assert.equal(r.status, 308);
+    assert.equal(r.headers.get('location'), `https://127.0.0.1:${relay.ports.http}/chat.html?x=1`);
+  } finally {
+    await browser.close();
+    await relay.kill();
+  }
+});
 
 test('--external-address is announced first in /api/bootstrap, with the relay\'s certhash', async () => {
   const relay = await startRelay({

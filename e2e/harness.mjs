@@ -77,7 +77,7 @@ export async function startRelay({ dataDir, ports = {}, args = [] } = {}) {
   ]);
   const url = await waitFor('the relay to be ready', () => {
     if (proc.exitCode !== null) throw new Error(`relay exited: ${proc.output}`);
-    const m = proc.output.match(/tabnode relay ready: open (http:\/\/[^\s]+)\//);
+    const m = proc.output.match(/tabnode relay ready: open (https?:\/\/[^\s]+)\//);
     return m && existsSync(bootFile) ? m[1] : null;
   });
   const bootstrap = JSON.parse(readFileSync(bootFile, 'utf8'));
@@ -185,7 +185,8 @@ export function localAnswer(prompt, maxTokens, file = MODEL_FILE, { chat = true 
   return JSON.parse(out);
 }
 
-export async function launchBrowser() {
+/** Launches Debian's Chromium (`args`: more command-line flags). */
+export async function launchBrowser(args = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
@@ -196,6 +197,7 @@ export async function launchBrowser() {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...args,
     ],
   });
 }

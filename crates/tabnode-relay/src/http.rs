@@ -178,7 +178,8 @@ pub(crate) fn router(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    api.nest_service("/pkg", ServeDir::new(root.join("pkg")))
+    let site = api
+        .nest_service("/pkg", ServeDir::new(root.join("pkg")))
         .nest_service("/worker", ServeDir::new(root.join("worker")))
         .nest_service("/models", ServeDir::new(&config.models_dir))
         .fallback_service(
@@ -209,12 +210,38 @@ pub(crate) fn router(
             relay_for_stop,
             refuse_when_stopping,
         ))
-        // Outermost: every handler sees the client behind trusted proxies.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(config.trusted_proxies.clone()),
-            crate::proxies::real_client,
+        // The site's content security policy (the Python sandbox page sets
+        // its own, stricter one).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(SITE_POLICY),
+        ));
+    // Over HTTPS, browsers are told to come back only over HTTPS.
+    let site = if config.tls.is_some() {
+        site.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
         ))
+    } else {
+        site
+    };
+    // Outermost: every handler sees the client behind trusted proxies.
+    site.layer(axum::middleware::from_fn_with_state(
+        Arc::new(config.trusted_proxies.clone()),
+        crate::proxies::real_client,
+    ))
 }
+
+/// The site's content security policy: scripts, workers, frames and
+/// connections from this origin only (WebAssembly compiled, nothing
+/// evaluated from strings), styles also inline (the widget's shadow DOM,
+/// the flow editor's boxes), images also as data and blob URLs, no plugins,
+/// forms and `<base>` to this origin. Other sites may frame the node page
+/// (the embed widget's "contribute compute").
+const SITE_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; \
+    connect-src 'self'; worker-src 'self' blob:; frame-src 'self'; object-src 'none'; \
+    base-uri 'self'; form-action 'self'";
 
 /// The policy of the Python sandbox page: its own opaque origin (CSP
 /// `sandbox` without `allow-same-origin`, so even opened on its own it

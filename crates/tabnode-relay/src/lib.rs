@@ -37,6 +37,7 @@ pub mod settings;
 mod state;
 pub mod stats;
 mod swarm;
+pub mod tls;
 mod vectors;
 
 use std::net::{IpAddr, SocketAddr};
@@ -110,6 +111,9 @@ pub enum RelayError {
     /// A Proof-of-FLOPS setting is unsafe.
     #[error(transparent)]
     PofConfig(#[from] pof::PofConfigError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A listener did not come up in time.
     #[error("timed out waiting for the {0} listener")]
     ListenTimeout(&'static str),
@@ -193,6 +197,20 @@ pub struct RelayConfig {
     pub trusted_proxies: proxies::TrustedProxies,
     /// How often `/api/stats` closes a sample ([`stats::INTERVAL`]).
     pub stats_interval: Duration,
+    /// Serve HTTPS on `http` with this certificate chain and key (PEM);
+    /// plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
+    /// With TLS: a plain-HTTP address that redirects to HTTPS.
+    pub http_redirect: Option<SocketAddr>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 impl RelayConfig {
@@ -221,6 +239,8 @@ impl RelayConfig {
             scrape: scrape::ScrapeConfig::default(),
             trusted_proxies: proxies::TrustedProxies::default(),
             stats_interval: stats::INTERVAL,
+            tls: None,
+            http_redirect: None,
         }
     }
 }
@@ -247,6 +267,10 @@ pub struct RelayHandle {
     pub bootstrap: Bootstrap,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub https: bool,
+    /// The bound address of the redirect to HTTPS, if any.
+    pub redirect_addr: Option<SocketAddr>,
     /// Registry and counters.
     pub state: Arc<RelayState>,
     tasks: Vec<JoinHandle<()>>,
@@ -401,24 +425,52 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         runs,
         scraper,
     );
-    let stopped = state.stopped();
-    let http_task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        // Once stopping: no new connections, idle ones closed, requests in
-        // progress (streams included) finish.
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
+    // TLS set up before anything listens: a bad certificate stops the
+    // start with its error.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|f| tls::server_config(&f.cert, &f.key))
+        .transpose()?;
+    let mut tasks = vec![swarm_task, pof_task, uptime_task, stats_task];
+    let mut redirect_addr = None;
+    if let (Some(_), Some(addr)) = (&tls, config.http_redirect) {
+        let plain = tokio::net::TcpListener::bind(addr)
             .await
-        {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
+            .map_err(|source| RelayError::Http { addr, source })?;
+        redirect_addr = plain.local_addr().ok();
+        tasks.push(tokio::spawn(tls::redirect(
+            plain,
+            http_addr.port(),
+            state.stopped(),
+        )));
+    }
+    let https = tls.is_some();
+    let stopped = state.stopped();
+    // Once stopping: no new connections, idle ones closed, requests in
+    // progress (streams included) finish.
+    let http_task = match tls {
+        Some(tls) => tokio::spawn(tls::serve(listener, tls, app, stopped)),
+        None => tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        }),
+    };
+    // The HTTP server's task goes last (see `shutdown`).
+    tasks.push(http_task);
     Ok(RelayHandle {
         peer_id,
         bootstrap,
         http_addr,
+        https,
+        redirect_addr,
         state,
-        tasks: vec![swarm_task, pof_task, uptime_task, stats_task, http_task],
+        tasks,
         vectors,
         _ledger: ledger,
     })

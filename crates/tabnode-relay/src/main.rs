@@ -65,12 +65,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.bootstrap_file {
         std::fs::write(path, &json)?;
     }
+    let scheme = if relay.https { "https" } else { "http" };
     tracing::info!(
-        "relay {} ready; HTTP on http://{}",
+        "relay {} ready; HTTP on {scheme}://{}",
         relay.peer_id,
         relay.http_addr
     );
-    println!("tabnode relay ready: open http://{}/", relay.http_addr);
+    if let Some(addr) = relay.redirect_addr {
+        tracing::info!("plain HTTP on {addr} redirects to HTTPS");
+    }
+    println!("tabnode relay ready: open {scheme}://{}/", relay.http_addr);
     tokio::select! {
         () = relay.failed() => {
             tracing::error!("a relay task ended; stopping");

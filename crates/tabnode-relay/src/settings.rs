@@ -159,6 +159,20 @@ pub struct Args {
     /// stop (SIGTERM, Ctrl-C) before it closes.
     #[arg(long, env = "TABNODE_SHUTDOWN_GRACE", default_value_t = 30.0, value_parser = seconds)]
     pub shutdown_grace: f64,
+    /// Serve HTTPS on --http with this certificate chain (PEM, the
+    /// server's certificate first; with --tls-key).
+    #[arg(long, env = "TABNODE_TLS_CERT", requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TABNODE_TLS_KEY", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-cert: also listen for plain HTTP here and redirect every
+    /// request to HTTPS (e.g. `0.0.0.0:80`).
+    #[arg(long, env = "TABNODE_HTTP_REDIRECT", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_redirect: Option<SocketAddr>,
     /// Log lines for people (`text`) or one JSON object a line (`json`);
     /// `RUST_LOG` sets what is logged.
     #[arg(long, env = "TABNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -447,6 +461,14 @@ impl Args {
                 ..tabnode_vectors::StoreConfig::default()
             },
             scrape: crate::scrape::ScrapeConfig::default(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            http_redirect: self.http_redirect,
         })
     }
 }

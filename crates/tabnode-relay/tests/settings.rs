@@ -38,6 +38,9 @@ check-new-node-requests = 40
 strikes-to-exclude = 5
 check-same-address = true
 shutdown-grace = 12.5
+tls-cert = "/etc/tabnode/cert.pem"
+tls-key = "/etc/tabnode/key.pem"
+http-redirect = "0.0.0.0:80"
 log-format = "json"
 "#;
 
