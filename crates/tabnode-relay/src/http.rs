@@ -225,11 +225,78 @@ pub(crate) fn router(
     } else {
         site
     };
-    // Outermost: every handler sees the client behind trusted proxies.
     site.layer(axum::middleware::from_fn_with_state(
+        RequestIds::default(),
+        access_log,
+    ))
+    // Outermost: every handler sees the client behind trusted proxies.
+    .layer(axum::middleware::from_fn_with_state(
         Arc::new(config.trusted_proxies.clone()),
         crate::proxies::real_client,
     ))
+}
+
+/// Request ids: this relay's start (ms, hex) and a counter, unique across
+/// restarts.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: format!("{:x}", crate::now_ms()).into(),
+            next: Arc::default(),
+        }
+    }
+}
+
+/// The access log: every request gets an id (the client's `X-Request-Id`
+/// when it sends a usable one), answered in `X-Request-Id` and carried by
+/// a span around its handler, so every log line of the request names it;
+/// its end is logged with status and time: API requests at `info`, the
+/// site's files at `debug`.
+async fn access_log(
+    State(ids): State<RequestIds>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    const X_REQUEST_ID: &str = "x-request-id";
+    let given = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| {
+        let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", ids.prefix)
+    });
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let api = path.starts_with("/v1/") || path.starts_with("/api/") || path == "/metrics";
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    let span = tracing::info_span!("request", id = %id, %method, %path);
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if api {
+            tracing::info!(status, ms, "answered");
+        } else {
+            tracing::debug!(status, ms, "answered");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    response
 }
 
 /// The site's content security policy: scripts, workers, frames and
@@ -411,6 +478,17 @@ async fn refuse_when_stopping(
     next.run(request).await
 }
 
+/// The peer id in a path, or the 400 that says it is none.
+fn peer_of(text: &str) -> Result<libp2p::PeerId, axum::response::Response> {
+    text.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("not a peer id: {text}") })),
+        )
+            .into_response()
+    })
+}
+
 /// `GET /api/nodes`: every connected node's row (what the dashboard lists).
 async fn nodes(State(s): State<AppState>) -> Json<crate::roster::NodesDelta> {
     Json(s.relay.roster.full(crate::now_ms()))
@@ -421,12 +499,9 @@ async fn node_detail(
     State(s): State<AppState>,
     axum::extract::Path(peer_id): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
-        )
-            .into_response();
+    let peer = match peer_of(&peer_id) {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
     match s.relay.roster.detail(&s.relay, &peer) {
         Some(d) => Json(d).into_response(),
@@ -554,12 +629,9 @@ async fn pof_history(
     State(s): State<AppState>,
     axum::extract::Path(peer_id): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
-        )
-            .into_response();
+    let peer = match peer_of(&peer_id) {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
     match s.relay.pof_history(&peer) {
         Some(h) => Json(serde_json::json!({
@@ -631,12 +703,9 @@ async fn ledger_of(
     State(s): State<AppState>,
     axum::extract::Path(peer_id): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    let Ok(peer) = peer_id.parse::<libp2p::PeerId>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": format!("not a peer id: {peer_id}") })),
-        )
-            .into_response();
+    let peer = match peer_of(&peer_id) {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
     let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");

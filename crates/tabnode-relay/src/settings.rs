@@ -76,9 +76,12 @@ pub struct Args {
     /// ledger, API keys, vectors, flow runs.
     #[arg(long, env = "TABNODE_DATA_DIR", default_value = ".data/relay")]
     pub data_dir: PathBuf,
-    /// Directory holding `www/`, `pkg/` and `worker/`.
-    #[arg(long, env = "TABNODE_SITE_ROOT", default_value = ".")]
-    pub site_root: PathBuf,
+    /// Directory holding `www/`, `pkg/` and `worker/` (default: where
+    /// `scripts/install.sh` puts them, `../share/tabnode` beside the
+    /// binary, when it holds the site; else the current directory).
+    #[arg(long, env = "TABNODE_SITE_ROOT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_root: Option<PathBuf>,
     /// Directory of model files served under `/models/` (default: `models/`
     /// under the site root).
     #[arg(long, env = "TABNODE_MODELS_DIR")]
@@ -232,6 +235,17 @@ pub enum SettingsError {
     Unusable(String),
 }
 
+/// The site's directory of an installed relay (`<bin>/../share/tabnode`,
+/// see `scripts/install.sh`) when it holds the site, else the current
+/// directory (a checkout).
+fn installed_site() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("share").join("tabnode")))
+        .filter(|dir| dir.join("www").join("index.html").is_file())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// A number of seconds: finite, above zero, at most a day.
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -365,7 +379,7 @@ impl Args {
             .ignore_errors(true)
             .try_get_matches_from(&argv)?;
         let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
-            return Ok(Self::try_parse_from(&argv)?);
+            return Ok(Self::try_parse_from(&argv)?.resolved());
         };
         let from_file = file_tokens(&path)?;
         // The file's values alone first, so that a bad one is named as the
@@ -389,7 +403,14 @@ impl Args {
             .chain(argv.into_iter().skip(1))
             .collect();
         let matches = Args::command().try_get_matches_from(merged)?;
-        Ok(Self::from_arg_matches(&matches)?)
+        Ok(Self::from_arg_matches(&matches)?.resolved())
+    }
+
+    /// These settings with the defaults that depend on where the binary is
+    /// filled in.
+    fn resolved(mut self) -> Self {
+        self.site_root.get_or_insert_with(installed_site);
+        self
     }
 
     /// The effective settings as a config file.
@@ -413,13 +434,14 @@ impl Args {
         };
         let trusted_proxies = crate::proxies::TrustedProxies::parse(&self.trusted_proxy)
             .map_err(|e| SettingsError::Unusable(e.to_string()))?;
+        let site_root = self.site_root.clone().unwrap_or_else(installed_site);
         Ok(RelayConfig {
             trusted_proxies,
             stats_interval: crate::stats::INTERVAL,
             models_dir: self
                 .models_dir
                 .clone()
-                .unwrap_or_else(|| self.site_root.join("models")),
+                .unwrap_or_else(|| site_root.join("models")),
             data_dir: self.data_dir.clone(),
             listen_ips: self.listen_ip.clone(),
             external_addresses: self.external_address.clone(),
@@ -427,7 +449,7 @@ impl Args {
             quic_port: self.quic_port,
             webrtc_port: self.webrtc_port,
             http: self.http,
-            site_root: self.site_root.clone(),
+            site_root,
             limits: Limits {
                 max_peers_per_ip: self.max_peers_per_ip,
                 ..Limits::default()

@@ -225,3 +225,131 @@ fn bad_files_and_values_are_clear_errors() {
         "{err}"
     );
 }
+
+/// One HTTP/1.1 GET on a fresh connection: the status line, the headers
+/// (lower-case names) and the body.
+fn get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+#[test]
+fn json_logs_carry_request_ids_health_answers_and_sigterm_stops_cleanly() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("relay").display().to_string();
+    let mut child = Command::new(RELAY)
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--tcp-port",
+            "0",
+            "--quic-port",
+            "0",
+            "--webrtc-port",
+            "0",
+        ])
+        .args(["--data-dir", &data, "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the relay starts");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let kept = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line.strip_prefix("tabnode relay ready: open http://") {
+                let _ = ready_tx.send(addr.trim_end_matches('/').to_owned());
+            }
+            kept.lock().expect("lines").push(line);
+        }
+    });
+    let addr = ready_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the relay is ready");
+    let (status, headers, body) = get(&addr, "/healthz", &[]);
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert_eq!(body, "ok");
+    let id = headers
+        .iter()
+        .find(|(k, _)| k == "x-request-id")
+        .map(|(_, v)| v.clone());
+    assert!(
+        id.is_some_and(|id| !id.is_empty()),
+        "a request id is made: {headers:?}"
+    );
+    let (status, _, body) = get(&addr, "/readyz", &[]);
+    assert!(status.ends_with("200 OK"), "{status} {body}");
+    assert!(body.contains("\"ready\":true"), "{body}");
+    // An API request with the client's id: answered with it, logged (at
+    // info; the site's files and health checks at debug) under it.
+    let (status, headers, _) = get(&addr, "/api/nodes", &[("X-Request-Id", "test-42")]);
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert!(
+        headers.contains(&("x-request-id".into(), "test-42".into())),
+        "{headers:?}"
+    );
+
+    // SIGTERM: a clean exit, "stopped" logged.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    reader.join().expect("reader");
+    let lines = lines.lock().expect("lines");
+    // Every log line is a JSON object; the request's names its id.
+    let logs: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(logs.len() >= 3, "{lines:?}");
+    assert!(
+        logs.iter().any(|l| l["message"] == "answered"
+            && l["status"] == 200
+            && l["span"]["id"] == "test-42"
+            && l["span"]["path"] == "/api/nodes"),
+        "{lines:?}"
+    );
+    assert!(logs.iter().any(|l| l["message"] == "stopped"), "{lines:?}");
+}
