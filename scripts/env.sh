@@ -3,6 +3,10 @@
 # them; override with the variables below.
 export TABNODE_CACHE="${TABNODE_CACHE:-$HOME/.cache/tabnode}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TABNODE_CACHE/target}"
+# No incremental compilation data: every clone at a new path (CI, fresh
+# checks) wrote gigabytes of it that no later build read (39 GB here by
+# 2026-12-04), and a clean build gains nothing from it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export TABNODE_TOOLS="${TABNODE_TOOLS:-$TABNODE_CACHE/tools}"
 export PATH="$TABNODE_TOOLS/bin:$HOME/.cargo/bin:$PATH"
 # The default model file (downloaded by scripts/setup.sh).
