@@ -15,6 +15,11 @@
 //!   run), and a `map` of 4 llm steps over two nodes serving the real
 //!   model, in parallel against one after another (`max_parallel` 4
 //!   against 1).
+//! * `net_bench routing-apart [NODES...]`: the same routing measurement
+//!   with the relay binary (`TABNODE_RELAY_BIN`, e.g. the release build of
+//!   `scripts/install.sh`) and the simulated nodes (`net_bench nodes N
+//!   ADDR`) each in a process of its own, and 64 clients on kept-alive
+//!   connections; also each process's share of the machine's cores.
 //! * `net_bench dashboard [NODES] [SUBSCRIBERS] [SECONDS]`: what the live
 //!   dashboard's stream costs a relay with NODES simulated nodes connected
 //!   over libp2p: the relay binary runs in its own process, the nodes in
@@ -694,6 +699,176 @@ async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
     );
 }
 
+/// A client on one kept-alive HTTP/1.1 connection (what API clients and
+/// proxies do), for bodies with a `Content-Length`.
+struct KeptAlive {
+    conn: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: std::net::SocketAddr,
+}
+
+impl KeptAlive {
+    async fn connect(host: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            conn: tokio::io::BufReader::new(stream),
+            host,
+        }
+    }
+
+    /// POSTs `body` to `path`: the status.
+    async fn post(&mut self, path: &str, body: &str) -> u16 {
+        use tokio::io::AsyncBufReadExt;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.conn
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .expect("write");
+        let mut line = String::new();
+        self.conn.read_line(&mut line).await.expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.conn.read_line(&mut line).await.expect("header");
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().expect("length");
+                }
+            }
+        }
+        let mut answer = vec![0u8; length];
+        self.conn.read_exact(&mut answer).await.expect("body");
+        status
+    }
+}
+
+/// `net_bench nodes N ADDR`: N simulated nodes joined to the relay at
+/// ADDR, until this process is killed.
+async fn nodes_forever(n: usize, relay: libp2p::Multiaddr) {
+    let _nodes: Vec<NodeHandle> = (0..n)
+        .map(|_| node_at(relay.clone(), Arc::new(Simulated(None)), 4))
+        .collect();
+    println!("{n} nodes started");
+    futures::future::pending::<()>().await;
+}
+
+/// Waits until `nodes` nodes have a valid proof (each is proved once when
+/// it registers; the measurements start after).
+async fn wait_proven(addr: std::net::SocketAddr, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let v = http(addr, "GET", "/api/nodes", None, &[]).await.json();
+        let proven = v["rows"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|r| r["valid"] == true).count());
+        if proven >= nodes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proven} of {nodes} nodes proved"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn routing_apart(counts: &[usize]) {
+    const CLIENTS: usize = 64;
+    const SECONDS: f64 = 10.0;
+    for &k in counts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = relay_process(dir.path()).await;
+        let relay_pid = relay.child.id().expect("the relay runs");
+        let t0 = Instant::now();
+        let mut nodes = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["nodes", &k.to_string(), &relay.tcp.to_string()])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the nodes' process");
+        let nodes_pid = nodes.id().expect("the nodes run");
+        wait_nodes(relay.http, k as u64).await;
+        wait_proven(relay.http, k).await;
+        let joined_s = t0.elapsed().as_secs_f64();
+        let addr = relay.http;
+        let body = json!({
+            "model": "simulated-1t",
+            "messages": [{ "role": "user", "content": "hello there" }],
+            "max_tokens": 8,
+        })
+        .to_string();
+        let cpu0 = (
+            cpu_seconds(relay_pid),
+            cpu_seconds(nodes_pid),
+            cpu_seconds(std::process::id()),
+        );
+        let stop = Instant::now() + Duration::from_secs_f64(SECONDS);
+        let started = Instant::now();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut conn = KeptAlive::connect(addr).await;
+                    let (mut lat, mut failed) = (Vec::new(), 0usize);
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        if conn.post("/v1/chat/completions", &body).await == 200 {
+                            lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    (lat, failed)
+                })
+            })
+            .collect();
+        let (mut lat, mut failed) = (Vec::new(), 0);
+        for c in clients {
+            let (l, f) = c.await.expect("client");
+            lat.extend(l);
+            failed += f;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let share = |now: f64, before: f64| (now - before) / secs;
+        let cores = json!({
+            "relay": share(cpu_seconds(relay_pid), cpu0.0),
+            "nodes": share(cpu_seconds(nodes_pid), cpu0.1),
+            "clients": share(cpu_seconds(std::process::id()), cpu0.2),
+        });
+        let done = lat.len();
+        println!(
+            "{}",
+            json!({
+                "bench": "routing-apart", "nodes": k, "clients": CLIENTS, "seconds": secs,
+                "requests": done, "failed": failed, "requests_per_s": done as f64 / secs,
+                "latency_ms": { "p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99) },
+                "join_s": joined_s, "cores_used": cores,
+                "relay": relay_binary_name(),
+            })
+        );
+        let _ = nodes.kill().await;
+    }
+}
+
+/// Which relay binary ran (the release build or the tests' dev build).
+fn relay_binary_name() -> String {
+    process::relay_binary().display().to_string()
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -709,12 +884,29 @@ async fn main() {
             .await;
         }
         Some("flows") => flows(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20)).await,
+        Some("routing-apart") => {
+            let counts: Vec<usize> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+            routing_apart(if counts.is_empty() {
+                &[10, 100, 1000]
+            } else {
+                &counts
+            })
+            .await;
+        }
+        Some("nodes") => {
+            let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+            let relay = args
+                .get(2)
+                .and_then(|a| a.parse().ok())
+                .expect("the relay's TCP multiaddr");
+            nodes_forever(n, relay).await;
+        }
         Some("dashboard") => {
             let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
             dashboard(arg(1, 1000), arg(2, 10), arg(3, 30) as u64).await;
         }
         _ => eprintln!(
-            "usage: net_bench overhead [N] | routing [NODES...] | flows [ROUNDS] | dashboard [NODES] [SUBSCRIBERS] [SECONDS]"
+            "usage: net_bench overhead [N] | routing [NODES...] | routing-apart [NODES...] | nodes N ADDR | flows [ROUNDS] | dashboard [NODES] [SUBSCRIBERS] [SECONDS]"
         ),
     }
 }

@@ -10,8 +10,12 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The relay binary next to this test's binary (built by `cargo build`,
-/// which `scripts/test.sh` runs first).
+/// which `scripts/test.sh` runs first), or `TABNODE_RELAY_BIN` (a
+/// benchmark of the release build).
 pub fn relay_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TABNODE_RELAY_BIN") {
+        return bin.into();
+    }
     let exe = std::env::current_exe().expect("test binary");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("tabnode-relay");
