@@ -25,7 +25,7 @@ CARGO_TARGET_DIR="$RELEASE_TARGET" cargo build --release --locked -p tabnode-rel
 
 echo "== installing into $DEST"
 install -d "$DEST/bin" "$DEST/share/tabnode"
-install -m 0755 "$RELEASE_TARGET/release/tabnode-relay" "$RELEASE_TARGET/release/tabnode-node" "$DEST/bin/"
+install -s -m 0755 "$RELEASE_TARGET/release/tabnode-relay" "$RELEASE_TARGET/release/tabnode-node" "$DEST/bin/"
 site="$DEST/share/tabnode"
 rm -rf "$site/www" "$site/pkg" "$site/worker"
 cp -R www pkg worker "$site/"

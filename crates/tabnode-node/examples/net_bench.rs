@@ -850,9 +850,27 @@ async fn routing_apart(counts: &[usize]) {
             "clients": share(cpu_seconds(std::process::id()), cpu0.2),
         });
         let done = lat.len();
+        // The relay's own view: time from taking a request to its answer,
+        // and to its first token (the histograms' mean).
+        let metrics_text = http(addr, "GET", "/metrics", None, &[]).await.body;
+        let mean = |name: &str| {
+            let text = &metrics_text;
+            let get = |suffix: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("{name}_{suffix} "))?
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .unwrap_or(0.0)
+            };
+            get("sum") / get("count").max(1.0) * 1e3
+        };
         println!(
             "{}",
             json!({
+                "relay_request_ms_mean": mean("tabnode_request_seconds"),
+                "relay_ttft_ms_mean": mean("tabnode_request_ttft_seconds"),
                 "bench": "routing-apart", "nodes": k, "clients": CLIENTS, "seconds": secs,
                 "requests": done, "failed": failed, "requests_per_s": done as f64 / secs,
                 "latency_ms": { "p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99) },
