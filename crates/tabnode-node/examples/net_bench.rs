@@ -616,21 +616,7 @@ async fn dashboard(nodes: usize, subscribers: usize, seconds: u64) {
         .collect();
     wait_nodes(addr, nodes as u64).await;
     // Every node proved once at registration: wait until the proofs end.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let v = http(addr, "GET", "/api/nodes", None, &[]).await.json();
-        let proven = v["rows"]
-            .as_array()
-            .map_or(0, |r| r.iter().filter(|r| r["valid"] == true).count());
-        if proven >= nodes {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proven} of {nodes} nodes proved"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_proven(addr, nodes).await;
     let joined_s = t0.elapsed().as_secs_f64();
     // A light load all along: a request every 200 ms, so rows change.
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));

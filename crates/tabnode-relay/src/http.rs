@@ -478,15 +478,22 @@ async fn refuse_when_stopping(
     next.run(request).await
 }
 
-/// The peer id in a path, or the 400 that says it is none.
-fn peer_of(text: &str) -> Result<libp2p::PeerId, axum::response::Response> {
-    text.parse().map_err(|_| {
+/// A path's peer id that is none: a 400 saying so.
+struct NotAPeer(String);
+
+impl IntoResponse for NotAPeer {
+    fn into_response(self) -> axum::response::Response {
         (
             StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": format!("not a peer id: {text}") })),
+            Json(serde_json::json!({ "error": format!("not a peer id: {}", self.0) })),
         )
             .into_response()
-    })
+    }
+}
+
+/// The peer id in a path.
+fn peer_of(text: &str) -> Result<libp2p::PeerId, NotAPeer> {
+    text.parse().map_err(|_| NotAPeer(text.to_owned()))
 }
 
 /// `GET /api/nodes`: every connected node's row (what the dashboard lists).
@@ -501,7 +508,7 @@ async fn node_detail(
 ) -> axum::response::Response {
     let peer = match peer_of(&peer_id) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match s.relay.roster.detail(&s.relay, &peer) {
         Some(d) => Json(d).into_response(),
@@ -631,7 +638,7 @@ async fn pof_history(
 ) -> axum::response::Response {
     let peer = match peer_of(&peer_id) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match s.relay.pof_history(&peer) {
         Some(h) => Json(serde_json::json!({
@@ -664,7 +671,6 @@ fn ledger_unavailable(e: &dyn std::fmt::Display) -> axum::response::Response {
         .into_response()
 }
 
-/// `GET /api/ledger`: every account, most points first, and the totals.
 /// `GET /api/ledger?limit=N`.
 #[derive(Debug, serde::Deserialize)]
 struct LedgerQuery {
@@ -673,6 +679,7 @@ struct LedgerQuery {
     limit: Option<usize>,
 }
 
+/// `GET /api/ledger`: every account, most points first, and the totals.
 async fn ledger(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<LedgerQuery>,
@@ -705,7 +712,7 @@ async fn ledger_of(
 ) -> axum::response::Response {
     let peer = match peer_of(&peer_id) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");
