@@ -124,16 +124,41 @@ fn node_at(relay: libp2p::Multiaddr, model: Arc<dyn ServedModel>, slots: usize) 
     .expect("node starts")
 }
 
-async fn wait_nodes(addr: std::net::SocketAddr, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(600);
+/// Polls `/path` of the relay every `every` until `done` says so (`Ok`),
+/// at most `within`; the last `Err` names what was still missing.
+async fn poll_relay(
+    addr: std::net::SocketAddr,
+    path: &str,
+    within: Duration,
+    every: Duration,
+    done: impl Fn(&serde_json::Value) -> Result<(), String>,
+) {
+    let deadline = Instant::now() + within;
     loop {
-        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        if v["data"][0]["tabnode"]["nodes"].as_u64().unwrap_or(0) >= n {
-            return;
+        let v = http(addr, "GET", path, None, &[]).await.json();
+        match done(&v) {
+            Ok(()) => return,
+            Err(missing) => assert!(Instant::now() < deadline, "{missing}"),
         }
-        assert!(Instant::now() < deadline, "only {v} registered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+async fn wait_nodes(addr: std::net::SocketAddr, n: u64) {
+    poll_relay(
+        addr,
+        "/v1/models",
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+        |v| {
+            if v["data"][0]["tabnode"]["nodes"].as_u64().unwrap_or(0) >= n {
+                Ok(())
+            } else {
+                Err(format!("only {v} registered"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Milliseconds to the first token of a streamed request (the first event
@@ -242,23 +267,25 @@ async fn overhead(n: usize) {
 }
 
 async fn wait_nodes_of(addr: std::net::SocketAddr, model: &str, nodes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = http(addr, "GET", "/v1/models", None, &[]).await.json();
-        let serving = v["data"]
-            .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == model))
-            .and_then(|m| m["tabnode"]["nodes"].as_u64())
-            .unwrap_or(0);
-        if serving >= nodes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{model} never had {nodes} nodes: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_relay(
+        addr,
+        "/v1/models",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        |v| {
+            let serving = v["data"]
+                .as_array()
+                .and_then(|d| d.iter().find(|m| m["id"] == model))
+                .and_then(|m| m["tabnode"]["nodes"].as_u64())
+                .unwrap_or(0);
+            if serving >= nodes {
+                Ok(())
+            } else {
+                Err(format!("{model} never had {nodes} nodes: {v}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// A stand-in model: answers with `max_tokens` fixed tokens, at once or
@@ -755,21 +782,23 @@ async fn nodes_forever(n: usize, relay: libp2p::Multiaddr) {
 /// Waits until `nodes` nodes have a valid proof (each is proved once when
 /// it registers; the measurements start after).
 async fn wait_proven(addr: std::net::SocketAddr, nodes: usize) {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let v = http(addr, "GET", "/api/nodes", None, &[]).await.json();
-        let proven = v["rows"]
-            .as_array()
-            .map_or(0, |r| r.iter().filter(|r| r["valid"] == true).count());
-        if proven >= nodes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proven} of {nodes} nodes proved"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    poll_relay(
+        addr,
+        "/api/nodes",
+        Duration::from_secs(900),
+        Duration::from_millis(500),
+        |v| {
+            let proven = v["rows"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|r| r["valid"] == true).count());
+            if proven >= nodes {
+                Ok(())
+            } else {
+                Err(format!("{proven} of {nodes} nodes proved"))
+            }
+        },
+    )
+    .await;
 }
 
 async fn routing_apart(counts: &[usize]) {

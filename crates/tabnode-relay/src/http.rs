@@ -520,11 +520,11 @@ async fn node_detail(
     }
 }
 
-/// `GET /api/checks?limit=N`.
+/// `?limit=N` of the listings (`/api/checks`: the newest checks, default
+/// 100, at most the 1,000 the relay keeps; `/api/ledger`: the accounts
+/// with the most points, the totals still counting every account).
 #[derive(Debug, serde::Deserialize)]
-struct ChecksQuery {
-    /// How many of the newest checks to list (default 100, at most the
-    /// 1,000 the relay keeps).
+struct LimitQuery {
     limit: Option<usize>,
 }
 
@@ -532,7 +532,7 @@ struct ChecksQuery {
 /// first) and each node's record.
 async fn checks(
     State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<ChecksQuery>,
+    axum::extract::Query(q): axum::extract::Query<LimitQuery>,
 ) -> Json<serde_json::Value> {
     let c = &s.relay.checks;
     Json(serde_json::json!({
@@ -671,18 +671,10 @@ fn ledger_unavailable(e: &dyn std::fmt::Display) -> axum::response::Response {
         .into_response()
 }
 
-/// `GET /api/ledger?limit=N`.
-#[derive(Debug, serde::Deserialize)]
-struct LedgerQuery {
-    /// List only the `limit` accounts with the most points (the totals
-    /// still count every account).
-    limit: Option<usize>,
-}
-
 /// `GET /api/ledger`: every account, most points first, and the totals.
 async fn ledger(
     State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<LedgerQuery>,
+    axum::extract::Query(q): axum::extract::Query<LimitQuery>,
 ) -> axum::response::Response {
     let Some(ledger) = s.relay.ledger() else {
         return ledger_unavailable(&"this relay keeps no ledger");

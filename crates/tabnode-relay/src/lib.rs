@@ -291,13 +291,6 @@ impl RelayHandle {
         self.bootstrap.quic.first().and_then(|a| a.parse().ok())
     }
 
-    /// Waits until the relay task ends (it does not, unless it fails).
-    pub async fn join(mut self) {
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-    }
-
     /// Resolves when one of the relay's tasks has ended (a failure: they
     /// run until the relay stops).
     pub async fn failed(&mut self) {
