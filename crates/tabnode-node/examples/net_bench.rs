@@ -584,14 +584,17 @@ async fn relay_process(dir: &std::path::Path) -> process::RelayProcess {
 /// CPU seconds the process `pid` has used (user + system, every thread).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc");
-    // Fields after the command's closing parenthesis: utime is the 12th,
-    // stime the 13th (14th and 15th of the line).
+    // Fields after the command's closing parenthesis, from the state (the
+    // line's 3rd): utime is the 12th of them, stime the 13th (the line's
+    // 14th and 15th). Counted by position: the state is a letter.
     let rest = stat.rsplit_once(')').expect("stat").1;
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    (f[11] + f[12]) / clock_ticks()
+    let field = |i: usize| -> f64 {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|x| x.parse().ok())
+            .expect("a numeric /proc stat field")
+    };
+    (field(11) + field(12)) / clock_ticks()
 }
 
 /// The kernel's clock ticks a second (`getconf CLK_TCK`).
