@@ -149,7 +149,7 @@ struct Candidate {
 impl Candidate {
     /// Usable now: not failing its proof, a slot free, not tried already.
     fn usable(&self, exclude: &HashSet<PeerId>) -> bool {
-        self.last_proof != Some(false) && self.active < self.slots && !exclude.contains(&self.peer)
+        self.last_proof != Some(false) && self.active < self.slots && !tried(exclude, &self.peer)
     }
 
     /// Smaller is better: verified before unverified, then least loaded
@@ -162,6 +162,12 @@ impl Candidate {
             std::cmp::Reverse((self.gflops * 1000.0) as u64),
         )
     }
+}
+
+/// Whether `peer` is in `exclude` (not hashed when the set is empty, as it
+/// is for a request's first node).
+fn tried(exclude: &HashSet<PeerId>, peer: &PeerId) -> bool {
+    !exclude.is_empty() && exclude.contains(peer)
 }
 
 /// Why no node could be reserved.
@@ -221,7 +227,12 @@ struct Inner {
 }
 
 impl Inner {
-    fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
+    /// The registered nodes serving `model_id` and not excluded, with their
+    /// slots: what can be told without looking up anything else.
+    fn serving<'a>(
+        &'a self,
+        model_id: &'a str,
+    ) -> impl Iterator<Item = (&'a PeerId, &'a NodeEntry, u32)> + 'a {
         self.nodes.iter().filter_map(move |(peer, e)| {
             let caps = e.capabilities.as_ref()?;
             let serves = if model_id == PYTHON {
@@ -229,21 +240,29 @@ impl Inner {
             } else {
                 e.model_ids.iter().any(|m| m == model_id)
             };
-            if !serves || self.excluded.contains(peer) {
-                return None;
-            }
-            let standing = self.pof.get(peer).map(|h| &h.standing);
-            Some(Candidate {
-                peer: *peer,
-                slots: caps.slots,
-                active: e.load.active,
-                failure_rate: e.load.failure_rate(),
-                // Once proved, a node is usable only while its last proof
-                // passed and its standing is not negative.
-                last_proof: standing.filter(|s| s.last.is_some()).map(|s| s.valid),
-                gflops: standing.and_then(|s| s.matmul_gflops).unwrap_or(0.0),
-            })
+            let excluded = !self.excluded.is_empty() && self.excluded.contains(peer);
+            (serves && !excluded).then_some((peer, e, caps.slots))
         })
+    }
+
+    /// A serving node as matchmaking ranks it (its proof looked up).
+    fn candidate(&self, peer: &PeerId, e: &NodeEntry, slots: u32) -> Candidate {
+        let standing = self.pof.get(peer).map(|h| &h.standing);
+        Candidate {
+            peer: *peer,
+            slots,
+            active: e.load.active,
+            failure_rate: e.load.failure_rate(),
+            // Once proved, a node is usable only while its last proof
+            // passed and its standing is not negative.
+            last_proof: standing.filter(|s| s.last.is_some()).map(|s| s.valid),
+            gflops: standing.and_then(|s| s.matmul_gflops).unwrap_or(0.0),
+        }
+    }
+
+    fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
+        self.serving(model_id)
+            .map(|(peer, e, slots)| self.candidate(peer, e, slots))
     }
 }
 
@@ -386,9 +405,13 @@ impl Registry {
     pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
         let mut g = self.lock();
         let mut any = false;
+        // Busy and already tried nodes are passed over before their proof
+        // is looked up: one scan of the nodes per request, kept cheap.
         let best = g
-            .candidates(model_id)
+            .serving(model_id)
             .inspect(|_| any = true)
+            .filter(|(peer, e, slots)| e.load.active < *slots && !tried(exclude, peer))
+            .map(|(peer, e, slots)| g.candidate(peer, e, slots))
             .filter(|c| c.usable(exclude))
             .min_by_key(Candidate::rank)
             .map(|c| c.peer);
