@@ -12,13 +12,14 @@ use futures_timer::Delay;
 /// Far more than any timer here waits; a timer this late was missed.
 const MISSED: Duration = Duration::from_secs(5);
 
-/// How long `delay` took to fire, waited for on another thread; `None`
-/// when it had not fired after [`MISSED`] (its wake-up was lost).
-fn fired_after(delay: Delay) -> Option<Duration> {
+/// How long the timer `make` sets took to fire (timed from before it is
+/// set), waited for on another thread; `None` when it had not fired after
+/// [`MISSED`] (its wake-up was lost).
+fn fired_after(make: impl FnOnce() -> Delay + Send + 'static) -> Option<Duration> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let t = Instant::now();
     std::thread::spawn(move || {
-        block_on(delay);
+        let t = Instant::now();
+        block_on(make());
         let _ = tx.send(t.elapsed());
     });
     rx.recv_timeout(MISSED).ok()
@@ -32,7 +33,7 @@ fn a_short_timer_behind_long_ones_fires_on_time() {
         .collect();
     std::thread::sleep(Duration::from_millis(20));
     // ...and must be woken for the earlier one.
-    let took = fired_after(Delay::new(Duration::from_millis(30))).expect("a 30 ms timer fired");
+    let took = fired_after(|| Delay::new(Duration::from_millis(30))).expect("a 30 ms timer fired");
     assert!(took >= Duration::from_millis(30), "fired early: {took:?}");
     drop(long);
 }
@@ -42,8 +43,11 @@ fn a_timer_reset_earlier_fires_at_its_new_deadline() {
     let _long = Delay::new(Duration::from_secs(600));
     let mut d = Delay::new(Duration::from_secs(300));
     std::thread::sleep(Duration::from_millis(10));
-    d.reset(Duration::from_millis(20));
-    let took = fired_after(d).expect("the reset timer fired");
+    let took = fired_after(move || {
+        d.reset(Duration::from_millis(20));
+        d
+    })
+    .expect("the reset timer fired");
     assert!(took >= Duration::from_millis(20), "fired early: {took:?}");
 }
 
@@ -61,7 +65,7 @@ fn timers_set_and_cancelled_from_many_threads_all_fire() {
                         .collect();
                     drop(cancelled);
                     let wait = Duration::from_micros(200 + (k * 131 + i * 17) % 3000);
-                    match fired_after(Delay::new(wait)) {
+                    match fired_after(move || Delay::new(wait)) {
                         Some(took) => assert!(took >= wait, "fired early: {took:?} < {wait:?}"),
                         None => late += 1,
                     }
