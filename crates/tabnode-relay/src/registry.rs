@@ -61,6 +61,31 @@ pub struct NodeEntry {
     /// every sample).
     pub id: std::sync::Arc<str>,
     load: Load,
+    /// What matchmaking ranks of its proof, copied from its history when it
+    /// connects and at every result (no lookup per request and node).
+    proof: ProofRank,
+}
+
+/// The part of a node's Proof-of-FLOPS standing matchmaking ranks by.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ProofRank {
+    /// `Some(true)` if its last proof passed, `Some(false)` if it failed
+    /// (or its standing is negative), `None` before its first proof.
+    last_proof: Option<bool>,
+    /// GFLOP/s of its last passed proof.
+    gflops: f64,
+}
+
+impl ProofRank {
+    fn of(history: Option<&PofHistory>) -> Self {
+        let standing = history.map(|h| &h.standing);
+        Self {
+            // Once proved, a node is usable only while its last proof
+            // passed and its standing is not negative.
+            last_proof: standing.filter(|s| s.last.is_some()).map(|s| s.valid),
+            gflops: standing.and_then(|s| s.matmul_gflops).unwrap_or(0.0),
+        }
+    }
 }
 
 /// What the live figures and the dashboard read of a connected node: its
@@ -147,6 +172,18 @@ struct Candidate {
 }
 
 impl Candidate {
+    /// A serving node as matchmaking ranks it.
+    fn of(peer: &PeerId, e: &NodeEntry, slots: u32) -> Self {
+        Self {
+            peer: *peer,
+            slots,
+            active: e.load.active,
+            failure_rate: e.load.failure_rate(),
+            last_proof: e.proof.last_proof,
+            gflops: e.proof.gflops,
+        }
+    }
+
     /// Usable now: not failing its proof, a slot free, not tried already.
     fn usable(&self, exclude: &HashSet<PeerId>) -> bool {
         self.last_proof != Some(false) && self.active < self.slots && !tried(exclude, &self.peer)
@@ -245,24 +282,9 @@ impl Inner {
         })
     }
 
-    /// A serving node as matchmaking ranks it (its proof looked up).
-    fn candidate(&self, peer: &PeerId, e: &NodeEntry, slots: u32) -> Candidate {
-        let standing = self.pof.get(peer).map(|h| &h.standing);
-        Candidate {
-            peer: *peer,
-            slots,
-            active: e.load.active,
-            failure_rate: e.load.failure_rate(),
-            // Once proved, a node is usable only while its last proof
-            // passed and its standing is not negative.
-            last_proof: standing.filter(|s| s.last.is_some()).map(|s| s.valid),
-            gflops: standing.and_then(|s| s.matmul_gflops).unwrap_or(0.0),
-        }
-    }
-
     fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
         self.serving(model_id)
-            .map(|(peer, e, slots)| self.candidate(peer, e, slots))
+            .map(|(peer, e, slots)| Candidate::of(peer, e, slots))
     }
 }
 
@@ -315,6 +337,7 @@ impl Registry {
         if same_ip >= max_per_ip {
             return false;
         }
+        let proof = ProofRank::of(g.pof.get(&peer));
         g.nodes.insert(
             peer,
             NodeEntry {
@@ -327,6 +350,7 @@ impl Registry {
                 ip,
                 id: peer.to_string().into(),
                 load: Load::default(),
+                proof,
             },
         );
         if let Some(h) = g.pof.get_mut(&peer) {
@@ -391,6 +415,10 @@ impl Registry {
         }
         h.push(record);
         let standing = h.standing.clone();
+        let proof = ProofRank::of(Some(h));
+        if let Some(e) = g.nodes.get_mut(&peer) {
+            e.proof = proof;
+        }
         drop(g);
         // Who may be given work changed.
         self.wake();
@@ -405,13 +433,12 @@ impl Registry {
     pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
         let mut g = self.lock();
         let mut any = false;
-        // Busy and already tried nodes are passed over before their proof
-        // is looked up: one scan of the nodes per request, kept cheap.
+        // One scan of the nodes per request, kept cheap: nothing is looked
+        // up or hashed per node.
         let best = g
             .serving(model_id)
             .inspect(|_| any = true)
-            .filter(|(peer, e, slots)| e.load.active < *slots && !tried(exclude, peer))
-            .map(|(peer, e, slots)| g.candidate(peer, e, slots))
+            .map(|(peer, e, slots)| Candidate::of(peer, e, slots))
             .filter(|c| c.usable(exclude))
             .min_by_key(Candidate::rank)
             .map(|c| c.peer);
