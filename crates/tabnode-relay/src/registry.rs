@@ -64,7 +64,13 @@ pub struct NodeEntry {
     /// What matchmaking ranks of its proof, copied from its history when it
     /// connects and at every result (no lookup per request and node).
     proof: ProofRank,
+    /// The rank it is filed under in [`Inner::usable`] (for each model it
+    /// serves), if it is usable.
+    filed: Option<Rank>,
 }
+
+/// Matchmaking's order: smaller is better (see [`Candidate::rank`]).
+type Rank = (u8, u64, u64, std::cmp::Reverse<u64>);
 
 /// The part of a node's Proof-of-FLOPS standing matchmaking ranks by.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -113,6 +119,16 @@ pub struct NodeView {
 }
 
 impl NodeEntry {
+    /// The ids it is filed under in [`Inner::usable`]: its models, and
+    /// [`PYTHON`] if it runs Python.
+    fn filed_under(&self) -> impl Iterator<Item = &str> {
+        let python = self.capabilities.as_ref().is_some_and(|c| c.python);
+        self.model_ids
+            .iter()
+            .map(String::as_str)
+            .chain(python.then_some(PYTHON))
+    }
+
     fn kind(&self) -> NodeKind {
         match &self.capabilities {
             Some(c) => c.kind,
@@ -191,7 +207,7 @@ impl Candidate {
 
     /// Smaller is better: verified before unverified, then least loaded
     /// (as a fraction of the slots), most reliable, fastest.
-    fn rank(&self) -> (u8, u64, u64, std::cmp::Reverse<u64>) {
+    fn rank(&self) -> Rank {
         (
             u8::from(self.last_proof != Some(true)),
             u64::from(self.active) * 1000 / u64::from(self.slots.max(1)),
@@ -261,6 +277,12 @@ struct Inner {
     /// Nodes that failed too many spot checks: never given work or points
     /// again (by peer id, across reconnections).
     excluded: HashSet<PeerId>,
+    /// The usable nodes (registered, a slot free, not failing their proof,
+    /// not excluded) of each model id (and [`PYTHON`]), best first: what
+    /// [`Registry::reserve`] takes from without scanning every node. Kept
+    /// by [`Inner::unfile`] and [`Inner::file`] around every change of a
+    /// node.
+    usable: HashMap<String, std::collections::BTreeSet<(Rank, PeerId)>>,
 }
 
 impl Inner {
@@ -285,6 +307,68 @@ impl Inner {
     fn candidates<'a>(&'a self, model_id: &'a str) -> impl Iterator<Item = Candidate> + 'a {
         self.serving(model_id)
             .map(|(peer, e, slots)| Candidate::of(peer, e, slots))
+    }
+
+    /// Counts one more generation on `peer`.
+    fn take_slot(&mut self, peer: &PeerId) {
+        self.unfile(peer);
+        if let Some(e) = self.nodes.get_mut(peer) {
+            e.load.active += 1;
+        }
+        self.file(peer);
+    }
+
+    /// Takes `peer` out of [`Inner::usable`] (before anything about it
+    /// changes).
+    fn unfile(&mut self, peer: &PeerId) {
+        let Inner { nodes, usable, .. } = self;
+        let Some(e) = nodes.get_mut(peer) else {
+            return;
+        };
+        let Some(rank) = e.filed.take() else {
+            return;
+        };
+        for model in e.filed_under() {
+            if let Some(set) = usable.get_mut(model) {
+                set.remove(&(rank, *peer));
+            }
+        }
+    }
+
+    /// Files `peer` in [`Inner::usable`] under its rank now, if it is
+    /// usable (after it changed).
+    fn file(&mut self, peer: &PeerId) {
+        let Inner {
+            nodes,
+            usable,
+            excluded,
+            ..
+        } = self;
+        let Some(e) = nodes.get_mut(peer) else {
+            return;
+        };
+        debug_assert!(e.filed.is_none(), "filed twice");
+        let Some(slots) = e.capabilities.as_ref().map(|c| c.slots) else {
+            return;
+        };
+        let c = Candidate::of(peer, e, slots);
+        if !c.usable(&HashSet::new()) || excluded.contains(peer) {
+            return;
+        }
+        let rank = c.rank();
+        for model in e.filed_under() {
+            // Sets stay when they empty (one per catalog id ever served):
+            // no allocation per request.
+            match usable.get_mut(model) {
+                Some(set) => {
+                    set.insert((rank, *peer));
+                }
+                None => {
+                    usable.insert(model.to_string(), [(rank, *peer)].into());
+                }
+            }
+        }
+        e.filed = Some(rank);
     }
 }
 
@@ -351,6 +435,7 @@ impl Registry {
                 id: peer.to_string().into(),
                 load: Load::default(),
                 proof,
+                filed: None,
             },
         );
         if let Some(h) = g.pof.get_mut(&peer) {
@@ -372,6 +457,7 @@ impl Registry {
                 None => Departure::Unknown,
             };
         }
+        g.unfile(&peer);
         if g.nodes.remove(&peer).is_none() {
             return Departure::Unknown;
         }
@@ -394,11 +480,13 @@ impl Registry {
     /// Returns false if the peer is not connected (a stale request).
     pub fn register(&self, peer: PeerId, caps: Capabilities, model_ids: Vec<String>) -> bool {
         let mut g = self.lock();
+        g.unfile(&peer);
         let Some(e) = g.nodes.get_mut(&peer) else {
             return false;
         };
         e.model_ids = model_ids;
         e.capabilities = Some(caps);
+        g.file(&peer);
         drop(g);
         self.wake();
         true
@@ -416,9 +504,11 @@ impl Registry {
         h.push(record);
         let standing = h.standing.clone();
         let proof = ProofRank::of(Some(h));
+        g.unfile(&peer);
         if let Some(e) = g.nodes.get_mut(&peer) {
             e.proof = proof;
         }
+        g.file(&peer);
         drop(g);
         // Who may be given work changed.
         self.wake();
@@ -432,26 +522,21 @@ impl Registry {
     /// [`NoNode`] when there is none.
     pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
         let mut g = self.lock();
-        let mut any = false;
-        // One scan of the nodes per request, kept cheap: nothing is looked
-        // up or hashed per node.
-        let best = g
-            .serving(model_id)
-            .inspect(|_| any = true)
-            .map(|(peer, e, slots)| Candidate::of(peer, e, slots))
-            .filter(|c| c.usable(exclude))
-            .min_by_key(Candidate::rank)
-            .map(|c| c.peer);
+        // The best usable node not tried yet, from the index: no scan.
+        let best = g.usable.get(model_id).and_then(|set| {
+            set.iter()
+                .map(|(_, peer)| *peer)
+                .find(|peer| !tried(exclude, peer))
+        });
         let Some(peer) = best else {
-            return Err(if any {
+            // Rare (every node busy or tried): tell unknown from busy.
+            return Err(if g.serving(model_id).next().is_some() {
                 NoNode::Unavailable
             } else {
                 NoNode::UnknownModel
             });
         };
-        if let Some(e) = g.nodes.get_mut(&peer) {
-            e.load.active += 1;
-        }
+        g.take_slot(&peer);
         Ok(peer)
     }
 
@@ -459,6 +544,7 @@ impl Registry {
     /// node that left has no slots to give back.
     pub fn release(&self, peer: PeerId, ok: bool) {
         let mut g = self.lock();
+        g.unfile(&peer);
         if let Some(l) = g.nodes.get_mut(&peer).map(|e| &mut e.load) {
             l.active = l.active.saturating_sub(1);
             l.recent.push_back(ok);
@@ -466,6 +552,7 @@ impl Registry {
                 l.recent.pop_front();
             }
         }
+        g.file(&peer);
         drop(g);
         self.wake();
     }
@@ -492,7 +579,10 @@ impl Registry {
     /// Excludes `peer` from work and points for good (it failed too many
     /// spot checks).
     pub fn exclude(&self, peer: PeerId) {
-        self.lock().excluded.insert(peer);
+        let mut g = self.lock();
+        g.unfile(&peer);
+        g.excluded.insert(peer);
+        drop(g);
         self.wake();
     }
 
@@ -551,9 +641,7 @@ impl Registry {
                 NoNode::UnknownModel
             });
         };
-        if let Some(e) = g.nodes.get_mut(&best) {
-            e.load.active += 1;
-        }
+        g.take_slot(&best);
         Ok(best)
     }
 
@@ -764,6 +852,77 @@ mod tests {
             r.record_pof(peer, record(1, passed, gflops));
         }
         peer
+    }
+
+    /// The index [`Registry::reserve`] takes from holds exactly the usable
+    /// nodes of each model under their current rank, whatever happens to
+    /// them: checked against a scan of every node after each of 3,000
+    /// random changes.
+    #[test]
+    fn the_index_always_holds_what_a_scan_of_every_node_finds() {
+        let r = Registry::default();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let models = ["a", "b", PYTHON];
+        let register = |r: &Registry, peer: PeerId, pick: u64| {
+            let mut caps = Capabilities::new(NodeKind::Native, "n");
+            caps.slots = 1 + (pick % 3) as u32;
+            caps.python = pick % 4 == 0;
+            let ids = match pick % 3 {
+                0 => vec!["a".to_string()],
+                1 => vec!["b".to_string()],
+                _ => vec!["a".to_string(), "b".to_string()],
+            };
+            r.register(peer, caps, ids)
+        };
+        let peers: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let mut held: Vec<PeerId> = Vec::new();
+        for round in 0..3_000u64 {
+            let peer = peers[next(peers.len() as u64) as usize];
+            match next(9) {
+                0 => {
+                    r.connected(peer, "tcp", IP, 100, 0);
+                    register(&r, peer, next(12));
+                }
+                1 => {
+                    r.disconnected(peer, 0);
+                }
+                2 => {
+                    r.record_pof(peer, record(round, next(5) > 0, next(100) as f64));
+                }
+                3 if next(20) == 0 => r.exclude(peer),
+                4 | 5 => {
+                    let model = models[next(3) as usize];
+                    let tried: HashSet<PeerId> =
+                        (next(4) == 0).then_some(peer).into_iter().collect();
+                    if let Ok(p) = r.reserve(model, &tried) {
+                        assert!(!tried.contains(&p), "a tried node was given work");
+                        held.push(p);
+                    }
+                }
+                _ => {
+                    if !held.is_empty() {
+                        let p = held.swap_remove(next(held.len() as u64) as usize);
+                        r.release(p, next(4) > 0);
+                    }
+                }
+            }
+            let g = r.lock();
+            for model in models {
+                let scanned: std::collections::BTreeSet<(Rank, PeerId)> = g
+                    .candidates(model)
+                    .filter(|c| c.usable(&HashSet::new()))
+                    .map(|c| (c.rank(), c.peer))
+                    .collect();
+                let indexed = g.usable.get(model).cloned().unwrap_or_default();
+                assert_eq!(indexed, scanned, "round {round}, model {model}");
+            }
+        }
     }
 
     #[test]
