@@ -872,7 +872,7 @@ mod tests {
         let register = |r: &Registry, peer: PeerId, pick: u64| {
             let mut caps = Capabilities::new(NodeKind::Native, "n");
             caps.slots = 1 + (pick % 3) as u32;
-            caps.python = pick % 4 == 0;
+            caps.python = pick.is_multiple_of(4);
             let ids = match pick % 3 {
                 0 => vec!["a".to_string()],
                 1 => vec!["b".to_string()],
