@@ -295,6 +295,29 @@ impl InferServer {
             .remove(&request_id);
     }
 
+    /// Adds what the generation thread sent (`None`: it stopped) to
+    /// `streamer`; returns whether the generation still runs.
+    fn take(&self, id: u64, streamer: &mut ChunkStreamer, piece: Option<Piece>) -> bool {
+        match piece {
+            Some(Piece::Tokens(t, s)) => {
+                streamer.push(&t, &s);
+                true
+            }
+            Some(Piece::End(end)) => {
+                streamer.end(end);
+                // Free before the last chunk goes out (see
+                // `ChunkStreamer::generating`).
+                self.release(id);
+                false
+            }
+            None => {
+                streamer.end(InferEnd::Failed("the generation thread stopped".into()));
+                self.release(id);
+                false
+            }
+        }
+    }
+
     /// Generates an accepted request and streams it to the relay through
     /// `commands`; returns when the last chunk is acknowledged or the relay
     /// said stop.
@@ -333,6 +356,18 @@ impl InferServer {
         let mut generating = true;
         while !streamer.finished() {
             if in_flight.is_none() {
+                // Whatever the generation produced already goes in this
+                // chunk (a fast or short generation: one chunk, not two);
+                // nothing waits for more.
+                while generating {
+                    match pieces.try_recv() {
+                        Ok(piece) => generating = self.take(id, &mut streamer, Some(piece)),
+                        Err(mpsc::TryRecvError::Closed) => {
+                            generating = self.take(id, &mut streamer, None);
+                        }
+                        Err(mpsc::TryRecvError::Empty) => break,
+                    }
+                }
                 if let Some(chunk) = streamer.next_chunk() {
                     let (reply, rx) = oneshot::channel();
                     let sent = commands
@@ -357,21 +392,9 @@ impl InferServer {
                 }
             };
             tokio::select! {
-                piece = pieces.next(), if generating => match piece {
-                    Some(Piece::Tokens(t, s)) => streamer.push(&t, &s),
-                    Some(Piece::End(end)) => {
-                        generating = false;
-                        streamer.end(end);
-                        // Free before the last chunk goes out (see
-                        // `ChunkStreamer::generating`).
-                        self.release(id);
-                    }
-                    None => {
-                        generating = false;
-                        streamer.end(InferEnd::Failed("the generation thread stopped".into()));
-                        self.release(id);
-                    }
-                },
+                piece = pieces.next(), if generating => {
+                    generating = self.take(id, &mut streamer, piece);
+                }
                 reply = ack => {
                     in_flight = None;
                     match reply {
@@ -451,6 +474,106 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Emits one token, waits for `go`, then emits seven more at once
+    /// (telling `done`) and ends.
+    struct Paused {
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        done: Mutex<std::sync::mpsc::Sender<()>>,
+    }
+
+    impl ServedModel for Paused {
+        fn name(&self) -> &str {
+            "P"
+        }
+        fn check(&self, _: &GenerateRequest) -> Result<u32, EngineError> {
+            Ok(1)
+        }
+        fn generate(
+            &self,
+            _: &GenerateRequest,
+            _: &dyn Fn() -> bool,
+            on_piece: &mut dyn FnMut(&[u32], &str),
+        ) -> Result<GenerateResult, EngineError> {
+            on_piece(&[1], "a");
+            let _ = self.go.lock().expect("go").recv();
+            for t in 2..=8 {
+                on_piece(&[t], "b");
+            }
+            let _ = self.done.lock().expect("done").send(());
+            Ok(GenerateResult {
+                tokens: (1..=8).collect(),
+                text: "abbbbbbb".into(),
+                finish: tabnode_core::infer::FinishReason::Length,
+                prompt_tokens: 1,
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+                device: "test".into(),
+            })
+        }
+    }
+
+    /// What a generation produced while a chunk was in flight goes out in
+    /// the next chunk whole, with the end: not a token at a time.
+    #[tokio::test]
+    async fn tokens_ready_when_a_chunk_is_acknowledged_go_out_together() {
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let done = Arc::new(Mutex::new(done));
+        let model = Paused {
+            go: Mutex::new(go_rx),
+            done: Mutex::new(done_tx),
+        };
+        let server = Arc::new(InferServer::new(Arc::new(model), 1));
+        let req = request("P", 7);
+        assert!(matches!(
+            server.accept(&req),
+            Response::InferAccepted { .. }
+        ));
+        let (tx, mut commands) = mpsc::channel::<Command>(4);
+        let run = tokio::spawn(server.clone().run(req, tx));
+        let mut chunks = Vec::new();
+        while let Some(command) = commands.next().await {
+            let Command::Request {
+                request: Request::InferChunk(chunk),
+                reply,
+                ..
+            } = command
+            else {
+                panic!("only chunks are sent");
+            };
+            if chunks.is_empty() {
+                // The first token is out; the other seven are generated
+                // before its acknowledgement.
+                go.send(()).expect("the model waits");
+                let done = done.clone();
+                tokio::task::spawn_blocking(move || {
+                    done.lock()
+                        .expect("done")
+                        .recv_timeout(std::time::Duration::from_secs(30))
+                })
+                .await
+                .expect("a thread")
+                .expect("the model produced its tokens");
+            }
+            let last = chunk.end.is_some();
+            chunks.push(*chunk);
+            let _ = reply.send(Ok(Response::Ack));
+            if last {
+                break;
+            }
+        }
+        run.await.expect("run ends");
+        // The end may come with them or just after (it is sent once the
+        // model returns), never a token at a time.
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+        assert!(sizes == [1, 7] || sizes == [1, 7, 0], "{sizes:?}");
+        assert_eq!(chunks[1].offset, 1);
+        assert!(matches!(
+            chunks.last().and_then(|c| c.end.as_ref()),
+            Some(InferEnd::Done(_))
+        ));
     }
 
     #[test]
