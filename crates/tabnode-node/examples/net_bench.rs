@@ -19,7 +19,9 @@
 //!   with the relay binary (`TABNODE_RELAY_BIN`, e.g. the release build of
 //!   `scripts/install.sh`) and the simulated nodes (`net_bench nodes N
 //!   ADDR`) each in a process of its own, and 64 clients on kept-alive
-//!   connections; also each process's share of the machine's cores.
+//!   connections (`ROUTING_CLIENTS` sets another number: a few measure the
+//!   latency a request gets without queueing for the cores); also each
+//!   process's share of the machine's cores.
 //! * `net_bench dashboard [NODES] [SUBSCRIBERS] [SECONDS]`: what the live
 //!   dashboard's stream costs a relay with NODES simulated nodes connected
 //!   over libp2p: the relay binary runs in its own process, the nodes in
@@ -805,7 +807,10 @@ async fn wait_proven(addr: std::net::SocketAddr, nodes: usize) {
 }
 
 async fn routing_apart(counts: &[usize]) {
-    const CLIENTS: usize = 64;
+    let client_count: usize = std::env::var("ROUTING_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     const SECONDS: f64 = 10.0;
     for &k in counts {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -836,7 +841,7 @@ async fn routing_apart(counts: &[usize]) {
         );
         let stop = Instant::now() + Duration::from_secs_f64(SECONDS);
         let started = Instant::now();
-        let clients: Vec<_> = (0..CLIENTS)
+        let clients: Vec<_> = (0..client_count)
             .map(|_| {
                 let body = body.clone();
                 tokio::spawn(async move {
@@ -889,7 +894,7 @@ async fn routing_apart(counts: &[usize]) {
             json!({
                 "relay_request_ms_mean": mean("tabnode_request_seconds"),
                 "relay_ttft_ms_mean": mean("tabnode_request_ttft_seconds"),
-                "bench": "routing-apart", "nodes": k, "clients": CLIENTS, "seconds": secs,
+                "bench": "routing-apart", "nodes": k, "clients": client_count, "seconds": secs,
                 "requests": done, "failed": failed, "requests_per_s": done as f64 / secs,
                 "latency_ms": { "p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99) },
                 "join_s": joined_s, "cores_used": cores,
