@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for p in peers.iter().skip(round as usize % 10).step_by(10) {
             served += 1;
             state.roster.served(
-                *p,
+                &p.to_string(),
                 ServedRequest {
                     at_ms: 0,
                     request_id: served,

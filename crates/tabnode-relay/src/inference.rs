@@ -220,7 +220,7 @@ pub(crate) async fn run_request(
     let registry = &ctx.state.registry;
     let metrics = &ctx.state.metrics;
     let request_id = sessions.next_request_id();
-    let Some(entry) = ctx.state.catalog.find(&api.model).cloned() else {
+    let Some(entry) = ctx.state.catalog.find(&api.model) else {
         metrics
             .inference_requests
             .get_or_create(&Outcome { outcome: "failed" })
@@ -395,7 +395,7 @@ pub(crate) async fn run_request(
             credits.push(Credit::tokens(id, node.clone(), creditable));
         }
         ctx.state.roster.served(
-            peer,
+            &node,
             crate::roster::ServedRequest {
                 at_ms: crate::now_ms(),
                 request_id,

@@ -139,15 +139,21 @@ impl Roster {
     }
 
     /// `peer` served `request` (its part of it): its speed and recent list.
-    pub fn served(&self, peer: PeerId, request: ServedRequest) {
-        let peer = peer.to_string();
+    pub fn served(&self, peer: &str, request: ServedRequest) {
         let mut g = self.lock();
         if request.tokens > 0 && request.seconds > 0.0 {
             let now = request.tokens as f64 / request.seconds;
-            let s = g.speed.entry(peer.clone()).or_insert(now);
-            *s += SPEED_WEIGHT * (now - *s);
+            match g.speed.get_mut(peer) {
+                Some(s) => *s += SPEED_WEIGHT * (now - *s),
+                None => {
+                    g.speed.insert(peer.to_string(), now);
+                }
+            }
         }
-        let list = g.recent.entry(peer).or_default();
+        let list = match g.recent.get_mut(peer) {
+            Some(list) => list,
+            None => g.recent.entry(peer.to_string()).or_default(),
+        };
         list.push_front(request);
         list.truncate(RECENT);
     }
@@ -328,7 +334,7 @@ mod tests {
         assert!(same.rows.is_empty() && same.gone.is_empty());
         assert!(rx.try_recv().is_err());
         // `a` served a request (its speed changes); `b` left.
-        roster.served(a, served(10, 2.0));
+        roster.served(&a.to_string(), served(10, 2.0));
         let d = roster.tick(&state, &[view(&a, 1)], 30);
         assert_eq!(d.gone, vec![Arc::from(b.to_string())]);
         assert_eq!(d.rows.len(), 1);
@@ -345,12 +351,12 @@ mod tests {
         let roster = Roster::default();
         let a = PeerId::random();
         roster.tick(&state, &[view(&a, 1)], 1);
-        roster.served(a, served(10, 1.0));
-        roster.served(a, served(20, 1.0));
+        roster.served(&a.to_string(), served(10, 1.0));
+        roster.served(&a.to_string(), served(20, 1.0));
         // A request without tokens does not move the speed.
-        roster.served(a, served(0, 1.0));
+        roster.served(&a.to_string(), served(0, 1.0));
         for _ in 0..RECENT {
-            roster.served(a, served(10, 1.0));
+            roster.served(&a.to_string(), served(10, 1.0));
         }
         let d = roster.detail(&state, &a).expect("detail");
         assert_eq!(d.recent.len(), RECENT);
