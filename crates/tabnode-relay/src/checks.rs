@@ -318,7 +318,7 @@ async fn score_on(
     // A checker, waiting (at most the check's time limit) for one to be
     // free.
     let deadline = Instant::now() + config.timeout;
-    let checker = loop {
+    let slot = loop {
         let woken = state.registry.changed();
         match state.registry.reserve_checker(
             &served.model_id,
@@ -326,7 +326,7 @@ async fn score_on(
             others,
             config.same_address,
         ) {
-            Ok(peer) => break peer,
+            Ok(slot) => break slot,
             Err(NoNode::UnknownModel) => return None,
             Err(NoNode::Unavailable) => {
                 let now = Instant::now();
@@ -337,6 +337,7 @@ async fn score_on(
             }
         }
     };
+    let checker = slot.peer;
     let started = Instant::now();
     let request = Request::Score(Box::new(ScoreRequest {
         request_id: served.request_id,
@@ -347,14 +348,14 @@ async fn score_on(
     let answer = ctx.client.request(checker, request, config.timeout).await;
     let verdict = match answer {
         Ok(Response::Scored(scores)) if scores.len() == served.tokens.len() => {
-            state.registry.release(checker, true);
+            state.registry.release(slot, true);
             Ok((
                 judge(&served.request, &served.tokens, &scores, &config.policy),
                 Closeness::of(&served.request, &served.tokens, &scores),
             ))
         }
         Ok(Response::Scored(scores)) => {
-            state.registry.release(checker, false);
+            state.registry.release(slot, false);
             Err(format!(
                 "the checker scored {} of {} tokens",
                 scores.len(),
@@ -362,11 +363,11 @@ async fn score_on(
             ))
         }
         Ok(other) => {
-            state.registry.release(checker, false);
+            state.registry.release(slot, false);
             Err(format!("the checker answered {other:?}"))
         }
         Err(e) => {
-            state.registry.release(checker, false);
+            state.registry.release(slot, false);
             Err(format!("the checker did not answer: {e}"))
         }
     };

@@ -237,13 +237,14 @@ async fn run_batch(
     let mut exclude = HashSet::new();
     let mut last = String::from("no attempt");
     for _ in 0..ctx.config.max_attempts.max(1) {
-        let peer = match crate::inference::acquire(ctx, &model.id, &exclude).await {
-            Ok(p) => p,
+        let slot = match crate::inference::acquire(ctx, &model.id, &exclude).await {
+            Ok(s) => s,
             Err(NoNode::UnknownModel) => {
                 return Err(Failure::NoModel(model.id.clone()));
             }
             Err(NoNode::Unavailable) => break,
         };
+        let peer = slot.peer;
         let started = Instant::now();
         let request = Request::Embed(Box::new(EmbedRequest {
             request_id,
@@ -270,7 +271,7 @@ async fn run_batch(
                 code: tabnode_core::ErrorCode::Invalid,
                 message,
             }) => {
-                registry.release(peer, true);
+                registry.release(slot, true);
                 return Err(Failure::BadInput(message));
             }
             Ok(other) => Err(format!("{other:?}")),
@@ -278,7 +279,7 @@ async fn run_batch(
         };
         match checked {
             Ok(mut result) => {
-                registry.release(peer, true);
+                registry.release(slot, true);
                 // Counts past what the inputs can hold are not believed.
                 for (t, input) in result.tokens.iter_mut().zip(&inputs) {
                     *t = (*t).min(token_bound(input, model.max_tokens));
@@ -290,7 +291,7 @@ async fn run_batch(
                 });
             }
             Err(why) => {
-                registry.release(peer, false);
+                registry.release(slot, false);
                 tracing::warn!(%peer, "embedding batch {request_id}:{batch} leaves its node: {why}");
                 exclude.insert(peer);
                 last = why;

@@ -498,11 +498,12 @@ impl Report {
             if !exclude.is_empty() && registry.serving(PYTHON).iter().all(|p| exclude.contains(p)) {
                 break;
             }
-            let peer = match crate::inference::acquire(ctx, PYTHON, &exclude).await {
-                Ok(p) => p,
+            let slot = match crate::inference::acquire(ctx, PYTHON, &exclude).await {
+                Ok(s) => s,
                 Err(NoNode::UnknownModel) => return Err(NodeError::NoPythonRunner),
                 Err(NoNode::Unavailable) => break,
             };
+            let peer = slot.peer;
             self.peer(&peer.to_string());
             let answer = ctx
                 .client
@@ -510,19 +511,19 @@ impl Report {
                 .await;
             match answer {
                 Ok(Response::Python(PythonOutcome::Printed(text))) => {
-                    registry.release(peer, true);
+                    registry.release(slot, true);
                     return Ok(text);
                 }
                 Ok(Response::Python(PythonOutcome::Failed(why))) => {
-                    registry.release(peer, true);
+                    registry.release(slot, true);
                     return Err(NodeError::Python(why));
                 }
                 Ok(other) => {
-                    registry.release(peer, false);
+                    registry.release(slot, false);
                     last = format!("{other:?}");
                 }
                 Err(e) => {
-                    registry.release(peer, false);
+                    registry.release(slot, false);
                     last = e.to_string();
                 }
             }

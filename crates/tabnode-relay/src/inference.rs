@@ -172,7 +172,7 @@ pub(crate) async fn acquire(
     ctx: &InferContext,
     model: &str,
     exclude: &HashSet<PeerId>,
-) -> Result<PeerId, NoNode> {
+) -> Result<crate::registry::Slot, NoNode> {
     let deadline = Instant::now() + ctx.config.queue_timeout;
     let registry = &ctx.state.registry;
     loop {
@@ -258,8 +258,8 @@ pub(crate) async fn run_request(
     let mut outcome: Result<FinishReason, ApiFailure> =
         Err(ApiFailure::NoNode("no node could serve the request".into()));
     for attempt in 0..ctx.config.max_attempts.max(1) {
-        let peer = match acquire(&ctx, &model, &exclude).await {
-            Ok(p) => p,
+        let slot = match acquire(&ctx, &model, &exclude).await {
+            Ok(s) => s,
             Err(NoNode::UnknownModel) => {
                 outcome = Err(ApiFailure::UnknownModel(api.model.clone()));
                 break;
@@ -276,6 +276,7 @@ pub(crate) async fn run_request(
                 break;
             }
         };
+        let peer = slot.peer;
         exclude.insert(peer);
         let node = peer.to_string();
         let mut request = api.request.clone();
@@ -302,14 +303,14 @@ pub(crate) async fn run_request(
                     if events.send(started).await.is_err() {
                         sessions.untrack(request_id);
                         cancel(&ctx, peer, request_id);
-                        registry.release(peer, true);
+                        registry.release(slot, true);
                         return;
                     }
                 }
             }
             Ok(Response::Error { code, message }) => {
                 sessions.untrack(request_id);
-                registry.release(peer, true);
+                registry.release(slot, true);
                 match code {
                     // The request itself is bad: no node will take it.
                     ErrorCode::Invalid if delivered.is_empty() => {
@@ -329,14 +330,14 @@ pub(crate) async fn run_request(
             }
             Ok(other) => {
                 sessions.untrack(request_id);
-                registry.release(peer, false);
+                registry.release(slot, false);
                 tracing::warn!(%peer, "unexpected answer to Infer: {other:?}");
                 outcome = Err(ApiFailure::NoNode("a node answered out of protocol".into()));
                 continue;
             }
             Err(e) => {
                 sessions.untrack(request_id);
-                registry.release(peer, false);
+                registry.release(slot, false);
                 tracing::info!(%peer, "Infer failed: {e}");
                 outcome = Err(ApiFailure::NoNode(format!(
                     "a node could not be reached: {e}"
@@ -411,18 +412,18 @@ pub(crate) async fn run_request(
         );
         match segment {
             Segment::Done(finish) => {
-                registry.release(peer, true);
+                registry.release(slot, true);
                 outcome = Ok(finish);
                 break;
             }
             Segment::Abandoned => {
-                registry.release(peer, true);
+                registry.release(slot, true);
                 cancel(&ctx, peer, request_id);
                 outcome = Err(ApiFailure::NoNode("the requester left".into()));
                 break;
             }
             Segment::Left(why) | Segment::Failed(why) | Segment::Cheated(why) => {
-                registry.release(peer, false);
+                registry.release(slot, false);
                 cancel(&ctx, peer, request_id);
                 metrics.failovers.inc();
                 usage.failovers += 1;

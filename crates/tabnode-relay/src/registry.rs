@@ -67,6 +67,20 @@ pub struct NodeEntry {
     /// The rank it is filed under in [`Inner::usable`] (for each model it
     /// serves), if it is usable.
     filed: Option<Rank>,
+    /// Which of its connections' stays this is (a node that leaves and
+    /// comes back gets a new one): slots taken in an earlier stay are not
+    /// given back to this one.
+    stay: u64,
+}
+
+/// A slot taken on a node by [`Registry::reserve`]: give it back with
+/// [`Registry::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The node.
+    pub peer: PeerId,
+    /// The stay it was taken in.
+    stay: u64,
 }
 
 /// Matchmaking's order: smaller is better (see [`Candidate::rank`]).
@@ -283,6 +297,8 @@ struct Inner {
     /// by [`Inner::unfile`] and [`Inner::file`] around every change of a
     /// node.
     usable: HashMap<String, std::collections::BTreeSet<(Rank, PeerId)>>,
+    /// The last node stay numbered.
+    stays: u64,
 }
 
 impl Inner {
@@ -310,12 +326,14 @@ impl Inner {
     }
 
     /// Counts one more generation on `peer`.
-    fn take_slot(&mut self, peer: &PeerId) {
+    fn take_slot(&mut self, peer: &PeerId) -> Slot {
         self.unfile(peer);
-        if let Some(e) = self.nodes.get_mut(peer) {
+        let stay = self.nodes.get_mut(peer).map_or(0, |e| {
             e.load.active += 1;
-        }
+            e.stay
+        });
         self.file(peer);
+        Slot { peer: *peer, stay }
     }
 
     /// Takes `peer` out of [`Inner::usable`] (before anything about it
@@ -422,6 +440,8 @@ impl Registry {
             return false;
         }
         let proof = ProofRank::of(g.pof.get(&peer));
+        g.stays += 1;
+        let stay = g.stays;
         g.nodes.insert(
             peer,
             NodeEntry {
@@ -436,6 +456,7 @@ impl Registry {
                 load: Load::default(),
                 proof,
                 filed: None,
+                stay,
             },
         );
         if let Some(h) = g.pof.get_mut(&peer) {
@@ -520,7 +541,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`NoNode`] when there is none.
-    pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
+    pub fn reserve(&self, model_id: &str, exclude: &HashSet<PeerId>) -> Result<Slot, NoNode> {
         let mut g = self.lock();
         // The best usable node not tried yet, from the index: no scan.
         let best = g.usable.get(model_id).and_then(|set| {
@@ -536,14 +557,18 @@ impl Registry {
                 NoNode::UnknownModel
             });
         };
-        g.take_slot(&peer);
-        Ok(peer)
+        Ok(g.take_slot(&peer))
     }
 
-    /// Gives back a slot of `peer`, recording whether its work succeeded. A
-    /// node that left has no slots to give back.
-    pub fn release(&self, peer: PeerId, ok: bool) {
+    /// Gives back `slot`, recording whether its work succeeded. A node that
+    /// left has no slots to give back, also after it came back (its new
+    /// stay's slots are not this one).
+    pub fn release(&self, slot: Slot, ok: bool) {
+        let peer = slot.peer;
         let mut g = self.lock();
+        if g.nodes.get(&peer).is_none_or(|e| e.stay != slot.stay) {
+            return;
+        }
         g.unfile(&peer);
         if let Some(l) = g.nodes.get_mut(&peer).map(|e| &mut e.load) {
             l.active = l.active.saturating_sub(1);
@@ -606,7 +631,7 @@ impl Registry {
         served: &[PeerId],
         others: &[PeerId],
         same_address: bool,
-    ) -> Result<PeerId, NoNode> {
+    ) -> Result<Slot, NoNode> {
         let mut g = self.lock();
         let ip_of = |g: &Inner, p: &PeerId| g.nodes.get(p).and_then(|e| e.ip);
         let served_ips: Vec<_> = served.iter().map(|p| ip_of(&g, p)).collect();
@@ -641,8 +666,7 @@ impl Registry {
                 NoNode::UnknownModel
             });
         };
-        g.take_slot(&best);
-        Ok(best)
+        Ok(g.take_slot(&best))
     }
 
     /// The Proof-of-FLOPS history of `peer`.
@@ -840,6 +864,17 @@ mod tests {
         }
     }
 
+    /// `reserve`'s node.
+    fn pick(r: &Registry, model: &str, exclude: &HashSet<PeerId>) -> Result<PeerId, NoNode> {
+        r.reserve(model, exclude).map(|s| s.peer)
+    }
+
+    /// A slot of `peer`'s current stay (what `reserve` gave out).
+    fn slot_of(r: &Registry, peer: PeerId) -> Slot {
+        let stay = r.lock().nodes.get(&peer).map_or(0, |e| e.stay);
+        Slot { peer, stay }
+    }
+
     /// A connected node serving [`MODEL`] with `slots`, and a proof result
     /// if `proof` says so.
     fn node(r: &Registry, slots: u32, proof: Option<(bool, f64)>) -> PeerId {
@@ -881,7 +916,7 @@ mod tests {
             r.register(peer, caps, ids)
         };
         let peers: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
-        let mut held: Vec<PeerId> = Vec::new();
+        let mut held: Vec<Slot> = Vec::new();
         for round in 0..3_000u64 {
             let peer = peers[next(peers.len() as u64) as usize];
             match next(9) {
@@ -900,9 +935,9 @@ mod tests {
                     let model = models[next(3) as usize];
                     let tried: HashSet<PeerId> =
                         (next(4) == 0).then_some(peer).into_iter().collect();
-                    if let Ok(p) = r.reserve(model, &tried) {
-                        assert!(!tried.contains(&p), "a tried node was given work");
-                        held.push(p);
+                    if let Ok(slot) = r.reserve(model, &tried) {
+                        assert!(!tried.contains(&slot.peer), "a tried node was given work");
+                        held.push(slot);
                     }
                 }
                 _ => {
@@ -934,16 +969,16 @@ mod tests {
         let fast = node(&r, 2, Some((true, 50.0)));
         let none = HashSet::new();
         // Verified and fastest first; then load spreads work.
-        assert_eq!(r.reserve(MODEL, &none), Ok(fast));
-        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
-        assert_eq!(r.reserve(MODEL, &none), Ok(fast));
-        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
+        assert_eq!(pick(&r, MODEL, &none), Ok(fast));
+        assert_eq!(pick(&r, MODEL, &none), Ok(slow));
+        assert_eq!(pick(&r, MODEL, &none), Ok(fast));
+        assert_eq!(pick(&r, MODEL, &none), Ok(slow));
         // Verified nodes full: the unverified one; never the failed one.
-        assert_eq!(r.reserve(MODEL, &none), Ok(fresh));
-        assert_eq!(r.reserve(MODEL, &none), Err(NoNode::Unavailable));
-        r.release(slow, true);
-        assert_eq!(r.reserve(MODEL, &none), Ok(slow));
-        assert_eq!(r.reserve("other", &none), Err(NoNode::UnknownModel));
+        assert_eq!(pick(&r, MODEL, &none), Ok(fresh));
+        assert_eq!(pick(&r, MODEL, &none), Err(NoNode::Unavailable));
+        r.release(slot_of(&r, slow), true);
+        assert_eq!(pick(&r, MODEL, &none), Ok(slow));
+        assert_eq!(pick(&r, "other", &none), Err(NoNode::UnknownModel));
         assert_eq!(r.load_of(&fast), (2, 0.0));
     }
 
@@ -952,29 +987,41 @@ mod tests {
         let r = Registry::default();
         let a = node(&r, 8, Some((true, 10.0)));
         let b = node(&r, 8, Some((true, 10.0)));
-        let first = r.reserve(MODEL, &HashSet::new()).expect("a node");
-        r.release(first, false);
+        let first = pick(&r, MODEL, &HashSet::new()).expect("a node");
+        r.release(slot_of(&r, first), false);
         let other = if first == a { b } else { a };
-        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(other));
-        r.release(other, true);
+        assert_eq!(pick(&r, MODEL, &HashSet::new()), Ok(other));
+        r.release(slot_of(&r, other), true);
         let exclude: HashSet<PeerId> = [other].into();
-        assert_eq!(r.reserve(MODEL, &exclude), Ok(first));
+        assert_eq!(pick(&r, MODEL, &exclude), Ok(first));
     }
 
     #[test]
     fn a_node_that_left_gets_no_slot_back_and_is_never_reserved() {
         let r = Registry::default();
         let a = node(&r, 1, Some((true, 1.0)));
-        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(a));
+        let old = r.reserve(MODEL, &HashSet::new()).expect("a's slot");
+        assert_eq!(old.peer, a);
         assert_eq!(r.disconnected(a, 0), Departure::Left);
-        r.release(a, false);
+        r.release(old, false);
         assert_eq!(r.load_of(&a), (0, 0.0));
         assert!(r.lock().nodes.is_empty(), "entry re-created");
-        assert_eq!(r.reserve(MODEL, &HashSet::new()), Err(NoNode::UnknownModel));
+        assert_eq!(pick(&r, MODEL, &HashSet::new()), Err(NoNode::UnknownModel));
         // Back with a new connection: a fresh entry with no load, the same
         // proof history.
         assert!(r.connected(a, "tcp", IP, 100, 5));
         assert!(r.pof_history(&a).is_some_and(|h| h.departed.is_none()));
+        assert_eq!(r.load_of(&a), (0, 0.0));
+        // Its one slot taken in the new stay: the old request's late release
+        // gives nothing back (the node stays full, its record clean).
+        let mut caps = Capabilities::new(NodeKind::Native, "n");
+        caps.slots = 1;
+        assert!(r.register(a, caps, vec![MODEL.into()]));
+        let new = r.reserve(MODEL, &HashSet::new()).expect("a's new slot");
+        r.release(old, false);
+        assert_eq!(r.load_of(&a), (1, 0.0));
+        assert_eq!(pick(&r, MODEL, &HashSet::new()), Err(NoNode::Unavailable));
+        r.release(new, true);
         assert_eq!(r.load_of(&a), (0, 0.0));
     }
 
@@ -988,13 +1035,13 @@ mod tests {
         // +1 −5 +1 = −3: still excluded from serving.
         r.record_pof(p, record(3, true, 5.0));
         assert!(!r.proof_valid(&p), "one pass erased a failure");
-        assert_eq!(r.reserve(MODEL, &HashSet::new()), Err(NoNode::Unavailable));
+        assert_eq!(pick(&r, MODEL, &HashSet::new()), Err(NoNode::Unavailable));
         for round in 4..7 {
             r.record_pof(p, record(round, true, 5.0));
         }
         let h = r.pof_history(&p).expect("history");
         assert_eq!((h.standing.standing, h.standing.valid), (0, true));
-        assert_eq!(r.reserve(MODEL, &HashSet::new()), Ok(p));
+        assert_eq!(pick(&r, MODEL, &HashSet::new()), Ok(p));
     }
 
     #[tokio::test]
@@ -1011,7 +1058,7 @@ mod tests {
             r.record_pof(p, record(1, true, 1.0));
         });
         tokio::time::timeout(until, w).await.expect("proof wakes");
-        let w = wakes(&|r| r.release(p, true));
+        let w = wakes(&|r| r.release(slot_of(r, p), true));
         tokio::time::timeout(until, w).await.expect("release wakes");
         let q = PeerId::random();
         assert!(r.connected(q, "tcp", IP, 100, 0));
