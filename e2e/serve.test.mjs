@@ -176,7 +176,10 @@ test('tab B closed mid-stream: the answer completes on another node, nothing los
   // is credited what it delivered) or, when the WebRTC close arrives after
   // the stall timeout, as a stall: an attempt that went silent earns
   // nothing, since the relay cannot tell it from a node that stopped
-  // sending on purpose.
+  // sending on purpose. Each node is credited at most what its proof makes
+  // plausible in the time it took (the native node, proven on a small
+  // challenge, may deliver faster than that and be credited less), and
+  // never more than it delivered.
   assert.ok(servedNative > 0 && servedNative < want.tokens.length, `native ${servedNative}`);
-  assert.ok(servedB === 0 || servedB + servedNative === want.tokens.length, `B ${servedB}, native ${servedNative}`);
+  assert.ok(servedB >= 0 && servedB + servedNative <= want.tokens.length, `B ${servedB}, native ${servedNative}`);
 });
