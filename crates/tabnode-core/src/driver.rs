@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::{channel::mpsc, channel::oneshot, FutureExt, StreamExt};
+use futures::{
+    channel::mpsc, channel::oneshot, future::BoxFuture, future::Fuse, FutureExt, StreamExt,
+};
 use libp2p::{
     core::ConnectedPoint,
     multiaddr::Protocol,
@@ -21,8 +23,10 @@ use libp2p::{
 
 use crate::{
     caps::Capabilities,
+    link::{Frame, LINK_PROTOCOL},
     node::{answer, backoff, NodeBehaviour, NodeBehaviourEvent},
     protocol::{Request, Response},
+    MAX_MESSAGE,
 };
 
 /// Why a request made through the driver failed.
@@ -153,6 +157,25 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+/// Where the answer to an inbound request goes.
+enum Responder {
+    /// Its request-response stream.
+    Rpc(request_response::ResponseChannel<Response>),
+    /// The link it came on (`link`: which one), as a frame of this `id`.
+    Link { link: u64, id: u64 },
+}
+
+/// The relay's link ([`crate::link`]) while it is up.
+struct Link {
+    /// Numbers the links; frames and answers of an earlier one are dropped.
+    number: u64,
+    /// Frames to send.
+    out: mpsc::UnboundedSender<Frame>,
+    /// Our requests sent over it, by frame id.
+    pending: HashMap<u64, oneshot::Sender<Result<Response, RequestError>>>,
+    next_id: u64,
+}
+
 struct Driver {
     relay_addr: Multiaddr,
     relay_peer: PeerId,
@@ -162,8 +185,12 @@ struct Driver {
     circuit_listening: bool,
     attempt: u32,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
-    inbound: HashMap<u64, request_response::ResponseChannel<Response>>,
+    inbound: HashMap<u64, Responder>,
     next_inbound: u64,
+    link: Option<Link>,
+    links_opened: u64,
+    /// Frames read from the links, with the link's number.
+    link_frames: mpsc::UnboundedSender<(u64, Frame)>,
 }
 
 type Emit<'a> = dyn FnMut(NodeEvent) + 'a;
@@ -186,6 +213,7 @@ pub async fn run(
         peer: config.relay.to_string(),
         reason: "the relay address must end in /p2p/<peer id>".into(),
     })?;
+    let (frames_tx, mut link_frames) = mpsc::unbounded();
     let mut d = Driver {
         relay_addr: config.relay,
         relay_peer,
@@ -197,7 +225,22 @@ pub async fn run(
         pending: HashMap::new(),
         inbound: HashMap::new(),
         next_inbound: 0,
+        link: None,
+        links_opened: 0,
+        link_frames: frames_tx,
     };
+    // Links the relay opens; registered once, before any connection.
+    let mut incoming_links = match swarm.behaviour().link.new_control().accept(LINK_PROTOCOL) {
+        Ok(incoming) => incoming.fuse(),
+        Err(e) => {
+            return Err(RequestError::Failed {
+                peer: relay_peer.to_string(),
+                reason: format!("cannot accept {LINK_PROTOCOL}: {e}"),
+            })
+        }
+    };
+    // The running link (reads and writes its stream); ends when it breaks.
+    let mut link_task: Fuse<BoxFuture<'static, (u64, std::io::Result<()>)>> = Fuse::terminated();
     d.dial_relay(&mut swarm);
     // Fires when a redial (or a retried circuit listen) is due.
     let mut timer = futures_timer::Delay::new(Duration::from_secs(3600)).fuse();
@@ -214,6 +257,19 @@ pub async fn run(
                 Some(Command::Shutdown) | None => break,
                 Some(command) => d.on_command(&mut swarm, command),
             },
+            opened = incoming_links.next() => {
+                if let Some((peer, stream)) = opened {
+                    if let Some(task) = d.link_opened(peer, stream) {
+                        link_task = task.fuse();
+                    }
+                }
+            }
+            frame = link_frames.next() => {
+                if let Some((number, frame)) = frame {
+                    d.on_frame(&mut swarm, number, frame, &mut emit);
+                }
+            }
+            (number, end) = link_task => d.link_ended(number, end),
             _ = timer => {
                 if timer_armed {
                     timer_armed = false;
@@ -229,6 +285,11 @@ pub async fn run(
     }
     for (_, reply) in d.pending.drain() {
         let _ = reply.send(Err(RequestError::Stopped));
+    }
+    if let Some(link) = d.link.take() {
+        for (_, reply) in link.pending {
+            let _ = reply.send(Err(RequestError::Stopped));
+        }
     }
     Ok(())
 }
@@ -277,6 +338,14 @@ impl Driver {
                     return;
                 }
                 let peer = peer.unwrap_or(self.relay_peer);
+                let (request, reply) = if peer == self.relay_peer {
+                    match self.send_on_link(request, reply) {
+                        None => return,
+                        Some(back) => back,
+                    }
+                } else {
+                    (request, reply)
+                };
                 if peer != self.relay_peer && !swarm.is_connected(&peer) {
                     let opts = DialOpts::peer_id(peer)
                         .addresses(vec![self.circuit_addr(peer)])
@@ -289,13 +358,8 @@ impl Driver {
                 self.pending.insert(id, reply);
             }
             Command::Respond { id, response } => match self.inbound.remove(&id) {
-                Some(channel) => {
-                    if swarm
-                        .behaviour_mut()
-                        .rpc
-                        .send_response(channel, response)
-                        .is_err()
-                    {
+                Some(responder) => {
+                    if !self.respond(swarm, responder, response) {
                         tracing::warn!("the requester of inbound request {id} is gone");
                     }
                 }
@@ -346,6 +410,7 @@ impl Driver {
                 ..
             } if peer_id == self.relay_peer => {
                 self.relay_connected = false;
+                self.drop_link("the relay connection closed");
                 self.relay_lost(cause.map(|c| c.to_string()), emit)
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. }
@@ -403,6 +468,181 @@ impl Driver {
         }
     }
 
+    /// Answers an inbound request itself, or hands it to the owner.
+    fn on_request(
+        &mut self,
+        swarm: &mut Swarm<NodeBehaviour>,
+        peer: PeerId,
+        request: Request,
+        responder: Responder,
+        emit: &mut Emit<'_>,
+    ) {
+        let Some(response) = answer(peer, self.relay_peer, &request) else {
+            // Forget the requests whose requester gave up or whose link broke.
+            let link = self.link.as_ref().map(|l| l.number);
+            self.inbound.retain(|_, r| match r {
+                Responder::Rpc(c) => c.is_open(),
+                Responder::Link { link: n, .. } => Some(*n) == link,
+            });
+            let id = self.next_inbound;
+            self.next_inbound += 1;
+            self.inbound.insert(id, responder);
+            emit(NodeEvent::Request {
+                id,
+                peer: peer.to_string(),
+                request,
+            });
+            return;
+        };
+        let bytes = match &request {
+            Request::Echo(p) => p.len(),
+            _ => 0,
+        };
+        if self.respond(swarm, responder, response) {
+            emit(NodeEvent::Served {
+                peer: peer.to_string(),
+                bytes,
+            });
+        }
+    }
+
+    /// Sends an answer the way its request came; false if that is gone.
+    fn respond(
+        &mut self,
+        swarm: &mut Swarm<NodeBehaviour>,
+        responder: Responder,
+        response: Response,
+    ) -> bool {
+        match responder {
+            Responder::Rpc(channel) => swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, response)
+                .is_ok(),
+            Responder::Link { link, id } => match &self.link {
+                Some(l) if l.number == link => l
+                    .out
+                    .unbounded_send(Frame::Response { id, response })
+                    .is_ok(),
+                _ => false,
+            },
+        }
+    }
+
+    /// Sends a request for the relay over the link; gives it back when no
+    /// link is up.
+    #[allow(clippy::type_complexity)]
+    fn send_on_link(
+        &mut self,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    ) -> Option<(Request, oneshot::Sender<Result<Response, RequestError>>)> {
+        let Some(link) = &mut self.link else {
+            return Some((request, reply));
+        };
+        let id = link.next_id;
+        link.next_id += 1;
+        match link.out.unbounded_send(Frame::Request { id, request }) {
+            Ok(()) => {
+                link.pending.insert(id, reply);
+                None
+            }
+            Err(e) => match e.into_inner() {
+                Frame::Request { request, .. } => Some((request, reply)),
+                Frame::Response { .. } => None,
+            },
+        }
+    }
+
+    /// A link stream arrived: from the relay it replaces the link (the
+    /// returned task runs it), from anyone else it is dropped.
+    fn link_opened(
+        &mut self,
+        peer: PeerId,
+        stream: libp2p::Stream,
+    ) -> Option<BoxFuture<'static, (u64, std::io::Result<()>)>> {
+        if peer != self.relay_peer {
+            tracing::warn!("dropped a link opened by {peer}: only the relay opens links");
+            return None;
+        }
+        self.drop_link("the relay opened another");
+        self.links_opened += 1;
+        let number = self.links_opened;
+        let (out, rx) = mpsc::unbounded();
+        self.link = Some(Link {
+            number,
+            out,
+            pending: HashMap::new(),
+            next_id: 0,
+        });
+        tracing::debug!(link = number, "link to the relay up");
+        let frames = self.link_frames.clone();
+        Some(
+            async move {
+                let end = crate::link::run(stream, MAX_MESSAGE, rx, |frame| {
+                    let _ = frames.unbounded_send((number, frame));
+                })
+                .await;
+                (number, end)
+            }
+            .boxed(),
+        )
+    }
+
+    /// The link `number` ended: its unanswered requests fail.
+    fn link_ended(&mut self, number: u64, end: std::io::Result<()>) {
+        if self.link.as_ref().is_some_and(|l| l.number == number) {
+            let why = match end {
+                Ok(()) => "the relay closed the link".to_string(),
+                Err(e) => format!("the link to the relay broke: {e}"),
+            };
+            self.drop_link(&why);
+        }
+    }
+
+    /// Forgets the link; its unanswered requests fail with `why`.
+    fn drop_link(&mut self, why: &str) {
+        if let Some(link) = self.link.take() {
+            tracing::debug!(link = link.number, "link to the relay down: {why}");
+            for (_, reply) in link.pending {
+                let _ = reply.send(Err(RequestError::Failed {
+                    peer: self.relay_peer.to_string(),
+                    reason: why.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// A frame read from link `number`.
+    fn on_frame(
+        &mut self,
+        swarm: &mut Swarm<NodeBehaviour>,
+        number: u64,
+        frame: Frame,
+        emit: &mut Emit<'_>,
+    ) {
+        if self.link.as_ref().map(|l| l.number) != Some(number) {
+            return;
+        }
+        match frame {
+            Frame::Request { id, request } => {
+                let relay = self.relay_peer;
+                self.on_request(
+                    swarm,
+                    relay,
+                    request,
+                    Responder::Link { link: number, id },
+                    emit,
+                );
+            }
+            Frame::Response { id, response } => {
+                if let Some(reply) = self.link.as_mut().and_then(|l| l.pending.remove(&id)) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        }
+    }
+
     fn relay_lost(&mut self, reason: Option<String>, emit: &mut Emit<'_>) -> Option<Duration> {
         let retry_in = backoff(self.attempt, self.max_backoff);
         self.attempt = self.attempt.saturating_add(1);
@@ -431,34 +671,7 @@ impl Driver {
                     },
                 ..
             } => {
-                let Some(response) = answer(peer, self.relay_peer, &request) else {
-                    // Forget channels whose requester gave up.
-                    self.inbound.retain(|_, c| c.is_open());
-                    let id = self.next_inbound;
-                    self.next_inbound += 1;
-                    self.inbound.insert(id, channel);
-                    emit(NodeEvent::Request {
-                        id,
-                        peer: peer.to_string(),
-                        request,
-                    });
-                    return;
-                };
-                let bytes = match &request {
-                    Request::Echo(p) => p.len(),
-                    _ => 0,
-                };
-                if swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_response(channel, response)
-                    .is_ok()
-                {
-                    emit(NodeEvent::Served {
-                        peer: peer.to_string(),
-                        bytes,
-                    });
-                }
+                self.on_request(swarm, peer, request, Responder::Rpc(channel), emit);
             }
             Event::Message {
                 message:

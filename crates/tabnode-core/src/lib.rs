@@ -24,6 +24,7 @@ pub mod download;
 pub mod driver;
 pub mod goodbye;
 pub mod infer;
+pub mod link;
 // The `NetworkBehaviour` derive generates an event enum without docs.
 #[allow(missing_docs)]
 pub mod node;

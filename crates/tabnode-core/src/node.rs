@@ -43,6 +43,8 @@ pub struct NodeBehaviour {
     pub ping: ping::Behaviour,
     /// The `/tabnode/1.0.0` request-response protocol.
     pub rpc: request_response::Behaviour<TabnodeCodec>,
+    /// The link the relay opens ([`crate::link`]).
+    pub link: libp2p_stream::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -66,6 +68,7 @@ impl NodeBehaviour {
                     .with_timeout(PING_INTERVAL),
             ),
             rpc: rpc_behaviour(codec),
+            link: libp2p_stream::Behaviour::new(),
         }
     }
 }

@@ -168,6 +168,7 @@ impl request_response::Codec for RawCodec {
 struct Rogue {
     relay_client: libp2p::relay::client::Behaviour,
     rpc: request_response::Behaviour<RawCodec>,
+    link: libp2p_stream::Behaviour,
 }
 
 fn rogue() -> Swarm<Rogue> {
@@ -187,6 +188,7 @@ fn rogue() -> Swarm<Rogue> {
                 [(PROTOCOL, ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             ),
+            link: libp2p_stream::Behaviour::new(),
         })
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -388,4 +390,165 @@ async fn identities_per_address_are_limited_and_a_freed_place_is_taken() {
         .expect("c admitted once b left");
     assert!(listed(c.peer_id));
     assert_eq!(relay.state.summaries().len(), 2);
+}
+
+// ---- The node–relay link (tabnode_core::link) ----
+
+fn link_frames_in(relay: &RelayHandle) -> u64 {
+    relay
+        .state
+        .metrics
+        .link_frames
+        .get_or_create(&tabnode_relay::metrics::Direction { direction: "in" })
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_and_its_relay_talk_over_one_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let n = node(relay.tcp_addr().expect("tcp"), "linked");
+    n.wait_reachable(WAIT).await.expect("reachable");
+    let links = &relay.state.metrics.links;
+    wait_until("the relay to open a link", || links.get() == 1).await;
+    // The join's proof is over (its frames counted) before measuring.
+    wait_until("the node's first proof", || {
+        relay
+            .state
+            .pof_history(&n.peer_id)
+            .is_some_and(|h| !h.records.is_empty())
+    })
+    .await;
+    for i in 0..3u8 {
+        let before = link_frames_in(&relay);
+        let r = n
+            .request(None, Request::Echo(vec![i; 100]))
+            .await
+            .expect("echo");
+        assert_eq!(r, Response::Echo(vec![i; 100]));
+        assert_eq!(
+            link_frames_in(&relay),
+            before + 1,
+            "request {i} came over the link"
+        );
+    }
+    // The node leaves: its link goes with its connection.
+    drop(n);
+    wait_until("the link to close", || links.get() == 0).await;
+}
+
+/// Connects `swarm` to `addr`, driving it until the connection is up.
+async fn connect(swarm: &mut Swarm<Rogue>, addr: Multiaddr) {
+    swarm.dial(addr).expect("dial");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("connected in time");
+        if let SwarmEvent::ConnectionEstablished { .. } = ev {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_opened_by_another_peer_than_the_relay_is_dropped_unanswered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let relay_addr = relay.tcp_addr().expect("tcp");
+    let victim = node(relay_addr.clone(), "victim");
+    victim.wait_reachable(WAIT).await.expect("reachable");
+    let mut bad = rogue();
+    connect(&mut bad, relay_addr.clone()).await;
+    connect(
+        &mut bad,
+        relay_addr
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(victim.peer_id)),
+    )
+    .await;
+    let mut control = bad.behaviour().link.new_control();
+    let driver = tokio::spawn(async move {
+        loop {
+            bad.select_next_some().await;
+        }
+    });
+    let mut stream = control
+        .open_stream(victim.peer_id, tabnode_core::link::LINK_PROTOCOL)
+        .await
+        .expect("the node speaks the link protocol");
+    // A challenge, as the relay would send it.
+    let challenge = tabnode_core::link::Frame::Request {
+        id: 1,
+        request: Request::PofChallenge(tabnode_core::protocol::PofChallenge {
+            round: 1,
+            n: 8,
+            seed: [7; 32],
+            deadline_ms: 10_000,
+        }),
+    };
+    let bytes = tabnode_core::codec::encode(&challenge, MAX_MESSAGE + 16).expect("encode");
+    // The write may already fail: the node drops the stream when it arrives.
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.flush().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the node closes the stream");
+    assert!(answer.is_empty(), "the node answered {answer:?} ({read:?})");
+    driver.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let mut bad = rogue();
+    let mut incoming = bad
+        .behaviour()
+        .link
+        .new_control()
+        .accept(tabnode_core::link::LINK_PROTOCOL)
+        .expect("accept links");
+    connect(&mut bad, relay.tcp_addr().expect("tcp")).await;
+    let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, "rogue")));
+    let body = send_raw(
+        &mut bad,
+        relay.peer_id,
+        tabnode_core::codec::encode(&register, MAX_MESSAGE).expect("encode"),
+    )
+    .await
+    .expect("registered");
+    let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
+    assert_eq!(answer, Response::Ack);
+    // The relay opens a link to the newly registered node.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (peer, mut stream) = loop {
+        tokio::select! {
+            _ = bad.select_next_some() => {}
+            s = incoming.next() => break s.expect("a link"),
+            () = tokio::time::sleep_until(deadline) => panic!("no link opened"),
+        }
+    };
+    assert_eq!(peer, relay.peer_id);
+    let links = &relay.state.metrics.links;
+    wait_until("the link to be up", || links.get() == 1).await;
+    let before = relay.state.protocol_errors();
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xee; 5]);
+    stream.write_all(&garbage).await.expect("write");
+    stream.flush().await.expect("flush");
+    wait_until("the relay to count the error", || {
+        relay.state.protocol_errors() > before
+    })
+    .await;
+    wait_until("the link to close", || links.get() == 0).await;
+    // The connection and request-response are untouched.
+    let ok =
+        tabnode_core::codec::encode(&Request::Echo(vec![1, 2, 3]), MAX_MESSAGE).expect("encode");
+    let body = send_raw(&mut bad, relay.peer_id, ok)
+        .await
+        .expect("well-formed request answered");
+    let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
+    assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
 }

@@ -3,12 +3,17 @@
 //! The swarm task owns the libp2p swarm; the challenger and request
 //! sessions hold a cloneable [`SwarmClient`] and send it commands over a
 //! channel (the shape of rust-libp2p's file-sharing example), so none of
-//! them touches the swarm or imports its event loop.
+//! them touches the swarm or imports its event loop. A request to a node
+//! whose link is up ([`crate::links`]) goes over the link instead, without
+//! the swarm task.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{request_response, PeerId};
 use tabnode_core::{Request, Response};
+
+use crate::links::Links;
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a request to a node got no answer.
@@ -20,6 +25,9 @@ pub enum SendError {
     /// The node did not answer in time.
     #[error("no answer within {0} ms")]
     Timeout(u128),
+    /// The node's link broke before it answered.
+    #[error("the link to the node closed before it answered")]
+    LinkClosed,
     /// libp2p could not deliver the request or read the answer.
     #[error(transparent)]
     Outbound(#[from] request_response::OutboundFailure),
@@ -42,13 +50,17 @@ pub(crate) enum SwarmCommand {
 #[derive(Debug, Clone)]
 pub(crate) struct SwarmClient {
     commands: mpsc::Sender<SwarmCommand>,
+    links: Arc<Links>,
 }
 
 impl SwarmClient {
     /// A client and the receiver the swarm task reads its commands from.
-    pub(crate) fn channel(capacity: usize) -> (Self, mpsc::Receiver<SwarmCommand>) {
+    pub(crate) fn channel(
+        capacity: usize,
+        links: Arc<Links>,
+    ) -> (Self, mpsc::Receiver<SwarmCommand>) {
         let (commands, rx) = mpsc::channel(capacity);
-        (Self { commands }, rx)
+        (Self { commands, links }, rx)
     }
 
     /// Sends `request` to `peer` and waits at most `timeout` for the answer.
@@ -58,6 +70,20 @@ impl SwarmClient {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, SendError> {
+        let request = match self.links.send(&peer, request, true) {
+            Ok(Some(sent)) => {
+                return match tokio::time::timeout(timeout, sent.answer).await {
+                    Err(_) => {
+                        sent.link.forget(sent.id);
+                        Err(SendError::Timeout(timeout.as_millis()))
+                    }
+                    Ok(Err(_)) => Err(SendError::LinkClosed),
+                    Ok(Ok(r)) => Ok(r),
+                }
+            }
+            Ok(None) => return Err(SendError::LinkClosed),
+            Err(request) => request,
+        };
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(SwarmCommand::Request {
@@ -88,6 +114,9 @@ impl SwarmClient {
     /// Sends `request` to `peer` without waiting for (or reading) the
     /// answer; dropped if the swarm's queue is full.
     pub(crate) fn notify(&self, peer: PeerId, request: Request) {
+        let Err(request) = self.links.send(&peer, request, false) else {
+            return;
+        };
         let (reply, _) = oneshot::channel();
         let _ = self.commands.try_send(SwarmCommand::Request {
             peer,

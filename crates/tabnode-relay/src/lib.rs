@@ -25,6 +25,7 @@ mod http;
 pub mod inference;
 mod jobs;
 pub mod ledger;
+mod links;
 pub mod metrics;
 mod openai;
 mod pof;
@@ -377,7 +378,8 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         tabnode_core::TabnodeCodec::new(tabnode_core::MAX_MESSAGE, state.metrics.codec.clone());
     let (swarm, bootstrap) = swarm::build(&config, codec).await?;
     let peer_id = *swarm.local_peer_id();
-    let (client, command_rx) = client::SwarmClient::channel(256);
+    let links = Arc::new(links::Links::new(&state.metrics));
+    let (client, command_rx) = client::SwarmClient::channel(256, links.clone());
     let (joined_tx, joined_rx) = tokio::sync::mpsc::channel(1024);
     let swarm_task = tokio::spawn(swarm::run(
         swarm,
@@ -385,6 +387,7 @@ pub async fn start(mut config: RelayConfig) -> Result<RelayHandle, RelayError> {
         command_rx,
         joined_tx,
         config.limits.max_peers_per_ip,
+        links,
     ));
     let pof_task = tokio::spawn(pof::run(
         config.pof.clone(),

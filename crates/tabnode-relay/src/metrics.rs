@@ -94,6 +94,10 @@ pub struct Metrics {
     pub messages: Family<Direction, Counter>,
     /// Inbound protocol streams that failed after being read.
     pub protocol_errors: Counter,
+    /// Nodes with a link up ([`crate::links`]).
+    pub links: Gauge,
+    /// Frames over the nodes' links, `in` and `out`.
+    pub link_frames: Family<Direction, Counter>,
     /// What the codec refused (malformed, oversized, truncated).
     pub codec: Arc<CodecStats>,
     /// Proof-of-FLOPS results: `passed`, `failed`.
@@ -165,6 +169,8 @@ impl Default for Metrics {
             circuit_events: Family::default(),
             messages: Family::default(),
             protocol_errors: Counter::default(),
+            links: Gauge::default(),
+            link_frames: Family::default(),
             codec: Arc::default(),
             pof: Family::default(),
             inference_requests: Family::default(),
@@ -227,6 +233,16 @@ impl Default for Metrics {
             "tabnode_protocol_errors",
             "Inbound protocol streams that failed after being read.",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "tabnode_links",
+            "Nodes with a link (one long-lived stream for their requests) up.",
+            m.links.clone(),
+        );
+        r.register(
+            "tabnode_link_frames",
+            "Frames over the nodes' links.",
+            m.link_frames.clone(),
         );
         r.register_collector(Box::new(Malformed(m.codec.clone())));
         r.register(

@@ -39,6 +39,7 @@ pub(crate) struct RelayBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     rpc: request_response::Behaviour<TabnodeCodec>,
+    link: libp2p_stream::Behaviour,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RelayError {
@@ -143,6 +144,7 @@ pub(crate) async fn build(
                     .with_timeout(PING_TIMEOUT),
             ),
             rpc: rpc_behaviour(codec),
+            link: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| lp(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -248,8 +250,10 @@ pub(crate) async fn run(
     mut commands: tokio::sync::mpsc::Receiver<SwarmCommand>,
     joined: tokio::sync::mpsc::Sender<PeerId>,
     max_peers_per_ip: usize,
+    links: Arc<crate::links::Links>,
 ) {
     let m = &state.metrics;
+    let control = swarm.behaviour().link.new_control();
     let mut pending: HashMap<
         request_response::OutboundRequestId,
         tokio::sync::oneshot::Sender<Result<Response, SendError>>,
@@ -334,14 +338,11 @@ pub(crate) async fn run(
                         },
                     ..
                 } => {
-                    m.messages
-                        .get_or_create(&Direction { direction: "in" })
-                        .inc();
                     let registered = matches!(request, Request::Register(_));
-                    let response = answer(&state, peer, request);
+                    let response = on_request(&state, &joined, peer, request);
                     if registered && response == Response::Ack {
-                        // The challenger decides whether a proof is due.
-                        let _ = joined.try_send(peer);
+                        // From now on, over a link of its own.
+                        links.open(&control, peer, state.clone(), joined.clone());
                     }
                     if swarm
                         .behaviour_mut()
@@ -349,9 +350,7 @@ pub(crate) async fn run(
                         .send_response(channel, response)
                         .is_ok()
                     {
-                        m.messages
-                            .get_or_create(&Direction { direction: "out" })
-                            .inc();
+                        answered(&state);
                     }
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
@@ -382,6 +381,36 @@ pub(crate) async fn run(
             _ => {}
         }
     }
+}
+
+/// Answers a node's request (over request-response or its link).
+pub(crate) fn on_request(
+    state: &RelayState,
+    joined: &tokio::sync::mpsc::Sender<PeerId>,
+    peer: PeerId,
+    request: Request,
+) -> Response {
+    state
+        .metrics
+        .messages
+        .get_or_create(&Direction { direction: "in" })
+        .inc();
+    let registered = matches!(request, Request::Register(_));
+    let response = answer(state, peer, request);
+    if registered && response == Response::Ack {
+        // The challenger decides whether a proof is due.
+        let _ = joined.try_send(peer);
+    }
+    response
+}
+
+/// Counts an answer sent.
+pub(crate) fn answered(state: &RelayState) {
+    state
+        .metrics
+        .messages
+        .get_or_create(&Direction { direction: "out" })
+        .inc();
 }
 
 fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {

@@ -1,0 +1,298 @@
+//! The link: one long-lived stream between a node and its relay that
+//! carries both sides' requests and answers as numbered frames.
+//!
+//! Over request-response, every message pays for a stream of its own: the
+//! muxer's open and close, two multistream-select lines each way, a task and
+//! a timer in each peer's connection handler. A served token chunk is two
+//! such round trips (the relay's `Infer`, the node's `InferChunk`), which
+//! made libp2p a quarter of the relay's time per routed request (BENCHMARKS,
+//! "A deployed relay"). The relay opens a link (`/tabnode/link/1.0.0`) to
+//! each node that registers; while it is up, both sides send their requests
+//! to each other over it, and fall back to request-response while it is not
+//! (before it opens, after it breaks). Only the relay opens links: a node
+//! drops a link opened by any other peer ([`crate::driver`]), so commands
+//! still come only from the relay.
+//!
+//! Frames use the codec of [`crate::codec`] (length prefix, postcard, the
+//! same size limit plus the frame's header, writes of at most
+//! [`crate::MAX_FRAME`] bytes). A frame that cannot be read ends the link.
+//! Requests sent over the link have no timeout of their own: a peer that
+//! stops answering stops answering pings too, and its connection, with the
+//! link, is closed (the relay also bounds the wait of each of its requests).
+
+use std::io;
+
+use futures::{
+    channel::mpsc, future::Either, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt,
+};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{encode, read_message, MAX_FRAME};
+use crate::protocol::{Request, Response};
+
+/// The link's protocol name, with its version.
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/link/1.0.0");
+
+/// Bytes a frame adds to the message it carries (variant and id).
+pub const FRAME_OVERHEAD: usize = 16;
+
+/// One message on a link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A request; answer it with a [`Frame::Response`] of the same `id`.
+    Request {
+        /// Chosen by the sender, unique among its unanswered requests.
+        id: u64,
+        /// The request.
+        request: Request,
+    },
+    /// The answer to the peer's request `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: Response,
+    },
+}
+
+/// Runs a link over `stream` until it breaks: writes the frames queued on
+/// `outgoing`, in order, and hands each frame read to `incoming`. Frames
+/// larger than `max_message` (plus [`FRAME_OVERHEAD`]) are refused both
+/// ways.
+///
+/// Returns `Ok` when the peer closed the link or `outgoing` was closed (the
+/// stream is closed then), the error otherwise.
+///
+/// # Errors
+/// The stream failed, or the peer sent a frame that is oversized or not a
+/// frame.
+pub async fn run<S>(
+    stream: S,
+    max_message: usize,
+    mut outgoing: mpsc::UnboundedReceiver<Frame>,
+    mut incoming: impl FnMut(Frame),
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max = max_message.saturating_add(FRAME_OVERHEAD);
+    let (mut reader, mut writer) = stream.split();
+    let read = async {
+        loop {
+            match read_message::<Frame, _>(&mut reader, max).await {
+                Ok(frame) => incoming(frame),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let write = async {
+        let mut batch = Vec::new();
+        while let Some(frame) = outgoing.next().await {
+            // Frames queued meanwhile go out in the same writes.
+            batch.clear();
+            append(&mut batch, &frame, max)?;
+            while batch.len() < MAX_FRAME {
+                match outgoing.try_recv() {
+                    Ok(frame) => append(&mut batch, &frame, max)?,
+                    Err(_) => break,
+                }
+            }
+            for piece in batch.chunks(MAX_FRAME) {
+                writer.write_all(piece).await?;
+                writer.flush().await?;
+            }
+        }
+        writer.close().await
+    };
+    futures::pin_mut!(read, write);
+    match futures::future::select(read, write).await {
+        Either::Left((r, _)) | Either::Right((r, _)) => r,
+    }
+}
+
+/// Appends `frame`'s encoding to `out`.
+fn append(out: &mut Vec<u8>, frame: &Frame, max: usize) -> io::Result<()> {
+    out.extend_from_slice(&encode(frame, max)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::MAX_MESSAGE;
+    use crate::protocol::ErrorCode;
+    use futures::io::Cursor;
+
+    /// A stream whose reads come from `input` and whose writes are kept.
+    struct Pipe {
+        input: Cursor<Vec<u8>>,
+        written: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            self.writes.push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Request {
+                id: 7,
+                request: Request::Echo(vec![1, 2, 3]),
+            },
+            Frame::Response {
+                id: 3,
+                response: Response::Error {
+                    code: ErrorCode::Busy,
+                    message: "later".into(),
+                },
+            },
+            Frame::Request {
+                id: u64::MAX,
+                request: Request::InferCancel { request_id: 9 },
+            },
+        ]
+    }
+
+    fn wire(frames: &[Frame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| encode(f, MAX_MESSAGE + FRAME_OVERHEAD).expect("encodes"))
+            .collect()
+    }
+
+    #[test]
+    fn frames_are_read_in_order_and_eof_ends_the_link_cleanly() {
+        let mut pipe = Pipe {
+            input: Cursor::new(wire(&frames())),
+            written: Vec::new(),
+            writes: Vec::new(),
+        };
+        let (_tx, rx) = mpsc::unbounded();
+        let mut got = Vec::new();
+        let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, rx, |f| got.push(f)));
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(got, frames());
+    }
+
+    #[test]
+    fn queued_frames_are_written_together_in_pieces_below_the_frame_limit() {
+        // A peer that says nothing until the writer is done.
+        let (tx, rx) = mpsc::unbounded();
+        let big = Frame::Request {
+            id: 1,
+            request: Request::Echo(vec![5; 3 * MAX_FRAME]),
+        };
+        let mut sent = frames();
+        sent.push(big);
+        for f in &sent {
+            tx.unbounded_send(f.clone()).expect("queued");
+        }
+        drop(tx);
+        let mut pipe = Pipe {
+            input: Cursor::new(Vec::new()),
+            written: Vec::new(),
+            writes: Vec::new(),
+        };
+        // The peer stays silent: the link ends when the writer has drained
+        // the closed queue.
+        let end = futures::executor::block_on(run(WriteFirst(&mut pipe), MAX_MESSAGE, rx, |_| {}));
+        let (written, writes) = (pipe.written, pipe.writes);
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(written, wire(&sent));
+        assert!(writes.iter().all(|&n| n <= MAX_FRAME), "{writes:?}");
+        // Three small frames and a big one: four pieces, not one write each
+        // plus the big one's.
+        assert_eq!(writes.len(), wire(&sent).len().div_ceil(MAX_FRAME));
+    }
+
+    /// A stream whose reads never complete (a silent peer).
+    struct WriteFirst<'a>(&'a mut Pipe);
+
+    impl AsyncRead for WriteFirst<'_> {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for WriteFirst<'_> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut *self.0).poll_close(cx)
+        }
+    }
+
+    #[test]
+    fn an_oversized_or_malformed_frame_ends_the_link_with_an_error() {
+        let mut oversized = ((MAX_MESSAGE + FRAME_OVERHEAD + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        oversized.extend_from_slice(&[0; 8]);
+        let mut garbage = 3u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        for input in [oversized, garbage] {
+            let mut pipe = Pipe {
+                input: Cursor::new(input),
+                written: Vec::new(),
+                writes: Vec::new(),
+            };
+            let (_tx, rx) = mpsc::unbounded();
+            let mut got = 0;
+            let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, rx, |_| got += 1));
+            let e = end.expect_err("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert_eq!(got, 0);
+        }
+    }
+}
