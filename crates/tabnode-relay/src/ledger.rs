@@ -10,7 +10,8 @@
 //! acknowledged. [`Ledger::submit`] batches concurrent credits into one
 //! transaction (group commit) on a dedicated thread.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -481,12 +482,16 @@ impl Ledger {
 }
 
 /// Applies `credits` in one transaction; returns how many were new.
+///
+/// Each account touched is read and written once per transaction, however
+/// many of its credits the group holds.
 fn commit(db: &Database, path: &Path, credits: &[Credit]) -> Result<usize, LedgerError> {
     let w = db.begin_write().map_err(db_err(path))?;
     let mut new = 0;
     {
         let mut done = w.open_table(CREDITS).map_err(db_err(path))?;
         let mut balances = w.open_table(BALANCES).map_err(db_err(path))?;
+        let mut changed: HashMap<&str, Balance> = HashMap::new();
         for c in credits {
             if done.get(c.id.as_str()).map_err(db_err(path))?.is_some() {
                 continue;
@@ -494,19 +499,27 @@ fn commit(db: &Database, path: &Path, credits: &[Credit]) -> Result<usize, Ledge
             let record = encode(&c.id, c)?;
             done.insert(c.id.as_str(), record.as_slice())
                 .map_err(db_err(path))?;
-            let mut b = match balances.get(c.peer_id.as_str()).map_err(db_err(path))? {
-                Some(v) => decode(&c.peer_id, v.value())?,
-                None => Balance {
-                    peer_id: c.peer_id.clone(),
-                    ..Balance::default()
-                },
+            let b = match changed.entry(c.peer_id.as_str()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let b = match balances.get(c.peer_id.as_str()).map_err(db_err(path))? {
+                        Some(v) => decode(&c.peer_id, v.value())?,
+                        None => Balance {
+                            peer_id: c.peer_id.clone(),
+                            ..Balance::default()
+                        },
+                    };
+                    e.insert(b)
+                }
             };
             b.add(c);
-            let bytes = encode(&c.peer_id, &b)?;
-            balances
-                .insert(c.peer_id.as_str(), bytes.as_slice())
-                .map_err(db_err(path))?;
             new += 1;
+        }
+        for (peer_id, b) in changed {
+            let bytes = encode(peer_id, &b)?;
+            balances
+                .insert(peer_id, bytes.as_slice())
+                .map_err(db_err(path))?;
         }
     }
     w.commit().map_err(db_err(path))?;
@@ -676,6 +689,27 @@ mod tests {
         let (_, totals) = l.balances().expect("balances");
         assert_eq!(totals.tokens, (0..200).sum::<u64>());
         assert_eq!(totals.nodes, 7);
+    }
+
+    #[tokio::test]
+    async fn one_group_with_several_credits_per_account_and_a_repeated_id_adds_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(&dir.path().join("l.redb")).expect("open");
+        l.apply(vec![credit("tokens:0:0", "p1", CreditKind::Tokens, 3)])
+            .await
+            .expect("apply");
+        l.apply(vec![
+            credit("tokens:1:0", "p1", CreditKind::Tokens, 5),
+            credit("tokens:2:0", "p2", CreditKind::Tokens, 1),
+            credit("tokens:1:0", "p1", CreditKind::Tokens, 5),
+            credit("tokens:3:0", "p1", CreditKind::Tokens, 7),
+            credit("tokens:0:0", "p1", CreditKind::Tokens, 3),
+        ])
+        .await
+        .expect("apply");
+        assert_eq!(l.balance("p1").expect("p1").tokens, 15);
+        assert_eq!(l.balance("p2").expect("p2").tokens, 1);
+        assert_eq!(l.credits().expect("credits").len(), 4);
     }
 
     #[test]
