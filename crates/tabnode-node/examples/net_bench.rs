@@ -52,6 +52,10 @@ use tabnode_relay::catalog::CatalogModel;
 use tabnode_relay::{InferConfig, PofConfig, RelayConfig, RelayHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The allocator of the `tabnode-node` binary, whose nodes this stands in for.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROMPT: &str = "What is the capital of France?";
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

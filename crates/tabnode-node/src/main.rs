@@ -12,6 +12,10 @@ use tabnode_node::prover::{Backend, PofProver};
 use tabnode_node::serve::InferServer;
 use tabnode_node::{load_or_create_key, spawn, NodeConfig};
 
+/// mimalloc instead of glibc's malloc (BENCHMARKS, "A deployed relay").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Joins a tabnode relay and serves the network; or, with `generate`, runs
 /// the model locally.
 #[derive(Debug, Parser)]
