@@ -278,7 +278,7 @@ pub(crate) async fn run_request(
         };
         let peer = slot.peer;
         exclude.insert(peer);
-        let node = peer.to_string();
+        let node = slot.id.to_string();
         let mut request = api.request.clone();
         request.resume = delivered.clone();
         let mut rx = sessions.track(request_id, peer, attempt);

@@ -31,19 +31,33 @@ async fn terminated() {
     }
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs to stdout from a thread of its own: the lines queued while it
+/// writes go out together (one write for many requests' access-log lines
+/// under load, at once when idle). Keep the guard: dropping it writes what
+/// is left.
+fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=warn".into());
     // Colours only on a terminal: a journal, a container's log or a file
     // gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Never dropped: a full queue (128k lines) makes the logger wait.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("logs")
+        .finish(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    guard
 }
 
 #[tokio::main]
@@ -61,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!("{}", args.to_toml()?);
         return Ok(());
     }
-    init_logs(args.log_format);
+    let _logs = init_logs(args.log_format);
     let config = match args.relay_config() {
         Ok(c) => c,
         Err(e) => {

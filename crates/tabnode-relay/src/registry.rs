@@ -75,10 +75,12 @@ pub struct NodeEntry {
 
 /// A slot taken on a node by [`Registry::reserve`]: give it back with
 /// [`Registry::release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     /// The node.
     pub peer: PeerId,
+    /// Its id as text (kept by the registry, not encoded per request).
+    pub id: std::sync::Arc<str>,
     /// The stay it was taken in.
     stay: u64,
 }
@@ -328,12 +330,19 @@ impl Inner {
     /// Counts one more generation on `peer`.
     fn take_slot(&mut self, peer: &PeerId) -> Slot {
         self.unfile(peer);
-        let stay = self.nodes.get_mut(peer).map_or(0, |e| {
-            e.load.active += 1;
-            e.stay
-        });
+        let (stay, id) = match self.nodes.get_mut(peer) {
+            Some(e) => {
+                e.load.active += 1;
+                (e.stay, e.id.clone())
+            }
+            None => (0, peer.to_string().into()),
+        };
         self.file(peer);
-        Slot { peer: *peer, stay }
+        Slot {
+            peer: *peer,
+            id,
+            stay,
+        }
     }
 
     /// Takes `peer` out of [`Inner::usable`] (before anything about it
@@ -872,7 +881,11 @@ mod tests {
     /// A slot of `peer`'s current stay (what `reserve` gave out).
     fn slot_of(r: &Registry, peer: PeerId) -> Slot {
         let stay = r.lock().nodes.get(&peer).map_or(0, |e| e.stay);
-        Slot { peer, stay }
+        Slot {
+            peer,
+            id: peer.to_string().into(),
+            stay,
+        }
     }
 
     /// A connected node serving [`MODEL`] with `slots`, and a proof result
@@ -1003,7 +1016,7 @@ mod tests {
         let old = r.reserve(MODEL, &HashSet::new()).expect("a's slot");
         assert_eq!(old.peer, a);
         assert_eq!(r.disconnected(a, 0), Departure::Left);
-        r.release(old, false);
+        r.release(old.clone(), false);
         assert_eq!(r.load_of(&a), (0, 0.0));
         assert!(r.lock().nodes.is_empty(), "entry re-created");
         assert_eq!(pick(&r, MODEL, &HashSet::new()), Err(NoNode::UnknownModel));
