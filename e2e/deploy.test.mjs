@@ -63,6 +63,13 @@ test('over HTTPS (its own certificate) a tab on a non-local name is a secure con
     const headers = res.headers();
     assert.equal(headers['strict-transport-security'], 'max-age=31536000');
     assert.match(headers['content-security-policy'], /script-src 'self' 'wasm-unsafe-eval'/);
+    // The API answers programs: HSTS and CORS, none of the documents' headers.
+    const api = (await page.goto(`${origin}/v1/models`)).headers();
+    assert.equal(api['strict-transport-security'], 'max-age=31536000');
+    assert.equal(api['access-control-allow-origin'], '*');
+    for (const name of ['content-security-policy', 'cross-origin-opener-policy', 'cross-origin-embedder-policy']) {
+      assert.equal(api[name], undefined, name);
+    }
     // Plain HTTP on the redirect address: a permanent redirect to HTTPS.
     const redirect = relay.proc.output.match(/plain HTTP on (\S+) redirects to HTTPS/)?.[1];
     assert.ok(redirect, relay.proc.output.slice(-2000));

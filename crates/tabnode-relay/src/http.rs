@@ -171,13 +171,16 @@ pub(crate) fn router(
             models_dir: Arc::new(config.models_dir.clone()),
             www: Arc::new(www.clone()),
         })
-        .merge(v1)
         .merge(goodbye);
     // Development server: always revalidate, so a rebuilt wasm is picked up.
     let no_cache = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
+    // The site's pages, files and JSON: the headers documents and their
+    // subresources need. The OpenAI-compatible API (`v1`, merged below)
+    // answers programs, not documents: none of them (its responses are
+    // CORS-enabled fetches, which cross-origin isolation lets through).
     let site = api
         .nest_service("/pkg", ServeDir::new(root.join("pkg")))
         .nest_service("/worker", ServeDir::new(root.join("worker")))
@@ -203,18 +206,19 @@ pub(crate) fn router(
             HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
         ))
+        // The site's content security policy (the Python sandbox page sets
+        // its own, stricter one).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(SITE_POLICY),
+        ))
+        .merge(v1)
         // Open to every origin: third-party pages call the API and load the
         // embed widget's modules.
         .layer(CorsLayer::permissive())
         .layer(axum::middleware::from_fn_with_state(
             relay_for_stop,
             refuse_when_stopping,
-        ))
-        // The site's content security policy (the Python sandbox page sets
-        // its own, stricter one).
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(SITE_POLICY),
         ));
     // Over HTTPS, browsers are told to come back only over HTTPS.
     let site = if config.tls.is_some() {
