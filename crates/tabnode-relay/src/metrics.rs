@@ -94,7 +94,7 @@ pub struct Metrics {
     pub messages: Family<Direction, Counter>,
     /// Inbound protocol streams that failed after being read.
     pub protocol_errors: Counter,
-    /// Nodes with a link up ([`crate::links`]).
+    /// Nodes with a link up (`tabnode_core::link`).
     pub links: Gauge,
     /// Frames over the nodes' links, `in` and `out`.
     pub link_frames: Family<Direction, Counter>,
