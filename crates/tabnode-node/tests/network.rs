@@ -226,6 +226,19 @@ async fn send_raw(
     }
 }
 
+/// Sends a well-formed `request` the rogue's raw way; its answer.
+async fn request_well_formed(
+    swarm: &mut Swarm<Rogue>,
+    peer: PeerId,
+    request: &Request,
+) -> Response {
+    let bytes = tabnode_core::codec::encode(request, MAX_MESSAGE).expect("encode");
+    let body = send_raw(swarm, peer, bytes)
+        .await
+        .expect("well-formed request answered");
+    tabnode_core::codec::decode(&body[4..]).expect("decodes")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_close_the_stream_and_others_keep_being_served() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -299,12 +312,7 @@ async fn malformed_and_oversized_messages_close_the_stream_and_others_keep_being
 
     // And the rogue's own well-formed request is answered too: only the bad
     // streams were closed, not its connection or the protocol.
-    let ok =
-        tabnode_core::codec::encode(&Request::Echo(vec![1, 2, 3]), MAX_MESSAGE).expect("encode");
-    let body = send_raw(&mut bad, relay.peer_id, ok)
-        .await
-        .expect("well-formed request answered");
-    let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
+    let answer = request_well_formed(&mut bad, relay.peer_id, &Request::Echo(vec![1, 2, 3])).await;
     assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
 }
 
@@ -512,15 +520,10 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
         .expect("accept links");
     connect(&mut bad, relay.tcp_addr().expect("tcp")).await;
     let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, "rogue")));
-    let body = send_raw(
-        &mut bad,
-        relay.peer_id,
-        tabnode_core::codec::encode(&register, MAX_MESSAGE).expect("encode"),
-    )
-    .await
-    .expect("registered");
-    let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
-    assert_eq!(answer, Response::Ack);
+    assert_eq!(
+        request_well_formed(&mut bad, relay.peer_id, &register).await,
+        Response::Ack
+    );
     // The relay opens a link to the newly registered node.
     let deadline = tokio::time::Instant::now() + WAIT;
     let (peer, mut stream) = loop {
@@ -544,11 +547,6 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
     .await;
     wait_until("the link to close", || links.get() == 0).await;
     // The connection and request-response are untouched.
-    let ok =
-        tabnode_core::codec::encode(&Request::Echo(vec![1, 2, 3]), MAX_MESSAGE).expect("encode");
-    let body = send_raw(&mut bad, relay.peer_id, ok)
-        .await
-        .expect("well-formed request answered");
-    let answer: Response = tabnode_core::codec::decode(&body[4..]).expect("decodes");
+    let answer = request_well_formed(&mut bad, relay.peer_id, &Request::Echo(vec![1, 2, 3])).await;
     assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
 }
