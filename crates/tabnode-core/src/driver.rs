@@ -23,7 +23,7 @@ use libp2p::{
 
 use crate::{
     caps::Capabilities,
-    link::{Frame, LINK_PROTOCOL},
+    link::{Frame, Outbox, SendError, LINK_PROTOCOL},
     node::{answer, backoff, NodeBehaviour, NodeBehaviourEvent},
     protocol::{Request, Response},
     MAX_MESSAGE,
@@ -165,12 +165,28 @@ enum Responder {
     Link { link: u64, id: u64 },
 }
 
+/// What a link's task reports, in order.
+enum LinkEvent {
+    /// A frame read.
+    Frame(Frame),
+    /// The link ended (after its last frame).
+    Ended(std::io::Result<()>),
+}
+
+/// A link lasting this long is worth asking for again when it ends while
+/// the relay is still connected (a register over request-response makes
+/// the relay open a new one); one that breaks sooner is left broken, and
+/// request-response serves until the next connection.
+const LINK_WORTH_REOPENING: Duration = Duration::from_secs(5);
+
 /// The relay's link ([`crate::link`]) while it is up.
 struct Link {
     /// Numbers the links; frames and answers of an earlier one are dropped.
     number: u64,
+    /// When it came up.
+    since: web_time::Instant,
     /// Frames to send.
-    out: mpsc::UnboundedSender<Frame>,
+    out: Outbox,
     /// Our requests sent over it, by frame id.
     pending: HashMap<u64, oneshot::Sender<Result<Response, RequestError>>>,
     next_id: u64,
@@ -189,8 +205,8 @@ struct Driver {
     next_inbound: u64,
     link: Option<Link>,
     links_opened: u64,
-    /// Frames read from the links, with the link's number.
-    link_frames: mpsc::UnboundedSender<(u64, Frame)>,
+    /// What the links' tasks report, with the link's number.
+    link_frames: mpsc::UnboundedSender<(u64, LinkEvent)>,
 }
 
 type Emit<'a> = dyn FnMut(NodeEvent) + 'a;
@@ -240,7 +256,7 @@ pub async fn run(
         }
     };
     // The running link (reads and writes its stream); ends when it breaks.
-    let mut link_task: Fuse<BoxFuture<'static, (u64, std::io::Result<()>)>> = Fuse::terminated();
+    let mut link_task: Fuse<BoxFuture<'static, ()>> = Fuse::terminated();
     d.dial_relay(&mut swarm);
     // Fires when a redial (or a retried circuit listen) is due.
     let mut timer = futures_timer::Delay::new(Duration::from_secs(3600)).fuse();
@@ -264,12 +280,14 @@ pub async fn run(
                     }
                 }
             }
-            frame = link_frames.next() => {
-                if let Some((number, frame)) = frame {
+            event = link_frames.next() => match event {
+                Some((number, LinkEvent::Frame(frame))) => {
                     d.on_frame(&mut swarm, number, frame, &mut emit);
                 }
-            }
-            (number, end) = link_task => d.link_ended(number, end),
+                Some((number, LinkEvent::Ended(end))) => d.link_ended(&mut swarm, number, end),
+                None => {}
+            },
+            () = link_task => {}
             _ = timer => {
                 if timer_armed {
                     timer_armed = false;
@@ -313,6 +331,25 @@ impl Driver {
     fn register(&mut self, swarm: &mut Swarm<NodeBehaviour>) {
         let request = Request::Register(Box::new(self.capabilities.clone()));
         // The answer is an Ack; nobody waits for it, failures are logged.
+        // Over the link when it is up: a register over request-response
+        // tells the relay this node has no link (it opens one).
+        let request = match &mut self.link {
+            Some(link) => {
+                let frame = Frame::Request {
+                    id: link.next_id,
+                    request,
+                };
+                link.next_id += 1;
+                match link.out.send(&frame) {
+                    Ok(()) => return,
+                    Err(_) => match frame {
+                        Frame::Request { request, .. } => request,
+                        Frame::Response { .. } => return,
+                    },
+                }
+            }
+            None => request,
+        };
         swarm
             .behaviour_mut()
             .rpc
@@ -520,10 +557,23 @@ impl Driver {
                 .send_response(channel, response)
                 .is_ok(),
             Responder::Link { link, id } => match &self.link {
-                Some(l) if l.number == link => l
-                    .out
-                    .unbounded_send(Frame::Response { id, response })
-                    .is_ok(),
+                Some(l) if l.number == link => {
+                    match l.out.send(&Frame::Response { id, response }) {
+                        Ok(()) => true,
+                        // This answer alone cannot go: the relay hears why.
+                        Err(SendError::Encode(e)) => l
+                            .out
+                            .send(&Frame::Response {
+                                id,
+                                response: Response::Error {
+                                    code: crate::protocol::ErrorCode::TooLarge,
+                                    message: e.to_string(),
+                                },
+                            })
+                            .is_ok(),
+                        Err(_) => false,
+                    }
+                }
                 _ => false,
             },
         }
@@ -542,12 +592,21 @@ impl Driver {
         };
         let id = link.next_id;
         link.next_id += 1;
-        match link.out.unbounded_send(Frame::Request { id, request }) {
+        let frame = Frame::Request { id, request };
+        match link.out.send(&frame) {
             Ok(()) => {
                 link.pending.insert(id, reply);
                 None
             }
-            Err(e) => match e.into_inner() {
+            // Too large for any stream: request-response would refuse it too.
+            Err(SendError::Encode(e)) => {
+                let _ = reply.send(Err(RequestError::Failed {
+                    peer: self.relay_peer.to_string(),
+                    reason: e.to_string(),
+                }));
+                None
+            }
+            Err(SendError::Backlog(_) | SendError::Closed) => match frame {
                 Frame::Request { request, .. } => Some((request, reply)),
                 Frame::Response { .. } => None,
             },
@@ -560,7 +619,7 @@ impl Driver {
         &mut self,
         peer: PeerId,
         stream: libp2p::Stream,
-    ) -> Option<BoxFuture<'static, (u64, std::io::Result<()>)>> {
+    ) -> Option<BoxFuture<'static, ()>> {
         if peer != self.relay_peer {
             tracing::warn!("dropped a link opened by {peer}: only the relay opens links");
             return None;
@@ -568,9 +627,10 @@ impl Driver {
         self.drop_link("the relay opened another");
         self.links_opened += 1;
         let number = self.links_opened;
-        let (out, rx) = mpsc::unbounded();
+        let (out, outgoing) = crate::link::outbox(MAX_MESSAGE);
         self.link = Some(Link {
             number,
+            since: web_time::Instant::now(),
             out,
             pending: HashMap::new(),
             next_id: 0,
@@ -579,24 +639,41 @@ impl Driver {
         let frames = self.link_frames.clone();
         Some(
             async move {
-                let end = crate::link::run(stream, MAX_MESSAGE, rx, |frame| {
-                    let _ = frames.unbounded_send((number, frame));
+                let end = crate::link::run(stream, MAX_MESSAGE, outgoing, |frame| {
+                    let _ = frames.unbounded_send((number, LinkEvent::Frame(frame)));
+                    Ok(())
                 })
                 .await;
-                (number, end)
+                // Through the same channel: handled after the last frame.
+                let _ = frames.unbounded_send((number, LinkEvent::Ended(end)));
             }
             .boxed(),
         )
     }
 
-    /// The link `number` ended: its unanswered requests fail.
-    fn link_ended(&mut self, number: u64, end: std::io::Result<()>) {
-        if self.link.as_ref().is_some_and(|l| l.number == number) {
-            let why = match end {
-                Ok(()) => "the relay closed the link".to_string(),
-                Err(e) => format!("the link to the relay broke: {e}"),
-            };
-            self.drop_link(&why);
+    /// The link `number` ended: its unanswered requests fail; one that
+    /// lasted is asked for again while the relay is connected.
+    fn link_ended(
+        &mut self,
+        swarm: &mut Swarm<NodeBehaviour>,
+        number: u64,
+        end: std::io::Result<()>,
+    ) {
+        let Some(since) = self
+            .link
+            .as_ref()
+            .filter(|l| l.number == number)
+            .map(|l| l.since)
+        else {
+            return;
+        };
+        let why = match end {
+            Ok(()) => "the relay closed the link".to_string(),
+            Err(e) => format!("the link to the relay broke: {e}"),
+        };
+        self.drop_link(&why);
+        if self.relay_connected && since.elapsed() >= LINK_WORTH_REOPENING {
+            self.register(swarm);
         }
     }
 

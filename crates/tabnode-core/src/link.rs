@@ -15,12 +15,20 @@
 //!
 //! Frames use the codec of [`crate::codec`] (length prefix, postcard, the
 //! same size limit plus the frame's header, writes of at most
-//! [`crate::MAX_FRAME`] bytes). A frame that cannot be read ends the link.
-//! Requests sent over the link have no timeout of their own: a peer that
-//! stops answering stops answering pings too, and its connection, with the
-//! link, is closed (the relay also bounds the wait of each of its requests).
+//! [`crate::MAX_FRAME`] bytes). They are encoded when queued ([`Outbox`]),
+//! so a message too large is refused alone; a peer that leaves more than
+//! [`MAX_BACKLOG`] bytes unread is refused more (the relay then closes its
+//! link). A frame that cannot be read ends the link. Requests sent over the
+//! link have no timeout of their own: a peer that stops answering stops
+//! answering pings too, and its connection, with the link, is closed (the
+//! relay also bounds the wait of each of its requests). A node registers
+//! over the link while it has one; a registration over request-response
+//! tells the relay the node has none, and the relay replaces the link it
+//! still holds (which the node's side may have lost).
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use futures::{
     channel::mpsc, future::Either, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt,
@@ -28,7 +36,7 @@ use futures::{
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{encode, read_message, MAX_FRAME};
+use crate::codec::{encode, read_message, CodecError, MAX_FRAME};
 use crate::protocol::{Request, Response};
 
 /// The link's protocol name, with its version.
@@ -36,6 +44,11 @@ pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/link/1.0
 
 /// Bytes a frame adds to the message it carries (variant and id).
 pub const FRAME_OVERHEAD: usize = 16;
+
+/// Bytes queued on a link and not yet written beyond which [`Outbox::send`]
+/// refuses more: the peer is not reading (over request-response, at most
+/// a hundred streams' worth waited on it).
+pub const MAX_BACKLOG: usize = 4 * crate::codec::MAX_MESSAGE;
 
 /// One message on a link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,22 +69,88 @@ pub enum Frame {
     },
 }
 
-/// Runs a link over `stream` until it breaks: writes the frames queued on
-/// `outgoing`, in order, and hands each frame read to `incoming`. Frames
-/// larger than `max_message` (plus [`FRAME_OVERHEAD`]) are refused both
-/// ways.
+/// Why a frame was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// This frame cannot be sent (too large); the link is unaffected.
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+    /// The peer has not read this many bytes queued before: it is stuck or
+    /// refusing to read.
+    #[error("the peer has not read {0} bytes queued on the link")]
+    Backlog(usize),
+    /// The link has ended.
+    #[error("the link is closed")]
+    Closed,
+}
+
+/// The sending side of a link: frames are encoded (and refused one by one
+/// when too large) as they are queued. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// What [`run`] writes: the other end of an [`Outbox`].
+#[derive(Debug)]
+pub struct Outgoing {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// An outbox for messages of at most `max_message` bytes, and what [`run`]
+/// writes from it.
+pub fn outbox(max_message: usize) -> (Outbox, Outgoing) {
+    let (tx, rx) = mpsc::unbounded();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        Outbox {
+            tx,
+            queued: queued.clone(),
+            max: max_message.saturating_add(FRAME_OVERHEAD),
+        },
+        Outgoing { rx, queued },
+    )
+}
+
+impl Outbox {
+    /// Queues `frame`.
+    ///
+    /// # Errors
+    /// The frame is too large, the peer is not reading, or the link ended.
+    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        let bytes = encode(frame, self.max)?;
+        let n = bytes.len();
+        let before = self.queued.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > MAX_BACKLOG {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return Err(SendError::Backlog(before));
+        }
+        self.tx.unbounded_send(bytes).map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            SendError::Closed
+        })
+    }
+}
+
+/// Runs a link over `stream` until it breaks: writes what is queued on
+/// `outgoing`, in order, and hands each frame read to `incoming`; an error
+/// from `incoming` ends the link. Frames larger than `max_message` (plus
+/// [`FRAME_OVERHEAD`]) are refused.
 ///
-/// Returns `Ok` when the peer closed the link or `outgoing` was closed (the
-/// stream is closed then), the error otherwise.
+/// Returns `Ok` when the peer closed the link or every [`Outbox`] was
+/// dropped (the stream is closed then), the error otherwise.
 ///
 /// # Errors
-/// The stream failed, or the peer sent a frame that is oversized or not a
-/// frame.
+/// The stream failed, the peer sent a frame that is oversized or not a
+/// frame, or `incoming` failed.
 pub async fn run<S>(
     stream: S,
     max_message: usize,
-    mut outgoing: mpsc::UnboundedReceiver<Frame>,
-    mut incoming: impl FnMut(Frame),
+    outgoing: Outgoing,
+    mut incoming: impl FnMut(Frame) -> io::Result<()>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -81,21 +160,22 @@ where
     let read = async {
         loop {
             match read_message::<Frame, _>(&mut reader, max).await {
-                Ok(frame) => incoming(frame),
+                Ok(frame) => incoming(frame)?,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
     };
     let write = async {
+        let Outgoing { mut rx, queued } = outgoing;
         let mut batch = Vec::new();
-        while let Some(frame) = outgoing.next().await {
+        while let Some(first) = rx.next().await {
             // Frames queued meanwhile go out in the same writes.
             batch.clear();
-            append(&mut batch, &frame, max)?;
+            batch.extend_from_slice(&first);
             while batch.len() < MAX_FRAME {
-                match outgoing.try_recv() {
-                    Ok(frame) => append(&mut batch, &frame, max)?,
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
                     Err(_) => break,
                 }
             }
@@ -103,6 +183,7 @@ where
                 writer.write_all(piece).await?;
                 writer.flush().await?;
             }
+            queued.fetch_sub(batch.len(), Ordering::Relaxed);
         }
         writer.close().await
     };
@@ -110,12 +191,6 @@ where
     match futures::future::select(read, write).await {
         Either::Left((r, _)) | Either::Right((r, _)) => r,
     }
-}
-
-/// Appends `frame`'s encoding to `out`.
-fn append(out: &mut Vec<u8>, frame: &Frame, max: usize) -> io::Result<()> {
-    out.extend_from_slice(&encode(frame, max)?);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -200,9 +275,12 @@ mod tests {
             written: Vec::new(),
             writes: Vec::new(),
         };
-        let (_tx, rx) = mpsc::unbounded();
+        let (_out, outgoing) = outbox(MAX_MESSAGE);
         let mut got = Vec::new();
-        let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, rx, |f| got.push(f)));
+        let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |f| {
+            got.push(f);
+            Ok(())
+        }));
         assert!(end.is_ok(), "{end:?}");
         assert_eq!(got, frames());
     }
@@ -210,7 +288,7 @@ mod tests {
     #[test]
     fn queued_frames_are_written_together_in_pieces_below_the_frame_limit() {
         // A peer that says nothing until the writer is done.
-        let (tx, rx) = mpsc::unbounded();
+        let (out, outgoing) = outbox(MAX_MESSAGE);
         let big = Frame::Request {
             id: 1,
             request: Request::Echo(vec![5; 3 * MAX_FRAME]),
@@ -218,9 +296,10 @@ mod tests {
         let mut sent = frames();
         sent.push(big);
         for f in &sent {
-            tx.unbounded_send(f.clone()).expect("queued");
+            out.send(f).expect("queued");
         }
-        drop(tx);
+        let queued = out.queued.clone();
+        drop(out);
         let mut pipe = Pipe {
             input: Cursor::new(Vec::new()),
             written: Vec::new(),
@@ -228,7 +307,10 @@ mod tests {
         };
         // The peer stays silent: the link ends when the writer has drained
         // the closed queue.
-        let end = futures::executor::block_on(run(WriteFirst(&mut pipe), MAX_MESSAGE, rx, |_| {}));
+        let end =
+            futures::executor::block_on(run(WriteFirst(&mut pipe), MAX_MESSAGE, outgoing, |_| {
+                Ok(())
+            }));
         let (written, writes) = (pipe.written, pipe.writes);
         assert!(end.is_ok(), "{end:?}");
         assert_eq!(written, wire(&sent));
@@ -236,6 +318,11 @@ mod tests {
         // Three small frames and a big one: four pieces, not one write each
         // plus the big one's.
         assert_eq!(writes.len(), wire(&sent).len().div_ceil(MAX_FRAME));
+        assert_eq!(
+            queued.load(Ordering::Relaxed),
+            0,
+            "everything written is counted out"
+        );
     }
 
     /// A stream whose reads never complete (a silent peer).
@@ -287,12 +374,59 @@ mod tests {
                 written: Vec::new(),
                 writes: Vec::new(),
             };
-            let (_tx, rx) = mpsc::unbounded();
+            let (_out, outgoing) = outbox(MAX_MESSAGE);
             let mut got = 0;
-            let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, rx, |_| got += 1));
+            let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |_| {
+                got += 1;
+                Ok(())
+            }));
             let e = end.expect_err("refused");
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
             assert_eq!(got, 0);
         }
+    }
+
+    #[test]
+    fn a_frame_too_large_is_refused_alone_and_a_peer_that_does_not_read_is_refused_more() {
+        let (out, outgoing) = outbox(1000);
+        let big = Frame::Request {
+            id: 1,
+            request: Request::Echo(vec![0; 2000]),
+        };
+        assert!(matches!(out.send(&big), Err(SendError::Encode(_))));
+        let small = Frame::Request {
+            id: 2,
+            request: Request::Echo(vec![0; 10]),
+        };
+        out.send(&small).expect("the link still takes frames");
+        drop(outgoing);
+        assert!(matches!(out.send(&small), Err(SendError::Closed)));
+        // Nothing is written (no `run`): the backlog fills up.
+        let (out, _outgoing) = outbox(MAX_MESSAGE);
+        let chunk = Frame::Request {
+            id: 3,
+            request: Request::Echo(vec![1; MAX_MESSAGE - 64]),
+        };
+        for _ in 0..MAX_BACKLOG / MAX_MESSAGE {
+            out.send(&chunk).expect("within the backlog");
+        }
+        assert!(matches!(out.send(&chunk), Err(SendError::Backlog(_))));
+    }
+
+    #[test]
+    fn an_error_from_the_reader_ends_the_link() {
+        let mut pipe = Pipe {
+            input: Cursor::new(wire(&frames())),
+            written: Vec::new(),
+            writes: Vec::new(),
+        };
+        let (_out, outgoing) = outbox(MAX_MESSAGE);
+        let mut got = 0;
+        let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |_| {
+            got += 1;
+            Err(io::Error::other("enough"))
+        }));
+        assert_eq!(end.expect_err("ended").to_string(), "enough");
+        assert_eq!(got, 1);
     }
 }

@@ -507,6 +507,21 @@ async fn a_link_opened_by_another_peer_than_the_relay_is_dropped_unanswered() {
     driver.abort();
 }
 
+/// The next link the relay opens to the rogue (driving its swarm meanwhile).
+async fn next_link(
+    swarm: &mut Swarm<Rogue>,
+    incoming: &mut libp2p_stream::IncomingStreams,
+) -> (PeerId, libp2p::Stream) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::select! {
+            _ = swarm.select_next_some() => {}
+            s = incoming.next() => return s.expect("a link"),
+            () = tokio::time::sleep_until(deadline) => panic!("no link opened"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -525,17 +540,25 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
         Response::Ack
     );
     // The relay opens a link to the newly registered node.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (peer, mut stream) = loop {
-        tokio::select! {
-            _ = bad.select_next_some() => {}
-            s = incoming.next() => break s.expect("a link"),
-            () = tokio::time::sleep_until(deadline) => panic!("no link opened"),
-        }
-    };
+    let (peer, mut first) = next_link(&mut bad, &mut incoming).await;
     assert_eq!(peer, relay.peer_id);
     let links = &relay.state.metrics.links;
     wait_until("the link to be up", || links.get() == 1).await;
+    // A node registers over request-response only when it has no link (its
+    // side broke, or the link is on a connection it left): the relay
+    // replaces the link it has, and closes that one.
+    assert_eq!(
+        request_well_formed(&mut bad, relay.peer_id, &register).await,
+        Response::Ack
+    );
+    let (_, mut stream) = next_link(&mut bad, &mut incoming).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, first.read_to_end(&mut rest))
+        .await
+        .expect("the replaced link closes")
+        .expect("closed cleanly");
+    assert!(rest.is_empty(), "{rest:?}");
+    wait_until("one link up", || links.get() == 1).await;
     let before = relay.state.protocol_errors();
     let mut garbage = 5u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[0xee; 5]);
@@ -549,4 +572,53 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
     // The connection and request-response are untouched.
     let answer = request_well_formed(&mut bad, relay.peer_id, &Request::Echo(vec![1, 2, 3])).await;
     assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_read_its_answers_loses_its_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let mut bad = rogue();
+    let mut incoming = bad
+        .behaviour()
+        .link
+        .new_control()
+        .accept(tabnode_core::link::LINK_PROTOCOL)
+        .expect("accept links");
+    connect(&mut bad, relay.tcp_addr().expect("tcp")).await;
+    let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, "deaf")));
+    assert_eq!(
+        request_well_formed(&mut bad, relay.peer_id, &register).await,
+        Response::Ack
+    );
+    let (_, mut stream) = next_link(&mut bad, &mut incoming).await;
+    let links = &relay.state.metrics.links;
+    wait_until("the link to be up", || links.get() == 1).await;
+    let before = relay.state.protocol_errors();
+    // Large echoes, never reading the answers: they pile up at the relay
+    // until it gives up on the link instead of holding them all.
+    let echo = tabnode_core::link::Frame::Request {
+        id: 0,
+        request: Request::Echo(vec![7; MAX_MESSAGE - 64]),
+    };
+    let bytes = tabnode_core::codec::encode(&echo, MAX_MESSAGE + 16).expect("encode");
+    let writer = tokio::spawn(async move {
+        for _ in 0..2 * tabnode_core::link::MAX_BACKLOG / MAX_MESSAGE {
+            if stream.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        stream
+    });
+    let driver = tokio::spawn(async move {
+        loop {
+            bad.select_next_some().await;
+        }
+    });
+    wait_until("the relay to give up on the link", || {
+        relay.state.protocol_errors() > before && links.get() == 0
+    })
+    .await;
+    writer.abort();
+    driver.abort();
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use libp2p::{request_response, PeerId};
 use tabnode_core::{Request, Response};
 
-use crate::links::Links;
+use crate::links::{Links, Unsent};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a request to a node got no answer.
@@ -28,6 +28,9 @@ pub enum SendError {
     /// The node's link broke before it answered.
     #[error("the link to the node closed before it answered")]
     LinkClosed,
+    /// The request is too large to send.
+    #[error(transparent)]
+    TooLarge(#[from] tabnode_core::CodecError),
     /// libp2p could not deliver the request or read the answer.
     #[error(transparent)]
     Outbound(#[from] request_response::OutboundFailure),
@@ -71,18 +74,18 @@ impl SwarmClient {
         timeout: Duration,
     ) -> Result<Response, SendError> {
         let request = match self.links.send(&peer, request, true) {
-            Ok(Some(sent)) => {
-                return match tokio::time::timeout(timeout, sent.answer).await {
-                    Err(_) => {
-                        sent.link.forget(sent.id);
-                        Err(SendError::Timeout(timeout.as_millis()))
-                    }
+            Ok(Some(mut sent)) => {
+                // `sent` forgets the request when dropped (answered, timed
+                // out, or its waiter gone).
+                return match tokio::time::timeout(timeout, &mut sent.answer).await {
+                    Err(_) => Err(SendError::Timeout(timeout.as_millis())),
                     Ok(Err(_)) => Err(SendError::LinkClosed),
                     Ok(Ok(r)) => Ok(r),
-                }
+                };
             }
             Ok(None) => return Err(SendError::LinkClosed),
-            Err(request) => request,
+            Err(Unsent::TooLarge(e)) => return Err(e.into()),
+            Err(Unsent::NoLink(request)) => request,
         };
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -114,8 +117,13 @@ impl SwarmClient {
     /// Sends `request` to `peer` without waiting for (or reading) the
     /// answer; dropped if the swarm's queue is full.
     pub(crate) fn notify(&self, peer: PeerId, request: Request) {
-        let Err(request) = self.links.send(&peer, request, false) else {
-            return;
+        let request = match self.links.send(&peer, request, false) {
+            Err(Unsent::NoLink(request)) => request,
+            Err(Unsent::TooLarge(e)) => {
+                tracing::warn!(%peer, "not sent: {e}");
+                return;
+            }
+            Ok(_) => return,
         };
         let (reply, _) = oneshot::channel();
         let _ = self.commands.try_send(SwarmCommand::Request {

@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::channel::mpsc;
 use libp2p::PeerId;
-use tabnode_core::link::{Frame, LINK_PROTOCOL};
-use tabnode_core::{Request, Response, MAX_MESSAGE};
+use tabnode_core::link::{Frame, Outbox, SendError, LINK_PROTOCOL};
+use tabnode_core::{CodecError, ErrorCode, Request, Response, MAX_MESSAGE};
 use tokio::sync::oneshot;
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -28,10 +27,12 @@ use crate::state::RelayState;
 #[derive(Debug)]
 pub(crate) struct LinkHandle {
     /// Frames to send.
-    out: mpsc::UnboundedSender<Frame>,
+    out: Outbox,
     /// The relay's requests sent over it, by frame id.
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
+    /// Ends the link's task (when a new link replaces it).
+    close: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl LinkHandle {
@@ -43,6 +44,18 @@ impl LinkHandle {
     pub(crate) fn forget(&self, id: u64) {
         self.pending().remove(&id);
     }
+
+    /// Closes the link.
+    fn close(&self) {
+        let close = self
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(close) = close {
+            let _ = close.send(());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,12 +66,32 @@ enum Slot {
     Open(Arc<LinkHandle>),
 }
 
-/// A request sent over a link: its answer, and how to forget it.
+/// How long opening a link may take before the relay gives up on it (the
+/// node keeps request-response).
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request sent over a link: its answer. Dropping it forgets the request
+/// (a late answer is ignored).
 pub(crate) struct Sent {
-    pub(crate) link: Arc<LinkHandle>,
-    pub(crate) id: u64,
+    link: Arc<LinkHandle>,
+    id: u64,
     /// Closed without an answer when the link breaks.
     pub(crate) answer: oneshot::Receiver<Response>,
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.link.forget(self.id);
+    }
+}
+
+/// Why a request did not go over a link.
+#[derive(Debug)]
+pub(crate) enum Unsent {
+    /// No link is up (or it is not reading): request-response takes it.
+    NoLink(Request),
+    /// Too large for any stream.
+    TooLarge(CodecError),
 }
 
 /// The links that are up (or being opened), by node.
@@ -96,10 +129,10 @@ impl Links {
         peer: &PeerId,
         request: Request,
         reply: bool,
-    ) -> Result<Option<Sent>, Request> {
+    ) -> Result<Option<Sent>, Unsent> {
         let link = match self.links().get(peer) {
             Some(Slot::Open(link)) => link.clone(),
-            _ => return Err(request),
+            _ => return Err(Unsent::NoLink(request)),
         };
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let sent = reply.then(|| {
@@ -111,65 +144,105 @@ impl Links {
                 answer,
             }
         });
-        match link.out.unbounded_send(Frame::Request { id, request }) {
+        let frame = Frame::Request { id, request };
+        match link.out.send(&frame) {
             Ok(()) => {
                 self.count("out");
                 Ok(sent)
             }
-            Err(e) => {
-                link.forget(id);
-                match e.into_inner() {
-                    Frame::Request { request, .. } => Err(request),
-                    Frame::Response { .. } => Ok(None),
-                }
-            }
+            Err(SendError::Encode(e)) => Err(Unsent::TooLarge(e)),
+            // `sent`, dropped, forgets the request.
+            Err(SendError::Backlog(_) | SendError::Closed) => match frame {
+                Frame::Request { request, .. } => Err(Unsent::NoLink(request)),
+                Frame::Response { .. } => Ok(None),
+            },
         }
     }
 
-    /// Opens a link to `peer` unless it has one or one is being opened, and
-    /// serves it until it breaks (a task of its own).
+    /// Opens a link to `peer` (a task of its own serves it until it
+    /// breaks) unless one is being opened, or one is up and not `stale`.
+    ///
+    /// A node registers over request-response only while it has no link,
+    /// so a registration there makes a link the relay still has stale (the
+    /// node's side of it broke, or it is on a connection the node left).
     pub(crate) fn open(
         self: &Arc<Self>,
         control: &libp2p_stream::Control,
         peer: PeerId,
+        stale: bool,
         state: Arc<RelayState>,
         joined: tokio::sync::mpsc::Sender<PeerId>,
     ) {
         {
             let mut links = self.links();
-            if links.contains_key(&peer) {
-                return;
+            match links.get(&peer) {
+                Some(Slot::Opening) => return,
+                Some(Slot::Open(_)) if !stale => return,
+                _ => {}
             }
-            links.insert(peer, Slot::Opening);
+            if let Some(Slot::Open(old)) = links.insert(peer, Slot::Opening) {
+                old.close();
+            }
         }
         let links = self.clone();
         let mut control = control.clone();
         tokio::spawn(async move {
-            let stream = match control.open_stream(peer, LINK_PROTOCOL).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(%peer, "no link: {e}");
-                    links.links().remove(&peer);
+            let opened =
+                tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)).await;
+            let stream = match opened {
+                Ok(Ok(stream)) => stream,
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => tracing::debug!(%peer, "no link: {e}"),
+                        _ => tracing::debug!(%peer, "no link within {OPEN_TIMEOUT:?}"),
+                    }
+                    let mut map = links.links();
+                    if matches!(map.get(&peer), Some(Slot::Opening)) {
+                        map.remove(&peer);
+                    }
                     return;
                 }
             };
-            let (out, rx) = mpsc::unbounded();
+            let (out, outgoing) = tabnode_core::link::outbox(MAX_MESSAGE);
+            let (close, closed) = oneshot::channel();
             let link = Arc::new(LinkHandle {
                 out: out.clone(),
                 pending: Mutex::default(),
                 next_id: AtomicU64::new(0),
+                close: Mutex::new(Some(close)),
             });
             links.links().insert(peer, Slot::Open(link.clone()));
             links.up.inc();
             tracing::debug!(%peer, "link up");
-            let end = tabnode_core::link::run(stream, MAX_MESSAGE, rx, |frame| {
+            let served = tabnode_core::link::run(stream, MAX_MESSAGE, outgoing, |frame| {
                 links.count("in");
                 match frame {
                     Frame::Request { id, request } => {
                         let response = crate::swarm::on_request(&state, &joined, peer, request);
-                        if out.unbounded_send(Frame::Response { id, response }).is_ok() {
-                            links.count("out");
-                            crate::swarm::answered(&state);
+                        let sent = match out.send(&Frame::Response { id, response }) {
+                            // This answer alone cannot go: the node hears why.
+                            Err(SendError::Encode(e)) => out.send(&Frame::Response {
+                                id,
+                                response: Response::Error {
+                                    code: ErrorCode::TooLarge,
+                                    message: e.to_string(),
+                                },
+                            }),
+                            other => other,
+                        };
+                        match sent {
+                            Ok(()) => {
+                                links.count("out");
+                                crate::swarm::answered(&state);
+                            }
+                            // It keeps asking and does not read the answers.
+                            Err(SendError::Backlog(n)) => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    format!("the node left {n} bytes of answers unread"),
+                                ))
+                            }
+                            Err(_) => {}
                         }
                     }
                     Frame::Response { id, response } => {
@@ -178,8 +251,12 @@ impl Links {
                         }
                     }
                 }
-            })
-            .await;
+                Ok(())
+            });
+            let end = tokio::select! {
+                end = served => end,
+                _ = closed => Ok(()),
+            };
             links.up.dec();
             match &end {
                 Ok(()) => tracing::debug!(%peer, "link closed"),

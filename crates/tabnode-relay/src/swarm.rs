@@ -341,8 +341,9 @@ pub(crate) async fn run(
                     let registered = matches!(request, Request::Register(_));
                     let response = on_request(&state, &joined, peer, request);
                     if registered && response == Response::Ack {
-                        // From now on, over a link of its own.
-                        links.open(&control, peer, state.clone(), joined.clone());
+                        // From now on, over a link of its own (a node with
+                        // a working link registers over it, not here).
+                        links.open(&control, peer, true, state.clone(), joined.clone());
                     }
                     if swarm
                         .behaviour_mut()
