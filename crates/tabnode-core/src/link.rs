@@ -168,11 +168,8 @@ where
     };
     let write = async {
         let Outgoing { mut rx, queued } = outgoing;
-        let mut batch = Vec::new();
-        while let Some(first) = rx.next().await {
+        while let Some(mut batch) = rx.next().await {
             // Frames queued meanwhile go out in the same writes.
-            batch.clear();
-            batch.extend_from_slice(&first);
             while batch.len() < MAX_FRAME {
                 match rx.try_recv() {
                     Ok(more) => batch.extend_from_slice(&more),
