@@ -204,6 +204,17 @@ mod tests {
         writes: Vec<usize>,
     }
 
+    impl Pipe {
+        /// A stream that reads `input`, then EOF.
+        fn reading(input: Vec<u8>) -> Self {
+            Self {
+                input: Cursor::new(input),
+                written: Vec::new(),
+                writes: Vec::new(),
+            }
+        }
+    }
+
     impl AsyncRead for Pipe {
         fn poll_read(
             mut self: std::pin::Pin<&mut Self>,
@@ -267,11 +278,7 @@ mod tests {
 
     #[test]
     fn frames_are_read_in_order_and_eof_ends_the_link_cleanly() {
-        let mut pipe = Pipe {
-            input: Cursor::new(wire(&frames())),
-            written: Vec::new(),
-            writes: Vec::new(),
-        };
+        let mut pipe = Pipe::reading(wire(&frames()));
         let (_out, outgoing) = outbox(MAX_MESSAGE);
         let mut got = Vec::new();
         let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |f| {
@@ -297,11 +304,7 @@ mod tests {
         }
         let queued = out.queued.clone();
         drop(out);
-        let mut pipe = Pipe {
-            input: Cursor::new(Vec::new()),
-            written: Vec::new(),
-            writes: Vec::new(),
-        };
+        let mut pipe = Pipe::reading(Vec::new());
         // The peer stays silent: the link ends when the writer has drained
         // the closed queue.
         let end =
@@ -366,11 +369,7 @@ mod tests {
         let mut garbage = 3u32.to_be_bytes().to_vec();
         garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
         for input in [oversized, garbage] {
-            let mut pipe = Pipe {
-                input: Cursor::new(input),
-                written: Vec::new(),
-                writes: Vec::new(),
-            };
+            let mut pipe = Pipe::reading(input);
             let (_out, outgoing) = outbox(MAX_MESSAGE);
             let mut got = 0;
             let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |_| {
@@ -412,11 +411,7 @@ mod tests {
 
     #[test]
     fn an_error_from_the_reader_ends_the_link() {
-        let mut pipe = Pipe {
-            input: Cursor::new(wire(&frames())),
-            written: Vec::new(),
-            writes: Vec::new(),
-        };
+        let mut pipe = Pipe::reading(wire(&frames()));
         let (_out, outgoing) = outbox(MAX_MESSAGE);
         let mut got = 0;
         let end = futures::executor::block_on(run(&mut pipe, MAX_MESSAGE, outgoing, |_| {

@@ -522,10 +522,17 @@ async fn next_link(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = relay(&dir).await;
+/// A rogue registered with `relay` under `name`: its swarm, the links the
+/// relay opens to it, its registration and the first link.
+async fn registered_rogue(
+    relay: &RelayHandle,
+    name: &str,
+) -> (
+    Swarm<Rogue>,
+    libp2p_stream::IncomingStreams,
+    Request,
+    libp2p::Stream,
+) {
     let mut bad = rogue();
     let mut incoming = bad
         .behaviour()
@@ -534,14 +541,22 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
         .accept(tabnode_core::link::LINK_PROTOCOL)
         .expect("accept links");
     connect(&mut bad, relay.tcp_addr().expect("tcp")).await;
-    let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, "rogue")));
+    let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, name)));
     assert_eq!(
         request_well_formed(&mut bad, relay.peer_id, &register).await,
         Response::Ack
     );
     // The relay opens a link to the newly registered node.
-    let (peer, mut first) = next_link(&mut bad, &mut incoming).await;
+    let (peer, link) = next_link(&mut bad, &mut incoming).await;
     assert_eq!(peer, relay.peer_id);
+    (bad, incoming, register, link)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let (mut bad, mut incoming, register, mut first) = registered_rogue(&relay, "rogue").await;
     let links = &relay.state.metrics.links;
     wait_until("the link to be up", || links.get() == 1).await;
     // A node registers over request-response only when it has no link (its
@@ -578,20 +593,7 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
 async fn a_node_that_does_not_read_its_answers_loses_its_link() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir).await;
-    let mut bad = rogue();
-    let mut incoming = bad
-        .behaviour()
-        .link
-        .new_control()
-        .accept(tabnode_core::link::LINK_PROTOCOL)
-        .expect("accept links");
-    connect(&mut bad, relay.tcp_addr().expect("tcp")).await;
-    let register = Request::Register(Box::new(Capabilities::new(NodeKind::Native, "deaf")));
-    assert_eq!(
-        request_well_formed(&mut bad, relay.peer_id, &register).await,
-        Response::Ack
-    );
-    let (_, mut stream) = next_link(&mut bad, &mut incoming).await;
+    let (mut bad, _incoming, _, mut stream) = registered_rogue(&relay, "deaf").await;
     let links = &relay.state.metrics.links;
     wait_until("the link to be up", || links.get() == 1).await;
     let before = relay.state.protocol_errors();
