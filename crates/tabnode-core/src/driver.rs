@@ -23,7 +23,7 @@ use libp2p::{
 
 use crate::{
     caps::Capabilities,
-    link::{Frame, Outbox, SendError, LINK_PROTOCOL},
+    link::{Frame, Outbox, Refused, SendError, LINK_PROTOCOL},
     node::{answer, backoff, NodeBehaviour, NodeBehaviourEvent},
     protocol::{Request, Response},
     MAX_MESSAGE,
@@ -48,6 +48,9 @@ pub enum RequestError {
     Stopped,
 }
 
+/// Where the outcome of a request goes.
+pub type Reply = oneshot::Sender<Result<Response, RequestError>>;
+
 /// What the caller asks the driver to do.
 #[derive(Debug)]
 pub enum Command {
@@ -59,8 +62,12 @@ pub enum Command {
         /// The request.
         request: Request,
         /// Where the outcome goes.
-        reply: oneshot::Sender<Result<Response, RequestError>>,
+        reply: Reply,
     },
+    /// Send `request` to the relay without wanting an answer: as a notice
+    /// over the link, or over request-response (whose answer is dropped)
+    /// while there is none.
+    Notify(Request),
     /// Answer the inbound request handed over as [`NodeEvent::Request`].
     Respond {
         /// The `id` of that event.
@@ -163,6 +170,8 @@ enum Responder {
     Rpc(request_response::ResponseChannel<Response>),
     /// The link it came on (`link`: which one), as a frame of this `id`.
     Link { link: u64, id: u64 },
+    /// Nobody: it came as a notice.
+    Nobody,
 }
 
 /// What a link's task reports, in order.
@@ -188,19 +197,22 @@ struct Link {
     /// Frames to send.
     out: Outbox,
     /// Our requests sent over it, by frame id.
-    pending: HashMap<u64, oneshot::Sender<Result<Response, RequestError>>>,
+    pending: HashMap<u64, Reply>,
     next_id: u64,
 }
 
 struct Driver {
     relay_addr: Multiaddr,
     relay_peer: PeerId,
+    /// `relay_peer` in base58, for the events of its requests (encoding it
+    /// for each was 2 % of a busy node's time).
+    relay_text: String,
     capabilities: Capabilities,
     max_backoff: Duration,
     relay_connected: bool,
     circuit_listening: bool,
     attempt: u32,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    pending: HashMap<OutboundRequestId, Reply>,
     inbound: HashMap<u64, Responder>,
     next_inbound: u64,
     link: Option<Link>,
@@ -233,6 +245,7 @@ pub async fn run(
     let mut d = Driver {
         relay_addr: config.relay,
         relay_peer,
+        relay_text: relay_peer.to_string(),
         capabilities: config.capabilities,
         max_backoff: config.max_backoff,
         relay_connected: false,
@@ -333,27 +346,33 @@ impl Driver {
         // The answer is an Ack; nobody waits for it, failures are logged.
         // Over the link when it is up: a register over request-response
         // tells the relay this node has no link (it opens one).
-        let request = match &mut self.link {
-            Some(link) => {
-                let frame = Frame::Request {
-                    id: link.next_id,
-                    request,
-                };
-                link.next_id += 1;
-                match link.out.send(&frame) {
-                    Ok(()) => return,
-                    Err(_) => match frame {
-                        Frame::Request { request, .. } => request,
-                        Frame::Response { .. } => return,
-                    },
-                }
-            }
+        self.notify(swarm, request);
+    }
+
+    /// Sends `request` to the relay, whose answer nobody waits for: as a
+    /// notice over the link when it is up, else over request-response (the
+    /// answer is dropped; failures are logged).
+    fn notify(&mut self, swarm: &mut Swarm<NodeBehaviour>, request: Request) {
+        let request = match &self.link {
+            Some(link) => match link.out.notify(request) {
+                Ok(()) => return,
+                Err(refused) => refused.request,
+            },
             None => request,
         };
         swarm
             .behaviour_mut()
             .rpc
             .send_request(&self.relay_peer, request);
+    }
+
+    /// `peer` in base58.
+    fn peer_text(&self, peer: PeerId) -> String {
+        if peer == self.relay_peer {
+            self.relay_text.clone()
+        } else {
+            peer.to_string()
+        }
     }
 
     fn circuit_addr(&self, peer: PeerId) -> Multiaddr {
@@ -393,6 +412,13 @@ impl Driver {
                 }
                 let id = swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, reply);
+            }
+            Command::Notify(request) => {
+                if self.relay_connected {
+                    self.notify(swarm, request);
+                } else {
+                    tracing::debug!("not connected: dropped a {} for the relay", request.name());
+                }
             }
             Command::Respond { id, response } => match self.inbound.remove(&id) {
                 Some(responder) => {
@@ -520,13 +546,14 @@ impl Driver {
             self.inbound.retain(|_, r| match r {
                 Responder::Rpc(c) => c.is_open(),
                 Responder::Link { link: n, .. } => Some(*n) == link,
+                Responder::Nobody => true,
             });
             let id = self.next_inbound;
             self.next_inbound += 1;
             self.inbound.insert(id, responder);
             emit(NodeEvent::Request {
                 id,
-                peer: peer.to_string(),
+                peer: self.peer_text(peer),
                 request,
             });
             return;
@@ -537,7 +564,7 @@ impl Driver {
         };
         if self.respond(swarm, responder, response) {
             emit(NodeEvent::Served {
-                peer: peer.to_string(),
+                peer: self.peer_text(peer),
                 bytes,
             });
         }
@@ -557,59 +584,38 @@ impl Driver {
                 .send_response(channel, response)
                 .is_ok(),
             Responder::Link { link, id } => match &self.link {
-                Some(l) if l.number == link => {
-                    match l.out.send(&Frame::Response { id, response }) {
-                        Ok(()) => true,
-                        // This answer alone cannot go: the relay hears why.
-                        Err(SendError::Encode(e)) => l
-                            .out
-                            .send(&Frame::Response {
-                                id,
-                                response: Response::Error {
-                                    code: crate::protocol::ErrorCode::TooLarge,
-                                    message: e.to_string(),
-                                },
-                            })
-                            .is_ok(),
-                        Err(_) => false,
-                    }
-                }
+                Some(l) if l.number == link => l.out.answer(id, &response).is_ok(),
                 _ => false,
             },
+            Responder::Nobody => true,
         }
     }
 
     /// Sends a request for the relay over the link; gives it back when no
     /// link is up.
-    #[allow(clippy::type_complexity)]
-    fn send_on_link(
-        &mut self,
-        request: Request,
-        reply: oneshot::Sender<Result<Response, RequestError>>,
-    ) -> Option<(Request, oneshot::Sender<Result<Response, RequestError>>)> {
+    fn send_on_link(&mut self, request: Request, reply: Reply) -> Option<(Request, Reply)> {
         let Some(link) = &mut self.link else {
             return Some((request, reply));
         };
         let id = link.next_id;
         link.next_id += 1;
-        let frame = Frame::Request { id, request };
-        match link.out.send(&frame) {
+        match link.out.request(id, request) {
             Ok(()) => {
                 link.pending.insert(id, reply);
                 None
             }
             // Too large for any stream: request-response would refuse it too.
-            Err(SendError::Encode(e)) => {
+            Err(Refused {
+                error: SendError::Encode(e),
+                ..
+            }) => {
                 let _ = reply.send(Err(RequestError::Failed {
                     peer: self.relay_peer.to_string(),
                     reason: e.to_string(),
                 }));
                 None
             }
-            Err(SendError::Backlog(_) | SendError::Closed) => match frame {
-                Frame::Request { request, .. } => Some((request, reply)),
-                Frame::Response { .. } => None,
-            },
+            Err(Refused { request, .. }) => Some((request, reply)),
         }
     }
 
@@ -716,6 +722,10 @@ impl Driver {
                 if let Some(reply) = self.link.as_mut().and_then(|l| l.pending.remove(&id)) {
                     let _ = reply.send(Ok(response));
                 }
+            }
+            Frame::Notice { request } => {
+                let relay = self.relay_peer;
+                self.on_request(swarm, relay, request, Responder::Nobody, emit);
             }
         }
     }

@@ -4,7 +4,8 @@
 //! On the network a generation is a [`Request::Infer`](crate::Request::Infer)
 //! from the relay to a node, answered with the prompt size, then a stream of
 //! [`InferChunk`]s from the node, each acknowledged before the next is sent
-//! ([`ChunkStreamer`] does the batching). When a node disappears the relay
+//! ([`ChunkStreamer`] does the batching); the last, which carries the end,
+//! needs no acknowledgement (over the link it goes as a notice). When a node disappears the relay
 //! sends the same request to another node with the tokens delivered so far
 //! in [`GenerateRequest::resume`]: the new node continues after them.
 
@@ -438,7 +439,9 @@ impl ChunkStreamer {
         self.in_flight = false;
     }
 
-    /// The last chunk went out and was acknowledged.
+    /// The last chunk went out and was acknowledged (a sender that does not
+    /// wait for the last chunk's acknowledgement marks it
+    /// [`ChunkStreamer::acked`] when sent).
     pub fn finished(&self) -> bool {
         self.ended && !self.in_flight
     }

@@ -13,6 +13,11 @@
 //! drops a link opened by any other peer ([`crate::driver`]), so commands
 //! still come only from the relay.
 //!
+//! A request nobody waits for the answer to goes as a notice, which is not
+//! answered: a stream's last token chunk (the node needs no
+//! acknowledgement once its generation is over) and the relay's
+//! cancellations. That is a quarter of the frames of a routed request.
+//!
 //! Frames use the codec of [`crate::codec`] (length prefix, postcard, the
 //! same size limit plus the frame's header, writes of at most
 //! [`crate::MAX_FRAME`] bytes). They are encoded when queued ([`Outbox`]),
@@ -37,7 +42,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{encode, read_message, CodecError, MAX_FRAME};
-use crate::protocol::{Request, Response};
+use crate::protocol::{ErrorCode, Request, Response};
 
 /// The link's protocol name, with its version.
 pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/link/1.0.0");
@@ -45,12 +50,13 @@ pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/tabnode/link/1.0
 /// Bytes a frame adds to the message it carries (variant and id).
 pub const FRAME_OVERHEAD: usize = 16;
 
-/// Bytes queued on a link and not yet written beyond which [`Outbox::send`]
+/// Bytes queued on a link and not yet written beyond which [`Outbox`]
 /// refuses more: the peer is not reading (over request-response, at most
 /// a hundred streams' worth waited on it).
 pub const MAX_BACKLOG: usize = 4 * crate::codec::MAX_MESSAGE;
 
-/// One message on a link.
+/// One message on a link. The variants' order is the wire format
+/// (`Queued` mirrors it): add new ones at the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     /// A request; answer it with a [`Frame::Response`] of the same `id`.
@@ -66,6 +72,12 @@ pub enum Frame {
         id: u64,
         /// The answer.
         response: Response,
+    },
+    /// A request that wants no answer (a stream's last chunk, a
+    /// cancellation): the peer handles it and sends nothing back.
+    Notice {
+        /// The request.
+        request: Request,
     },
 }
 
@@ -115,12 +127,28 @@ pub fn outbox(max_message: usize) -> (Outbox, Outgoing) {
     )
 }
 
+/// A request the link did not take: why, and the request, to send another
+/// way.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: SendError,
+    /// The request.
+    pub request: Request,
+}
+
+/// A frame as it is queued: it borrows its message, so a refused one is
+/// still the caller's. Encodes exactly as the [`Frame`] it mirrors (the
+/// same variants in the same order).
+#[derive(Serialize)]
+enum Queued<'a> {
+    Request { id: u64, request: &'a Request },
+    Response { id: u64, response: &'a Response },
+    Notice { request: &'a Request },
+}
+
 impl Outbox {
-    /// Queues `frame`.
-    ///
-    /// # Errors
-    /// The frame is too large, the peer is not reading, or the link ended.
-    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+    fn queue(&self, frame: &Queued<'_>) -> Result<(), SendError> {
         let bytes = encode(frame, self.max)?;
         let n = bytes.len();
         let before = self.queued.fetch_add(n, Ordering::Relaxed);
@@ -132,6 +160,47 @@ impl Outbox {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             SendError::Closed
         })
+    }
+
+    /// Queues request `id`.
+    ///
+    /// # Errors
+    /// The request is too large, the peer is not reading, or the link
+    /// ended; the request comes back with why.
+    pub fn request(&self, id: u64, request: Request) -> Result<(), Refused> {
+        self.queue(&Queued::Request {
+            id,
+            request: &request,
+        })
+        .map_err(|error| Refused { error, request })
+    }
+
+    /// Queues `request` as a notice: the peer sends no answer.
+    ///
+    /// # Errors
+    /// As [`Outbox::request`].
+    pub fn notify(&self, request: Request) -> Result<(), Refused> {
+        self.queue(&Queued::Notice { request: &request })
+            .map_err(|error| Refused { error, request })
+    }
+
+    /// Queues the answer to the peer's request `id`; an answer too large
+    /// for the link goes as an [`ErrorCode::TooLarge`] error instead, so the
+    /// peer hears why.
+    ///
+    /// # Errors
+    /// The peer is not reading, or the link ended.
+    pub fn answer(&self, id: u64, response: &Response) -> Result<(), SendError> {
+        match self.queue(&Queued::Response { id, response }) {
+            Err(SendError::Encode(e)) => self.queue(&Queued::Response {
+                id,
+                response: &Response::Error {
+                    code: ErrorCode::TooLarge,
+                    message: e.to_string(),
+                },
+            }),
+            other => other,
+        }
     }
 }
 
@@ -266,6 +335,9 @@ mod tests {
                 id: u64::MAX,
                 request: Request::InferCancel { request_id: 9 },
             },
+            Frame::Notice {
+                request: Request::InferCancel { request_id: 10 },
+            },
         ]
     }
 
@@ -300,7 +372,7 @@ mod tests {
         let mut sent = frames();
         sent.push(big);
         for f in &sent {
-            out.send(f).expect("queued");
+            queue(&out, f).expect("queued");
         }
         let queued = out.queued.clone();
         drop(out);
@@ -315,7 +387,7 @@ mod tests {
         assert!(end.is_ok(), "{end:?}");
         assert_eq!(written, wire(&sent));
         assert!(writes.iter().all(|&n| n <= MAX_FRAME), "{writes:?}");
-        // Three small frames and a big one: four pieces, not one write each
+        // Four small frames and a big one: four pieces, not one write each
         // plus the big one's.
         assert_eq!(writes.len(), wire(&sent).len().div_ceil(MAX_FRAME));
         assert_eq!(
@@ -382,31 +454,56 @@ mod tests {
         }
     }
 
+    /// Queues `frame` the way its kind is sent.
+    fn queue(out: &Outbox, frame: &Frame) -> Result<(), SendError> {
+        match frame {
+            Frame::Request { id, request } => {
+                out.request(*id, request.clone()).map_err(|r| r.error)
+            }
+            Frame::Response { id, response } => out.answer(*id, response),
+            Frame::Notice { request } => out.notify(request.clone()).map_err(|r| r.error),
+        }
+    }
+
     #[test]
     fn a_frame_too_large_is_refused_alone_and_a_peer_that_does_not_read_is_refused_more() {
-        let (out, outgoing) = outbox(1000);
-        let big = Frame::Request {
-            id: 1,
-            request: Request::Echo(vec![0; 2000]),
-        };
-        assert!(matches!(out.send(&big), Err(SendError::Encode(_))));
-        let small = Frame::Request {
-            id: 2,
-            request: Request::Echo(vec![0; 10]),
-        };
-        out.send(&small).expect("the link still takes frames");
+        let (out, mut outgoing) = outbox(1000);
+        let big = Request::Echo(vec![0; 2000]);
+        let refused = out.request(1, big.clone()).expect_err("too large");
+        assert!(matches!(refused.error, SendError::Encode(_)), "{refused:?}");
+        assert_eq!(refused.request, big, "the request comes back");
+        // An answer too large goes as an error saying why.
+        out.answer(7, &Response::Echo(vec![0; 2000]))
+            .expect("the error goes instead");
+        let queued = outgoing.rx.try_recv().expect("a frame");
+        match crate::codec::decode::<Frame>(&queued[4..]).expect("a frame") {
+            Frame::Response {
+                id: 7,
+                response: Response::Error { code, message },
+            } => {
+                assert_eq!(code, ErrorCode::TooLarge);
+                assert!(message.contains("limit of 1016 bytes"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let small = Request::Echo(vec![0; 10]);
+        out.request(2, small.clone())
+            .expect("the link still takes frames");
         drop(outgoing);
-        assert!(matches!(out.send(&small), Err(SendError::Closed)));
+        let refused = out.request(2, small.clone()).expect_err("closed");
+        assert!(matches!(refused.error, SendError::Closed), "{refused:?}");
+        assert_eq!(refused.request, small);
         // Nothing is written (no `run`): the backlog fills up.
         let (out, _outgoing) = outbox(MAX_MESSAGE);
-        let chunk = Frame::Request {
-            id: 3,
-            request: Request::Echo(vec![1; MAX_MESSAGE - 64]),
-        };
+        let chunk = Request::Echo(vec![1; MAX_MESSAGE - 64]);
         for _ in 0..MAX_BACKLOG / MAX_MESSAGE {
-            out.send(&chunk).expect("within the backlog");
+            out.request(3, chunk.clone()).expect("within the backlog");
         }
-        assert!(matches!(out.send(&chunk), Err(SendError::Backlog(_))));
+        let refused = out.request(3, chunk).expect_err("backlog");
+        assert!(
+            matches!(refused.error, SendError::Backlog(_)),
+            "{refused:?}"
+        );
     }
 
     #[test]

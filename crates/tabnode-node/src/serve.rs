@@ -5,7 +5,8 @@
 //! (model, prompt size, sampling values, free slot) and answers at once;
 //! [`InferServer::run`] then generates on a blocking thread and streams the
 //! tokens to the relay as acknowledged [`InferChunk`](tabnode_core::InferChunk)s
-//! (one in flight, the rest batched by [`ChunkStreamer`]). An error answer
+//! (one in flight, the rest batched by [`ChunkStreamer`]; the last, with
+//! the end, goes unacknowledged as a [`Command::Notify`]). An error answer
 //! to a chunk, or [`Request::InferCancel`], stops the generation after the
 //! token in flight.
 
@@ -319,8 +320,8 @@ impl InferServer {
     }
 
     /// Generates an accepted request and streams it to the relay through
-    /// `commands`; returns when the last chunk is acknowledged or the relay
-    /// said stop.
+    /// `commands`; returns when the last chunk is sent or the relay said
+    /// stop.
     pub async fn run(self: Arc<Self>, request: InferRequest, mut commands: mpsc::Sender<Command>) {
         let id = request.request_id;
         let (tx, mut pieces) = mpsc::unbounded::<Piece>();
@@ -369,6 +370,16 @@ impl InferServer {
                     }
                 }
                 if let Some(chunk) = streamer.next_chunk() {
+                    if chunk.end.is_some() {
+                        // The last chunk wants no acknowledgement: the
+                        // generation is over and nothing follows it.
+                        let request = Request::InferChunk(Box::new(chunk));
+                        if commands.send(Command::Notify(request)).await.is_err() {
+                            self.cancel(id);
+                        }
+                        streamer.acked();
+                        break;
+                    }
                     let (reply, rx) = oneshot::channel();
                     let sent = commands
                         .send(Command::Request {
@@ -535,13 +546,15 @@ mod tests {
         let run = tokio::spawn(server.clone().run(req, tx));
         let mut chunks = Vec::new();
         while let Some(command) = commands.next().await {
-            let Command::Request {
-                request: Request::InferChunk(chunk),
-                reply,
-                ..
-            } = command
-            else {
-                panic!("only chunks are sent");
+            let (chunk, reply) = match command {
+                Command::Request {
+                    request: Request::InferChunk(chunk),
+                    reply,
+                    ..
+                } => (chunk, Some(reply)),
+                // The last chunk, unacknowledged.
+                Command::Notify(Request::InferChunk(chunk)) => (chunk, None),
+                other => panic!("only chunks are sent: {other:?}"),
             };
             if chunks.is_empty() {
                 // The first token is out; the other seven are generated
@@ -558,8 +571,11 @@ mod tests {
                 .expect("the model produced its tokens");
             }
             let last = chunk.end.is_some();
+            assert_eq!(reply.is_none(), last, "only the last chunk is a notice");
             chunks.push(*chunk);
-            let _ = reply.send(Ok(Response::Ack));
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(Response::Ack));
+            }
             if last {
                 break;
             }

@@ -1179,6 +1179,19 @@ impl tabnode_node::serve::ServedModel for Junk {
     }
 }
 
+/// A node with a valid proof whose model, named `name`, "serves" requests
+/// by returning made-up tokens at once.
+async fn junk_node(relay: &RelayHandle, name: &str) -> NodeHandle {
+    let node = serving_node_with(
+        relay.tcp_addr().expect("tcp"),
+        1,
+        honest_prover(),
+        Arc::new(Junk(name.into())),
+    );
+    wait_valid(relay, node.peer_id).await;
+    node
+}
+
 fn junk_body(model: &str, max_tokens: u32) -> String {
     json!({
         "model": model,
@@ -1193,13 +1206,7 @@ async fn a_model_outside_the_catalog_is_neither_routed_nor_credited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = quick_relay(&dir).await;
     let addr = relay.http_addr;
-    let node = serving_node_with(
-        relay.tcp_addr().expect("tcp"),
-        1,
-        honest_prover(),
-        Arc::new(Junk("My Own Model".into())),
-    );
-    wait_valid(&relay, node.peer_id).await;
+    let node = junk_node(&relay, "My Own Model").await;
     let models = http(addr, "GET", "/v1/models", None, &[]).await.json();
     assert_eq!(models["data"].as_array().map(Vec::len), Some(0), "{models}");
     let r = post_chat(addr, &junk_body("my-own-model", 4096)).await;
@@ -1216,13 +1223,7 @@ async fn tokens_faster_than_the_proven_rate_allows_earn_only_up_to_it() {
     let addr = relay.http_addr;
     // A verified node that "serves" the catalog's model by returning 2000
     // made-up tokens at once.
-    let node = serving_node_with(
-        relay.tcp_addr().expect("tcp"),
-        1,
-        honest_prover(),
-        Arc::new(Junk(engine().info.name.clone())),
-    );
-    wait_valid(&relay, node.peer_id).await;
+    let node = junk_node(&relay, &engine().info.name).await;
     let r = post_chat(addr, &junk_body(&model(), 2000)).await;
     // The requester gets what the node sent...
     assert_eq!(read_answer(&r, false).completion_tokens, 2000);
@@ -1237,4 +1238,37 @@ async fn tokens_faster_than_the_proven_rate_allows_earn_only_up_to_it() {
         earned < 2000 && (earned as f64) < 32.0 + entry.max_tokens_per_s(gflops) * 10.0,
         "{earned} credited at {gflops} GFLOP/s: {l}"
     );
+}
+
+/// Over the link a routed request costs the relay's `Infer`, the node's
+/// acceptance and its chunks; every chunk is acknowledged but the last,
+/// which carries the end and goes as a notice (one frame fewer a request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_chunk_of_a_routed_request_is_not_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    let _node = junk_node(&relay, &engine().info.name).await;
+    let metrics = &relay.state.metrics;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.links.get() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no link opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let frames = |direction| {
+        metrics
+            .link_frames
+            .get_or_create(&tabnode_relay::metrics::Direction { direction })
+            .get()
+    };
+    for i in 0..3 {
+        let (was_in, was_out) = (frames("in"), frames("out"));
+        let r = post_chat(addr, &junk_body(&model(), 5)).await;
+        assert_eq!(read_answer(&r, false).completion_tokens, 5, "{}", r.body);
+        let (got, sent) = (frames("in") - was_in, frames("out") - was_out);
+        // In: the acceptance and each chunk; out: the `Infer` and an
+        // acknowledgement for each chunk but the last.
+        assert!(got >= 2, "request {i}: {got} frames in");
+        assert_eq!(got - sent, 1, "request {i}: {got} frames in, {sent} out");
+    }
 }

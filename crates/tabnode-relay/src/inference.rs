@@ -452,16 +452,6 @@ pub(crate) async fn run_request(
             delivered.len() as u64,
         );
     }
-    // A completed request may be spot-checked, failed over or not (a node
-    // that fails on purpose after lying is checked all the same).
-    let checkable = outcome.is_ok().then(|| crate::checks::Served {
-        request_id,
-        model_id: model.clone(),
-        model_name: entry.name.clone(),
-        request: api.request.clone(),
-        tokens: delivered.clone(),
-        parts,
-    });
     // The paying account is charged what it got.
     if let (Some(account), Ok(_)) = (&api.account, &outcome) {
         credits.push(Credit::spend(
@@ -473,6 +463,16 @@ pub(crate) async fn run_request(
                 .of(u64::from(usage.prompt_tokens), delivered.len() as u64),
         ));
     }
+    // A completed request may be spot-checked, failed over or not (a node
+    // that fails on purpose after lying is checked all the same).
+    let checkable = outcome.is_ok().then(|| crate::checks::Served {
+        request_id,
+        model_id: model,
+        model_name: entry.name.clone(),
+        request: api.request,
+        tokens: delivered,
+        parts,
+    });
     // Durable before the requester hears "done".
     if !credits.is_empty() {
         if let Some(ledger) = ctx.state.ledger() {

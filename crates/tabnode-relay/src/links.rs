@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::PeerId;
-use tabnode_core::link::{Frame, Outbox, SendError, LINK_PROTOCOL};
-use tabnode_core::{CodecError, ErrorCode, Request, Response, MAX_MESSAGE};
+use tabnode_core::link::{Frame, Outbox, Refused, SendError, LINK_PROTOCOL};
+use tabnode_core::{CodecError, Request, Response, MAX_MESSAGE};
 use tokio::sync::oneshot;
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -94,6 +94,17 @@ pub(crate) enum Unsent {
     TooLarge(CodecError),
 }
 
+/// Why the link did not take a request.
+fn unsent(refused: Refused) -> Unsent {
+    match refused {
+        Refused {
+            error: SendError::Encode(e),
+            ..
+        } => Unsent::TooLarge(e),
+        Refused { request, .. } => Unsent::NoLink(request),
+    }
+}
+
 /// The links that are up (or being opened), by node.
 #[derive(Debug)]
 pub(crate) struct Links {
@@ -123,7 +134,8 @@ impl Links {
     }
 
     /// Sends `request` to `peer` over its link (`reply`: whether the answer
-    /// is wanted); gives the request back when `peer` has no link up.
+    /// is wanted, else it goes as a notice); gives the request back when
+    /// `peer` has no link up.
     pub(crate) fn send(
         &self,
         peer: &PeerId,
@@ -134,28 +146,30 @@ impl Links {
             Some(Slot::Open(link)) => link.clone(),
             _ => return Err(Unsent::NoLink(request)),
         };
+        if !reply {
+            return match link.out.notify(request) {
+                Ok(()) => {
+                    self.count("out");
+                    Ok(None)
+                }
+                Err(refused) => Err(unsent(refused)),
+            };
+        }
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-        let sent = reply.then(|| {
-            let (tx, answer) = oneshot::channel();
-            link.pending().insert(id, tx);
-            Sent {
-                link: link.clone(),
-                id,
-                answer,
-            }
-        });
-        let frame = Frame::Request { id, request };
-        match link.out.send(&frame) {
+        let (tx, answer) = oneshot::channel();
+        link.pending().insert(id, tx);
+        let sent = Sent {
+            link: link.clone(),
+            id,
+            answer,
+        };
+        match link.out.request(id, request) {
             Ok(()) => {
                 self.count("out");
-                Ok(sent)
+                Ok(Some(sent))
             }
-            Err(SendError::Encode(e)) => Err(Unsent::TooLarge(e)),
             // `sent`, dropped, forgets the request.
-            Err(SendError::Backlog(_) | SendError::Closed) => match frame {
-                Frame::Request { request, .. } => Err(Unsent::NoLink(request)),
-                Frame::Response { .. } => Ok(None),
-            },
+            Err(refused) => Err(unsent(refused)),
         }
     }
 
@@ -219,18 +233,7 @@ impl Links {
                 match frame {
                     Frame::Request { id, request } => {
                         let response = crate::swarm::on_request(&state, &joined, peer, request);
-                        let sent = match out.send(&Frame::Response { id, response }) {
-                            // This answer alone cannot go: the node hears why.
-                            Err(SendError::Encode(e)) => out.send(&Frame::Response {
-                                id,
-                                response: Response::Error {
-                                    code: ErrorCode::TooLarge,
-                                    message: e.to_string(),
-                                },
-                            }),
-                            other => other,
-                        };
-                        match sent {
+                        match out.answer(id, &response) {
                             Ok(()) => {
                                 links.count("out");
                                 crate::swarm::answered(&state);
@@ -248,6 +251,15 @@ impl Links {
                     Frame::Response { id, response } => {
                         if let Some(reply) = link.pending().remove(&id) {
                             let _ = reply.send(response);
+                        }
+                    }
+                    // Handled like a request; the answer goes nowhere.
+                    Frame::Notice { request } => {
+                        let name = request.name();
+                        if let Response::Error { message, .. } =
+                            crate::swarm::on_request(&state, &joined, peer, request)
+                        {
+                            tracing::debug!(%peer, "refused a {name} notice: {message}");
                         }
                     }
                 }

@@ -93,8 +93,8 @@ pub(super) fn cancel_served(shared: &Rc<Shared>, request_id: u64) {
 }
 
 /// Sends the next chunk of network generation `id` if none is in flight;
-/// forgets the generation once its last chunk is acknowledged, or cancels
-/// it when the relay says stop.
+/// forgets the generation once its last chunk is sent (unacknowledged), or
+/// cancels it when the relay says stop.
 pub(super) fn pump(shared: &Rc<Shared>, id: u64) {
     let chunk = match shared.served.borrow_mut().get_mut(&id) {
         Some(s) => s.streamer.next_chunk(),
@@ -103,10 +103,17 @@ pub(super) fn pump(shared: &Rc<Shared>, id: u64) {
     let Some(chunk) = chunk else { return };
     let shared = shared.clone();
     spawn_local(async move {
-        let reply = shared
-            .request(None, Request::InferChunk(Box::new(chunk)))
-            .await;
-        let ok = matches!(reply, Ok(Response::Ack));
+        // The last chunk wants no acknowledgement: it goes as a notice.
+        let ok = if chunk.end.is_some() {
+            shared
+                .command(Command::Notify(Request::InferChunk(Box::new(chunk))))
+                .is_ok()
+        } else {
+            let reply = shared
+                .request(None, Request::InferChunk(Box::new(chunk)))
+                .await;
+            matches!(reply, Ok(Response::Ack))
+        };
         let done = {
             let mut served = shared.served.borrow_mut();
             match served.get_mut(&id) {
