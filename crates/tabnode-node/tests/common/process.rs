@@ -72,8 +72,11 @@ pub async fn start_relay_process(data: &std::path::Path, extra: &[&str]) -> Rela
     })
     .await
     .expect("relay ready in time");
-    // Keep reading its output: a closed pipe would break its logging.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep reading its output (a closed pipe would break its logging), in
+    // large reads, not a line at a time: under load it logs a line per API
+    // request, and the benchmarks read it on the cores the relay uses.
+    let mut rest = lines.into_inner();
+    tokio::spawn(async move { tokio::io::copy_buf(&mut rest, &mut tokio::io::sink()).await });
     let b: Value = serde_json::from_str(&std::fs::read_to_string(&boot).expect("bootstrap file"))
         .expect("json");
     let tcp = b["tcp"][0]
