@@ -1142,6 +1142,58 @@ async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
     );
 }
 
+#[tokio::test]
+async fn a_requester_of_a_whole_answer_that_leaves_frees_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = quick_relay(&dir).await;
+    let addr = relay.http_addr;
+    let server = Arc::new(InferServer::new(engine(), 1));
+    let node = node_serving(
+        relay.tcp_addr().expect("tcp"),
+        honest_prover(),
+        server.clone(),
+    );
+    wait_for_model(addr, 1).await;
+    let body = chat_body("Write a long story about a dragon.", 200, false);
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    // Gone once the node works on it, long before its 200 tokens are done.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.active() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no node took it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.state.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot still taken: relay {:?}, node {}",
+            relay.state.load_of(&node.peer_id),
+            server.active()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = relay.state.render_metrics();
+    assert!(
+        metrics.contains("tabnode_inference_requests_total{outcome=\"failed\"} 1")
+            && metrics.contains("tabnode_inference_requests_total{outcome=\"completed\"} 0"),
+        "the abandoned request counts as failed, not completed: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tabnode_inference_requests_total"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    // The node takes the next request.
+    let next = post_chat(addr, &chat_body("Say hello.", 4, false)).await;
+    assert!(read_answer(&next, false).completion_tokens > 0);
+}
+
 // ---- Self-dealt tokens (issue #10, attack 2) ----
 
 /// A model that answers at once with `max_tokens` made-up tokens, under a

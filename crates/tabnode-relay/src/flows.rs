@@ -57,7 +57,7 @@ use tabnode_vectors::Query;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
-use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest};
+use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest, Requester};
 use crate::now_ms;
 use crate::openai::{admit, error, Api};
 use crate::scrape::Scraper;
@@ -1620,7 +1620,7 @@ async fn llm(
             request,
             account: account.map(str::to_owned),
         },
-        tx,
+        Requester::Events(tx),
     ));
     let mut text = String::new();
     while let Some(e) = rx.recv().await {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tabnode_core::infer::{FinishReason, GenerateRequest};
 use tabnode_core::{ErrorCode, InferEnd, InferRequest, Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{SendError, SwarmClient};
@@ -166,6 +166,99 @@ fn cancel(ctx: &InferContext, peer: PeerId, request_id: u64) {
     ctx.client.notify(peer, Request::InferCancel { request_id });
 }
 
+/// Who waits for a request: its events as they come, or only its end.
+pub(crate) enum Requester {
+    /// Every [`ApiEvent`], in order (a streamed answer, a flow's step).
+    Events(mpsc::Sender<ApiEvent>),
+    /// The whole answer at the end: the text is gathered here and sent
+    /// once with the end, so the requester is woken once, not per event.
+    Whole {
+        /// The request's id (from `Started`).
+        request_id: u64,
+        /// The text so far.
+        text: String,
+        /// Taken when the end is sent.
+        answer: Option<oneshot::Sender<Whole>>,
+    },
+}
+
+/// A request's whole answer ([`Requester::Whole`]).
+#[derive(Debug)]
+pub(crate) struct Whole {
+    /// The relay's id of the request (0 when it failed before a node took
+    /// it).
+    pub request_id: u64,
+    /// The text delivered.
+    pub text: String,
+    /// How it ended (what `Done` or `Failed` carries).
+    pub end: Result<(FinishReason, Usage), ApiFailure>,
+}
+
+/// The requester stopped waiting.
+#[derive(Debug)]
+struct Gone;
+
+impl Requester {
+    /// A requester of the whole answer, and where it arrives.
+    pub(crate) fn whole() -> (Self, oneshot::Receiver<Whole>) {
+        let (tx, rx) = oneshot::channel();
+        let requester = Requester::Whole {
+            request_id: 0,
+            text: String::new(),
+            answer: Some(tx),
+        };
+        (requester, rx)
+    }
+
+    /// Tells the requester `event`.
+    async fn tell(&mut self, event: ApiEvent) -> Result<(), Gone> {
+        match self {
+            Requester::Events(tx) => tx.send(event).await.map_err(|_| Gone),
+            Requester::Whole {
+                request_id,
+                text,
+                answer,
+            } => {
+                let end = match event {
+                    ApiEvent::Started { request_id: id, .. } => {
+                        *request_id = id;
+                        None
+                    }
+                    ApiEvent::Text { text: t, .. } => {
+                        text.push_str(&t);
+                        None
+                    }
+                    ApiEvent::Done { finish, usage } => Some(Ok((finish, usage))),
+                    ApiEvent::Failed(f) => Some(Err(f)),
+                };
+                let Some(end) = end else {
+                    return match answer {
+                        Some(a) if !a.is_closed() => Ok(()),
+                        _ => Err(Gone),
+                    };
+                };
+                let whole = Whole {
+                    request_id: *request_id,
+                    text: std::mem::take(text),
+                    end,
+                };
+                answer.take().ok_or(Gone)?.send(whole).map_err(|_| Gone)
+            }
+        }
+    }
+
+    /// Resolves when the requester stops waiting.
+    async fn closed(&mut self) {
+        match self {
+            Requester::Events(tx) => tx.closed().await,
+            Requester::Whole {
+                answer: Some(a), ..
+            } => a.closed().await,
+            Requester::Whole { answer: None, .. } => {}
+        }
+    }
+}
+
 /// Waits for a node for the catalog model `model`, at most the queue
 /// timeout.
 pub(crate) async fn acquire(
@@ -209,13 +302,9 @@ enum Segment {
     Abandoned,
 }
 
-/// Carries `api` to its end, reporting on `events`. Never panics; every
+/// Carries `api` to its end, reporting to `requester`. Never panics; every
 /// outcome ends with `Done` or `Failed`.
-pub(crate) async fn run_request(
-    ctx: InferContext,
-    api: ApiRequest,
-    events: mpsc::Sender<ApiEvent>,
-) {
+pub(crate) async fn run_request(ctx: InferContext, api: ApiRequest, mut requester: Requester) {
     let sessions = &ctx.state.sessions;
     let registry = &ctx.state.registry;
     let metrics = &ctx.state.metrics;
@@ -225,11 +314,8 @@ pub(crate) async fn run_request(
             .inference_requests
             .get_or_create(&Outcome { outcome: "failed" })
             .inc();
-        let _ = events
-            .send(ApiEvent::Failed(ApiFailure::UnknownModel(
-                api.model.clone(),
-            )))
-            .await;
+        let failed = ApiEvent::Failed(ApiFailure::UnknownModel(api.model.clone()));
+        let _ = requester.tell(failed).await;
         return;
     };
     let model = entry.id.clone();
@@ -239,9 +325,8 @@ pub(crate) async fn run_request(
         .as_deref()
         .and_then(|a| crate::accounts::broke(&ctx.state, a))
     {
-        let _ = events
-            .send(ApiEvent::Failed(ApiFailure::NoPoints(why)))
-            .await;
+        let failed = ApiEvent::Failed(ApiFailure::NoPoints(why));
+        let _ = requester.tell(failed).await;
         return;
     }
     let started = Instant::now();
@@ -300,7 +385,7 @@ pub(crate) async fn run_request(
                         node: node.clone(),
                         prompt_tokens,
                     };
-                    if events.send(started).await.is_err() {
+                    if requester.tell(started).await.is_err() {
                         sessions.untrack(request_id);
                         cancel(&ctx, peer, request_id);
                         registry.release(slot, true);
@@ -351,7 +436,7 @@ pub(crate) async fn run_request(
         let segment = stream_segment(
             &ctx,
             &mut rx,
-            &events,
+            &mut requester,
             &node,
             &mut delivered,
             max_tokens,
@@ -502,7 +587,7 @@ pub(crate) async fn run_request(
             ApiEvent::Failed(f)
         }
     };
-    let _ = events.send(last).await;
+    let _ = requester.tell(last).await;
 }
 
 /// Streams one node's chunks to the requester until the node finishes,
@@ -510,7 +595,7 @@ pub(crate) async fn run_request(
 async fn stream_segment(
     ctx: &InferContext,
     rx: &mut mpsc::UnboundedReceiver<StreamEvent>,
-    events: &mpsc::Sender<ApiEvent>,
+    requester: &mut Requester,
     node: &str,
     delivered: &mut Vec<u32>,
     max_tokens: u32,
@@ -525,7 +610,7 @@ async fn stream_segment(
         };
         let event = tokio::select! {
             e = tokio::time::timeout(wait, rx.recv()) => e,
-            () = events.closed() => return Segment::Abandoned,
+            () = requester.closed() => return Segment::Abandoned,
         };
         let chunk = match event {
             Err(_) => return Segment::Failed(format!("no tokens for {} s", wait.as_secs())),
@@ -554,7 +639,7 @@ async fn stream_segment(
             };
             // Tokens count as delivered (and are credited) only once they
             // reached the requester.
-            if events.send(text).await.is_err() {
+            if requester.tell(text).await.is_err() {
                 return Segment::Abandoned;
             }
         }

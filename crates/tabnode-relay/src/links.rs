@@ -105,6 +105,39 @@ fn unsent(refused: Refused) -> Unsent {
     }
 }
 
+/// A link's place in [`Links`] while its task runs: dropped when the task
+/// ends, however it ends (a panic in a request's handling included), it
+/// takes the link out of the map, unless a newer link replaced it, and fails
+/// its unanswered requests, so the node's next requests go over
+/// request-response instead of into a link nobody serves.
+struct Up {
+    links: Arc<Links>,
+    peer: PeerId,
+    link: Arc<LinkHandle>,
+}
+
+impl Up {
+    fn new(links: Arc<Links>, peer: PeerId, link: Arc<LinkHandle>) -> Self {
+        links.links().insert(peer, Slot::Open(link.clone()));
+        links.up.inc();
+        Self { links, peer, link }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.links.up.dec();
+        {
+            let mut map = self.links.links();
+            if matches!(map.get(&self.peer), Some(Slot::Open(l)) if Arc::ptr_eq(l, &self.link)) {
+                map.remove(&self.peer);
+            }
+        }
+        // Unanswered requests fail now (their senders are dropped).
+        self.link.pending().clear();
+    }
+}
+
 /// The links that are up (or being opened), by node.
 #[derive(Debug)]
 pub(crate) struct Links {
@@ -225,8 +258,7 @@ impl Links {
                 next_id: AtomicU64::new(0),
                 close: Mutex::new(Some(close)),
             });
-            links.links().insert(peer, Slot::Open(link.clone()));
-            links.up.inc();
+            let up = Up::new(links.clone(), peer, link.clone());
             tracing::debug!(%peer, "link up");
             let served = tabnode_core::link::run(stream, MAX_MESSAGE, outgoing, |frame| {
                 links.count("in");
@@ -269,7 +301,6 @@ impl Links {
                 end = served => end,
                 _ = closed => Ok(()),
             };
-            links.up.dec();
             match &end {
                 Ok(()) => tracing::debug!(%peer, "link closed"),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -278,14 +309,62 @@ impl Links {
                 }
                 Err(e) => tracing::debug!(%peer, "link broke: {e}"),
             }
-            {
-                let mut map = links.links();
-                if matches!(map.get(&peer), Some(Slot::Open(l)) if Arc::ptr_eq(l, &link)) {
-                    map.remove(&peer);
-                }
-            }
-            // Unanswered requests fail now (their senders are dropped).
-            link.pending().clear();
+            drop(up);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> Arc<LinkHandle> {
+        let (out, _outgoing) = tabnode_core::link::outbox(MAX_MESSAGE);
+        Arc::new(LinkHandle {
+            out,
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            close: Mutex::new(None),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_link_task_that_panics_leaves_no_link_behind() {
+        let metrics = crate::metrics::Metrics::default();
+        let links = Arc::new(Links::new(&metrics));
+        let peer = PeerId::random();
+        let link = handle();
+        let (tx, answer) = oneshot::channel();
+        link.pending().insert(7, tx);
+        let task = {
+            let (links, link) = (links.clone(), link.clone());
+            tokio::spawn(async move {
+                let _up = Up::new(links.clone(), peer, link);
+                assert!(matches!(links.links().get(&peer), Some(Slot::Open(_))));
+                assert_eq!(links.up.get(), 1);
+                panic!("a bug while answering a frame");
+            })
+        };
+        assert!(task.await.expect_err("it panicked").is_panic());
+        assert!(links.links().get(&peer).is_none(), "the link is gone");
+        assert_eq!(links.up.get(), 0);
+        // Its unanswered request failed instead of waiting forever.
+        assert!(answer.await.is_err());
+        // A request for the node now goes over request-response.
+        let sent = links.send(&peer, Request::ListPeers, true);
+        assert!(matches!(sent, Err(Unsent::NoLink(Request::ListPeers))));
+    }
+
+    #[tokio::test]
+    async fn an_ending_link_leaves_its_replacement_in_place() {
+        let metrics = crate::metrics::Metrics::default();
+        let links = Arc::new(Links::new(&metrics));
+        let peer = PeerId::random();
+        let old = Up::new(links.clone(), peer, handle());
+        let new = handle();
+        let _new = Up::new(links.clone(), peer, new.clone());
+        drop(old);
+        assert!(matches!(links.links().get(&peer), Some(Slot::Open(l)) if Arc::ptr_eq(l, &new)));
+        assert_eq!(links.up.get(), 1);
     }
 }

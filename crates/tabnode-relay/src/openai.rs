@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use tabnode_core::infer::{ChatMessage, FinishReason, GenerateRequest, Prompt};
 use tokio::sync::mpsc;
 
-use crate::inference::{run_request, ApiEvent, ApiFailure, ApiRequest, InferContext, Usage};
+use crate::inference::{
+    run_request, ApiEvent, ApiFailure, ApiRequest, InferContext, Requester, Usage, Whole,
+};
 
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -566,7 +568,11 @@ struct Started {
 /// Runs `request` on the network until a node takes it (or it fails).
 async fn start(api: &Api, request: ApiRequest) -> Result<Started, Box<Response>> {
     let (tx, mut rx) = mpsc::channel(256);
-    tokio::spawn(run_request(api.infer.clone(), request, tx));
+    tokio::spawn(run_request(
+        api.infer.clone(),
+        request,
+        Requester::Events(tx),
+    ));
     match rx.recv().await {
         Some(ApiEvent::Started {
             request_id, node, ..
@@ -724,25 +730,35 @@ async fn serve(
         || tabnode_core::model_id(&parsed.api.model),
         |m| m.id.clone(),
     );
+    let created = now_s();
+    if !parsed.stream {
+        let (requester, answer) = Requester::whole();
+        tokio::spawn(run_request(api.infer.clone(), parsed.api, requester));
+        return match answer.await {
+            Ok(w) => whole(kind, prefix, created, model, w),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+                "the request ended without an answer",
+            ),
+        };
+    }
     let started = match start(api, parsed.api).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
     let id = format!("{prefix}-{:016x}", started.request_id);
-    let created = now_s();
-    if parsed.stream {
-        stream(
-            kind,
-            id,
-            created,
-            model,
-            started.node,
-            parsed.include_usage,
-            started.events,
-        )
-    } else {
-        whole(kind, id, created, model, started.events).await
-    }
+    stream(
+        kind,
+        id,
+        created,
+        model,
+        started.node,
+        parsed.include_usage,
+        started.events,
+    )
 }
 
 /// Which API an answer is in.
@@ -804,41 +820,22 @@ impl Kind {
     }
 }
 
-async fn whole(
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
-    mut rx: mpsc::Receiver<ApiEvent>,
-) -> Response {
-    let mut text = String::new();
-    while let Some(e) = rx.recv().await {
-        match e {
-            ApiEvent::Started { .. } => {}
-            ApiEvent::Text { text: t, .. } => text.push_str(&t),
-            ApiEvent::Failed(f) => return failure(&f),
-            ApiEvent::Done { finish, usage } => {
-                return Json(json!({
-                    "id": id,
-                    "object": kind.object(false),
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": null,
-                    "choices": [kind.choice(text, finish)],
-                    "usage": usage_json(&usage),
-                    "tabnode": tabnode_json(&usage),
-                }))
-                .into_response()
-            }
-        }
+/// A whole answer under the id `{prefix}-{request id}`.
+fn whole(kind: Kind, prefix: &str, created: u64, model: String, answer: Whole) -> Response {
+    match answer.end {
+        Err(f) => failure(&f),
+        Ok((finish, usage)) => Json(json!({
+            "id": format!("{prefix}-{:016x}", answer.request_id),
+            "object": kind.object(false),
+            "created": created,
+            "model": model,
+            "system_fingerprint": null,
+            "choices": [kind.choice(answer.text, finish)],
+            "usage": usage_json(&usage),
+            "tabnode": tabnode_json(&usage),
+        }))
+        .into_response(),
     }
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        None,
-        None,
-        "the request ended without an answer",
-    )
 }
 
 fn stream(
