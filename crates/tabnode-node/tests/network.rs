@@ -14,7 +14,7 @@ use libp2p::{
     swarm::SwarmEvent,
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use tabnode_core::{Capabilities, NodeKind, Request, Response, MAX_MESSAGE, PROTOCOL};
+use tabnode_core::{Capabilities, ErrorCode, NodeKind, Request, Response, MAX_MESSAGE, PROTOCOL};
 use tabnode_node::{spawn, NodeConfig, NodeHandle};
 use tabnode_relay::{RelayConfig, RelayHandle};
 
@@ -409,6 +409,58 @@ fn link_frames_in(relay: &RelayHandle) -> u64 {
         .link_frames
         .get_or_create(&tabnode_relay::metrics::Direction { direction: "in" })
         .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_the_relay_with_requests_is_refused_and_others_are_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let tcp = relay.tcp_addr().expect("tcp");
+    let (flooder, other) = (node(tcp.clone(), "flooder"), node(tcp, "other"));
+    flooder.wait_reachable(WAIT).await.expect("reachable");
+    other.wait_reachable(WAIT).await.expect("reachable");
+    // Each asks the relay to list its peers, as fast as it answers (over
+    // the link): the first ones are answered, then the rest refused.
+    let (mut listed, mut refused) = (0, 0);
+    for _ in 0..200 {
+        match flooder
+            .request(None, Request::ListPeers)
+            .await
+            .expect("an answer")
+        {
+            Response::Peers(_) => listed += 1,
+            Response::Error {
+                code: ErrorCode::Busy,
+                message,
+            } => {
+                assert!(message.contains("requests a minute"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // At most a minute's allowance (and what refilled while it asked).
+    assert!((100..=130).contains(&listed), "{listed} answered");
+    assert_eq!(listed + refused, 200);
+    let counted = relay.state.metrics.control_refused.get();
+    assert_eq!(counted, refused as u64);
+    // The other peer is still served; the flooder stays refused within the
+    // minute, whatever it asks.
+    let Response::Peers(peers) = other.request(None, Request::ListPeers).await.expect("list")
+    else {
+        panic!("the other peer is refused");
+    };
+    assert_eq!(peers.len(), 2);
+    assert!(matches!(
+        flooder
+            .request(None, Request::Echo(vec![1]))
+            .await
+            .expect("an answer"),
+        Response::Error {
+            code: ErrorCode::Busy,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

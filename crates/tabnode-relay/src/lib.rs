@@ -25,6 +25,7 @@ mod http;
 pub mod inference;
 mod jobs;
 pub mod ledger;
+mod limiter;
 mod links;
 pub mod metrics;
 mod openai;

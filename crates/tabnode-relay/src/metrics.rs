@@ -94,6 +94,9 @@ pub struct Metrics {
     pub messages: Family<Direction, Counter>,
     /// Inbound protocol streams that failed after being read.
     pub protocol_errors: Counter,
+    /// Peers' control requests refused for their rate
+    /// ([`crate::limiter::CONTROL_PER_MINUTE`]).
+    pub control_refused: Counter,
     /// Nodes with a link up (`tabnode_core::link`).
     pub links: Gauge,
     /// Frames over the nodes' links, `in` and `out`.
@@ -169,6 +172,7 @@ impl Default for Metrics {
             circuit_events: Family::default(),
             messages: Family::default(),
             protocol_errors: Counter::default(),
+            control_refused: Counter::default(),
             links: Gauge::default(),
             link_frames: Family::default(),
             codec: Arc::default(),
@@ -233,6 +237,11 @@ impl Default for Metrics {
             "tabnode_protocol_errors",
             "Inbound protocol streams that failed after being read.",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "tabnode_control_refused",
+            "Peers' requests other than token chunks refused for their rate (per peer).",
+            m.control_refused.clone(),
         );
         r.register(
             "tabnode_links",

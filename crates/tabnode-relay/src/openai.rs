@@ -6,11 +6,10 @@
 //! object (serving nodes, time to first token, tokens/s) that OpenAI
 //! clients ignore.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{
     body::Bytes,
@@ -30,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::inference::{
     run_request, ApiEvent, ApiFailure, ApiRequest, InferContext, Requester, Usage, Whole,
 };
+use crate::limiter::RateLimiter;
 
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -45,9 +45,9 @@ pub(crate) struct Api {
     pub infer: InferContext,
     /// Embedding jobs in progress and finished.
     pub jobs: Arc<crate::jobs::Jobs>,
-    limiter: Arc<RateLimiter>,
+    limiter: Arc<RateLimiter<IpAddr>>,
     /// Anonymous requests' free allowance per address.
-    anonymous: Arc<RateLimiter>,
+    anonymous: Arc<RateLimiter<IpAddr>>,
 }
 
 impl Api {
@@ -92,49 +92,6 @@ pub(crate) fn within_allowance(
         r.headers_mut().insert(header::RETRY_AFTER, v);
     }
     Err(Box::new(r))
-}
-
-/// A token bucket per client address: `count` requests a `period_secs`,
-/// in bursts of up to `count` (0: no limit).
-#[derive(Debug)]
-struct RateLimiter {
-    count: u32,
-    period_secs: u64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    fn new(count: u32, period_secs: u64) -> Self {
-        Self {
-            count,
-            period_secs: period_secs.max(1),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Ok` to go ahead, or the seconds until a request is allowed.
-    fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        if self.count == 0 {
-            return Ok(());
-        }
-        let cap = f64::from(self.count);
-        let rate = cap / self.period_secs as f64;
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 100_000 {
-            let period = self.period_secs;
-            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs() < period);
-        }
-        let (tokens, last) = buckets.entry(ip).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate).ceil() as u64)
-        }
-    }
 }
 
 /// An error in OpenAI's format.
@@ -1125,21 +1082,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn the_rate_limiter_lets_a_burst_through_then_refuses() {
-        let l = RateLimiter::new(3, 60);
-        let ip = IpAddr::from([10, 0, 0, 1]);
-        assert!((0..3).all(|_| l.check(ip).is_ok()));
-        let retry = l.check(ip).expect_err("limited");
-        assert!((1..=20).contains(&retry), "{retry}");
-        assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
-        assert!(RateLimiter::new(0, 60).check(ip).is_ok(), "0 = unlimited");
-        // An hour's allowance: the next request in 36 s (100 an hour).
-        let hourly = RateLimiter::new(100, 3600);
-        assert!((0..100).all(|_| hourly.check(ip).is_ok()));
-        let retry = hourly.check(ip).expect_err("used up");
-        assert!((1..=36).contains(&retry), "{retry}");
     }
 }

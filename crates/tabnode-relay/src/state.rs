@@ -45,6 +45,8 @@ pub struct RelayState {
     pub stats: crate::stats::Stats,
     /// The dashboard's node rows, measured speeds and recent requests.
     pub roster: crate::roster::Roster,
+    /// Peers' requests other than token chunks, limited per peer.
+    pub(crate) control: crate::limiter::ControlLimit,
     /// Set when the relay is told to stop: `/readyz` turns 503, new API
     /// requests are refused, event streams end, and the requests in
     /// progress finish.

@@ -415,6 +415,20 @@ pub(crate) fn answered(state: &RelayState) {
 }
 
 fn answer(state: &RelayState, peer: PeerId, request: Request) -> Response {
+    // Chunks answer the relay's own requests (their sessions check them);
+    // anything else a peer sends is limited.
+    if !matches!(request, Request::InferChunk(_)) {
+        if let Err(retry) = state.control.check(peer) {
+            state.metrics.control_refused.inc();
+            return Response::Error {
+                code: ErrorCode::Busy,
+                message: format!(
+                    "more than {} requests a minute; retry in {retry} s",
+                    crate::limiter::CONTROL_PER_MINUTE
+                ),
+            };
+        }
+    }
     match request {
         Request::Register(caps) => {
             if state.register(peer, *caps) {
