@@ -212,32 +212,37 @@ pub(crate) fn router(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(SITE_POLICY),
         ))
-        .merge(v1)
-        // Open to every origin: third-party pages call the API and load the
-        // embed widget's modules.
-        .layer(CorsLayer::permissive())
+        .merge(v1);
+    // The layers every request passes, outermost first, go around the
+    // routed site as one stack: each `Router::layer` call would box every
+    // route's service once more, and a request clones (allocates) every
+    // level of that nesting, once per middleware (a quarter of a routed API
+    // request's allocations).
+    let outer = tower::ServiceBuilder::new()
+        // Every handler sees the client behind trusted proxies.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.trusted_proxies.clone()),
+            crate::proxies::real_client,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            RequestIds::default(),
+            access_log,
+        ))
+        // Over HTTPS, browsers are told to come back only over HTTPS.
+        .option_layer(config.tls.is_some().then(|| {
+            SetResponseHeaderLayer::overriding(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            )
+        }))
         .layer(axum::middleware::from_fn_with_state(
             relay_for_stop,
             refuse_when_stopping,
-        ));
-    // Over HTTPS, browsers are told to come back only over HTTPS.
-    let site = if config.tls.is_some() {
-        site.layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
         ))
-    } else {
-        site
-    };
-    site.layer(axum::middleware::from_fn_with_state(
-        RequestIds::default(),
-        access_log,
-    ))
-    // Outermost: every handler sees the client behind trusted proxies.
-    .layer(axum::middleware::from_fn_with_state(
-        Arc::new(config.trusted_proxies.clone()),
-        crate::proxies::real_client,
-    ))
+        // Open to every origin: third-party pages call the API and load the
+        // embed widget's modules.
+        .layer(CorsLayer::permissive());
+    Router::new().fallback_service(site).layer(outer)
 }
 
 /// Request ids: this relay's start (ms, hex) and a counter, unique across

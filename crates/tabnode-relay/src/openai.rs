@@ -21,7 +21,7 @@ use axum::{
     },
     Json,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tabnode_core::infer::{ChatMessage, FinishReason, GenerateRequest, Prompt};
 use tokio::sync::mpsc;
@@ -452,21 +452,93 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
+/// OpenAI's `usage` of an answer.
+#[derive(Serialize)]
+struct TokenCounts {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+}
+
+impl From<&Usage> for TokenCounts {
+    fn from(u: &Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+        }
+    }
+}
+
+/// The relay's own figures of an answer (its `tabnode` member).
+#[derive(Serialize)]
+struct Figures<'a> {
+    nodes: &'a [String],
+    ttft_ms: f64,
+    tokens_per_s: f64,
+    failovers: u32,
+}
+
+impl<'a> From<&'a Usage> for Figures<'a> {
+    fn from(u: &'a Usage) -> Self {
+        Self {
+            nodes: &u.nodes,
+            ttft_ms: u.ttft_ms,
+            tokens_per_s: u.tokens_per_s,
+            failovers: u.failovers,
+        }
+    }
+}
+
 fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    })
+    json!(TokenCounts::from(u))
 }
 
 fn tabnode_json(u: &Usage) -> Value {
-    json!({
-        "nodes": u.nodes,
-        "ttft_ms": u.ttft_ms,
-        "tokens_per_s": u.tokens_per_s,
-        "failovers": u.failovers,
-    })
+    json!(Figures::from(u))
+}
+
+/// A whole answer, serialized as it is (no `Value` tree in between).
+#[derive(Serialize)]
+struct WholeAnswer<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    /// Always `null`.
+    system_fingerprint: Option<()>,
+    choices: [Choice; 1],
+    usage: TokenCounts,
+    tabnode: Figures<'a>,
+}
+
+/// The one choice of a whole answer.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Choice {
+    Chat {
+        index: u32,
+        message: Message,
+        /// Always `null`.
+        logprobs: Option<()>,
+        finish_reason: &'static str,
+    },
+    Text {
+        text: String,
+        index: u32,
+        /// Always `null`.
+        logprobs: Option<()>,
+        finish_reason: &'static str,
+    },
+}
+
+/// The assistant's message of a chat answer.
+#[derive(Serialize)]
+struct Message {
+    role: &'static str,
+    content: String,
+    /// Always `null`.
+    refusal: Option<()>,
 }
 
 /// The checks every generation request passes first: the client's rate
@@ -692,7 +764,7 @@ async fn serve(
         let (requester, answer) = Requester::whole();
         tokio::spawn(run_request(api.infer.clone(), parsed.api, requester));
         return match answer.await {
-            Ok(w) => whole(kind, prefix, created, model, w),
+            Ok(w) => whole(kind, prefix, created, &model, w),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -737,20 +809,28 @@ impl Kind {
     }
 
     /// The one choice of a whole answer.
-    fn choice(&self, text: String, finish: FinishReason) -> Value {
+    fn choice(&self, text: String, finish: FinishReason) -> Choice {
+        let finish_reason = finish_reason(finish);
         match self {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text, "refusal": null },
-                "logprobs": null,
-                "finish_reason": finish_reason(finish),
-            }),
-            Kind::Text { echo } => json!({
-                "text": format!("{}{text}", echo.as_deref().unwrap_or_default()),
-                "index": 0,
-                "logprobs": null,
-                "finish_reason": finish_reason(finish),
-            }),
+            Kind::Chat => Choice::Chat {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content: text,
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason,
+            },
+            Kind::Text { echo } => Choice::Text {
+                text: match echo {
+                    Some(echo) => format!("{echo}{text}"),
+                    None => text,
+                },
+                index: 0,
+                logprobs: None,
+                finish_reason,
+            },
         }
     }
 
@@ -778,19 +858,19 @@ impl Kind {
 }
 
 /// A whole answer under the id `{prefix}-{request id}`.
-fn whole(kind: Kind, prefix: &str, created: u64, model: String, answer: Whole) -> Response {
+fn whole(kind: Kind, prefix: &str, created: u64, model: &str, answer: Whole) -> Response {
     match answer.end {
         Err(f) => failure(&f),
-        Ok((finish, usage)) => Json(json!({
-            "id": format!("{prefix}-{:016x}", answer.request_id),
-            "object": kind.object(false),
-            "created": created,
-            "model": model,
-            "system_fingerprint": null,
-            "choices": [kind.choice(answer.text, finish)],
-            "usage": usage_json(&usage),
-            "tabnode": tabnode_json(&usage),
-        }))
+        Ok((finish, usage)) => Json(WholeAnswer {
+            id: format!("{prefix}-{:016x}", answer.request_id),
+            object: kind.object(false),
+            created,
+            model,
+            system_fingerprint: None,
+            choices: [kind.choice(answer.text, finish)],
+            usage: TokenCounts::from(&usage),
+            tabnode: Figures::from(&usage),
+        })
         .into_response(),
     }
 }
