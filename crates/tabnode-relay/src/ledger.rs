@@ -550,19 +550,18 @@ fn writer(
             batch.push(more);
         }
         busy = batch.len() > 1;
-        let credits: Vec<Credit> = batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+        let (credits, replies): (Vec<Vec<Credit>>, Vec<_>) = batch.into_iter().unzip();
+        let credits: Vec<Credit> = credits.into_iter().flatten().collect();
         let result = commit(db, path, &credits).map(|_| ()).map_err(Arc::new);
         match &result {
             Err(e) => tracing::error!("ledger {}: commit failed: {e}", path.display()),
             Ok(()) => changed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(credits.iter().map(|c| c.peer_id.clone())),
+                .extend(credits.into_iter().map(|c| c.peer_id)),
         }
-        for (_, reply) in batch {
-            if let Some(reply) = reply {
-                let _ = reply.send(result.clone());
-            }
+        for reply in replies.into_iter().flatten() {
+            let _ = reply.send(result.clone());
         }
     }
 }
