@@ -362,6 +362,10 @@ impl Catalog {
 
     /// The entry for `model`: its id, its name, or the id of its name.
     pub fn find(&self, model: &str) -> Option<&CatalogModel> {
+        // What requests send most: an id as it is.
+        if let Some(m) = self.models.iter().find(|m| m.id == model) {
+            return Some(m);
+        }
         let id = model_id(model);
         self.models
             .iter()

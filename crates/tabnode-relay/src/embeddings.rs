@@ -321,11 +321,7 @@ async fn credit(
         return;
     };
     let tokens: u64 = result.tokens.iter().map(|&t| u64::from(t)).sum();
-    let gflops = ctx
-        .state
-        .pof_history(&peer)
-        .and_then(|h| h.standing.matmul_gflops)
-        .unwrap_or(0.0);
+    let gflops = ctx.state.registry.proven_gflops(&peer).unwrap_or(0.0);
     let amount = model.creditable(tokens, started.elapsed().as_secs_f64(), gflops);
     let id = format!("embed:{}-{request_id}:{batch}", ctx.state.sessions.epoch);
     if let Err(e) = ledger

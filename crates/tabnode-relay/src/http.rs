@@ -219,11 +219,14 @@ pub(crate) fn router(
     // level of that nesting, once per middleware (a quarter of a routed API
     // request's allocations).
     let outer = tower::ServiceBuilder::new()
-        // Every handler sees the client behind trusted proxies.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(config.trusted_proxies.clone()),
-            crate::proxies::real_client,
-        ))
+        // Every handler sees the client behind trusted proxies (without
+        // any, the peer is the client: no layer).
+        .option_layer((!config.trusted_proxies.is_empty()).then(|| {
+            axum::middleware::from_fn_with_state(
+                Arc::new(config.trusted_proxies.clone()),
+                crate::proxies::real_client,
+            )
+        }))
         .layer(axum::middleware::from_fn_with_state(
             RequestIds::default(),
             access_log,

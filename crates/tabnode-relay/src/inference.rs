@@ -461,11 +461,7 @@ pub(crate) async fn run_request(ctx: InferContext, api: ApiRequest, mut requeste
         }
         if served > 0 && honest && verified {
             // No faster than the node's proven matmul rate makes plausible.
-            let gflops = ctx
-                .state
-                .pof_history(&peer)
-                .and_then(|h| h.standing.matmul_gflops)
-                .unwrap_or(0.0);
+            let gflops = ctx.state.registry.proven_gflops(&peer).unwrap_or(0.0);
             let secs = segment_started.elapsed().as_secs_f64();
             let creditable = entry.creditable(served as u64, secs, gflops);
             if creditable < served as u64 {

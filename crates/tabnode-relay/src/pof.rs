@@ -283,10 +283,7 @@ impl Challenger {
 
     async fn challenge_now(&self, peer: PeerId) -> bool {
         let caps = self.state.registry.capabilities(&peer);
-        let proven = self
-            .state
-            .pof_history(&peer)
-            .and_then(|h| h.standing.matmul_gflops);
+        let proven = self.state.registry.proven_gflops(&peer);
         let sizing = self.config.size(caps.as_ref(), proven);
         let class = caps
             .as_ref()

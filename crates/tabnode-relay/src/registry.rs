@@ -683,6 +683,15 @@ impl Registry {
         self.lock().pof.get(peer).cloned()
     }
 
+    /// The matmul rate `peer`'s proofs stand at (GFLOP/s), without copying
+    /// its history.
+    pub fn proven_gflops(&self, peer: &PeerId) -> Option<f64> {
+        self.lock()
+            .pof
+            .get(peer)
+            .and_then(|h| h.standing.matmul_gflops)
+    }
+
     /// Nodes with a proof history (connected or recently departed).
     pub fn pof_tracked(&self) -> usize {
         self.lock().pof.len()
