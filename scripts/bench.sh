@@ -100,8 +100,8 @@ echo "== relay routing throughput with simulated native nodes (net_bench routing
 echo "== the dashboard's stream with 1,000 nodes connected to a relay process (net_bench dashboard)"
 cargo build -q -p tabnode-relay --bin tabnode-relay
 "$CARGO_TARGET_DIR/debug/examples/net_bench" dashboard "${STATS_NODES:-1000}" "${STATS_SUBSCRIBERS:-10}" "${DASHBOARD_WINDOW_S:-30}"
-echo "== a deployed relay's routing: release builds of the relay and of net_bench (whose nodes run in another process; net_bench routing-apart)"
+echo "== a deployed relay's routing: release builds (the dist profile, as installed) of the relay and of net_bench (whose nodes run in another process; net_bench routing-apart)"
 RELEASE_TARGET="${TABNODE_RELEASE_TARGET:-$TABNODE_CACHE/target-release}"
-CARGO_TARGET_DIR="$RELEASE_TARGET" cargo build -q --release --locked -p tabnode-relay --bin tabnode-relay -p tabnode-node --example net_bench
-TABNODE_RELAY_BIN="$RELEASE_TARGET/release/tabnode-relay" "$RELEASE_TARGET/release/examples/net_bench" routing-apart ${ROUTING_NODES:-10 100 1000}
-TABNODE_RELAY_BIN="$RELEASE_TARGET/release/tabnode-relay" ROUTING_CLIENTS=4 "$RELEASE_TARGET/release/examples/net_bench" routing-apart 10 1000
+CARGO_TARGET_DIR="$RELEASE_TARGET" cargo build -q --profile dist --locked -p tabnode-relay --bin tabnode-relay -p tabnode-node --example net_bench
+TABNODE_RELAY_BIN="$RELEASE_TARGET/dist/tabnode-relay" "$RELEASE_TARGET/dist/examples/net_bench" routing-apart ${ROUTING_NODES:-10 100 1000}
+TABNODE_RELAY_BIN="$RELEASE_TARGET/dist/tabnode-relay" ROUTING_CLIENTS=4 "$RELEASE_TARGET/dist/examples/net_bench" routing-apart 10 1000

@@ -94,8 +94,8 @@ pub struct Metrics {
     pub messages: Family<Direction, Counter>,
     /// Inbound protocol streams that failed after being read.
     pub protocol_errors: Counter,
-    /// Peers' control requests refused for their rate
-    /// ([`crate::limiter::CONTROL_PER_MINUTE`]).
+    /// Peers' requests other than token chunks refused for their rate (120
+    /// a minute per peer).
     pub control_refused: Counter,
     /// Nodes with a link up (`tabnode_core::link`).
     pub links: Gauge,
