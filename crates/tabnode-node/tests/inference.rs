@@ -1092,27 +1092,22 @@ async fn three_failed_attempts_end_in_an_error_event() {
     assert_eq!(l["totals"]["tokens"].as_u64().unwrap_or(0), 0, "{l}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = quick_relay(&dir).await;
-    let addr = relay.http_addr;
+/// A relay and one node with one slot, its model on the network.
+async fn one_slot(dir: &tempfile::TempDir) -> (RelayHandle, Arc<InferServer>, NodeHandle) {
+    let relay = quick_relay(dir).await;
     let server = Arc::new(InferServer::new(engine(), 1));
     let node = node_serving(
         relay.tcp_addr().expect("tcp"),
         honest_prover(),
         server.clone(),
     );
-    wait_for_model(addr, 1).await;
-    let s = stream_until(
-        addr,
-        &chat_body("Write a long story about a dragon.", 200, true),
-        2,
-    )
-    .await;
-    drop(s);
-    // The node is told, its slot frees within seconds (long before the
-    // 200 tokens would be done), and it takes the next request.
+    wait_for_model(relay.http_addr, 1).await;
+    (relay, server, node)
+}
+
+/// Waits (10 s at most) until `node`'s slot is free on the relay and on
+/// the node: long before a long generation would be done.
+async fn slot_freed(relay: &RelayHandle, server: &InferServer, node: &NodeHandle) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while relay.state.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
         assert!(
@@ -1123,6 +1118,22 @@ async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (relay, server, node) = one_slot(&dir).await;
+    let addr = relay.http_addr;
+    let s = stream_until(
+        addr,
+        &chat_body("Write a long story about a dragon.", 200, true),
+        2,
+    )
+    .await;
+    drop(s);
+    // The node is told, its slot frees, and it takes the next request.
+    slot_freed(&relay, &server, &node).await;
     let next = post_chat(addr, &chat_body("Say hello.", 4, false)).await;
     let next = read_answer(&next, false);
     // Only what reached the requester of the abandoned stream is credited:
@@ -1145,15 +1156,8 @@ async fn a_requester_that_leaves_frees_the_node_and_credits_only_what_it_got() {
 #[tokio::test]
 async fn a_requester_of_a_whole_answer_that_leaves_frees_the_node() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = quick_relay(&dir).await;
+    let (relay, server, node) = one_slot(&dir).await;
     let addr = relay.http_addr;
-    let server = Arc::new(InferServer::new(engine(), 1));
-    let node = node_serving(
-        relay.tcp_addr().expect("tcp"),
-        honest_prover(),
-        server.clone(),
-    );
-    wait_for_model(addr, 1).await;
     let body = chat_body("Write a long story about a dragon.", 200, false);
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
@@ -1168,16 +1172,7 @@ async fn a_requester_of_a_whole_answer_that_leaves_frees_the_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(s);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while relay.state.load_of(&node.peer_id).0 > 0 || server.active() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slot still taken: relay {:?}, node {}",
-            relay.state.load_of(&node.peer_id),
-            server.active()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    slot_freed(&relay, &server, &node).await;
     let metrics = relay.state.render_metrics();
     assert!(
         metrics.contains("tabnode_inference_requests_total{outcome=\"failed\"} 1")
