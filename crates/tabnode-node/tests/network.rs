@@ -612,13 +612,15 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
     let links = &relay.state.metrics.links;
     wait_until("the link to be up", || links.get() == 1).await;
     // A node registers over request-response only when it has no link (its
-    // side broke, or the link is on a connection it left): the relay
-    // replaces the link it has, and closes that one.
+    // side broke, or the link is on a connection it left): the relay asks
+    // over the link it has and, with no answer, replaces it and closes it.
     assert_eq!(
         request_well_formed(&mut bad, relay.peer_id, &register).await,
         Response::Ack
     );
+    next_check(&mut first).await;
     let (_, mut stream) = next_link(&mut bad, &mut incoming).await;
+    assert_eq!(link_checks(&relay, "replaced"), 1);
     let mut rest = Vec::new();
     tokio::time::timeout(WAIT, first.read_to_end(&mut rest))
         .await
@@ -639,6 +641,98 @@ async fn a_malformed_frame_closes_a_link_and_the_node_is_still_served() {
     // The connection and request-response are untouched.
     let answer = request_well_formed(&mut bad, relay.peer_id, &Request::Echo(vec![1, 2, 3])).await;
     assert_eq!(answer, Response::Echo(vec![1, 2, 3]));
+}
+
+/// The next frame the relay sends over `link`.
+async fn next_frame(link: &mut libp2p::Stream) -> tabnode_core::link::Frame {
+    tokio::time::timeout(
+        WAIT,
+        tabnode_core::codec::read_message(link, MAX_MESSAGE + 16),
+    )
+    .await
+    .expect("a frame in time")
+    .expect("a well-formed frame")
+}
+
+/// The relay's check of `link` (an echo request): its id and payload. The
+/// challenge of the node's first proof may come first over the link; it is
+/// left unanswered.
+async fn next_check(link: &mut libp2p::Stream) -> (u64, Vec<u8>) {
+    use tabnode_core::link::Frame;
+    loop {
+        match next_frame(link).await {
+            Frame::Request {
+                id,
+                request: Request::Echo(payload),
+            } => return (id, payload),
+            Frame::Request {
+                request: Request::PofChallenge(_),
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Links the relay checked, by outcome (`alive`, `replaced`).
+fn link_checks(relay: &RelayHandle, outcome: &'static str) -> u64 {
+    relay
+        .state
+        .metrics
+        .link_checks
+        .get_or_create(&tabnode_relay::metrics::Outcome { outcome })
+        .get()
+}
+
+/// A node registers as soon as it connects, over request-response, and
+/// again when its capabilities change; the second registration can leave
+/// before the link the first one made the relay open has reached the node.
+/// The relay keeps a link that answers: replacing it would fail what it
+/// already sent over it (the node's first proof among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_registers_again_before_its_link_arrives_keeps_the_link() {
+    use tabnode_core::link::Frame;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir).await;
+    let (mut bad, mut incoming, register, mut first) = registered_rogue(&relay, "early").await;
+    let links = &relay.state.metrics.links;
+    wait_until("the link to be up", || links.get() == 1).await;
+    assert_eq!(
+        request_well_formed(&mut bad, relay.peer_id, &register).await,
+        Response::Ack
+    );
+    // The relay asks over the link, and the node answers.
+    let (id, payload) = next_check(&mut first).await;
+    let answer = Frame::Response {
+        id,
+        response: Response::Echo(payload),
+    };
+    tabnode_core::codec::write_message(&mut first, &answer, MAX_MESSAGE + 16)
+        .await
+        .expect("answer");
+    wait_until("the relay to keep the link", || {
+        link_checks(&relay, "alive") == 1
+    })
+    .await;
+    assert_eq!(link_checks(&relay, "replaced"), 0);
+    assert_eq!(links.get(), 1);
+    // The link still serves the node's requests, and no other was opened.
+    let ask = Frame::Request {
+        id: 9,
+        request: Request::Echo(vec![4, 5]),
+    };
+    tabnode_core::codec::write_message(&mut first, &ask, MAX_MESSAGE + 16)
+        .await
+        .expect("ask");
+    let back = loop {
+        match next_frame(&mut first).await {
+            Frame::Response { id: 9, response } => break response,
+            Frame::Request { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(back, Response::Echo(vec![4, 5]));
+    assert!(futures::FutureExt::now_or_never(incoming.next()).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 //! use request-response until the next registration opens a new one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::PeerId;
@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 
-use crate::metrics::Direction;
+use crate::metrics::{Direction, Outcome};
 use crate::state::RelayState;
 
 /// One node's link while it is up.
@@ -33,6 +33,8 @@ pub(crate) struct LinkHandle {
     next_id: AtomicU64,
     /// Ends the link's task (when a new link replaces it).
     close: Mutex<Option<oneshot::Sender<()>>>,
+    /// Whether [`Links::check`] is asking it now.
+    checking: AtomicBool,
 }
 
 impl LinkHandle {
@@ -146,6 +148,8 @@ pub(crate) struct Links {
     up: Gauge,
     /// Frames in and out (the metric).
     frames: Family<Direction, Counter>,
+    /// Links checked (the metric): `alive` or `replaced`.
+    checks: Family<Outcome, Counter>,
 }
 
 impl Links {
@@ -155,6 +159,7 @@ impl Links {
             links: Mutex::default(),
             up: metrics.links.clone(),
             frames: metrics.link_frames.clone(),
+            checks: metrics.link_checks.clone(),
         }
     }
 
@@ -188,35 +193,40 @@ impl Links {
                 Err(refused) => Err(unsent(refused)),
             };
         }
+        self.ask(link, request).map(Some)
+    }
+
+    /// Sends `request` over `link`; its answer comes to the [`Sent`].
+    fn ask(&self, link: Arc<LinkHandle>, request: Request) -> Result<Sent, Unsent> {
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, answer) = oneshot::channel();
         link.pending().insert(id, tx);
-        let sent = Sent {
-            link: link.clone(),
-            id,
-            answer,
-        };
-        match link.out.request(id, request) {
+        let out = link.out.clone();
+        let sent = Sent { link, id, answer };
+        match out.request(id, request) {
             Ok(()) => {
                 self.count("out");
-                Ok(Some(sent))
+                Ok(sent)
             }
             // `sent`, dropped, forgets the request.
             Err(refused) => Err(unsent(refused)),
         }
     }
 
-    /// Opens a link to `peer` (a task of its own serves it until it
-    /// breaks) unless one is being opened, or one is up and not `stale`.
+    /// Gives `peer`, which registered over request-response, a link: opens
+    /// one unless one is being opened or is up.
     ///
     /// A node registers over request-response only while it has no link,
-    /// so a registration there makes a link the relay still has stale (the
-    /// node's side of it broke, or it is on a connection the node left).
+    /// so a link the relay holds then is either one the node has not seen
+    /// yet (opened moments ago, its stream still on its way: the node
+    /// registered again meanwhile) or one whose node side is gone (it broke
+    /// there, or it is on a connection the node left). [`Links::check`]
+    /// tells them apart: a link that answers stays, one that does not is
+    /// replaced.
     pub(crate) fn open(
         self: &Arc<Self>,
         control: &libp2p_stream::Control,
         peer: PeerId,
-        stale: bool,
         state: Arc<RelayState>,
         joined: tokio::sync::mpsc::Sender<PeerId>,
     ) {
@@ -224,15 +234,81 @@ impl Links {
             let mut links = self.links();
             match links.get(&peer) {
                 Some(Slot::Opening) => return,
-                Some(Slot::Open(_)) if !stale => return,
-                _ => {}
-            }
-            if let Some(Slot::Open(old)) = links.insert(peer, Slot::Opening) {
-                old.close();
+                Some(Slot::Open(link)) => {
+                    let link = link.clone();
+                    drop(links);
+                    self.check(link, control, peer, state, joined);
+                    return;
+                }
+                None => {
+                    links.insert(peer, Slot::Opening);
+                }
             }
         }
+        self.spawn_link(control.clone(), peer, state, joined);
+    }
+
+    /// Asks `peer`'s `link` for an echo; when none comes within
+    /// [`OPEN_TIMEOUT`] (as long as opening a link may take), closes it and
+    /// opens another. One check at a time per link; requests keep going
+    /// over it meanwhile.
+    fn check(
+        self: &Arc<Self>,
+        link: Arc<LinkHandle>,
+        control: &libp2p_stream::Control,
+        peer: PeerId,
+        state: Arc<RelayState>,
+        joined: tokio::sync::mpsc::Sender<PeerId>,
+    ) {
+        if link.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let links = self.clone();
-        let mut control = control.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            // Any answer over the link is the node reading and answering it.
+            let alive = match links.ask(link.clone(), Request::Echo(Vec::new())) {
+                Ok(mut sent) => matches!(
+                    tokio::time::timeout(OPEN_TIMEOUT, &mut sent.answer).await,
+                    Ok(Ok(_))
+                ),
+                Err(_) => false,
+            };
+            link.checking.store(false, Ordering::Release);
+            let outcome = if alive { "alive" } else { "replaced" };
+            links.checks.get_or_create(&Outcome { outcome }).inc();
+            if alive {
+                tracing::debug!(%peer, "the node registered before its link reached it; kept");
+                return;
+            }
+            {
+                let mut map = links.links();
+                match map.get(&peer) {
+                    // Still this link, or none (it ended meanwhile): the
+                    // node has no working link.
+                    Some(Slot::Open(l)) if Arc::ptr_eq(l, &link) => {}
+                    None => {}
+                    // Replaced meanwhile.
+                    Some(_) => return,
+                }
+                map.insert(peer, Slot::Opening);
+            }
+            tracing::debug!(%peer, "the link did not answer; replaced");
+            link.close();
+            links.spawn_link(control, peer, state, joined);
+        });
+    }
+
+    /// Opens a link to `peer` (its slot is [`Slot::Opening`]) in a task
+    /// that then serves it until it ends.
+    fn spawn_link(
+        self: &Arc<Self>,
+        mut control: libp2p_stream::Control,
+        peer: PeerId,
+        state: Arc<RelayState>,
+        joined: tokio::sync::mpsc::Sender<PeerId>,
+    ) {
+        let links = self.clone();
         tokio::spawn(async move {
             let opened =
                 tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)).await;
@@ -257,6 +333,7 @@ impl Links {
                 pending: Mutex::default(),
                 next_id: AtomicU64::new(0),
                 close: Mutex::new(Some(close)),
+                checking: AtomicBool::new(false),
             });
             let up = Up::new(links.clone(), peer, link.clone());
             tracing::debug!(%peer, "link up");
@@ -325,6 +402,7 @@ mod tests {
             pending: Mutex::default(),
             next_id: AtomicU64::new(0),
             close: Mutex::new(None),
+            checking: AtomicBool::new(false),
         })
     }
 

@@ -36,8 +36,9 @@ async fn terminated() {
 /// under load, at once when idle). Keep the guard: dropping it writes what
 /// is left.
 fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=warn,webrtc_dtls=error".into()
+    });
     // Colours only on a terminal: a journal, a container's log or a file
     // gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -101,6 +101,9 @@ pub struct Metrics {
     pub links: Gauge,
     /// Frames over the nodes' links, `in` and `out`.
     pub link_frames: Family<Direction, Counter>,
+    /// Links asked whether they still work when their node registered
+    /// without them: `alive` (kept) or `replaced`.
+    pub link_checks: Family<Outcome, Counter>,
     /// What the codec refused (malformed, oversized, truncated).
     pub codec: Arc<CodecStats>,
     /// Proof-of-FLOPS results: `passed`, `failed`.
@@ -175,6 +178,7 @@ impl Default for Metrics {
             control_refused: Counter::default(),
             links: Gauge::default(),
             link_frames: Family::default(),
+            link_checks: Family::default(),
             codec: Arc::default(),
             pof: Family::default(),
             inference_requests: Family::default(),
@@ -252,6 +256,11 @@ impl Default for Metrics {
             "tabnode_link_frames",
             "Frames over the nodes' links.",
             m.link_frames.clone(),
+        );
+        r.register(
+            "tabnode_link_checks",
+            "Links asked whether they still work when their node registered without them, by outcome (alive: kept, replaced).",
+            m.link_checks.clone(),
         );
         r.register_collector(Box::new(Malformed(m.codec.clone())));
         r.register(

@@ -57,6 +57,22 @@ enum ProofFailure {
 }
 
 impl ProofFailure {
+    /// Whether the challenge never reached the node or its answer never
+    /// came back because the way to it closed (its link broke, its
+    /// connection closed): nothing about its compute.
+    fn undelivered(&self) -> bool {
+        use libp2p::request_response::OutboundFailure;
+        matches!(
+            self,
+            Self::Send(
+                SendError::LinkClosed
+                    | SendError::Outbound(
+                        OutboundFailure::ConnectionClosed | OutboundFailure::DialFailure
+                    )
+            )
+        )
+    }
+
     fn unexpected(step: &'static str, answer: &Response) -> Self {
         Self::Unexpected {
             step,
@@ -236,6 +252,16 @@ impl PofConfig {
         let gap = mean.as_secs_f64() * -u.ln();
         Duration::from_secs_f64(gap.clamp(mean.as_secs_f64() / 20.0, mean.as_secs_f64() * 5.0))
     }
+
+    /// The delay before the next challenge of a node whose last one ended
+    /// as `result`.
+    fn gap_after(&self, result: Challenged, rng: &mut impl Rng) -> Duration {
+        let gap = self.next_gap(result == Challenged::Passed, rng);
+        match result {
+            Challenged::Undelivered => gap.min(UNDELIVERED_RETRY),
+            Challenged::Passed | Challenged::Failed => gap,
+        }
+    }
 }
 
 fn class_name(class: DeviceClass) -> &'static str {
@@ -259,8 +285,24 @@ struct Challenger {
 /// A challenge's outcome, back to the scheduler.
 struct Finished {
     peer: PeerId,
-    passed: bool,
+    result: Challenged,
 }
+
+/// How a challenge ended, for the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenged {
+    Passed,
+    Failed,
+    /// Failed because the way to the node closed under it: recorded as a
+    /// failure (a node cannot dodge proofs by dropping its link), and the
+    /// next challenge comes after [`UNDELIVERED_RETRY`], not minutes later
+    /// with the node out of matchmaking meanwhile.
+    Undelivered,
+}
+
+/// The longest delay before challenging again a node whose last challenge
+/// was [`Challenged::Undelivered`].
+const UNDELIVERED_RETRY: Duration = Duration::from_secs(5);
 
 impl Challenger {
     async fn request(
@@ -274,14 +316,14 @@ impl Challenger {
 
     /// Runs one challenge against `peer` and records the result.
     async fn challenge(self: Arc<Self>, peer: PeerId, done: mpsc::UnboundedSender<Finished>) {
-        let passed = match self.in_flight.acquire().await {
+        let result = match self.in_flight.acquire().await {
             Ok(_slot) => self.challenge_now(peer).await,
-            Err(_) => false,
+            Err(_) => Challenged::Failed,
         };
-        let _ = done.send(Finished { peer, passed });
+        let _ = done.send(Finished { peer, result });
     }
 
-    async fn challenge_now(&self, peer: PeerId) -> bool {
+    async fn challenge_now(&self, peer: PeerId) -> Challenged {
         let caps = self.state.registry.capabilities(&peer);
         let proven = self.state.registry.proven_gflops(&peer);
         let sizing = self.config.size(caps.as_ref(), proven);
@@ -304,20 +346,24 @@ impl Challenger {
             passed: false,
             reason: None,
         };
-        let result = self.run(peer, round, sizing, &mut record).await;
-        match result {
+        let result = match self.run(peer, round, sizing, &mut record).await {
             Ok(()) => {
                 record.passed = true;
                 tracing::info!(%peer, round, n, gflops = record.matmul_gflops, "proof passed");
+                Challenged::Passed
             }
             Err(reason) => {
                 tracing::warn!(%peer, round, n, "proof failed: {reason}");
                 record.reason = Some(reason.to_string());
+                if reason.undelivered() {
+                    Challenged::Undelivered
+                } else {
+                    Challenged::Failed
+                }
             }
-        }
-        let passed = record.passed;
+        };
         self.state.record_pof(peer, record);
-        passed
+        result
     }
 
     async fn run(
@@ -453,7 +499,7 @@ pub(crate) async fn run(
             },
             Some(f) = done.recv() => {
                 running.remove(&f.peer);
-                let gap = ch.config.next_gap(f.passed, &mut rand::thread_rng());
+                let gap = ch.config.gap_after(f.result, &mut rand::thread_rng());
                 due.insert(f.peer, Instant::now() + gap);
                 Vec::new()
             }
@@ -544,6 +590,40 @@ mod tests {
         assert!(gaps.iter().all(|g| (5.0..=500.0).contains(g)));
         let after_failure = c.next_gap(false, &mut rng);
         assert!(after_failure <= Duration::from_secs(50));
+    }
+
+    #[test]
+    fn a_challenge_the_way_to_the_node_lost_is_tried_again_within_seconds() {
+        use libp2p::request_response::OutboundFailure;
+        // What says nothing of the node's compute, and what does.
+        let undelivered = [
+            ProofFailure::Send(SendError::LinkClosed),
+            ProofFailure::Send(SendError::Outbound(OutboundFailure::ConnectionClosed)),
+            ProofFailure::Send(SendError::Outbound(OutboundFailure::DialFailure)),
+        ];
+        assert!(undelivered.iter().all(ProofFailure::undelivered));
+        let failed = [
+            ProofFailure::Send(SendError::Timeout(10_000)),
+            ProofFailure::Late {
+                took_ms: 11_000,
+                deadline_ms: 10_000,
+            },
+            ProofFailure::Refused("busy".into()),
+            ProofFailure::WrongRound { got: 1, want: 2 },
+        ];
+        assert!(!failed.iter().any(ProofFailure::undelivered));
+        let c = PofConfig::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..1000 {
+            assert!(c.gap_after(Challenged::Undelivered, &mut rng) <= UNDELIVERED_RETRY);
+        }
+        // A real failure or a pass waits as before: minutes.
+        let failed_gaps: Vec<Duration> = (0..1000)
+            .map(|_| c.gap_after(Challenged::Failed, &mut rng))
+            .collect();
+        assert!(failed_gaps.iter().all(|g| *g >= c.interval / 200));
+        assert!(failed_gaps.iter().any(|g| *g > Duration::from_secs(60)));
+        assert!(c.gap_after(Challenged::Passed, &mut rng) >= c.interval / 20);
     }
 
     #[test]

@@ -343,7 +343,7 @@ pub(crate) async fn run(
                     if registered && response == Response::Ack {
                         // From now on, over a link of its own (a node with
                         // a working link registers over it, not here).
-                        links.open(&control, peer, true, state.clone(), joined.clone());
+                        links.open(&control, peer, state.clone(), joined.clone());
                     }
                     if swarm
                         .behaviour_mut()
