@@ -6,7 +6,7 @@ import { tmpdir, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { before, after } from 'node:test';
+import { before, after, beforeEach, afterEach } from 'node:test';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TARGET = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache/tabnode/target');
@@ -32,11 +32,16 @@ export async function waitFor(what, fn, timeoutMs = 30_000, everyMs = 50) {
   }
 }
 
+// The processes the harness started and the pages openTab opened: a
+// failing test prints the end of their logs (see `useNetwork`).
+const spawned = new Set();
+const pages = new Set();
+
 function spawnLogged(name, cmd, args, env = {}) {
   if (!existsSync(cmd)) throw new Error(`${cmd} is missing: run scripts/build.sh`);
   const proc = spawn(cmd, args, {
     cwd: ROOT,
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error', ...env },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error,webrtc_dtls=error', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   proc.output = '';
@@ -47,7 +52,12 @@ function spawnLogged(name, cmd, args, env = {}) {
   };
   proc.stdout.on('data', keep);
   proc.stderr.on('data', keep);
-  proc.exited = new Promise((r) => proc.on('exit', (code, signal) => r({ code, signal })));
+  proc.exited = new Promise((r) => proc.on('exit', (code, signal) => {
+    proc.exitedAt = Date.now();
+    r({ code, signal });
+  }));
+  proc.logName = name;
+  spawned.add(proc);
   return proc;
 }
 
@@ -220,6 +230,8 @@ export async function openTab(browser, url, context, { model = false, embed = fa
     if (process.env.TABNODE_E2E_VERBOSE) process.stderr.write(`[tab] ${m.text()}\n`);
   });
   page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.message}${process.env.TABNODE_E2E_VERBOSE ? `\n${e.stack}` : ''}`));
+  pages.add(page);
+  page.on('close', () => pages.delete(page));
   const query = new URLSearchParams();
   // A tab loads the model only when the test asks.
   if (!model) query.set('model', 'off');
@@ -289,6 +301,26 @@ export function useNetwork({ relay = {}, browser = true, setUp = null } = {}) {
     net.relay = await startRelay(relay);
     if (browser) net.browser = await launchBrowser();
     if (setUp) await setUp(net);
+  });
+  // A failing test prints what the processes and tabs it ran logged last
+  // (CI keeps only the test output): the relay's view of who registered,
+  // proved and served is what explains a request that found no node.
+  let started = 0;
+  beforeEach(() => {
+    started = Date.now();
+  });
+  afterEach((t) => {
+    if (t.passed) return;
+    const tail = (text, lines) => text.split('\n').slice(-lines).join('\n');
+    const out = [`--- logs of the processes and tabs of the failed test "${t.name}"`];
+    for (const proc of spawned) {
+      if (proc.exitedAt && proc.exitedAt < started) continue;
+      out.push(`--- ${proc.logName} (pid ${proc.pid}${proc.exitedAt ? ', exited' : ''}), last lines:`, tail(proc.output, 80));
+    }
+    for (const page of pages) {
+      out.push(`--- tab ${page.url()}, last lines:`, page.logs.slice(-40).join('\n'));
+    }
+    process.stderr.write(`${out.join('\n')}\n`);
   });
   after(async () => {
     await net.browser?.close();
