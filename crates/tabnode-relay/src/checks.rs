@@ -30,7 +30,6 @@ use tabnode_core::{Request, Response};
 use crate::inference::InferContext;
 use crate::ledger::Credit;
 use crate::now_ms;
-use crate::registry::NoNode;
 
 /// How requests are spot-checked.
 #[derive(Debug, Clone)]
@@ -317,26 +316,14 @@ async fn score_on(
     let state = &ctx.state;
     // A checker, waiting (at most the check's time limit) for one to be
     // free.
-    let deadline = Instant::now() + config.timeout;
-    let slot = loop {
-        let woken = state.registry.changed();
-        match state.registry.reserve_checker(
-            &served.model_id,
-            &served.peers(),
-            others,
-            config.same_address,
-        ) {
-            Ok(slot) => break slot,
-            Err(NoNode::UnknownModel) => return None,
-            Err(NoNode::Unavailable) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return None;
-                }
-                let _ = tokio::time::timeout(deadline - now, woken).await;
-            }
-        }
-    };
+    let served_by = served.peers();
+    let slot = state
+        .registry
+        .take_within(config.timeout, |r| {
+            r.reserve_checker(&served.model_id, &served_by, others, config.same_address)
+        })
+        .await
+        .ok()?;
     let checker = slot.peer;
     let started = Instant::now();
     let request = Request::Score(Box::new(ScoreRequest {

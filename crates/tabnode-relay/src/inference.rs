@@ -266,24 +266,17 @@ pub(crate) async fn acquire(
     model: &str,
     exclude: &HashSet<PeerId>,
 ) -> Result<crate::registry::Slot, NoNode> {
-    let deadline = Instant::now() + ctx.config.queue_timeout;
     let registry = &ctx.state.registry;
-    loop {
-        let woken = registry.changed();
-        match registry.reserve(model, exclude) {
-            Ok(p) => return Ok(p),
-            Err(NoNode::UnknownModel) if exclude.is_empty() => return Err(NoNode::UnknownModel),
-            Err(e) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(e);
-                }
-                // Woken by whatever changes who is usable: a freed slot, a
-                // registration, a departure, a proof result.
-                let _ = tokio::time::timeout(deadline - now, woken).await;
+    registry
+        .take_within(ctx.config.queue_timeout, |r| {
+            match r.reserve(model, exclude) {
+                // The nodes tried have left and no other serves the model
+                // now: one may join (or come back) before the wait is over.
+                Err(NoNode::UnknownModel) if !exclude.is_empty() => Err(NoNode::Unavailable),
+                taken => taken,
             }
-        }
-    }
+        })
+        .await
 }
 
 /// How one node's part of a request ended.

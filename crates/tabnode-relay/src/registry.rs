@@ -422,6 +422,35 @@ impl Registry {
         self.changed.notified()
     }
 
+    /// Takes what `take` finds (a slot), waiting while it finds every
+    /// candidate busy ([`NoNode::Unavailable`]) for the next change of who
+    /// can be given work, for at most `wait`.
+    ///
+    /// # Errors
+    /// [`NoNode::UnknownModel`] as soon as `take` says so;
+    /// [`NoNode::Unavailable`] once `wait` has passed.
+    pub async fn take_within<T>(
+        &self,
+        wait: Duration,
+        mut take: impl FnMut(&Self) -> Result<T, NoNode>,
+    ) -> Result<T, NoNode> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Created before looking: a change in between is not missed.
+            let woken = self.changed();
+            match take(self) {
+                Err(NoNode::Unavailable) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(NoNode::Unavailable);
+                    }
+                    let _ = tokio::time::timeout(deadline - now, woken).await;
+                }
+                taken => return taken,
+            }
+        }
+    }
+
     fn wake(&self) {
         self.changed.notify_waiters();
     }
@@ -1105,6 +1134,42 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), w)
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_taker_waits_for_a_free_slot_and_no_longer_than_it_may() {
+        let r = std::sync::Arc::new(Registry::default());
+        let reserve = |r: &Registry| r.reserve(MODEL, &HashSet::new());
+        // Nobody serves the model: at once, whatever the wait.
+        let t = std::time::Instant::now();
+        let unknown = r.take_within(Duration::from_secs(30), reserve).await;
+        assert_eq!(unknown.map(|s| s.peer), Err(NoNode::UnknownModel));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Its one slot taken: the next taker gets it when it is given back.
+        let p = node(&r, 1, Some((true, 1.0)));
+        let held = r.take_within(Duration::ZERO, reserve).await.expect("free");
+        let waiter = {
+            let r = r.clone();
+            tokio::spawn(async move {
+                r.take_within(Duration::from_secs(30), |r| {
+                    r.reserve(MODEL, &HashSet::new())
+                })
+                .await
+                .map(|s| s.peer)
+            })
+        };
+        tokio::task::yield_now().await;
+        r.release(held, true);
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the release")
+            .expect("joined");
+        assert_eq!(got, Ok(p));
+        // Still taken: given up after the wait, not before.
+        let t = std::time::Instant::now();
+        let busy = r.take_within(Duration::from_millis(200), reserve).await;
+        assert_eq!(busy.map(|s| s.peer), Err(NoNode::Unavailable));
+        assert!(t.elapsed() >= Duration::from_millis(200));
     }
 
     #[test]
