@@ -182,6 +182,57 @@ enum LinkEvent {
     Ended(std::io::Result<()>),
 }
 
+/// Keeps a node's registrations in the order it made them. One sent over
+/// request-response travels on a stream of its own, which can take longer
+/// to reach the relay than a later one over the link (the link the first
+/// registration asked for can arrive right after it): the relay would then
+/// keep the older capabilities. So while one is in flight there, a newer
+/// registration waits for its answer and then goes with the capabilities
+/// of that moment (several asked meanwhile make one).
+#[derive(Debug)]
+struct Registering<I> {
+    /// The registration in flight over request-response.
+    in_flight: Option<I>,
+    /// Another was asked for meanwhile.
+    again: bool,
+}
+
+impl<I> Default for Registering<I> {
+    fn default() -> Self {
+        Self {
+            in_flight: None,
+            again: false,
+        }
+    }
+}
+
+impl<I: PartialEq> Registering<I> {
+    /// Whether to send a registration now; if not, it goes when the one in
+    /// flight is answered.
+    fn ask(&mut self) -> bool {
+        if self.in_flight.is_some() {
+            self.again = true;
+            return false;
+        }
+        true
+    }
+
+    /// The registration just asked for went over request-response as `id`.
+    fn sent_over_rpc(&mut self, id: I) {
+        self.in_flight = Some(id);
+    }
+
+    /// Request `id` was answered (or failed); whether a registration is
+    /// due now.
+    fn answered(&mut self, id: I) -> bool {
+        if self.in_flight.as_ref() != Some(&id) {
+            return false;
+        }
+        self.in_flight = None;
+        std::mem::take(&mut self.again)
+    }
+}
+
 /// A link lasting this long is worth asking for again when it ends while
 /// the relay is still connected (a register over request-response makes
 /// the relay open a new one); one that breaks sooner is left broken, and
@@ -217,6 +268,8 @@ struct Driver {
     next_inbound: u64,
     link: Option<Link>,
     links_opened: u64,
+    /// Registrations kept in order.
+    registering: Registering<OutboundRequestId>,
     /// What the links' tasks report, with the link's number.
     link_frames: mpsc::UnboundedSender<(u64, LinkEvent)>,
 }
@@ -256,6 +309,7 @@ pub async fn run(
         next_inbound: 0,
         link: None,
         links_opened: 0,
+        registering: Registering::default(),
         link_frames: frames_tx,
     };
     // Links the relay opens; registered once, before any connection.
@@ -342,28 +396,39 @@ impl Driver {
     }
 
     fn register(&mut self, swarm: &mut Swarm<NodeBehaviour>) {
+        if !self.registering.ask() {
+            return;
+        }
         let request = Request::Register(Box::new(self.capabilities.clone()));
         // The answer is an Ack; nobody waits for it, failures are logged.
         // Over the link when it is up: a register over request-response
         // tells the relay this node has no link (it opens one).
-        self.notify(swarm, request);
+        if let Some(id) = self.notify(swarm, request) {
+            self.registering.sent_over_rpc(id);
+        }
     }
 
     /// Sends `request` to the relay, whose answer nobody waits for: as a
     /// notice over the link when it is up, else over request-response (the
-    /// answer is dropped; failures are logged).
-    fn notify(&mut self, swarm: &mut Swarm<NodeBehaviour>, request: Request) {
+    /// answer is dropped; failures are logged), returning its id there.
+    fn notify(
+        &mut self,
+        swarm: &mut Swarm<NodeBehaviour>,
+        request: Request,
+    ) -> Option<OutboundRequestId> {
         let request = match &self.link {
             Some(link) => match link.out.notify(request) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err(refused) => refused.request,
             },
             None => request,
         };
-        swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&self.relay_peer, request);
+        Some(
+            swarm
+                .behaviour_mut()
+                .rpc
+                .send_request(&self.relay_peer, request),
+        )
     }
 
     /// `peer` in base58.
@@ -415,7 +480,7 @@ impl Driver {
             }
             Command::Notify(request) => {
                 if self.relay_connected {
-                    self.notify(swarm, request);
+                    let _ = self.notify(swarm, request);
                 } else {
                     tracing::debug!("not connected: dropped a {} for the relay", request.name());
                 }
@@ -473,6 +538,8 @@ impl Driver {
                 ..
             } if peer_id == self.relay_peer => {
                 self.relay_connected = false;
+                // The next connection registers afresh.
+                self.registering = Registering::default();
                 self.drop_link("the relay connection closed");
                 self.relay_lost(cause.map(|c| c.to_string()), emit)
             }
@@ -771,6 +838,9 @@ impl Driver {
                 if let Some(reply) = self.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
+                if self.registering.answered(request_id) {
+                    self.register(swarm);
+                }
             }
             Event::OutboundFailure {
                 peer,
@@ -784,6 +854,9 @@ impl Driver {
                         peer: peer.to_string(),
                         reason: error.to_string(),
                     }));
+                }
+                if self.registering.answered(request_id) && self.relay_connected {
+                    self.register(swarm);
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -800,6 +873,26 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_registration_asked_while_one_is_in_flight_over_request_response_waits_for_its_answer() {
+        let mut r = super::Registering::<u64>::default();
+        // Over the link: nothing to wait for.
+        assert!(r.ask());
+        assert!(r.ask());
+        // Over request-response: the next ones wait, and make one.
+        r.sent_over_rpc(1);
+        assert!(!r.ask());
+        assert!(!r.ask());
+        // Another request's answer changes nothing.
+        assert!(!r.answered(7));
+        assert!(r.answered(1), "one registration is due");
+        assert!(r.ask());
+        // Answered with none asked meanwhile: nothing due.
+        r.sent_over_rpc(2);
+        assert!(!r.answered(2));
+        assert!(r.ask());
+    }
+
     use super::*;
 
     #[test]
