@@ -275,9 +275,9 @@ impl Links {
                 Err(_) => false,
             };
             link.checking.store(false, Ordering::Release);
-            let outcome = if alive { "alive" } else { "replaced" };
-            links.checks.get_or_create(&Outcome { outcome }).inc();
+            let count = |outcome| links.checks.get_or_create(&Outcome { outcome }).inc();
             if alive {
+                count("alive");
                 tracing::debug!(%peer, "the node registered before its link reached it; kept");
                 return;
             }
@@ -293,6 +293,7 @@ impl Links {
                 }
                 map.insert(peer, Slot::Opening);
             }
+            count("replaced");
             tracing::debug!(%peer, "the link did not answer; replaced");
             link.close();
             links.spawn_link(control, peer, state, joined);
