@@ -277,23 +277,29 @@ async fn access_log(
 ) -> axum::response::Response {
     use tracing::Instrument;
     const X_REQUEST_ID: &str = "x-request-id";
+    // Header values and the URI share the request's bytes: cloning them
+    // copies nothing.
     let given = request
         .headers()
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned);
-    let id = given.unwrap_or_else(|| {
-        let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}-{n}", ids.prefix)
-    });
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned();
+    let id = match given {
+        Some(id) => id,
+        None => {
+            let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{}-{n}", ids.prefix)))
+                    .unwrap_or(HeaderValue::from_static("-"));
+            request.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
+    let path = uri.path();
     let api = path.starts_with("/v1/") || path.starts_with("/api/") || path == "/metrics";
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert(X_REQUEST_ID, v);
-    }
-    let span = tracing::info_span!("request", id = %id, %method, %path);
+    let span = tracing::info_span!("request", id = %id.to_str().unwrap_or("-"), %method, %path);
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -305,9 +311,7 @@ async fn access_log(
             tracing::debug!(status, ms, "answered");
         }
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(X_REQUEST_ID, v);
-    }
+    response.headers_mut().insert(X_REQUEST_ID, id);
     response
 }
 
