@@ -104,6 +104,49 @@ fn a_file_sets_every_setting_and_print_config_shows_them() {
     assert_eq!(printed(&["--config", &again, "--print-config"], &[]), want);
 }
 
+/// An installed relay (`scripts/install.sh`: `PREFIX/bin/tabnode-relay`,
+/// the site in `PREFIX/share/tabnode`) finds its site beside its binary,
+/// whatever the directory it is started from; a binary without a site
+/// there serves the current directory (a checkout); `--site-root` wins.
+#[test]
+fn an_installed_relay_finds_its_site_beside_its_binary() {
+    let prefix = tempfile::tempdir().expect("prefix");
+    let bin = prefix.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let installed = bin.join("tabnode-relay");
+    // A hard link where the file system allows it (the binary is large),
+    // else a copy; not a symbolic link, which the binary resolves.
+    if std::fs::hard_link(RELAY, &installed).is_err() {
+        std::fs::copy(RELAY, &installed).expect("copy the relay");
+    }
+    let elsewhere = tempfile::tempdir().expect("a working directory");
+    let site_root = || {
+        let out = Command::new(&installed)
+            .arg("--print-config")
+            .current_dir(elsewhere.path())
+            .env_remove("TABNODE_SITE_ROOT")
+            .output()
+            .expect("the installed relay runs");
+        assert!(out.status.success(), "{out:?}");
+        let printed: toml::Table = String::from_utf8_lossy(&out.stdout)
+            .parse()
+            .expect("--print-config writes TOML");
+        printed["site-root"].as_str().expect("a path").to_owned()
+    };
+    // No site installed yet: the current directory.
+    assert_eq!(site_root(), ".");
+    let site = prefix.path().join("share").join("tabnode");
+    std::fs::create_dir_all(site.join("www")).expect("www");
+    std::fs::write(site.join("www").join("index.html"), "<!doctype html>").expect("index");
+    assert_eq!(site_root(), site.display().to_string());
+    let flagged = Command::new(&installed)
+        .args(["--print-config", "--site-root", "/srv/site"])
+        .env_remove("TABNODE_SITE_ROOT")
+        .output()
+        .expect("the installed relay runs");
+    assert!(String::from_utf8_lossy(&flagged.stdout).contains("site-root = \"/srv/site\""));
+}
+
 #[test]
 fn flags_beat_the_environment_which_beats_the_file() {
     let dir = tempfile::tempdir().expect("dir");
