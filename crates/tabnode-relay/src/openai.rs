@@ -490,14 +490,6 @@ impl<'a> From<&'a Usage> for Figures<'a> {
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!(TokenCounts::from(u))
-}
-
-fn tabnode_json(u: &Usage) -> Value {
-    json!(Figures::from(u))
-}
-
 /// A whole answer, serialized as it is (no `Value` tree in between).
 #[derive(Serialize)]
 struct WholeAnswer<'a> {
@@ -836,24 +828,147 @@ impl Kind {
 
     /// The choice of a chunk: `text` (`None`: the opening chunk) and the
     /// finish reason of the last.
-    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    fn delta<'a>(&'a self, text: Option<&'a str>, finish: Option<&'static str>) -> Delta<'a> {
         match self {
-            Kind::Chat => {
-                let delta = match text {
-                    None => json!({ "role": "assistant", "content": "" }),
-                    Some(t) if finish.is_none() => json!({ "content": t }),
-                    Some(_) => json!({}),
-                };
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
-            }
-            Kind::Text { echo } => {
-                let text = match text {
+            Kind::Chat => Delta::Chat {
+                index: 0,
+                delta: match text {
+                    None => ChatDelta {
+                        role: Some("assistant"),
+                        content: Some(""),
+                    },
+                    Some(t) if finish.is_none() => ChatDelta {
+                        role: None,
+                        content: Some(t),
+                    },
+                    Some(_) => ChatDelta {
+                        role: None,
+                        content: None,
+                    },
+                },
+                logprobs: None,
+                finish_reason: finish,
+            },
+            Kind::Text { echo } => Delta::Text {
+                text: match text {
                     None => echo.as_deref().unwrap_or_default(),
                     Some(t) => t,
-                };
-                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
-            }
+                },
+                index: 0,
+                logprobs: None,
+                finish_reason: finish,
+            },
         }
+    }
+}
+
+/// The one choice of a streamed chunk.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Delta<'a> {
+    Chat {
+        index: u32,
+        delta: ChatDelta<'a>,
+        /// Always `null`.
+        logprobs: Option<()>,
+        finish_reason: Option<&'static str>,
+    },
+    Text {
+        text: &'a str,
+        index: u32,
+        /// Always `null`.
+        logprobs: Option<()>,
+        finish_reason: Option<&'static str>,
+    },
+}
+
+/// What a chat chunk adds to the message: the role in the opening chunk,
+/// text in the others, nothing in the last.
+#[derive(Serialize)]
+struct ChatDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+/// One chunk of a streamed answer, serialized as it is (no `Value` tree
+/// in between); `T` is its `tabnode` part.
+#[derive(Serialize)]
+struct StreamChunk<'a, T> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    /// Always `null`.
+    system_fingerprint: Option<()>,
+    /// The one choice; none in the usage chunk.
+    #[serde(serialize_with = "one_or_none")]
+    choices: Option<Delta<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<TokenCounts>,
+    tabnode: T,
+}
+
+/// A choice as a list of one, none as an empty list.
+fn one_or_none<S: serde::Serializer>(choice: &Option<Delta<'_>>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(choice)
+}
+
+/// The `tabnode` part of a chunk with text: the node that generated it.
+#[derive(Serialize)]
+struct ChunkNode<'a> {
+    node: &'a str,
+}
+
+/// What every chunk of one streamed answer shares.
+struct Chunks {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Chunks {
+    /// A chunk: `choice` (none in the usage chunk), `usage` in the usage
+    /// chunk, and its `tabnode` part.
+    fn chunk<'a, T>(
+        &'a self,
+        choice: Option<Delta<'a>>,
+        usage: Option<TokenCounts>,
+        tabnode: T,
+    ) -> StreamChunk<'a, T> {
+        StreamChunk {
+            id: &self.id,
+            object: self.kind.object(true),
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices: choice,
+            usage,
+            tabnode,
+        }
+    }
+
+    /// [`Chunks::chunk`] as its event.
+    fn event<T: Serialize>(
+        &self,
+        choice: Option<Delta<'_>>,
+        usage: Option<TokenCounts>,
+        tabnode: T,
+    ) -> Event {
+        // Plain structs of strings and numbers always serialize; should one
+        // not, the client hears it as an error in OpenAI's shape.
+        Event::default()
+            .json_data(self.chunk(choice, usage, tabnode))
+            .unwrap_or_else(|e| {
+                tracing::error!("a chunk did not serialize: {e}");
+                let error = json!({ "error": {
+                    "message": format!("the answer could not be written: {e}"),
+                    "type": "server_error", "param": null, "code": null,
+                } });
+                Event::default().data(error.to_string())
+            })
     }
 }
 
@@ -884,53 +999,56 @@ fn stream(
     include_usage: bool,
     mut rx: mpsc::Receiver<ApiEvent>,
 ) -> Response {
-    let chunk = move |text: Option<&str>, finish: Option<&str>, extra: Value| {
-        let mut c = json!({
-            "id": id,
-            "object": kind.object(true),
-            "created": created,
-            "model": model,
-            "system_fingerprint": null,
-            "choices": [kind.delta(text, finish)],
-        });
-        if let (Some(obj), Value::Object(extra)) = (c.as_object_mut(), extra) {
-            obj.extend(extra);
-        }
-        c
+    let chunks = Chunks {
+        kind,
+        id,
+        created,
+        model,
     };
     let (out, mut events) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
-        let data = |v: &Value| Event::default().data(v.to_string());
-        let first = chunk(None, None, json!({ "tabnode": { "node": node } }));
-        if out.send(data(&first)).await.is_err() {
+        let kind = &chunks.kind;
+        let first = chunks.event(
+            Some(kind.delta(None, None)),
+            None,
+            ChunkNode { node: &node },
+        );
+        if out.send(first).await.is_err() {
             return;
         }
         while let Some(e) = rx.recv().await {
             let sent = match e {
                 ApiEvent::Started { .. } => true,
                 ApiEvent::Text { text, node, .. } => {
-                    let c = chunk(Some(&text), None, json!({ "tabnode": { "node": node } }));
-                    out.send(data(&c)).await.is_ok()
+                    let c = chunks.event(
+                        Some(kind.delta(Some(&text), None)),
+                        None,
+                        ChunkNode { node: &node },
+                    );
+                    out.send(c).await.is_ok()
                 }
                 ApiEvent::Done { finish, usage } => {
-                    let mut last = chunk(
-                        Some(""),
-                        Some(finish_reason(finish)),
-                        json!({ "tabnode": tabnode_json(&usage) }),
+                    let last = chunks.event(
+                        Some(kind.delta(Some(""), Some(finish_reason(finish)))),
+                        None,
+                        Figures::from(&usage),
                     );
-                    let ok = out.send(data(&last)).await.is_ok();
+                    let ok = out.send(last).await.is_ok();
                     if ok && include_usage {
-                        if let Some(obj) = last.as_object_mut() {
-                            obj.insert("choices".into(), json!([]));
-                            obj.insert("usage".into(), usage_json(&usage));
-                        }
-                        let _ = out.send(data(&last)).await;
+                        let counts = chunks.event(
+                            None,
+                            Some(TokenCounts::from(&usage)),
+                            Figures::from(&usage),
+                        );
+                        let _ = out.send(counts).await;
                     }
                     let _ = out.send(Event::default().data("[DONE]")).await;
                     return;
                 }
                 ApiEvent::Failed(f) => {
-                    let _ = out.send(data(&failure_json(&f))).await;
+                    let _ = out
+                        .send(Event::default().data(failure_json(&f).to_string()))
+                        .await;
                     return;
                 }
             };
@@ -1162,5 +1280,123 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every chunk of a streamed answer, chat and text, in OpenAI's shape
+    /// (the fields its clients read) with the relay's `tabnode` part.
+    #[test]
+    fn streamed_chunks_are_openais() {
+        let usage = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+            ttft_ms: 12.5,
+            tokens_per_s: 40.0,
+            nodes: vec!["A".into(), "B".into()],
+            failovers: 1,
+        };
+        let chat = Chunks {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+        };
+        let k = &chat.kind;
+        fn value<T: Serialize>(chunk: &T) -> Value {
+            serde_json::to_value(chunk).expect("a chunk serializes")
+        }
+        let head = |object: &str| {
+            json!({ "id": "chatcmpl-1", "object": object, "created": 7, "model": "m",
+                "system_fingerprint": null })
+        };
+        let with = |mut base: Value, more: Value| {
+            base.as_object_mut()
+                .expect("object")
+                .extend(more.as_object().expect("object").clone());
+            base
+        };
+        let figures =
+            json!({ "nodes": ["A", "B"], "ttft_ms": 12.5, "tokens_per_s": 40.0, "failovers": 1 });
+        let object = "chat.completion.chunk";
+        assert_eq!(
+            value(&chat.chunk(Some(k.delta(None, None)), None, ChunkNode { node: "A" })),
+            with(
+                head(object),
+                json!({ "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" },
+                "logprobs": null, "finish_reason": null }], "tabnode": { "node": "A" } })
+            )
+        );
+        assert_eq!(
+            value(&chat.chunk(
+                Some(k.delta(Some("Hi"), None)),
+                None,
+                ChunkNode { node: "B" }
+            )),
+            with(
+                head(object),
+                json!({ "choices": [{ "index": 0, "delta": { "content": "Hi" },
+                "logprobs": null, "finish_reason": null }], "tabnode": { "node": "B" } })
+            )
+        );
+        assert_eq!(
+            value(&chat.chunk(
+                Some(k.delta(Some(""), Some("stop"))),
+                None,
+                Figures::from(&usage)
+            )),
+            with(
+                head(object),
+                json!({ "choices": [{ "index": 0, "delta": {},
+                "logprobs": null, "finish_reason": "stop" }], "tabnode": figures })
+            )
+        );
+        assert_eq!(
+            value(&chat.chunk(None, Some(TokenCounts::from(&usage)), Figures::from(&usage))),
+            with(
+                head(object),
+                json!({ "choices": [], "tabnode": figures,
+                "usage": { "prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7 } })
+            )
+        );
+        // The legacy completions: text (the prompt first when echoed).
+        let text = Chunks {
+            kind: Kind::Text {
+                echo: Some("Say: ".into()),
+            },
+            ..chat
+        };
+        let k = &text.kind;
+        let object = "text_completion";
+        assert_eq!(
+            value(&text.chunk(Some(k.delta(None, None)), None, ChunkNode { node: "A" })),
+            with(
+                head(object),
+                json!({ "choices": [{ "text": "Say: ", "index": 0,
+                "logprobs": null, "finish_reason": null }], "tabnode": { "node": "A" } })
+            )
+        );
+        assert_eq!(
+            value(&text.chunk(
+                Some(k.delta(Some("ok"), None)),
+                None,
+                ChunkNode { node: "A" }
+            )),
+            with(
+                head(object),
+                json!({ "choices": [{ "text": "ok", "index": 0,
+                "logprobs": null, "finish_reason": null }], "tabnode": { "node": "A" } })
+            )
+        );
+        assert_eq!(
+            value(&text.chunk(
+                Some(k.delta(Some(""), Some("length"))),
+                None,
+                Figures::from(&usage)
+            )),
+            with(
+                head(object),
+                json!({ "choices": [{ "text": "", "index": 0,
+                "logprobs": null, "finish_reason": "length" }], "tabnode": figures })
+            )
+        );
     }
 }
