@@ -68,9 +68,11 @@ fi
 
 if [ "${1:-}" = "--test" ]; then
   # chromium: the e2e browser. mesa-vulkan-drivers: lavapipe, the software
-  # Vulkan adapter the native GPU tests run on.
+  # Vulkan adapter the native GPU tests run on. systemd: systemd-analyze,
+  # which checks deploy/'s unit (crates/tabnode-relay/tests/deploy.rs).
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
   if [ ${#missing[@]} -gt 0 ]; then
     step "apt-get install ${missing[*]}"
